@@ -1,0 +1,22 @@
+//! mreg's domain: the registry model, the rules every value must satisfy, the errors the rest of
+//! the system speaks, and the storage and cache traits the edges implement.
+//!
+//! Nothing here knows about HTTP, SQL or Redis. Values that carry rules (a server name, a URL, a
+//! tag) can only be built by parsing, so that code holding one never has to check it again.
+
+pub mod cache;
+pub mod error;
+pub mod principal;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use cache::Cache;
+pub use error::{Error, Result};
+pub use principal::Principal;
+pub use registry::{Registry, now};
+pub use server::{
+    NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery,
+    ServerStatus, ServerUpdate, ServerUrl, Transport,
+};
+pub use store::ServerStore;

@@ -1,0 +1,169 @@
+//! The command line: `mreg serve`, `mreg migrate`, `mreg check-config`, and the client commands
+//! (`mreg servers …`) that talk to a running gateway.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, ConfigError, EXIT_CONFIG};
+use crate::{app, client, store, telemetry};
+
+/// mreg: the MCP Registry Gateway.
+///
+/// Keeps a registry of MCP servers and serves it over a REST API (default
+/// http://127.0.0.1:8000, docs at /docs). Configuration comes from built-in defaults, an optional
+/// TOML file (--config or MREG_CONFIG), a .env file in the working directory, and the
+/// environment, in rising precedence; `mreg check-config` shows the result.
+#[derive(Debug, Parser)]
+#[command(name = "mreg", version, propagate_version = true)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// mreg's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway until SIGINT or SIGTERM.
+    Serve,
+    /// Bring the database schema up to date, then exit.
+    Migrate,
+    /// Print the effective configuration (secrets hidden) and where each value came from.
+    CheckConfig,
+    /// Manage servers in a running gateway's registry.
+    Servers(Box<client::ServersArgs>),
+}
+
+/// Options shared by every client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Base URL of the gateway's REST API.
+    #[arg(
+        long,
+        global = true,
+        env = "MREG_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: String,
+
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Parses the command line and runs it; returns the process exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("mreg: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(dispatch(cli))
+}
+
+fn config_failure(e: &ConfigError) -> ExitCode {
+    eprintln!("mreg: configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+async fn dispatch(cli: Cli) -> ExitCode {
+    let file = cli.config.as_deref();
+    let (serving, config) = match cli.command {
+        Command::Servers(args) => return client::run(*args).await,
+        Command::CheckConfig => return check_config(file),
+        Command::Serve => (true, config::load(file).and_then(|raw| raw.parse())),
+        Command::Migrate => (false, config::load(file).and_then(|raw| raw.parse())),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => return config_failure(&e),
+    };
+    telemetry::init(&config.log);
+    let outcome = if serving {
+        serve(config).await
+    } else {
+        migrate(&config).await
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("mreg: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: config::Config) -> anyhow::Result<()> {
+    let running = app::start(config).await?;
+    let token = running.shutdown_token();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        token.cancel();
+    });
+    running.wait().await
+}
+
+async fn migrate(config: &config::Config) -> anyhow::Result<()> {
+    let stores = store::connect(config).await?;
+    println!("database {} is up to date", config.database.redacted());
+    stores.close().await;
+    Ok(())
+}
+
+fn check_config(file: Option<&std::path::Path>) -> ExitCode {
+    let raw = match config::load(file) {
+        Ok(raw) => raw,
+        Err(e) => return config_failure(&e),
+    };
+    let rows = raw.describe();
+    let width = rows.iter().map(|(s, _, _)| s.env.len()).max().unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .map(|(_, v, _)| v.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    for (setting, value, source) in &rows {
+        println!("{:width$}  {value:value_width$}  ({source})", setting.env);
+    }
+    match raw.parse() {
+        Ok(config) => {
+            println!();
+            println!("database: {}", config.database.redacted());
+            println!(
+                "cache:    {}",
+                if config.redis_url.is_some() {
+                    "redis"
+                } else {
+                    "memory (in process)"
+                }
+            );
+            println!("REST API: http://{}", config.api);
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_failure(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,666 @@
+//! mreg's configuration: one typed tree, loaded once at start-up from, in rising precedence,
+//! built-in defaults, an optional TOML file, a `.env` file in the working directory, and the
+//! process environment.
+//!
+//! Loading first collects every setting as text together with where it came from (so that
+//! `mreg check-config` can say), then parses each one. The first bad value stops start-up with
+//! one line naming the setting; nothing is bound before that.
+
+pub mod settings;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use settings::{SETTINGS, Setting};
+
+/// The exit code for a configuration error (`EX_USAGE` in sysexits.h).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// mreg's built-in default.
+    Default,
+    /// The TOML configuration file.
+    File(PathBuf),
+    /// The `.env` file in the working directory.
+    DotEnv,
+    /// The process environment.
+    Env,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Default => f.write_str("default"),
+            Self::File(path) => write!(f, "file {}", path.display()),
+            Self::DotEnv => f.write_str(".env"),
+            Self::Env => f.write_str("environment"),
+        }
+    }
+}
+
+/// A setting that could not be used: which one, from where, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}{}: {message}", describe_origin(.origin))]
+pub struct ConfigError {
+    /// The setting, by environment variable name (or the file, for file-level problems).
+    pub setting: String,
+    /// Where the bad value came from, when it came from somewhere.
+    pub origin: Option<Source>,
+    /// What is wrong and what would be right.
+    pub message: String,
+}
+
+fn describe_origin(origin: &Option<Source>) -> String {
+    match origin {
+        Some(Source::File(path)) => format!(" (in {})", path.display()),
+        Some(Source::DotEnv) => " (in .env)".to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A host and port to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    /// Host name or IP address.
+    pub host: String,
+    /// Port (0: any free port).
+    pub port: u16,
+}
+
+impl Listen {
+    /// Whether binding here keeps the listener on this machine.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Which database holds the registry.
+#[derive(Debug, Clone)]
+pub enum DatabaseConfig {
+    /// An embedded SQLite file.
+    Sqlite {
+        /// Path of the database file.
+        path: PathBuf,
+    },
+    /// A PostgreSQL server.
+    Postgres {
+        /// Connection URL (may hold a password).
+        url: SecretString,
+    },
+}
+
+impl DatabaseConfig {
+    /// A description safe to print (no password).
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Sqlite { path } => format!("sqlite:{}", path.display()),
+            Self::Postgres { url } => redact_url(url.expose_secret()),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `tracing` filter directive.
+    pub filter: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Entra ID (Azure AD) settings of the seed document. Parsed and validated now; used by the
+/// OAuth proxy.
+#[derive(Debug, Clone)]
+pub struct AzureConfig {
+    /// Tenant: GUID, verified domain, or `organizations` / `common`.
+    pub tenant_id: Option<String>,
+    /// Application (client) ID.
+    pub client_id: Option<String>,
+    /// Client secret.
+    pub client_secret: Option<SecretString>,
+    /// Public URL of the OAuth callback.
+    pub callback_url: Option<Url>,
+    /// Scopes requested from Entra.
+    pub scopes: Vec<String>,
+    /// Confirm users with Graph `/me`.
+    pub validate_with_graph: bool,
+    /// Upper bound on how long a validated token is cached.
+    pub token_cache_ttl: Duration,
+    /// Tolerated clock skew.
+    pub clock_skew: Duration,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// REST API listener.
+    pub api: Listen,
+    /// MCP listener.
+    pub mcp: Listen,
+    /// Local state directory.
+    pub data_dir: PathBuf,
+    /// Registry database.
+    pub database: DatabaseConfig,
+    /// Database pool size.
+    pub database_max_connections: u32,
+    /// Redis URL, when Redis is used as the cache.
+    pub redis_url: Option<SecretString>,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    /// Logging.
+    pub log: LogConfig,
+    /// Namespace of server names in the official registry API.
+    pub registry_namespace: String,
+    /// Drain deadline at shutdown.
+    pub shutdown_grace: Duration,
+    /// Largest accepted REST request body.
+    pub max_body_bytes: usize,
+    /// Entra ID.
+    pub azure: AzureConfig,
+}
+
+/// Every setting's text value and where it came from, before parsing.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    values: BTreeMap<&'static str, (String, Source)>,
+}
+
+impl RawConfig {
+    /// Collects values from the defaults, `file` (if any), `.env` lines and `env` pairs, later
+    /// sources winning. Unknown `MREG_*` variables are ignored; unknown file keys are errors.
+    pub fn collect(
+        file: Option<&Path>,
+        dotenv: impl IntoIterator<Item = (String, String)>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut raw = Self::default();
+        for setting in SETTINGS {
+            if let Some(default) = setting.default {
+                raw.values
+                    .insert(setting.env, (default.to_owned(), Source::Default));
+            }
+        }
+        if let Some(path) = file {
+            raw.merge_file(path)?;
+        }
+        for (source, pairs) in [
+            (Source::DotEnv, dotenv.into_iter().collect::<Vec<_>>()),
+            (Source::Env, env.into_iter().collect()),
+        ] {
+            for (name, value) in pairs {
+                if let Some(setting) = settings::by_env(&name) {
+                    raw.values.insert(setting.env, (value, source.clone()));
+                }
+            }
+        }
+        Ok(raw)
+    }
+
+    fn merge_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let file_error = |message: String| ConfigError {
+            setting: format!("config file {}", path.display()),
+            origin: None,
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| file_error(e.message().to_owned()))?;
+        let mut flat = Vec::new();
+        flatten("", &toml::Value::Table(table), &mut flat).map_err(file_error)?;
+        for (key, value) in flat {
+            let setting =
+                settings::by_key(&key).ok_or_else(|| file_error(format!("unknown key '{key}'")))?;
+            self.values
+                .insert(setting.env, (value, Source::File(path.to_owned())));
+        }
+        Ok(())
+    }
+
+    /// The value of `setting` and its source, if set.
+    pub fn get(&self, setting: &Setting) -> Option<(&str, &Source)> {
+        self.values
+            .get(setting.env)
+            .map(|(value, source)| (value.as_str(), source))
+    }
+
+    /// Every setting with its value (secrets and passwords in URLs redacted) and source, in
+    /// table order, for `mreg check-config`.
+    pub fn describe(&self) -> Vec<(&'static Setting, String, String)> {
+        SETTINGS
+            .iter()
+            .map(|setting| match self.get(setting) {
+                None => (setting, "(unset)".to_owned(), "default".to_owned()),
+                Some((value, source)) => {
+                    let shown =
+                        if setting.env == "MREG_DATABASE_URL" || setting.env == "MREG_REDIS_URL" {
+                            redact_url(value)
+                        } else if setting.secret {
+                            "(set, hidden)".to_owned()
+                        } else {
+                            value.to_owned()
+                        };
+                    (setting, shown, source.to_string())
+                }
+            })
+            .collect()
+    }
+
+    /// Parses every value into a [`Config`].
+    pub fn parse(&self) -> Result<Config, ConfigError> {
+        Parser { raw: self }.config()
+    }
+}
+
+fn flatten(
+    prefix: &str,
+    value: &toml::Value,
+    out: &mut Vec<(String, String)>,
+) -> Result<(), String> {
+    match value {
+        toml::Value::Table(table) => {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out)?;
+            }
+        }
+        toml::Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        toml::Value::Integer(i) => out.push((prefix.to_owned(), i.to_string())),
+        toml::Value::Boolean(b) => out.push((prefix.to_owned(), b.to_string())),
+        toml::Value::Array(items) => {
+            let words = items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| format!("'{prefix}': only arrays of strings are supported"))?;
+            out.push((prefix.to_owned(), words.join(" ")));
+        }
+        other => {
+            return Err(format!(
+                "'{prefix}': a {} is not supported here",
+                other.type_str()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Replaces the password of a URL (if any) with `***`.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some("***"));
+            url.to_string()
+        }
+        Ok(url) => url.to_string(),
+        Err(_) => "(unparsable, hidden)".to_owned(),
+    }
+}
+
+/// Loads the configuration the way `mreg` does: `file` (or `MREG_CONFIG`), `./.env`, the
+/// process environment.
+pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let dotenv: Vec<(String, String)> = match dotenvy::from_path_iter(".env") {
+        Ok(iter) => iter.collect::<Result<_, _>>().map_err(|e| ConfigError {
+            setting: ".env".to_owned(),
+            origin: None,
+            message: e.to_string(),
+        })?,
+        Err(_) => Vec::new(),
+    };
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let from_env = |pairs: &[(String, String)]| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "MREG_CONFIG")
+            .map(|(_, v)| PathBuf::from(v))
+    };
+    let file = file
+        .map(Path::to_path_buf)
+        .or_else(|| from_env(&env))
+        .or_else(|| from_env(&dotenv));
+    RawConfig::collect(file.as_deref(), dotenv, env)
+}
+
+struct Parser<'a> {
+    raw: &'a RawConfig,
+}
+
+impl Parser<'_> {
+    fn setting(env: &str) -> &'static Setting {
+        settings::by_env(env).unwrap_or_else(|| unreachable!("unknown setting {env}"))
+    }
+
+    fn text(&self, env: &str) -> Option<(&str, &Source)> {
+        self.raw
+            .get(Self::setting(env))
+            .filter(|(v, _)| !v.trim().is_empty())
+    }
+
+    fn error(&self, env: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting: env.to_owned(),
+            origin: self.raw.get(Self::setting(env)).map(|(_, s)| s.clone()),
+            message: message.into(),
+        }
+    }
+
+    fn parse<T>(
+        &self,
+        env: &str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.text(env) {
+            None => Ok(None),
+            Some((value, _)) => f(value.trim()).map(Some).map_err(|m| self.error(env, m)),
+        }
+    }
+
+    fn required<T>(
+        &self,
+        env: &str,
+        f: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        self.parse(env, f)?
+            .ok_or_else(|| self.error(env, "must not be empty"))
+    }
+
+    fn is_set(&self, env: &str) -> bool {
+        self.text(env)
+            .is_some_and(|(_, source)| *source != Source::Default)
+    }
+
+    fn listen(&self, host: &str, port: &str) -> Result<Listen, ConfigError> {
+        Ok(Listen {
+            host: self.required(host, parse_host)?,
+            port: self.required(port, |v| {
+                v.parse::<u16>()
+                    .map_err(|_| format!("'{v}' is not a port number (0-65535)"))
+            })?,
+        })
+    }
+
+    fn seconds(&self, env: &str, max: u64) -> Result<Duration, ConfigError> {
+        self.required(env, |v| match v.parse::<u64>() {
+            Ok(n) if n <= max => Ok(Duration::from_secs(n)),
+            _ => Err(format!(
+                "'{v}' is not a whole number of seconds from 0 to {max}"
+            )),
+        })
+    }
+
+    fn config(&self) -> Result<Config, ConfigError> {
+        let data_dir = PathBuf::from(self.required("MREG_DATA_DIR", |v| Ok(v.to_owned()))?);
+        Ok(Config {
+            api: self.listen("MREG_API_HOST", "MREG_API_PORT")?,
+            mcp: self.listen("FASTMCP_SERVER_HOST", "FASTMCP_SERVER_PORT")?,
+            database: self.database(&data_dir)?,
+            database_max_connections: self.required(
+                "MREG_DATABASE_MAX_CONNECTIONS",
+                |v| match v.parse::<u32>() {
+                    Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                    _ => Err(format!("'{v}' is not a number from 1 to 1000")),
+                },
+            )?,
+            data_dir,
+            redis_url: self.parse("MREG_REDIS_URL", |v| {
+                let url = Url::parse(v).map_err(|e| format!("not a URL ({e})"))?;
+                match url.scheme() {
+                    "redis" | "rediss" => Ok(SecretString::from(v.to_owned())),
+                    other => Err(format!("scheme '{other}' is not redis:// or rediss://")),
+                }
+            })?,
+            redis_prefix: self.required("MREG_REDIS_PREFIX", |v| {
+                if v.len() <= 64 && !v.chars().any(char::is_whitespace) {
+                    Ok(v.to_owned())
+                } else {
+                    Err("must be at most 64 characters without spaces".to_owned())
+                }
+            })?,
+            log: LogConfig {
+                filter: self.required("MREG_LOG", |v| {
+                    tracing_subscriber::EnvFilter::try_new(v)
+                        .map(|_| v.to_owned())
+                        .map_err(|e| format!("'{v}' is not a log filter ({e})"))
+                })?,
+                format: self.required("MREG_LOG_FORMAT", |v| match v {
+                    "text" => Ok(LogFormat::Text),
+                    "json" => Ok(LogFormat::Json),
+                    _ => Err(format!("'{v}' is not a log format; use text or json")),
+                })?,
+            },
+            registry_namespace: self.required("MREG_REGISTRY_NAMESPACE", |v| {
+                let ok = v.len() <= 100
+                    && v.split('.').all(|part| {
+                        !part.is_empty()
+                            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
+                if ok {
+                    Ok(v.to_owned())
+                } else {
+                    Err(format!(
+                        "'{v}' is not a reverse-DNS namespace such as com.example"
+                    ))
+                }
+            })?,
+            shutdown_grace: self.seconds("MREG_SHUTDOWN_GRACE_SECS", 3600)?,
+            max_body_bytes: self.required("MREG_MAX_BODY_BYTES", |v| match v.parse::<usize>() {
+                Ok(n) if (1024..=64 * 1024 * 1024).contains(&n) => Ok(n),
+                _ => Err(format!("'{v}' is not a byte count from 1024 to 67108864")),
+            })?,
+            azure: self.azure()?,
+        })
+    }
+
+    fn database(&self, data_dir: &Path) -> Result<DatabaseConfig, ConfigError> {
+        if let Some(db) = self.parse("MREG_DATABASE_URL", parse_database_url)? {
+            return Ok(db);
+        }
+        if !self.is_set("MREG_POSTGRES_HOST") {
+            for part in [
+                "MREG_POSTGRES_USER",
+                "MREG_POSTGRES_PASSWORD",
+                "MREG_POSTGRES_DB",
+                "MREG_POSTGRES_PORT",
+            ] {
+                if self.is_set(part) {
+                    return Err(self.error(
+                        part,
+                        "is set but MREG_POSTGRES_HOST is not; set the host too (or MREG_DATABASE_URL)",
+                    ));
+                }
+            }
+            return Ok(DatabaseConfig::Sqlite {
+                path: data_dir.join("mreg.db"),
+            });
+        }
+        let host = self.required("MREG_POSTGRES_HOST", parse_host)?;
+        let port: u16 = self.required("MREG_POSTGRES_PORT", |v| {
+            v.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("'{v}' is not a port number (1-65535)"))
+        })?;
+        let user = self.required("MREG_POSTGRES_USER", |v| Ok(v.to_owned()))?;
+        let db = self.required("MREG_POSTGRES_DB", |v| Ok(v.to_owned()))?;
+        let password = self.parse("MREG_POSTGRES_PASSWORD", |v| Ok(v.to_owned()))?;
+        let mut url = Url::parse("postgres://localhost/")
+            .map_err(|e| self.error("MREG_POSTGRES_HOST", e.to_string()))?;
+        let bad_host = |_| self.error("MREG_POSTGRES_HOST", format!("'{host}' is not a host"));
+        let host_part = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        url.set_host(Some(&host_part)).map_err(bad_host)?;
+        let _ = url.set_port(Some(port));
+        let _ = url.set_username(&user);
+        if let Some(password) = &password {
+            let _ = url.set_password(Some(password));
+        }
+        url.set_path(&db);
+        Ok(DatabaseConfig::Postgres {
+            url: SecretString::from(url.to_string()),
+        })
+    }
+
+    fn azure(&self) -> Result<AzureConfig, ConfigError> {
+        let tenant_id = self.parse("AZURE_TENANT_ID", |v| {
+            let named = matches!(v, "common" | "organizations" | "consumers");
+            let domain = v.contains('.')
+                && v.split('.').all(|p| {
+                    !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                });
+            if named || domain || uuid::Uuid::try_parse(v).is_ok() {
+                Ok(v.to_owned())
+            } else {
+                Err(format!(
+                    "'{v}' is not a tenant; use the tenant's GUID, a verified domain, organizations or common"
+                ))
+            }
+        })?;
+        let client_id = self.parse("AZURE_CLIENT_ID", |v| {
+            uuid::Uuid::try_parse(v)
+                .map(|_| v.to_owned())
+                .map_err(|_| format!("'{v}' is not an application (client) ID; it is a GUID"))
+        })?;
+        let client_secret = self.parse("AZURE_CLIENT_SECRET", |v| {
+            Ok(SecretString::from(v.to_owned()))
+        })?;
+        let any = tenant_id.is_some() || client_id.is_some() || client_secret.is_some();
+        for (env, set) in [
+            ("AZURE_TENANT_ID", tenant_id.is_some()),
+            ("AZURE_CLIENT_ID", client_id.is_some()),
+            ("AZURE_CLIENT_SECRET", client_secret.is_some()),
+        ] {
+            if any && !set {
+                return Err(self.error(
+                    env,
+                    "must be set when any of AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET is",
+                ));
+            }
+        }
+        Ok(AzureConfig {
+            tenant_id,
+            client_id,
+            client_secret,
+            callback_url: self.parse("OAUTH_CALLBACK_URL", parse_callback_url)?,
+            scopes: self.required("OAUTH_SCOPES", |v| {
+                let scopes: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
+                match scopes.iter().find(|s| !is_scope_token(s)) {
+                    Some(bad) => Err(format!("'{bad}' is not a valid scope")),
+                    None => Ok(scopes),
+                }
+            })?,
+            validate_with_graph: self.required("AZURE_VALIDATE_WITH_GRAPH", parse_bool)?,
+            token_cache_ttl: self.seconds("AZURE_TOKEN_CACHE_TTL", 86_400)?,
+            clock_skew: self.seconds("AZURE_CLOCK_SKEW", 900)?,
+        })
+    }
+}
+
+fn parse_host(v: &str) -> Result<String, String> {
+    let host = v.trim_start_matches('[').trim_end_matches(']');
+    let hostname = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if host.parse::<IpAddr>().is_ok() || hostname {
+        Ok(host.to_owned())
+    } else {
+        Err(format!("'{v}' is not an IP address or host name"))
+    }
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("'{v}' is not true or false")),
+    }
+}
+
+/// A scope token as RFC 6749 §3.3 defines it.
+fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+fn parse_callback_url(v: &str) -> Result<Url, String> {
+    let url = Url::parse(v).map_err(|e| format!("not an absolute URL ({e})"))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err("must use https (http is allowed only for localhost)".to_owned()),
+        other => return Err(format!("scheme '{other}' is not https")),
+    }
+    if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err("must not contain a fragment or credentials".to_owned());
+    }
+    Ok(url)
+}
+
+fn parse_database_url(v: &str) -> Result<DatabaseConfig, String> {
+    if let Some(rest) = v.strip_prefix("sqlite:") {
+        let path = rest.strip_prefix("//").unwrap_or(rest);
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            return Err("sqlite: needs a file path, e.g. sqlite:./mreg.db".to_owned());
+        }
+        return Ok(DatabaseConfig::Sqlite {
+            path: PathBuf::from(path),
+        });
+    }
+    let url = Url::parse(v).map_err(|_| {
+        "is not a database URL; use sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB".to_owned()
+    })?;
+    match url.scheme() {
+        "postgres" | "postgresql" if url.host_str().is_some() => Ok(DatabaseConfig::Postgres {
+            url: SecretString::from(v.to_owned()),
+        }),
+        "postgres" | "postgresql" => Err("a postgres:// URL needs a host".to_owned()),
+        other => Err(format!(
+            "scheme '{other}' is not supported; use sqlite: or postgres://"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,238 @@
+//! Every configuration setting mreg knows: its environment variable, its key in the TOML file,
+//! its default, whether it is a secret, and what it means. This table drives loading,
+//! `mreg check-config` and the README's table, so a setting cannot exist in one and not the
+//! others.
+
+/// One configuration setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Environment variable (also the name used in error messages).
+    pub env: &'static str,
+    /// Dotted key in the TOML file (`api.port` is `port` in table `[api]`).
+    pub key: &'static str,
+    /// Default value, as text; `None` when unset by default.
+    pub default: Option<&'static str>,
+    /// Whether the value is a secret (never printed, never logged).
+    pub secret: bool,
+    /// What the setting means.
+    pub help: &'static str,
+}
+
+const fn s(
+    env: &'static str,
+    key: &'static str,
+    default: Option<&'static str>,
+    secret: bool,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        env,
+        key,
+        default,
+        secret,
+        help,
+    }
+}
+
+/// Every setting, in the order `check-config` prints them.
+pub const SETTINGS: &[Setting] = &[
+    s(
+        "MREG_API_HOST",
+        "api.host",
+        Some("127.0.0.1"),
+        false,
+        "Address the REST API listens on.",
+    ),
+    s(
+        "MREG_API_PORT",
+        "api.port",
+        Some("8000"),
+        false,
+        "Port of the REST API (0 picks a free port).",
+    ),
+    s(
+        "FASTMCP_SERVER_HOST",
+        "mcp.host",
+        Some("127.0.0.1"),
+        false,
+        "Address the MCP listener (gateway, OAuth endpoints) listens on. Loopback by default until authentication is configured.",
+    ),
+    s(
+        "FASTMCP_SERVER_PORT",
+        "mcp.port",
+        Some("8001"),
+        false,
+        "Port of the MCP listener.",
+    ),
+    s(
+        "MREG_DATA_DIR",
+        "data_dir",
+        Some("."),
+        false,
+        "Directory for the embedded SQLite database (mreg.db) and other local state.",
+    ),
+    s(
+        "MREG_DATABASE_URL",
+        "database.url",
+        None,
+        true,
+        "Database URL: sqlite:PATH or postgres://USER:PASSWORD@HOST:PORT/DB. Overrides MREG_POSTGRES_*; unset means SQLite in MREG_DATA_DIR.",
+    ),
+    s(
+        "MREG_POSTGRES_HOST",
+        "postgres.host",
+        None,
+        false,
+        "PostgreSQL host; setting it selects PostgreSQL instead of SQLite.",
+    ),
+    s(
+        "MREG_POSTGRES_PORT",
+        "postgres.port",
+        Some("5432"),
+        false,
+        "PostgreSQL port.",
+    ),
+    s(
+        "MREG_POSTGRES_USER",
+        "postgres.user",
+        Some("mreg"),
+        false,
+        "PostgreSQL user.",
+    ),
+    s(
+        "MREG_POSTGRES_PASSWORD",
+        "postgres.password",
+        None,
+        true,
+        "PostgreSQL password.",
+    ),
+    s(
+        "MREG_POSTGRES_DB",
+        "postgres.db",
+        Some("mreg"),
+        false,
+        "PostgreSQL database name.",
+    ),
+    s(
+        "MREG_DATABASE_MAX_CONNECTIONS",
+        "database.max_connections",
+        Some("10"),
+        false,
+        "Size of the database connection pool.",
+    ),
+    s(
+        "MREG_REDIS_URL",
+        "redis.url",
+        None,
+        true,
+        "Redis URL (redis://HOST:PORT/DB or rediss://...). Unset means an in-process cache.",
+    ),
+    s(
+        "MREG_REDIS_PREFIX",
+        "redis.prefix",
+        Some("mreg:"),
+        false,
+        "Prefix of every key mreg writes to Redis.",
+    ),
+    s(
+        "MREG_LOG",
+        "log.level",
+        Some("info"),
+        false,
+        "Log filter (tracing EnvFilter syntax, e.g. info or mreg=debug,sqlx=warn).",
+    ),
+    s(
+        "MREG_LOG_FORMAT",
+        "log.format",
+        Some("text"),
+        false,
+        "Log format: text or json.",
+    ),
+    s(
+        "MREG_REGISTRY_NAMESPACE",
+        "registry.namespace",
+        Some("local.mreg"),
+        false,
+        "Reverse-DNS namespace in front of server names in the official registry API (/v0.1): local.mreg/weather.",
+    ),
+    s(
+        "MREG_SHUTDOWN_GRACE_SECS",
+        "shutdown.grace_secs",
+        Some("10"),
+        false,
+        "How long shutdown waits for in-flight requests before closing them.",
+    ),
+    s(
+        "MREG_MAX_BODY_BYTES",
+        "api.max_body_bytes",
+        Some("65536"),
+        false,
+        "Largest request body the REST API accepts (413 beyond).",
+    ),
+    s(
+        "AZURE_TENANT_ID",
+        "azure.tenant_id",
+        None,
+        false,
+        "Entra tenant: a GUID, a verified domain, or organizations / common for multi-tenant apps.",
+    ),
+    s(
+        "AZURE_CLIENT_ID",
+        "azure.client_id",
+        None,
+        false,
+        "Application (client) ID of mreg's Entra app registration.",
+    ),
+    s(
+        "AZURE_CLIENT_SECRET",
+        "azure.client_secret",
+        None,
+        true,
+        "Client secret of mreg's Entra app registration.",
+    ),
+    s(
+        "OAUTH_CALLBACK_URL",
+        "oauth.callback_url",
+        None,
+        false,
+        "Public URL of mreg's OAuth callback (…/auth/callback), registered as redirect URI in Entra.",
+    ),
+    s(
+        "OAUTH_SCOPES",
+        "oauth.scopes",
+        Some("User.Read profile openid email"),
+        false,
+        "Space-separated scopes requested from Entra.",
+    ),
+    s(
+        "AZURE_VALIDATE_WITH_GRAPH",
+        "azure.validate_with_graph",
+        Some("true"),
+        false,
+        "Confirm each signed-in user with Microsoft Graph /me.",
+    ),
+    s(
+        "AZURE_TOKEN_CACHE_TTL",
+        "azure.token_cache_ttl",
+        Some("3600"),
+        false,
+        "Longest time (seconds) a validated token is cached; never past its expiry.",
+    ),
+    s(
+        "AZURE_CLOCK_SKEW",
+        "azure.clock_skew",
+        Some("300"),
+        false,
+        "Clock skew (seconds) tolerated when checking token times.",
+    ),
+];
+
+/// The setting whose environment variable is `env`.
+pub fn by_env(env: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.env == env)
+}
+
+/// The setting whose TOML key is `key`.
+pub fn by_key(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}

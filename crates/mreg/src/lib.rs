@@ -1,0 +1,14 @@
+//! mreg, the MCP Registry Gateway: the edges around the domain (configuration, storage, cache,
+//! REST API, CLI). The binary in `main.rs` is a thin shell over this library, so that the
+//! integration tests start exactly what users run.
+
+pub mod app;
+pub mod authn;
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod metrics;
+pub mod rest;
+pub mod store;
+pub mod telemetry;

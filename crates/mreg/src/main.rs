@@ -1,0 +1,5 @@
+//! The `mreg` binary: everything lives in the library; see `mreg --help`.
+
+fn main() -> std::process::ExitCode {
+    mreg::cli::run()
+}

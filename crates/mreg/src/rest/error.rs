@@ -1,0 +1,196 @@
+//! How errors leave the REST API: one JSON shape, `{ error, message, request_id }` (plus
+//! `field` for invalid input), with the status chosen by one exhaustive match over the domain's
+//! error. Internal details are logged here, once, and never sent.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::request_id;
+
+/// An error as the REST API reports it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    retry_after: Option<u64>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code: `not_found`, `already_exists`, `invalid`, `bad_request`,
+    /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`, `unauthenticated`,
+    /// `forbidden`, `rate_limited`, `unavailable` or `internal`.
+    #[schema(example = "invalid")]
+    pub error: String,
+    /// What went wrong, for a person.
+    #[schema(example = "url: scheme 'ftp' is not allowed; use http or https")]
+    pub message: String,
+    /// The input field at fault, for `invalid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "url")]
+    pub field: Option<String>,
+    /// The request's id, also in the `x-request-id` response header; quote it in bug reports.
+    pub request_id: String,
+}
+
+impl ApiError {
+    /// An error with the given status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    /// 404 for a path that names no route.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<domain::Error> for ApiError {
+    fn from(e: domain::Error) -> Self {
+        use domain::Error as E;
+        let message = e.to_string();
+        match e {
+            E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", message),
+            E::AlreadyExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", message),
+            E::Invalid { field, .. } => Self {
+                field: Some(field),
+                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+            },
+            E::Unauthenticated(_) => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+            }
+            E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            E::RateLimited { retry_after } => Self {
+                retry_after: Some(retry_after.as_secs().max(1)),
+                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+            },
+            E::Unavailable { ref source, .. } => {
+                tracing::warn!(error = %e, cause = ?source, "dependency unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
+            E::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the server log has details under this request id",
+                )
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let text = rejection.body_text();
+        match rejection {
+            JsonRejection::JsonDataError(_) => Self {
+                field: field_of(&text),
+                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", text)
+            },
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a JSON body with Content-Type: application/json",
+            ),
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                status,
+                "payload_too_large",
+                "request body is larger than the server accepts",
+            ),
+            _ => Self::new(StatusCode::BAD_REQUEST, "bad_request", text),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        let text = rejection.body_text();
+        Self {
+            field: field_of(&text),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", text)
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            rejection.body_text(),
+        )
+    }
+}
+
+/// The field path serde names in a data error (`...: tags[0]: invalid type...` or
+/// `unknown field `x``).
+fn field_of(text: &str) -> Option<String> {
+    if let Some(rest) = text.split("unknown field `").nth(1) {
+        return rest.split('`').next().map(str::to_owned);
+    }
+    if let Some(rest) = text.split("missing field `").nth(1) {
+        return rest.split('`').next().map(str::to_owned);
+    }
+    let detail = text.split_once(": ")?.1;
+    let (path, _) = detail.split_once(": ")?;
+    (!path.contains(' ') && path != ".").then(|| path.to_owned())
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+            field: self.field,
+            request_id: request_id::current(),
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_of;
+
+    #[test]
+    fn serde_messages_yield_the_field_path() {
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: tags[0]: invalid type: integer `5`, expected a string at line 1 column 30").as_deref(),
+            Some("tags[0]")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: unknown field `nmae`, expected one of `name`").as_deref(),
+            Some("nmae")
+        );
+        assert_eq!(
+            field_of("Failed to deserialize the JSON body into the target type: missing field `url` at line 1 column 2").as_deref(),
+            Some("url")
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! The REST listener: registry management (`/api/v1`), the official registry API (`/v0.1`),
+//! operations endpoints, and the OpenAPI document with its docs page. Every route is declared
+//! with its OpenAPI description, so the document is generated from the code that serves it.
+
+pub mod cursor;
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod registry_v0;
+pub mod request_id;
+pub mod servers;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use domain::{Cache, Registry};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Stores;
+use error::ApiError;
+
+/// Everything a handler may need, shared by all requests.
+#[derive(Clone)]
+pub struct AppState {
+    /// The registry service.
+    pub registry: Registry,
+    /// The database's stores.
+    pub stores: Stores,
+    /// The cache.
+    pub cache: Arc<dyn Cache>,
+    /// `memory` or `redis`.
+    pub cache_backend: &'static str,
+    /// Process metrics.
+    pub metrics: Metrics,
+    /// The effective configuration.
+    pub config: Arc<Config>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mreg",
+        description = "MCP Registry Gateway: registry management, the official MCP registry API, and operations endpoints.",
+        license(name = "Apache-2.0")
+    ),
+    tags(
+        (name = "servers", description = "Register and manage MCP servers"),
+        (name = "registry (v0.1)", description = "The official MCP registry API, read-only"),
+        (name = "operations", description = "Health, readiness and metrics"),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the REST API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().split_for_parts().1
+}
+
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(servers::router())
+        .merge(registry_v0::router())
+}
+
+/// The REST router with every layer applied.
+pub fn router(state: AppState) -> Router {
+    let (api, document) = api_routes().split_for_parts();
+    let (ops, ops_document) = ops::router().split_for_parts();
+    let mut document = document;
+    document.merge(ops_document);
+    let max_body = state.config.max_body_bytes;
+    let metrics = state.metrics.clone();
+    Router::new()
+        .merge(api.layer(middleware::from_fn(crate::authn::authenticate)))
+        .merge(ops)
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .fallback(|| async { ApiError::no_route() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not support that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(metrics, request_id::track))
+}

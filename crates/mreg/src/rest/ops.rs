@@ -1,0 +1,118 @@
+//! Operational endpoints: liveness, readiness and metrics. They sit outside authentication so
+//! that load balancers and scrapers need no token.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::ErrorBody;
+
+/// How long a readiness check waits for each dependency.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+}
+
+/// Liveness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Readiness answer: the state of each dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`, or `unavailable` when a dependency does not answer.
+    pub status: &'static str,
+    /// `ok` or the problem, for `database` and `cache`.
+    #[schema(value_type = Object)]
+    pub checks: serde_json::Value,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Up", body = Health)))]
+async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+async fn check(what: &str, probe: impl Future<Output = domain::Result<()>>) -> Result<(), String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "{what} readiness check failed");
+            Err(format!("{what} unreachable"))
+        }
+        Err(_) => Err(format!(
+            "{what} did not answer within {} s",
+            CHECK_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// The database and the cache answer.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "A dependency is unreachable; `message` names it", body = ErrorBody),
+    ))]
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let (database, cache) = tokio::join!(
+        check("database", state.stores.servers.ping()),
+        check("cache", state.cache.ping()),
+    );
+    let show = |r: &Result<(), String>| r.as_ref().err().map_or("ok", String::as_str).to_owned();
+    let checks = json!({
+        "database": show(&database),
+        "database_backend": state.stores.backend,
+        "cache": show(&cache),
+        "cache_backend": state.cache_backend,
+    });
+    let failures: Vec<String> = [database, cache]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    if failures.is_empty() {
+        (
+            StatusCode::OK,
+            axum::Json(json!({ "status": "ready", "checks": checks })),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "error": "unavailable",
+                "message": format!("not ready: {}", failures.join(", ")),
+                "checks": checks,
+                "request_id": super::request_id::current(),
+            })),
+        )
+    }
+}
+
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

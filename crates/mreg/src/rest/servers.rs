@@ -1,0 +1,169 @@
+//! `/api/v1/servers`: create, list, read, change and remove registrations. Handlers only
+//! translate between HTTP and the domain's [`Registry`](domain::Registry).
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use domain::{Server, ServerDraft, ServerPatch, ServerQuery};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::cursor;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Body, Path, Query};
+use crate::authn::Caller;
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_server, list_servers))
+        .routes(routes!(get_server, update_server, delete_server))
+}
+
+/// Filters and paging of `GET /api/v1/servers`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only servers with this tag.
+    tag: Option<String>,
+    /// Only servers in this status (`active`, `deprecated`, `disabled`).
+    status: Option<String>,
+    /// Only servers whose name, description or tags contain this text (case-insensitive).
+    q: Option<String>,
+    /// Where to continue: the `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1-500 (default 50).
+    limit: Option<u32>,
+}
+
+/// One page of servers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerList {
+    /// The servers, in name order.
+    pub servers: Vec<Server>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Register a server.
+#[utoipa::path(
+    post,
+    path = "/api/v1/servers",
+    tag = "servers",
+    request_body = ServerDraft,
+    responses(
+        (status = 201, description = "Registered", body = Server),
+        (status = 409, description = "A server with this name exists", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+    )
+)]
+async fn create_server(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Body(draft): Body<ServerDraft>,
+) -> Result<impl IntoResponse, ApiError> {
+    let server = state.registry.create(&caller, draft).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/servers/{}", server.name)) {
+        headers.insert(header::LOCATION, location);
+    }
+    Ok((StatusCode::CREATED, headers, axum::Json(server)))
+}
+
+/// List servers, filtered and paged.
+#[utoipa::path(
+    get,
+    path = "/api/v1/servers",
+    tag = "servers",
+    params(ListParams),
+    responses(
+        (status = 200, description = "One page of servers", body = ServerList),
+        (status = 422, description = "A parameter is invalid", body = ErrorBody),
+    )
+)]
+async fn list_servers(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<ServerList>, ApiError> {
+    let mut query = ServerQuery::parse(
+        params.tag.as_deref(),
+        params.status.as_deref(),
+        params.q.as_deref(),
+        params.limit,
+    )?;
+    query.after = params.cursor.as_deref().map(cursor::decode).transpose()?;
+    let page = state.registry.list(&query).await?;
+    Ok(axum::Json(ServerList {
+        servers: page.items,
+        next_cursor: page.next_after.as_ref().map(cursor::encode),
+    }))
+}
+
+/// Read one server.
+#[utoipa::path(
+    get,
+    path = "/api/v1/servers/{name}",
+    tag = "servers",
+    params(("name" = String, Path, description = "Server name")),
+    responses(
+        (status = 200, description = "The server", body = Server),
+        (status = 404, description = "No such server", body = ErrorBody),
+    )
+)]
+async fn get_server(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Path(name): Path<String>,
+) -> Result<axum::Json<Server>, ApiError> {
+    Ok(axum::Json(state.registry.get(&name).await?))
+}
+
+/// Change some fields of a server; absent fields stay, `null` clears optional ones.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/servers/{name}",
+    tag = "servers",
+    params(("name" = String, Path, description = "Server name")),
+    request_body = ServerPatch,
+    responses(
+        (status = 200, description = "The changed server", body = Server),
+        (status = 404, description = "No such server", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody),
+    )
+)]
+async fn update_server(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    Body(patch): Body<ServerPatch>,
+) -> Result<axum::Json<Server>, ApiError> {
+    Ok(axum::Json(
+        state.registry.update(&caller, &name, patch).await?,
+    ))
+}
+
+/// Remove a server.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/servers/{name}",
+    tag = "servers",
+    params(("name" = String, Path, description = "Server name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such server", body = ErrorBody),
+    )
+)]
+async fn delete_server(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.registry.delete(&caller, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,220 @@
+//! The production backend: PostgreSQL, shared by every replica. Tags are a `text[]` with a GIN
+//! index, metadata `jsonb`, and text search uses a trigram index when `pg_trgm` is available.
+
+use async_trait::async_trait;
+use domain::{
+    Error, Result, Server, ServerName, ServerQuery, ServerStatus, ServerStore, ServerUrl, Transport,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
+use std::str::FromStr;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "servers",
+    include_str!("../../migrations/postgres/0001_servers.sql"),
+)];
+
+const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
+                       tenant, status, metadata, created_at, updated_at, revision";
+
+/// Registry storage in PostgreSQL.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and migrates the database.
+    pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url.expose_secret())
+            .map_err(|e| anyhow::anyhow!("invalid PostgreSQL URL: {e}"))?
+            .application_name("mreg");
+        let described = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {described}: {e}"))?;
+        Self::from_pool(pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL database {described}: {e}"))
+    }
+
+    /// Wraps an existing pool and migrates its database.
+    pub async fn from_pool(pool: PgPool) -> anyhow::Result<Self> {
+        migrator(MIGRATIONS).run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Close for PgStore {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "servers.{column} holds a value mreg cannot read: {e}"
+    ))
+}
+
+fn server_from_row(row: &PgRow) -> Result<Server> {
+    fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
+        row: &'r PgRow,
+        name: &str,
+    ) -> Result<T> {
+        row.try_get(name).map_err(|e| corrupt(name, e))
+    }
+    let name: String = col(row, "name")?;
+    let url: String = col(row, "url")?;
+    let transport: String = col(row, "transport")?;
+    let status: String = col(row, "status")?;
+    let Json(metadata): Json<Map<String, Value>> = col(row, "metadata")?;
+    Ok(Server {
+        id: col::<Uuid>(row, "id")?,
+        name: ServerName::parse(&name).map_err(|e| corrupt("name", e))?,
+        url: ServerUrl::parse_field(&url, "url").map_err(|e| corrupt("url", e))?,
+        transport: Transport::parse_field(&transport, "transport")
+            .map_err(|e| corrupt("transport", e))?,
+        description: col(row, "description")?,
+        tags: col(row, "tags")?,
+        version: col(row, "version")?,
+        registered_by: col(row, "registered_by")?,
+        tenant: col(row, "tenant")?,
+        status: ServerStatus::parse_field(&status, "status").map_err(|e| corrupt("status", e))?,
+        metadata,
+        created_at: col::<OffsetDateTime>(row, "created_at")?,
+        updated_at: col::<OffsetDateTime>(row, "updated_at")?,
+        revision: col(row, "revision")?,
+    })
+}
+
+#[async_trait]
+impl ServerStore for PgStore {
+    async fn insert(&self, s: &Server) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO servers (id, name, url, transport, description, tags, version, \
+             registered_by, tenant, status, metadata, search_text, created_at, updated_at, revision) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(s.id)
+        .bind(s.name.as_str().to_owned())
+        .bind(s.url.as_str().to_owned())
+        .bind(s.transport.as_str())
+        .bind(s.description.clone())
+        .bind(s.tags.clone())
+        .bind(s.version.clone())
+        .bind(s.registered_by.clone())
+        .bind(s.tenant.clone())
+        .bind(s.status.as_str())
+        .bind(Json(s.metadata.clone()))
+        .bind(s.search_text())
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .bind(s.revision)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error(&format!("server '{}'", s.name)))?;
+        Ok(())
+    }
+
+    async fn get(&self, name: &ServerName) -> Result<Option<Server>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM servers WHERE name = $1"
+        )))
+        .bind(name.as_str().to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("server"))?;
+        row.as_ref().map(server_from_row).transpose()
+    }
+
+    async fn list(&self, query: &ServerQuery) -> Result<Vec<Server>> {
+        let mut sql =
+            QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM servers WHERE true"));
+        if let Some(after) = &query.after {
+            sql.push(" AND name > ")
+                .push_bind(after.as_str().to_owned());
+        }
+        if let Some(tag) = &query.tag {
+            sql.push(" AND tags @> ARRAY[")
+                .push_bind(tag.clone())
+                .push("]::text[]");
+        }
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(text) = &query.text {
+            sql.push(" AND search_text LIKE ")
+                .push_bind(like_pattern(text));
+        }
+        if let Some(since) = query.updated_since {
+            sql.push(" AND updated_at >= ").push_bind(since);
+        }
+        sql.push(" ORDER BY name LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("servers"))?;
+        rows.iter().map(server_from_row).collect()
+    }
+
+    async fn update(&self, s: &Server, expected_revision: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE servers SET url = $1, transport = $2, description = $3, tags = $4, \
+             version = $5, status = $6, metadata = $7, search_text = $8, updated_at = $9, \
+             revision = $10 WHERE id = $11 AND revision = $12",
+        )
+        .bind(s.url.as_str().to_owned())
+        .bind(s.transport.as_str())
+        .bind(s.description.clone())
+        .bind(s.tags.clone())
+        .bind(s.version.clone())
+        .bind(s.status.as_str())
+        .bind(Json(s.metadata.clone()))
+        .bind(s.search_text())
+        .bind(s.updated_at)
+        .bind(s.revision)
+        .bind(s.id)
+        .bind(expected_revision)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("server"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete(&self, name: &ServerName) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM servers WHERE name = $1")
+            .bind(name.as_str().to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("server"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("database"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,246 @@
+//! The embedded backend: one SQLite file in WAL mode. Times are stored as Unix microseconds,
+//! tags and metadata as JSON text.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::{
+    Error, Result, Server, ServerName, ServerQuery, ServerStatus, ServerStore, ServerUrl, Transport,
+};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "servers",
+    include_str!("../../migrations/sqlite/0001_servers.sql"),
+)];
+
+const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
+                       tenant, status, metadata, created_at, updated_at, revision";
+
+/// Registry storage in a SQLite file.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the database at `path` and migrates it.
+    pub async fn open(path: &Path, max_connections: u32) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("cannot create data directory {}: {e}", dir.display())
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open SQLite database {}: {e}", path.display()))?;
+        migrator(MIGRATIONS).run(&pool).await.map_err(|e| {
+            anyhow::anyhow!("cannot migrate SQLite database {}: {e}", path.display())
+        })?;
+        Ok(Self { pool })
+    }
+
+    /// Opens a private in-memory database, for tests.
+    pub async fn in_memory() -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection: every connection to :memory: is a database of its own.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        migrator(MIGRATIONS).run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Close for SqliteStore {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+fn from_micros(us: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .map_err(|e| Error::Internal(format!("stored time out of range: {e}")))
+}
+
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "servers.{column} holds a value mreg cannot read: {e}"
+    ))
+}
+
+fn server_from_row(row: &SqliteRow) -> Result<Server> {
+    let get = |col: &str| -> Result<String> {
+        row.try_get::<String, _>(col).map_err(|e| corrupt(col, e))
+    };
+    let opt = |col: &str| -> Result<Option<String>> {
+        row.try_get::<Option<String>, _>(col)
+            .map_err(|e| corrupt(col, e))
+    };
+    let int =
+        |col: &str| -> Result<i64> { row.try_get::<i64, _>(col).map_err(|e| corrupt(col, e)) };
+    Ok(Server {
+        id: Uuid::parse_str(&get("id")?).map_err(|e| corrupt("id", e))?,
+        name: ServerName::parse(&get("name")?).map_err(|e| corrupt("name", e))?,
+        url: ServerUrl::parse_field(&get("url")?, "url").map_err(|e| corrupt("url", e))?,
+        transport: Transport::parse_field(&get("transport")?, "transport")
+            .map_err(|e| corrupt("transport", e))?,
+        description: get("description")?,
+        tags: serde_json::from_str(&get("tags")?).map_err(|e| corrupt("tags", e))?,
+        version: opt("version")?,
+        registered_by: get("registered_by")?,
+        tenant: opt("tenant")?,
+        status: ServerStatus::parse_field(&get("status")?, "status")
+            .map_err(|e| corrupt("status", e))?,
+        metadata: serde_json::from_str(&get("metadata")?).map_err(|e| corrupt("metadata", e))?,
+        created_at: from_micros(int("created_at")?)?,
+        updated_at: from_micros(int("updated_at")?)?,
+        revision: int("revision")?,
+    })
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Internal(e.to_string()))
+}
+
+#[async_trait]
+impl ServerStore for SqliteStore {
+    async fn insert(&self, s: &Server) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO servers (id, name, url, transport, description, tags, version, \
+             registered_by, tenant, status, metadata, search_text, created_at, updated_at, revision) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.id.to_string())
+        .bind(s.name.as_str().to_owned())
+        .bind(s.url.as_str().to_owned())
+        .bind(s.transport.as_str())
+        .bind(s.description.clone())
+        .bind(json(&s.tags)?)
+        .bind(s.version.clone())
+        .bind(s.registered_by.clone())
+        .bind(s.tenant.clone())
+        .bind(s.status.as_str())
+        .bind(json(&s.metadata)?)
+        .bind(s.search_text())
+        .bind(micros(s.created_at))
+        .bind(micros(s.updated_at))
+        .bind(s.revision)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error(&format!("server '{}'", s.name)))?;
+        Ok(())
+    }
+
+    async fn get(&self, name: &ServerName) -> Result<Option<Server>> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM servers WHERE name = ?"
+        )))
+        .bind(name.as_str().to_owned())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("server"))?;
+        row.as_ref().map(server_from_row).transpose()
+    }
+
+    async fn list(&self, query: &ServerQuery) -> Result<Vec<Server>> {
+        let mut sql =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM servers WHERE 1 = 1"));
+        if let Some(after) = &query.after {
+            sql.push(" AND name > ")
+                .push_bind(after.as_str().to_owned());
+        }
+        if let Some(tag) = &query.tag {
+            sql.push(" AND EXISTS (SELECT 1 FROM json_each(servers.tags) WHERE json_each.value = ")
+                .push_bind(tag.clone())
+                .push(")");
+        }
+        if let Some(status) = query.status {
+            sql.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(text) = &query.text {
+            sql.push(" AND search_text LIKE ")
+                .push_bind(like_pattern(text))
+                .push(" ESCAPE '\\'");
+        }
+        if let Some(since) = query.updated_since {
+            sql.push(" AND updated_at >= ").push_bind(micros(since));
+        }
+        sql.push(" ORDER BY name LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("servers"))?;
+        rows.iter().map(server_from_row).collect()
+    }
+
+    async fn update(&self, s: &Server, expected_revision: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE servers SET url = ?, transport = ?, description = ?, tags = ?, version = ?, \
+             status = ?, metadata = ?, search_text = ?, updated_at = ?, revision = ? \
+             WHERE id = ? AND revision = ?",
+        )
+        .bind(s.url.as_str().to_owned())
+        .bind(s.transport.as_str())
+        .bind(s.description.clone())
+        .bind(json(&s.tags)?)
+        .bind(s.version.clone())
+        .bind(s.status.as_str())
+        .bind(json(&s.metadata)?)
+        .bind(s.search_text())
+        .bind(micros(s.updated_at))
+        .bind(s.revision)
+        .bind(s.id.to_string())
+        .bind(expected_revision)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("server"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete(&self, name: &ServerName) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM servers WHERE name = ?")
+            .bind(name.as_str().to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("server"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("database"))?;
+        Ok(())
+    }
+}
