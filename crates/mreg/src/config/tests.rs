@@ -216,3 +216,19 @@ fn tempfile() -> (PathBuf, std::fs::File) {
     let file = std::fs::File::create(&path).expect("create temp file");
     (path, file)
 }
+
+#[test]
+fn the_readme_documents_every_setting_with_its_default() {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+    for setting in SETTINGS {
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", setting.env)))
+            .unwrap_or_else(|| panic!("README has no table row for {}", setting.env));
+        assert!(row.contains(&format!("`{}`", setting.key)), "{row}");
+        match setting.default {
+            Some(default) => assert!(row.contains(&format!("`{default}`")), "{row}"),
+            None => assert!(row.contains("| — |"), "{row}"),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! mreg's integration tests: one binary, the real app on port 0, real PostgreSQL and Redis.
+
+mod api;
+mod cache_conformance;
+mod cli;
+mod registry_v0;
+mod store_conformance;
+mod support;

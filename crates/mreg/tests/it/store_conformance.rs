@@ -1,0 +1,275 @@
+//! One contract, every backend: each function below is run against SQLite and PostgreSQL.
+
+use std::sync::Arc;
+
+use domain::{Error, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore};
+use mreg::store::{PgStore, SqliteStore};
+use serde_json::json;
+use time::Duration;
+
+use crate::support::TestDb;
+
+fn server(name: &str, description: &str, tags: &[&str], status: ServerStatus) -> Server {
+    let new = ServerDraft {
+        name: name.to_owned(),
+        url: format!("https://{name}.example.com/mcp"),
+        description: Some(description.to_owned()),
+        tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
+        ..ServerDraft::default()
+    }
+    .validate()
+    .expect("valid draft");
+    let now = domain::now();
+    Server {
+        id: uuid::Uuid::now_v7(),
+        name: new.name,
+        url: new.url,
+        transport: new.transport,
+        description: new.description,
+        tags: new.tags,
+        version: Some("1.0.0".to_owned()),
+        registered_by: "alice".to_owned(),
+        tenant: Some("t1".to_owned()),
+        status,
+        metadata: json!({ "team": "search", "nested": { "n": 1 } })
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+        created_at: now,
+        updated_at: now,
+        revision: 1,
+    }
+}
+
+fn name(n: &str) -> ServerName {
+    ServerName::parse(n).expect("valid name")
+}
+
+fn names(servers: &[Server]) -> Vec<&str> {
+    servers.iter().map(|s| s.name.as_str()).collect()
+}
+
+async fn a_stored_server_reads_back_equal(store: Arc<dyn ServerStore>) {
+    let s = server("alpha", "First server", &["b", "a"], ServerStatus::Active);
+    store.insert(&s).await.expect("insert");
+    let read = store.get(&s.name).await.expect("get").expect("present");
+    assert_eq!(read, s);
+    assert_eq!(store.get(&name("missing")).await.expect("get"), None);
+}
+
+async fn a_duplicate_name_is_already_exists(store: Arc<dyn ServerStore>) {
+    store
+        .insert(&server("dup", "", &[], ServerStatus::Active))
+        .await
+        .expect("first insert");
+    let err = store
+        .insert(&server("dup", "other", &[], ServerStatus::Active))
+        .await
+        .expect_err("second insert");
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+}
+
+async fn lists_are_in_name_order_and_page_with_after_and_limit(store: Arc<dyn ServerStore>) {
+    for n in ["delta", "alpha", "charlie", "bravo", "echo", "a-1", "a1"] {
+        store
+            .insert(&server(n, "", &[], ServerStatus::Active))
+            .await
+            .expect("insert");
+    }
+    let all = store
+        .list(&ServerQuery {
+            limit: 100,
+            ..ServerQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        names(&all),
+        ["a-1", "a1", "alpha", "bravo", "charlie", "delta", "echo"]
+    );
+    let page = store
+        .list(&ServerQuery {
+            limit: 2,
+            after: Some(name("alpha")),
+            ..ServerQuery::default()
+        })
+        .await
+        .expect("page");
+    assert_eq!(names(&page), ["bravo", "charlie"]);
+    let last = store
+        .list(&ServerQuery {
+            limit: 2,
+            after: Some(name("echo")),
+            ..ServerQuery::default()
+        })
+        .await
+        .expect("last");
+    assert!(last.is_empty());
+}
+
+async fn lists_filter_by_tag_status_text_and_update_time(store: Arc<dyn ServerStore>) {
+    let mut old = server(
+        "old-weather",
+        "Forecasts",
+        &["weather", "api"],
+        ServerStatus::Deprecated,
+    );
+    old.updated_at -= Duration::hours(2);
+    for s in [
+        old,
+        server(
+            "weather",
+            "Daily FORECASTS for cities",
+            &["weather"],
+            ServerStatus::Active,
+        ),
+        server("files", "File storage", &["storage"], ServerStatus::Active),
+        server("percent", "100%_done", &["misc"], ServerStatus::Disabled),
+    ] {
+        store.insert(&s).await.expect("insert");
+    }
+    let query = |f: fn(&mut ServerQuery)| {
+        let mut q = ServerQuery {
+            limit: 100,
+            ..ServerQuery::default()
+        };
+        f(&mut q);
+        q
+    };
+    let by_tag = store
+        .list(&query(|q| q.tag = Some("weather".into())))
+        .await
+        .expect("tag");
+    assert_eq!(names(&by_tag), ["old-weather", "weather"]);
+    let by_status = store
+        .list(&query(|q| q.status = Some(ServerStatus::Active)))
+        .await
+        .expect("status");
+    assert_eq!(names(&by_status), ["files", "weather"]);
+    let by_text = store
+        .list(&query(|q| q.text = Some("forecast".into())))
+        .await
+        .expect("text");
+    assert_eq!(names(&by_text), ["old-weather", "weather"]);
+    let by_tag_text = store
+        .list(&query(|q| q.text = Some("storage".into())))
+        .await
+        .expect("tag text");
+    assert_eq!(names(&by_tag_text), ["files"]);
+    let literal = store
+        .list(&query(|q| q.text = Some("%_d".into())))
+        .await
+        .expect("literal");
+    assert_eq!(names(&literal), ["percent"]);
+    let wildcard = store
+        .list(&query(|q| q.text = Some("_".into())))
+        .await
+        .expect("underscore");
+    assert_eq!(names(&wildcard), ["percent"]);
+    let combined = store
+        .list(&query(|q| {
+            q.tag = Some("weather".into());
+            q.status = Some(ServerStatus::Active);
+            q.text = Some("cities".into());
+        }))
+        .await
+        .expect("combined");
+    assert_eq!(names(&combined), ["weather"]);
+    let recent = store
+        .list(&query(|q| {
+            q.updated_since = Some(domain::now() - Duration::minutes(5))
+        }))
+        .await
+        .expect("since");
+    assert_eq!(names(&recent), ["files", "percent", "weather"]);
+}
+
+async fn an_update_needs_the_current_revision(store: Arc<dyn ServerStore>) {
+    let original = server("rev", "v1", &["a"], ServerStatus::Active);
+    store.insert(&original).await.expect("insert");
+    let mut changed = original.clone();
+    changed.description = "v2 searchable".into();
+    changed.tags = vec!["z".into()];
+    changed.metadata = json!({ "k": [1, 2] })
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    changed.version = None;
+    changed.status = ServerStatus::Disabled;
+    changed.updated_at = domain::now();
+    changed.revision = 2;
+    assert!(store.update(&changed, 1).await.expect("update"));
+    assert_eq!(
+        store.get(&original.name).await.expect("get"),
+        Some(changed.clone())
+    );
+    let found = store
+        .list(&ServerQuery {
+            text: Some("searchable".into()),
+            ..ServerQuery::default()
+        })
+        .await
+        .expect("search sees the update");
+    assert_eq!(names(&found), ["rev"]);
+    let mut stale = original.clone();
+    stale.description = "lost".into();
+    assert!(!store.update(&stale, 1).await.expect("stale update"));
+    assert_eq!(store.get(&original.name).await.expect("get"), Some(changed));
+}
+
+async fn delete_reports_whether_it_removed_something(store: Arc<dyn ServerStore>) {
+    let s = server("gone", "", &[], ServerStatus::Active);
+    store.insert(&s).await.expect("insert");
+    assert!(store.delete(&s.name).await.expect("delete"));
+    assert!(!store.delete(&s.name).await.expect("second delete"));
+    assert_eq!(store.get(&s.name).await.expect("get"), None);
+    let mut ghost = s.clone();
+    ghost.revision = 2;
+    assert!(!store.update(&ghost, 1).await.expect("update of deleted"));
+    store.ping().await.expect("ping");
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let store = mreg::store::SqliteStore::in_memory().await.expect("sqlite");
+                    super::$test(std::sync::Arc::new(store)).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn a_database_file_survives_reopening() {
+                let dir = crate::support::TempDir::new();
+                let path = dir.0.join("nested/mreg.db");
+                let store = super::SqliteStore::open(&path, 4).await.expect("open");
+                super::a_stored_server_reads_back_equal(std::sync::Arc::new(store)).await;
+                let reopened = super::SqliteStore::open(&path, 4).await.expect("reopen");
+                assert!(domain::ServerStore::get(&reopened, &super::name("alpha")).await.expect("get").is_some());
+            }
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let Some(db) = super::TestDb::create().await else { return };
+                    let store = super::PgStore::connect(&db.url.clone().into(), 4).await.expect("postgres");
+                    super::$test(std::sync::Arc::new(store.clone())).await;
+                    db.drop_db().await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    a_stored_server_reads_back_equal,
+    a_duplicate_name_is_already_exists,
+    lists_are_in_name_order_and_page_with_after_and_limit,
+    lists_filter_by_tag_status_text_and_update_time,
+    an_update_needs_the_current_revision,
+    delete_reports_whether_it_removed_something,
+);

@@ -1,0 +1,333 @@
+//! Test harness: the real app on port 0 with a fresh database, per-test PostgreSQL databases and
+//! Redis prefixes, and a TCP proxy that a test can cut to simulate an outage.
+//!
+//! PostgreSQL and Redis are used when reachable (`MREG_TEST_DATABASE_URL`,
+//! `MREG_TEST_REDIS_URL`, defaulting to the local services). With `MREG_TEST_REQUIRE_SERVICES=1`
+//! (as in CI) an unreachable service fails the test instead of skipping it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mreg::app::{self, Running};
+use mreg::config::{Config, RawConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::Connection;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The PostgreSQL server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("MREG_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The Redis tests use.
+pub fn redis_url() -> String {
+    std::env::var("MREG_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+fn services_required() -> bool {
+    std::env::var("MREG_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Handles a service that cannot be reached: fail in CI, skip (loudly) elsewhere.
+fn unreachable_service(
+    what: &str,
+    error: impl std::fmt::Display,
+) -> Option<std::convert::Infallible> {
+    assert!(
+        !services_required(),
+        "{what} is required (MREG_TEST_REQUIRE_SERVICES=1) but unreachable: {error}"
+    );
+    eprintln!(
+        "SKIPPED: {what} unreachable ({error}); set MREG_TEST_REQUIRE_SERVICES=1 to fail instead"
+    );
+    None
+}
+
+/// A PostgreSQL database of its own for one test, dropped by [`TestDb::drop_db`].
+pub struct TestDb {
+    /// Connection URL of the test database.
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    /// Creates a fresh database, or `None` (skip) when PostgreSQL is unreachable and not required.
+    pub async fn create() -> Option<Self> {
+        let admin = pg_admin_url();
+        let mut conn = match sqlx::PgConnection::connect(&admin).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                unreachable_service("PostgreSQL", e)?;
+                unreachable!()
+            }
+        };
+        let name = format!("mreg_t_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        let mut url = url::Url::parse(&admin).expect("admin URL");
+        url.set_path(&name);
+        Some(Self {
+            url: url.to_string(),
+            name,
+        })
+    }
+
+    /// Drops the database (every connection to it must be closed or is terminated).
+    pub async fn drop_db(self) {
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&pg_admin_url()).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .execute(&mut conn)
+            .await;
+        }
+    }
+}
+
+/// Checks that Redis answers, or `None` (skip) when it does not and is not required.
+pub async fn redis_available() -> Option<String> {
+    let url = redis_url();
+    let outcome = async {
+        let client = redis::Client::open(url.as_str())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), outcome).await {
+        Ok(Ok(_)) => Some(url),
+        Ok(Err(e)) => {
+            unreachable_service("Redis", e)?;
+            unreachable!()
+        }
+        Err(_) => {
+            unreachable_service("Redis", "timed out")?;
+            unreachable!()
+        }
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new empty directory.
+    pub fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("mreg-test-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Configuration for a test app: every listener on port 0, data in `dir`, plus `extra`.
+pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
+    let mut env = vec![
+        ("MREG_API_PORT".to_owned(), "0".to_owned()),
+        ("FASTMCP_SERVER_PORT".to_owned(), "0".to_owned()),
+        ("MREG_DATA_DIR".to_owned(), dir.0.display().to_string()),
+        ("MREG_LOG".to_owned(), "warn".to_owned()),
+        ("MREG_SHUTDOWN_GRACE_SECS".to_owned(), "2".to_owned()),
+    ];
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    RawConfig::collect(None, Vec::new(), env)
+        .and_then(|raw| raw.parse())
+        .expect("test configuration is valid")
+}
+
+/// The real app, serving on an ephemeral port.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client for it.
+    pub http: reqwest::Client,
+    running: Option<Running>,
+    _dir: TempDir,
+}
+
+impl TestApp {
+    /// An app on SQLite and the in-memory cache.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// An app with extra settings.
+    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new();
+        let config = test_config(&dir, extra);
+        let running = app::start(config).await.expect("app starts");
+        let addr = running.api_addr;
+        Self {
+            base: format!("http://{addr}"),
+            addr,
+            http: reqwest::Client::new(),
+            running: Some(running),
+            _dir: dir,
+        }
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends a request with an optional JSON body; returns status, headers and the JSON body
+    /// (`Null` when empty).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request reaches the app");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body");
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("JSON body, got {text:?}"))
+        };
+        (status, headers, json)
+    }
+
+    /// GET `path`.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(reqwest::Method::GET, path, None).await;
+        (status, body)
+    }
+
+    /// POST `body` to `path`.
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(reqwest::Method::POST, path, Some(body)).await;
+        (status, body)
+    }
+
+    /// PATCH `body` to `path`.
+    pub async fn patch(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(reqwest::Method::PATCH, path, Some(body)).await;
+        (status, body)
+    }
+
+    /// DELETE `path`.
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.send(reqwest::Method::DELETE, path, None).await;
+        (status, body)
+    }
+
+    /// Registers a server with `name`, `url` and extra fields; asserts it was created.
+    pub async fn register(&self, name: &str, extra: Value) -> Value {
+        let mut body =
+            serde_json::json!({ "name": name, "url": format!("https://{name}.example.com/mcp") });
+        if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+            body.extend(extra.clone());
+        }
+        let (status, created) = self.post("/api/v1/servers", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created
+    }
+
+    /// Stops the app (graceful shutdown) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean shutdown");
+        }
+    }
+
+    /// Takes the running app out, to wait for it by hand.
+    pub fn take_running(&mut self) -> Running {
+        self.running.take().expect("running")
+    }
+}
+
+/// Asserts the standard error body: `error` code, a message, and a request id that matches the
+/// response header when one is given.
+pub fn assert_error(body: &Value, code: &str) {
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["request_id"].as_str().is_some_and(|m| m.len() >= 8),
+        "{body}"
+    );
+}
+
+/// A TCP proxy in front of `target` that a test can cut (closing every connection and refusing
+/// new ones) and restore.
+pub struct ChaosProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl ChaosProxy {
+    /// Starts a proxy to `target`.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let up = Arc::new(AtomicBool::new(true));
+        let (generation, _) = tokio::sync::watch::channel(0_u64);
+        let generation = Arc::new(generation);
+        let (up2, gen2) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    let _ = inbound.shutdown().await;
+                    continue;
+                }
+                let mut cut = gen2.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            generation,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
