@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::principal::Principal;
@@ -45,24 +44,9 @@ impl Registry {
 
     /// Registers a server on behalf of `by`.
     pub async fn create(&self, by: &Principal, draft: ServerDraft) -> Result<Server> {
-        let new = draft.validate()?;
-        let now = now();
-        let server = Server {
-            id: Uuid::now_v7(),
-            name: new.name,
-            url: new.url,
-            transport: new.transport,
-            description: new.description,
-            tags: new.tags,
-            version: new.version,
-            registered_by: by.subject.clone(),
-            tenant: by.tenant.clone(),
-            status: new.status,
-            metadata: new.metadata,
-            created_at: now,
-            updated_at: now,
-            revision: 1,
-        };
+        let server = draft
+            .validate()?
+            .into_server(&by.subject, by.tenant.as_deref(), now());
         self.store.insert(&server).await?;
         Ok(server)
     }

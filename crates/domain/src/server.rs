@@ -318,6 +318,34 @@ pub struct NewServer {
     pub metadata: Map<String, Value>,
 }
 
+impl NewServer {
+    /// The server this registration becomes when `registered_by` (of `tenant`) stores it at
+    /// `now`.
+    pub fn into_server(
+        self,
+        registered_by: &str,
+        tenant: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Server {
+        Server {
+            id: Uuid::now_v7(),
+            name: self.name,
+            url: self.url,
+            transport: self.transport,
+            description: self.description,
+            tags: self.tags,
+            version: self.version,
+            registered_by: registered_by.to_owned(),
+            tenant: tenant.map(str::to_owned),
+            status: self.status,
+            metadata: self.metadata,
+            created_at: now,
+            updated_at: now,
+            revision: 1,
+        }
+    }
+}
+
 impl ServerDraft {
     /// Checks every field and returns the registration they describe.
     pub fn validate(self) -> Result<NewServer> {

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use domain::{Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore};
+use domain::{Server, ServerDraft, ServerName, ServerQuery, ServerStore};
 use mreg::config::RawConfig;
 use mreg::store::PgStore;
 use sqlx::Connection;
@@ -76,37 +76,27 @@ fn server(i: usize) -> Server {
     let tags: Vec<String> = (0..1 + i % 3)
         .map(|k| TAGS[(i * 7 + k * 5) % TAGS.len()].to_owned())
         .collect();
-    let new = ServerDraft {
+    let status = if i.is_multiple_of(20) {
+        "deprecated"
+    } else {
+        "active"
+    };
+    ServerDraft {
         name: format!("srv-{i:06}"),
         url: format!("https://srv-{i:06}.{domain_name}.example.com/mcp"),
         description: Some(format!("A {adjective} {domain_name} server, instance {i}")),
         tags: Some(tags),
         version: Some(format!("1.{}.{}", i % 10, i % 7)),
+        status: Some(status.to_owned()),
         ..ServerDraft::default()
     }
     .validate()
-    .expect("generated server is valid");
-    let now = domain::now();
-    Server {
-        id: uuid::Uuid::now_v7(),
-        name: new.name,
-        url: new.url,
-        transport: new.transport,
-        description: new.description,
-        tags: new.tags,
-        version: new.version,
-        registered_by: format!("user-{}", i % 50),
-        tenant: Some(format!("tenant-{}", i % 5)),
-        status: if i.is_multiple_of(20) {
-            ServerStatus::Deprecated
-        } else {
-            ServerStatus::Active
-        },
-        metadata: serde_json::Map::new(),
-        created_at: now,
-        updated_at: now,
-        revision: 1,
-    }
+    .expect("generated server is valid")
+    .into_server(
+        &format!("user-{}", i % 50),
+        Some(&format!("tenant-{}", i % 5)),
+        domain::now(),
+    )
 }
 
 /// Loads `count` servers with multi-row inserts (the store's one-by-one insert would make the

@@ -10,35 +10,21 @@ use time::Duration;
 use crate::support::TestDb;
 
 fn server(name: &str, description: &str, tags: &[&str], status: ServerStatus) -> Server {
-    let new = ServerDraft {
+    ServerDraft {
         name: name.to_owned(),
         url: format!("https://{name}.example.com/mcp"),
         description: Some(description.to_owned()),
         tags: Some(tags.iter().map(|t| (*t).to_owned()).collect()),
+        version: Some("1.0.0".to_owned()),
+        status: Some(status.as_str().to_owned()),
+        metadata: json!({ "team": "search", "nested": { "n": 1 } })
+            .as_object()
+            .cloned(),
         ..ServerDraft::default()
     }
     .validate()
-    .expect("valid draft");
-    let now = domain::now();
-    Server {
-        id: uuid::Uuid::now_v7(),
-        name: new.name,
-        url: new.url,
-        transport: new.transport,
-        description: new.description,
-        tags: new.tags,
-        version: Some("1.0.0".to_owned()),
-        registered_by: "alice".to_owned(),
-        tenant: Some("t1".to_owned()),
-        status,
-        metadata: json!({ "team": "search", "nested": { "n": 1 } })
-            .as_object()
-            .cloned()
-            .unwrap_or_default(),
-        created_at: now,
-        updated_at: now,
-        revision: 1,
-    }
+    .expect("valid draft")
+    .into_server("alice", Some("t1"), domain::now())
 }
 
 fn name(n: &str) -> ServerName {
