@@ -1,23 +1,28 @@
-//! Assembling and running the gateway: connect the database and cache, bind the listener, serve
-//! until told to stop, then drain in-flight requests within the grace period and close pools.
+//! Assembling and running the gateway: connect the database and cache, bind the REST and MCP
+//! listeners, serve until told to stop, then drain in-flight requests within the grace period
+//! and close pools.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use axum::Router;
 use domain::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::metrics::Metrics;
-use crate::{cache, rest, store};
+use crate::{cache, mcp, rest, store};
 
 /// A running gateway.
 pub struct Running {
     /// Where the REST API listens.
     pub api_addr: SocketAddr,
+    /// Where the MCP listener (gateway, `/mcp`) listens.
+    pub mcp_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -40,7 +45,50 @@ impl Running {
     }
 }
 
-/// Connects everything, binds the REST listener and starts serving.
+async fn bind(listen: &Listen, what: &str, variables: &str) -> anyhow::Result<TcpListener> {
+    let listener = TcpListener::bind((listen.host.as_str(), listen.port))
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the {what} ({variables})"))?;
+    if !listen.is_loopback() {
+        tracing::warn!(
+            addr = %listen,
+            "the {what} is listening beyond loopback WITHOUT authentication; anyone who can reach it can use it"
+        );
+    }
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` until `token` is cancelled, then drains for at most `grace`.
+async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    token: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let serve = axum::serve(listener, router)
+        .with_graceful_shutdown(token.clone().cancelled_owned())
+        .into_future();
+    let mut server = tokio::spawn(serve);
+    let failed = |e| anyhow::anyhow!("the {name} server failed: {e}");
+    tokio::select! {
+        ended = &mut server => {
+            // It ended without being asked to: stop the rest of the gateway too.
+            token.cancel();
+            ended.context("the server panicked")?.map_err(failed)
+        }
+        () = token.cancelled() => match tokio::time::timeout(grace, &mut server).await {
+            Ok(ended) => ended.context("the server panicked")?.map_err(failed),
+            Err(_) => {
+                tracing::warn!(listener = name, "requests still in flight after the grace period; closing them");
+                server.abort();
+                Ok(())
+            }
+        },
+    }
+}
+
+/// Connects everything, binds both listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let stores = store::connect(&config).await?;
@@ -58,52 +106,50 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: Metrics::new(),
         config: config.clone(),
     };
-    let listener = TcpListener::bind((config.api.host.as_str(), config.api.port))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (MREG_API_HOST/MREG_API_PORT)",
-                config.api
-            )
-        })?;
-    let api_addr = listener.local_addr()?;
-    if !config.api.is_loopback() {
-        tracing::warn!(
-            addr = %api_addr,
-            "the REST API is listening beyond loopback WITHOUT authentication; anyone who can reach it can change the registry"
-        );
-    }
+    let api = bind(&config.api, "REST API", "MREG_API_HOST/MREG_API_PORT").await?;
+    let mcp = bind(
+        &config.mcp,
+        "MCP listener",
+        "FASTMCP_SERVER_HOST/FASTMCP_SERVER_PORT",
+    )
+    .await?;
+    let (api_addr, mcp_addr) = (api.local_addr()?, mcp.local_addr()?);
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");
+    tracing::info!(addr = %mcp_addr, endpoint = %format!("http://{mcp_addr}/mcp"), "MCP listener listening");
 
     let shutdown = CancellationToken::new();
-    let token = shutdown.clone();
     let grace = config.shutdown_grace;
-    let router = rest::router(state);
+    let api_task = serve(
+        "REST",
+        api,
+        rest::router(state.clone()),
+        shutdown.clone(),
+        grace,
+    );
+    let mcp_task = serve(
+        "MCP",
+        mcp,
+        mcp::router(state, shutdown.child_token()),
+        shutdown.clone(),
+        grace,
+    );
+    let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, router)
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future();
-        let mut server = tokio::spawn(serve);
-        let result = tokio::select! {
-            ended = &mut server => ended.context("the REST server panicked")?.context("the REST server failed"),
-            () = token.cancelled() => {
-                tracing::info!(grace_secs = grace.as_secs(), "shutting down: draining in-flight requests");
-                match tokio::time::timeout(grace, &mut server).await {
-                    Ok(ended) => ended.context("the REST server panicked")?.context("the REST server failed"),
-                    Err(_) => {
-                        tracing::warn!("requests still in flight after the grace period; closing them");
-                        server.abort();
-                        Ok(())
-                    }
-                }
-            }
+        let stopping = async {
+            token.cancelled().await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: draining in-flight requests"
+            );
         };
+        let ((), api, mcp) = tokio::join!(stopping, api_task, mcp_task);
         stores.close().await;
         tracing::info!("stopped");
-        result
+        api.and(mcp)
     });
     Ok(Running {
         api_addr,
+        mcp_addr,
         shutdown,
         task,
     })

@@ -164,6 +164,8 @@ pub struct Config {
     pub api: Listen,
     /// MCP listener.
     pub mcp: Listen,
+    /// Public base URL of the MCP listener, when it differs from the listen address.
+    pub public_url: Option<Url>,
     /// Local state directory.
     pub data_dir: PathBuf,
     /// Registry database.
@@ -428,6 +430,16 @@ impl Parser<'_> {
         Ok(Config {
             api: self.listen("MREG_API_HOST", "MREG_API_PORT")?,
             mcp: self.listen("FASTMCP_SERVER_HOST", "FASTMCP_SERVER_PORT")?,
+            public_url: self.parse("MREG_PUBLIC_URL", |v| {
+                let url = Url::parse(v).map_err(|e| format!("not an absolute URL ({e})"))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return Err("must be an http or https URL with a host".to_owned());
+                }
+                if url.query().is_some() || url.fragment().is_some() {
+                    return Err("must not have a query or fragment".to_owned());
+                }
+                Ok(url)
+            })?,
             database: self.database(&data_dir)?,
             database_max_connections: self.required(
                 "MREG_DATABASE_MAX_CONNECTIONS",

@@ -65,6 +65,13 @@ pub const SETTINGS: &[Setting] = &[
         "Port of the MCP listener.",
     ),
     s(
+        "MREG_PUBLIC_URL",
+        "mcp.public_url",
+        None,
+        false,
+        "Public base URL of the MCP listener as clients reach it (e.g. https://mreg.example.com); its host is accepted in Host headers. Unset: http://FASTMCP_SERVER_HOST:FASTMCP_SERVER_PORT.",
+    ),
+    s(
         "MREG_DATA_DIR",
         "data_dir",
         Some("."),

@@ -3,6 +3,7 @@
 mod api;
 mod cache_conformance;
 mod cli;
+mod mcp_tools;
 mod registry_v0;
 mod store_conformance;
 mod support;

@@ -156,8 +156,10 @@ pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub base: String,
-    /// Where it listens.
+    /// Where the REST API listens.
     pub addr: SocketAddr,
+    /// Where the MCP listener listens.
+    pub mcp_addr: SocketAddr,
     /// A client for it.
     pub http: reqwest::Client,
     running: Option<Running>,
@@ -175,10 +177,11 @@ impl TestApp {
         let dir = TempDir::new();
         let config = test_config(&dir, extra);
         let running = app::start(config).await.expect("app starts");
-        let addr = running.api_addr;
+        let (addr, mcp_addr) = (running.api_addr, running.mcp_addr);
         Self {
             base: format!("http://{addr}"),
             addr,
+            mcp_addr,
             http: reqwest::Client::new(),
             running: Some(running),
             _dir: dir,

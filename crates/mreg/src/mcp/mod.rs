@@ -1,0 +1,63 @@
+//! The MCP listener: the gateway's own MCP server at `/mcp`, built on the official Rust SDK
+//! (`rmcp`) over streamable HTTP. Sessions serve 2025-06-18 and 2025-11-25 clients; requests of
+//! the stateless 2026-07-28 protocol (`server/discover`) are answered without one.
+
+pub mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::middleware;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::rest::{AppState, request_id};
+use tools::RegistryTools;
+
+/// Largest MCP request body accepted.
+pub const MAX_MCP_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Host names the MCP listener answers to: loopback, the listener's own host, and the host of
+/// the public URL. Requests naming any other `Host` are refused (DNS-rebinding protection).
+pub fn allowed_hosts(config: &Config) -> Vec<String> {
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !matches!(config.mcp.host.as_str(), "0.0.0.0" | "::") {
+        hosts.push(config.mcp.host.to_lowercase());
+    }
+    if let Some(host) = config.public_url.as_ref().and_then(|u| u.host_str()) {
+        hosts.push(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_lowercase(),
+        );
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// The MCP router. `shutdown` ends open sessions and streams when the gateway stops.
+pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(allowed_hosts(&state.config))
+        .with_sse_keep_alive(Some(Duration::from_secs(15)))
+        .with_max_request_body_bytes(MAX_MCP_BODY_BYTES)
+        .with_cancellation_token(shutdown);
+    let metrics = state.metrics.clone();
+    let tools = StreamableHttpService::new(
+        move || Ok(RegistryTools::new(state.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .nest_service("/mcp", tools)
+        .layer(middleware::from_fn(crate::authn::authenticate))
+        .layer(middleware::from_fn_with_state(metrics, request_id::track))
+}

@@ -1,0 +1,259 @@
+//! The registry tools of the gateway's own MCP server. Each tool parses its arguments, calls the
+//! same domain services as the REST API, and answers with structured content plus a line of text
+//! a person can read. Failures are tool errors (`isError: true`) whose text says what to do.
+
+use axum::http::request::Parts;
+use domain::{Principal, Server, ServerDraft, ServerQuery};
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::rest::{AppState, cursor};
+
+/// The gateway's MCP server: one instance per session (or per stateless request), sharing
+/// [`AppState`].
+#[derive(Clone)]
+pub struct RegistryTools {
+    state: AppState,
+    tool_router: ToolRouter<Self>,
+}
+
+/// Arguments of `register_server`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterServerArgs {
+    /// Unique name: 1-63 characters of a-z, 0-9 and '-', starting with a letter.
+    pub name: String,
+    /// URL of the server's MCP endpoint (http or https).
+    pub url: String,
+    /// What the server is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Labels for discovery (a-z, 0-9, '.', '_', '-').
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// `streamable-http` (default) or `sse`.
+    #[serde(default)]
+    pub transport: Option<String>,
+}
+
+/// Arguments of the tools that name one server.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerNameArgs {
+    /// The server's name.
+    pub name: String,
+}
+
+/// Arguments of `list_servers`.
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListServersArgs {
+    /// Only servers with this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Only servers in this status: active, deprecated or disabled.
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Only servers whose name, description or tags contain this text.
+    #[serde(default)]
+    pub query: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Page size, 1-500 (default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// A successful result: `value` as structured content, `text` for people.
+pub fn success(text: impl Into<String>, value: &impl Serialize) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = serde_json::to_value(value).ok();
+    result
+}
+
+/// A failed result whose text explains the problem.
+pub fn failure(error: domain::Error) -> CallToolResult {
+    let text = match error {
+        domain::Error::Internal(detail) => {
+            tracing::error!(%detail, "internal error in an MCP tool");
+            "internal error; the gateway's log has the details".to_owned()
+        }
+        domain::Error::Unavailable { ref source, .. } => {
+            tracing::warn!(error = %error, cause = ?source, "dependency unavailable");
+            error.to_string()
+        }
+        other => other.to_string(),
+    };
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+fn principal(parts: &Parts) -> Result<Principal, domain::Error> {
+    parts
+        .extensions
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| domain::Error::Unauthenticated("no credentials were presented".to_owned()))
+}
+
+fn describe(server: &Server) -> String {
+    let mut line = format!(
+        "{} ({}, {}) at {}",
+        server.name,
+        server.status.as_str(),
+        server.transport.as_str(),
+        server.url
+    );
+    if !server.description.is_empty() {
+        line.push_str(&format!(": {}", server.description));
+    }
+    line
+}
+
+fn outcome(result: Result<CallToolResult, domain::Error>) -> Result<CallToolResult, ErrorData> {
+    Ok(result.unwrap_or_else(failure))
+}
+
+#[tool_router]
+impl RegistryTools {
+    /// Tools over `state`.
+    pub fn new(state: AppState) -> Self {
+        Self {
+            state,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "Register an MCP server in the gateway's registry so that it can be discovered and reached through the gateway."
+    )]
+    async fn register_server(
+        &self,
+        Parameters(args): Parameters<RegisterServerArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                let caller = principal(&parts)?;
+                let draft = ServerDraft {
+                    name: args.name,
+                    url: args.url,
+                    transport: args.transport,
+                    description: args.description,
+                    tags: args.tags,
+                    ..ServerDraft::default()
+                };
+                let server = self.state.registry.create(&caller, draft).await?;
+                Ok(success(
+                    format!("Registered {}", describe(&server)),
+                    &server,
+                ))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
+        description = "Remove an MCP server from the gateway's registry.",
+        annotations(destructive_hint = true)
+    )]
+    async fn delete_server(
+        &self,
+        Parameters(args): Parameters<ServerNameArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                let caller = principal(&parts)?;
+                self.state.registry.delete(&caller, &args.name).await?;
+                Ok(success(
+                    format!("Removed server '{}'", args.name),
+                    &json!({ "deleted": args.name }),
+                ))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
+        description = "List registered MCP servers, optionally filtered by tag, status or text, one page at a time.",
+        annotations(read_only_hint = true)
+    )]
+    async fn list_servers(
+        &self,
+        Parameters(args): Parameters<ListServersArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                principal(&parts)?;
+                let mut query = ServerQuery::parse(
+                    args.tag.as_deref(),
+                    args.status.as_deref(),
+                    args.query.as_deref(),
+                    args.limit,
+                )
+                .map_err(|e| match e {
+                    domain::Error::Invalid { field, message } if field == "q" => {
+                        domain::Error::invalid("query", message)
+                    }
+                    other => other,
+                })?;
+                query.after = args.cursor.as_deref().map(cursor::decode).transpose()?;
+                let page = self.state.registry.list(&query).await?;
+                let next_cursor = page.next_after.as_ref().map(cursor::encode);
+                let mut text = if page.items.is_empty() {
+                    "No servers match.".to_owned()
+                } else {
+                    format!("{} server(s):", page.items.len())
+                };
+                for server in &page.items {
+                    text.push_str(&format!("\n- {}", describe(server)));
+                }
+                if next_cursor.is_some() {
+                    text.push_str("\nMore servers follow; pass next_cursor as cursor.");
+                }
+                Ok(success(
+                    text,
+                    &json!({ "servers": page.items, "next_cursor": next_cursor }),
+                ))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
+        description = "Show one registered MCP server.",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_server(
+        &self,
+        Parameters(args): Parameters<ServerNameArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                principal(&parts)?;
+                let server = self.state.registry.get(&args.name).await?;
+                Ok(success(describe(&server), &server))
+            }
+            .await,
+        )
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for RegistryTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("mreg", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "mreg is an MCP registry gateway. Use list_servers and get_server to discover MCP servers, register_server and delete_server to manage them.",
+            )
+    }
+}

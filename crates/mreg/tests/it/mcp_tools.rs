@@ -1,0 +1,207 @@
+//! The gateway's own MCP server at `/mcp`, driven by the official Rust SDK's client on each
+//! protocol version it speaks.
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion,
+};
+use rmcp::service::RunningService;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+pub type McpClient = RunningService<RoleClient, ClientConfig>;
+
+/// An rmcp client of `url` speaking `version` (2026-07-28: stateless, via `server/discover`).
+pub async fn connect(url: &str, version: ProtocolVersion) -> McpClient {
+    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("mreg-tests", "0"),
+    );
+    if version.has_initialize() {
+        info.with_protocol_version(version)
+            .serve(transport)
+            .await
+            .expect("initialize")
+    } else {
+        info.serve_with_lifecycle(
+            transport,
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![version],
+            },
+        )
+        .await
+        .expect("discover")
+    }
+}
+
+/// Calls `tool` with `args`.
+pub async fn call(client: &McpClient, tool: &str, args: Value) -> CallToolResult {
+    let args = args.as_object().cloned().unwrap_or_default();
+    client
+        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
+        .await
+        .expect("tools/call answered")
+}
+
+/// The text of a result's first content block.
+pub fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .first()
+        .and_then(|c| c.as_text())
+        .map(|t| t.text.clone())
+        .unwrap_or_default()
+}
+
+async fn registry_tools_work_on(version: ProtocolVersion) {
+    let app = TestApp::spawn().await;
+    let client = connect(&format!("http://{}/mcp", app.mcp_addr), version.clone()).await;
+    let negotiated = client.peer_info().map(|p| p.protocol_version.clone());
+    assert_eq!(negotiated, Some(version.clone()));
+    assert_eq!(
+        client
+            .peer_info()
+            .and_then(|p| p.server_info.clone())
+            .map(|i| i.name),
+        Some("mreg".to_owned())
+    );
+
+    let tools = client.list_all_tools().await.expect("tools/list");
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    for expected in [
+        "register_server",
+        "delete_server",
+        "list_servers",
+        "get_server",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    let register = tools
+        .iter()
+        .find(|t| t.name == "register_server")
+        .expect("register_server");
+    let schema = serde_json::to_value(&register.input_schema).expect("schema");
+    assert_eq!(schema["required"], json!(["name", "url"]), "{schema}");
+
+    let created = call(&client, "register_server", json!({ "name": "weather", "url": "https://weather.example.com/mcp", "tags": ["geo"], "description": "Forecasts" })).await;
+    assert_ne!(created.is_error, Some(true), "{}", text(&created));
+    assert!(
+        text(&created).contains("Registered weather"),
+        "{}",
+        text(&created)
+    );
+    let structured = created
+        .structured_content
+        .clone()
+        .expect("structured content");
+    assert_eq!(structured["name"], "weather");
+    assert_eq!(structured["tags"], json!(["geo"]));
+
+    let (status, via_rest) = app.get("/api/v1/servers/weather").await;
+    assert_eq!(
+        status,
+        reqwest::StatusCode::OK,
+        "the tool wrote through the same registry"
+    );
+    assert_eq!(via_rest["id"], structured["id"]);
+
+    let listed = call(&client, "list_servers", json!({ "query": "forecast" })).await;
+    assert_eq!(
+        listed
+            .structured_content
+            .as_ref()
+            .map(|v| v["servers"][0]["name"].clone()),
+        Some(json!("weather"))
+    );
+    assert!(
+        text(&listed).contains("- weather (active"),
+        "{}",
+        text(&listed)
+    );
+
+    let got = call(&client, "get_server", json!({ "name": "weather" })).await;
+    assert_eq!(
+        got.structured_content.map(|v| v["url"].clone()),
+        Some(json!("https://weather.example.com/mcp"))
+    );
+
+    let duplicate = call(
+        &client,
+        "register_server",
+        json!({ "name": "weather", "url": "https://x.example.com" }),
+    )
+    .await;
+    assert_eq!(duplicate.is_error, Some(true));
+    assert_eq!(text(&duplicate), "server 'weather' already exists");
+
+    let invalid = call(
+        &client,
+        "register_server",
+        json!({ "name": "ok", "url": "ftp://x" }),
+    )
+    .await;
+    assert_eq!(invalid.is_error, Some(true));
+    assert!(
+        text(&invalid).starts_with("url: scheme 'ftp' is not allowed"),
+        "{}",
+        text(&invalid)
+    );
+
+    let wrong_type = call(&client, "list_servers", json!({ "limit": "many" })).await;
+    assert_eq!(wrong_type.is_error, Some(true), "{wrong_type:?}");
+
+    let deleted = call(&client, "delete_server", json!({ "name": "weather" })).await;
+    assert_ne!(deleted.is_error, Some(true), "{}", text(&deleted));
+    let missing = call(&client, "get_server", json!({ "name": "weather" })).await;
+    assert_eq!(missing.is_error, Some(true));
+    assert_eq!(text(&missing), "server 'weather' not found");
+
+    client.cancel().await.expect("close");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn registry_tools_work_on_2025_06_18() {
+    registry_tools_work_on(ProtocolVersion::V_2025_06_18).await;
+}
+
+#[tokio::test]
+async fn registry_tools_work_on_2025_11_25() {
+    registry_tools_work_on(ProtocolVersion::V_2025_11_25).await;
+}
+
+#[tokio::test]
+async fn registry_tools_work_on_the_stateless_2026_07_28() {
+    registry_tools_work_on(ProtocolVersion::V_2026_07_28).await;
+}
+
+#[tokio::test]
+async fn the_mcp_listener_refuses_foreign_host_headers_but_accepts_the_public_url() {
+    let app = TestApp::spawn_with(&[("MREG_PUBLIC_URL", "https://mcp.example.com")]).await;
+    let http = reqwest::Client::new();
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    let send = |host: &'static str| {
+        http.post(format!("http://{}/mcp", app.mcp_addr))
+            .header("host", host)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        send("evil.example.net").await.expect("send").status(),
+        reqwest::StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send("mcp.example.com").await.expect("send").status(),
+        reqwest::StatusCode::OK
+    );
+    app.stop().await;
+}
