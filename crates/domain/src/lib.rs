@@ -10,6 +10,7 @@ pub mod principal;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod upstream;
 
 pub use cache::Cache;
 pub use error::{Error, Result};
@@ -19,4 +20,5 @@ pub use server::{
     NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery,
     ServerStatus, ServerUpdate, ServerUrl, Transport,
 };
-pub use store::ServerStore;
+pub use store::{Credentials, SecretStore, ServerStore};
+pub use upstream::{Sealer, UpstreamHeaders};

@@ -8,7 +8,11 @@ use time::OffsetDateTime;
 use crate::error::{Error, Result};
 use crate::principal::Principal;
 use crate::server::{Page, Server, ServerDraft, ServerName, ServerPatch, ServerQuery};
-use crate::store::ServerStore;
+use crate::store::{Credentials, ServerStore};
+use crate::upstream::{Sealer, UpstreamHeaders};
+
+/// Purpose under which upstream credentials are sealed.
+const CREDENTIALS_PURPOSE: &str = "upstream-credentials/v1";
 
 /// How often an update is retried when another writer changed the same server meanwhile.
 const UPDATE_ATTEMPTS: usize = 5;
@@ -17,6 +21,7 @@ const UPDATE_ATTEMPTS: usize = 5;
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn ServerStore>,
+    sealer: Arc<dyn Sealer>,
 }
 
 /// The current time at the precision every backend stores (microseconds), so that a value read
@@ -32,9 +37,33 @@ fn server_not_found(name: &ServerName) -> Error {
 }
 
 impl Registry {
-    /// A registry over `store`.
-    pub fn new(store: Arc<dyn ServerStore>) -> Self {
-        Self { store }
+    /// A registry over `store`, sealing upstream credentials with `sealer`.
+    pub fn new(store: Arc<dyn ServerStore>, sealer: Arc<dyn Sealer>) -> Self {
+        Self { store, sealer }
+    }
+
+    fn seal(&self, headers: &UpstreamHeaders) -> Result<Vec<u8>> {
+        let plain = serde_json::to_vec(headers).map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(self.sealer.seal(CREDENTIALS_PURPOSE, &plain))
+    }
+
+    /// The upstream credentials stored for `server`, opened.
+    pub async fn upstream_headers(&self, server: &Server) -> Result<Option<UpstreamHeaders>> {
+        if !server.has_upstream_credentials {
+            return Ok(None);
+        }
+        let Some(sealed) = self.store.credentials(server.id).await? else {
+            return Ok(None);
+        };
+        let plain = self.sealer.open(CREDENTIALS_PURPOSE, &sealed).map_err(|_| {
+            Error::Internal(format!(
+                "the upstream credentials of server '{}' cannot be decrypted (was MREG_ENCRYPTION_KEY changed?)",
+                server.name
+            ))
+        })?;
+        serde_json::from_slice(&plain).map(Some).map_err(|e| {
+            Error::Internal(format!("stored upstream credentials are unreadable: {e}"))
+        })
     }
 
     /// The store underneath, for readiness checks.
@@ -44,10 +73,14 @@ impl Registry {
 
     /// Registers a server on behalf of `by`.
     pub async fn create(&self, by: &Principal, draft: ServerDraft) -> Result<Server> {
-        let server = draft
-            .validate()?
-            .into_server(&by.subject, by.tenant.as_deref(), now());
-        self.store.insert(&server).await?;
+        let new = draft.validate()?;
+        let sealed = new
+            .upstream_headers
+            .as_ref()
+            .map(|h| self.seal(h))
+            .transpose()?;
+        let server = new.into_server(&by.subject, by.tenant.as_deref(), now());
+        self.store.insert(&server, sealed.as_deref()).await?;
         Ok(server)
     }
 
@@ -79,6 +112,15 @@ impl Registry {
     /// Applies `patch` to the server called `name`.
     pub async fn update(&self, _by: &Principal, name: &str, patch: ServerPatch) -> Result<Server> {
         let update = patch.validate()?;
+        let sealed = match &update.upstream_headers {
+            Some(Some(headers)) => Some(self.seal(headers)?),
+            _ => None,
+        };
+        let credentials = match (&update.upstream_headers, &sealed) {
+            (None, _) => Credentials::Keep,
+            (Some(None), _) | (Some(Some(_)), None) => Credentials::Clear,
+            (Some(Some(_)), Some(bytes)) => Credentials::Set(bytes),
+        };
         for _ in 0..UPDATE_ATTEMPTS {
             let mut server = self.get(name).await?;
             if update.is_empty() {
@@ -88,7 +130,7 @@ impl Registry {
             update.clone().apply_to(&mut server);
             server.updated_at = now();
             server.revision = expected + 1;
-            if self.store.update(&server, expected).await? {
+            if self.store.update(&server, expected, credentials).await? {
                 return Ok(server);
             }
         }

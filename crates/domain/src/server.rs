@@ -4,6 +4,7 @@
 //! the caller sent it; `validate` turns it into a [`NewServer`] or [`ServerUpdate`] whose fields
 //! can no longer be wrong. Errors name the field as the caller spelled it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -14,6 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::upstream::{UpstreamHeaders, parse_timeout};
 
 /// Longest accepted description, in characters.
 pub const MAX_DESCRIPTION_CHARS: usize = 1000;
@@ -242,6 +244,10 @@ pub struct Server {
     /// Free-form JSON object for the operator's own use.
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// Seconds the gateway waits for the server to answer a request (default 30).
+    pub timeout_secs: Option<u32>,
+    /// Whether upstream credentials are stored for it (they are never shown).
+    pub has_upstream_credentials: bool,
     /// When it was registered.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
@@ -295,6 +301,13 @@ pub struct ServerDraft {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Map<String, Value>>,
+    /// Seconds the gateway waits for the server to answer (1-600, default 30).
+    #[serde(default)]
+    pub timeout_secs: Option<u32>,
+    /// Headers sent to the server with every proxied request, e.g. `{"x-api-key": "..."}`.
+    /// Stored encrypted; never returned.
+    #[serde(default)]
+    pub upstream_headers: Option<BTreeMap<String, String>>,
 }
 
 /// A validated registration, ready to be stored.
@@ -316,6 +329,10 @@ pub struct NewServer {
     pub status: ServerStatus,
     /// See [`Server::metadata`].
     pub metadata: Map<String, Value>,
+    /// See [`Server::timeout_secs`].
+    pub timeout_secs: Option<u32>,
+    /// Upstream credentials to store (sealed) with the server.
+    pub upstream_headers: Option<UpstreamHeaders>,
 }
 
 impl NewServer {
@@ -339,6 +356,8 @@ impl NewServer {
             tenant: tenant.map(str::to_owned),
             status: self.status,
             metadata: self.metadata,
+            timeout_secs: self.timeout_secs,
+            has_upstream_credentials: self.upstream_headers.is_some_and(|h| !h.is_empty()),
             created_at: now,
             updated_at: now,
             revision: 1,
@@ -366,6 +385,12 @@ impl ServerDraft {
                 .transpose()?
                 .unwrap_or_default(),
             metadata: parse_metadata(self.metadata.unwrap_or_default())?,
+            timeout_secs: self.timeout_secs.map(parse_timeout).transpose()?,
+            upstream_headers: self
+                .upstream_headers
+                .map(UpstreamHeaders::parse)
+                .transpose()?
+                .filter(|h| !h.is_empty()),
         })
     }
 }
@@ -424,6 +449,14 @@ pub struct ServerPatch {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Patch<Map<String, Value>>,
+    /// New timeout in seconds; `null` restores the default.
+    #[serde(default)]
+    #[schema(value_type = Option<u32>)]
+    pub timeout_secs: Patch<u32>,
+    /// New upstream credentials (replacing the old ones); `null` removes them.
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub upstream_headers: Patch<BTreeMap<String, String>>,
 }
 
 /// A validated partial update.
@@ -443,6 +476,10 @@ pub struct ServerUpdate {
     pub status: Option<ServerStatus>,
     /// New metadata.
     pub metadata: Option<Map<String, Value>>,
+    /// New timeout (`Some(None)` restores the default).
+    pub timeout_secs: Option<Option<u32>>,
+    /// New upstream credentials (`Some(None)` removes them).
+    pub upstream_headers: Option<Option<UpstreamHeaders>>,
 }
 
 fn required<T>(patch: Patch<T>, field: &str) -> Result<Option<T>> {
@@ -486,6 +523,16 @@ impl ServerPatch {
                 Patch::Clear => Some(Map::new()),
                 Patch::Set(m) => Some(parse_metadata(m)?),
             },
+            timeout_secs: match self.timeout_secs {
+                Patch::Keep => None,
+                Patch::Clear => Some(None),
+                Patch::Set(t) => Some(Some(parse_timeout(t)?)),
+            },
+            upstream_headers: match self.upstream_headers {
+                Patch::Keep => None,
+                Patch::Clear => Some(None),
+                Patch::Set(h) => Some(Some(UpstreamHeaders::parse(h)?).filter(|h| !h.is_empty())),
+            },
         })
     }
 }
@@ -518,6 +565,12 @@ impl ServerUpdate {
         }
         if let Some(metadata) = self.metadata {
             server.metadata = metadata;
+        }
+        if let Some(timeout) = self.timeout_secs {
+            server.timeout_secs = timeout;
+        }
+        if let Some(headers) = self.upstream_headers {
+            server.has_upstream_credentials = headers.is_some();
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Listen};
+use crate::crypto::Cipher;
 use crate::metrics::Metrics;
 use crate::{cache, mcp, rest, store};
 
@@ -98,8 +99,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache = cache_backend,
         "storage ready"
     );
+    let cipher = Arc::new(Cipher::from_config(&config, stores.secrets.as_ref()).await?);
     let state = rest::AppState {
-        registry: Registry::new(stores.servers.clone()),
+        registry: Registry::new(stores.servers.clone(), cipher.clone()),
+        cipher,
         stores: stores.clone(),
         cache,
         cache_backend,

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod crypto;
 pub mod mcp;
 pub mod metrics;
 pub mod rest;

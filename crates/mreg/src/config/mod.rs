@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use url::Url;
 
 use settings::{SETTINGS, Setting};
@@ -172,6 +172,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Database pool size.
     pub database_max_connections: u32,
+    /// Key for secrets at rest and session tokens; generated and kept in the database when unset.
+    pub encryption_key: Option<std::sync::Arc<SecretBox<[u8; 32]>>>,
     /// Redis URL, when Redis is used as the cache.
     pub redis_url: Option<SecretString>,
     /// Prefix of every Redis key.
@@ -449,6 +451,17 @@ impl Parser<'_> {
                 },
             )?,
             data_dir,
+            encryption_key: self.parse("MREG_ENCRYPTION_KEY", |v| {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v))
+                    .map_err(|_| "is not base64".to_owned())?;
+                let key: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| "must be 32 bytes (base64 of `openssl rand 32`)".to_owned())?;
+                Ok(std::sync::Arc::new(SecretBox::new(Box::new(key))))
+            })?,
             redis_url: self.parse("MREG_REDIS_URL", |v| {
                 let url = Url::parse(v).map_err(|e| format!("not a URL ({e})"))?;
                 match url.scheme() {

@@ -128,6 +128,13 @@ pub const SETTINGS: &[Setting] = &[
         "Size of the database connection pool.",
     ),
     s(
+        "MREG_ENCRYPTION_KEY",
+        "security.encryption_key",
+        None,
+        true,
+        "Base64 of 32 random bytes: the AES-256-GCM key for secrets at rest (upstream credentials) and session tokens. Unset: generated once and kept in the database.",
+    ),
+    s(
         "MREG_REDIS_URL",
         "redis.url",
         None,

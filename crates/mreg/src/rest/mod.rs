@@ -31,6 +31,8 @@ use error::ApiError;
 pub struct AppState {
     /// The registry service.
     pub registry: Registry,
+    /// Encryption for secrets at rest and session tokens.
+    pub cipher: Arc<crate::crypto::Cipher>,
     /// The database's stores.
     pub stores: Stores,
     /// The cache.

@@ -8,7 +8,7 @@ mod sqlite;
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Error, ServerStore};
+use domain::{Error, SecretStore, ServerStore};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::config::{Config, DatabaseConfig};
@@ -25,6 +25,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Stores {
     /// Server registrations.
     pub servers: Arc<dyn ServerStore>,
+    /// Shared generated secrets.
+    pub secrets: Arc<dyn SecretStore>,
     closer: Arc<dyn Close>,
     /// `sqlite` or `postgres`, for logs and `/readyz`.
     pub backend: &'static str,
@@ -49,6 +51,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
             let store = SqliteStore::open(path, config.database_max_connections).await?;
             Stores {
                 servers: Arc::new(store.clone()),
+                secrets: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "sqlite",
             }
@@ -57,6 +60,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
             let store = PgStore::connect(url, config.database_max_connections).await?;
             Stores {
                 servers: Arc::new(store.clone()),
+                secrets: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "postgres",
             }

@@ -3,7 +3,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    Error, Result, Server, ServerName, ServerQuery, ServerStatus, ServerStore, ServerUrl, Transport,
+    Credentials, Error, Result, SecretStore, Server, ServerName, ServerQuery, ServerStatus,
+    ServerStore, ServerUrl, Transport,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -16,14 +17,22 @@ use uuid::Uuid;
 
 use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "servers",
-    include_str!("../../migrations/postgres/0001_servers.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "servers",
+        include_str!("../../migrations/postgres/0001_servers.sql"),
+    ),
+    (
+        2,
+        "upstream",
+        include_str!("../../migrations/postgres/0002_upstream.sql"),
+    ),
+];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
-                       tenant, status, metadata, created_at, updated_at, revision";
+                       tenant, status, metadata, created_at, updated_at, revision, timeout_secs, \
+                       upstream_credentials IS NOT NULL AS has_upstream_credentials";
 
 /// Registry storage in PostgreSQL.
 #[derive(Clone)]
@@ -102,16 +111,21 @@ fn server_from_row(row: &PgRow) -> Result<Server> {
         created_at: col::<OffsetDateTime>(row, "created_at")?,
         updated_at: col::<OffsetDateTime>(row, "updated_at")?,
         revision: col(row, "revision")?,
+        timeout_secs: col::<Option<i32>>(row, "timeout_secs")?
+            .map(|t| u32::try_from(t).map_err(|e| corrupt("timeout_secs", e)))
+            .transpose()?,
+        has_upstream_credentials: col(row, "has_upstream_credentials")?,
     })
 }
 
 #[async_trait]
 impl ServerStore for PgStore {
-    async fn insert(&self, s: &Server) -> Result<()> {
+    async fn insert(&self, s: &Server, credentials: Option<&[u8]>) -> Result<()> {
         sqlx::query(
             "INSERT INTO servers (id, name, url, transport, description, tags, version, \
-             registered_by, tenant, status, metadata, search_text, created_at, updated_at, revision) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             registered_by, tenant, status, metadata, search_text, created_at, updated_at, \
+             revision, timeout_secs, upstream_credentials) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .bind(s.id)
         .bind(s.name.as_str().to_owned())
@@ -128,6 +142,8 @@ impl ServerStore for PgStore {
         .bind(s.created_at)
         .bind(s.updated_at)
         .bind(s.revision)
+        .bind(s.timeout_secs.map(|t| i32::try_from(t).unwrap_or(i32::MAX)))
+        .bind(credentials.map(<[u8]>::to_vec))
         .execute(&self.pool)
         .await
         .map_err(db_error(&format!("server '{}'", s.name)))?;
@@ -177,11 +193,23 @@ impl ServerStore for PgStore {
         rows.iter().map(server_from_row).collect()
     }
 
-    async fn update(&self, s: &Server, expected_revision: i64) -> Result<bool> {
+    async fn update(
+        &self,
+        s: &Server,
+        expected_revision: i64,
+        credentials: Credentials<'_>,
+    ) -> Result<bool> {
+        let (replace, sealed) = match credentials {
+            Credentials::Keep => (false, None),
+            Credentials::Clear => (true, None),
+            Credentials::Set(bytes) => (true, Some(bytes.to_vec())),
+        };
         let done = sqlx::query(
             "UPDATE servers SET url = $1, transport = $2, description = $3, tags = $4, \
              version = $5, status = $6, metadata = $7, search_text = $8, updated_at = $9, \
-             revision = $10 WHERE id = $11 AND revision = $12",
+             revision = $10, timeout_secs = $11, \
+             upstream_credentials = CASE WHEN $12 THEN $13 ELSE upstream_credentials END \
+             WHERE id = $14 AND revision = $15",
         )
         .bind(s.url.as_str().to_owned())
         .bind(s.transport.as_str())
@@ -193,6 +221,9 @@ impl ServerStore for PgStore {
         .bind(s.search_text())
         .bind(s.updated_at)
         .bind(s.revision)
+        .bind(s.timeout_secs.map(|t| i32::try_from(t).unwrap_or(i32::MAX)))
+        .bind(replace)
+        .bind(sealed)
         .bind(s.id)
         .bind(expected_revision)
         .execute(&self.pool)
@@ -210,11 +241,41 @@ impl ServerStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn credentials(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar::<_, Option<Vec<u8>>>(
+            "SELECT upstream_credentials FROM servers WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map(Option::flatten)
+        .map_err(db_error("server"))
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
             .map_err(db_error("database"))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SecretStore for PgStore {
+    async fn get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name.to_owned())
+        .bind(candidate.to_vec())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("secret"))?;
+        sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM secrets WHERE name = $1")
+            .bind(name.to_owned())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("secret"))
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    Error, Result, Server, ServerName, ServerQuery, ServerStatus, ServerStore, ServerUrl, Transport,
+    Credentials, Error, Result, SecretStore, Server, ServerName, ServerQuery, ServerStatus,
+    ServerStore, ServerUrl, Transport,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -19,14 +20,22 @@ use uuid::Uuid;
 
 use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "servers",
-    include_str!("../../migrations/sqlite/0001_servers.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "servers",
+        include_str!("../../migrations/sqlite/0001_servers.sql"),
+    ),
+    (
+        2,
+        "upstream",
+        include_str!("../../migrations/sqlite/0002_upstream.sql"),
+    ),
+];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
-                       tenant, status, metadata, created_at, updated_at, revision";
+                       tenant, status, metadata, created_at, updated_at, revision, timeout_secs, \
+                       upstream_credentials IS NOT NULL AS has_upstream_credentials";
 
 /// Registry storage in a SQLite file.
 #[derive(Clone)]
@@ -123,6 +132,14 @@ fn server_from_row(row: &SqliteRow) -> Result<Server> {
         created_at: from_micros(int("created_at")?)?,
         updated_at: from_micros(int("updated_at")?)?,
         revision: int("revision")?,
+        timeout_secs: row
+            .try_get::<Option<i64>, _>("timeout_secs")
+            .map_err(|e| corrupt("timeout_secs", e))?
+            .map(|t| u32::try_from(t).map_err(|e| corrupt("timeout_secs", e)))
+            .transpose()?,
+        has_upstream_credentials: row
+            .try_get::<bool, _>("has_upstream_credentials")
+            .map_err(|e| corrupt("upstream_credentials", e))?,
     })
 }
 
@@ -132,11 +149,12 @@ fn json(value: &impl serde::Serialize) -> Result<String> {
 
 #[async_trait]
 impl ServerStore for SqliteStore {
-    async fn insert(&self, s: &Server) -> Result<()> {
+    async fn insert(&self, s: &Server, credentials: Option<&[u8]>) -> Result<()> {
         sqlx::query(
             "INSERT INTO servers (id, name, url, transport, description, tags, version, \
-             registered_by, tenant, status, metadata, search_text, created_at, updated_at, revision) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             registered_by, tenant, status, metadata, search_text, created_at, updated_at, \
+             revision, timeout_secs, upstream_credentials) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(s.id.to_string())
         .bind(s.name.as_str().to_owned())
@@ -153,6 +171,8 @@ impl ServerStore for SqliteStore {
         .bind(micros(s.created_at))
         .bind(micros(s.updated_at))
         .bind(s.revision)
+        .bind(s.timeout_secs.map(i64::from))
+        .bind(credentials.map(<[u8]>::to_vec))
         .execute(&self.pool)
         .await
         .map_err(db_error(&format!("server '{}'", s.name)))?;
@@ -203,10 +223,22 @@ impl ServerStore for SqliteStore {
         rows.iter().map(server_from_row).collect()
     }
 
-    async fn update(&self, s: &Server, expected_revision: i64) -> Result<bool> {
+    async fn update(
+        &self,
+        s: &Server,
+        expected_revision: i64,
+        credentials: Credentials<'_>,
+    ) -> Result<bool> {
+        let (replace, sealed) = match credentials {
+            Credentials::Keep => (false, None),
+            Credentials::Clear => (true, None),
+            Credentials::Set(bytes) => (true, Some(bytes.to_vec())),
+        };
         let done = sqlx::query(
             "UPDATE servers SET url = ?, transport = ?, description = ?, tags = ?, version = ?, \
-             status = ?, metadata = ?, search_text = ?, updated_at = ?, revision = ? \
+             status = ?, metadata = ?, search_text = ?, updated_at = ?, revision = ?, \
+             timeout_secs = ?, \
+             upstream_credentials = CASE WHEN ? THEN ? ELSE upstream_credentials END \
              WHERE id = ? AND revision = ?",
         )
         .bind(s.url.as_str().to_owned())
@@ -219,6 +251,9 @@ impl ServerStore for SqliteStore {
         .bind(s.search_text())
         .bind(micros(s.updated_at))
         .bind(s.revision)
+        .bind(s.timeout_secs.map(i64::from))
+        .bind(replace)
+        .bind(sealed)
         .bind(s.id.to_string())
         .bind(expected_revision)
         .execute(&self.pool)
@@ -236,11 +271,43 @@ impl ServerStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn credentials(&self, id: Uuid) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT upstream_credentials FROM servers WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("server"))?;
+        match row {
+            None => Ok(None),
+            Some(row) => row
+                .try_get::<Option<Vec<u8>>, _>("upstream_credentials")
+                .map_err(|e| corrupt("upstream_credentials", e)),
+        }
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
             .map_err(db_error("database"))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SecretStore for SqliteStore {
+    async fn get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query("INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
+            .bind(name.to_owned())
+            .bind(candidate.to_vec())
+            .bind(micros(OffsetDateTime::now_utc()))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("secret"))?;
+        sqlx::query_scalar::<_, Vec<u8>>("SELECT value FROM secrets WHERE name = ?")
+            .bind(name.to_owned())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("secret"))
     }
 }

@@ -674,3 +674,71 @@ async fn shutdown_gives_up_on_stuck_requests_after_the_grace_period() {
         "it waited for the grace period"
     );
 }
+
+#[tokio::test]
+async fn upstream_credentials_are_write_only_and_encrypted_at_rest() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .register(
+            "secure",
+            json!({ "upstream_headers": { "X-Api-Key": "sk-live-0123456789" }, "timeout_secs": 5, "description": "plain-marker-42" }),
+        )
+        .await;
+    assert_eq!(created["has_upstream_credentials"], true);
+    assert_eq!(created["timeout_secs"], 5);
+    for path in [
+        "/api/v1/servers/secure",
+        "/api/v1/servers",
+        "/v0.1/servers",
+        "/v0.1/servers/secure/versions/latest",
+    ] {
+        let (status, body) = app.get(path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            !body.to_string().contains("sk-live"),
+            "{path} leaked the credential: {body}"
+        );
+    }
+    let mut at_rest = Vec::new();
+    for file in ["mreg.db", "mreg.db-wal"] {
+        if let Ok(bytes) = std::fs::read(app.dir.0.join(file)) {
+            at_rest.extend(bytes);
+        }
+    }
+    let contains = |needle: &[u8]| at_rest.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        contains(b"plain-marker-42"),
+        "the check reads the database files"
+    );
+    assert!(
+        !contains(b"sk-live-0123456789"),
+        "the credential is stored in the clear"
+    );
+
+    let (status, error) = app
+        .patch(
+            "/api/v1/servers/secure",
+            json!({ "upstream_headers": { "Host": "evil" } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["field"], "upstream_headers.host");
+    let (status, cleared) = app
+        .patch(
+            "/api/v1/servers/secure",
+            json!({ "upstream_headers": null, "timeout_secs": null }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cleared}");
+    assert_eq!(cleared["has_upstream_credentials"], false);
+    assert_eq!(cleared["timeout_secs"], Value::Null);
+    let (status, error) = app
+        .post(
+            "/api/v1/servers",
+            json!({ "name": "slow", "url": "https://x.example.com", "timeout_secs": 0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["field"], "timeout_secs");
+    app.stop().await;
+}

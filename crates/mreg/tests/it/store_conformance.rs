@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use domain::{Error, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore};
+use domain::{
+    Credentials, Error, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus,
+    ServerStore,
+};
 use mreg::store::{PgStore, SqliteStore};
 use serde_json::json;
 use time::Duration;
@@ -37,7 +40,7 @@ fn names(servers: &[Server]) -> Vec<&str> {
 
 async fn a_stored_server_reads_back_equal(store: Arc<dyn ServerStore>) {
     let s = server("alpha", "First server", &["b", "a"], ServerStatus::Active);
-    store.insert(&s).await.expect("insert");
+    store.insert(&s, None).await.expect("insert");
     let read = store.get(&s.name).await.expect("get").expect("present");
     assert_eq!(read, s);
     assert_eq!(store.get(&name("missing")).await.expect("get"), None);
@@ -45,11 +48,11 @@ async fn a_stored_server_reads_back_equal(store: Arc<dyn ServerStore>) {
 
 async fn a_duplicate_name_is_already_exists(store: Arc<dyn ServerStore>) {
     store
-        .insert(&server("dup", "", &[], ServerStatus::Active))
+        .insert(&server("dup", "", &[], ServerStatus::Active), None)
         .await
         .expect("first insert");
     let err = store
-        .insert(&server("dup", "other", &[], ServerStatus::Active))
+        .insert(&server("dup", "other", &[], ServerStatus::Active), None)
         .await
         .expect_err("second insert");
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
@@ -58,7 +61,7 @@ async fn a_duplicate_name_is_already_exists(store: Arc<dyn ServerStore>) {
 async fn lists_are_in_name_order_and_page_with_after_and_limit(store: Arc<dyn ServerStore>) {
     for n in ["delta", "alpha", "charlie", "bravo", "echo", "a-1", "a1"] {
         store
-            .insert(&server(n, "", &[], ServerStatus::Active))
+            .insert(&server(n, "", &[], ServerStatus::Active), None)
             .await
             .expect("insert");
     }
@@ -112,7 +115,7 @@ async fn lists_filter_by_tag_status_text_and_update_time(store: Arc<dyn ServerSt
         server("files", "File storage", &["storage"], ServerStatus::Active),
         server("percent", "100%_done", &["misc"], ServerStatus::Disabled),
     ] {
-        store.insert(&s).await.expect("insert");
+        store.insert(&s, None).await.expect("insert");
     }
     let query = |f: fn(&mut ServerQuery)| {
         let mut q = ServerQuery {
@@ -172,7 +175,7 @@ async fn lists_filter_by_tag_status_text_and_update_time(store: Arc<dyn ServerSt
 
 async fn an_update_needs_the_current_revision(store: Arc<dyn ServerStore>) {
     let original = server("rev", "v1", &["a"], ServerStatus::Active);
-    store.insert(&original).await.expect("insert");
+    store.insert(&original, None).await.expect("insert");
     let mut changed = original.clone();
     changed.description = "v2 searchable".into();
     changed.tags = vec!["z".into()];
@@ -184,7 +187,12 @@ async fn an_update_needs_the_current_revision(store: Arc<dyn ServerStore>) {
     changed.status = ServerStatus::Disabled;
     changed.updated_at = domain::now();
     changed.revision = 2;
-    assert!(store.update(&changed, 1).await.expect("update"));
+    assert!(
+        store
+            .update(&changed, 1, Credentials::Keep)
+            .await
+            .expect("update")
+    );
     assert_eq!(
         store.get(&original.name).await.expect("get"),
         Some(changed.clone())
@@ -199,20 +207,122 @@ async fn an_update_needs_the_current_revision(store: Arc<dyn ServerStore>) {
     assert_eq!(names(&found), ["rev"]);
     let mut stale = original.clone();
     stale.description = "lost".into();
-    assert!(!store.update(&stale, 1).await.expect("stale update"));
+    assert!(
+        !store
+            .update(&stale, 1, Credentials::Keep)
+            .await
+            .expect("stale update")
+    );
     assert_eq!(store.get(&original.name).await.expect("get"), Some(changed));
 }
 
 async fn delete_reports_whether_it_removed_something(store: Arc<dyn ServerStore>) {
     let s = server("gone", "", &[], ServerStatus::Active);
-    store.insert(&s).await.expect("insert");
+    store.insert(&s, None).await.expect("insert");
     assert!(store.delete(&s.name).await.expect("delete"));
     assert!(!store.delete(&s.name).await.expect("second delete"));
     assert_eq!(store.get(&s.name).await.expect("get"), None);
     let mut ghost = s.clone();
     ghost.revision = 2;
-    assert!(!store.update(&ghost, 1).await.expect("update of deleted"));
+    assert!(
+        !store
+            .update(&ghost, 1, Credentials::Keep)
+            .await
+            .expect("update of deleted")
+    );
     store.ping().await.expect("ping");
+}
+
+async fn sealed_credentials_are_stored_kept_replaced_and_cleared(store: Arc<dyn ServerStore>) {
+    let mut s = server("creds", "", &[], ServerStatus::Active);
+    s.has_upstream_credentials = true;
+    store.insert(&s, Some(b"sealed-1")).await.expect("insert");
+    assert_eq!(
+        store.credentials(s.id).await.expect("read"),
+        Some(b"sealed-1".to_vec())
+    );
+    let read = store.get(&s.name).await.expect("get").expect("present");
+    assert!(read.has_upstream_credentials);
+
+    let mut next = read.clone();
+    next.revision = 2;
+    next.timeout_secs = Some(5);
+    assert!(
+        store
+            .update(&next, 1, Credentials::Keep)
+            .await
+            .expect("keep")
+    );
+    assert_eq!(
+        store.credentials(s.id).await.expect("read"),
+        Some(b"sealed-1".to_vec())
+    );
+    assert_eq!(
+        store
+            .get(&s.name)
+            .await
+            .expect("get")
+            .map(|s| s.timeout_secs),
+        Some(Some(5))
+    );
+
+    next.revision = 3;
+    assert!(
+        store
+            .update(&next, 2, Credentials::Set(b"sealed-2"))
+            .await
+            .expect("set")
+    );
+    assert_eq!(
+        store.credentials(s.id).await.expect("read"),
+        Some(b"sealed-2".to_vec())
+    );
+
+    next.revision = 4;
+    next.has_upstream_credentials = false;
+    assert!(
+        store
+            .update(&next, 3, Credentials::Clear)
+            .await
+            .expect("clear")
+    );
+    assert_eq!(store.credentials(s.id).await.expect("read"), None);
+    let read = store.get(&s.name).await.expect("get").expect("present");
+    assert!(!read.has_upstream_credentials);
+    assert_eq!(
+        store
+            .credentials(uuid::Uuid::now_v7())
+            .await
+            .expect("unknown id"),
+        None
+    );
+}
+
+async fn a_secret_is_created_once_and_then_shared(store: Arc<dyn SecretStore>) {
+    let first = store.get_or_insert("k", b"one").await.expect("first");
+    assert_eq!(first, b"one");
+    let second = store.get_or_insert("k", b"two").await.expect("second");
+    assert_eq!(second, b"one", "the first stored value wins");
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .get_or_insert("race", format!("v{i}").as_bytes())
+                    .await
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(task.await.expect("task").expect("secret"));
+    }
+    values.dedup();
+    assert_eq!(
+        values.len(),
+        1,
+        "every concurrent caller sees the same secret"
+    );
 }
 
 macro_rules! conformance {
@@ -258,4 +368,6 @@ conformance!(
     lists_filter_by_tag_status_text_and_update_time,
     an_update_needs_the_current_revision,
     delete_reports_whether_it_removed_something,
+    sealed_credentials_are_stored_kept_replaced_and_cleared,
+    a_secret_is_created_once_and_then_shared,
 );

@@ -163,7 +163,8 @@ pub struct TestApp {
     /// A client for it.
     pub http: reqwest::Client,
     running: Option<Running>,
-    _dir: TempDir,
+    /// The app's data directory.
+    pub dir: TempDir,
 }
 
 impl TestApp {
@@ -184,7 +185,7 @@ impl TestApp {
             mcp_addr,
             http: reqwest::Client::new(),
             running: Some(running),
-            _dir: dir,
+            dir,
         }
     }
 
