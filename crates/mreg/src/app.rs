@@ -103,6 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state = rest::AppState {
         registry: Registry::new(stores.servers.clone(), cipher.clone()),
         cipher,
+        upstream: crate::proxy::upstream_client(),
         stores: stores.clone(),
         cache,
         cache_backend,

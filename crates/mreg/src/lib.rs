@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod mcp;
 pub mod metrics;
+pub mod proxy;
 pub mod rest;
 pub mod store;
 pub mod telemetry;

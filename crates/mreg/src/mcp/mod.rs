@@ -1,5 +1,6 @@
 //! The MCP listener: the gateway's own MCP server at `/mcp`, built on the official Rust SDK
-//! (`rmcp`) over streamable HTTP. Sessions serve 2025-06-18 and 2025-11-25 clients; requests of
+//! (`rmcp`) over streamable HTTP, and the per-server gateway at `/servers/{name}/mcp`
+//! ([`crate::proxy`]). Sessions serve 2025-06-18 and 2025-11-25 clients; requests of
 //! the stateless 2026-07-28 protocol (`server/discover`) are answered without one.
 
 pub mod tools;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::middleware;
+use axum::routing::any;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -51,13 +53,16 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         .with_max_request_body_bytes(MAX_MCP_BODY_BYTES)
         .with_cancellation_token(shutdown);
     let metrics = state.metrics.clone();
+    let for_tools = state.clone();
     let tools = StreamableHttpService::new(
-        move || Ok(RegistryTools::new(state.clone())),
+        move || Ok(RegistryTools::new(for_tools.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );
     Router::new()
         .nest_service("/mcp", tools)
+        .route("/servers/{name}/mcp", any(crate::proxy::handle))
+        .with_state(state)
         .layer(middleware::from_fn(crate::authn::authenticate))
         .layer(middleware::from_fn_with_state(metrics, request_id::track))
 }

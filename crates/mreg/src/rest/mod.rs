@@ -31,6 +31,8 @@ use error::ApiError;
 pub struct AppState {
     /// The registry service.
     pub registry: Registry,
+    /// Pooled HTTP client for upstream MCP servers.
+    pub upstream: reqwest::Client,
     /// Encryption for secrets at rest and session tokens.
     pub cipher: Arc<crate::crypto::Cipher>,
     /// The database's stores.

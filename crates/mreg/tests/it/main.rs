@@ -4,6 +4,8 @@ mod api;
 mod cache_conformance;
 mod cli;
 mod mcp_tools;
+mod proxy;
 mod registry_v0;
 mod store_conformance;
 mod support;
+mod upstream;

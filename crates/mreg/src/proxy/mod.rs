@@ -1,0 +1,406 @@
+//! `/servers/{name}/mcp`: the gateway in front of one registered server. Any MCP client can use
+//! a registered server through mreg by changing only its URL.
+//!
+//! The proxy reads each message's JSON-RPC method and tool name (for the policy chain and the
+//! logs), forwards POST, GET and DELETE with a pooled client, and streams the answer back as it
+//! arrives (JSON or SSE) without holding whole streams. The upstream's session id is replaced by
+//! a sealed token bound to the caller ([`session`]); upstream credentials are added here and
+//! never leave the gateway; the caller's own `Authorization` is never passed on (no token
+//! passthrough).
+
+pub mod rpc;
+pub mod session;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use domain::{Server, ServerStatus};
+
+use crate::authn::Caller;
+use crate::mcp::MAX_MCP_BODY_BYTES;
+use crate::rest::AppState;
+use rpc::McpCall;
+
+/// Request headers passed on to the upstream (besides `mcp-param-*`).
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "accept",
+    "content-type",
+    "last-event-id",
+    "mcp-method",
+    "mcp-name",
+    "mcp-protocol-version",
+];
+/// Response headers passed back to the client (besides the session id, which is translated).
+const FORWARDED_RESPONSE_HEADERS: &[&str] =
+    &["cache-control", "content-type", "mcp-protocol-version"];
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The HTTP client for upstream servers: pooled, no redirects (an upstream may not send the
+/// gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
+/// server's own timeout for its answer to start.
+pub fn upstream_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("mreg/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_else(|e| panic!("the HTTP client cannot be built: {e}"))
+}
+
+/// The request timeout of `server`.
+pub fn timeout_of(server: &Server) -> Duration {
+    Duration::from_secs(u64::from(
+        server
+            .timeout_secs
+            .unwrap_or(domain::upstream::DEFAULT_TIMEOUT_SECS),
+    ))
+}
+
+/// Describes a client error by its innermost cause ("Connection refused (os error 111)").
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// Handles one request to `/servers/{name}/mcp`.
+pub async fn handle(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let server = match state.registry.get(&name).await {
+        Ok(server) => server,
+        Err(domain::Error::NotFound { .. }) => {
+            return rpc::error(
+                StatusCode::NOT_FOUND,
+                None,
+                rpc::INVALID_REQUEST,
+                format!("no server named '{name}' is registered"),
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "registry lookup failed");
+            return rpc::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                rpc::UPSTREAM_ERROR,
+                "the registry is unavailable; try again",
+            );
+        }
+    };
+    if server.status == ServerStatus::Disabled {
+        return rpc::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            rpc::UPSTREAM_ERROR,
+            format!("server '{name}' is disabled in this gateway"),
+        );
+    }
+
+    let (body, call) = match parts.method {
+        Method::POST => match axum::body::to_bytes(body, MAX_MCP_BODY_BYTES).await {
+            Err(_) => {
+                return rpc::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    None,
+                    rpc::INVALID_REQUEST,
+                    format!("the message is larger than {MAX_MCP_BODY_BYTES} bytes"),
+                );
+            }
+            Ok(bytes) => match rpc::inspect(&bytes)
+                .and_then(|call| rpc::check_headers(&parts.headers, &call).map(|()| call))
+            {
+                Ok(call) => (Some(bytes), call),
+                Err((status, code, message)) => return rpc::error(status, None, code, message),
+            },
+        },
+        Method::GET => (
+            None,
+            McpCall {
+                method: "stream".to_owned(),
+                ..McpCall::default()
+            },
+        ),
+        Method::DELETE => (
+            None,
+            McpCall {
+                method: "session/end".to_owned(),
+                ..McpCall::default()
+            },
+        ),
+        _ => {
+            return rpc::error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                rpc::INVALID_REQUEST,
+                "use POST, GET or DELETE",
+            );
+        }
+    };
+    let span = tracing::info_span!("proxy", server = %server.name, mcp.method = %call.method, mcp.name = call.name.as_deref().unwrap_or(""));
+    let _entered = span.enter();
+
+    let upstream_session = match parts.headers.get(SESSION_HEADER) {
+        None => None,
+        Some(token) => match token
+            .to_str()
+            .ok()
+            .and_then(|t| session::open(state.cipher.as_ref(), t, server.id, &caller))
+        {
+            Some(upstream) => Some(upstream),
+            None => {
+                return rpc::error(
+                    StatusCode::NOT_FOUND,
+                    call.id.as_ref(),
+                    rpc::SESSION_NOT_FOUND,
+                    "session not found; start a new session with initialize",
+                );
+            }
+        },
+    };
+    let credentials = match state.registry.upstream_headers(&server).await {
+        Ok(credentials) => credentials,
+        Err(e) => {
+            tracing::error!(error = %e, "upstream credentials unavailable");
+            return rpc::error(
+                StatusCode::BAD_GATEWAY,
+                call.id.as_ref(),
+                rpc::UPSTREAM_ERROR,
+                format!("the gateway cannot read the credentials of server '{name}'"),
+            );
+        }
+    };
+
+    let mut upstream = state
+        .upstream
+        .request(parts.method.clone(), server.url.as_str());
+    for (name, value) in &parts.headers {
+        let name = name.as_str();
+        if FORWARDED_REQUEST_HEADERS.contains(&name) || name.starts_with("mcp-param-") {
+            upstream = upstream.header(name, value);
+        }
+    }
+    if let Some(id) = &upstream_session {
+        upstream = upstream.header(SESSION_HEADER, id);
+    }
+    for (name, value) in credentials.iter().flat_map(|c| c.iter()) {
+        upstream = upstream.header(name, value);
+    }
+    if let Some(body) = body {
+        upstream = upstream.body(body);
+    }
+    let timeout = timeout_of(&server);
+    let response = match tokio::time::timeout(timeout, upstream.send()).await {
+        Err(_) => {
+            return rpc::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                call.id.as_ref(),
+                rpc::UPSTREAM_ERROR,
+                format!(
+                    "server '{name}' did not answer within {} s",
+                    timeout.as_secs()
+                ),
+            );
+        }
+        Ok(Err(e)) => {
+            let cause = root_cause(&e);
+            tracing::warn!(%cause, "upstream request failed");
+            return rpc::error(
+                StatusCode::BAD_GATEWAY,
+                call.id.as_ref(),
+                rpc::UPSTREAM_ERROR,
+                format!("server '{name}' cannot be reached: {cause}"),
+            );
+        }
+        Ok(Ok(response)) => response,
+    };
+    if matches!(
+        response.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        return rpc::error(
+            StatusCode::BAD_GATEWAY,
+            call.id.as_ref(),
+            rpc::UPSTREAM_ERROR,
+            format!(
+                "server '{name}' refused the gateway (HTTP {}); its upstream credentials are missing or wrong",
+                response.status().as_u16()
+            ),
+        );
+    }
+    relay(&state, &server, &caller, &call, response)
+}
+
+/// Turns the upstream's response into the client's: translated session id, chosen headers, and
+/// the body streamed through.
+fn relay(
+    state: &AppState,
+    server: &Server,
+    caller: &domain::Principal,
+    call: &McpCall,
+    response: reqwest::Response,
+) -> Response {
+    let mut headers = HeaderMap::new();
+    for name in FORWARDED_RESPONSE_HEADERS {
+        if let Some(value) = response.headers().get(*name) {
+            headers.insert(*name, value.clone());
+        }
+    }
+    if let Some(upstream) = response
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        let token = session::seal(state.cipher.as_ref(), server.id, caller, upstream);
+        if let Ok(value) = HeaderValue::from_str(&token) {
+            headers.insert(SESSION_HEADER, value);
+        }
+    }
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let status = response.status();
+    let name = server.name.to_string();
+    let pending = if is_sse { call.id.clone() } else { None };
+    let stream = response.bytes_stream();
+    let body = Body::from_stream(stream::cut_off_reported(stream, name, pending));
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+mod stream {
+    //! The body of a relayed response: the upstream's bytes as they come. For an SSE answer to a
+    //! request, the events are also watched for the response to that request; if the upstream
+    //! ends or breaks off the stream before sending it, one last event tells the client that its
+    //! request failed, instead of leaving it waiting.
+
+    use axum::body::Bytes;
+    use futures_util::{Stream, StreamExt, stream};
+    use serde_json::{Value, json};
+
+    /// Watches SSE events for the response to one request id.
+    struct Watch {
+        id: Value,
+        buffer: String,
+    }
+
+    impl Watch {
+        /// Feeds a chunk; true once the response to `id` has passed.
+        fn answered_by(&mut self, chunk: &[u8]) -> bool {
+            self.buffer
+                .push_str(&String::from_utf8_lossy(chunk).replace("\r\n", "\n"));
+            while let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if let Ok(message) = serde_json::from_str::<Value>(&data)
+                    && message.get("id") == Some(&self.id)
+                    && (message.get("result").is_some() || message.get("error").is_some())
+                {
+                    return true;
+                }
+            }
+            false
+        }
+
+        fn failure(&self, server: &str, why: &str) -> Bytes {
+            let event = json!({
+                "jsonrpc": "2.0",
+                "id": self.id,
+                "error": {
+                    "code": super::rpc::UPSTREAM_ERROR,
+                    "message": format!("server '{server}' {why} before answering"),
+                },
+            });
+            Bytes::from(format!("event: message\ndata: {event}\n\n"))
+        }
+    }
+
+    struct State<S> {
+        upstream: S,
+        server: String,
+        watch: Option<Watch>,
+    }
+
+    pub fn cut_off_reported(
+        upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+        server: String,
+        pending: Option<Value>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let state = State {
+            upstream: Box::pin(upstream),
+            server,
+            watch: pending.map(|id| Watch {
+                id,
+                buffer: String::new(),
+            }),
+        };
+        stream::unfold(Some(state), |state| async move {
+            let mut state = state?;
+            match state.upstream.next().await {
+                Some(Ok(bytes)) => {
+                    if state.watch.as_mut().is_some_and(|w| w.answered_by(&bytes)) {
+                        state.watch = None;
+                    }
+                    Some((Ok(bytes), Some(state)))
+                }
+                None => {
+                    let watch = state.watch.take()?;
+                    tracing::warn!(server = %state.server, "upstream ended the stream without answering");
+                    Some((Ok(watch.failure(&state.server, "ended the stream")), None))
+                }
+                Some(Err(e)) => {
+                    let cause = super::root_cause(&e);
+                    tracing::warn!(server = %state.server, %cause, "upstream stream broke off");
+                    match state.watch.take() {
+                        Some(watch) => Some((
+                            Ok(watch.failure(
+                                &state.server,
+                                &format!("broke off the stream ({cause})"),
+                            )),
+                            None,
+                        )),
+                        None => Some((Err(std::io::Error::other(cause)), None)),
+                    }
+                }
+            }
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_watch_sees_the_response_across_chunk_boundaries() {
+            let mut watch = Watch {
+                id: json!(7),
+                buffer: String::new(),
+            };
+            assert!(!watch.answered_by(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"));
+            assert!(!watch.answered_by(
+                b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n"
+            ));
+            assert!(!watch.answered_by(b"data: {\"jsonrpc\":\"2.0\",\"id\":7,"));
+            assert!(watch.answered_by(b"\"result\":{}}\r\n\r\n"));
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! What the gateway reads from a JSON-RPC message on its way through (method, id, the tool or
+//! resource it names) and the JSON-RPC errors it answers with itself.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// JSON-RPC: the body is not JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC: the body is not a valid request.
+pub const INVALID_REQUEST: i64 = -32600;
+/// Implementation-defined: the gateway could not get an answer from the upstream.
+pub const UPSTREAM_ERROR: i64 = -32000;
+/// Implementation-defined: the session is unknown (the client should start a new one).
+pub const SESSION_NOT_FOUND: i64 = -32001;
+/// MCP (2026-07-28): a header disagrees with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
+
+/// The MCP call a message makes, as the policy chain sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct McpCall {
+    /// `tools/call`, `initialize`, … (`batch` for an array of messages).
+    pub method: String,
+    /// The tool or prompt name, or the resource URI, when the method names one.
+    pub name: Option<String>,
+    /// The request id (absent for notifications and responses).
+    pub id: Option<Value>,
+}
+
+/// Reads the call out of a message body; a problem is `(status, code, message)`.
+pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            PARSE_ERROR,
+            format!("Parse error: the body is not JSON ({e})"),
+        )
+    })?;
+    let invalid = |why: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            INVALID_REQUEST,
+            format!("Invalid Request: {why}"),
+        )
+    };
+    match &value {
+        Value::Array(items) if items.is_empty() => Err(invalid("empty batch")),
+        Value::Array(_) => Ok(McpCall {
+            method: "batch".to_owned(),
+            ..McpCall::default()
+        }),
+        Value::Object(message) => {
+            if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+                return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+            }
+            let id = message.get("id").cloned();
+            match message.get("method") {
+                Some(Value::String(method)) => {
+                    let params = message.get("params");
+                    let name = params
+                        .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned);
+                    Ok(McpCall {
+                        method: method.clone(),
+                        name,
+                        id,
+                    })
+                }
+                Some(_) => Err(invalid("\"method\" must be a string")),
+                None if message.contains_key("result") || message.contains_key("error") => {
+                    Ok(McpCall {
+                        method: "response".to_owned(),
+                        name: None,
+                        id,
+                    })
+                }
+                None => Err(invalid("no \"method\"")),
+            }
+        }
+        _ => Err(invalid("a message is a JSON object")),
+    }
+}
+
+/// Checks the `Mcp-Method` and `Mcp-Name` headers, when sent, against the body: the policy
+/// chain acts on what the body says, so a header may not claim otherwise.
+pub fn check_headers(headers: &HeaderMap, call: &McpCall) -> Result<(), (StatusCode, i64, String)> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(method) = header("mcp-method")
+        && method != call.method
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            format!(
+                "Mcp-Method header '{method}' does not match the body's method '{}'",
+                call.method
+            ),
+        ));
+    }
+    if let (Some(name), Some(body_name)) = (header("mcp-name"), call.name.as_deref())
+        && !name.starts_with("=?base64?")
+        && name != body_name
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            HEADER_MISMATCH,
+            format!("Mcp-Name header '{name}' does not match the body's '{body_name}'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON-RPC error response from the gateway itself.
+pub fn error(
+    status: StatusCode,
+    id: Option<&Value>,
+    code: i64,
+    message: impl Into<String>,
+) -> Response {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id.cloned().unwrap_or(Value::Null),
+        "error": { "code": code, "message": message.into() },
+    });
+    let mut response = (status, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_are_read_from_requests_notifications_and_batches() {
+        let call = inspect(br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#)
+            .expect("valid");
+        assert_eq!(
+            call,
+            McpCall {
+                method: "tools/call".into(),
+                name: Some("echo".into()),
+                id: Some(json!(7))
+            }
+        );
+        let read = inspect(
+            br#"{"jsonrpc":"2.0","id":"a","method":"resources/read","params":{"uri":"demo://x"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(read.name.as_deref(), Some("demo://x"));
+        let note =
+            inspect(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).expect("valid");
+        assert_eq!(note.id, None);
+        assert_eq!(
+            inspect(br#"[{"jsonrpc":"2.0","method":"x"}]"#)
+                .map(|c| c.method)
+                .ok(),
+            Some("batch".into())
+        );
+        for (bad, code) in [
+            (&b"{not json"[..], PARSE_ERROR),
+            (br#"{"id":1,"method":"x"}"#, INVALID_REQUEST),
+            (br#"{"jsonrpc":"2.0","id":1,"method":5}"#, INVALID_REQUEST),
+            (br#"{"jsonrpc":"2.0","id":1}"#, INVALID_REQUEST),
+            (br#"[]"#, INVALID_REQUEST),
+            (br#""text""#, INVALID_REQUEST),
+        ] {
+            assert_eq!(
+                inspect(bad).map_err(|e| e.1).err(),
+                Some(code),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn headers_that_contradict_the_body_are_refused() {
+        let call = McpCall {
+            method: "tools/call".into(),
+            name: Some("echo".into()),
+            id: None,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("mcp-method", HeaderValue::from_static("tools/call"));
+        headers.insert("mcp-name", HeaderValue::from_static("echo"));
+        assert!(check_headers(&headers, &call).is_ok());
+        headers.insert("mcp-name", HeaderValue::from_static("delete_everything"));
+        assert_eq!(
+            check_headers(&headers, &call).map_err(|e| e.1),
+            Err(HEADER_MISMATCH)
+        );
+        headers.remove("mcp-name");
+        headers.insert("mcp-method", HeaderValue::from_static("tools/list"));
+        assert_eq!(
+            check_headers(&headers, &call).map_err(|e| e.1),
+            Err(HEADER_MISMATCH)
+        );
+    }
+}

@@ -1,0 +1,515 @@
+//! `/servers/{name}/mcp`: real MCP servers behind the gateway, reached by the official Rust SDK
+//! client and by plain HTTP where the test must see the wire.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use rmcp::model::ProtocolVersion;
+use serde_json::{Value, json};
+
+use crate::mcp_tools::{call, connect, text};
+use crate::support::TestApp;
+use crate::upstream::Upstream;
+
+const ACCEPT: &str = "application/json, text/event-stream";
+
+fn initialize(version: &str) -> Value {
+    json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {}, "clientInfo": { "name": "raw-test", "version": "0" } } })
+}
+
+/// One POST through the gateway; returns status, session header and body text.
+async fn post(
+    app: &TestApp,
+    server: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> (StatusCode, Option<String>, String) {
+    let mut request = app
+        .http
+        .post(format!("http://{}/servers/{server}/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .json(body);
+    if let Some(session) = session {
+        request = request
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-11-25");
+    }
+    let response = request.send().await.expect("send");
+    let status = response.status();
+    let session = response
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, session, response.text().await.expect("body"))
+}
+
+/// The JSON-RPC messages in a JSON or SSE body.
+fn messages(body: &str) -> Vec<Value> {
+    if let Ok(value) = serde_json::from_str::<Value>(body) {
+        return vec![value];
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+/// Opens a session through the gateway and returns the gateway's session token.
+async fn open_session(app: &TestApp, server: &str) -> String {
+    let (status, session, body) = post(app, server, None, &initialize("2025-11-25")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let session = session.expect("a session token");
+    let (status, _, _) = post(
+        app,
+        server,
+        Some(&session),
+        &json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    session
+}
+
+async fn whoami(app: &TestApp, server: &str, session: Option<&str>) -> (StatusCode, Value) {
+    let (status, _, body) = post(app, server, session, &json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } })).await;
+    let structured = messages(&body)
+        .into_iter()
+        .find(|m| m["id"] == 9)
+        .map(|m| {
+            if m.get("error").is_some() {
+                m
+            } else {
+                m["result"]["structuredContent"].clone()
+            }
+        })
+        .unwrap_or(Value::Null);
+    (status, structured)
+}
+
+#[tokio::test]
+async fn tool_calls_pass_through_on_every_protocol_version_to_stateful_and_stateless_servers() {
+    let app = TestApp::spawn().await;
+    let stateful = Upstream::start(true).await;
+    let stateless = Upstream::start(false).await;
+    app.register("stateful", json!({ "url": stateful.url }))
+        .await;
+    app.register("stateless", json!({ "url": stateless.url }))
+        .await;
+    for server in ["stateful", "stateless"] {
+        for version in [
+            ProtocolVersion::V_2025_06_18,
+            ProtocolVersion::V_2025_11_25,
+            ProtocolVersion::V_2026_07_28,
+        ] {
+            let client = connect(
+                &format!("http://{}/servers/{server}/mcp", app.mcp_addr),
+                version.clone(),
+            )
+            .await;
+            assert_eq!(
+                client.peer_info().map(|p| p.protocol_version.clone()),
+                Some(version.clone())
+            );
+            assert_eq!(
+                client
+                    .peer_info()
+                    .and_then(|p| p.server_info.clone())
+                    .map(|i| i.name),
+                Some("test-upstream".to_owned()),
+                "the upstream answers, not the gateway"
+            );
+            let tools = client.list_all_tools().await.expect("tools/list");
+            assert!(tools.iter().any(|t| t.name == "echo"), "{server} {version}");
+            let echoed = call(
+                &client,
+                "echo",
+                json!({ "text": format!("hi {server} {version}") }),
+            )
+            .await;
+            assert_eq!(text(&echoed), format!("hi {server} {version}"));
+            let unknown = client
+                .call_tool(rmcp::model::CallToolRequestParams::new("nope"))
+                .await;
+            assert!(
+                unknown.is_err() || unknown.as_ref().is_ok_and(|r| r.is_error == Some(true)),
+                "{unknown:?}"
+            );
+            client.cancel().await.expect("close");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_sessions_are_sealed_bound_and_never_shared() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("up", json!({ "url": upstream.url })).await;
+    app.register("same-upstream", json!({ "url": upstream.url }))
+        .await;
+
+    let first = open_session(&app, "up").await;
+    let second = open_session(&app, "up").await;
+    let (_, first_seen) = whoami(&app, "up", Some(&first)).await;
+    let (_, second_seen) = whoami(&app, "up", Some(&second)).await;
+    let (raw_first, raw_second) = (
+        first_seen["session"].as_str().expect("session"),
+        second_seen["session"].as_str().expect("session"),
+    );
+    assert_ne!(raw_first, "none");
+    assert_ne!(
+        raw_first, raw_second,
+        "two clients get two upstream sessions"
+    );
+    assert!(
+        !first.contains(raw_first),
+        "the upstream session id is not exposed"
+    );
+
+    let (status, error) = whoami(&app, "up", Some(raw_first)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a raw upstream id is not accepted: {error}"
+    );
+    assert_eq!(error["error"]["code"], -32001);
+    let (status, _) = whoami(&app, "same-upstream", Some(&first)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a token for one server does not open another"
+    );
+    let mut forged = first.clone();
+    forged.replace_range(10..11, if &forged[10..11] == "A" { "B" } else { "A" });
+    let (status, _) = whoami(&app, "up", Some(&forged)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a forged token is refused");
+
+    let response = app
+        .http
+        .delete(format!("http://{}/servers/up/mcp", app.mcp_addr))
+        .header("mcp-session-id", &first)
+        .send()
+        .await
+        .expect("delete");
+    assert!(response.status().is_success(), "{}", response.status());
+    let (status, _) = whoami(&app, "up", Some(&first)).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the ended upstream session is gone"
+    );
+    let (status, still) = whoami(&app, "up", Some(&second)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        still["session"], raw_second,
+        "the other client's session is untouched"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_credentials_reach_the_upstream_and_the_callers_authorization_does_not() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(false).await;
+    app.register(
+        "keyed",
+        json!({ "url": upstream.url, "upstream_headers": { "X-Api-Key": "k-123" } }),
+    )
+    .await;
+    let response = app
+        .http
+        .post(format!("http://{}/servers/keyed/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .header("authorization", "Bearer the-callers-token")
+        .header("x-api-key", "callers-attempt")
+        .json(&json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } }))
+        .send()
+        .await
+        .expect("send");
+    let body = response.text().await.expect("body");
+    let seen = messages(&body)
+        .into_iter()
+        .find(|m| m["id"] == 9)
+        .expect("answer")["result"]["structuredContent"]
+        .clone();
+    assert_eq!(seen["api_key"], "k-123");
+    assert_eq!(seen["authorization"], "none", "no token passthrough");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sse_answers_stream_through_as_they_are_produced() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("streamer", json!({ "url": upstream.url }))
+        .await;
+    let session = open_session(&app, "streamer").await;
+    let started = Instant::now();
+    let mut response = app
+        .http
+        .post(format!("http://{}/servers/streamer/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+            "name": "count", "arguments": { "n": 3, "delay_ms": 400 }, "_meta": { "progressToken": "p1" } } }))
+        .send()
+        .await
+        .expect("send");
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/event-stream")
+    );
+    let (mut first_progress, mut result_at, mut seen) = (None, None, String::new());
+    while let Some(chunk) = response.chunk().await.expect("chunk") {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if first_progress.is_none() && seen.contains("notifications/progress") {
+            first_progress = Some(started.elapsed());
+        }
+        if seen.contains("counted 3") {
+            result_at = Some(started.elapsed());
+            break;
+        }
+    }
+    let (first_progress, result_at) = (
+        first_progress.expect("progress arrived"),
+        result_at.expect("result arrived"),
+    );
+    assert!(
+        result_at - first_progress >= Duration::from_millis(600),
+        "the first progress event reached the client before the upstream finished ({first_progress:?} vs {result_at:?})"
+    );
+    assert_eq!(
+        messages(&seen)
+            .iter()
+            .filter(|m| m["method"] == "notifications/progress")
+            .count(),
+        3
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_killed_mid_call_fails_that_call_clearly_and_the_next_one_fast() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("fragile", json!({ "url": upstream.url }))
+        .await;
+    let session = open_session(&app, "fragile").await;
+    let pending = {
+        let (http, url, session) = (
+            app.http.clone(),
+            format!("http://{}/servers/fragile/mcp", app.mcp_addr),
+            session.clone(),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .header("accept", ACCEPT)
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25")
+                .json(&json!({ "jsonrpc": "2.0", "id": 77, "method": "tools/call", "params": { "name": "hang", "arguments": { "secs": 60 } } }))
+                .send()
+                .await
+                .expect("send");
+            response.text().await.unwrap_or_default()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    upstream.kill();
+    let body = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the pending call ends instead of hanging")
+        .expect("task");
+    let answer = messages(&body)
+        .into_iter()
+        .find(|m| m["id"] == 77)
+        .expect("an answer for the pending call");
+    assert_eq!(answer["error"]["code"], -32000, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("fragile"),
+        "{answer}"
+    );
+
+    let started = Instant::now();
+    let (status, _, body) = post(&app, "fragile", None, &initialize("2025-11-25")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert!(body.contains("cannot be reached"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a dead upstream fails fast"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_upstream_times_out_with_504_after_its_own_timeout() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(false).await;
+    app.register("slow", json!({ "url": upstream.url, "timeout_secs": 1 }))
+        .await;
+    let started = Instant::now();
+    let (status, _, body) = post(&app, "slow", None, &json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": { "name": "hang", "arguments": { "secs": 5 } } })).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(error["id"], 3);
+    assert_eq!(
+        error["error"]["message"],
+        "server 'slow' did not answer within 1 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn bad_messages_and_bad_targets_get_clear_json_rpc_errors() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("target", json!({ "url": upstream.url })).await;
+    app.register("off", json!({ "url": upstream.url, "status": "disabled" }))
+        .await;
+    app.register("nobody-home", json!({ "url": "http://127.0.0.1:9/mcp" }))
+        .await;
+    let url = format!("http://{}/servers/target/mcp", app.mcp_addr);
+    let raw = |body: &'static str| {
+        app.http
+            .post(&url)
+            .header("accept", ACCEPT)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let response = raw("{not json").await.expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let error: Value = response.json().await.expect("json");
+    assert_eq!(error["error"]["code"], -32700);
+
+    let response = raw(r#"{"id":1,"method":"tools/list"}"#)
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.json::<Value>().await.expect("json")["error"]["code"],
+        -32600
+    );
+
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"x","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(5 * 1024 * 1024)
+    );
+    let response = app
+        .http
+        .post(&url)
+        .header("accept", ACCEPT)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let response = app
+        .http
+        .post(&url)
+        .header("accept", ACCEPT)
+        .header("mcp-method", "tools/list")
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": "echo" } }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        response.json::<Value>().await.expect("json")["error"]["code"],
+        -32020
+    );
+
+    let session = open_session(&app, "target").await;
+    let (status, _, body) = post(
+        &app,
+        "target",
+        Some(&session),
+        &json!({ "jsonrpc": "2.0", "id": 4, "method": "no/such/method" }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer = messages(&body)
+        .into_iter()
+        .find(|m| m["id"] == 4)
+        .expect("answer");
+    assert_eq!(
+        answer["error"]["code"], -32601,
+        "the upstream's own error passes through: {answer}"
+    );
+
+    for (server, expected, fragment) in [
+        (
+            "unregistered",
+            StatusCode::NOT_FOUND,
+            "no server named 'unregistered'",
+        ),
+        ("off", StatusCode::SERVICE_UNAVAILABLE, "disabled"),
+        ("nobody-home", StatusCode::BAD_GATEWAY, "cannot be reached"),
+    ] {
+        let (status, _, body) = post(&app, server, None, &initialize("2025-11-25")).await;
+        assert_eq!(status, expected, "{server}: {body}");
+        assert!(body.contains(fragment), "{server}: {body}");
+    }
+    let response = app.http.put(&url).body("{}").send().await.expect("send");
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_demands_credentials_is_reported_not_passed_through() {
+    let app = TestApp::spawn().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let guarded = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|| async {
+            (
+                StatusCode::UNAUTHORIZED,
+                [(
+                    "www-authenticate",
+                    "Bearer resource_metadata=\"https://elsewhere.example/x\"",
+                )],
+                "",
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, guarded).await });
+    app.register("guarded", json!({ "url": format!("http://{addr}/mcp") }))
+        .await;
+    let response = app
+        .http
+        .post(format!("http://{}/servers/guarded/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .json(&initialize("2025-11-25"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert!(
+        response.headers().get("www-authenticate").is_none(),
+        "the upstream's challenge is not relayed"
+    );
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("credentials"),
+        "{body}"
+    );
+    app.stop().await;
+}
