@@ -70,6 +70,22 @@ pub struct ListServersArgs {
     pub limit: Option<u32>,
 }
 
+/// Arguments of `proxy_request`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRequestArgs {
+    /// Name of the registered server.
+    pub server: String,
+    /// The MCP method, e.g. `tools/list`, `tools/call`, `resources/read`, `prompts/get`.
+    pub method: String,
+    /// The method's params, e.g. `{"name": "echo", "arguments": {"text": "hi"}}` for tools/call.
+    #[serde(default)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// Longest result text shown to people; the structured content is always complete.
+const MAX_RESULT_TEXT: usize = 8_000;
+
 /// A successful result: `value` as structured content, `text` for people.
 pub fn success(text: impl Into<String>, value: &impl Serialize) -> CallToolResult {
     let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
@@ -221,6 +237,40 @@ impl RegistryTools {
                 Ok(success(
                     text,
                     &json!({ "servers": page.items, "next_cursor": next_cursor }),
+                ))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
+        description = "Forward one MCP request (for example tools/list, tools/call or resources/read) to a registered server and return its result."
+    )]
+    async fn proxy_request(
+        &self,
+        Parameters(args): Parameters<ProxyRequestArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                principal(&parts)?;
+                let server = self.state.registry.get(&args.server).await?;
+                let params = args.params.map(serde_json::Value::Object);
+                let result =
+                    crate::proxy::forward::forward_one(&self.state, &server, &args.method, params)
+                        .await?;
+                let mut text = serde_json::to_string(&result).unwrap_or_default();
+                if text.len() > MAX_RESULT_TEXT {
+                    let cut = (0..=MAX_RESULT_TEXT)
+                        .rev()
+                        .find(|i| text.is_char_boundary(*i))
+                        .unwrap_or(0);
+                    text.truncate(cut);
+                    text.push_str("… (truncated; the structured content has all of it)");
+                }
+                Ok(success(
+                    format!("{} answered {}: {text}", server.name, args.method),
+                    &json!({ "server": server.name, "method": args.method, "result": result }),
                 ))
             }
             .await,

@@ -8,6 +8,7 @@
 //! never leave the gateway; the caller's own `Authorization` is never passed on (no token
 //! passthrough).
 
+pub mod forward;
 pub mod rpc;
 pub mod session;
 

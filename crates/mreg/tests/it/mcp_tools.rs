@@ -205,3 +205,90 @@ async fn the_mcp_listener_refuses_foreign_host_headers_but_accepts_the_public_ur
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn proxy_request_forwards_one_request_to_a_registered_server() {
+    let app = TestApp::spawn().await;
+    let stateful = crate::upstream::Upstream::start(true).await;
+    let stateless = crate::upstream::Upstream::start(false).await;
+    app.register(
+        "stateful",
+        json!({ "url": stateful.url, "upstream_headers": { "x-api-key": "key-1" } }),
+    )
+    .await;
+    app.register("stateless", json!({ "url": stateless.url }))
+        .await;
+    app.register("gone", json!({ "url": "http://127.0.0.1:9/mcp" }))
+        .await;
+    for version in [ProtocolVersion::V_2025_11_25, ProtocolVersion::V_2026_07_28] {
+        let client = connect(&format!("http://{}/mcp", app.mcp_addr), version).await;
+        for server in ["stateful", "stateless"] {
+            let listed = call(
+                &client,
+                "proxy_request",
+                json!({ "server": server, "method": "tools/list" }),
+            )
+            .await;
+            assert_ne!(listed.is_error, Some(true), "{}", text(&listed));
+            let structured = listed.structured_content.clone().expect("structured");
+            let names: Vec<&str> = structured["result"]["tools"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+                .unwrap_or_default();
+            assert!(names.contains(&"echo"), "{structured}");
+
+            let echoed = call(&client, "proxy_request", json!({ "server": server, "method": "tools/call", "params": { "name": "echo", "arguments": { "text": "through" } } })).await;
+            let structured = echoed.structured_content.clone().expect("structured");
+            assert_eq!(
+                structured["result"]["content"][0]["text"], "through",
+                "{structured}"
+            );
+            assert!(
+                text(&echoed).starts_with(&format!("{server} answered tools/call:")),
+                "{}",
+                text(&echoed)
+            );
+        }
+        let keyed = call(
+            &client,
+            "proxy_request",
+            json!({ "server": "stateful", "method": "tools/call", "params": { "name": "whoami" } }),
+        )
+        .await;
+        assert_eq!(
+            keyed
+                .structured_content
+                .map(|v| v["result"]["structuredContent"]["api_key"].clone()),
+            Some(json!("key-1"))
+        );
+
+        for (args, expected) in [
+            (
+                json!({ "server": "nobody", "method": "tools/list" }),
+                "server 'nobody' not found",
+            ),
+            (
+                json!({ "server": "stateful", "method": "initialize" }),
+                "method: 'initialize' cannot be forwarded",
+            ),
+            (
+                json!({ "server": "stateful", "method": "no/such/method" }),
+                "answered with error -32601",
+            ),
+            (
+                json!({ "server": "gone", "method": "tools/list" }),
+                "server 'gone' (connecting failed",
+            ),
+        ] {
+            let failed = call(&client, "proxy_request", args.clone()).await;
+            assert_eq!(failed.is_error, Some(true), "{args}");
+            assert!(
+                text(&failed).contains(expected),
+                "{args}: {}",
+                text(&failed)
+            );
+        }
+        client.cancel().await.expect("close");
+    }
+    app.stop().await;
+}

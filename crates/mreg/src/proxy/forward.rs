@@ -1,0 +1,115 @@
+//! One MCP request forwarded on a caller's behalf (the `proxy_request` tool): connect to the
+//! registered server with the official SDK's client (discover for 2026-07-28 servers,
+//! initialize for older ones), send the request, return the result, end the session.
+
+use std::collections::HashMap;
+
+use axum::http::{HeaderName, HeaderValue};
+use domain::{Error, Server, ServerStatus};
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, ClientRequest, CustomRequest, Implementation, ProtocolVersion,
+};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceError};
+use serde_json::Value;
+
+use crate::rest::AppState;
+
+/// Methods that belong to the session itself, not to one forwarded request.
+fn lifecycle_method(method: &str) -> bool {
+    method == "initialize" || method == "server/discover" || method.starts_with("notifications/")
+}
+
+/// Sends `method` with `params` to `server` and returns the result.
+pub async fn forward_one(
+    state: &AppState,
+    server: &Server,
+    method: &str,
+    params: Option<Value>,
+) -> Result<Value, Error> {
+    if method.trim().is_empty() || lifecycle_method(method) {
+        return Err(Error::invalid(
+            "method",
+            format!(
+                "'{method}' cannot be forwarded; the gateway manages sessions itself (use e.g. tools/list, tools/call, resources/read)"
+            ),
+        ));
+    }
+    if params.as_ref().is_some_and(|p| !p.is_object()) {
+        return Err(Error::invalid("params", "must be a JSON object"));
+    }
+    if server.status == ServerStatus::Disabled {
+        return Err(Error::Unavailable {
+            what: format!("server '{}' (disabled in this gateway)", server.name),
+            source: None,
+        });
+    }
+    let mut headers = HashMap::new();
+    for (name, value) in state
+        .registry
+        .upstream_headers(server)
+        .await?
+        .iter()
+        .flat_map(|h| h.iter())
+    {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            headers.insert(name, value);
+        }
+    }
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(server.url.as_str()).custom_headers(headers);
+    let transport = StreamableHttpClientTransport::with_client(state.upstream.clone(), config);
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("mreg", env!("CARGO_PKG_VERSION")),
+    );
+    let lifecycle = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_11_25),
+    };
+    let name = server.name.to_string();
+    let timeout = super::timeout_of(server);
+    let exchange = async {
+        let client = info
+            .serve_with_lifecycle(transport, lifecycle)
+            .await
+            .map_err(|e| {
+                Error::unavailable(
+                    format!(
+                        "server '{name}' (connecting failed: {})",
+                        super::root_cause(&e)
+                    ),
+                    e,
+                )
+            })?;
+        let request = ClientRequest::CustomRequest(CustomRequest::new(method, params));
+        let answer = client.send_request(request).await;
+        let _ = client.cancel().await;
+        match answer {
+            Ok(result) => serde_json::to_value(result).map_err(|e| Error::Internal(e.to_string())),
+            Err(ServiceError::McpError(error)) => Err(Error::invalid(
+                "method",
+                format!(
+                    "server '{name}' answered with error {}: {}",
+                    error.code.0, error.message
+                ),
+            )),
+            Err(e) => Err(Error::Unavailable {
+                what: format!(
+                    "server '{name}' (the request failed: {})",
+                    super::root_cause(&e)
+                ),
+                source: Some(Box::new(e)),
+            }),
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Unavailable {
+                what: format!("server '{name}' (no answer within {} s)", timeout.as_secs()),
+                source: None,
+            })
+        })
+}
