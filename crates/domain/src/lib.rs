@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod error;
+pub mod health;
 pub mod principal;
 pub mod registry;
 pub mod server;
@@ -14,11 +15,14 @@ pub mod upstream;
 
 pub use cache::Cache;
 pub use error::{Error, Result};
+pub use health::{Health, HealthCheck, HealthPolicy, HealthStatus, Outcome};
 pub use principal::Principal;
 pub use registry::{Registry, now};
 pub use server::{
     NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery,
     ServerStatus, ServerUpdate, ServerUrl, Transport,
 };
-pub use store::{Credentials, SecretStore, ServerStore};
+pub use store::{
+    CatalogStore, Credentials, HealthStore, SecretStore, ServerStore, ToolHit, ToolInfo, ToolQuery,
+};
 pub use upstream::{Sealer, UpstreamHeaders};

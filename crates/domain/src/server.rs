@@ -679,6 +679,8 @@ pub struct ServerQuery {
     pub text: Option<String>,
     /// Only servers changed at or after this time.
     pub updated_since: Option<OffsetDateTime>,
+    /// Only servers in this health.
+    pub health: Option<crate::health::HealthStatus>,
     /// Start after this name (the cursor); results are in name order.
     pub after: Option<ServerName>,
     /// At most this many servers.
@@ -692,6 +694,7 @@ impl Default for ServerQuery {
             status: None,
             text: None,
             updated_since: None,
+            health: None,
             after: None,
             limit: DEFAULT_PAGE_SIZE,
         }
@@ -730,6 +733,7 @@ impl ServerQuery {
                 .transpose()?,
             text,
             updated_since: None,
+            health: None,
             after: None,
             limit,
         })

@@ -4,7 +4,10 @@
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use time::OffsetDateTime;
+
 use crate::error::Result;
+use crate::health::{Health, HealthCheck, HealthStatus};
 use crate::server::{Server, ServerName, ServerQuery};
 
 /// What an update does to a server's sealed upstream credentials.
@@ -59,4 +62,98 @@ pub trait SecretStore: Send + Sync + 'static {
     /// The secret called `name`; stores `candidate` first if there is none yet. Concurrent
     /// callers all get the one value that was stored first.
     async fn get_or_insert(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+}
+
+/// A tool a registered server offers, as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ToolInfo {
+    /// The tool's name on its server.
+    pub name: String,
+    /// Display title, when the server gives one.
+    pub title: Option<String>,
+    /// What the tool does.
+    pub description: String,
+    /// JSON Schema of its arguments.
+    #[schema(value_type = Object)]
+    pub input_schema: serde_json::Value,
+}
+
+impl ToolInfo {
+    /// The lowercase text that tool searches match: name, title and description.
+    pub fn search_text(&self) -> String {
+        format!(
+            "{} {} {}",
+            self.name.to_lowercase(),
+            self.title.as_deref().unwrap_or("").to_lowercase(),
+            self.description.to_lowercase()
+        )
+    }
+}
+
+/// A tool found by a catalog search, with its server's name and health.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct ToolHit {
+    /// The server offering it.
+    #[schema(value_type = String)]
+    pub server: ServerName,
+    /// That server's health.
+    pub health: HealthStatus,
+    /// The tool.
+    pub tool: ToolInfo,
+}
+
+/// Which tools a catalog search returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolQuery {
+    /// Only tools whose name, title or description contains this (lowercase) text.
+    pub text: Option<String>,
+    /// Only tools of servers in this health.
+    pub health: Option<HealthStatus>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Health state and history of servers, shared by every replica; leases make sure each server
+/// is probed by one replica at a time.
+#[async_trait]
+pub trait HealthStore: Send + Sync + 'static {
+    /// Leases up to `limit` servers that are due for a probe (not disabled, next check at or
+    /// before `now`, no live lease) to `owner` until `now + lease`. Returns their ids and names.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<(Uuid, ServerName)>>;
+
+    /// The current health of a server, if it was ever probed.
+    async fn health(&self, server_id: Uuid) -> Result<Option<Health>>;
+
+    /// Stores `health` as current, appends its last check to the history, ends any lease.
+    async fn record(&self, health: &Health) -> Result<()>;
+
+    /// Probes of a server since `since`, newest first, at most `limit`.
+    async fn history(
+        &self,
+        server_id: Uuid,
+        since: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<HealthCheck>>;
+
+    /// The status of every server whose health was recorded at or after `since`.
+    async fn changed_since(&self, since: OffsetDateTime) -> Result<Vec<(Uuid, HealthStatus)>>;
+
+    /// Deletes history older than `before`; returns how many probes were removed.
+    async fn prune(&self, before: OffsetDateTime) -> Result<u64>;
+}
+
+/// The tool catalog: each server's tools, refreshed by successful probes.
+#[async_trait]
+pub trait CatalogStore: Send + Sync + 'static {
+    /// Replaces the tools of a server.
+    async fn replace_tools(&self, server_id: Uuid, tools: &[ToolInfo]) -> Result<()>;
+
+    /// Tools matching `query`, healthiest servers first, then by server and tool name.
+    async fn search_tools(&self, query: &ToolQuery) -> Result<Vec<ToolHit>>;
 }

@@ -257,6 +257,7 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
             ("MREG_API_PORT", "0"),
             ("MREG_DATABASE_URL", url),
             ("MREG_LOG", "warn"),
+            ("MREG_HEALTH_ENABLED", "false"),
             ("MREG_DATA_DIR", &dir.display().to_string()),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),

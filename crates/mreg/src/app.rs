@@ -104,6 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Registry::new(stores.servers.clone(), cipher.clone()),
         cipher,
         upstream: crate::proxy::upstream_client(),
+        health_board: crate::health::HealthBoard::default(),
         stores: stores.clone(),
         cache,
         cache_backend,
@@ -133,10 +134,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mcp_task = serve(
         "MCP",
         mcp,
-        mcp::router(state, shutdown.child_token()),
+        mcp::router(state.clone(), shutdown.child_token()),
         shutdown.clone(),
         grace,
     );
+    let monitor = config
+        .health
+        .enabled
+        .then(|| crate::health::spawn(state.clone(), shutdown.child_token()));
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
         let stopping = async {
@@ -147,6 +152,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             );
         };
         let ((), api, mcp) = tokio::join!(stopping, api_task, mcp_task);
+        if let Some(monitor) = monitor {
+            let _ = monitor.await;
+        }
         stores.close().await;
         tracing::info!("stopped");
         api.and(mcp)

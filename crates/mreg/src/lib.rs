@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod health;
 pub mod mcp;
 pub mod metrics;
 pub mod proxy;

@@ -157,6 +157,23 @@ pub struct AzureConfig {
     pub clock_skew: Duration,
 }
 
+/// Health monitor settings.
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Whether the monitor runs.
+    pub enabled: bool,
+    /// Time between probes of a server that is up.
+    pub interval: Duration,
+    /// Longest time one probe may take.
+    pub timeout: Duration,
+    /// Probes run at once by this instance.
+    pub concurrency: usize,
+    /// Failures in a row that make a server unhealthy.
+    pub unhealthy_after: u32,
+    /// How long probe history is kept.
+    pub retention: Duration,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -188,6 +205,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Entra ID.
     pub azure: AzureConfig,
+    /// Health monitor.
+    pub health: HealthConfig,
+    /// Name of this instance in leases and history.
+    pub instance_id: String,
 }
 
 /// Every setting's text value and where it came from, before parsing.
@@ -508,6 +529,49 @@ impl Parser<'_> {
                 _ => Err(format!("'{v}' is not a byte count from 1024 to 67108864")),
             })?,
             azure: self.azure()?,
+            health: HealthConfig {
+                enabled: self.required("MREG_HEALTH_ENABLED", parse_bool)?,
+                interval: self.required("MREG_HEALTH_INTERVAL", |v| {
+                    parse_duration(v, Duration::from_millis(100), Duration::from_secs(86_400))
+                })?,
+                timeout: self.required("MREG_HEALTH_TIMEOUT", |v| {
+                    parse_duration(v, Duration::from_millis(100), Duration::from_secs(600))
+                })?,
+                concurrency: self.required("MREG_HEALTH_CONCURRENCY", |v| {
+                    match v.parse::<usize>() {
+                        Ok(n) if (1..=1024).contains(&n) => Ok(n),
+                        _ => Err(format!("'{v}' is not a number from 1 to 1024")),
+                    }
+                })?,
+                unhealthy_after: self.required("MREG_HEALTH_UNHEALTHY_AFTER", |v| {
+                    match v.parse::<u32>() {
+                        Ok(n) if (1..=100).contains(&n) => Ok(n),
+                        _ => Err(format!("'{v}' is not a number from 1 to 100")),
+                    }
+                })?,
+                retention: self.required("MREG_HEALTH_RETENTION_HOURS", |v| {
+                    match v.parse::<u64>() {
+                        Ok(n) if (1..=24 * 366).contains(&n) => Ok(Duration::from_secs(n * 3600)),
+                        _ => Err(format!("'{v}' is not a number of hours from 1 to 8784")),
+                    }
+                })?,
+            },
+            instance_id: match self.parse("MREG_INSTANCE_ID", |v| {
+                if v.len() <= 64
+                    && v.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+                {
+                    Ok(v.to_owned())
+                } else {
+                    Err(
+                        "must be at most 64 characters of letters, digits, '-', '_', '.', ':'"
+                            .to_owned(),
+                    )
+                }
+            })? {
+                Some(id) => id,
+                None => default_instance_id(),
+            },
         })
     }
 
@@ -630,6 +694,39 @@ fn parse_host(v: &str) -> Result<String, String> {
     } else {
         Err(format!("'{v}' is not an IP address or host name"))
     }
+}
+
+/// A duration like `30s`, `500ms`, `2m`, `1h` or a bare number of seconds, within bounds.
+pub fn parse_duration(v: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let (number, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let amount: f64 = number
+        .parse()
+        .map_err(|_| format!("'{v}' is not a duration such as 30s, 500ms or 2m"))?;
+    let seconds = match unit.trim() {
+        "ms" => amount / 1000.0,
+        "s" => amount,
+        "m" => amount * 60.0,
+        "h" => amount * 3600.0,
+        _ => return Err(format!("'{v}' is not a duration such as 30s, 500ms or 2m")),
+    };
+    let duration = Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("'{v}' is not a duration such as 30s, 500ms or 2m"))?;
+    if duration < min || duration > max {
+        return Err(format!("'{v}' must be between {min:?} and {max:?}"));
+    }
+    Ok(duration)
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mreg".to_owned());
+    format!("{host}:{}", std::process::id())
 }
 
 fn parse_bool(v: &str) -> Result<bool, String> {

@@ -232,3 +232,24 @@ fn the_readme_documents_every_setting_with_its_default() {
         }
     }
 }
+
+#[test]
+fn durations_take_units_and_bounds() {
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(3600));
+    assert_eq!(parse_duration("30s", min, max), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("30", min, max), Ok(Duration::from_secs(30)));
+    assert_eq!(
+        parse_duration("500ms", min, max),
+        Ok(Duration::from_millis(500))
+    );
+    assert_eq!(parse_duration("2m", min, max), Ok(Duration::from_secs(120)));
+    assert_eq!(
+        parse_duration("1.5s", min, max),
+        Ok(Duration::from_millis(1500))
+    );
+    for bad in ["", "s", "ten", "5 parsecs", "-1s", "10ms", "2h"] {
+        assert!(parse_duration(bad, min, max).is_err(), "{bad}");
+    }
+    let err = parse(&[("MREG_HEALTH_INTERVAL", "often")]).expect_err("bad");
+    assert_eq!(err.setting, "MREG_HEALTH_INTERVAL");
+}

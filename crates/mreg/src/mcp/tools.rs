@@ -68,6 +68,23 @@ pub struct ListServersArgs {
     /// Page size, 1-500 (default 50).
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Only servers in this health: healthy, degraded, unhealthy or unknown.
+    #[serde(default)]
+    pub health: Option<String>,
+}
+
+/// Arguments of `search_tools`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchToolsArgs {
+    /// Text to find in tool names, titles and descriptions.
+    pub query: String,
+    /// Only tools of servers in this health: healthy, degraded, unhealthy or unknown.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// At most this many (1-500, default 50).
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
 
 /// Arguments of `proxy_request`.
@@ -221,6 +238,11 @@ impl RegistryTools {
                     other => other,
                 })?;
                 query.after = args.cursor.as_deref().map(cursor::decode).transpose()?;
+                query.health = args
+                    .health
+                    .as_deref()
+                    .map(|h| domain::HealthStatus::parse_field(h, "health"))
+                    .transpose()?;
                 let page = self.state.registry.list(&query).await?;
                 let next_cursor = page.next_after.as_ref().map(cursor::encode);
                 let mut text = if page.items.is_empty() {
@@ -278,6 +300,90 @@ impl RegistryTools {
     }
 
     #[tool(
+        description = "Show a registered server's health: its status now, uptime over the last 24 hours and its recent probes.",
+        annotations(read_only_hint = true)
+    )]
+    async fn get_server_health(
+        &self,
+        Parameters(args): Parameters<ServerNameArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                principal(&parts)?;
+                let server = self.state.registry.get(&args.name).await?;
+                let report = crate::health::report(&self.state, &server, 24).await?;
+                let mut text = format!("{} is {}", server.name, report.current.status.as_str());
+                if let Some(check) = &report.current.last_check {
+                    text.push_str(&format!(
+                        "; last probe {} ({} ms){}",
+                        check.outcome.as_str(),
+                        check.latency_ms,
+                        check
+                            .detail
+                            .as_deref()
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    ));
+                }
+                if let Some(ratio) = report.uptime.ratio {
+                    text.push_str(&format!(
+                        "; uptime {:.1}% over {} probes in 24 h",
+                        ratio * 100.0,
+                        report.uptime.checks
+                    ));
+                }
+                Ok(success(text, &report))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
+        description = "Search the tools offered by registered servers (name, title, description); every hit carries its server's health, healthiest first.",
+        annotations(read_only_hint = true)
+    )]
+    async fn search_tools(
+        &self,
+        Parameters(args): Parameters<SearchToolsArgs>,
+        Extension(parts): Extension<Parts>,
+    ) -> Result<CallToolResult, ErrorData> {
+        outcome(
+            async {
+                principal(&parts)?;
+                let query = crate::rest::health::tool_query(
+                    Some(&args.query),
+                    args.health.as_deref(),
+                    args.limit,
+                )
+                .map_err(|e| match e {
+                    domain::Error::Invalid { field, message } if field == "q" => {
+                        domain::Error::invalid("query", message)
+                    }
+                    other => other,
+                })?;
+                let hits = self.state.stores.catalog.search_tools(&query).await?;
+                let mut text = if hits.is_empty() {
+                    format!("No tools match '{}'.", args.query)
+                } else {
+                    format!("{} tool(s):", hits.len())
+                };
+                for hit in &hits {
+                    text.push_str(&format!(
+                        "\n- {} on {} ({}): {}",
+                        hit.tool.name,
+                        hit.server,
+                        hit.health.as_str(),
+                        hit.tool.description
+                    ));
+                }
+                Ok(success(text, &json!({ "tools": hits })))
+            }
+            .await,
+        )
+    }
+
+    #[tool(
         description = "Show one registered MCP server.",
         annotations(read_only_hint = true)
     )]
@@ -303,7 +409,7 @@ impl ServerHandler for RegistryTools {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("mreg", env!("CARGO_PKG_VERSION")))
             .with_instructions(
-                "mreg is an MCP registry gateway. Use list_servers and get_server to discover MCP servers, register_server and delete_server to manage them.",
+                "mreg is an MCP registry gateway. Use list_servers, get_server and search_tools to discover MCP servers and their tools, get_server_health to see whether a server is up, proxy_request to call a registered server, and register_server / delete_server to manage the registry.",
             )
     }
 }

@@ -45,6 +45,7 @@ pub async fn forward_one(
             source: None,
         });
     }
+    crate::health::ensure_reachable(state, server)?;
     let mut headers = HashMap::new();
     for (name, value) in state
         .registry

@@ -108,6 +108,14 @@ pub async fn handle(
             format!("server '{name}' is disabled in this gateway"),
         );
     }
+    if let Err(e) = crate::health::ensure_reachable(&state, &server) {
+        return rpc::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            None,
+            rpc::UPSTREAM_ERROR,
+            e.to_string(),
+        );
+    }
 
     let (body, call) = match parts.method {
         Method::POST => match axum::body::to_bytes(body, MAX_MCP_BODY_BYTES).await {

@@ -5,6 +5,7 @@
 pub mod cursor;
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod ops;
 pub mod registry_v0;
 pub mod request_id;
@@ -31,6 +32,8 @@ use error::ApiError;
 pub struct AppState {
     /// The registry service.
     pub registry: Registry,
+    /// Current health of every server, for the circuit breaker.
+    pub health_board: crate::health::HealthBoard,
     /// Pooled HTTP client for upstream MCP servers.
     pub upstream: reqwest::Client,
     /// Encryption for secrets at rest and session tokens.
@@ -56,6 +59,7 @@ pub struct AppState {
     ),
     tags(
         (name = "servers", description = "Register and manage MCP servers"),
+        (name = "health", description = "Server health, probes and the tool catalog"),
         (name = "registry (v0.1)", description = "The official MCP registry API, read-only"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
@@ -70,6 +74,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(servers::router())
+        .merge(health::router())
         .merge(registry_v0::router())
 }
 

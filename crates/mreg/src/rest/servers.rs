@@ -37,6 +37,8 @@ pub struct ListParams {
     cursor: Option<String>,
     /// Page size, 1-500 (default 50).
     limit: Option<u32>,
+    /// Only servers in this health (healthy, degraded, unhealthy, unknown).
+    health: Option<String>,
 }
 
 /// One page of servers.
@@ -98,6 +100,11 @@ async fn list_servers(
         params.limit,
     )?;
     query.after = params.cursor.as_deref().map(cursor::decode).transpose()?;
+    query.health = params
+        .health
+        .as_deref()
+        .map(|h| domain::HealthStatus::parse_field(h, "health"))
+        .transpose()?;
     let page = state.registry.list(&query).await?;
     Ok(axum::Json(ServerList {
         servers: page.items,

@@ -3,12 +3,14 @@
 //! nothing else in mreg knows which one runs.
 
 mod postgres;
+mod postgres_health;
 mod sqlite;
+mod sqlite_health;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{Error, SecretStore, ServerStore};
+use domain::{CatalogStore, Error, HealthStore, SecretStore, ServerStore};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::config::{Config, DatabaseConfig};
@@ -27,6 +29,10 @@ pub struct Stores {
     pub servers: Arc<dyn ServerStore>,
     /// Shared generated secrets.
     pub secrets: Arc<dyn SecretStore>,
+    /// Server health and probe history.
+    pub health: Arc<dyn HealthStore>,
+    /// The tool catalog.
+    pub catalog: Arc<dyn CatalogStore>,
     closer: Arc<dyn Close>,
     /// `sqlite` or `postgres`, for logs and `/readyz`.
     pub backend: &'static str,
@@ -52,6 +58,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
             Stores {
                 servers: Arc::new(store.clone()),
                 secrets: Arc::new(store.clone()),
+                health: Arc::new(store.clone()),
+                catalog: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "sqlite",
             }
@@ -61,6 +69,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
             Stores {
                 servers: Arc::new(store.clone()),
                 secrets: Arc::new(store.clone()),
+                health: Arc::new(store.clone()),
+                catalog: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "postgres",
             }

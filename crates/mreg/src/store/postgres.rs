@@ -28,6 +28,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "upstream",
         include_str!("../../migrations/postgres/0002_upstream.sql"),
     ),
+    (
+        3,
+        "health",
+        include_str!("../../migrations/postgres/0003_health.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
@@ -37,7 +42,7 @@ const COLUMNS: &str = "id, name, url, transport, description, tags, version, reg
 /// Registry storage in PostgreSQL.
 #[derive(Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PgStore {
@@ -77,7 +82,7 @@ impl Close for PgStore {
     }
 }
 
-fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+pub(super) fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!(
         "servers.{column} holds a value mreg cannot read: {e}"
     ))
@@ -121,6 +126,7 @@ fn server_from_row(row: &PgRow) -> Result<Server> {
 #[async_trait]
 impl ServerStore for PgStore {
     async fn insert(&self, s: &Server, credentials: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error("server"))?;
         sqlx::query(
             "INSERT INTO servers (id, name, url, transport, description, tags, version, \
              registered_by, tenant, status, metadata, search_text, created_at, updated_at, \
@@ -144,9 +150,15 @@ impl ServerStore for PgStore {
         .bind(s.revision)
         .bind(s.timeout_secs.map(|t| i32::try_from(t).unwrap_or(i32::MAX)))
         .bind(credentials.map(<[u8]>::to_vec))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_error(&format!("server '{}'", s.name)))?;
+        sqlx::query("INSERT INTO server_health (server_id) VALUES ($1)")
+            .bind(s.id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("server health"))?;
+        tx.commit().await.map_err(db_error("server"))?;
         Ok(())
     }
 
@@ -182,6 +194,11 @@ impl ServerStore for PgStore {
         }
         if let Some(since) = query.updated_since {
             sql.push(" AND updated_at >= ").push_bind(since);
+        }
+        if let Some(health) = query.health {
+            sql.push(" AND EXISTS (SELECT 1 FROM server_health h WHERE h.server_id = servers.id AND h.status = ")
+                .push_bind(health.as_str())
+                .push(")");
         }
         sql.push(" ORDER BY name LIMIT ")
             .push_bind(i64::from(query.limit));

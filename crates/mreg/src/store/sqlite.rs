@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "upstream",
         include_str!("../../migrations/sqlite/0002_upstream.sql"),
     ),
+    (
+        3,
+        "health",
+        include_str!("../../migrations/sqlite/0003_health.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
@@ -40,7 +45,7 @@ const COLUMNS: &str = "id, name, url, transport, description, tags, version, reg
 /// Registry storage in a SQLite file.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -90,16 +95,16 @@ impl Close for SqliteStore {
     }
 }
 
-fn micros(t: OffsetDateTime) -> i64 {
+pub(super) fn micros(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
-fn from_micros(us: i64) -> Result<OffsetDateTime> {
+pub(super) fn from_micros(us: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
         .map_err(|e| Error::Internal(format!("stored time out of range: {e}")))
 }
 
-fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+pub(super) fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!(
         "servers.{column} holds a value mreg cannot read: {e}"
     ))
@@ -150,6 +155,7 @@ fn json(value: &impl serde::Serialize) -> Result<String> {
 #[async_trait]
 impl ServerStore for SqliteStore {
     async fn insert(&self, s: &Server, credentials: Option<&[u8]>) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db_error("server"))?;
         sqlx::query(
             "INSERT INTO servers (id, name, url, transport, description, tags, version, \
              registered_by, tenant, status, metadata, search_text, created_at, updated_at, \
@@ -173,9 +179,15 @@ impl ServerStore for SqliteStore {
         .bind(s.revision)
         .bind(s.timeout_secs.map(i64::from))
         .bind(credentials.map(<[u8]>::to_vec))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_error(&format!("server '{}'", s.name)))?;
+        sqlx::query("INSERT INTO server_health (server_id) VALUES (?)")
+            .bind(s.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("server health"))?;
+        tx.commit().await.map_err(db_error("server"))?;
         Ok(())
     }
 
@@ -212,6 +224,11 @@ impl ServerStore for SqliteStore {
         }
         if let Some(since) = query.updated_since {
             sql.push(" AND updated_at >= ").push_bind(micros(since));
+        }
+        if let Some(health) = query.health {
+            sql.push(" AND EXISTS (SELECT 1 FROM server_health h WHERE h.server_id = servers.id AND h.status = ")
+                .push_bind(health.as_str())
+                .push(")");
         }
         sql.push(" ORDER BY name LIMIT ")
             .push_bind(i64::from(query.limit));

@@ -3,6 +3,7 @@
 mod api;
 mod cache_conformance;
 mod cli;
+mod health;
 mod mcp_tools;
 mod proxy;
 mod registry_v0;

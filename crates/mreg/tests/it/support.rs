@@ -141,6 +141,8 @@ pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
         ("MREG_DATA_DIR".to_owned(), dir.0.display().to_string()),
         ("MREG_LOG".to_owned(), "warn".to_owned()),
         ("MREG_SHUTDOWN_GRACE_SECS".to_owned(), "2".to_owned()),
+        // Tests register made-up URLs; only the health tests turn the monitor on.
+        ("MREG_HEALTH_ENABLED".to_owned(), "false".to_owned()),
     ];
     env.extend(
         extra

@@ -1,0 +1,256 @@
+//! The health monitor: probes every registered server on an interval (with jitter), keeps the
+//! history, moves servers between healthy, degraded and unhealthy, and refreshes the tool
+//! catalog from each successful probe.
+//!
+//! Replicas share the work through leases in the database: each tick, an instance claims the
+//! servers that are due and not leased by anyone else, so every server is probed once per
+//! interval across the cluster. Each instance also keeps a [`HealthBoard`], the current status
+//! of every server, synced from the database, that the proxy consults to turn callers of an
+//! unhealthy server away at once (a circuit breaker) instead of making each wait for a timeout.
+
+pub mod probe;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use domain::{Error, Health, HealthCheck, HealthPolicy, HealthStatus, Result, Server};
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::rest::AppState;
+
+/// The current health of every server, as this instance knows it.
+#[derive(Clone, Default)]
+pub struct HealthBoard(Arc<RwLock<HashMap<Uuid, HealthStatus>>>);
+
+impl HealthBoard {
+    /// The status of a server (unknown when never probed).
+    pub fn get(&self, server: Uuid) -> HealthStatus {
+        self.0
+            .read()
+            .map(|map| map.get(&server).copied().unwrap_or_default())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, server: Uuid, status: HealthStatus) {
+        if let Ok(mut map) = self.0.write() {
+            map.insert(server, status);
+        }
+    }
+}
+
+/// The policy the configuration describes.
+pub fn policy(state: &AppState) -> HealthPolicy {
+    let health = &state.config.health;
+    HealthPolicy {
+        interval: health.interval,
+        unhealthy_after: health.unhealthy_after,
+        max_backoff: health.interval.saturating_mul(10),
+    }
+}
+
+fn jitter() -> f64 {
+    let mut bytes = [0_u8; 4];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        return 0.0;
+    }
+    f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
+}
+
+/// Fails fast when `server` is unhealthy: the circuit breaker of the proxy and `proxy_request`.
+pub fn ensure_reachable(state: &AppState, server: &Server) -> Result<()> {
+    if state.health_board.get(server.id) == HealthStatus::Unhealthy {
+        return Err(Error::Unavailable {
+            what: format!(
+                "server '{}' (unhealthy: its last health checks failed; the gateway retries it on its own and lets calls through once it answers)",
+                server.name
+            ),
+            source: None,
+        });
+    }
+    Ok(())
+}
+
+/// Probes `server` now, records the result, refreshes its tools, and returns its health.
+pub async fn check_now(state: &AppState, server: &Server) -> Result<Health> {
+    let credentials = state.registry.upstream_headers(server).await?;
+    let timeout = state.config.health.timeout;
+    let report = probe::probe(&state.upstream, server, credentials.as_ref(), timeout).await;
+    let now = domain::now();
+    let mut health = state
+        .stores
+        .health
+        .health(server.id)
+        .await?
+        .unwrap_or_else(|| Health::unknown(server.id, now));
+    let check = HealthCheck {
+        checked_at: now,
+        outcome: report.outcome,
+        detail: report.detail,
+        latency_ms: u64::try_from(report.latency.as_millis()).unwrap_or(u64::MAX),
+        protocol_version: report.protocol_version,
+        checked_by: state.config.instance_id.clone(),
+    };
+    let before = health.status;
+    health.record(check, &policy(state), jitter());
+    state.stores.health.record(&health).await?;
+    if let Some(tools) = &report.tools {
+        state.stores.catalog.replace_tools(server.id, tools).await?;
+    }
+    state.health_board.set(server.id, health.status);
+    if before != health.status {
+        tracing::info!(server = %server.name, from = before.as_str(), to = health.status.as_str(), "health changed");
+    }
+    Ok(health)
+}
+
+/// Starts the monitor; it stops when `shutdown` is cancelled.
+pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
+    let span = tracing::info_span!("health_monitor", instance = %state.config.instance_id);
+    tokio::spawn(tracing::Instrument::instrument(run(state, shutdown), span))
+}
+
+async fn run(state: AppState, shutdown: CancellationToken) {
+    let config = state.config.health.clone();
+    let tick = (config.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let lease = config.timeout * 2 + Duration::from_secs(5);
+    let permits = Arc::new(Semaphore::new(config.concurrency));
+    let mut synced_at = OffsetDateTime::UNIX_EPOCH;
+    let mut pruned_at = OffsetDateTime::UNIX_EPOCH;
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(
+        interval_ms = config.interval.as_millis(),
+        "health monitor started"
+    );
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        let now = domain::now();
+        // What other instances found since the last look.
+        match state
+            .stores
+            .health
+            .changed_since(synced_at - Duration::from_secs(2))
+            .await
+        {
+            Ok(changes) => {
+                for (server, status) in changes {
+                    state.health_board.set(server, status);
+                }
+                synced_at = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read health changes"),
+        }
+        if now - pruned_at > time::Duration::hours(1) {
+            match state.stores.health.prune(now - config.retention).await {
+                Ok(removed) if removed > 0 => tracing::info!(removed, "pruned old health checks"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot prune health history"),
+            }
+            pruned_at = now;
+        }
+        let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
+        if free == 0 {
+            continue;
+        }
+        let due = match state
+            .stores
+            .health
+            .claim_due(&state.config.instance_id, now, lease, free)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim servers to probe");
+                continue;
+            }
+        };
+        for (_, name) in due {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let outcome = match state.registry.get(name.as_str()).await {
+                    Ok(server) => check_now(&state, &server).await.map(|_| ()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = outcome {
+                    tracing::warn!(server = %name, error = %e, "health check failed to complete");
+                }
+            });
+        }
+    }
+    tracing::info!("health monitor stopped");
+}
+
+/// Uptime over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Uptime {
+    /// The window, in hours.
+    pub window_hours: u32,
+    /// Probes in the window.
+    pub checks: usize,
+    /// Share of them that found the server up (absent without probes).
+    pub ratio: Option<f64>,
+}
+
+/// A server's health, recent history and uptime.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// The server's name.
+    pub server: String,
+    /// Its health now.
+    pub current: Health,
+    /// Uptime over the window.
+    pub uptime: Uptime,
+    /// Probes in the window, newest first (at most 100).
+    pub history: Vec<HealthCheck>,
+}
+
+/// Most probes a report lists.
+const HISTORY_LIMIT: u32 = 100;
+/// Most probes counted for uptime.
+const UPTIME_LIMIT: u32 = 100_000;
+
+/// The health report of `server` over the last `window_hours`.
+pub async fn report(state: &AppState, server: &Server, window_hours: u32) -> Result<HealthReport> {
+    if !(1..=24 * 366).contains(&window_hours) {
+        return Err(Error::invalid("window_hours", "must be between 1 and 8784"));
+    }
+    let now = domain::now();
+    let since = now - time::Duration::hours(i64::from(window_hours));
+    let current = state
+        .stores
+        .health
+        .health(server.id)
+        .await?
+        .unwrap_or_else(|| Health::unknown(server.id, now));
+    let all = state
+        .stores
+        .health
+        .history(server.id, since, UPTIME_LIMIT)
+        .await?;
+    let uptime = Uptime {
+        window_hours,
+        checks: all.len(),
+        ratio: domain::health::uptime(&all),
+    };
+    Ok(HealthReport {
+        server: server.name.to_string(),
+        current,
+        uptime,
+        history: all.into_iter().take(HISTORY_LIMIT as usize).collect(),
+    })
+}

@@ -1,0 +1,130 @@
+//! `/api/v1/servers/{name}/health` and `/api/v1/tools`: health reports, on-demand probes, and
+//! the tool catalog with each server's health.
+
+use axum::extract::State;
+use domain::{HealthStatus, ToolHit, ToolQuery};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Path, Query};
+use crate::authn::Caller;
+use crate::health::{self, HealthReport};
+
+/// The routes of this module.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(server_health))
+        .routes(routes!(check_server))
+        .routes(routes!(search_tools))
+}
+
+/// Parameters of a health report.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WindowParams {
+    /// Hours of history for uptime and the history list (default 24).
+    window_hours: Option<u32>,
+}
+
+/// Parameters of a tool search.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ToolParams {
+    /// Only tools whose name, title or description contains this text.
+    q: Option<String>,
+    /// Only tools of servers in this health (healthy, degraded, unhealthy, unknown).
+    health: Option<String>,
+    /// At most this many (1-500, default 50).
+    limit: Option<u32>,
+}
+
+/// Tools found in the catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolList {
+    /// Healthiest servers first, then by server and tool name.
+    pub tools: Vec<ToolHit>,
+}
+
+/// A server's health now, its uptime and recent probes.
+#[utoipa::path(get, path = "/api/v1/servers/{name}/health", tag = "health",
+    params(("name" = String, Path, description = "Server name"), WindowParams),
+    responses(
+        (status = 200, description = "The health report", body = HealthReport),
+        (status = 404, description = "No such server", body = ErrorBody),
+    ))]
+async fn server_health(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Path(name): Path<String>,
+    Query(params): Query<WindowParams>,
+) -> Result<axum::Json<HealthReport>, ApiError> {
+    let server = state.registry.get(&name).await?;
+    Ok(axum::Json(
+        health::report(&state, &server, params.window_hours.unwrap_or(24)).await?,
+    ))
+}
+
+/// Probe a server now and return its new health report.
+#[utoipa::path(post, path = "/api/v1/servers/{name}/health/check", tag = "health",
+    params(("name" = String, Path, description = "Server name")),
+    responses(
+        (status = 200, description = "The health report after the probe", body = HealthReport),
+        (status = 404, description = "No such server", body = ErrorBody),
+    ))]
+async fn check_server(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Path(name): Path<String>,
+) -> Result<axum::Json<HealthReport>, ApiError> {
+    let server = state.registry.get(&name).await?;
+    health::check_now(&state, &server).await?;
+    Ok(axum::Json(health::report(&state, &server, 24).await?))
+}
+
+/// Parses tool search parameters (shared with the `search_tools` MCP tool).
+pub fn tool_query(
+    text: Option<&str>,
+    health: Option<&str>,
+    limit: Option<u32>,
+) -> domain::Result<ToolQuery> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(domain::Error::invalid("limit", "must be between 1 and 500"));
+    }
+    let text = text
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase);
+    if text.as_ref().is_some_and(|t| t.chars().count() > 200) {
+        return Err(domain::Error::invalid("q", "is longer than 200 characters"));
+    }
+    Ok(ToolQuery {
+        text,
+        health: health
+            .map(|h| HealthStatus::parse_field(h, "health"))
+            .transpose()?,
+        limit,
+    })
+}
+
+/// Search the tool catalog; every hit carries its server's health.
+#[utoipa::path(get, path = "/api/v1/tools", tag = "health",
+    params(ToolParams),
+    responses(
+        (status = 200, description = "Matching tools", body = ToolList),
+        (status = 422, description = "A parameter is invalid", body = ErrorBody),
+    ))]
+async fn search_tools(
+    State(state): State<AppState>,
+    Caller(_caller): Caller,
+    Query(params): Query<ToolParams>,
+) -> Result<axum::Json<ToolList>, ApiError> {
+    let query = tool_query(params.q.as_deref(), params.health.as_deref(), params.limit)?;
+    Ok(axum::Json(ToolList {
+        tools: state.stores.catalog.search_tools(&query).await?,
+    }))
+}

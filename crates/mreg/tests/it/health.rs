@@ -1,0 +1,413 @@
+//! The health monitor against real MCP servers: probes by protocol version, classified failures,
+//! history and uptime, the circuit breaker, the tool catalog, and leases shared by replicas.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::mcp_tools::{call, connect, text};
+use crate::support::{TestApp, TestDb};
+use crate::upstream::{Options, Upstream};
+
+/// Polls the health report of `server` until `done` holds (or fails after `within`).
+async fn wait_for(
+    app: &TestApp,
+    server: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, report) = app.get(&format!("/api/v1/servers/{server}/health")).await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        if done(&report) {
+            return report;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{server} did not reach the expected health: {report}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn monitored(interval: &str) -> [(&'static str, String); 4] {
+    [
+        ("MREG_HEALTH_ENABLED", "true".to_owned()),
+        ("MREG_HEALTH_INTERVAL", interval.to_owned()),
+        ("MREG_HEALTH_TIMEOUT", "2s".to_owned()),
+        ("MREG_HEALTH_UNHEALTHY_AFTER", "2".to_owned()),
+    ]
+}
+
+async fn spawn_monitored(interval: &str, extra: &[(&str, &str)]) -> TestApp {
+    let settings = monitored(interval);
+    let mut all: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    TestApp::spawn_with(&all).await
+}
+
+#[tokio::test]
+async fn a_server_that_goes_down_and_recovers_shows_it_in_status_and_history() {
+    let app = spawn_monitored("200ms", &[]).await;
+    let upstream = Upstream::start(true).await;
+    app.register("flaky", json!({ "url": upstream.url })).await;
+    let report = wait_for(&app, "flaky", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "healthy"
+    })
+    .await;
+    assert_eq!(report["current"]["last_check"]["outcome"], "ok");
+
+    upstream.kill();
+    let report = wait_for(&app, "flaky", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "unhealthy"
+    })
+    .await;
+    assert_eq!(
+        report["current"]["last_check"]["outcome"], "refused",
+        "{report}"
+    );
+    assert!(
+        report["current"]["last_check"]["detail"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+    );
+    assert!(report["current"]["consecutive_failures"].as_u64() >= Some(2));
+
+    // The circuit breaker: callers are turned away at once with the reason.
+    let started = Instant::now();
+    let response = app
+        .http
+        .post(format!("http://{}/servers/flaky/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/list" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unhealthy"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    let revived = Upstream::start_with(Options {
+        addr: upstream.addr,
+        ..Options::default()
+    })
+    .await;
+    let report = wait_for(&app, "flaky", Duration::from_secs(15), |r| {
+        r["current"]["status"] == "healthy"
+    })
+    .await;
+    let outcomes: Vec<&str> = report["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .rev()
+        .filter_map(|c| c["outcome"].as_str())
+        .collect();
+    let first_failure = outcomes
+        .iter()
+        .position(|o| *o == "refused")
+        .expect("a failure in the history");
+    let recovery = outcomes
+        .iter()
+        .rposition(|o| *o == "ok")
+        .expect("a recovery in the history");
+    assert!(
+        outcomes[..first_failure].contains(&"ok") && recovery > first_failure,
+        "{outcomes:?}"
+    );
+    let ratio = report["uptime"]["ratio"].as_f64().expect("uptime");
+    assert!(ratio > 0.0 && ratio < 1.0, "{ratio}");
+    drop(revived);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn probes_use_discover_for_2026_servers_and_end_the_sessions_of_older_ones() {
+    let app = TestApp::spawn().await;
+    let modern = Upstream::start(false).await;
+    let legacy = Upstream::start_with(Options {
+        legacy_only: true,
+        ..Options::default()
+    })
+    .await;
+    app.register("modern", json!({ "url": modern.url })).await;
+    app.register("legacy", json!({ "url": legacy.url })).await;
+    for _ in 0..3 {
+        for server in ["modern", "legacy"] {
+            let (status, report) = app
+                .post(&format!("/api/v1/servers/{server}/health/check"), json!({}))
+                .await;
+            assert_eq!(status, StatusCode::OK, "{report}");
+            assert_eq!(report["current"]["status"], "healthy", "{report}");
+        }
+    }
+    let (_, modern_report) = app.get("/api/v1/servers/modern/health").await;
+    assert_eq!(
+        modern_report["current"]["last_check"]["protocol_version"],
+        "2026-07-28"
+    );
+    assert_eq!(
+        modern.count("POST initialize"),
+        0,
+        "a 2026 server is probed without a session"
+    );
+    assert_eq!(modern.count("POST server/discover"), 3);
+
+    let (_, legacy_report) = app.get("/api/v1/servers/legacy/health").await;
+    assert_eq!(
+        legacy_report["current"]["last_check"]["protocol_version"],
+        "2025-11-25"
+    );
+    assert_eq!(legacy.count("POST initialize"), 3);
+    assert_eq!(legacy.count("DELETE"), 3, "every probe session is ended");
+    assert_eq!(legacy_report["uptime"]["checks"], 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn probe_failures_are_classified_and_401_counts_as_reachable() {
+    let app = TestApp::spawn_with(&[("MREG_HEALTH_TIMEOUT", "1s")]).await;
+    let spawn = |router: axum::Router| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    };
+    let guarded = spawn(axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|| async { StatusCode::UNAUTHORIZED }),
+    ))
+    .await;
+    let broken = spawn(axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|| async { StatusCode::INTERNAL_SERVER_ERROR }),
+    ))
+    .await;
+    let not_mcp = spawn(axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|| async { "<html>hello</html>" }),
+    ))
+    .await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+
+    for (name, url, status, outcome) in [
+        (
+            "guarded",
+            format!("http://{guarded}/mcp"),
+            "healthy",
+            "auth_required",
+        ),
+        ("broken", format!("http://{broken}/mcp"), "degraded", "http"),
+        (
+            "not-mcp",
+            format!("http://{not_mcp}/mcp"),
+            "degraded",
+            "protocol",
+        ),
+        (
+            "silent",
+            format!("http://{silent_addr}/mcp"),
+            "degraded",
+            "timeout",
+        ),
+        (
+            "closed",
+            format!("http://{closed}/mcp"),
+            "degraded",
+            "refused",
+        ),
+        ("tls", format!("https://{not_mcp}/mcp"), "degraded", "tls"),
+    ] {
+        app.register(name, json!({ "url": url })).await;
+        let (code, report) = app
+            .post(&format!("/api/v1/servers/{name}/health/check"), json!({}))
+            .await;
+        assert_eq!(code, StatusCode::OK, "{report}");
+        assert_eq!(report["current"]["status"], status, "{name}: {report}");
+        assert_eq!(
+            report["current"]["last_check"]["outcome"], outcome,
+            "{name}: {report}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn successful_probes_fill_the_tool_catalog_with_health_for_rest_and_mcp() {
+    let app = TestApp::spawn().await;
+    let up = Upstream::start(true).await;
+    app.register("alive", json!({ "url": up.url })).await;
+    app.register("dead", json!({ "url": "http://127.0.0.1:9/mcp" }))
+        .await;
+    let (_, unprobed) = app.get("/api/v1/tools?q=echo").await;
+    assert_eq!(
+        unprobed["tools"],
+        json!([]),
+        "nothing is known before a probe"
+    );
+    for server in ["alive", "dead", "dead", "dead"] {
+        app.post(&format!("/api/v1/servers/{server}/health/check"), json!({}))
+            .await;
+    }
+    let (status, found) = app.get("/api/v1/tools?q=ECHO").await;
+    assert_eq!(status, StatusCode::OK);
+    let hits = found["tools"].as_array().expect("tools");
+    assert_eq!(hits.len(), 1, "{found}");
+    assert_eq!(hits[0]["server"], "alive");
+    assert_eq!(hits[0]["health"], "healthy");
+    assert_eq!(hits[0]["tool"]["name"], "echo");
+    assert_eq!(
+        hits[0]["tool"]["input_schema"]["properties"]["text"]["type"],
+        "string"
+    );
+    let (_, none) = app.get("/api/v1/tools?q=echo&health=unhealthy").await;
+    assert_eq!(none["tools"], json!([]));
+    let (status, error) = app.get("/api/v1/tools?health=sickly").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["field"], "health");
+
+    let (_, healthy) = app.get("/api/v1/servers?health=healthy").await;
+    assert_eq!(healthy["servers"].as_array().map(Vec::len), Some(1));
+    assert_eq!(healthy["servers"][0]["name"], "alive");
+    let (_, unhealthy) = app.get("/api/v1/servers?health=unhealthy").await;
+    assert_eq!(unhealthy["servers"][0]["name"], "dead");
+
+    let client = connect(
+        &format!("http://{}/mcp", app.mcp_addr),
+        rmcp::model::ProtocolVersion::V_2025_11_25,
+    )
+    .await;
+    let searched = call(&client, "search_tools", json!({ "query": "progress" })).await;
+    assert!(
+        text(&searched).contains("- count on alive (healthy)"),
+        "{}",
+        text(&searched)
+    );
+    let health = call(&client, "get_server_health", json!({ "name": "dead" })).await;
+    assert!(
+        text(&health).starts_with("dead is unhealthy; last probe refused"),
+        "{}",
+        text(&health)
+    );
+    assert_eq!(
+        health
+            .structured_content
+            .map(|v| v["uptime"]["checks"].clone()),
+        Some(json!(3))
+    );
+    let listed = call(&client, "list_servers", json!({ "health": "healthy" })).await;
+    assert!(text(&listed).contains("- alive"), "{}", text(&listed));
+    assert!(!text(&listed).contains("- dead"), "{}", text(&listed));
+    client.cancel().await.expect("close");
+
+    app.patch("/api/v1/servers/alive", json!({ "status": "disabled" }))
+        .await;
+    let (_, hidden) = app.get("/api/v1/tools?q=echo").await;
+    assert_eq!(
+        hidden["tools"],
+        json!([]),
+        "a disabled server's tools are not offered"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_probe_each_server_once_per_interval() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let upstreams = [
+        Upstream::start(false).await,
+        Upstream::start(false).await,
+        Upstream::start(false).await,
+    ];
+    let interval_ms = 400;
+    let interval = format!("{interval_ms}ms");
+    let a = spawn_monitored(
+        &interval,
+        &[
+            ("MREG_DATABASE_URL", &db.url),
+            ("MREG_INSTANCE_ID", "replica-a"),
+        ],
+    )
+    .await;
+    let b = spawn_monitored(
+        &interval,
+        &[
+            ("MREG_DATABASE_URL", &db.url),
+            ("MREG_INSTANCE_ID", "replica-b"),
+        ],
+    )
+    .await;
+    for (i, upstream) in upstreams.iter().enumerate() {
+        a.register(&format!("shared-{i}"), json!({ "url": upstream.url }))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(interval_ms * 6)).await;
+    let (_, report) = b.get("/api/v1/servers/shared-0/health").await;
+    a.stop().await;
+    b.stop().await;
+    assert_eq!(report["current"]["status"], "healthy", "{report}");
+
+    let mut instances = std::collections::BTreeSet::new();
+    for i in 0..upstreams.len() {
+        let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+        let rows: Vec<(time::OffsetDateTime, String)> = sqlx::query_as(
+            "SELECT c.checked_at, c.checked_by FROM health_checks c JOIN servers s ON s.id = c.server_id \
+             WHERE s.name = $1 ORDER BY c.checked_at",
+        )
+        .bind(format!("shared-{i}"))
+        .fetch_all(&pool)
+        .await
+        .expect("history");
+        pool.close().await;
+        assert!(
+            rows.len() >= 3,
+            "shared-{i} was probed {} times",
+            rows.len()
+        );
+        assert!(
+            rows.len() <= 8,
+            "shared-{i} was probed {} times in 6 intervals",
+            rows.len()
+        );
+        for pair in rows.windows(2) {
+            let gap = (pair[1].0 - pair[0].0).whole_milliseconds();
+            assert!(
+                gap >= i128::from(interval_ms) * 8 / 10,
+                "shared-{i} was probed twice within {gap} ms: {rows:?}"
+            );
+        }
+        instances.extend(rows.into_iter().map(|(_, by)| by));
+    }
+    assert_eq!(
+        instances.into_iter().collect::<Vec<_>>(),
+        ["replica-a", "replica-b"],
+        "both instances took part"
+    );
+    db.drop_db().await;
+}
