@@ -4,6 +4,7 @@ mod api;
 mod cache_conformance;
 mod cli;
 mod health;
+mod interop;
 mod mcp_tools;
 mod proxy;
 mod registry_v0;

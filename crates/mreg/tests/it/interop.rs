@@ -1,0 +1,328 @@
+//! Interoperability with peers nobody here wrote: the official TypeScript SDK's client drives
+//! `/mcp` and `/servers/{name}/mcp`, and servers built with the TypeScript SDK stand behind the
+//! gateway (see `interop/`). `./scripts/test` installs them with `npm ci`; without Node.js the
+//! tests are skipped, unless `MREG_TEST_REQUIRE_SERVICES=1` (CI) makes that a failure.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::support::TestApp;
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop")
+}
+
+/// Whether the Node.js peers can run; skips (or, when required, fails) otherwise.
+fn peers_available() -> bool {
+    let installed = interop_dir()
+        .join("node_modules/@modelcontextprotocol/sdk/package.json")
+        .exists();
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed && node {
+        return true;
+    }
+    let why = if node {
+        "interop/node_modules is missing (npm ci --prefix interop)"
+    } else {
+        "node is not installed"
+    };
+    assert!(
+        !std::env::var("MREG_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true"),
+        "the TypeScript SDK peers are required but {why}"
+    );
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+/// A TypeScript SDK server in its own process.
+struct TsServer {
+    url: String,
+    child: Child,
+}
+
+impl TsServer {
+    async fn start(stateless: bool) -> Self {
+        let mut command = Command::new("node");
+        command
+            .arg(interop_dir().join("server.mjs"))
+            .args(["--port", "0"]);
+        if stateless {
+            command.arg("--stateless");
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the server reports its port")
+            .expect("read")
+            .expect("a line");
+        let port = line
+            .strip_prefix("LISTENING ")
+            .expect("LISTENING <port>")
+            .trim()
+            .to_owned();
+        Self {
+            url: format!("http://127.0.0.1:{port}/mcp"),
+            child,
+        }
+    }
+
+    async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Runs the TypeScript SDK client; returns its JSON answer and whether it succeeded.
+async fn ts_client(url: &str, options: &[&str], command: &[&str]) -> (bool, Value) {
+    let output = Command::new("node")
+        .arg(interop_dir().join("client.mjs"))
+        .args(["--url", url, "--timeout", "20000"])
+        .args(options)
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("node client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "client printed {stdout:?}; stderr {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), value)
+}
+
+const VERSIONS: [&str; 2] = ["2025-06-18", "2025-11-25"];
+
+#[tokio::test]
+async fn the_typescript_client_uses_the_registry_tools_on_each_protocol_version() {
+    if !peers_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let url = format!("http://{}/mcp", app.mcp_addr);
+    for (i, version) in VERSIONS.iter().enumerate() {
+        let (ok, tools) = ts_client(&url, &["--protocol-version", version], &["tools"]).await;
+        assert!(ok, "{tools}");
+        assert_eq!(tools["protocolVersion"], *version);
+        for name in [
+            "register_server",
+            "delete_server",
+            "list_servers",
+            "get_server",
+            "get_server_health",
+            "search_tools",
+            "proxy_request",
+        ] {
+            assert!(
+                tools["tools"]
+                    .as_array()
+                    .is_some_and(|t| t.contains(&json!(name))),
+                "{name}: {tools}"
+            );
+        }
+        let name = format!("ts-{i}");
+        let args = json!({ "name": name, "url": "https://ts.example.com/mcp", "tags": ["ts"] })
+            .to_string();
+        let (ok, created) = ts_client(
+            &url,
+            &["--protocol-version", version],
+            &["call", "register_server", &args],
+        )
+        .await;
+        assert!(ok, "{created}");
+        assert_eq!(created["structuredContent"]["name"], name.as_str());
+        let (_, invalid) = ts_client(
+            &url,
+            &["--protocol-version", version],
+            &["call", "register_server", r#"{"name":"Bad","url":"x"}"#],
+        )
+        .await;
+        assert_eq!(invalid["isError"], true, "{invalid}");
+        assert!(
+            invalid["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("name:"),
+            "{invalid}"
+        );
+    }
+    let (_, listed) = ts_client(&url, &[], &["call", "list_servers", r#"{"tag":"ts"}"#]).await;
+    assert_eq!(
+        listed["structuredContent"]["servers"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn typescript_servers_behind_the_gateway_serve_the_typescript_client() {
+    if !peers_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let stateful = TsServer::start(false).await;
+    let stateless = TsServer::start(true).await;
+    app.register("ts-stateful", json!({ "url": stateful.url }))
+        .await;
+    app.register("ts-stateless", json!({ "url": stateless.url }))
+        .await;
+    for server in ["ts-stateful", "ts-stateless"] {
+        let url = format!("http://{}/servers/{server}/mcp", app.mcp_addr);
+        for version in VERSIONS {
+            let options = ["--protocol-version", version];
+            let (ok, tools) = ts_client(&url, &options, &["tools"]).await;
+            assert!(ok, "{server} {version}: {tools}");
+            assert_eq!(tools["protocolVersion"], version);
+            let (ok, sum) = ts_client(&url, &options, &["call", "add", r#"{"a":2,"b":40}"#]).await;
+            assert!(ok, "{sum}");
+            assert_eq!(sum["structuredContent"]["sum"], 42);
+            let (ok, read) = ts_client(&url, &options, &["read", "demo://hello"]).await;
+            assert!(ok, "{read}");
+            assert_eq!(read["contents"][0]["text"], "hello");
+        }
+    }
+    // Progress notifications travel on the SSE answer of the stateful server, through the gateway.
+    let url = format!("http://{}/servers/ts-stateful/mcp", app.mcp_addr);
+    let (ok, counted) = ts_client(
+        &url,
+        &[],
+        &["call", "slow_count", r#"{"n":4,"delayMs":50}"#],
+    )
+    .await;
+    assert!(ok, "{counted}");
+    assert_eq!(counted["content"][0]["text"], "counted 4");
+    assert_eq!(
+        counted["progress"].as_array().map(Vec::len),
+        Some(4),
+        "{counted}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_typescript_clients_never_share_an_upstream_session() {
+    if !peers_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let upstream = TsServer::start(false).await;
+    app.register("ts", json!({ "url": upstream.url })).await;
+    let url = format!("http://{}/servers/ts/mcp", app.mcp_addr);
+    let (_, first) = ts_client(&url, &[], &["call", "whoami", "{}"]).await;
+    let (_, second) = ts_client(&url, &[], &["call", "whoami", "{}"]).await;
+    let (upstream_first, upstream_second) = (
+        first["structuredContent"]["session"]
+            .as_str()
+            .expect("session")
+            .to_owned(),
+        second["structuredContent"]["session"]
+            .as_str()
+            .expect("session")
+            .to_owned(),
+    );
+    assert_ne!(upstream_first, "none");
+    assert_ne!(upstream_first, upstream_second);
+    let token = first["sessionId"].as_str().expect("gateway session");
+    assert_ne!(
+        token, upstream_first,
+        "the client holds the gateway's token, not the upstream id"
+    );
+    let (ok, refused) = ts_client(
+        &url,
+        &["--header", &format!("Mcp-Session-Id: {upstream_first}")],
+        &["tools"],
+    )
+    .await;
+    assert!(!ok, "a raw upstream session id must not work: {refused}");
+    assert_eq!(refused["code"], 404, "{refused}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_typescript_upstream_killed_mid_call_fails_the_call_instead_of_hanging_it() {
+    if !peers_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let mut upstream = TsServer::start(false).await;
+    app.register("doomed", json!({ "url": upstream.url })).await;
+    let url = format!("http://{}/servers/doomed/mcp", app.mcp_addr);
+    let call = tokio::spawn(async move {
+        ts_client(
+            &url,
+            &[],
+            &["call", "slow_count", r#"{"n":100,"delayMs":100}"#],
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let killed_at = Instant::now();
+    upstream.kill().await;
+    let (ok, answer) = tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .expect("the call ends")
+        .expect("task");
+    assert!(!ok, "{answer}");
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(10),
+        "it failed promptly"
+    );
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("doomed"),
+        "the error names the server: {answer}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_health_monitor_probes_typescript_servers_with_initialize_and_reads_their_tools() {
+    if !peers_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let stateful = TsServer::start(false).await;
+    let stateless = TsServer::start(true).await;
+    app.register("ts-a", json!({ "url": stateful.url })).await;
+    app.register("ts-b", json!({ "url": stateless.url })).await;
+    for server in ["ts-a", "ts-b"] {
+        let (_, report) = app
+            .post(&format!("/api/v1/servers/{server}/health/check"), json!({}))
+            .await;
+        assert_eq!(report["current"]["status"], "healthy", "{report}");
+        assert_eq!(
+            report["current"]["last_check"]["protocol_version"], "2025-11-25",
+            "{report}"
+        );
+    }
+    let (_, tools) = app.get("/api/v1/tools?q=slow_count").await;
+    let servers: Vec<&str> = tools["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["server"].as_str())
+        .collect();
+    assert_eq!(servers, ["ts-a", "ts-b"]);
+    app.stop().await;
+}

@@ -1,0 +1,289 @@
+#!/usr/bin/env node
+// CLI MCP client built on the official TypeScript SDK
+// (@modelcontextprotocol/sdk 1.x): Client + StreamableHTTPClientTransport.
+//
+// Usage:
+//   node interop/client.mjs --url URL [options] <command>
+// Commands:
+//   tools                   -> {"tools":[names...],"protocolVersion","sessionId"}
+//   call NAME JSON_ARGS     -> CallToolResult + protocolVersion, sessionId (+ progress/logs seen)
+//   read URI                -> ReadResourceResult + protocolVersion, sessionId
+// Options:
+//   --header "Name: value"      extra HTTP header on every request (repeatable)
+//   --protocol-version V        protocolVersion to put in the initialize request
+//   --no-progress               `call` without a progressToken (server falls back to logging)
+//   --timeout MS                per-request timeout (default 60000)
+//   --trace                     log each HTTP exchange (method, status, content-type) to stderr
+//
+// Success: one JSON line on stdout, exit 0.
+// Failure: one JSON line {"error": message, "code": ...} on stdout, exit 1.
+
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { LoggingMessageNotificationSchema, isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
+
+class UsageError extends Error {
+  constructor(message) {
+    super(message);
+    this.code = 'usage';
+  }
+}
+
+function parseArgs(argv) {
+  const opts = { url: undefined, headers: {}, protocolVersion: undefined, progress: true, timeout: 60000, trace: false, rest: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const next = () => {
+      if (i + 1 >= argv.length) throw new UsageError(`missing value for ${a}`);
+      return argv[++i];
+    };
+    if (a === '--url') opts.url = next();
+    else if (a === '--header' || a === '-H') {
+      const h = next();
+      const idx = h.indexOf(':');
+      if (idx <= 0) throw new UsageError(`bad --header (want "Name: value"): ${h}`);
+      opts.headers[h.slice(0, idx).trim()] = h.slice(idx + 1).trim();
+    } else if (a === '--protocol-version') opts.protocolVersion = next();
+    else if (a === '--no-progress') opts.progress = false;
+    else if (a === '--timeout') opts.timeout = Number(next());
+    else if (a === '--trace') opts.trace = true;
+    else if (a === '--') {
+      opts.rest.push(...argv.slice(i + 1));
+      break;
+    }
+    else if (a.startsWith('--') && opts.rest.length === 0) throw new UsageError(`unknown option: ${a}`);
+    else opts.rest.push(a);
+  }
+  if (!opts.url) throw new UsageError('--url is required');
+  if (!Number.isFinite(opts.timeout) || opts.timeout <= 0) throw new UsageError('bad --timeout');
+  const [command, ...args] = opts.rest;
+  if (command === 'tools') {
+    if (args.length !== 0) throw new UsageError('usage: tools');
+  } else if (command === 'call') {
+    if (args.length < 1 || args.length > 2) throw new UsageError('usage: call NAME [JSON_ARGS]');
+  } else if (command === 'read') {
+    if (args.length !== 1) throw new UsageError('usage: read URI');
+  } else {
+    throw new UsageError(`unknown command: ${command ?? '(none)'} (want tools | call | read)`);
+  }
+  opts.command = command;
+  opts.args = args;
+  return opts;
+}
+
+// The SDK 1.x Client always sends LATEST_PROTOCOL_VERSION in `initialize` and has no option to
+// change it. This subclass of the SDK transport rewrites only `params.protocolVersion` of the
+// outgoing initialize request; negotiation, the MCP-Protocol-Version header on later requests
+// (set from the server's answer via transport.setProtocolVersion), sessions and SSE handling
+// all remain the SDK's own code.
+class VersionPinnedTransport extends StreamableHTTPClientTransport {
+  constructor(url, opts, requestedVersion) {
+    super(url, opts);
+    this._requestedVersion = requestedVersion;
+  }
+  async send(message, options) {
+    if (this._requestedVersion !== undefined && isInitializeRequest(message)) {
+      message = { ...message, params: { ...message.params, protocolVersion: this._requestedVersion } };
+    }
+    return super.send(message, options);
+  }
+}
+
+class StreamClosedError extends Error {
+  constructor(message) {
+    super(message);
+    this.code = 'sse_closed';
+  }
+}
+
+// Operation currently in flight (the CLI runs one MCP request at a time). The SDK only
+// rejects a pending request on timeout, so if a POST's SSE response stream ends (or breaks)
+// before the JSON-RPC response arrived, the request would otherwise hang until --timeout.
+// We watch the body of each POST SSE response and abort the operation's AbortSignal
+// (a public RequestOptions field) shortly after the stream ends without completing it.
+let currentOp = { ctrl: new AbortController(), done: false };
+async function runOp(fn) {
+  const op = { ctrl: new AbortController(), done: false };
+  currentOp = op;
+  try {
+    return await fn(op.ctrl.signal);
+  } catch (err) {
+    // The SDK wraps abort reasons in McpError(-32001, String(reason)); report ours as-is.
+    if (op.ctrl.signal.reason instanceof StreamClosedError) throw op.ctrl.signal.reason;
+    throw err;
+  } finally {
+    op.done = true;
+  }
+}
+
+function makeFetch(trace) {
+  return async (url, init) => {
+    const op = currentOp;
+    const method = init?.method ?? 'GET';
+    const res = await fetch(url, init);
+    if (trace) {
+      const sent = new Headers(init?.headers);
+      process.stderr.write(
+        `[client] HTTP ${method} ${url} (mcp-protocol-version=${sent.get('mcp-protocol-version') ?? '-'}) -> ${res.status} ` +
+          `content-type=${res.headers.get('content-type') ?? '-'} ` +
+          `mcp-session-id=${res.headers.get('mcp-session-id') ?? '-'}\n`
+      );
+    }
+    let requestId;
+    if (method === 'POST' && typeof init?.body === 'string') {
+      try {
+        const msg = JSON.parse(init.body);
+        if (msg && !Array.isArray(msg) && msg.method && msg.id !== undefined) requestId = msg.id;
+      } catch {
+        /* not ours to judge */
+      }
+    }
+    const isSse = (res.headers.get('content-type') ?? '').toLowerCase().startsWith('text/event-stream');
+    if (requestId === undefined || !res.ok || !isSse || !res.body) return res;
+
+    const onEnd = why => {
+      // Give the SDK's SSE parser time to dispatch the final event before judging.
+      setTimeout(() => {
+        if (!op.done) {
+          op.ctrl.abort(new StreamClosedError(`SSE response stream for request ${requestId} ${why} before the JSON-RPC response arrived`));
+        }
+      }, 200).unref();
+    };
+    const reader = res.body.getReader();
+    const body = new ReadableStream({
+      async pull(controller) {
+        try {
+          const { value, done } = await reader.read();
+          if (done) {
+            controller.close();
+            onEnd('ended');
+          } else {
+            controller.enqueue(value);
+          }
+        } catch (err) {
+          controller.error(err);
+          onEnd(`broke (${err?.message ?? err})`);
+        }
+      },
+      cancel(reason) {
+        return reader.cancel(reason);
+      }
+    });
+    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+}
+
+function errorCode(err) {
+  // StreamableHTTPError: .code is the HTTP status (or -1 for an unexpected content-type);
+  // McpError: .code is the JSON-RPC error code; UsageError: "usage";
+  // network failures ("fetch failed"): the errno code of the cause, e.g. "ECONNREFUSED".
+  for (let e = err, depth = 0; e && depth < 5; e = e.cause, depth++) {
+    if (e.code !== undefined) return e.code;
+    if (Array.isArray(e.errors) && e.errors[0]?.code !== undefined) return e.errors[0].code;
+  }
+  return null;
+}
+
+function errorMessage(err) {
+  let msg = err?.message ?? String(err);
+  const cause = err?.cause;
+  if (cause && msg === 'fetch failed') {
+    const inner = cause.message || (Array.isArray(cause.errors) ? cause.errors.map(e => e.message).join('; ') : '');
+    if (inner) msg += `: ${inner}`;
+  }
+  return msg;
+}
+
+function printJson(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+async function main() {
+  let opts;
+  try {
+    opts = parseArgs(process.argv.slice(2));
+  } catch (err) {
+    printJson({ error: errorMessage(err), code: errorCode(err) });
+    return 1;
+  }
+
+  const transport = new VersionPinnedTransport(
+    new URL(opts.url),
+    {
+      requestInit: { headers: opts.headers },
+      fetch: makeFetch(opts.trace),
+      // Only affects the optional standalone GET SSE stream; keep retries short for a CLI.
+      reconnectionOptions: { initialReconnectionDelay: 200, maxReconnectionDelay: 1000, reconnectionDelayGrowFactor: 1.5, maxRetries: 0 }
+    },
+    opts.protocolVersion
+  );
+  transport.onerror = err => {
+    if (opts.trace) process.stderr.write(`[client] transport error: ${err?.message ?? err}\n`);
+  };
+
+  const client = new Client({ name: 'interop-client', version: '1.0.0' }, { capabilities: {} });
+  const logs = [];
+  client.setNotificationHandler(LoggingMessageNotificationSchema, n => {
+    logs.push(n.params);
+  });
+
+  const reqOpts = { timeout: opts.timeout };
+  let exitCode = 0;
+  try {
+    await runOp(signal => client.connect(transport, { ...reqOpts, signal }));
+    const meta = () => ({
+      protocolVersion: transport.protocolVersion ?? null,
+      sessionId: transport.sessionId ?? null,
+      ...(opts.protocolVersion !== undefined ? { requestedProtocolVersion: opts.protocolVersion } : {})
+    });
+
+    if (opts.command === 'tools') {
+      const { tools } = await runOp(signal => client.listTools(undefined, { ...reqOpts, signal }));
+      printJson({ tools: tools.map(t => t.name), ...meta() });
+    } else if (opts.command === 'call') {
+      const [name, rawArgs] = opts.args;
+      let args = {};
+      if (rawArgs !== undefined) {
+        try {
+          args = JSON.parse(rawArgs);
+        } catch (e) {
+          throw new UsageError(`JSON_ARGS is not valid JSON: ${e.message}`);
+        }
+      }
+      const progress = [];
+      const callOpts = { ...reqOpts };
+      if (opts.progress) {
+        callOpts.onprogress = p => progress.push(p);
+        callOpts.resetTimeoutOnProgress = true;
+      }
+      const result = await runOp(signal => client.callTool({ name, arguments: args }, undefined, { ...callOpts, signal }));
+      printJson({
+        ...result,
+        ...meta(),
+        ...(progress.length ? { progress } : {}),
+        ...(logs.length ? { logs } : {})
+      });
+    } else if (opts.command === 'read') {
+      const result = await runOp(signal => client.readResource({ uri: opts.args[0] }, { ...reqOpts, signal }));
+      printJson({ ...result, ...meta() });
+    }
+  } catch (err) {
+    printJson({ error: errorMessage(err), code: errorCode(err) });
+    exitCode = 1;
+  } finally {
+    // Terminate the session (HTTP DELETE) when the server issued one; 405 is accepted by the SDK.
+    if (transport.sessionId !== undefined) {
+      try {
+        await transport.terminateSession();
+      } catch (err) {
+        process.stderr.write(`[client] terminateSession failed: ${err?.message ?? err}\n`);
+      }
+    }
+    await client.close().catch(() => {});
+  }
+  return exitCode;
+}
+
+process.exitCode = await main();
+// Do not wait for anything left over (e.g. a standalone SSE reconnect timer).
+process.exit(process.exitCode);
