@@ -1,7 +1,9 @@
 //! The registry service: the one place where servers are created, read, listed, changed and
 //! removed. The REST API and the MCP tools both call it, so no rule is implemented twice.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
@@ -14,6 +16,9 @@ use crate::upstream::{Sealer, UpstreamHeaders};
 /// Purpose under which upstream credentials are sealed.
 const CREDENTIALS_PURPOSE: &str = "upstream-credentials/v1";
 
+/// Most routes cached before expired ones are dropped.
+const MAX_CACHED_ROUTES: usize = 10_000;
+
 /// How often an update is retried when another writer changed the same server meanwhile.
 const UPDATE_ATTEMPTS: usize = 5;
 
@@ -22,6 +27,23 @@ const UPDATE_ATTEMPTS: usize = 5;
 pub struct Registry {
     store: Arc<dyn ServerStore>,
     sealer: Arc<dyn Sealer>,
+    routes: Arc<RwLock<RouteCache>>,
+}
+
+/// Routes by server name, with the time each was resolved.
+type RouteCache = HashMap<String, (Instant, Arc<Route>)>;
+
+/// How long a resolved [`Route`] is reused before the store is asked again. Changes made through
+/// this instance take effect at once; changes made by another replica within this time.
+pub const ROUTE_TTL: Duration = Duration::from_secs(2);
+
+/// What the gateway needs to reach a server: its registration and its opened credentials.
+#[derive(Debug)]
+pub struct Route {
+    /// The registration.
+    pub server: Server,
+    /// Its upstream credentials, opened.
+    pub upstream_headers: Option<UpstreamHeaders>,
 }
 
 /// The current time at the precision every backend stores (microseconds), so that a value read
@@ -39,7 +61,42 @@ fn server_not_found(name: &ServerName) -> Error {
 impl Registry {
     /// A registry over `store`, sealing upstream credentials with `sealer`.
     pub fn new(store: Arc<dyn ServerStore>, sealer: Arc<dyn Sealer>) -> Self {
-        Self { store, sealer }
+        Self {
+            store,
+            sealer,
+            routes: Arc::default(),
+        }
+    }
+
+    /// The route to the server called `name`, from a short-lived cache (see [`ROUTE_TTL`]) so
+    /// that the proxy's hot path does not ask the database on every message.
+    pub async fn route(&self, name: &str) -> Result<Arc<Route>> {
+        let now = Instant::now();
+        if let Ok(routes) = self.routes.read()
+            && let Some((at, route)) = routes.get(name)
+            && now.duration_since(*at) < ROUTE_TTL
+        {
+            return Ok(route.clone());
+        }
+        let server = self.get(name).await?;
+        let upstream_headers = self.upstream_headers(&server).await?;
+        let route = Arc::new(Route {
+            server,
+            upstream_headers,
+        });
+        if let Ok(mut routes) = self.routes.write() {
+            if routes.len() >= MAX_CACHED_ROUTES {
+                routes.retain(|_, (at, _)| now.duration_since(*at) < ROUTE_TTL);
+            }
+            routes.insert(name.to_owned(), (now, route.clone()));
+        }
+        Ok(route)
+    }
+
+    fn forget_route(&self, name: &str) {
+        if let Ok(mut routes) = self.routes.write() {
+            routes.remove(name);
+        }
     }
 
     fn seal(&self, headers: &UpstreamHeaders) -> Result<Vec<u8>> {
@@ -111,6 +168,7 @@ impl Registry {
 
     /// Applies `patch` to the server called `name`.
     pub async fn update(&self, _by: &Principal, name: &str, patch: ServerPatch) -> Result<Server> {
+        self.forget_route(name);
         let update = patch.validate()?;
         let sealed = match &update.upstream_headers {
             Some(Some(headers)) => Some(self.seal(headers)?),
@@ -131,6 +189,7 @@ impl Registry {
             server.updated_at = now();
             server.revision = expected + 1;
             if self.store.update(&server, expected, credentials).await? {
+                self.forget_route(name);
                 return Ok(server);
             }
         }
@@ -142,9 +201,11 @@ impl Registry {
 
     /// Removes the server called `name`.
     pub async fn delete(&self, _by: &Principal, name: &str) -> Result<()> {
+        self.forget_route(name);
         let name =
             ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
         if self.store.delete(&name).await? {
+            self.forget_route(name.as_str());
             Ok(())
         } else {
             Err(server_not_found(&name))

@@ -276,10 +276,11 @@ impl RegistryTools {
         outcome(
             async {
                 principal(&parts)?;
-                let server = self.state.registry.get(&args.server).await?;
+                let route = self.state.registry.route(&args.server).await?;
+                let server = &route.server;
                 let params = args.params.map(serde_json::Value::Object);
                 let result =
-                    crate::proxy::forward::forward_one(&self.state, &server, &args.method, params)
+                    crate::proxy::forward::forward_one(&self.state, &route, &args.method, params)
                         .await?;
                 let mut text = serde_json::to_string(&result).unwrap_or_default();
                 if text.len() > MAX_RESULT_TEXT {

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::http::{HeaderName, HeaderValue};
-use domain::{Error, Server, ServerStatus};
+use domain::{Error, Route, ServerStatus};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, CustomRequest, Implementation, ProtocolVersion,
 };
@@ -24,10 +24,11 @@ fn lifecycle_method(method: &str) -> bool {
 /// Sends `method` with `params` to `server` and returns the result.
 pub async fn forward_one(
     state: &AppState,
-    server: &Server,
+    route: &Route,
     method: &str,
     params: Option<Value>,
 ) -> Result<Value, Error> {
+    let server = &route.server;
     if method.trim().is_empty() || lifecycle_method(method) {
         return Err(Error::invalid(
             "method",
@@ -47,13 +48,7 @@ pub async fn forward_one(
     }
     crate::health::ensure_reachable(state, server)?;
     let mut headers = HashMap::new();
-    for (name, value) in state
-        .registry
-        .upstream_headers(server)
-        .await?
-        .iter()
-        .flat_map(|h| h.iter())
-    {
+    for (name, value) in route.upstream_headers.iter().flat_map(|h| h.iter()) {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
             headers.insert(name, value);
         }

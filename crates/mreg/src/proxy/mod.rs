@@ -80,8 +80,8 @@ pub async fn handle(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let server = match state.registry.get(&name).await {
-        Ok(server) => server,
+    let route = match state.registry.route(&name).await {
+        Ok(route) => route,
         Err(domain::Error::NotFound { .. }) => {
             return rpc::error(
                 StatusCode::NOT_FOUND,
@@ -100,6 +100,7 @@ pub async fn handle(
             );
         }
     };
+    let server = &route.server;
     if server.status == ServerStatus::Disabled {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -108,7 +109,7 @@ pub async fn handle(
             format!("server '{name}' is disabled in this gateway"),
         );
     }
-    if let Err(e) = crate::health::ensure_reachable(&state, &server) {
+    if let Err(e) = crate::health::ensure_reachable(&state, server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
@@ -157,8 +158,6 @@ pub async fn handle(
             );
         }
     };
-    let span = tracing::info_span!("proxy", server = %server.name, mcp.method = %call.method, mcp.name = call.name.as_deref().unwrap_or(""));
-    let _entered = span.enter();
 
     let upstream_session = match parts.headers.get(SESSION_HEADER) {
         None => None,
@@ -178,19 +177,6 @@ pub async fn handle(
             }
         },
     };
-    let credentials = match state.registry.upstream_headers(&server).await {
-        Ok(credentials) => credentials,
-        Err(e) => {
-            tracing::error!(error = %e, "upstream credentials unavailable");
-            return rpc::error(
-                StatusCode::BAD_GATEWAY,
-                call.id.as_ref(),
-                rpc::UPSTREAM_ERROR,
-                format!("the gateway cannot read the credentials of server '{name}'"),
-            );
-        }
-    };
-
     let mut upstream = state
         .upstream
         .request(parts.method.clone(), server.url.as_str());
@@ -203,13 +189,13 @@ pub async fn handle(
     if let Some(id) = &upstream_session {
         upstream = upstream.header(SESSION_HEADER, id);
     }
-    for (name, value) in credentials.iter().flat_map(|c| c.iter()) {
+    for (name, value) in route.upstream_headers.iter().flat_map(|c| c.iter()) {
         upstream = upstream.header(name, value);
     }
     if let Some(body) = body {
         upstream = upstream.body(body);
     }
-    let timeout = timeout_of(&server);
+    let timeout = timeout_of(server);
     let response = match tokio::time::timeout(timeout, upstream.send()).await {
         Err(_) => {
             return rpc::error(
@@ -248,7 +234,7 @@ pub async fn handle(
             ),
         );
     }
-    relay(&state, &server, &caller, &call, response)
+    relay(&state, server, &caller, &call, response)
 }
 
 /// Turns the upstream's response into the client's: translated session id, chosen headers, and

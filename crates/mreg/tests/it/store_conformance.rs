@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use domain::{
-    Credentials, Error, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus,
-    ServerStore,
+    CatalogStore, Credentials, Error, Health, HealthCheck, HealthPolicy, HealthStatus, HealthStore,
+    Outcome, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore,
+    ToolInfo, ToolQuery,
 };
 use mreg::store::{PgStore, SqliteStore};
 use serde_json::json;
@@ -325,9 +326,310 @@ async fn a_secret_is_created_once_and_then_shared(store: Arc<dyn SecretStore>) {
     );
 }
 
+fn probe(at: time::OffsetDateTime, outcome: Outcome, by: &str) -> HealthCheck {
+    HealthCheck {
+        checked_at: at,
+        outcome,
+        detail: (!outcome.is_up()).then(|| "connection refused".to_owned()),
+        latency_ms: 12,
+        protocol_version: outcome.is_up().then(|| "2025-11-25".to_owned()),
+        checked_by: by.to_owned(),
+    }
+}
+
+fn policy() -> HealthPolicy {
+    HealthPolicy {
+        interval: std::time::Duration::from_secs(30),
+        unhealthy_after: 2,
+        max_backoff: std::time::Duration::from_secs(300),
+    }
+}
+
+async fn due_servers_are_leased_to_one_owner_at_a_time(
+    store: Arc<dyn ServerStore>,
+    health: Arc<dyn HealthStore>,
+) {
+    let now = domain::now();
+    for name in ["due-a", "due-b", "off"] {
+        let status = if name == "off" {
+            ServerStatus::Disabled
+        } else {
+            ServerStatus::Active
+        };
+        store
+            .insert(&server(name, "", &[], status), None)
+            .await
+            .expect("insert");
+    }
+    let lease = std::time::Duration::from_secs(60);
+    let first = health
+        .claim_due("one", now, lease, 10)
+        .await
+        .expect("claim");
+    let mut names: Vec<String> = first.iter().map(|(_, n)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["due-a", "due-b"],
+        "new servers are due at once; disabled ones never"
+    );
+    assert!(
+        health
+            .claim_due("two", now, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "leased servers are not claimed again"
+    );
+    let later = now + time::Duration::seconds(61);
+    let one = health
+        .claim_due("two", later, lease, 1)
+        .await
+        .expect("claim");
+    let rest = health
+        .claim_due("two", later, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        (one.len(), rest.len()),
+        (1, 1),
+        "expired leases can be taken, up to the limit"
+    );
+
+    let (id, _) = first[0].clone();
+    let mut state = health
+        .health(id)
+        .await
+        .expect("health")
+        .expect("a row for every server");
+    assert_eq!(state.status, HealthStatus::Unknown);
+    state.record(probe(later, Outcome::Ok, "one"), &policy(), 0.0);
+    health.record(&state).await.expect("record");
+    let soon = later + time::Duration::seconds(1);
+    assert!(
+        health
+            .claim_due("three", soon, lease, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a recorded server is not due before its next check, and the other is still leased"
+    );
+    let next = later + time::Duration::seconds(31);
+    let claimed = health
+        .claim_due("three", next, lease, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        claimed.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        [id],
+        "it is due again after its interval"
+    );
+}
+
+async fn health_is_recorded_with_history_changes_and_pruning(
+    store: Arc<dyn ServerStore>,
+    health: Arc<dyn HealthStore>,
+) {
+    let s = server("watched", "", &[], ServerStatus::Active);
+    store.insert(&s, None).await.expect("insert");
+    let start = domain::now() - time::Duration::minutes(10);
+    let mut state = Health::unknown(s.id, start);
+    for (minute, outcome) in [
+        (0, Outcome::Ok),
+        (1, Outcome::Refused),
+        (2, Outcome::Timeout),
+        (3, Outcome::Ok),
+    ] {
+        state.record(
+            probe(start + time::Duration::minutes(minute), outcome, "me"),
+            &policy(),
+            0.0,
+        );
+        health.record(&state).await.expect("record");
+        if minute == 2 {
+            let stored = health.health(s.id).await.expect("health").expect("row");
+            assert_eq!(stored.status, HealthStatus::Unhealthy);
+            assert_eq!(stored.consecutive_failures, 2);
+        }
+    }
+    let stored = health.health(s.id).await.expect("health").expect("row");
+    assert_eq!(stored, state, "the current health reads back as recorded");
+    let history = health.history(s.id, start, 10).await.expect("history");
+    let outcomes: Vec<Outcome> = history.iter().map(|c| c.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [Outcome::Ok, Outcome::Timeout, Outcome::Refused, Outcome::Ok],
+        "newest first"
+    );
+    assert_eq!(history[1].detail.as_deref(), Some("connection refused"));
+    assert_eq!(
+        health.history(s.id, start, 2).await.expect("limited").len(),
+        2
+    );
+    let changed = health
+        .changed_since(start + time::Duration::minutes(3))
+        .await
+        .expect("changed");
+    assert_eq!(changed, [(s.id, HealthStatus::Healthy)]);
+    assert!(
+        health
+            .changed_since(domain::now() + time::Duration::minutes(1))
+            .await
+            .expect("changed")
+            .is_empty()
+    );
+    assert_eq!(
+        health
+            .prune(start + time::Duration::seconds(150))
+            .await
+            .expect("prune"),
+        3
+    );
+    assert_eq!(
+        health
+            .history(s.id, start, 10)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
+    store.delete(&s.name).await.expect("delete");
+    assert_eq!(
+        health.health(s.id).await.expect("health"),
+        None,
+        "health goes with its server"
+    );
+    state.record(probe(domain::now(), Outcome::Ok, "me"), &policy(), 0.0);
+    health
+        .record(&state)
+        .await
+        .expect("recording a deleted server's probe is not an error");
+}
+
+async fn the_catalog_is_replaced_per_server_and_searched_healthiest_first(
+    store: Arc<dyn ServerStore>,
+    health: Arc<dyn HealthStore>,
+    catalog: Arc<dyn CatalogStore>,
+) {
+    let tool = |name: &str, description: &str| ToolInfo {
+        name: name.to_owned(),
+        title: None,
+        description: description.to_owned(),
+        input_schema: json!({ "type": "object", "properties": { "q": { "type": "string" } } }),
+    };
+    let mut ids = Vec::new();
+    for name in ["zeta", "alpha", "hidden"] {
+        let status = if name == "hidden" {
+            ServerStatus::Disabled
+        } else {
+            ServerStatus::Active
+        };
+        let s = server(name, "", &[], status);
+        store.insert(&s, None).await.expect("insert");
+        catalog
+            .replace_tools(
+                s.id,
+                &[
+                    tool("search_docs", "Search the 100%_docs"),
+                    tool(&format!("{name}_only"), "other"),
+                ],
+            )
+            .await
+            .expect("tools");
+        ids.push(s.id);
+    }
+    let mut zeta = Health::unknown(ids[0], domain::now());
+    zeta.record(probe(domain::now(), Outcome::Ok, "me"), &policy(), 0.0);
+    health.record(&zeta).await.expect("record");
+    let mut alpha = Health::unknown(ids[1], domain::now());
+    for _ in 0..2 {
+        alpha.record(probe(domain::now(), Outcome::Refused, "me"), &policy(), 0.0);
+    }
+    health.record(&alpha).await.expect("record");
+
+    let query = |text: &str, health: Option<HealthStatus>| ToolQuery {
+        text: Some(text.to_owned()),
+        health,
+        limit: 50,
+    };
+    let hits = catalog
+        .search_tools(&query("search", None))
+        .await
+        .expect("search");
+    let found: Vec<(String, HealthStatus)> = hits
+        .iter()
+        .map(|h| (h.server.to_string(), h.health))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("zeta".to_owned(), HealthStatus::Healthy),
+            ("alpha".to_owned(), HealthStatus::Unhealthy)
+        ]
+    );
+    assert_eq!(
+        hits[0].tool.input_schema["properties"]["q"]["type"],
+        "string"
+    );
+    assert_eq!(
+        catalog
+            .search_tools(&query("%_docs", None))
+            .await
+            .expect("literal")
+            .len(),
+        2
+    );
+    assert_eq!(
+        catalog
+            .search_tools(&query("_", Some(HealthStatus::Healthy)))
+            .await
+            .expect("filtered")
+            .len(),
+        2
+    );
+    assert!(
+        catalog
+            .search_tools(&query("hidden_only", None))
+            .await
+            .expect("disabled")
+            .is_empty()
+    );
+
+    catalog
+        .replace_tools(ids[0], &[tool("renamed", "new")])
+        .await
+        .expect("replace");
+    let hits = catalog
+        .search_tools(&query("search", None))
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1, "replacing drops the old tools");
+    catalog
+        .replace_tools(uuid::Uuid::now_v7(), &[tool("orphan", "x")])
+        .await
+        .expect("unknown server is ignored");
+    assert!(
+        catalog
+            .search_tools(&query("orphan", None))
+            .await
+            .expect("search")
+            .is_empty()
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
+            #[tokio::test]
+            async fn health_and_catalog_contracts() {
+                let store = std::sync::Arc::new(mreg::store::SqliteStore::in_memory().await.expect("sqlite"));
+                super::due_servers_are_leased_to_one_owner_at_a_time(store.clone(), store.clone()).await;
+                let store = std::sync::Arc::new(mreg::store::SqliteStore::in_memory().await.expect("sqlite"));
+                super::health_is_recorded_with_history_changes_and_pruning(store.clone(), store.clone()).await;
+                let store = std::sync::Arc::new(mreg::store::SqliteStore::in_memory().await.expect("sqlite"));
+                super::the_catalog_is_replaced_per_server_and_searched_healthiest_first(store.clone(), store.clone(), store).await;
+            }
+
             $(
                 #[tokio::test]
                 async fn $test() {
@@ -348,6 +650,20 @@ macro_rules! conformance {
         }
 
         mod postgres {
+            #[tokio::test]
+            async fn health_and_catalog_contracts() {
+                for step in 0..3 {
+                    let Some(db) = super::TestDb::create().await else { return };
+                    let store = std::sync::Arc::new(super::PgStore::connect(&db.url.clone().into(), 4).await.expect("postgres"));
+                    match step {
+                        0 => super::due_servers_are_leased_to_one_owner_at_a_time(store.clone(), store.clone()).await,
+                        1 => super::health_is_recorded_with_history_changes_and_pruning(store.clone(), store.clone()).await,
+                        _ => super::the_catalog_is_replaced_per_server_and_searched_healthiest_first(store.clone(), store.clone(), store.clone()).await,
+                    }
+                    db.drop_db().await;
+                }
+            }
+
             $(
                 #[tokio::test]
                 async fn $test() {

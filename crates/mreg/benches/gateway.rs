@@ -1,0 +1,215 @@
+//! Gateway overhead benchmark: the same trivial `tools/call` sent straight to a local MCP server
+//! and through mreg's `/servers/{name}/mcp`, in one run. Reports p50/p99 latency with one client
+//! (the added latency) and throughput with many concurrent clients, and the ratios.
+//!
+//! Run: `cargo bench --bench gateway` (options: `-- --seconds N --concurrency N`). The upstream is
+//! the stateless rmcp server of the integration tests; gateway, upstream and load generator
+//! share this machine, as they would the same two cores in both measurements.
+
+#[path = "../tests/it/upstream.rs"]
+#[expect(
+    dead_code,
+    reason = "the benchmark uses only part of the test upstream"
+)]
+mod upstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mreg::config::RawConfig;
+use serde_json::json;
+
+struct Args {
+    seconds: u64,
+    concurrency: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        seconds: 5,
+        concurrency: 32,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                args.seconds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(args.seconds)
+            }
+            "--concurrency" => {
+                args.concurrency = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(args.concurrency);
+            }
+            _ => {} // cargo bench passes --bench
+        }
+    }
+    args
+}
+
+struct Run {
+    p50: Duration,
+    p99: Duration,
+    per_second: f64,
+    errors: usize,
+}
+
+/// `concurrency` clients call `echo` at `url` as fast as they can for `duration`.
+async fn load(url: &str, concurrency: usize, duration: Duration) -> Run {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .expect("client");
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "echo", "arguments": { "text": "ping" } } })
+    .to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, url, body, stop) =
+                (http.clone(), url.to_owned(), body.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut samples, mut errors) = (Vec::new(), 0);
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let ok = match http
+                        .post(&url)
+                        .header("accept", "application/json, text/event-stream")
+                        .header("content-type", "application/json")
+                        .header("mcp-protocol-version", "2025-11-25")
+                        .body(body.clone())
+                        .send()
+                        .await
+                    {
+                        Ok(response) => {
+                            response.status().is_success() && response.bytes().await.is_ok()
+                        }
+                        Err(_) => false,
+                    };
+                    if ok {
+                        samples.push(sent.elapsed());
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (samples, errors)
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut samples, mut errors) = (Vec::new(), 0);
+    for worker in workers {
+        let (s, e) = worker.await.expect("worker");
+        samples.extend(s);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    samples.sort();
+    let at = |q: usize| {
+        samples
+            .get((samples.len() * q / 100).min(samples.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Run {
+        p50: at(50),
+        p99: at(99),
+        per_second: samples.len() as f64 / elapsed.as_secs_f64(),
+        errors,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args();
+    let upstream = upstream::Upstream::start(false).await;
+    let dir = std::env::temp_dir().join(format!("mreg-bench-{}", uuid::Uuid::new_v4().simple()));
+    let config = RawConfig::collect(
+        None,
+        Vec::new(),
+        [
+            ("MREG_API_PORT", "0"),
+            ("FASTMCP_SERVER_PORT", "0"),
+            ("MREG_LOG", "warn"),
+            ("MREG_HEALTH_ENABLED", "false"),
+            ("MREG_DATA_DIR", &dir.display().to_string()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    )?
+    .parse()?;
+    let app = mreg::app::start(config).await?;
+    let http = reqwest::Client::new();
+    let created = http
+        .post(format!("http://{}/api/v1/servers", app.api_addr))
+        .json(&json!({ "name": "bench", "url": upstream.url }))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        created.status().is_success(),
+        "registering the upstream failed"
+    );
+    let direct = upstream.url.clone();
+    let gateway = format!("http://{}/servers/bench/mcp", app.mcp_addr);
+
+    let short = Duration::from_secs(1);
+    load(&direct, 4, short).await;
+    load(&gateway, 4, short).await;
+    let duration = Duration::from_secs(args.seconds);
+    let mut rows = Vec::new();
+    for (label, concurrency) in [("1 client", 1), ("many clients", args.concurrency)] {
+        let d = load(&direct, concurrency, duration).await;
+        let g = load(&gateway, concurrency, duration).await;
+        rows.push((label, concurrency, d, g));
+    }
+    app.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "\ntools/call echo, direct vs through /servers/{{name}}/mcp, {} s per run (times in ms)\n",
+        args.seconds
+    );
+    println!(
+        "{:14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8}",
+        "load",
+        "conc",
+        "direct p50",
+        "gw p50",
+        "direct p99",
+        "gw p99",
+        "direct rps",
+        "gw rps",
+        "rps x",
+        "errors"
+    );
+    for (label, concurrency, d, g) in &rows {
+        println!(
+            "{label:14} {concurrency:>5} {:>10} {:>10} {:>10} {:>10} {:>12.0} {:>12.0} {:>8.2} {:>8}",
+            ms(d.p50),
+            ms(g.p50),
+            ms(d.p99),
+            ms(g.p99),
+            d.per_second,
+            g.per_second,
+            g.per_second / d.per_second,
+            d.errors + g.errors
+        );
+    }
+    if let Some((_, _, d, g)) = rows.first() {
+        println!(
+            "\nadded latency with one client: p50 {} ms, p99 {} ms",
+            ms(g.p50.saturating_sub(d.p50)),
+            ms(g.p99.saturating_sub(d.p99))
+        );
+    }
+    Ok(())
+}
