@@ -103,7 +103,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let state = rest::AppState {
         registry: Registry::new(stores.servers.clone(), cipher.clone()),
         cipher,
-        upstream: crate::proxy::upstream_client(),
+        upstream: crate::proxy::upstream_client()?,
         health_board: crate::health::HealthBoard::default(),
         stores: stores.clone(),
         cache,

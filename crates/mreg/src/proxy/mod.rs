@@ -42,7 +42,7 @@ const SESSION_HEADER: &str = "mcp-session-id";
 /// The HTTP client for upstream servers: pooled, no redirects (an upstream may not send the
 /// gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
 /// server's own timeout for its answer to start.
-pub fn upstream_client() -> reqwest::Client {
+pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("mreg/", env!("CARGO_PKG_VERSION")))
         .redirect(reqwest::redirect::Policy::none())
@@ -51,7 +51,7 @@ pub fn upstream_client() -> reqwest::Client {
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .build()
-        .unwrap_or_else(|e| panic!("the HTTP client cannot be built: {e}"))
+        .map_err(|e| anyhow::anyhow!("the HTTP client for upstream servers cannot be built: {e}"))
 }
 
 /// The request timeout of `server`.
