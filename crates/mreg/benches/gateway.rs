@@ -5,6 +5,10 @@
 //! Run: `cargo bench --bench gateway` (options: `-- --seconds N --concurrency N`). The upstream is
 //! the stateless rmcp server of the integration tests; gateway, upstream and load generator
 //! share this machine, as they would the same two cores in both measurements.
+//!
+//! A third column, "floor", sends the same calls through a bare axum + reqwest passthrough (no
+//! parsing, no sessions, no middleware): the cost of the extra HTTP hop alone, so that the
+//! gateway's own overhead is the difference between it and the floor.
 
 #[path = "../tests/it/upstream.rs"]
 #[expect(
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::response::IntoResponse;
 use mreg::config::RawConfig;
 use serde_json::json;
 
@@ -160,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let direct = upstream.url.clone();
     let gateway = format!("http://{}/servers/bench/mcp", app.mcp_addr);
+    let floor = bare_passthrough(&direct).await;
 
     let short = Duration::from_secs(1);
     load(&direct, 4, short).await;
@@ -169,7 +175,8 @@ async fn main() -> anyhow::Result<()> {
     for (label, concurrency) in [("1 client", 1), ("many clients", args.concurrency)] {
         let d = load(&direct, concurrency, duration).await;
         let g = load(&gateway, concurrency, duration).await;
-        rows.push((label, concurrency, d, g));
+        let f = load(&floor, concurrency, duration).await;
+        rows.push((label, concurrency, d, g, f));
     }
     app.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -179,37 +186,85 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "{:14} {:>5} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>8} {:>8}",
+        "{:14} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
         "load",
         "conc",
-        "direct p50",
+        "d p50",
         "gw p50",
-        "direct p99",
+        "fl p50",
+        "d p99",
         "gw p99",
-        "direct rps",
+        "fl p99",
+        "d rps",
         "gw rps",
-        "rps x",
+        "fl rps",
+        "gw x",
+        "floor x",
         "errors"
     );
-    for (label, concurrency, d, g) in &rows {
+    for (label, concurrency, d, g, f) in &rows {
         println!(
-            "{label:14} {concurrency:>5} {:>10} {:>10} {:>10} {:>10} {:>12.0} {:>12.0} {:>8.2} {:>8}",
+            "{label:14} {concurrency:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>7.2} {:>6}",
             ms(d.p50),
             ms(g.p50),
+            ms(f.p50),
             ms(d.p99),
             ms(g.p99),
+            ms(f.p99),
             d.per_second,
             g.per_second,
+            f.per_second,
             g.per_second / d.per_second,
-            d.errors + g.errors
+            f.per_second / d.per_second,
+            d.errors + g.errors + f.errors
         );
     }
-    if let Some((_, _, d, g)) = rows.first() {
+    println!(
+        "
+d = direct to the upstream, gw = through mreg, fl = through a bare axum+reqwest passthrough"
+    );
+    if let Some((_, _, d, g, _)) = rows.first() {
         println!(
-            "\nadded latency with one client: p50 {} ms, p99 {} ms",
+            "added latency with one client: p50 {} ms, p99 {} ms",
             ms(g.p50.saturating_sub(d.p50)),
             ms(g.p99.saturating_sub(d.p99))
         );
     }
     Ok(())
+}
+
+/// A bare HTTP passthrough to `upstream`: axum in, reqwest out, bodies copied as they are.
+async fn bare_passthrough(upstream: &str) -> String {
+    let http = reqwest::Client::new();
+    let target = upstream.to_owned();
+    let router = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (http, target) = (http.clone(), target.clone());
+                async move {
+                    let mut request = http.post(&target).body(body);
+                    for name in ["accept", "content-type", "mcp-protocol-version"] {
+                        if let Some(value) = headers.get(name) {
+                            request = request.header(name, value);
+                        }
+                    }
+                    match request.send().await {
+                        Ok(response) => {
+                            let status = response.status();
+                            let bytes = response.bytes().await.unwrap_or_default();
+                            (status, bytes).into_response()
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
+                    }
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/mcp")
 }

@@ -6,13 +6,16 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
+use std::sync::{Arc, OnceLock};
+
 use domain::Principal;
 
 use crate::rest::error::ApiError;
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request. Shared, not copied: every request of one caller points
+/// at the same principal.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller(pub Arc<Principal>);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
@@ -20,7 +23,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts
             .extensions
-            .get::<Principal>()
+            .get::<Arc<Principal>>()
             .cloned()
             .map(Caller)
             .ok_or_else(|| {
@@ -32,6 +35,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// Middleware: establishes the caller. With authentication disabled, everyone is
 /// [`Principal::anonymous`].
 pub async fn authenticate(mut request: Request, next: Next) -> Response {
-    request.extensions_mut().insert(Principal::anonymous());
+    static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
+    let anonymous = ANONYMOUS.get_or_init(|| Arc::new(Principal::anonymous()));
+    request.extensions_mut().insert(anonymous.clone());
     next.run(request).await
 }

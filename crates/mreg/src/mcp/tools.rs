@@ -2,6 +2,8 @@
 //! same domain services as the REST API, and answers with structured content plus a line of text
 //! a person can read. Failures are tool errors (`isError: true`) whose text says what to do.
 
+use std::sync::Arc;
+
 use axum::http::request::Parts;
 use domain::{Principal, Server, ServerDraft, ServerQuery};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -126,10 +128,10 @@ pub fn failure(error: domain::Error) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
-fn principal(parts: &Parts) -> Result<Principal, domain::Error> {
+fn principal(parts: &Parts) -> Result<Arc<Principal>, domain::Error> {
     parts
         .extensions
-        .get::<Principal>()
+        .get::<Arc<Principal>>()
         .cloned()
         .ok_or_else(|| domain::Error::Unauthenticated("no credentials were presented".to_owned()))
 }

@@ -27,15 +27,64 @@ pub struct McpCall {
     pub id: Option<Value>,
 }
 
+/// The parts of a message the gateway reads; everything else (the arguments above all) is
+/// skipped by the parser rather than built into a tree, because this runs on every message.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(borrow, default)]
+    method: Option<PeekMethod<'a>>,
+    #[serde(borrow, default)]
+    params: Option<PeekParamsOrOther<'a>>,
+    #[serde(default)]
+    result: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum PeekMethod<'a> {
+    Name(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum PeekParamsOrOther<'a> {
+    Object(#[serde(borrow)] PeekParams<'a>),
+    Other(serde::de::IgnoredAny),
+}
+
+#[derive(serde::Deserialize)]
+struct PeekParams<'a> {
+    #[serde(borrow, default)]
+    name: Option<PeekText<'a>>,
+    #[serde(borrow, default)]
+    uri: Option<PeekText<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum PeekText<'a> {
+    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
+    Other(serde::de::IgnoredAny),
+}
+
+impl PeekText<'_> {
+    fn text(self) -> Option<String> {
+        match self {
+            Self::Text(text) => Some(text.into_owned()),
+            Self::Other(_) => None,
+        }
+    }
+}
+
 /// Reads the call out of a message body; a problem is `(status, code, message)`.
 pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            PARSE_ERROR,
-            format!("Parse error: the body is not JSON ({e})"),
-        )
-    })?;
     let invalid = |why: &str| {
         (
             StatusCode::BAD_REQUEST,
@@ -43,42 +92,63 @@ pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
             format!("Invalid Request: {why}"),
         )
     };
-    match &value {
-        Value::Array(items) if items.is_empty() => Err(invalid("empty batch")),
-        Value::Array(_) => Ok(McpCall {
-            method: "batch".to_owned(),
-            ..McpCall::default()
-        }),
-        Value::Object(message) => {
-            if message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-                return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+    let parse_error = |e: serde_json::Error| {
+        (
+            StatusCode::BAD_REQUEST,
+            PARSE_ERROR,
+            format!("Parse error: the body is not JSON ({e})"),
+        )
+    };
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(b'[') => {
+            let batch: Vec<serde::de::IgnoredAny> =
+                serde_json::from_slice(body).map_err(parse_error)?;
+            if batch.is_empty() {
+                return Err(invalid("empty batch"));
             }
-            let id = message.get("id").cloned();
-            match message.get("method") {
-                Some(Value::String(method)) => {
-                    let params = message.get("params");
-                    let name = params
-                        .and_then(|p| p.get("name").or_else(|| p.get("uri")))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    Ok(McpCall {
-                        method: method.clone(),
-                        name,
-                        id,
-                    })
-                }
-                Some(_) => Err(invalid("\"method\" must be a string")),
-                None if message.contains_key("result") || message.contains_key("error") => {
-                    Ok(McpCall {
-                        method: "response".to_owned(),
-                        name: None,
-                        id,
-                    })
-                }
-                None => Err(invalid("no \"method\"")),
-            }
+            return Ok(McpCall {
+                method: "batch".to_owned(),
+                ..McpCall::default()
+            });
         }
-        _ => Err(invalid("a message is a JSON object")),
+        _ => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(parse_error)?;
+            return Err(invalid("a message is a JSON object"));
+        }
+    }
+    let peek: Peek<'_> = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            invalid("unexpected field types")
+        } else {
+            parse_error(e)
+        }
+    })?;
+    if peek.jsonrpc.as_deref() != Some("2.0") {
+        return Err(invalid("\"jsonrpc\" must be \"2.0\""));
+    }
+    match peek.method {
+        Some(PeekMethod::Name(method)) => {
+            let name = match peek.params {
+                Some(PeekParamsOrOther::Object(p)) => p
+                    .name
+                    .and_then(PeekText::text)
+                    .or_else(|| p.uri.and_then(PeekText::text)),
+                _ => None,
+            };
+            Ok(McpCall {
+                method: method.into_owned(),
+                name,
+                id: peek.id,
+            })
+        }
+        Some(PeekMethod::Other(_)) => Err(invalid("\"method\" must be a string")),
+        None if peek.result.is_some() || peek.error.is_some() => Ok(McpCall {
+            method: "response".to_owned(),
+            name: None,
+            id: peek.id,
+        }),
+        None => Err(invalid("no \"method\"")),
     }
 }
 
