@@ -6,9 +6,9 @@
 //! the stateless rmcp server of the integration tests; gateway, upstream and load generator
 //! share this machine, as they would the same two cores in both measurements.
 //!
-//! A third column, "floor", sends the same calls through a bare axum + reqwest passthrough (no
-//! parsing, no sessions, no middleware): the cost of the extra HTTP hop alone, so that the
-//! gateway's own overhead is the difference between it and the floor.
+//! A third column, "floor", sends the same calls through a bare axum passthrough with the same
+//! HTTP client (no parsing, sessions, credentials, health or middleware): the cost of the extra
+//! HTTP hop alone, so that the gateway's own overhead is the difference between it and the floor.
 
 #[path = "../tests/it/upstream.rs"]
 #[expect(
@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "
-d = direct to the upstream, gw = through mreg, fl = through a bare axum+reqwest passthrough"
+d = direct to the upstream, gw = through mreg, fl = through a bare passthrough (the floor)"
     );
     if let Some((_, _, d, g, _)) = rows.first() {
         println!(
@@ -233,33 +233,36 @@ d = direct to the upstream, gw = through mreg, fl = through a bare axum+reqwest 
     Ok(())
 }
 
-/// A bare HTTP passthrough to `upstream`: axum in, reqwest out, bodies copied as they are.
+/// A bare HTTP passthrough to `upstream`: axum in, the gateway's own pooled client out, bodies
+/// streamed as they are; no parsing, sessions, credentials, health or middleware.
 async fn bare_passthrough(upstream: &str) -> String {
-    let http = reqwest::Client::new();
-    let target = upstream.to_owned();
+    use http_body_util::BodyExt;
+    let client = mreg::proxy::client::gateway_client().expect("client");
+    let target: axum::http::Uri = upstream.parse().expect("uri");
     let router = axum::Router::new().route(
         "/mcp",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let (http, target) = (http.clone(), target.clone());
-                async move {
-                    let mut request = http.post(&target).body(body);
-                    for name in ["accept", "content-type", "mcp-protocol-version"] {
-                        if let Some(value) = headers.get(name) {
-                            request = request.header(name, value);
-                        }
+        axum::routing::post(move |request: axum::extract::Request| {
+            let (client, target) = (client.clone(), target.clone());
+            async move {
+                let (mut parts, body) = request.into_parts();
+                parts.uri = target;
+                parts.headers.remove("host");
+                match client
+                    .request(axum::http::Request::from_parts(parts, body))
+                    .await
+                {
+                    Ok(response) => {
+                        let (parts, body) = response.into_parts();
+                        axum::http::Response::from_parts(
+                            parts,
+                            axum::body::Body::new(body.map_err(axum::Error::new)),
+                        )
+                        .into_response()
                     }
-                    match request.send().await {
-                        Ok(response) => {
-                            let status = response.status();
-                            let bytes = response.bytes().await.unwrap_or_default();
-                            (status, bytes).into_response()
-                        }
-                        Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
-                    }
+                    Err(_) => axum::http::StatusCode::BAD_GATEWAY.into_response(),
                 }
-            },
-        ),
+            }
+        }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

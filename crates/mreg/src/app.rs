@@ -104,6 +104,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         registry: Registry::new(stores.servers.clone(), cipher.clone()),
         cipher,
         upstream: crate::proxy::upstream_client()?,
+        gateway: crate::proxy::client::gateway_client()?,
         health_board: crate::health::HealthBoard::default(),
         stores: stores.clone(),
         cache,

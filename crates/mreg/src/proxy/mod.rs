@@ -8,17 +8,19 @@
 //! never leave the gateway; the caller's own `Authorization` is never passed on (no token
 //! passthrough).
 
+pub mod client;
 pub mod forward;
 pub mod rpc;
 pub mod session;
 
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use domain::{Server, ServerStatus};
+use http_body_util::BodyExt;
 
 use crate::authn::Caller;
 use crate::mcp::MAX_MCP_BODY_BYTES;
@@ -39,12 +41,15 @@ const FORWARDED_RESPONSE_HEADERS: &[&str] =
     &["cache-control", "content-type", "mcp-protocol-version"];
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// The HTTP client for upstream servers: pooled, no redirects (an upstream may not send the
-/// gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
+/// The gateway's user agent towards upstream servers.
+const USER_AGENT: &str = concat!("mreg/", env!("CARGO_PKG_VERSION"));
+
+/// The reqwest client for probes and `proxy_request`: pooled, no redirects (an upstream may not
+/// send the gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
 /// server's own timeout for its answer to start.
 pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
-        .user_agent(concat!("mreg/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -177,9 +182,10 @@ pub async fn handle(
             }
         },
     };
-    let mut upstream = state
-        .upstream
-        .request(parts.method.clone(), server.url.as_str());
+    let mut upstream = axum::http::Request::builder()
+        .method(parts.method.clone())
+        .uri(server.url.as_str())
+        .header(header::USER_AGENT, USER_AGENT);
     for (name, value) in &parts.headers {
         let name = name.as_str();
         if FORWARDED_REQUEST_HEADERS.contains(&name) || name.starts_with("mcp-param-") {
@@ -192,11 +198,20 @@ pub async fn handle(
     for (name, value) in route.upstream_headers.iter().flat_map(|c| c.iter()) {
         upstream = upstream.header(name, value);
     }
-    if let Some(body) = body {
-        upstream = upstream.body(body);
-    }
+    let upstream = match upstream.body(body.map(Body::from).unwrap_or_else(Body::empty)) {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the upstream request");
+            return rpc::error(
+                StatusCode::BAD_GATEWAY,
+                call.id.as_ref(),
+                rpc::UPSTREAM_ERROR,
+                format!("the gateway cannot address server '{name}'"),
+            );
+        }
+    };
     let timeout = timeout_of(server);
-    let response = match tokio::time::timeout(timeout, upstream.send()).await {
+    let response = match tokio::time::timeout(timeout, state.gateway.request(upstream)).await {
         Err(_) => {
             return rpc::error(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -210,7 +225,7 @@ pub async fn handle(
         }
         Ok(Err(e)) => {
             let cause = root_cause(&e);
-            tracing::warn!(%cause, "upstream request failed");
+            tracing::warn!(server = %name, mcp.method = %call.method, %cause, "upstream request failed");
             return rpc::error(
                 StatusCode::BAD_GATEWAY,
                 call.id.as_ref(),
@@ -239,13 +254,17 @@ pub async fn handle(
 
 /// Turns the upstream's response into the client's: translated session id, chosen headers, and
 /// the body streamed through.
-fn relay(
+fn relay<B>(
     state: &AppState,
     server: &Server,
     caller: &domain::Principal,
     call: &McpCall,
-    response: reqwest::Response,
-) -> Response {
+    response: axum::http::Response<B>,
+) -> Response
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let mut headers = HeaderMap::new();
     for name in FORWARDED_RESPONSE_HEADERS {
         if let Some(value) = response.headers().get(*name) {
@@ -268,9 +287,14 @@ fn relay(
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let status = response.status();
     let name = server.name.to_string();
-    let pending = if is_sse { call.id.clone() } else { None };
-    let stream = response.bytes_stream();
-    let body = Body::from_stream(stream::cut_off_reported(stream, name, pending));
+    // Only an SSE answer to a request needs watching; anything else passes through untouched.
+    let body = match call.id.clone().filter(|_| is_sse) {
+        Some(pending) => {
+            let stream = response.into_body().into_data_stream();
+            Body::from_stream(stream::cut_off_reported(stream, name, Some(pending)))
+        }
+        None => Body::new(response.into_body()),
+    };
     let mut out = Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
@@ -335,8 +359,8 @@ mod stream {
         watch: Option<Watch>,
     }
 
-    pub fn cut_off_reported(
-        upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
+        upstream: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
         server: String,
         pending: Option<Value>,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {

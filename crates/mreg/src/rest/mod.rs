@@ -34,8 +34,10 @@ pub struct AppState {
     pub registry: Registry,
     /// Current health of every server, for the circuit breaker.
     pub health_board: crate::health::HealthBoard,
-    /// Pooled HTTP client for upstream MCP servers.
+    /// Pooled HTTP client for probes and `proxy_request`.
     pub upstream: reqwest::Client,
+    /// Pooled HTTP client of the proxy's hot path.
+    pub gateway: crate::proxy::client::GatewayClient,
     /// Encryption for secrets at rest and session tokens.
     pub cipher: Arc<crate::crypto::Cipher>,
     /// The database's stores.

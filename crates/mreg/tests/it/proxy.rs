@@ -377,6 +377,9 @@ async fn bad_messages_and_bad_targets_get_clear_json_rpc_errors() {
         .await;
     app.register("nobody-home", json!({ "url": "http://127.0.0.1:9/mcp" }))
         .await;
+    let plain_as_tls = upstream.url.replace("http://", "https://");
+    app.register("wrong-tls", json!({ "url": plain_as_tls }))
+        .await;
     let url = format!("http://{}/servers/target/mcp", app.mcp_addr);
     let raw = |body: &'static str| {
         app.http
@@ -457,6 +460,7 @@ async fn bad_messages_and_bad_targets_get_clear_json_rpc_errors() {
         ),
         ("off", StatusCode::SERVICE_UNAVAILABLE, "disabled"),
         ("nobody-home", StatusCode::BAD_GATEWAY, "cannot be reached"),
+        ("wrong-tls", StatusCode::BAD_GATEWAY, "cannot be reached"),
     ] {
         let (status, _, body) = post(&app, server, None, &initialize("2025-11-25")).await;
         assert_eq!(status, expected, "{server}: {body}");
