@@ -63,8 +63,44 @@ struct Run {
     errors: usize,
 }
 
+/// What one target collected over all its slices.
+#[derive(Default)]
+struct Samples {
+    latencies: Vec<Duration>,
+    busy: Duration,
+    errors: usize,
+}
+
+impl Samples {
+    fn add(&mut self, (latencies, busy, errors): (Vec<Duration>, Duration, usize)) {
+        self.latencies.extend(latencies);
+        self.busy += busy;
+        self.errors += errors;
+    }
+
+    fn run(mut self) -> Run {
+        self.latencies.sort();
+        let at = |q: usize| {
+            self.latencies
+                .get((self.latencies.len() * q / 100).min(self.latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
+        Run {
+            p50: at(50),
+            p99: at(99),
+            per_second: self.latencies.len() as f64 / self.busy.as_secs_f64(),
+            errors: self.errors,
+        }
+    }
+}
+
 /// `concurrency` clients call `echo` at `url` as fast as they can for `duration`.
-async fn load(url: &str, concurrency: usize, duration: Duration) -> Run {
+async fn load(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> (Vec<Duration>, Duration, usize) {
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
@@ -114,20 +150,7 @@ async fn load(url: &str, concurrency: usize, duration: Duration) -> Run {
         samples.extend(s);
         errors += e;
     }
-    let elapsed = started.elapsed();
-    samples.sort();
-    let at = |q: usize| {
-        samples
-            .get((samples.len() * q / 100).min(samples.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or_default()
-    };
-    Run {
-        p50: at(50),
-        p99: at(99),
-        per_second: samples.len() as f64 / elapsed.as_secs_f64(),
-        errors,
-    }
+    (samples, started.elapsed(), errors)
 }
 
 fn ms(d: Duration) -> String {
@@ -170,19 +193,26 @@ async fn main() -> anyhow::Result<()> {
     let short = Duration::from_secs(1);
     load(&direct, 4, short).await;
     load(&gateway, 4, short).await;
-    let duration = Duration::from_secs(args.seconds);
+    load(&floor, 4, short).await;
+    // Targets take turns in short slices, so that drift in the machine's state affects all three
+    // alike instead of whichever ran last.
+    let slices = args.seconds.max(1);
+    let slice = Duration::from_secs(1);
     let mut rows = Vec::new();
     for (label, concurrency) in [("1 client", 1), ("many clients", args.concurrency)] {
-        let d = load(&direct, concurrency, duration).await;
-        let g = load(&gateway, concurrency, duration).await;
-        let f = load(&floor, concurrency, duration).await;
-        rows.push((label, concurrency, d, g, f));
+        let (mut d, mut g, mut f) = (Samples::default(), Samples::default(), Samples::default());
+        for _ in 0..slices {
+            d.add(load(&direct, concurrency, slice).await);
+            g.add(load(&gateway, concurrency, slice).await);
+            f.add(load(&floor, concurrency, slice).await);
+        }
+        rows.push((label, concurrency, d.run(), g.run(), f.run()));
     }
     app.stop().await?;
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "\ntools/call echo, direct vs through /servers/{{name}}/mcp, {} s per run (times in ms)\n",
+        "\ntools/call echo, direct vs through /servers/{{name}}/mcp, {} one-second slices each, taking turns (times in ms)\n",
         args.seconds
     );
     println!(
