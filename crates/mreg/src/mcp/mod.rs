@@ -64,5 +64,5 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
         .with_state(state)
         .layer(middleware::from_fn(crate::authn::authenticate))
-        .layer(middleware::from_fn_with_state(metrics, request_id::track))
+        .layer(request_id::TrackLayer::new(metrics))
 }

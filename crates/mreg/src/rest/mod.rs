@@ -102,5 +102,5 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
-        .layer(middleware::from_fn_with_state(metrics, request_id::track))
+        .layer(request_id::TrackLayer::new(metrics))
 }

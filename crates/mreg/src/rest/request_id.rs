@@ -2,12 +2,15 @@
 //! when it is sane, otherwise a new one), echoed in the response header and in every error body,
 //! and is counted and timed by route and status.
 
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
-use axum::middleware::Next;
 use axum::response::Response;
+use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::metrics::Metrics;
@@ -44,45 +47,95 @@ fn acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// Middleware: assigns the id, runs the request inside its span, records metrics.
-pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = request
-        .headers()
-        .get(HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable(v))
-        .map_or_else(fresh, str::to_owned);
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = request.method().clone();
-    let span = tracing::info_span!("request", %method, %route, request_id = %id);
-    let mut response = REQUEST_ID
-        .scope(id.clone(), next.run(request).instrument(span.clone()))
-        .await;
-    let elapsed = started.elapsed();
-    let status = response.status();
-    metrics.observe(method.as_str(), &route, status.as_u16(), elapsed);
-    span.in_scope(|| {
-        if status.is_server_error() {
-            tracing::warn!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                "request failed"
-            );
-        } else {
-            tracing::debug!(
-                status = status.as_u16(),
-                elapsed_ms = elapsed.as_secs_f64() * 1e3,
-                "request"
-            );
-        }
-    });
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(HEADER, value);
+/// Layer: gives every request an id, runs it inside its span, records its metrics. A plain tower
+/// layer rather than `from_fn`, because it wraps every request of the proxy's hot path.
+#[derive(Clone)]
+pub struct TrackLayer {
+    metrics: Metrics,
+}
+
+impl TrackLayer {
+    /// Records into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
     }
-    response
+}
+
+impl<S> Layer<S> for TrackLayer {
+    type Service = Track<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Track {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service [`TrackLayer`] wraps around each route.
+#[derive(Clone)]
+pub struct Track<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The ready service handles this request; a fresh clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let id = request
+            .headers()
+            .get(HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| acceptable(v))
+            .map_or_else(fresh, str::to_owned);
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or("unmatched", |p| p.as_str())
+            .to_owned();
+        let method = request.method().clone();
+        let span = tracing::info_span!("request", %method, %route, request_id = %id);
+        let handled = inner.call(request).instrument(span.clone());
+        Box::pin(async move {
+            let Ok(mut response) = REQUEST_ID.scope(id.clone(), handled).await;
+            let elapsed = started.elapsed();
+            let status = response.status();
+            metrics.observe(method.as_str(), &route, status.as_u16(), elapsed);
+            span.in_scope(|| {
+                if status.is_server_error() {
+                    tracing::warn!(
+                        status = status.as_u16(),
+                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                        "request failed"
+                    );
+                } else {
+                    tracing::debug!(
+                        status = status.as_u16(),
+                        elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                        "request"
+                    );
+                }
+            });
+            if let Ok(value) = HeaderValue::from_str(&id) {
+                response.headers_mut().insert(HEADER, value);
+            }
+            Ok(response)
+        })
+    }
 }
