@@ -19,7 +19,7 @@ pub use health::{Health, HealthCheck, HealthPolicy, HealthStatus, Outcome};
 pub use principal::Principal;
 pub use registry::{Registry, Route, now};
 pub use server::{
-    NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery,
+    NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort,
     ServerStatus, ServerUpdate, ServerUrl, Transport,
 };
 pub use store::{

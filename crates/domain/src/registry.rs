@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::principal::Principal;
-use crate::server::{Page, Server, ServerDraft, ServerName, ServerPatch, ServerQuery};
+use crate::server::{Page, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort};
 use crate::store::{Credentials, ServerStore};
 use crate::upstream::{Sealer, UpstreamHeaders};
 
@@ -151,19 +151,31 @@ impl Registry {
             .ok_or_else(|| server_not_found(&name))
     }
 
-    /// One page of servers matching `query`.
+    /// One page of servers matching `query`, in its order.
     pub async fn list(&self, query: &ServerQuery) -> Result<Page<Server>> {
         let mut probe = query.clone();
         probe.limit = query.limit.saturating_add(1);
-        let mut items = self.store.list(&probe).await?;
-        let more = items.len() > query.limit as usize;
-        items.truncate(query.limit as usize);
-        let next_after = if more {
-            items.last().map(|s| s.name.clone())
-        } else {
-            None
+        let limit = query.limit as usize;
+        let (mut items, mut ranks) = match query.sort {
+            ServerSort::Name => (self.store.list(&probe).await?, Vec::new()),
+            ServerSort::Health => self
+                .store
+                .list_by_health(&probe)
+                .await?
+                .into_iter()
+                .map(|(server, health)| (server, health.rank()))
+                .unzip(),
         };
-        Ok(Page { items, next_after })
+        let more = items.len() > limit;
+        items.truncate(limit);
+        ranks.truncate(limit);
+        let next_after = more.then(|| items.last().map(|s| s.name.clone())).flatten();
+        let next_rank = more.then(|| ranks.last().copied()).flatten();
+        Ok(Page {
+            items,
+            next_after,
+            next_rank,
+        })
     }
 
     /// Applies `patch` to the server called `name`.

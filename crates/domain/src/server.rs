@@ -667,6 +667,30 @@ fn parse_metadata(raw: Map<String, Value>) -> Result<Map<String, Value>> {
     Ok(raw)
 }
 
+/// The order of a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServerSort {
+    /// By name.
+    #[default]
+    Name,
+    /// Healthiest first (healthy, degraded, unknown, unhealthy), then by name.
+    Health,
+}
+
+impl ServerSort {
+    /// Parses `name` or `health`, reporting problems against `field`.
+    pub fn parse_field(raw: &str, field: &str) -> Result<Self> {
+        match raw {
+            "name" => Ok(Self::Name),
+            "health" => Ok(Self::Health),
+            other => Err(Error::invalid(
+                field,
+                format!("unknown order '{other}'; use name or health"),
+            )),
+        }
+    }
+}
+
 /// Which servers a list returns, and which page of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerQuery {
@@ -683,6 +707,10 @@ pub struct ServerQuery {
     pub health: Option<crate::health::HealthStatus>,
     /// Start after this name (the cursor); results are in name order.
     pub after: Option<ServerName>,
+    /// The order.
+    pub sort: ServerSort,
+    /// With [`ServerSort::Health`]: the health rank of `after` (see [`crate::HealthStatus::rank`]).
+    pub after_rank: Option<u8>,
     /// At most this many servers.
     pub limit: u32,
 }
@@ -696,6 +724,8 @@ impl Default for ServerQuery {
             updated_since: None,
             health: None,
             after: None,
+            sort: ServerSort::Name,
+            after_rank: None,
             limit: DEFAULT_PAGE_SIZE,
         }
     }
@@ -735,6 +765,8 @@ impl ServerQuery {
             updated_since: None,
             health: None,
             after: None,
+            sort: ServerSort::Name,
+            after_rank: None,
             limit,
         })
     }
@@ -747,6 +779,8 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// The last name on this page when another page follows.
     pub next_after: Option<ServerName>,
+    /// With [`ServerSort::Health`]: the health rank of `next_after`.
+    pub next_rank: Option<u8>,
 }
 
 #[cfg(test)]

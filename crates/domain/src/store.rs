@@ -35,6 +35,10 @@ pub trait ServerStore: Send + Sync + 'static {
     /// `query.limit` of them.
     async fn list(&self, query: &ServerQuery) -> Result<Vec<Server>>;
 
+    /// Servers matching `query` with their health, healthiest first and then by name, starting
+    /// after (`query.after_rank`, `query.after`), at most `query.limit` of them.
+    async fn list_by_health(&self, query: &ServerQuery) -> Result<Vec<(Server, HealthStatus)>>;
+
     /// Replaces every mutable field of the stored server with the same id, provided its stored
     /// revision is still `expected_revision`. Returns false when it is not (changed or deleted
     /// meanwhile).

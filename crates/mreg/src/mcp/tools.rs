@@ -73,6 +73,9 @@ pub struct ListServersArgs {
     /// Only servers in this health: healthy, degraded, unhealthy or unknown.
     #[serde(default)]
     pub health: Option<String>,
+    /// Order: name (default) or health (healthiest first).
+    #[serde(default)]
+    pub sort: Option<String>,
 }
 
 /// Arguments of `search_tools`.
@@ -239,14 +242,20 @@ impl RegistryTools {
                     }
                     other => other,
                 })?;
-                query.after = args.cursor.as_deref().map(cursor::decode).transpose()?;
+                query.sort = args
+                    .sort
+                    .as_deref()
+                    .map(|s| domain::ServerSort::parse_field(s, "sort"))
+                    .transpose()?
+                    .unwrap_or_default();
+                cursor::apply(&mut query, args.cursor.as_deref())?;
                 query.health = args
                     .health
                     .as_deref()
                     .map(|h| domain::HealthStatus::parse_field(h, "health"))
                     .transpose()?;
                 let page = self.state.registry.list(&query).await?;
-                let next_cursor = page.next_after.as_ref().map(cursor::encode);
+                let next_cursor = cursor::next(&page, query.sort);
                 let mut text = if page.items.is_empty() {
                     "No servers match.".to_owned()
                 } else {

@@ -39,6 +39,8 @@ pub struct ListParams {
     limit: Option<u32>,
     /// Only servers in this health (healthy, degraded, unhealthy, unknown).
     health: Option<String>,
+    /// Order: `name` (default) or `health` (healthiest first, then by name).
+    sort: Option<String>,
 }
 
 /// One page of servers.
@@ -99,16 +101,23 @@ async fn list_servers(
         params.q.as_deref(),
         params.limit,
     )?;
-    query.after = params.cursor.as_deref().map(cursor::decode).transpose()?;
+    query.sort = params
+        .sort
+        .as_deref()
+        .map(|s| domain::ServerSort::parse_field(s, "sort"))
+        .transpose()?
+        .unwrap_or_default();
+    cursor::apply(&mut query, params.cursor.as_deref())?;
     query.health = params
         .health
         .as_deref()
         .map(|h| domain::HealthStatus::parse_field(h, "health"))
         .transpose()?;
     let page = state.registry.list(&query).await?;
+    let next_cursor = cursor::next(&page, query.sort);
     Ok(axum::Json(ServerList {
         servers: page.items,
-        next_cursor: page.next_after.as_ref().map(cursor::encode),
+        next_cursor,
     }))
 }
 

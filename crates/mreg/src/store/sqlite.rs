@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    Credentials, Error, Result, SecretStore, Server, ServerName, ServerQuery, ServerStatus,
-    ServerStore, ServerUrl, Transport,
+    Credentials, Error, HealthStatus, Result, SecretStore, Server, ServerName, ServerQuery,
+    ServerStatus, ServerStore, ServerUrl, Transport,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -209,27 +209,7 @@ impl ServerStore for SqliteStore {
             sql.push(" AND name > ")
                 .push_bind(after.as_str().to_owned());
         }
-        if let Some(tag) = &query.tag {
-            sql.push(" AND EXISTS (SELECT 1 FROM json_each(servers.tags) WHERE json_each.value = ")
-                .push_bind(tag.clone())
-                .push(")");
-        }
-        if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some(text) = &query.text {
-            sql.push(" AND search_text LIKE ")
-                .push_bind(like_pattern(text))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(since) = query.updated_since {
-            sql.push(" AND updated_at >= ").push_bind(micros(since));
-        }
-        if let Some(health) = query.health {
-            sql.push(" AND EXISTS (SELECT 1 FROM server_health h WHERE h.server_id = servers.id AND h.status = ")
-                .push_bind(health.as_str())
-                .push(")");
-        }
+        push_filters(&mut sql, query);
         sql.push(" ORDER BY name LIMIT ")
             .push_bind(i64::from(query.limit));
         let rows = sql
@@ -238,6 +218,39 @@ impl ServerStore for SqliteStore {
             .await
             .map_err(db_error("servers"))?;
         rows.iter().map(server_from_row).collect()
+    }
+
+    async fn list_by_health(&self, query: &ServerQuery) -> Result<Vec<(Server, HealthStatus)>> {
+        let mut sql = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT * FROM (SELECT *, CASE health WHEN 'healthy' THEN 0 WHEN 'degraded' THEN 1 \
+             WHEN 'unknown' THEN 2 ELSE 3 END AS health_rank FROM (SELECT {COLUMNS}, \
+             COALESCE((SELECT h.status FROM server_health h WHERE h.server_id = servers.id), \
+             'unknown') AS health FROM servers WHERE 1 = 1"
+        ));
+        push_filters(&mut sql, query);
+        sql.push(") AS inner_servers) AS ranked");
+        if let (Some(after), Some(rank)) = (&query.after, query.after_rank) {
+            sql.push(" WHERE (health_rank, name) > (")
+                .push_bind(i32::from(rank))
+                .push(", ")
+                .push_bind(after.as_str().to_owned())
+                .push(")");
+        }
+        sql.push(" ORDER BY health_rank, name LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("servers"))?;
+        rows.iter()
+            .map(|row| {
+                let health: String = row.try_get("health").map_err(|e| corrupt("health", e))?;
+                let health = HealthStatus::parse_field(&health, "health")
+                    .map_err(|e| corrupt("health", e))?;
+                Ok((server_from_row(row)?, health))
+            })
+            .collect()
     }
 
     async fn update(
@@ -326,5 +339,30 @@ impl SecretStore for SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(db_error("secret"))
+    }
+}
+
+/// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
+fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &ServerQuery) {
+    if let Some(tag) = &query.tag {
+        sql.push(" AND EXISTS (SELECT 1 FROM json_each(servers.tags) WHERE json_each.value = ")
+            .push_bind(tag.clone())
+            .push(")");
+    }
+    if let Some(status) = query.status {
+        sql.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(text) = &query.text {
+        sql.push(" AND search_text LIKE ")
+            .push_bind(like_pattern(text))
+            .push(" ESCAPE '\\'");
+    }
+    if let Some(since) = query.updated_since {
+        sql.push(" AND updated_at >= ").push_bind(micros(since));
+    }
+    if let Some(health) = query.health {
+        sql.push(" AND EXISTS (SELECT 1 FROM server_health h WHERE h.server_id = servers.id AND h.status = ")
+            .push_bind(health.as_str())
+            .push(")");
     }
 }

@@ -295,6 +295,37 @@ async fn successful_probes_fill_the_tool_catalog_with_health_for_rest_and_mcp() 
     assert_eq!(healthy["servers"][0]["name"], "alive");
     let (_, unhealthy) = app.get("/api/v1/servers?health=unhealthy").await;
     assert_eq!(unhealthy["servers"][0]["name"], "dead");
+    app.register("never-probed", json!({})).await;
+    let (status, first) = app.get("/api/v1/servers?sort=health&limit=2").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let names = |page: &Value| -> Vec<String> {
+        page["servers"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .map(|s| s["name"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(names(&first), ["alive", "never-probed"]);
+    let cursor = first["next_cursor"].as_str().expect("another page");
+    let (_, second) = app
+        .get(&format!(
+            "/api/v1/servers?sort=health&limit=2&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(names(&second), ["dead"], "unhealthy last");
+    let (status, error) = app.get(&format!("/api/v1/servers?cursor={cursor}")).await;
+    assert_eq!(
+        status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "a health cursor does not continue a name-ordered list"
+    );
+    assert_eq!(error["field"], "cursor");
+    let (status, error) = app.get("/api/v1/servers?sort=mood").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["field"], "sort");
 
     let client = connect(
         &format!("http://{}/mcp", app.mcp_addr),

@@ -617,6 +617,82 @@ async fn the_catalog_is_replaced_per_server_and_searched_healthiest_first(
     );
 }
 
+async fn lists_sort_by_health_and_page_by_rank_and_name(
+    store: Arc<dyn ServerStore>,
+    health: Arc<dyn HealthStore>,
+) {
+    let now = domain::now();
+    let mut ids = std::collections::HashMap::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        let s = server(name, "", &["t"], ServerStatus::Active);
+        store.insert(&s, None).await.expect("insert");
+        ids.insert(name, s.id);
+    }
+    let set = async |name: &str, outcomes: &[Outcome]| {
+        let mut state = Health::unknown(ids[name], now);
+        for outcome in outcomes {
+            state.record(probe(now, *outcome, "me"), &policy(), 0.0);
+        }
+        health.record(&state).await.expect("record");
+    };
+    set("a", &[Outcome::Refused, Outcome::Refused]).await;
+    set("b", &[Outcome::Refused]).await;
+    set("c", &[Outcome::Ok]).await;
+    set("e", &[Outcome::Ok]).await;
+    let page = |after: Option<(u8, &str)>, limit: u32| ServerQuery {
+        limit,
+        sort: domain::ServerSort::Health,
+        after: after.map(|(_, n)| name(n)),
+        after_rank: after.map(|(r, _)| r),
+        ..ServerQuery::default()
+    };
+    let all = store.list_by_health(&page(None, 10)).await.expect("list");
+    let order: Vec<(&str, HealthStatus)> = all.iter().map(|(s, h)| (s.name.as_str(), *h)).collect();
+    assert_eq!(
+        order,
+        [
+            ("c", HealthStatus::Healthy),
+            ("e", HealthStatus::Healthy),
+            ("b", HealthStatus::Degraded),
+            ("d", HealthStatus::Unknown),
+            ("a", HealthStatus::Unhealthy),
+        ]
+    );
+    let second = store
+        .list_by_health(&page(Some((0, "e")), 2))
+        .await
+        .expect("page");
+    assert_eq!(
+        second
+            .iter()
+            .map(|(s, _)| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b", "d"]
+    );
+    let last = store
+        .list_by_health(&page(Some((2, "d")), 2))
+        .await
+        .expect("page");
+    assert_eq!(
+        last.iter()
+            .map(|(s, _)| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["a"]
+    );
+    let filtered = ServerQuery {
+        health: Some(HealthStatus::Healthy),
+        ..page(None, 10)
+    };
+    assert_eq!(
+        store
+            .list_by_health(&filtered)
+            .await
+            .expect("filtered")
+            .len(),
+        2
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -628,6 +704,8 @@ macro_rules! conformance {
                 super::health_is_recorded_with_history_changes_and_pruning(store.clone(), store.clone()).await;
                 let store = std::sync::Arc::new(mreg::store::SqliteStore::in_memory().await.expect("sqlite"));
                 super::the_catalog_is_replaced_per_server_and_searched_healthiest_first(store.clone(), store.clone(), store).await;
+                let store = std::sync::Arc::new(mreg::store::SqliteStore::in_memory().await.expect("sqlite"));
+                super::lists_sort_by_health_and_page_by_rank_and_name(store.clone(), store).await;
             }
 
             $(
@@ -652,13 +730,14 @@ macro_rules! conformance {
         mod postgres {
             #[tokio::test]
             async fn health_and_catalog_contracts() {
-                for step in 0..3 {
+                for step in 0..4 {
                     let Some(db) = super::TestDb::create().await else { return };
                     let store = std::sync::Arc::new(super::PgStore::connect(&db.url.clone().into(), 4).await.expect("postgres"));
                     match step {
                         0 => super::due_servers_are_leased_to_one_owner_at_a_time(store.clone(), store.clone()).await,
                         1 => super::health_is_recorded_with_history_changes_and_pruning(store.clone(), store.clone()).await,
-                        _ => super::the_catalog_is_replaced_per_server_and_searched_healthiest_first(store.clone(), store.clone(), store.clone()).await,
+                        2 => super::the_catalog_is_replaced_per_server_and_searched_healthiest_first(store.clone(), store.clone(), store.clone()).await,
+                        _ => super::lists_sort_by_health_and_page_by_rank_and_name(store.clone(), store.clone()).await,
                     }
                     db.drop_db().await;
                 }
