@@ -429,7 +429,7 @@ async fn two_instances_on_one_database_probe_each_server_once_per_interval() {
         for pair in rows.windows(2) {
             let gap = (pair[1].0 - pair[0].0).whole_milliseconds();
             assert!(
-                gap >= i128::from(interval_ms) * 8 / 10,
+                gap >= i128::from(interval_ms) / 2,
                 "shared-{i} was probed twice within {gap} ms: {rows:?}"
             );
         }
