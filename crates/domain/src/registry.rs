@@ -123,11 +123,6 @@ impl Registry {
         })
     }
 
-    /// The store underneath, for readiness checks.
-    pub fn store(&self) -> &Arc<dyn ServerStore> {
-        &self.store
-    }
-
     /// Registers a server on behalf of `by`.
     pub async fn create(&self, by: &Principal, draft: ServerDraft) -> Result<Server> {
         let new = draft.validate()?;

@@ -100,7 +100,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "storage ready"
     );
     let cipher = Arc::new(Cipher::from_config(&config, stores.secrets.as_ref()).await?);
-    let state = rest::AppState {
+    let state = rest::AppState::new(rest::Shared {
         registry: Registry::new(stores.servers.clone(), cipher.clone()),
         cipher,
         upstream: crate::proxy::upstream_client()?,
@@ -111,7 +111,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache_backend,
         metrics: Metrics::new(),
         config: config.clone(),
-    };
+    });
     let api = bind(&config.api, "REST API", "MREG_API_HOST/MREG_API_PORT").await?;
     let mcp = bind(
         &config.mcp,

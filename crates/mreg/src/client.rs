@@ -156,7 +156,7 @@ impl Client {
             message: format!(
                 "cannot reach mreg at {} ({}); is `mreg serve` running there?",
                 self.base,
-                root_cause(&e)
+                crate::proxy::root_cause(&e)
             ),
             code: EXIT_UNREACHABLE,
         })?;
@@ -184,14 +184,6 @@ impl Client {
             status.as_u16()
         )))
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 fn segment(name: &str) -> String {

@@ -64,8 +64,15 @@ fn jitter() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
 }
 
-/// Fails fast when `server` is unhealthy: the circuit breaker of the proxy and `proxy_request`.
+/// Whether the gateway may send `server` traffic now: not when it is disabled, and not when it
+/// is unhealthy (the circuit breaker). The one check of the proxy and `proxy_request`.
 pub fn ensure_reachable(state: &AppState, server: &Server) -> Result<()> {
+    if server.status == domain::ServerStatus::Disabled {
+        return Err(Error::Unavailable {
+            what: format!("server '{}' (disabled in this gateway)", server.name),
+            source: None,
+        });
+    }
     if state.health_board.get(server.id) == HealthStatus::Unhealthy {
         return Err(Error::Unavailable {
             what: format!(

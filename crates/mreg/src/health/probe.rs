@@ -12,6 +12,8 @@ use domain::{Outcome, Server, ToolInfo};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use crate::proxy::rpc;
+
 /// The newest protocol, probed with `server/discover`.
 pub const STATELESS_VERSION: &str = "2026-07-28";
 /// The protocol asked for in `initialize`.
@@ -337,17 +339,8 @@ async fn read_answer(
 fn sse_answer(text: &str, id: &Value) -> Option<Value> {
     text.replace("\r\n", "\n")
         .split("\n\n")
-        .filter_map(|event| {
-            let data: Vec<&str> = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                .collect();
-            serde_json::from_str::<Value>(&data.join("\n")).ok()
-        })
-        .find(|m| {
-            m.get("id") == Some(id) && (m.get("result").is_some() || m.get("error").is_some())
-        })
+        .filter_map(rpc::sse_event_message)
+        .find(|m| rpc::is_response_to(m, id))
 }
 
 /// Probes `server` within `timeout`.

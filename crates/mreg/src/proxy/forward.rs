@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use axum::http::{HeaderName, HeaderValue};
-use domain::{Error, Route, ServerStatus};
+use domain::{Error, Route};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ClientRequest, CustomRequest, Implementation, ProtocolVersion,
 };
@@ -39,12 +39,6 @@ pub async fn forward_one(
     }
     if params.as_ref().is_some_and(|p| !p.is_object()) {
         return Err(Error::invalid("params", "must be a JSON object"));
-    }
-    if server.status == ServerStatus::Disabled {
-        return Err(Error::Unavailable {
-            what: format!("server '{}' (disabled in this gateway)", server.name),
-            source: None,
-        });
     }
     crate::health::ensure_reachable(state, server)?;
     let mut headers = HashMap::new();

@@ -19,7 +19,7 @@ use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use domain::{Server, ServerStatus};
+use domain::Server;
 use http_body_util::BodyExt;
 
 use crate::authn::Caller;
@@ -106,14 +106,6 @@ pub async fn handle(
         }
     };
     let server = &route.server;
-    if server.status == ServerStatus::Disabled {
-        return rpc::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            None,
-            rpc::UPSTREAM_ERROR,
-            format!("server '{name}' is disabled in this gateway"),
-        );
-    }
     if let Err(e) = crate::health::ensure_reachable(&state, server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -324,15 +316,8 @@ mod stream {
                 .push_str(&String::from_utf8_lossy(chunk).replace("\r\n", "\n"));
             while let Some(end) = self.buffer.find("\n\n") {
                 let event: String = self.buffer.drain(..end + 2).collect();
-                let data: String = event
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if let Ok(message) = serde_json::from_str::<Value>(&data)
-                    && message.get("id") == Some(&self.id)
-                    && (message.get("result").is_some() || message.get("error").is_some())
+                if super::rpc::sse_event_message(&event)
+                    .is_some_and(|m| super::rpc::is_response_to(&m, &self.id))
                 {
                     return true;
                 }

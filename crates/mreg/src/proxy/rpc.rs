@@ -181,6 +181,22 @@ pub fn check_headers(headers: &HeaderMap, call: &McpCall) -> Result<(), (StatusC
     Ok(())
 }
 
+/// The JSON-RPC message one SSE event carries (its `data:` lines, joined), if any.
+pub fn sse_event_message(event: &str) -> Option<Value> {
+    let data: Vec<&str> = event
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    serde_json::from_str(&data.join("\n")).ok()
+}
+
+/// Whether `message` is the response (result or error) to the request with `id`.
+pub fn is_response_to(message: &Value, id: &Value) -> bool {
+    message.get("id") == Some(id)
+        && (message.get("result").is_some() || message.get("error").is_some())
+}
+
 /// A JSON-RPC error response from the gateway itself.
 pub fn error(
     status: StatusCode,

@@ -27,9 +27,28 @@ use crate::metrics::Metrics;
 use crate::store::Stores;
 use error::ApiError;
 
-/// Everything a handler may need, shared by all requests.
+/// Everything a handler may need, shared by all requests. Cloning it (once per request, by the
+/// `State` extractor) copies one pointer.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Shares `shared` between every request.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The contents of [`AppState`].
+pub struct Shared {
     /// The registry service.
     pub registry: Registry,
     /// Current health of every server, for the circuit breaker.
@@ -67,11 +86,6 @@ pub struct AppState {
     )
 )]
 struct ApiDoc;
-
-/// The OpenAPI document of the REST API.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_routes().split_for_parts().1
-}
 
 fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
