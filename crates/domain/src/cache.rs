@@ -21,6 +21,10 @@ pub trait Cache: Send + Sync + 'static {
     /// stored.
     async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool>;
 
+    /// Removes `key` and returns its value, if it was live. Of several concurrent callers at most
+    /// one gets the value: this is what makes one-time codes single-use.
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>>;
+
     /// Removes `key`. Returns whether a live entry was removed.
     async fn delete(&self, key: &str) -> Result<bool>;
 

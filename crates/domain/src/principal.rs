@@ -1,10 +1,10 @@
 //! Who is asking. Every handler and tool receives a [`Principal`]; until authentication is
 //! configured it is the anonymous local operator.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The authenticated caller, as every later step (authorization, audit, ownership) sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Principal {
     /// Stable subject identifier (Entra `oid` or the token's `sub`).
     pub subject: String,

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Listen};
+use crate::config::{AuthMode, Config, Listen};
 use crate::crypto::Cipher;
 use crate::metrics::Metrics;
 use crate::{cache, mcp, rest, store};
@@ -46,17 +46,20 @@ impl Running {
     }
 }
 
-async fn bind(listen: &Listen, what: &str, variables: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind((listen.host.as_str(), listen.port))
-        .await
-        .with_context(|| format!("cannot listen on {listen} for the {what} ({variables})"))?;
-    if !listen.is_loopback() {
-        tracing::warn!(
-            addr = %listen,
-            "the {what} is listening beyond loopback WITHOUT authentication; anyone who can reach it can use it"
+async fn bind(
+    listen: &Listen,
+    what: &str,
+    variables: &str,
+    auth: AuthMode,
+) -> anyhow::Result<TcpListener> {
+    if auth == AuthMode::None && !listen.is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {listen} for the {what} without authentication: bind {variables} to loopback, or configure an identity provider (AZURE_* or MREG_OIDC_*) and MREG_AUTH=oauth"
         );
     }
-    Ok(listener)
+    TcpListener::bind((listen.host.as_str(), listen.port))
+        .await
+        .with_context(|| format!("cannot listen on {listen} for the {what} ({variables})"))
 }
 
 /// Serves `router` on `listener` until `token` is cancelled, then drains for at most `grace`.
@@ -100,6 +103,40 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         "storage ready"
     );
     let cipher = Arc::new(Cipher::from_config(&config, stores.secrets.as_ref()).await?);
+    let auth = config.auth.mode;
+    if auth == AuthMode::None {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF (MREG_AUTH=none, or no identity provider configured): every caller is an administrator; only loopback binds are allowed"
+        );
+    }
+    let api = bind(&config.api, "REST API", "MREG_API_HOST/MREG_API_PORT", auth).await?;
+    let mcp = bind(
+        &config.mcp,
+        "MCP listener",
+        "FASTMCP_SERVER_HOST/FASTMCP_SERVER_PORT",
+        auth,
+    )
+    .await?;
+    let (api_addr, mcp_addr) = (api.local_addr()?, mcp.local_addr()?);
+    let oauth = match (
+        auth,
+        crate::oauth::upstream::Upstream::from_config(&config)?,
+    ) {
+        (AuthMode::OAuth, Some(upstream)) => {
+            let oauth = crate::oauth::OAuth::new(
+                &config,
+                &format!("http://{mcp_addr}"),
+                upstream,
+                stores.auth.clone(),
+                stores.secrets.clone(),
+                cache.clone(),
+                cipher.clone(),
+            )?;
+            tracing::info!(issuer = %oauth.issuer, upstream = ?oauth.upstream, "OAuth authorization server on");
+            Some(Arc::new(oauth))
+        }
+        _ => None,
+    };
     let state = rest::AppState::new(rest::Shared {
         registry: Registry::new(stores.servers.clone(), cipher.clone()),
         cipher,
@@ -111,15 +148,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         cache_backend,
         metrics: Metrics::new(),
         config: config.clone(),
+        oauth,
     });
-    let api = bind(&config.api, "REST API", "MREG_API_HOST/MREG_API_PORT").await?;
-    let mcp = bind(
-        &config.mcp,
-        "MCP listener",
-        "FASTMCP_SERVER_HOST/FASTMCP_SERVER_PORT",
-    )
-    .await?;
-    let (api_addr, mcp_addr) = (api.local_addr()?, mcp.local_addr()?);
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");
     tracing::info!(addr = %mcp_addr, endpoint = %format!("http://{mcp_addr}/mcp"), "MCP listener listening");
 

@@ -1,15 +1,25 @@
-//! Authentication seam. Every handler takes a [`Caller`]; the layer in front of the routes
-//! decides who that is. Until the OAuth proxy is configured the layer admits everyone as the
-//! anonymous local operator, which is why the listeners bind to loopback by default.
+//! Authentication: the resource-server side of OAuth. Every protected route passes
+//! [`authenticate`], which turns the bearer token into a [`Principal`] or answers 401 with
+//! `WWW-Authenticate: Bearer resource_metadata="…", scope="…"` (403 `insufficient_scope` when a
+//! required scope is missing). Accepted are the access tokens mreg mints (ES256, `aud` = the
+//! gateway, its `/mcp`, or the server endpoint being called) and the upstream provider's access
+//! tokens issued to this app (`aud` = client id or `api://{client id}`). Validated tokens are
+//! cached in the cache layer for at most `AZURE_TOKEN_CACHE_TTL`, never past their expiry.
+//! With authentication off (`MREG_AUTH=none`) everyone is the anonymous local operator.
 
-use axum::extract::{FromRequestParts, Request};
-use axum::http::request::Parts;
-use axum::middleware::Next;
-use axum::response::Response;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use domain::Principal;
+use serde::{Deserialize, Serialize};
 
+use crate::oauth::{Identity, OAuth, sha256_hex};
+use crate::rest::AppState;
 use crate::rest::error::ApiError;
 
 /// The authenticated caller of a request. Shared, not copied: every request of one caller points
@@ -32,11 +42,249 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Middleware: establishes the caller. With authentication disabled, everyone is
-/// [`Principal::anonymous`].
-pub async fn authenticate(mut request: Request, next: Next) -> Response {
-    static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
-    let anonymous = ANONYMOUS.get_or_init(|| Arc::new(Principal::anonymous()));
-    request.extensions_mut().insert(anonymous.clone());
-    next.run(request).await
+/// A validated token as the cache keeps it.
+#[derive(Serialize, Deserialize)]
+struct Validated {
+    principal: Principal,
+    /// Audiences of an mreg token; empty for an upstream token issued to this app (valid on
+    /// every route).
+    aud: Vec<String>,
+    /// Whether the token was delegated by a user (scopes apply) rather than app-only.
+    delegated: bool,
+}
+
+/// Why a request is refused.
+enum Refusal {
+    /// No usable token: 401.
+    Invalid(String),
+    /// A required scope is missing: 403.
+    Scope,
+    /// Validation could not be completed: 503.
+    Unavailable(domain::Error),
+}
+
+/// Middleware: establishes the caller.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(oauth) = state.oauth.as_ref() else {
+        static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
+        let anonymous = ANONYMOUS.get_or_init(|| Arc::new(Principal::anonymous()));
+        request.extensions_mut().insert(anonymous.clone());
+        return next.run(request).await;
+    };
+    let resource = resource_of(oauth, request.uri().path());
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return challenge(oauth, &resource, None);
+    };
+    match principal(oauth, &state, token, &resource).await {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(Refusal::Invalid(why)) => {
+            tracing::info!(reason = %why, "bearer token refused");
+            challenge(oauth, &resource, Some(&why))
+        }
+        Err(Refusal::Scope) => insufficient_scope(oauth, &resource),
+        Err(Refusal::Unavailable(e)) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The resource a request path belongs to: a server's endpoint, or the gateway's `/mcp`.
+fn resource_of(oauth: &OAuth, path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("/servers/")
+        && let Some((name, tail)) = rest.split_once('/')
+        && tail == "mcp"
+    {
+        let resource = format!("{}/servers/{name}/mcp", oauth.issuer);
+        if oauth.is_resource(&resource) {
+            return resource;
+        }
+    }
+    oauth.mcp_resource()
+}
+
+async fn principal(
+    oauth: &OAuth,
+    state: &AppState,
+    token: &str,
+    resource: &str,
+) -> Result<Arc<Principal>, Refusal> {
+    let key = format!("auth:token:{}", sha256_hex(token));
+    let cached = match state.cache.get(&key).await {
+        Ok(hit) => hit.and_then(|bytes| serde_json::from_slice::<Validated>(&bytes).ok()),
+        Err(e) => {
+            // A cache outage must not lock everyone out: validate without it.
+            tracing::warn!(error = %e, "token cache unavailable");
+            None
+        }
+    };
+    let validated = match cached {
+        Some(v) => v,
+        None => {
+            let (validated, exp) = validate(oauth, state, token).await?;
+            let left = exp - time::OffsetDateTime::now_utc().unix_timestamp();
+            let ttl = oauth
+                .token_cache_ttl
+                .min(Duration::from_secs(left.max(0) as u64));
+            if !ttl.is_zero()
+                && let Ok(bytes) = serde_json::to_vec(&validated)
+                && let Err(e) = state.cache.set(&key, &bytes, ttl).await
+            {
+                tracing::warn!(error = %e, "cannot cache a validated token");
+            }
+            validated
+        }
+    };
+    if !validated.aud.is_empty() {
+        let accepted = oauth.audiences_for(resource);
+        if !validated.aud.iter().any(|a| accepted.contains(a)) {
+            return Err(Refusal::Invalid(format!(
+                "the token is for another resource, not {resource}"
+            )));
+        }
+    }
+    if validated.delegated
+        && !oauth
+            .required_scopes
+            .iter()
+            .all(|s| validated.principal.scopes.contains(s))
+    {
+        return Err(Refusal::Scope);
+    }
+    Ok(Arc::new(validated.principal))
+}
+
+/// Validates a token not found in the cache. Returns it and its expiry.
+async fn validate(
+    oauth: &OAuth,
+    state: &AppState,
+    token: &str,
+) -> Result<(Validated, i64), Refusal> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| Refusal::Invalid("the token is not a JWT".to_owned()))?;
+    let ours = header
+        .kid
+        .as_deref()
+        .is_some_and(|k| k.starts_with("mreg-"));
+    if ours {
+        let claims = oauth
+            .keys
+            .verify(token, &oauth.issuer, None, oauth.skew)
+            .await
+            .map_err(Refusal::Invalid)?;
+        match state
+            .cache
+            .get(&format!("oauth:revoked:{}", claims.jti))
+            .await
+        {
+            Ok(Some(_)) => return Err(Refusal::Invalid("the token was revoked".to_owned())),
+            Ok(None) => {}
+            Err(e) => return Err(Refusal::Unavailable(e)),
+        }
+        let principal = Principal {
+            subject: claims.sub,
+            email: claims.email,
+            name: claims.name,
+            tenant: claims.tid,
+            roles: claims.roles,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            client_id: Some(claims.client_id),
+        };
+        return Ok((
+            Validated {
+                principal,
+                aud: vec![claims.aud],
+                delegated: true,
+            },
+            claims.exp,
+        ));
+    }
+    let audiences = oauth.upstream.app_audiences();
+    let audiences: Vec<&str> = audiences.iter().map(String::as_str).collect();
+    let claims = oauth
+        .upstream
+        .validate(token, &audiences)
+        .await
+        .map_err(Refusal::Invalid)?;
+    let identity = Identity::from_claims(&claims)
+        .ok_or_else(|| Refusal::Invalid("the token names no subject".to_owned()))?;
+    let scp = claims["scp"].as_str().or_else(|| claims["scope"].as_str());
+    let scopes: Vec<String> = scp
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let client_id = claims["azp"]
+        .as_str()
+        .or_else(|| claims["appid"].as_str())
+        .or_else(|| claims["client_id"].as_str())
+        .map(str::to_owned);
+    let exp = claims["exp"].as_i64().unwrap_or(0);
+    Ok((
+        Validated {
+            principal: identity.principal(scopes, client_id),
+            aud: Vec::new(),
+            delegated: scp.is_some(),
+        },
+        exp,
+    ))
+}
+
+fn quoted(text: &str) -> String {
+    text.replace(['"', '\\'], "'")
+}
+
+/// 401 with the `WWW-Authenticate` challenge that leads a client to the metadata.
+fn challenge(oauth: &OAuth, resource: &str, error: Option<&str>) -> Response {
+    let mut value = format!(
+        "Bearer resource_metadata=\"{}\", scope=\"{}\"",
+        oauth.resource_metadata_url(resource),
+        quoted(&oauth.scope_hint())
+    );
+    if let Some(error) = error {
+        value.push_str(&format!(
+            ", error=\"invalid_token\", error_description=\"{}\"",
+            quoted(error)
+        ));
+    }
+    let message = error.unwrap_or("a bearer token is required");
+    let mut response =
+        ApiError::from(domain::Error::Unauthenticated(message.to_owned())).into_response();
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// 403 `insufficient_scope`, naming the scopes to ask for (step-up).
+fn insufficient_scope(oauth: &OAuth, resource: &str) -> Response {
+    let scopes = quoted(&oauth.required_scopes.join(" "));
+    let value = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{scopes}\", resource_metadata=\"{}\"",
+        oauth.resource_metadata_url(resource)
+    );
+    let mut response = ApiError::from(domain::Error::Forbidden(format!(
+        "the token lacks a required scope ({scopes})"
+    )))
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
 }

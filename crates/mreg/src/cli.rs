@@ -40,6 +40,14 @@ pub enum Command {
     CheckConfig,
     /// Manage servers in a running gateway's registry.
     Servers(Box<client::ServersArgs>),
+    /// Sign in to a gateway (browser, OAuth with PKCE); later commands use the saved token.
+    Login(crate::login::LoginArgs),
+    /// Revoke the saved login and forget it.
+    Logout,
+    /// Show who the gateway thinks you are.
+    Whoami(ClientArgs),
+    /// Call one of the gateway's MCP tools: `mreg call list_servers tag=prod`.
+    Call(client::CallArgs),
 }
 
 /// Options shared by every client command.
@@ -57,6 +65,10 @@ pub struct ClientArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Bearer token to send (default: the one `mreg login` saved).
+    #[arg(long, global = true, env = "MREG_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Parses the command line and runs it; returns the process exit code.
@@ -75,6 +87,16 @@ pub fn run() -> ExitCode {
     runtime.block_on(dispatch(cli))
 }
 
+fn finish(outcome: Result<(), String>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("mreg: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn config_failure(e: &ConfigError) -> ExitCode {
     eprintln!("mreg: configuration error: {e}");
     ExitCode::from(EXIT_CONFIG as u8)
@@ -84,6 +106,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
     let file = cli.config.as_deref();
     let (serving, config) = match cli.command {
         Command::Servers(args) => return client::run(*args).await,
+        Command::Whoami(args) => return client::whoami(args).await,
+        Command::Call(args) => return client::call(args).await,
+        Command::Login(args) => return finish(crate::login::login(args).await),
+        Command::Logout => return finish(crate::login::logout().await),
         Command::CheckConfig => return check_config(file),
         Command::Serve => (true, config::load(file).and_then(|raw| raw.parse())),
         Command::Migrate => (false, config::load(file).and_then(|raw| raw.parse())),

@@ -139,6 +139,31 @@ impl From<String> for Failure {
 struct Client {
     http: reqwest::Client,
     base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the REST API at `args.url`, with the explicit or saved token.
+    async fn new(args: &ClientArgs) -> Result<Self, Failure> {
+        let base = args.url.trim_end_matches('/').to_owned();
+        url::Url::parse(&base).map_err(|e| format!("--url {base} is not a URL: {e}"))?;
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| e.to_string())?,
+            base,
+            token: token(args).await?,
+        })
+    }
+}
+
+/// The bearer token: `--token`/`MREG_TOKEN`, else the one `mreg login` saved (refreshed).
+async fn token(args: &ClientArgs) -> Result<Option<String>, Failure> {
+    match &args.token {
+        Some(token) => Ok(Some(token.clone())),
+        None => Ok(crate::login::bearer().await?),
+    }
 }
 
 impl Client {
@@ -149,6 +174,9 @@ impl Client {
         body: Option<Value>,
     ) -> Result<(StatusCode, Value), Failure> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -186,6 +214,123 @@ impl Client {
     }
 }
 
+/// Runs `mreg whoami`.
+pub async fn whoami(args: ClientArgs) -> ExitCode {
+    let outcome = async {
+        let client = Client::new(&args).await?;
+        let (_, me) = client.call(Method::GET, "/api/v1/whoami", None).await?;
+        if args.json {
+            print_json(&me);
+        } else {
+            for (label, key) in [
+                ("subject", "subject"),
+                ("email", "email"),
+                ("name", "name"),
+                ("tenant", "tenant"),
+                ("roles", "roles"),
+                ("scopes", "scopes"),
+                ("client", "client_id"),
+            ] {
+                println!("{label:8} {}", text(&me[key]));
+            }
+        }
+        Ok::<(), Failure>(())
+    };
+    exit(outcome.await)
+}
+
+/// `mreg call`.
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Tool name, e.g. list_servers.
+    tool: String,
+    /// Arguments as key=value (a value that parses as JSON is used as such, else as text).
+    #[arg(value_name = "KEY=VALUE")]
+    arguments: Vec<String>,
+    /// The gateway's MCP endpoint (default: `/mcp` of the gateway `mreg login` used, else
+    /// http://127.0.0.1:8001/mcp).
+    #[arg(long, env = "MREG_MCP_ENDPOINT")]
+    endpoint: Option<String>,
+    /// Bearer token to send (default: the one `mreg login` saved).
+    #[arg(long, env = "MREG_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the whole result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `mreg call`.
+pub async fn call(args: CallArgs) -> ExitCode {
+    exit(call_tool(args).await)
+}
+
+async fn call_tool(args: CallArgs) -> Result<(), Failure> {
+    use rmcp::ServiceExt;
+    use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+
+    let mut arguments = Map::new();
+    for pair in &args.arguments {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("argument '{pair}' is not KEY=VALUE"))?;
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        arguments.insert(key.to_owned(), value);
+    }
+    let endpoint = match &args.endpoint {
+        Some(e) => e.clone(),
+        None => crate::login::load()
+            .map(|c| format!("{}/mcp", c.issuer))
+            .unwrap_or_else(|| "http://127.0.0.1:8001/mcp".to_owned()),
+    };
+    let token = match &args.token {
+        Some(t) => Some(t.clone()),
+        None => crate::login::bearer().await?,
+    };
+    let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.as_str());
+    if let Some(token) = token {
+        config = config.auth_header(token);
+    }
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    let info = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("mreg-cli", env!("CARGO_PKG_VERSION")),
+    );
+    let client = info.serve(transport).await.map_err(|e| Failure {
+        message: format!("cannot open an MCP session at {endpoint}: {e}"),
+        code: EXIT_UNREACHABLE,
+    })?;
+    let result = client
+        .call_tool(CallToolRequestParams::new(args.tool.clone()).with_arguments(arguments))
+        .await
+        .map_err(|e| format!("{} failed: {e}", args.tool))?;
+    let _ = client.cancel().await;
+    if args.json {
+        print_json(&serde_json::to_value(&result).map_err(|e| e.to_string())?);
+    } else {
+        for block in &result.content {
+            if let Some(t) = block.as_text() {
+                println!("{}", t.text);
+            }
+        }
+    }
+    if result.is_error == Some(true) {
+        return Err(Failure::from(format!("{} reported an error", args.tool)));
+    }
+    Ok(())
+}
+
+fn exit(outcome: Result<(), Failure>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("mreg: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
 fn segment(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
 }
@@ -202,15 +347,7 @@ pub async fn run(args: ServersArgs) -> ExitCode {
 }
 
 async fn execute(args: ServersArgs) -> Result<(), Failure> {
-    let base = args.client.url.trim_end_matches('/').to_owned();
-    url::Url::parse(&base).map_err(|e| format!("--url {base} is not a URL: {e}"))?;
-    let client = Client {
-        http: reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| e.to_string())?,
-        base,
-    };
+    let client = Client::new(&args.client).await?;
     let json_output = args.client.json;
     match args.command {
         ServersCommand::List {

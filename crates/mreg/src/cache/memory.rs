@@ -85,6 +85,13 @@ impl Cache for MemoryCache {
         Ok(true)
     }
 
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let live = inner.live(key, now).is_some();
+        Ok(inner.entries.remove(key).filter(|_| live).map(|e| e.value))
+    }
+
     async fn delete(&self, key: &str) -> Result<bool> {
         let now = Instant::now();
         let mut inner = self.lock();

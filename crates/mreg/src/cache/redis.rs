@@ -110,6 +110,14 @@ impl Cache for RedisCache {
         Ok(reply.is_some())
     }
 
+    async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        redis::cmd("GETDEL")
+            .arg(self.key(key))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn delete(&self, key: &str) -> Result<bool> {
         let removed: i64 = self
             .connection()

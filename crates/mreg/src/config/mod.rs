@@ -155,6 +155,53 @@ pub struct AzureConfig {
     pub token_cache_ttl: Duration,
     /// Tolerated clock skew.
     pub clock_skew: Duration,
+    /// Authority host of the Entra preset (`https://login.microsoftonline.com`).
+    pub authority_host: Url,
+    /// Tenants whose users may sign in, for multi-tenant apps.
+    pub allowed_tenants: Vec<String>,
+    /// Custom scopes of mreg's own app registration (short names).
+    pub api_scopes: Vec<String>,
+    /// Microsoft Graph base URL.
+    pub graph_url: Url,
+}
+
+/// A generic OpenID Connect upstream, used instead of the Entra preset.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Issuer URL; its discovery document says everything else.
+    pub issuer: Url,
+    /// mreg's client ID there.
+    pub client_id: String,
+    /// mreg's client secret there.
+    pub client_secret: SecretString,
+}
+
+/// Whether routes require a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Every API and MCP route needs a token issued by mreg or by the upstream for this app.
+    OAuth,
+    /// Nobody is asked who they are; only loopback binds are allowed.
+    None,
+}
+
+/// Authentication and the OAuth authorization server.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The effective mode (`auto` already resolved).
+    pub mode: AuthMode,
+    /// Scopes every delegated token must carry.
+    pub required_scopes: Vec<String>,
+    /// Lifetime of minted access tokens.
+    pub access_token_ttl: Duration,
+    /// Lifetime of a refresh-token family.
+    pub refresh_token_ttl: Duration,
+    /// Lifetime of mreg's one-time authorization codes.
+    pub code_ttl: Duration,
+    /// Period of the signing-key rotation.
+    pub signing_key_rotation: Duration,
+    /// The generic OpenID Connect upstream, when configured.
+    pub oidc: Option<OidcConfig>,
 }
 
 /// Health monitor settings.
@@ -205,6 +252,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Entra ID.
     pub azure: AzureConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
     /// Health monitor.
     pub health: HealthConfig,
     /// Name of this instance in leases and history.
@@ -529,6 +578,7 @@ impl Parser<'_> {
                 _ => Err(format!("'{v}' is not a byte count from 1024 to 67108864")),
             })?,
             azure: self.azure()?,
+            auth: self.auth()?,
             health: HealthConfig {
                 enabled: self.required("MREG_HEALTH_ENABLED", parse_bool)?,
                 interval: self.required("MREG_HEALTH_INTERVAL", |v| {
@@ -664,7 +714,7 @@ impl Parser<'_> {
             }
         }
         Ok(AzureConfig {
-            tenant_id,
+            tenant_id: tenant_id.clone(),
             client_id,
             client_secret,
             callback_url: self.parse("OAUTH_CALLBACK_URL", parse_callback_url)?,
@@ -678,6 +728,119 @@ impl Parser<'_> {
             validate_with_graph: self.required("AZURE_VALIDATE_WITH_GRAPH", parse_bool)?,
             token_cache_ttl: self.seconds("AZURE_TOKEN_CACHE_TTL", 86_400)?,
             clock_skew: self.seconds("AZURE_CLOCK_SKEW", 900)?,
+            authority_host: self.required("AZURE_AUTHORITY_HOST", parse_base_url)?,
+            allowed_tenants: {
+                let tenants = self
+                    .parse("AZURE_ALLOWED_TENANTS", |v| {
+                        v.split([' ', ','])
+                            .filter(|t| !t.is_empty())
+                            .map(|t| {
+                                uuid::Uuid::try_parse(t)
+                                    .map(|_| t.to_ascii_lowercase())
+                                    .map_err(|_| format!("'{t}' is not a tenant GUID"))
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })?
+                    .unwrap_or_default();
+                if tenants.is_empty()
+                    && matches!(tenant_id.as_deref(), Some("organizations" | "common"))
+                {
+                    return Err(self.error(
+                        "AZURE_ALLOWED_TENANTS",
+                        "must list the tenant GUIDs whose users may sign in when AZURE_TENANT_ID is organizations or common",
+                    ));
+                }
+                tenants
+            },
+            api_scopes: self
+                .parse("AZURE_API_SCOPES", |v| {
+                    let scopes: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
+                    match scopes
+                        .iter()
+                        .find(|s| !is_scope_token(s) || s.contains('/'))
+                    {
+                        Some(bad) => Err(format!(
+                            "'{bad}' is not a short scope name (write access_as_user, not api://…/access_as_user)"
+                        )),
+                        None => Ok(scopes),
+                    }
+                })?
+                .unwrap_or_default(),
+            graph_url: self.required("AZURE_GRAPH_URL", parse_base_url)?,
+        })
+    }
+
+    fn auth(&self) -> Result<AuthConfig, ConfigError> {
+        let issuer = self.parse("MREG_OIDC_ISSUER", parse_base_url)?;
+        let client_id = self.parse("MREG_OIDC_CLIENT_ID", |v| Ok(v.to_owned()))?;
+        let client_secret = self.parse("MREG_OIDC_CLIENT_SECRET", |v| {
+            Ok(SecretString::from(v.to_owned()))
+        })?;
+        let oidc = match (issuer, client_id, client_secret) {
+            (None, None, None) => None,
+            (Some(issuer), Some(client_id), Some(client_secret)) => Some(OidcConfig {
+                issuer,
+                client_id,
+                client_secret,
+            }),
+            (issuer, client_id, _) => {
+                let missing = if issuer.is_none() {
+                    "MREG_OIDC_ISSUER"
+                } else if client_id.is_none() {
+                    "MREG_OIDC_CLIENT_ID"
+                } else {
+                    "MREG_OIDC_CLIENT_SECRET"
+                };
+                return Err(self.error(
+                    missing,
+                    "must be set when any of MREG_OIDC_ISSUER, MREG_OIDC_CLIENT_ID, MREG_OIDC_CLIENT_SECRET is",
+                ));
+            }
+        };
+        let azure = self.text("AZURE_TENANT_ID").is_some();
+        if azure && oidc.is_some() {
+            return Err(self.error(
+                "MREG_OIDC_ISSUER",
+                "configure either the Entra preset (AZURE_*) or a generic OpenID Connect upstream (MREG_OIDC_*), not both",
+            ));
+        }
+        let upstream = azure || oidc.is_some();
+        let mode = self.required("MREG_AUTH", |v| match v {
+            "auto" if upstream => Ok(AuthMode::OAuth),
+            "auto" | "none" => Ok(AuthMode::None),
+            "oauth" if upstream => Ok(AuthMode::OAuth),
+            "oauth" => Err("oauth needs an identity provider: set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or MREG_OIDC_*)".to_owned()),
+            _ => Err(format!("'{v}' is not an authentication mode; use auto, oauth or none")),
+        })?;
+        Ok(AuthConfig {
+            mode,
+            required_scopes: self
+                .parse("MREG_REQUIRED_SCOPES", |v| {
+                    let scopes: Vec<String> = v.split_whitespace().map(str::to_owned).collect();
+                    match scopes.iter().find(|s| !is_scope_token(s)) {
+                        Some(bad) => Err(format!("'{bad}' is not a valid scope")),
+                        None => Ok(scopes),
+                    }
+                })?
+                .unwrap_or_default(),
+            access_token_ttl: self.bounded_seconds("MREG_ACCESS_TOKEN_TTL", 60, 86_400)?,
+            code_ttl: self.bounded_seconds("MREG_AUTHORIZATION_CODE_TTL", 1, 600)?,
+            refresh_token_ttl: self.bounded_seconds("MREG_REFRESH_TOKEN_TTL", 300, 366 * 86_400)?,
+            signing_key_rotation: self.bounded_seconds(
+                "MREG_SIGNING_KEY_ROTATION",
+                2 * 86_400,
+                366 * 86_400,
+            )?,
+            oidc,
+        })
+    }
+
+    fn bounded_seconds(&self, env: &str, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        self.required(env, |v| match v.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Duration::from_secs(n)),
+            _ => Err(format!(
+                "'{v}' is not a whole number of seconds from {min} to {max}"
+            )),
         })
     }
 }
@@ -755,6 +918,25 @@ fn parse_callback_url(v: &str) -> Result<Url, String> {
     }
     if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain a fragment or credentials".to_owned());
+    }
+    Ok(url)
+}
+
+/// An http(s) base URL without query, fragment or credentials; a trailing `/` is dropped.
+fn parse_base_url(v: &str) -> Result<Url, String> {
+    let url = Url::parse(v.trim_end_matches('/'))
+        .map_err(|e| format!("'{v}' is not an absolute URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("'{v}' must be an http or https URL with a host"));
+    }
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(format!(
+            "'{v}' must not contain a query, a fragment or credentials"
+        ));
     }
     Ok(url)
 }

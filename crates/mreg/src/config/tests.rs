@@ -110,8 +110,16 @@ fn azure_credentials_come_as_a_set_and_are_validated() {
     .expect_err("bad client id");
     assert_eq!(err.setting, "AZURE_CLIENT_ID");
     assert!(!err.to_string().contains("s3cret"));
+    let err = parse(&[
+        ("AZURE_TENANT_ID", "organizations"),
+        ("AZURE_CLIENT_ID", client),
+        ("AZURE_CLIENT_SECRET", "s3cret"),
+    ])
+    .expect_err("a multi-tenant app needs an allowlist");
+    assert_eq!(err.setting, "AZURE_ALLOWED_TENANTS");
     let config = parse(&[
         ("AZURE_TENANT_ID", "organizations"),
+        ("AZURE_ALLOWED_TENANTS", tenant),
         ("AZURE_CLIENT_ID", client),
         ("AZURE_CLIENT_SECRET", "s3cret"),
         (
@@ -120,6 +128,11 @@ fn azure_credentials_come_as_a_set_and_are_validated() {
         ),
     ])
     .expect("valid");
+    assert_eq!(
+        config.auth.mode,
+        AuthMode::OAuth,
+        "auto turns OAuth on with Entra"
+    );
     assert_eq!(config.azure.tenant_id.as_deref(), Some("organizations"));
     let debug = format!("{config:?}");
     assert!(

@@ -59,10 +59,17 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    Router::new()
+    let oauth = state.oauth.clone();
+    let mut router = Router::new()
         .nest_service("/mcp", tools)
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
-        .with_state(state)
-        .layer(middleware::from_fn(crate::authn::authenticate))
-        .layer(request_id::TrackLayer::new(metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::authn::authenticate,
+        ))
+        .with_state(state);
+    if let Some(oauth) = oauth {
+        router = router.merge(crate::oauth::router(oauth));
+    }
+    router.layer(request_id::TrackLayer::new(metrics))
 }

@@ -10,6 +10,7 @@ pub mod ops;
 pub mod registry_v0;
 pub mod request_id;
 pub mod servers;
+pub mod whoami;
 
 use std::sync::Arc;
 
@@ -69,6 +70,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The effective configuration.
     pub config: Arc<Config>,
+    /// The OAuth authorization server; `None` when authentication is off.
+    pub oauth: Option<Arc<crate::oauth::OAuth>>,
 }
 
 #[derive(OpenApi)]
@@ -83,6 +86,7 @@ pub struct Shared {
         (name = "health", description = "Server health, probes and the tool catalog"),
         (name = "registry (v0.1)", description = "The official MCP registry API, read-only"),
         (name = "operations", description = "Health, readiness and metrics"),
+        (name = "identity", description = "Who the caller is"),
     )
 )]
 struct ApiDoc;
@@ -92,6 +96,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(servers::router())
         .merge(health::router())
         .merge(registry_v0::router())
+        .merge(whoami::router())
 }
 
 /// The REST router with every layer applied.
@@ -103,7 +108,10 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let metrics = state.metrics.clone();
     Router::new()
-        .merge(api.layer(middleware::from_fn(crate::authn::authenticate)))
+        .merge(api.layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::authn::authenticate,
+        )))
         .merge(ops)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::no_route() })

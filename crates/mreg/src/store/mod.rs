@@ -2,6 +2,7 @@
 //! own SQL and its own embedded migrations. [`connect`] picks the backend from the configuration;
 //! nothing else in mreg knows which one runs.
 
+pub mod auth;
 mod postgres;
 mod postgres_health;
 mod sqlite;
@@ -33,6 +34,8 @@ pub struct Stores {
     pub health: Arc<dyn HealthStore>,
     /// The tool catalog.
     pub catalog: Arc<dyn CatalogStore>,
+    /// OAuth clients and grants.
+    pub auth: Arc<dyn auth::AuthStore>,
     closer: Arc<dyn Close>,
     /// `sqlite` or `postgres`, for logs and `/readyz`.
     pub backend: &'static str,
@@ -60,6 +63,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
                 secrets: Arc::new(store.clone()),
                 health: Arc::new(store.clone()),
                 catalog: Arc::new(store.clone()),
+                auth: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "sqlite",
             }
@@ -71,6 +75,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
                 secrets: Arc::new(store.clone()),
                 health: Arc::new(store.clone()),
                 catalog: Arc::new(store.clone()),
+                auth: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "postgres",
             }

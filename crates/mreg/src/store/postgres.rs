@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "health",
         include_str!("../../migrations/postgres/0003_health.sql"),
     ),
+    (
+        4,
+        "oauth",
+        include_str!("../../migrations/postgres/0004_oauth.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "health",
         include_str!("../../migrations/sqlite/0003_health.sql"),
     ),
+    (
+        4,
+        "oauth",
+        include_str!("../../migrations/sqlite/0004_oauth.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \

@@ -121,6 +121,28 @@ async fn concurrent_increments_are_atomic(cache: Arc<dyn Cache>) {
     );
 }
 
+async fn take_hands_a_value_to_exactly_one_caller(cache: Arc<dyn Cache>) {
+    assert_eq!(cache.take("absent").await.expect("take absent"), None);
+    cache.set("once", b"code", LONG).await.expect("set");
+    let takers = (0..10).map(|_| {
+        let cache = cache.clone();
+        async move { cache.take("once").await.expect("take").is_some() }
+    });
+    let got = futures_join(takers).await;
+    assert_eq!(
+        got.iter().filter(|g| **g).count(),
+        1,
+        "exactly one take wins"
+    );
+    assert_eq!(cache.get("once").await.expect("get"), None);
+    cache
+        .set("short", b"x", Duration::from_millis(50))
+        .await
+        .expect("set");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(cache.take("short").await.expect("take expired"), None);
+}
+
 async fn futures_join<F: Future<Output = bool> + Send + 'static>(
     futures: impl Iterator<Item = F>,
 ) -> Vec<bool> {
@@ -172,4 +194,5 @@ conformance!(
     set_if_absent_only_sets_missing_or_expired_keys,
     incr_counts_from_zero_and_keeps_the_first_ttl,
     concurrent_increments_are_atomic,
+    take_hands_a_value_to_exactly_one_caller,
 );

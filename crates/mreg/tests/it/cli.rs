@@ -309,6 +309,10 @@ async fn check_config_shows_sources_and_hides_secrets() {
         &["check-config", "--config", "mreg.toml"],
         &[
             ("AZURE_TENANT_ID", "organizations"),
+            (
+                "AZURE_ALLOWED_TENANTS",
+                "08541b6e-646d-43de-a0eb-834e6713d6d5",
+            ),
             ("AZURE_CLIENT_ID", "835f09b6-0f0f-40cc-85cb-f32c5829a149"),
             ("MREG_DATABASE_URL", "postgres://u:db-secret@h/db"),
             ("MREG_REDIS_URL", "redis://:redis-secret@127.0.0.1:6379"),

@@ -13,12 +13,12 @@ use tokio::process::{Child, Command};
 
 use crate::support::TestApp;
 
-fn interop_dir() -> PathBuf {
+pub(crate) fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../interop")
 }
 
 /// Whether the Node.js peers can run; skips (or, when required, fails) otherwise.
-fn peers_available() -> bool {
+pub(crate) fn peers_available() -> bool {
     let installed = interop_dir()
         .join("node_modules/@modelcontextprotocol/sdk/package.json")
         .exists();

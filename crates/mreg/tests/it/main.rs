@@ -6,6 +6,7 @@ mod cli;
 mod health;
 mod interop;
 mod mcp_tools;
+mod oauth;
 mod proxy;
 mod registry_v0;
 mod store_conformance;

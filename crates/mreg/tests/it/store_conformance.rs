@@ -7,6 +7,7 @@ use domain::{
     Outcome, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore,
     ToolInfo, ToolQuery,
 };
+use mreg::store::auth::{AuthStore, GrantRow, Rotation};
 use mreg::store::{PgStore, SqliteStore};
 use serde_json::json;
 use time::Duration;
@@ -693,6 +694,103 @@ async fn lists_sort_by_health_and_page_by_rank_and_name(
     );
 }
 
+async fn oauth_grants_rotate_once_and_remember_spent_tokens(store: Arc<dyn AuthStore>) {
+    store
+        .insert_client("client-1", r#"{"client_id":"client-1"}"#, 1)
+        .await
+        .expect("client");
+    assert_eq!(
+        store.client("client-1").await.expect("read").as_deref(),
+        Some(r#"{"client_id":"client-1"}"#)
+    );
+    assert_eq!(store.client("nobody").await.expect("read"), None);
+    assert!(matches!(
+        store.insert_client("client-1", "{}", 2).await,
+        Err(domain::Error::AlreadyExists { .. })
+    ));
+    let grant = GrantRow {
+        id: "grant-1".to_owned(),
+        client_id: "client-1".to_owned(),
+        subject: "alice".to_owned(),
+        refresh_hash: "h0".to_owned(),
+        data: vec![1, 2, 3],
+        expires_at: 1_000,
+        revoked_at: None,
+    };
+    store.insert_grant(&grant, 10).await.expect("grant");
+    assert_eq!(
+        store.grant_by_refresh("h0").await.expect("read"),
+        Some(grant.clone())
+    );
+    // Of concurrent rotations of one token exactly one wins.
+    let attempts: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh("grant-1", "h0", &format!("h1-{i}"), &[9], 20)
+                    .await
+                    .expect("rotate")
+            })
+        })
+        .collect();
+    let mut rotated = 0;
+    for attempt in attempts {
+        if attempt.await.expect("task") == Rotation::Rotated {
+            rotated += 1;
+        }
+    }
+    assert_eq!(rotated, 1, "exactly one rotation wins");
+    assert_eq!(store.grant_by_refresh("h0").await.expect("read"), None);
+    assert_eq!(
+        store.spent_refresh("h0").await.expect("spent").as_deref(),
+        Some("grant-1")
+    );
+    assert_eq!(store.spent_refresh("never").await.expect("spent"), None);
+    let mut current = None;
+    for i in 0..8 {
+        if let Some(g) = store
+            .grant_by_refresh(&format!("h1-{i}"))
+            .await
+            .expect("read")
+        {
+            current = Some(g);
+        }
+    }
+    let current = current.expect("the winner's hash is current");
+    assert_eq!(current.data, vec![9]);
+    assert!(store.revoke_grant("grant-1", 30).await.expect("revoke"));
+    assert!(
+        !store.revoke_grant("grant-1", 31).await.expect("again"),
+        "already revoked"
+    );
+    let revoked = store
+        .grant_by_refresh(&current.refresh_hash)
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(revoked.revoked_at, Some(30));
+    assert_eq!(
+        store
+            .rotate_refresh("grant-1", &current.refresh_hash, "h2", &[], 40)
+            .await
+            .expect("rotate"),
+        Rotation::Lost,
+        "a revoked grant does not rotate"
+    );
+    assert_eq!(
+        store.prune_grants(999).await.expect("prune"),
+        0,
+        "not expired yet"
+    );
+    assert_eq!(store.prune_grants(1_001).await.expect("prune"), 1);
+    assert_eq!(
+        store.spent_refresh("h0").await.expect("spent"),
+        None,
+        "spent hashes go too"
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -765,4 +863,5 @@ conformance!(
     delete_reports_whether_it_removed_something,
     sealed_credentials_are_stored_kept_replaced_and_cleared,
     a_secret_is_created_once_and_then_shared,
+    oauth_grants_rotate_once_and_remember_spent_tokens,
 );

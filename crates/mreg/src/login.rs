@@ -1,0 +1,394 @@
+//! `mreg login`, `mreg logout` and the stored credentials every client command uses.
+//!
+//! `login` is an ordinary public OAuth client of the gateway: it reads the authorization-server
+//! metadata, registers, opens the browser on `/authorize` with PKCE and a loopback redirect
+//! (RFC 8252), waits for the redirect, and redeems the code. Tokens are kept in the user's
+//! config directory (`$XDG_CONFIG_HOME/mreg/credentials.json`, or `$MREG_CREDENTIALS`), readable by
+//! the user only, and refreshed when they are about to expire.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::oauth::{pkce_challenge, random_token};
+
+/// Refresh when the access token expires within this many seconds.
+const REFRESH_MARGIN: i64 = 60;
+
+/// What `mreg login` keeps.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The gateway's issuer (its MCP listener's public URL).
+    pub issuer: String,
+    /// The client id `login` registered.
+    pub client_id: String,
+    /// Current access token.
+    pub access_token: String,
+    /// Current refresh token.
+    pub refresh_token: Option<String>,
+    /// When the access token expires (Unix seconds).
+    pub expires_at: i64,
+}
+
+/// `mreg login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The gateway's MCP listener (its OAuth issuer).
+    #[arg(long, env = "MREG_MCP_URL", default_value = "http://127.0.0.1:8001")]
+    pub url: String,
+    /// Print the sign-in URL instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Scopes to ask for (space-separated); the gateway's default when absent.
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Give up after this many seconds without a sign-in.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Where credentials are kept.
+pub fn credentials_path() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("MREG_CREDENTIALS") {
+        return Some(PathBuf::from(path));
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("mreg").join("credentials.json"))
+}
+
+/// The stored credentials, if any.
+pub fn load() -> Option<Credentials> {
+    let text = std::fs::read_to_string(credentials_path()?).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn save(credentials: &Credentials) -> Result<PathBuf, String> {
+    let path = credentials_path().ok_or("no config directory: set HOME or MREG_CREDENTIALS")?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_vec_pretty(credentials).map_err(|e| e.to_string())?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&path)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot protect {}: {e}", path.display()))?;
+    }
+    std::io::Write::write_all(&mut file, &json)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+async fn json_of(response: reqwest::Response) -> Result<Value, String> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(body);
+    }
+    let error = body["error"].as_str().unwrap_or("error");
+    let description = body["error_description"]
+        .as_str()
+        .or_else(|| body["message"].as_str())
+        .unwrap_or("");
+    Err(format!("{error}: {description} (HTTP {})", status.as_u16()))
+}
+
+/// A bearer token for client commands: the stored one, refreshed when it is about to expire.
+/// `None` when nobody has logged in.
+pub async fn bearer() -> Result<Option<String>, String> {
+    let Some(mut credentials) = load() else {
+        return Ok(None);
+    };
+    if credentials.expires_at - REFRESH_MARGIN > now() {
+        return Ok(Some(credentials.access_token));
+    }
+    let Some(refresh) = credentials.refresh_token.clone() else {
+        return Err("your login has expired; run `mreg login` again".to_owned());
+    };
+    let reply = http()
+        .post(format!("{}/token", credentials.issuer))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", credentials.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot reach {} to refresh the login: {e}",
+                credentials.issuer
+            )
+        })?;
+    let tokens = json_of(reply)
+        .await
+        .map_err(|e| format!("your login could not be refreshed ({e}); run `mreg login` again"))?;
+    apply(&mut credentials, &tokens)?;
+    save(&credentials)?;
+    Ok(Some(credentials.access_token))
+}
+
+fn apply(credentials: &mut Credentials, tokens: &Value) -> Result<(), String> {
+    credentials.access_token = tokens["access_token"]
+        .as_str()
+        .ok_or("the token response has no access_token")?
+        .to_owned();
+    if let Some(refresh) = tokens["refresh_token"].as_str() {
+        credentials.refresh_token = Some(refresh.to_owned());
+    }
+    credentials.expires_at = now() + tokens["expires_in"].as_i64().unwrap_or(300);
+    Ok(())
+}
+
+/// Runs `mreg login`.
+pub async fn login(args: LoginArgs) -> Result<(), String> {
+    let issuer = args.url.trim_end_matches('/').to_owned();
+    url::Url::parse(&issuer).map_err(|e| format!("--url {issuer} is not a URL: {e}"))?;
+    let http = http();
+    let unreachable = |e: reqwest::Error| format!("cannot reach the gateway at {issuer}: {e}");
+    let meta = json_of(
+        http.get(format!("{issuer}/.well-known/oauth-authorization-server"))
+            .send()
+            .await
+            .map_err(unreachable)?,
+    )
+    .await
+    .map_err(|e| format!("{issuer} has no OAuth metadata ({e}); is authentication on?"))?;
+    if meta["issuer"].as_str() != Some(issuer.as_str()) {
+        return Err(format!(
+            "the gateway names its issuer {}, not {issuer}; use that as --url",
+            meta["issuer"]
+        ));
+    }
+    let endpoint = |key: &str| {
+        meta[key]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("the gateway's metadata has no {key}"))
+    };
+    let (authorize, token, register) = (
+        endpoint("authorization_endpoint")?,
+        endpoint("token_endpoint")?,
+        endpoint("registration_endpoint")?,
+    );
+
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot listen on loopback for the sign-in redirect: {e}"))?;
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+    let redirect_uri = format!("http://127.0.0.1:{port}/callback");
+    let client = json_of(
+        http.post(&register)
+            .json(&serde_json::json!({
+                "client_name": "mreg command line",
+                "redirect_uris": [redirect_uri],
+                "application_type": "native",
+                "token_endpoint_auth_method": "none",
+                "grant_types": ["authorization_code", "refresh_token"],
+            }))
+            .send()
+            .await
+            .map_err(unreachable)?,
+    )
+    .await
+    .map_err(|e| format!("registration was refused: {e}"))?;
+    let client_id = client["client_id"]
+        .as_str()
+        .ok_or("registration returned no client_id")?
+        .to_owned();
+
+    let verifier = random_token(48);
+    let state = random_token(16);
+    let resource = format!("{issuer}/mcp");
+    let mut url = url::Url::parse(&authorize).map_err(|e| e.to_string())?;
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("response_type", "code")
+            .append_pair("client_id", &client_id)
+            .append_pair("redirect_uri", &redirect_uri)
+            .append_pair("code_challenge", &pkce_challenge(&verifier))
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("state", &state)
+            .append_pair("resource", &resource);
+        if let Some(scope) = &args.scope {
+            q.append_pair("scope", scope);
+        }
+    }
+    eprintln!("Open this URL in a browser to sign in:\n\n  {url}\n");
+    if !args.no_browser && !open_browser(url.as_str()) {
+        eprintln!("(no browser could be started; open the URL yourself)");
+    }
+    let answer = tokio::time::timeout(
+        Duration::from_secs(args.timeout),
+        wait_for_redirect(&listener),
+    )
+    .await
+    .map_err(|_| format!("no sign-in within {} seconds", args.timeout))??;
+    if answer.get("state") != Some(&state) {
+        return Err("the sign-in answer does not belong to this login (state mismatch)".to_owned());
+    }
+    if let Some(iss) = answer.get("iss")
+        && iss != &issuer
+    {
+        return Err(format!("the sign-in answer comes from {iss}, not {issuer}"));
+    }
+    if let Some(error) = answer.get("error") {
+        let description = answer
+            .get("error_description")
+            .map(String::as_str)
+            .unwrap_or("");
+        return Err(format!("sign-in failed: {error}: {description}"));
+    }
+    let code = answer.get("code").ok_or("the sign-in answer has no code")?;
+    let tokens = json_of(
+        http.post(&token)
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code.as_str()),
+                ("redirect_uri", redirect_uri.as_str()),
+                ("client_id", client_id.as_str()),
+                ("code_verifier", verifier.as_str()),
+                ("resource", resource.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(unreachable)?,
+    )
+    .await
+    .map_err(|e| format!("the code could not be redeemed: {e}"))?;
+    let mut credentials = Credentials {
+        issuer: issuer.clone(),
+        client_id,
+        access_token: String::new(),
+        refresh_token: None,
+        expires_at: 0,
+    };
+    apply(&mut credentials, &tokens)?;
+    let path = save(&credentials)?;
+    eprintln!(
+        "Signed in to {issuer}; credentials saved in {}",
+        path.display()
+    );
+    Ok(())
+}
+
+fn open_browser(url: &str) -> bool {
+    let opener = if cfg!(target_os = "macos") {
+        "open"
+    } else {
+        "xdg-open"
+    };
+    std::process::Command::new(opener)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .is_ok()
+}
+
+/// Serves the loopback redirect until `/callback` is hit; returns its query.
+async fn wait_for_redirect(
+    listener: &TcpListener,
+) -> Result<std::collections::HashMap<String, String>, String> {
+    loop {
+        let (mut stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let mut buf = vec![0_u8; 8192];
+        let n = match stream.read(&mut buf).await {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let head = String::from_utf8_lossy(&buf[..n]);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("GET "))
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap_or("");
+        let Some(query) = target.strip_prefix("/callback") else {
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        };
+        let query = query.strip_prefix('?').unwrap_or("");
+        let params: std::collections::HashMap<String, String> =
+            url::form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        let body = if params.contains_key("code") {
+            "Signed in. You can close this window and return to the terminal."
+        } else {
+            "Sign-in did not complete. Return to the terminal for details."
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        return Ok(params);
+    }
+}
+
+/// Runs `mreg logout`: revokes the refresh token and forgets the credentials.
+pub async fn logout() -> Result<(), String> {
+    let Some(path) = credentials_path() else {
+        return Ok(());
+    };
+    let Some(credentials) = load() else {
+        eprintln!("Not logged in.");
+        return Ok(());
+    };
+    if let Some(refresh) = &credentials.refresh_token {
+        let revoked = http()
+            .post(format!("{}/revoke", credentials.issuer))
+            .form(&[
+                ("token", refresh.as_str()),
+                ("token_type_hint", "refresh_token"),
+                ("client_id", credentials.client_id.as_str()),
+            ])
+            .send()
+            .await;
+        if let Err(e) = revoked {
+            eprintln!(
+                "warning: could not revoke the refresh token at {}: {e}",
+                credentials.issuer
+            );
+        }
+    }
+    std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+    eprintln!("Logged out of {}.", credentials.issuer);
+    Ok(())
+}

@@ -1,0 +1,401 @@
+//! OAuth clients: Dynamic Client Registration (RFC 7591) and redirect-URI rules. Every client
+//! is public (PKCE, no secret). Redirect URIs are matched exactly, except that a loopback URI may
+//! change its port (RFC 8252 §7.3); they may not carry fragments, credentials, dot-segments or
+//! schemes that run code in the browser.
+
+use serde::{Deserialize, Serialize};
+use url::{Host, Url};
+
+/// Schemes never accepted as redirect targets.
+const UNSAFE_SCHEMES: [&str; 8] = [
+    "javascript",
+    "data",
+    "file",
+    "vbscript",
+    "about",
+    "blob",
+    "ftp",
+    "ws",
+];
+
+/// Longest accepted client name.
+const MAX_NAME: usize = 200;
+/// Most redirect URIs per client.
+const MAX_REDIRECTS: usize = 10;
+
+/// A registration request, as far as mreg reads it.
+#[derive(Debug, Deserialize)]
+pub struct RegistrationRequest {
+    /// Redirect URIs (at least one).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Display name.
+    #[serde(default)]
+    pub client_name: Option<String>,
+    /// Grant types; default authorization_code and refresh_token.
+    #[serde(default)]
+    pub grant_types: Option<Vec<String>>,
+    /// Response types; default code.
+    #[serde(default)]
+    pub response_types: Option<Vec<String>>,
+    /// Requested authentication method; mreg registers every client as `none`.
+    #[serde(default)]
+    pub token_endpoint_auth_method: Option<String>,
+    /// `web` or `native` (SEP-837); inferred from the redirect URIs when absent.
+    #[serde(default)]
+    pub application_type: Option<String>,
+    /// Scopes the client will ask for.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Client home page.
+    #[serde(default)]
+    pub client_uri: Option<String>,
+}
+
+/// A registered client as stored and returned.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Client {
+    /// Issued client id.
+    pub client_id: String,
+    /// Unix time of registration.
+    pub client_id_issued_at: i64,
+    /// Exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_name: Option<String>,
+    /// Grant types.
+    pub grant_types: Vec<String>,
+    /// Response types.
+    pub response_types: Vec<String>,
+    /// Always `none`.
+    pub token_endpoint_auth_method: String,
+    /// `web` or `native`.
+    pub application_type: String,
+    /// Scopes the client registered for, space-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// Why a registration or redirect URI was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// RFC 7591 error code.
+    pub error: &'static str,
+    /// What is wrong.
+    pub description: String,
+}
+
+fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
+    Refusal {
+        error,
+        description: description.into(),
+    }
+}
+
+/// Whether `url` points at this machine (RFC 8252 loopback redirect).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+/// Checks one redirect URI as registered. Returns the parsed URI.
+pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, Refusal> {
+    let bad = |why: &str| {
+        refuse(
+            "invalid_redirect_uri",
+            format!("redirect URI '{raw}' {why}"),
+        )
+    };
+    if raw.len() > 2000 {
+        return Err(bad("is too long"));
+    }
+    let url = Url::parse(raw).map_err(|_| bad("is not an absolute URI"))?;
+    let scheme = url.scheme();
+    if UNSAFE_SCHEMES.contains(&scheme) || scheme == "wss" {
+        return Err(bad("uses a scheme that is never a redirect target"));
+    }
+    if raw.contains('#') {
+        return Err(bad("has a fragment"));
+    }
+    if !url.username().is_empty() || url.password().is_some() || raw_has_userinfo(raw) {
+        return Err(bad("has user information"));
+    }
+    if has_dot_segment(raw) {
+        return Err(bad("has dot-segments (. or ..)"));
+    }
+    match scheme {
+        "https" => {
+            if url.host().is_none() {
+                return Err(bad("has no host"));
+            }
+        }
+        "http" => {
+            if !is_loopback(&url) {
+                return Err(bad("uses http; only loopback addresses may (use https)"));
+            }
+            if !native {
+                return Err(bad(
+                    "is a loopback address, which only native clients may use",
+                ));
+            }
+        }
+        _ => {
+            // A private-use scheme (RFC 8252 §7.1) of a native app, e.g. com.example.app:/cb
+            // or vscode://…
+            if !native {
+                return Err(bad(
+                    "uses a custom scheme, which only native clients may use",
+                ));
+            }
+        }
+    }
+    Ok(url)
+}
+
+fn raw_has_userinfo(raw: &str) -> bool {
+    let after = raw.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    let authority = after.split(['/', '?']).next().unwrap_or("");
+    authority.contains('@')
+}
+
+fn has_dot_segment(raw: &str) -> bool {
+    let lower = raw.to_ascii_lowercase().replace("%2e", ".");
+    let path = lower
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(&lower)
+        .split(['?'])
+        .next()
+        .unwrap_or("");
+    path.split(['/', '\\'])
+        .skip(1)
+        .any(|segment| segment == "." || segment == "..")
+}
+
+/// Whether `requested` may be used for a client that registered `registered`: equal, or both
+/// loopback and equal except for the port.
+pub fn redirect_matches(registered: &[String], requested: &str) -> bool {
+    if registered.iter().any(|r| r == requested) {
+        return true;
+    }
+    let Ok(req) = Url::parse(requested) else {
+        return false;
+    };
+    if !is_loopback(&req) || req.scheme() != "http" || has_dot_segment(requested) {
+        return false;
+    }
+    registered.iter().any(|r| {
+        Url::parse(r).is_ok_and(|reg| {
+            is_loopback(&reg)
+                && reg.scheme() == req.scheme()
+                && reg.host() == req.host()
+                && reg.path() == req.path()
+                && reg.query() == req.query()
+                && req.fragment().is_none()
+                && req.username().is_empty()
+        })
+    })
+}
+
+/// Validates a registration and builds the client to store.
+pub fn register(
+    request: RegistrationRequest,
+    supported_scopes: &[String],
+    client_id: String,
+    now: i64,
+) -> Result<Client, Refusal> {
+    let meta = |d: String| refuse("invalid_client_metadata", d);
+    if request.redirect_uris.is_empty() {
+        return Err(refuse(
+            "invalid_redirect_uri",
+            "redirect_uris must list at least one URI",
+        ));
+    }
+    if request.redirect_uris.len() > MAX_REDIRECTS {
+        return Err(refuse(
+            "invalid_redirect_uri",
+            format!("at most {MAX_REDIRECTS} redirect URIs may be registered"),
+        ));
+    }
+    let application_type = match request.application_type.as_deref() {
+        Some(t @ ("web" | "native")) => t.to_owned(),
+        Some(other) => {
+            return Err(meta(format!(
+                "application_type '{other}' is not web or native"
+            )));
+        }
+        None => {
+            // Without a declared type, a client whose URIs are all loopback or custom-scheme is
+            // a native app; anything else is a web app.
+            let native = request.redirect_uris.iter().all(|u| {
+                Url::parse(u).is_ok_and(|url| url.scheme() != "https" || is_loopback(&url))
+            });
+            if native { "native" } else { "web" }.to_owned()
+        }
+    };
+    let native = application_type == "native";
+    for uri in &request.redirect_uris {
+        check_redirect_uri(uri, native)?;
+    }
+    let grant_types = request
+        .grant_types
+        .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
+    if !grant_types.iter().any(|g| g == "authorization_code") {
+        return Err(meta(
+            "grant_types must include authorization_code".to_owned(),
+        ));
+    }
+    if let Some(g) = grant_types
+        .iter()
+        .find(|g| !matches!(g.as_str(), "authorization_code" | "refresh_token"))
+    {
+        return Err(meta(format!("grant type '{g}' is not supported")));
+    }
+    let response_types = request
+        .response_types
+        .unwrap_or_else(|| vec!["code".to_owned()]);
+    if response_types != ["code"] {
+        return Err(meta("response_types must be [\"code\"]".to_owned()));
+    }
+    let client_name = match request.client_name {
+        Some(name) if name.chars().count() > MAX_NAME => {
+            return Err(meta(format!(
+                "client_name is longer than {MAX_NAME} characters"
+            )));
+        }
+        Some(name) if name.chars().any(char::is_control) => {
+            return Err(meta("client_name contains control characters".to_owned()));
+        }
+        other => other,
+    };
+    if let Some(scope) = &request.scope
+        && let Some(bad) = scope
+            .split_whitespace()
+            .find(|s| !supported_scopes.iter().any(|x| x == s))
+    {
+        return Err(refuse(
+            "invalid_client_metadata",
+            format!("scope '{bad}' is not offered by this server"),
+        ));
+    }
+    let _ = request.client_uri;
+    let _ = request.token_endpoint_auth_method;
+    Ok(Client {
+        client_id,
+        client_id_issued_at: now,
+        redirect_uris: request.redirect_uris,
+        client_name,
+        grant_types,
+        response_types,
+        token_endpoint_auth_method: "none".to_owned(),
+        application_type,
+        scope: request.scope,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uris_are_checked_component_by_component() {
+        let ok = |u: &str, native: bool| check_redirect_uri(u, native).is_ok();
+        assert!(ok("https://app.example.com/cb", false));
+        assert!(ok("http://127.0.0.1:8765/callback", true));
+        assert!(ok("http://localhost/callback", true));
+        assert!(ok("http://[::1]:9/cb", true));
+        assert!(ok("com.example.app:/oauth", true));
+        assert!(
+            !ok("http://127.0.0.1:8765/callback", false),
+            "web apps use https"
+        );
+        assert!(
+            !ok("http://app.example.com/cb", true),
+            "http only on loopback"
+        );
+        assert!(!ok("https://app.example.com/cb#frag", false));
+        assert!(!ok("https://user@app.example.com/cb", false));
+        assert!(!ok("https://localhost@evil.example/cb", false));
+        assert!(!ok("https://app.example.com/a/../cb", false));
+        assert!(!ok("https://app.example.com/a/%2E%2E/cb", false));
+        assert!(!ok("https://app.example.com/./cb", false));
+        assert!(!ok("javascript:alert(1)", true));
+        assert!(!ok("data:text/html,hi", true));
+        assert!(!ok("file:///etc/passwd", true));
+        assert!(!ok("not a uri", true));
+    }
+
+    #[test]
+    fn only_loopback_redirects_may_change_their_port() {
+        let registered = vec![
+            "http://127.0.0.1:5000/callback".to_owned(),
+            "https://app.example.com/cb".to_owned(),
+        ];
+        assert!(redirect_matches(
+            &registered,
+            "http://127.0.0.1:5000/callback"
+        ));
+        assert!(redirect_matches(
+            &registered,
+            "http://127.0.0.1:6123/callback"
+        ));
+        assert!(!redirect_matches(
+            &registered,
+            "http://127.0.0.1:6123/other"
+        ));
+        assert!(!redirect_matches(
+            &registered,
+            "http://localhost:5000/callback"
+        ));
+        assert!(!redirect_matches(
+            &registered,
+            "https://app.example.com/cb/"
+        ));
+        assert!(!redirect_matches(
+            &registered,
+            "https://app.example.com:444/cb"
+        ));
+        assert!(!redirect_matches(&registered, "https://evil.example/cb"));
+    }
+
+    #[test]
+    fn registrations_get_defaults_and_refusals_name_the_problem() {
+        let scopes = vec!["openid".to_owned(), "User.Read".to_owned()];
+        let request = |json: &str| serde_json::from_str::<RegistrationRequest>(json).expect("json");
+        let client = register(
+            request(r#"{"redirect_uris":["http://127.0.0.1:1/cb"],"client_name":"x","token_endpoint_auth_method":"client_secret_post"}"#),
+            &scopes,
+            "id".to_owned(),
+            1,
+        )
+        .expect("registers");
+        assert_eq!(client.application_type, "native");
+        assert_eq!(client.token_endpoint_auth_method, "none");
+        assert_eq!(client.grant_types, ["authorization_code", "refresh_token"]);
+        let refused = |json: &str| {
+            register(request(json), &scopes, "id".to_owned(), 1)
+                .expect_err("refused")
+                .error
+        };
+        assert_eq!(refused(r#"{"redirect_uris":[]}"#), "invalid_redirect_uri");
+        assert_eq!(
+            refused(r#"{"redirect_uris":["http://127.0.0.1/cb"],"application_type":"web"}"#),
+            "invalid_redirect_uri"
+        );
+        assert_eq!(
+            refused(
+                r#"{"redirect_uris":["https://a.example/cb"],"grant_types":["client_credentials"]}"#
+            ),
+            "invalid_client_metadata"
+        );
+        assert_eq!(
+            refused(r#"{"redirect_uris":["https://a.example/cb"],"scope":"admin.all"}"#),
+            "invalid_client_metadata"
+        );
+    }
+}

@@ -1,0 +1,1137 @@
+//! The authorization-server endpoints: `/register`, `/authorize`, `/consent`, the upstream
+//! callback, `/token` and `/revoke`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use url::Url;
+
+use super::clients::{self, Client, RegistrationRequest};
+use super::keys::AccessClaims;
+use super::{Identity, OAuth, TRANSACTION_TTL, pkce_challenge, random_token, sha256_hex, unix_now};
+use crate::store::auth::{GrantRow, Rotation};
+
+const TXN_PURPOSE: &str = "oauth-transaction";
+const CODE_PURPOSE: &str = "oauth-code";
+const GRANT_PURPOSE: &str = "oauth-grant";
+
+/// A sign-in between `/authorize` and `/auth/callback`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Transaction {
+    client_id: String,
+    client_name: Option<String>,
+    redirect_uri: String,
+    native: bool,
+    state: Option<String>,
+    challenge: String,
+    scopes: Vec<String>,
+    resource: String,
+    csrf: String,
+    browser: String,
+    verifier: String,
+    nonce: String,
+    approved: bool,
+}
+
+/// What mreg's one-time code stands for.
+#[derive(Debug, Serialize, Deserialize)]
+struct CodeGrant {
+    client_id: String,
+    redirect_uri: String,
+    challenge: String,
+    scopes: Vec<String>,
+    resource: String,
+    identity: Identity,
+    upstream_refresh: Option<String>,
+}
+
+/// What a refresh-token family stands for (sealed in the database).
+#[derive(Debug, Serialize, Deserialize)]
+struct GrantData {
+    scopes: Vec<String>,
+    resource: String,
+    identity: Identity,
+    upstream_refresh: Option<String>,
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// Query or form parameters; a parameter given twice is an error (RFC 6749 §3.1).
+fn params(raw: &str) -> Result<HashMap<String, String>, String> {
+    let mut map = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(raw.as_bytes()) {
+        if map.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("parameter '{k}' is given more than once"));
+        }
+    }
+    Ok(map)
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;color:#222}}\
+         .host{{font-size:1.3rem;font-weight:bold}}button{{font-size:1rem;padding:.5rem 1.5rem;margin-right:1rem}}\
+         code{{background:#eee;padding:0 .2rem}}</style></head><body><h1>{title}</h1>{body}</body></html>",
+        title = escape(title)
+    );
+    let mut response = (status, Html(html)).into_response();
+    let h = response.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+fn error_page(status: StatusCode, message: &str) -> Response {
+    page(
+        status,
+        "Sign-in cannot continue",
+        &format!("<p>{}</p>", escape(message)),
+    )
+}
+
+fn redirect(location: &str) -> Response {
+    let mut response = StatusCode::FOUND.into_response();
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// Sends the browser back to the client with an error (RFC 6749 §4.1.2.1, with `iss`).
+fn redirect_error(
+    oauth: &OAuth,
+    redirect_uri: &str,
+    error: &str,
+    description: &str,
+    state: Option<&str>,
+) -> Response {
+    let Ok(mut url) = Url::parse(redirect_uri) else {
+        return error_page(StatusCode::BAD_REQUEST, description);
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("error", error);
+        q.append_pair("error_description", description);
+        if let Some(state) = state {
+            q.append_pair("state", state);
+        }
+        q.append_pair("iss", &oauth.issuer);
+    }
+    redirect(url.as_str())
+}
+
+fn cookie_name(oauth: &OAuth) -> &'static str {
+    if oauth.secure_cookies {
+        "__Host-mreg_consent"
+    } else {
+        "mreg_consent"
+    }
+}
+
+/// The browser-binding value from the request's cookie, if present and well-formed.
+fn browser_cookie(oauth: &OAuth, headers: &HeaderMap) -> Option<String> {
+    let name = cookie_name(oauth);
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+        .filter(|v| {
+            v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn set_cookie(oauth: &OAuth, value: &str) -> HeaderValue {
+    let secure = if oauth.secure_cookies { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+        cookie_name(oauth),
+        TRANSACTION_TTL.as_secs()
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn same(a: &str, b: &str) -> bool {
+    aws_lc_rs::constant_time::verify_slices_are_equal(a.as_bytes(), b.as_bytes()).is_ok()
+}
+
+fn is_pkce_value(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+impl OAuth {
+    async fn client(&self, client_id: &str) -> domain::Result<Option<Client>> {
+        if client_id.len() > 100 {
+            return Ok(None);
+        }
+        let Some(json) = self.store.client(client_id).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| domain::Error::Internal(format!("stored client {client_id}: {e}")))
+    }
+
+    async fn load_transaction(&self, id: &str) -> domain::Result<Option<Transaction>> {
+        match self.cache.get(&format!("oauth:txn:{id}")).await? {
+            Some(sealed) => self.open_json(TXN_PURPOSE, &sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_transaction(&self, id: &str, txn: &Transaction) -> domain::Result<()> {
+        let sealed = self.seal_json(TXN_PURPOSE, txn)?;
+        self.cache
+            .set(&format!("oauth:txn:{id}"), &sealed, TRANSACTION_TTL)
+            .await
+    }
+}
+
+// ---------------------------------------------------------------- /register
+
+/// `POST /register` (RFC 7591).
+pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) -> Response {
+    let refusal = |error: &str, description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response()
+    };
+    let request: RegistrationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refusal(
+                "invalid_client_metadata",
+                &format!("the body is not a client registration: {e}"),
+            );
+        }
+    };
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let client = match clients::register(request, &oauth.supported_scopes, client_id, unix_now()) {
+        Ok(c) => c,
+        Err(r) => return refusal(r.error, &r.description),
+    };
+    let stored = match serde_json::to_string(&client) {
+        Ok(s) => s,
+        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    if let Err(e) = oauth
+        .store
+        .insert_client(&client.client_id, &stored, unix_now())
+        .await
+    {
+        return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    tracing::info!(client_id = %client.client_id, name = ?client.client_name, "client registered");
+    let mut response = (StatusCode::CREATED, Json(&client)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn error_status(status: StatusCode, message: &str) -> Response {
+    tracing::error!(error = message, "authorization server failure");
+    (
+        status,
+        Json(json!({"error": "server_error", "error_description": "the authorization server could not complete the request"})),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------- /authorize
+
+/// `GET /authorize`: checks the request and starts a transaction, then shows the consent page.
+pub async fn authorize(
+    State(oauth): State<Arc<OAuth>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let p = match params(query.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+    };
+    let Some(client_id) = p.get("client_id") else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The request names no client (client_id).",
+        );
+    };
+    let client = match oauth.client(client_id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "This client is not registered here. The application should register again.",
+            );
+        }
+        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let redirect_uri = match (p.get("redirect_uri"), client.redirect_uris.as_slice()) {
+        (Some(r), _) => r.clone(),
+        (None, [only]) => only.clone(),
+        (None, _) => {
+            return error_page(StatusCode::BAD_REQUEST, "The request has no redirect_uri.");
+        }
+    };
+    let native = client.application_type == "native";
+    if !clients::redirect_matches(&client.redirect_uris, &redirect_uri)
+        || clients::check_redirect_uri(&redirect_uri, native).is_err()
+    {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The redirect_uri is not one this client registered.",
+        );
+    }
+    let state = p.get("state").cloned();
+    let fail = |error: &str, description: &str| {
+        redirect_error(&oauth, &redirect_uri, error, description, state.as_deref())
+    };
+    if p.get("response_type").map(String::as_str) != Some("code") {
+        return fail("unsupported_response_type", "response_type must be code");
+    }
+    let Some(challenge) = p.get("code_challenge") else {
+        return fail(
+            "invalid_request",
+            "code_challenge is required (PKCE with S256)",
+        );
+    };
+    if p.get("code_challenge_method").map(String::as_str) != Some("S256") {
+        return fail("invalid_request", "code_challenge_method must be S256");
+    }
+    if challenge.len() != 43 || !is_pkce_value(challenge) {
+        return fail("invalid_request", "code_challenge is not an S256 challenge");
+    }
+    let resource = match p.get("resource") {
+        Some(r) if oauth.is_resource(r.trim_end_matches('/')) => r.trim_end_matches('/').to_owned(),
+        Some(_) => {
+            return fail(
+                "invalid_target",
+                &format!(
+                    "resource must be this gateway ({}) or one of its MCP endpoints",
+                    oauth.mcp_resource()
+                ),
+            );
+        }
+        None => oauth.mcp_resource(),
+    };
+    let scopes: Vec<String> = match p
+        .get("scope")
+        .map(|s| s.split_whitespace().collect::<Vec<_>>())
+    {
+        Some(s) if !s.is_empty() => s.into_iter().map(str::to_owned).collect(),
+        _ => oauth.default_scopes.clone(),
+    };
+    if let Some(bad) = scopes.iter().find(|s| !oauth.supported_scopes.contains(s)) {
+        return fail(
+            "invalid_scope",
+            &format!("scope '{bad}' is not offered by this server"),
+        );
+    }
+    let (browser, new_cookie) = match browser_cookie(&oauth, &headers) {
+        Some(value) => (value, false),
+        None => (random_token(32), true),
+    };
+    let verifier = random_token(48);
+    let txn = Transaction {
+        client_id: client.client_id.clone(),
+        client_name: client.client_name.clone(),
+        redirect_uri: redirect_uri.clone(),
+        native,
+        state: state.clone(),
+        challenge: challenge.clone(),
+        scopes,
+        resource,
+        csrf: random_token(32),
+        browser: sha256_hex(&browser),
+        verifier,
+        nonce: random_token(24),
+        approved: false,
+    };
+    let id = random_token(32);
+    if let Err(e) = oauth.save_transaction(&id, &txn).await {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    let mut response = redirect(&format!("{}/consent?txn={id}", oauth.issuer));
+    if new_cookie {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, set_cookie(&oauth, &browser));
+    }
+    response
+}
+
+// ---------------------------------------------------------------- /consent
+
+async fn bound_transaction(
+    oauth: &OAuth,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Transaction, Response> {
+    let txn = match oauth.load_transaction(id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return Err(error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in has expired or was already used. Start again from the application.",
+            ));
+        }
+        Err(e) => return Err(error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())),
+    };
+    let bound = browser_cookie(oauth, headers).is_some_and(|b| same(&sha256_hex(&b), &txn.browser));
+    if !bound {
+        return Err(error_page(
+            StatusCode::FORBIDDEN,
+            "This sign-in was started in another browser. Start again from the application, in this browser.",
+        ));
+    }
+    Ok(txn)
+}
+
+/// `GET /consent?txn=…`: which client, which redirect host, which scopes; Allow or Deny.
+/// Showing the page again (a reload, a prefetch) shows the same form, with the same token.
+pub async fn consent_page(
+    State(oauth): State<Arc<OAuth>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let p = params(query.as_deref().unwrap_or("")).unwrap_or_default();
+    let Some(id) = p.get("txn") else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The consent request names no sign-in.",
+        );
+    };
+    let txn = match bound_transaction(&oauth, &headers, id).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let host = Url::parse(&txn.redirect_uri)
+        .ok()
+        .and_then(|u| {
+            u.host_str()
+                .map(str::to_owned)
+                .or_else(|| Some(u.scheme().to_owned()))
+        })
+        .unwrap_or_default();
+    let name = txn
+        .client_name
+        .clone()
+        .unwrap_or_else(|| "An application without a name".to_owned());
+    let scopes: String = txn
+        .scopes
+        .iter()
+        .map(|s| format!("<li><code>{}</code></li>", escape(s)))
+        .collect();
+    let body = format!(
+        "<p><strong>{name}</strong> (client <code>{client}</code>) asks to use the MCP gateway \
+         <code>{resource}</code> as you.</p>\
+         <p>After you sign in, you will be sent to:</p><p class=\"host\">{host}</p>\
+         <p><small>{redirect}</small></p>\
+         <p>It asks for:</p><ul>{scopes}</ul>\
+         <p>Only allow this if you started this sign-in from that application just now.</p>\
+         <form method=\"post\" action=\"/consent\">\
+         <input type=\"hidden\" name=\"txn\" value=\"{id}\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+         <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+        name = escape(&name),
+        client = escape(&txn.client_id),
+        resource = escape(&txn.resource),
+        host = escape(&host),
+        redirect = escape(&txn.redirect_uri),
+        id = escape(id),
+        csrf = escape(&txn.csrf),
+    );
+    page(StatusCode::OK, "Allow access?", &body)
+}
+
+/// `POST /consent`: the decision, checked against the CSRF token and the browser cookie.
+pub async fn consent(
+    State(oauth): State<Arc<OAuth>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let p = match params(&body) {
+        Ok(p) => p,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+    };
+    let (Some(id), Some(decision)) = (p.get("txn"), p.get("decision")) else {
+        return error_page(StatusCode::BAD_REQUEST, "The consent form is incomplete.");
+    };
+    let mut txn = match bound_transaction(&oauth, &headers, id).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if !p.get("csrf").is_some_and(|c| same(c, &txn.csrf)) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "The consent form is stale or was not sent by this page. Start again from the application.",
+        );
+    }
+    if decision != "allow" {
+        let _ = oauth.cache.delete(&format!("oauth:txn:{id}")).await;
+        return redirect_error(
+            &oauth,
+            &txn.redirect_uri,
+            "access_denied",
+            "the user denied access",
+            txn.state.as_deref(),
+        );
+    }
+    let meta = match oauth.upstream.metadata().await {
+        Ok(m) => m,
+        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    txn.approved = true;
+    if let Err(e) = oauth.save_transaction(id, &txn).await {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    let url = oauth.upstream.authorize_url(
+        &meta,
+        oauth.callback.as_str(),
+        &txn.scopes,
+        id,
+        &txn.nonce,
+        &pkce_challenge(&txn.verifier),
+    );
+    redirect(url.as_str())
+}
+
+// ---------------------------------------------------------------- /auth/callback
+
+/// The provider's redirect back: checks state and the browser cookie, exchanges the code,
+/// validates the ID token, and sends the client its own one-time code.
+pub async fn callback(
+    State(oauth): State<Arc<OAuth>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let p = params(query.as_deref().unwrap_or("")).unwrap_or_default();
+    let Some(id) = p.get("state") else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The identity provider's answer has no state.",
+        );
+    };
+    let txn = match bound_transaction(&oauth, &headers, id).await {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    // Single use from here on, whatever happens next.
+    match oauth.cache.take(&format!("oauth:txn:{id}")).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                "This sign-in was already completed.",
+            );
+        }
+        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    if !txn.approved {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "This sign-in was not approved on the consent page.",
+        );
+    }
+    if clients::check_redirect_uri(&txn.redirect_uri, txn.native).is_err() {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The client's redirect URI is no longer acceptable.",
+        );
+    }
+    let fail = |error: &str, description: &str| {
+        redirect_error(
+            &oauth,
+            &txn.redirect_uri,
+            error,
+            description,
+            txn.state.as_deref(),
+        )
+    };
+    if let Some(error) = p.get("error") {
+        tracing::info!(error = %error, "the identity provider ended the sign-in with an error");
+        let error = if error == "access_denied" {
+            "access_denied"
+        } else {
+            "server_error"
+        };
+        return fail(error, "the identity provider did not sign the user in");
+    }
+    let Some(code) = p.get("code") else {
+        return fail("server_error", "the identity provider returned no code");
+    };
+    let scope = oauth.upstream.exchange_scopes(&txn.scopes);
+    let tokens = match oauth
+        .upstream
+        .exchange_code(code, oauth.callback.as_str(), &txn.verifier, &scope)
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "code exchange with the identity provider failed");
+            return fail("server_error", "the identity provider refused the sign-in");
+        }
+    };
+    let Some(id_token) = tokens.id_token.as_deref() else {
+        return fail("server_error", "the identity provider returned no ID token");
+    };
+    let client_id = oauth.upstream.client_id.clone();
+    let claims = match oauth
+        .upstream
+        .validate(id_token, &[client_id.as_str()])
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "ID token rejected");
+            return fail(
+                "access_denied",
+                "the identity provider's ID token was not valid",
+            );
+        }
+    };
+    if !claims["nonce"]
+        .as_str()
+        .is_some_and(|n| same(n, &txn.nonce))
+    {
+        tracing::warn!("ID token nonce mismatch");
+        return fail(
+            "access_denied",
+            "the identity provider's ID token was not for this sign-in",
+        );
+    }
+    let Some(identity) = Identity::from_claims(&claims) else {
+        return fail("access_denied", "the ID token names no user");
+    };
+    if let Err(e) = oauth
+        .upstream
+        .confirm_with_graph(tokens.access_token.as_deref(), identity.oid.as_deref())
+        .await
+    {
+        tracing::warn!(error = %e, "Graph did not confirm the user");
+        return fail(
+            "access_denied",
+            "the user could not be confirmed with Microsoft Graph",
+        );
+    }
+    tracing::info!(subject = %identity.subject, tenant = ?identity.tid, client_id = %txn.client_id, "user signed in");
+    let code = random_token(32);
+    let grant = CodeGrant {
+        client_id: txn.client_id.clone(),
+        redirect_uri: txn.redirect_uri.clone(),
+        challenge: txn.challenge.clone(),
+        scopes: txn.scopes.clone(),
+        resource: txn.resource.clone(),
+        identity,
+        upstream_refresh: tokens.refresh_token,
+    };
+    let stored = match oauth.seal_json(CODE_PURPOSE, &grant) {
+        Ok(s) => s,
+        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    if let Err(e) = oauth
+        .cache
+        .set(
+            &format!("oauth:code:{}", sha256_hex(&code)),
+            &stored,
+            oauth.code_ttl,
+        )
+        .await
+    {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    let Ok(mut url) = Url::parse(&txn.redirect_uri) else {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            "The client's redirect URI is not valid.",
+        );
+    };
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("code", &code);
+        if let Some(state) = &txn.state {
+            q.append_pair("state", state);
+        }
+        q.append_pair("iss", &oauth.issuer);
+    }
+    redirect(url.as_str())
+}
+
+// ---------------------------------------------------------------- /token
+
+fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"mreg\""),
+        );
+    }
+    response
+}
+
+fn invalid_grant(description: &str) -> Response {
+    token_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+}
+
+/// The client id of a token or revocation request: the form's, or HTTP Basic's user name.
+fn client_id_of(p: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    if let Some(id) = p.get("client_id") {
+        return Some(id.clone());
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, basic).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, _) = text.split_once(':')?;
+    Some(
+        url::form_urlencoded::parse(format!("x={id}").as_bytes())
+            .next()
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the finished response, built once per bad request"
+)]
+fn form_body(headers: &HeaderMap, body: &str) -> Result<HashMap<String, String>, Response> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    params(body).map_err(|e| token_error(StatusCode::BAD_REQUEST, "invalid_request", &e))
+}
+
+/// `POST /token`: `authorization_code` (with PKCE) and `refresh_token` (rotating).
+pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
+    let p = match form_body(&headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(client_id) = client_id_of(&p, &headers) else {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client_id is required",
+        );
+    };
+    match oauth.client(&client_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return token_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "this client is not registered; register again",
+            );
+        }
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    match p.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => code_grant(&oauth, &client_id, &p).await,
+        Some("refresh_token") => refresh_grant(&oauth, &client_id, &p).await,
+        Some(other) => token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            &format!("grant type '{other}' is not supported"),
+        ),
+        None => token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is required",
+        ),
+    }
+}
+
+async fn code_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>) -> Response {
+    let Some(code) = p.get("code") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code is required",
+        );
+    };
+    let taken = match oauth
+        .cache
+        .take(&format!("oauth:code:{}", sha256_hex(code)))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let Some(grant) =
+        taken.and_then(|sealed| oauth.open_json::<CodeGrant>(CODE_PURPOSE, &sealed).ok())
+    else {
+        return invalid_grant("the code is invalid, expired or already used");
+    };
+    if grant.client_id != client_id {
+        return invalid_grant("the code was issued to another client");
+    }
+    if p.get("redirect_uri") != Some(&grant.redirect_uri) {
+        return invalid_grant("redirect_uri does not match the authorization request");
+    }
+    let Some(verifier) = p.get("code_verifier") else {
+        return invalid_grant("code_verifier is required (PKCE)");
+    };
+    if !is_pkce_value(verifier) || !same(&pkce_challenge(verifier), &grant.challenge) {
+        return invalid_grant("the code_verifier does not match the code_challenge");
+    }
+    if let Some(resource) = p.get("resource")
+        && resource.trim_end_matches('/') != grant.resource
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource does not match the authorization request",
+        );
+    }
+    let data = GrantData {
+        scopes: grant.scopes,
+        resource: grant.resource,
+        identity: grant.identity,
+        upstream_refresh: grant.upstream_refresh,
+    };
+    let refresh = random_token(32);
+    let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
+        Ok(s) => s,
+        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let now = unix_now();
+    let row = GrantRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        client_id: client_id.to_owned(),
+        subject: data.identity.subject.clone(),
+        refresh_hash: sha256_hex(&refresh),
+        data: sealed,
+        expires_at: now + oauth.refresh_ttl.as_secs() as i64,
+        revoked_at: None,
+    };
+    if let Err(e) = oauth.store.insert_grant(&row, now).await {
+        return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    tracing::info!(subject = %data.identity.subject, client_id, "tokens issued");
+    issue(oauth, client_id, &data, &refresh).await
+}
+
+async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>) -> Response {
+    let Some(presented) = p.get("refresh_token") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is required",
+        );
+    };
+    let hash = sha256_hex(presented);
+    let now = unix_now();
+    let row = match oauth.store.grant_by_refresh(&hash).await {
+        Ok(r) => r,
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let Some(row) = row else {
+        // Not current: a spent token presented again means it leaked; end its family.
+        return match oauth.store.spent_refresh(&hash).await {
+            Ok(Some(grant_id)) => {
+                let _ = oauth.store.revoke_grant(&grant_id, now).await;
+                tracing::warn!(grant = %grant_id, client_id, "refresh token reused; grant revoked");
+                invalid_grant(
+                    "this refresh token was already used; the grant is revoked, sign in again",
+                )
+            }
+            Ok(None) => invalid_grant("the refresh token is invalid"),
+            Err(e) => error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+    };
+    if row.revoked_at.is_some() {
+        return invalid_grant("the grant was revoked; sign in again");
+    }
+    if row.expires_at <= now {
+        return invalid_grant("the refresh token has expired; sign in again");
+    }
+    if row.client_id != client_id {
+        return invalid_grant("the refresh token was issued to another client");
+    }
+    let Ok(mut data) = oauth.open_json::<GrantData>(GRANT_PURPOSE, &row.data) else {
+        return invalid_grant("the grant cannot be read; sign in again");
+    };
+    if let Some(scope) = p.get("scope")
+        && let Some(bad) = scope
+            .split_whitespace()
+            .find(|s| !data.scopes.iter().any(|x| x == s))
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            &format!("scope '{bad}' was not granted"),
+        );
+    }
+    if let Some(resource) = p.get("resource")
+        && resource.trim_end_matches('/') != data.resource
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource does not match the grant",
+        );
+    }
+    // The user must still be good at the provider: refresh there too.
+    if let Some(upstream_refresh) = data.upstream_refresh.clone() {
+        let scope = oauth.upstream.exchange_scopes(&data.scopes);
+        match oauth.upstream.refresh(&upstream_refresh, &scope).await {
+            Ok(tokens) => {
+                if let Some(id_token) = tokens.id_token.as_deref() {
+                    let audience = oauth.upstream.client_id.clone();
+                    match oauth
+                        .upstream
+                        .validate(id_token, &[audience.as_str()])
+                        .await
+                    {
+                        Ok(claims) => {
+                            if let Some(identity) = Identity::from_claims(&claims)
+                                && identity.subject == data.identity.subject
+                            {
+                                data.identity = identity;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refreshed ID token rejected; keeping the earlier claims")
+                        }
+                    }
+                }
+                if tokens.refresh_token.is_some() {
+                    data.upstream_refresh = tokens.refresh_token;
+                }
+            }
+            Err(domain::Error::Unavailable { .. }) => {
+                return error_status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the identity provider is unreachable",
+                );
+            }
+            Err(e) => {
+                let _ = oauth.store.revoke_grant(&row.id, now).await;
+                tracing::info!(error = %e, grant = %row.id, "the identity provider refused the refresh; grant revoked");
+                return invalid_grant(
+                    "the identity provider no longer accepts this sign-in; sign in again",
+                );
+            }
+        }
+    }
+    let refresh = random_token(32);
+    let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
+        Ok(s) => s,
+        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match oauth
+        .store
+        .rotate_refresh(&row.id, &hash, &sha256_hex(&refresh), &sealed, now)
+        .await
+    {
+        Ok(Rotation::Rotated) => issue(oauth, client_id, &data, &refresh).await,
+        Ok(Rotation::Lost) => {
+            let _ = oauth.store.revoke_grant(&row.id, now).await;
+            tracing::warn!(grant = %row.id, client_id, "refresh token used twice at once; grant revoked");
+            invalid_grant(
+                "this refresh token was already used; the grant is revoked, sign in again",
+            )
+        }
+        Err(e) => error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+async fn issue(oauth: &OAuth, client_id: &str, data: &GrantData, refresh: &str) -> Response {
+    let now = unix_now();
+    let ttl = oauth.access_ttl.as_secs() as i64;
+    let claims = AccessClaims {
+        iss: oauth.issuer.clone(),
+        sub: data.identity.subject.clone(),
+        aud: data.resource.clone(),
+        exp: now + ttl,
+        iat: now,
+        nbf: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        oid: data.identity.oid.clone(),
+        tid: data.identity.tid.clone(),
+        email: data.identity.email.clone(),
+        name: data.identity.name.clone(),
+        roles: data.identity.roles.clone(),
+        scope: data.scopes.join(" "),
+        client_id: client_id.to_owned(),
+    };
+    let access = match oauth.keys.sign(&claims).await {
+        Ok(t) => t,
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let mut response = Json(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "refresh_token": refresh,
+        "scope": claims.scope,
+    }))
+    .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+// ---------------------------------------------------------------- /revoke
+
+/// `POST /revoke` (RFC 7009): a refresh token ends its family; an access token is refused from
+/// now until it expires. Answers 200 whether or not the token was known.
+pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
+    let p = match form_body(&headers, &body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let Some(client_id) = client_id_of(&p, &headers) else {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client_id is required",
+        );
+    };
+    match oauth.client(&client_id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return token_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "this client is not registered",
+            );
+        }
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    let Some(token) = p.get("token") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is required",
+        );
+    };
+    let now = unix_now();
+    if let Ok(Some(row)) = oauth.store.grant_by_refresh(&sha256_hex(token)).await
+        && row.client_id == client_id
+    {
+        let _ = oauth.store.revoke_grant(&row.id, now).await;
+        tracing::info!(grant = %row.id, client_id, "refresh token revoked");
+    } else if let Ok(claims) = oauth
+        .keys
+        .verify(token, &oauth.issuer, None, oauth.skew)
+        .await
+        && claims.client_id == client_id
+    {
+        let left = (claims.exp - now).max(0) as u64 + oauth.skew.as_secs() + 1;
+        let ttl = std::time::Duration::from_secs(left);
+        let _ = oauth
+            .cache
+            .set(&format!("oauth:revoked:{}", claims.jti), b"1", ttl)
+            .await;
+        let _ = oauth
+            .cache
+            .delete(&format!("auth:token:{}", sha256_hex(token)))
+            .await;
+        tracing::info!(jti = %claims.jti, client_id, "access token revoked");
+    }
+    let mut response = StatusCode::OK.into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_parameters_are_refused() {
+        assert!(params("a=1&b=2").is_ok());
+        assert!(params("a=1&a=2").is_err());
+        assert_eq!(params("scope=a+b").expect("ok")["scope"], "a b");
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn pkce_values_follow_rfc_7636() {
+        assert!(is_pkce_value(&"a".repeat(43)));
+        assert!(!is_pkce_value(&"a".repeat(42)));
+        assert!(!is_pkce_value(&"a".repeat(129)));
+        assert!(!is_pkce_value(&format!("{}+", "a".repeat(43))));
+        // RFC 7636 appendix B.
+        assert_eq!(
+            pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! The OAuth 2.1 authorization server MCP clients talk to, with Entra ID (or another OpenID
+//! Connect provider) as its upstream identity provider.
+//!
+//! A sign-in: `/authorize` checks the client, its redirect URI, PKCE and the resource, stores a
+//! transaction and sends the browser to the consent page; approving there (CSRF token plus the
+//! browser cookie set at `/authorize`) sends it to the provider with mreg's own PKCE pair, state
+//! and nonce; `/auth/callback` checks the same cookie, exchanges the code, validates the ID token
+//! and hands the client a one-time code of mreg's own; `/token` trades that (with the client's
+//! PKCE verifier) for an access token mreg signs and a refresh token that rotates on every use.
+//! Provider tokens stay sealed in the database; clients never see them.
+
+pub mod clients;
+mod flow;
+pub mod keys;
+mod metadata;
+pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::digest;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use axum::Router;
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use domain::{Cache, Principal, Result, SecretStore};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::Config;
+use crate::crypto::Cipher;
+use crate::store::auth::AuthStore;
+use keys::Keys;
+use upstream::Upstream;
+
+/// How long a sign-in may take from `/authorize` to `/auth/callback`.
+const TRANSACTION_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The authorization server and resource-server checks of one gateway.
+pub struct OAuth {
+    /// mreg's issuer identifier: the public base URL of the MCP listener, without a trailing `/`.
+    pub issuer: String,
+    callback: Url,
+    /// The upstream identity provider.
+    pub upstream: Upstream,
+    /// mreg's signing keys.
+    pub keys: Keys,
+    store: Arc<dyn AuthStore>,
+    cache: Arc<dyn Cache>,
+    cipher: Arc<Cipher>,
+    secure_cookies: bool,
+    access_ttl: Duration,
+    refresh_ttl: Duration,
+    code_ttl: Duration,
+    /// Tolerated clock skew.
+    pub skew: Duration,
+    /// Upper bound on caching a validated token.
+    pub token_cache_ttl: Duration,
+    /// Scopes every delegated token must carry.
+    pub required_scopes: Vec<String>,
+    default_scopes: Vec<String>,
+    supported_scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for OAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuth")
+            .field("issuer", &self.issuer)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who signed in, as the provider's ID token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Identity {
+    /// Stable subject: Entra `oid`, else the provider's `sub`.
+    pub subject: String,
+    /// Entra object id.
+    pub oid: Option<String>,
+    /// Entra tenant id.
+    pub tid: Option<String>,
+    /// E-mail or UPN.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// App roles.
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// Reads the identity from validated ID-token (or access-token) claims.
+    pub fn from_claims(claims: &serde_json::Value) -> Option<Self> {
+        let text = |k: &str| claims[k].as_str().map(str::to_owned);
+        let subject = text("oid").or_else(|| text("sub"))?;
+        Some(Self {
+            subject,
+            oid: text("oid"),
+            tid: text("tid"),
+            email: text("email")
+                .or_else(|| text("preferred_username"))
+                .or_else(|| text("upn")),
+            name: text("name"),
+            roles: claims["roles"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The principal this identity is, for `client_id` with `scopes`.
+    pub fn principal(&self, scopes: Vec<String>, client_id: Option<String>) -> Principal {
+        Principal {
+            subject: self.subject.clone(),
+            email: self.email.clone(),
+            name: self.name.clone(),
+            tenant: self.tid.clone(),
+            roles: self.roles.clone(),
+            scopes,
+            client_id,
+        }
+    }
+}
+
+/// Random URL-safe text of `bytes` random bytes.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0_u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .unwrap_or_else(|_| panic!("the system random generator failed"));
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// SHA-256 of `text`, hex.
+pub fn sha256_hex(text: &str) -> String {
+    digest::digest(&digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The S256 PKCE challenge of `verifier`.
+pub fn pkce_challenge(verifier: &str) -> String {
+    URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()))
+}
+
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl OAuth {
+    /// The authorization server of `config`, when authentication is on. `mcp_base` is the
+    /// MCP listener's address, used when `MREG_PUBLIC_URL` is unset.
+    pub fn new(
+        config: &Config,
+        mcp_base: &str,
+        upstream: Upstream,
+        store: Arc<dyn AuthStore>,
+        secrets: Arc<dyn SecretStore>,
+        cache: Arc<dyn Cache>,
+        cipher: Arc<Cipher>,
+    ) -> anyhow::Result<Self> {
+        let issuer = config
+            .public_url
+            .as_ref()
+            .map(|u| u.as_str().trim_end_matches('/').to_owned())
+            .unwrap_or_else(|| mcp_base.trim_end_matches('/').to_owned());
+        let callback = match &config.azure.callback_url {
+            Some(url) => url.clone(),
+            None => Url::parse(&format!("{issuer}/auth/callback"))?,
+        };
+        let supported_scopes = upstream.supported_scopes();
+        let default_scopes = upstream.sign_in_scopes.clone();
+        Ok(Self {
+            secure_cookies: issuer.starts_with("https://"),
+            keys: Keys::new(cipher.clone(), secrets, config.auth.signing_key_rotation),
+            issuer,
+            callback,
+            upstream,
+            store,
+            cache,
+            cipher,
+            access_ttl: config.auth.access_token_ttl,
+            refresh_ttl: config.auth.refresh_token_ttl,
+            code_ttl: config.auth.code_ttl,
+            skew: config.azure.clock_skew,
+            token_cache_ttl: config.azure.token_cache_ttl,
+            required_scopes: config.auth.required_scopes.clone(),
+            default_scopes,
+            supported_scopes,
+        })
+    }
+
+    /// The canonical resource of the gateway's own MCP endpoint.
+    pub fn mcp_resource(&self) -> String {
+        format!("{}/mcp", self.issuer)
+    }
+
+    /// Resources a token may be issued for: the gateway, its `/mcp`, or one server's endpoint.
+    pub fn is_resource(&self, resource: &str) -> bool {
+        let Some(path) = resource.strip_prefix(&self.issuer) else {
+            return false;
+        };
+        if path.is_empty() || path == "/mcp" {
+            return true;
+        }
+        path.strip_prefix("/servers/")
+            .and_then(|rest| rest.strip_suffix("/mcp"))
+            .is_some_and(|name| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                    && name != "."
+                    && name != ".."
+            })
+    }
+
+    /// Audiences accepted on a route whose own resource is `resource`.
+    pub fn audiences_for(&self, resource: &str) -> Vec<String> {
+        let mut audiences = vec![self.issuer.clone(), self.mcp_resource()];
+        if !audiences.iter().any(|a| a == resource) {
+            audiences.push(resource.to_owned());
+        }
+        audiences
+    }
+
+    /// The protected-resource metadata URL for `resource`.
+    pub fn resource_metadata_url(&self, resource: &str) -> String {
+        let path = resource.strip_prefix(&self.issuer).unwrap_or("/mcp");
+        format!("{}/.well-known/oauth-protected-resource{path}", self.issuer)
+    }
+
+    /// The `scope` hint in `WWW-Authenticate`.
+    pub fn scope_hint(&self) -> String {
+        if self.required_scopes.is_empty() {
+            self.default_scopes.join(" ")
+        } else {
+            self.required_scopes.join(" ")
+        }
+    }
+
+    fn seal_json<T: Serialize>(&self, purpose: &str, value: &T) -> Result<Vec<u8>> {
+        let json = serde_json::to_vec(value)
+            .map_err(|e| domain::Error::Internal(format!("cannot encode {purpose}: {e}")))?;
+        Ok(domain::Sealer::seal(self.cipher.as_ref(), purpose, &json))
+    }
+
+    fn open_json<T: for<'de> Deserialize<'de>>(&self, purpose: &str, sealed: &[u8]) -> Result<T> {
+        let json = domain::Sealer::open(self.cipher.as_ref(), purpose, sealed)?;
+        serde_json::from_slice(&json)
+            .map_err(|e| domain::Error::Internal(format!("cannot decode {purpose}: {e}")))
+    }
+}
+
+/// The authorization server's routes (all public: they are how one gets a token).
+pub fn router(oauth: Arc<OAuth>) -> Router {
+    let callback_path = oauth.callback.path().to_owned();
+    Router::new()
+        .route(
+            "/.well-known/oauth-authorization-server",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/openid-configuration",
+            get(metadata::authorization_server),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(metadata::protected_resource_root),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/{*path}",
+            get(metadata::protected_resource),
+        )
+        .route("/.well-known/jwks.json", get(metadata::jwks))
+        .route("/register", post(flow::register))
+        .route("/authorize", get(flow::authorize))
+        .route("/consent", get(flow::consent_page).post(flow::consent))
+        .route(&callback_path, get(flow::callback))
+        .route("/token", post(flow::token))
+        .route("/revoke", post(flow::revoke))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(oauth)
+}
