@@ -169,6 +169,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
         grace,
     );
+    if state.oauth.is_some() {
+        tokio::spawn(prune_grants(stores.auth.clone(), shutdown.child_token()));
+    }
     let monitor = config
         .health
         .enabled
@@ -196,6 +199,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         task,
     })
+}
+
+/// Deletes ended refresh-token families every hour, until `stop`.
+async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match store.prune_grants(now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(grants = n, "pruned ended OAuth grants"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune OAuth grants"),
+        }
+    }
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -202,6 +202,8 @@ pub struct AuthConfig {
     pub signing_key_rotation: Duration,
     /// The generic OpenID Connect upstream, when configured.
     pub oidc: Option<OidcConfig>,
+    /// Whether client metadata documents may be fetched from private addresses.
+    pub cimd_allow_private: bool,
 }
 
 /// Health monitor settings.
@@ -832,6 +834,7 @@ impl Parser<'_> {
                 366 * 86_400,
             )?,
             oidc,
+            cimd_allow_private: self.required("MREG_CIMD_ALLOW_PRIVATE", parse_bool)?,
         })
     }
 

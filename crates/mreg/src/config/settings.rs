@@ -275,6 +275,13 @@ pub const SETTINGS: &[Setting] = &[
         "Seconds between rotations of mreg's token-signing key; the previous key stays published for one more period.",
     ),
     s(
+        "MREG_CIMD_ALLOW_PRIVATE",
+        "auth.cimd_allow_private",
+        Some("false"),
+        false,
+        "Fetch Client ID Metadata Documents from private and loopback addresses too (and over http from loopback). For tests and closed networks only.",
+    ),
+    s(
         "MREG_OIDC_ISSUER",
         "oidc.issuer",
         None,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
 
+use super::cimd;
 use super::clients::{self, Client, RegistrationRequest};
 use super::keys::AccessClaims;
 use super::{Identity, OAuth, TRANSACTION_TTL, pkce_challenge, random_token, sha256_hex, unix_now};
@@ -203,7 +204,25 @@ fn is_pkce_value(v: &str) -> bool {
 }
 
 impl OAuth {
+    /// A registered client, or the client a metadata document URL describes (fetched once and
+    /// then cached). A document that cannot be used is [`domain::Error::Forbidden`] naming why.
     async fn client(&self, client_id: &str) -> domain::Result<Option<Client>> {
+        if cimd::is_document_url(client_id) {
+            let key = format!("oauth:cimd:{}", sha256_hex(client_id));
+            if let Some(bytes) = self.cache.get(&key).await?
+                && let Ok(client) = serde_json::from_slice::<Client>(&bytes)
+            {
+                return Ok(Some(client));
+            }
+            let (client, ttl) =
+                cimd::fetch(client_id, self.cimd_allow_private, &self.supported_scopes)
+                    .await
+                    .map_err(|r| domain::Error::Forbidden(r.description))?;
+            if let Ok(bytes) = serde_json::to_vec(&client) {
+                self.cache.set(&key, &bytes, ttl).await?;
+            }
+            return Ok(Some(client));
+        }
         if client_id.len() > 100 {
             return Ok(None);
         }
@@ -307,6 +326,12 @@ pub async fn authorize(
             return error_page(
                 StatusCode::BAD_REQUEST,
                 "This client is not registered here. The application should register again.",
+            );
+        }
+        Err(domain::Error::Forbidden(why)) => {
+            return error_page(
+                StatusCode::BAD_REQUEST,
+                &format!("This client cannot be used: {why}"),
             );
         }
         Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
@@ -467,9 +492,21 @@ pub async fn consent_page(
         .iter()
         .map(|s| format!("<li><code>{}</code></li>", escape(s)))
         .collect();
+    let vouched = if cimd::is_document_url(&txn.client_id) {
+        let domain = Url::parse(&txn.client_id)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+        format!(
+            "<p>This client's description is published by <strong>{}</strong>.</p>",
+            escape(&domain)
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         "<p><strong>{name}</strong> (client <code>{client}</code>) asks to use the MCP gateway \
-         <code>{resource}</code> as you.</p>\
+         <code>{resource}</code> as you.</p>{vouched}\
          <p>After you sign in, you will be sent to:</p><p class=\"host\">{host}</p>\
          <p><small>{redirect}</small></p>\
          <p>It asks for:</p><ul>{scopes}</ul>\
@@ -788,6 +825,9 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: St
                 "this client is not registered; register again",
             );
         }
+        Err(domain::Error::Forbidden(why)) => {
+            return token_error(StatusCode::UNAUTHORIZED, "invalid_client", &why);
+        }
         Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
     match p.get("grant_type").map(String::as_str) {
@@ -1062,6 +1102,9 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
                 "invalid_client",
                 "this client is not registered",
             );
+        }
+        Err(domain::Error::Forbidden(why)) => {
+            return token_error(StatusCode::UNAUTHORIZED, "invalid_client", &why);
         }
         Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }

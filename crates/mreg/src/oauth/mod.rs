@@ -9,6 +9,7 @@
 //! PKCE verifier) for an access token mreg signs and a refresh token that rotates on every use.
 //! Provider tokens stay sealed in the database; clients never see them.
 
+pub mod cimd;
 pub mod clients;
 mod flow;
 pub mod keys;
@@ -61,6 +62,7 @@ pub struct OAuth {
     pub required_scopes: Vec<String>,
     default_scopes: Vec<String>,
     supported_scopes: Vec<String>,
+    cimd_allow_private: bool,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -194,6 +196,7 @@ impl OAuth {
             required_scopes: config.auth.required_scopes.clone(),
             default_scopes,
             supported_scopes,
+            cimd_allow_private: config.auth.cimd_allow_private,
         })
     }
 

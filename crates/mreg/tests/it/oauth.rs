@@ -250,9 +250,24 @@ struct Flow<'a> {
     cookie: Option<String>,
     verifier: String,
     state: String,
+    /// The client name as the consent page must show it (escaped).
+    shown_name: &'static str,
 }
 
 impl<'a> Flow<'a> {
+    /// A client that does not register: its `client_id` is a metadata document URL.
+    fn with_client_id(s: &'a Setup, client_id: &str) -> Self {
+        Self {
+            s,
+            http: no_redirects(),
+            client_id: client_id.to_owned(),
+            cookie: None,
+            verifier: mreg::oauth::random_token(40),
+            state: mreg::oauth::random_token(12),
+            shown_name: "Document Client",
+        }
+    }
+
     async fn new(s: &'a Setup) -> Self {
         let http = no_redirects();
         let reply = http
@@ -270,6 +285,7 @@ impl<'a> Flow<'a> {
             cookie: None,
             verifier: mreg::oauth::random_token(40),
             state: mreg::oauth::random_token(12),
+            shown_name: "Test &lt;Client&gt;",
         }
     }
 
@@ -358,7 +374,7 @@ impl<'a> Flow<'a> {
             "the page names the redirect host: {page}"
         );
         assert!(
-            page.contains("Test &lt;Client&gt;"),
+            page.contains(self.shown_name),
             "the client name, escaped: {page}"
         );
         let txn = query_of(&consent)["txn"].clone();
@@ -1538,4 +1554,312 @@ async fn mreg_login_signs_in_from_the_terminal_and_client_commands_use_the_token
     let out = mreg(&["servers", "list"]).output().await.expect("servers");
     assert!(!out.status.success(), "without a login the gateway refuses");
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+/// Serves client metadata documents on loopback: good, lying about its id, too big, moved, and
+/// asking for an unsupported authentication method.
+async fn document_server() -> String {
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let doc = |path: &str, extra: Value| {
+        let mut d = json!({
+            "client_id": format!("{base}{path}"),
+            "client_name": "Document Client",
+            "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none",
+        });
+        if let (Some(d), Some(extra)) = (d.as_object_mut(), extra.as_object()) {
+            d.extend(extra.clone());
+        }
+        d
+    };
+    let good = doc("/good.json", json!({}));
+    let mismatch = doc(
+        "/mismatch.json",
+        json!({"client_id": "https://elsewhere.example/client.json"}),
+    );
+    let big = doc("/big.json", json!({"padding": "x".repeat(10_000)}));
+    let private_key = doc(
+        "/jwt.json",
+        json!({"token_endpoint_auth_method": "private_key_jwt"}),
+    );
+    let router = axum::Router::new()
+        .route(
+            "/good.json",
+            axum::routing::get(move || async move { axum::Json(good) }),
+        )
+        .route(
+            "/mismatch.json",
+            axum::routing::get(move || async move { axum::Json(mismatch) }),
+        )
+        .route(
+            "/big.json",
+            axum::routing::get(move || async move { axum::Json(big) }),
+        )
+        .route(
+            "/jwt.json",
+            axum::routing::get(move || async move { axum::Json(private_key) }),
+        )
+        .route(
+            "/moved.json",
+            axum::routing::get(|| async {
+                (StatusCode::FOUND, [(LOCATION, "/good.json")]).into_response()
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
+}
+
+#[tokio::test]
+async fn a_client_id_metadata_document_stands_in_for_registration() {
+    let Some(s) = setup(&[("MREG_CIMD_ALLOW_PRIVATE", "true")]).await else {
+        return;
+    };
+    let docs = document_server().await;
+    let (status, meta) = {
+        let reply = reqwest::get(format!("{}/.well-known/oauth-authorization-server", s.mcp))
+            .await
+            .expect("metadata");
+        (reply.status(), reply.json::<Value>().await.expect("json"))
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["client_id_metadata_document_supported"], true);
+
+    let client_id = format!("{docs}/good.json");
+    let mut flow = Flow::with_client_id(&s, &client_id);
+    let (txn, _) = flow.open_consent(&[]).await;
+    let (_, _, page) = flow.get(&format!("{}/consent?txn={txn}", s.mcp)).await;
+    assert!(
+        page.contains("published by <strong>127.0.0.1</strong>"),
+        "{page}"
+    );
+    let tokens = flow.tokens("alice").await;
+    let claims = claims_of(tokens["access_token"].as_str().expect("access"));
+    assert_eq!(claims["client_id"], client_id);
+
+    for path in [
+        "/mismatch.json",
+        "/big.json",
+        "/moved.json",
+        "/jwt.json",
+        "/missing.json",
+    ] {
+        let flow = Flow::with_client_id(&s, &format!("{docs}{path}"));
+        let reply = flow
+            .http
+            .get(flow.authorize_url(&[]))
+            .send()
+            .await
+            .expect("authorize");
+        assert_eq!(reply.status(), StatusCode::BAD_REQUEST, "{path}");
+        assert!(
+            reply.headers().get(LOCATION).is_none(),
+            "{path} must not redirect"
+        );
+    }
+    let flow = Flow::with_client_id(&s, &client_id);
+    let reply = flow
+        .http
+        .get(flow.authorize_url(&[("redirect_uri", Some("http://127.0.0.1:9/not-listed"))]))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(
+        reply.status(),
+        StatusCode::BAD_REQUEST,
+        "redirect URIs come from the document"
+    );
+}
+
+#[tokio::test]
+async fn metadata_documents_on_private_addresses_are_not_fetched_by_default() {
+    let Some(s) = setup(&[]).await else { return };
+    let docs = document_server().await;
+    let flow = Flow::with_client_id(&s, &format!("{docs}/good.json"));
+    let reply = flow
+        .http
+        .get(flow.authorize_url(&[]))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    let page = reply.text().await.expect("page");
+    assert!(page.contains("https") || page.contains("private"), "{page}");
+    let reply = flow
+        .token(&[
+            ("grant_type", "authorization_code"),
+            ("code", "anything"),
+            ("client_id", &format!("{docs}/good.json")),
+        ])
+        .await;
+    assert_eq!(reply.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.1["error"], "invalid_client");
+}
+
+#[tokio::test]
+async fn a_generic_openid_connect_provider_works_like_the_entra_preset() {
+    if !peers_available() {
+        return;
+    }
+    let port = free_port();
+    let idp = Idp::start(port, &[TENANT, OTHER_TENANT]).await;
+    let issuer = format!("{}/{TENANT}/v2.0", idp.authority);
+    let port_text = port.to_string();
+    let app = TestApp::spawn_with(&[
+        ("MREG_OIDC_ISSUER", issuer.as_str()),
+        ("MREG_OIDC_CLIENT_ID", CLIENT_ID),
+        ("MREG_OIDC_CLIENT_SECRET", SECRET),
+        ("OAUTH_SCOPES", "openid profile email"),
+        ("FASTMCP_SERVER_PORT", port_text.as_str()),
+    ])
+    .await;
+    let s = Setup {
+        mcp: format!("http://{}", app.mcp_addr),
+        idp,
+        app,
+    };
+    let mut flow = Flow::new(&s).await;
+    let tokens = flow.tokens("bob").await;
+    let access = tokens["access_token"].as_str().expect("access");
+    let (status, _, me) = whoami(&s.app, access).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["subject"], BOB_OID);
+    assert_eq!(me["roles"], json!(["user"]));
+    // The provider's own tokens for this client are accepted; the issuer must be exact.
+    let app_token = s.idp.app_token(TENANT, CLIENT_ID).await;
+    assert_eq!(whoami(&s.app, &app_token).await.0, StatusCode::OK);
+    let mut other = s.idp.claims(OTHER_TENANT);
+    other["aud"] = json!(CLIENT_ID);
+    let other = s.idp.sign(other).await;
+    assert_eq!(
+        whoami(&s.app, &other).await.0,
+        StatusCode::UNAUTHORIZED,
+        "another issuer"
+    );
+}
+
+#[tokio::test]
+async fn validated_tokens_are_cached_in_redis_no_longer_than_allowed() {
+    let Some(redis_url) = crate::support::redis_available().await else {
+        return;
+    };
+    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
+    let Some(s) = setup(&[
+        ("MREG_REDIS_URL", redis_url.as_str()),
+        ("MREG_REDIS_PREFIX", prefix.as_str()),
+        ("AZURE_TOKEN_CACHE_TTL", "30"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let mut flow = Flow::new(&s).await;
+    let tokens = flow.tokens("alice").await;
+    let access = tokens["access_token"].as_str().expect("access");
+    assert_eq!(whoami(&s.app, access).await.0, StatusCode::OK);
+    let key = format!("{prefix}auth:token:{}", mreg::oauth::sha256_hex(access));
+    let client = redis::Client::open(redis_url.as_str()).expect("redis");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        (1..=30_000).contains(&ttl),
+        "cached for at most AZURE_TOKEN_CACHE_TTL: {ttl} ms"
+    );
+    let cached: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("get");
+    assert!(
+        !cached.contains(access),
+        "the cache holds the principal, not the token"
+    );
+    // A token that expires sooner is cached only until it expires.
+    let mut claims = s.idp.claims(TENANT);
+    claims["exp"] = json!(time::OffsetDateTime::now_utc().unix_timestamp() + 5);
+    let short = s.idp.sign(claims).await;
+    assert_eq!(whoami(&s.app, &short).await.0, StatusCode::OK);
+    let key = format!("{prefix}auth:token:{}", mreg::oauth::sha256_hex(&short));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        (1..=5_000).contains(&ttl),
+        "never past the token's expiry: {ttl} ms"
+    );
+    // Revocation removes the cached entry at once.
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/revoke", s.mcp))
+        .form(&[("token", access), ("client_id", flow.client_id.as_str())])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status(), StatusCode::OK);
+    assert_eq!(whoami(&s.app, access).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn two_signed_in_users_never_share_an_upstream_session() {
+    let Some(s) = setup(&[]).await else { return };
+    let upstream = crate::upstream::Upstream::start(true).await;
+    let alice = s.idp.sign(s.idp.claims(TENANT)).await;
+    let mut bob_claims = s.idp.claims(TENANT);
+    bob_claims["oid"] = json!(BOB_OID);
+    let bob = s.idp.sign(bob_claims).await;
+    let reply = s
+        .app
+        .http
+        .post(s.app.url("/api/v1/servers"))
+        .bearer_auth(&alice)
+        .json(&json!({"name": "shared", "url": upstream.url}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(reply.status(), StatusCode::CREATED);
+    let endpoint = format!("{}/servers/shared/mcp", s.mcp);
+    let (status, headers) = mcp_initialize(&endpoint, Some(&alice)).await;
+    assert_eq!(status, StatusCode::OK);
+    let session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session")
+        .to_owned();
+    let list = |token: String| {
+        let endpoint = endpoint.clone();
+        let session = session.clone();
+        async move {
+            reqwest::Client::new()
+                .post(endpoint)
+                .bearer_auth(token)
+                .header("mcp-session-id", session)
+                .header("accept", "application/json, text/event-stream")
+                .json(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+                .send()
+                .await
+                .expect("tools/list")
+                .status()
+        }
+    };
+    assert_eq!(
+        list(alice.clone()).await,
+        StatusCode::OK,
+        "alice's own session"
+    );
+    assert_eq!(
+        list(bob.clone()).await,
+        StatusCode::NOT_FOUND,
+        "bob cannot use alice's session"
+    );
 }
