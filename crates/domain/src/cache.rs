@@ -33,6 +33,45 @@ pub trait Cache: Send + Sync + 'static {
     /// is an error.
     async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64>;
 
+    /// One rate-limit decision by the generic cell rate algorithm: `limit` requests per `period`
+    /// for `key`, with bursts of up to `limit`. Returns `None` when the request is admitted (and
+    /// counted), else how long until one would be. Atomic across every user of the cache, so
+    /// replicas sharing it share one budget.
+    async fn rate(&self, key: &str, limit: u32, period: Duration) -> Result<Option<Duration>>;
+
     /// Checks that the cache answers.
     async fn ping(&self) -> Result<()>;
+}
+
+/// The GCRA step shared by the implementations, in microseconds: given the stored theoretical
+/// arrival time `tat` (if any) and `now`, returns the new TAT to store, or how long to wait.
+pub fn gcra(tat: Option<u64>, now: u64, limit: u32, period: Duration) -> Result<u64, u64> {
+    let limit = u64::from(limit.max(1));
+    let interval = (u64::try_from(period.as_micros()).unwrap_or(u64::MAX) / limit).max(1);
+    let tolerance = interval * (limit - 1);
+    let tat = tat.unwrap_or(now).max(now);
+    if tat - now > tolerance {
+        return Err(tat - now - tolerance);
+    }
+    Ok(tat + interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_admits_a_burst_of_limit_then_one_per_interval() {
+        let minute = Duration::from_secs(60);
+        let mut tat = None;
+        for _ in 0..5 {
+            tat = Some(gcra(tat, 0, 5, minute).expect("within the burst"));
+        }
+        let wait = gcra(tat, 0, 5, minute).expect_err("the sixth waits");
+        assert_eq!(wait, 12_000_000, "one interval: 60 s / 5");
+        assert!(
+            gcra(tat, 12_000_000, 5, minute).is_ok(),
+            "admitted once the interval passed"
+        );
+    }
 }

@@ -149,6 +149,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: Metrics::new(),
         config: config.clone(),
         oauth,
+        policy: Arc::new(config.policy.clone()),
+        limits: crate::policy::limits::Limits::default(),
     });
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");
     tracing::info!(addr = %mcp_addr, endpoint = %format!("http://{mcp_addr}/mcp"), "MCP listener listening");

@@ -14,6 +14,7 @@ pub mod login;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
+pub mod policy;
 pub mod proxy;
 pub mod rest;
 pub mod store;

@@ -118,6 +118,26 @@ impl Cache for MemoryCache {
         Ok(by)
     }
 
+    async fn rate(&self, key: &str, limit: u32, period: Duration) -> Result<Option<Duration>> {
+        use std::sync::OnceLock;
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let now = Instant::now();
+        let epoch = *EPOCH.get_or_init(|| now);
+        let now_us = u64::try_from(now.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+        let mut inner = self.lock();
+        let tat = inner
+            .live(key, now)
+            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok());
+        match domain::cache::gcra(tat, now_us, limit, period) {
+            Ok(next) => {
+                let expires = now + Duration::from_micros(next.saturating_sub(now_us));
+                inner.insert(key, next.to_string().into_bytes(), expires, now);
+                Ok(None)
+            }
+            Err(wait) => Ok(Some(Duration::from_micros(wait))),
+        }
+    }
+
     async fn ping(&self) -> Result<()> {
         Ok(())
     }

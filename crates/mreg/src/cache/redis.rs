@@ -23,12 +23,30 @@ end
 return value
 ";
 
+/// One GCRA decision (see `domain::cache::gcra`) on Redis's clock, in microseconds: ARGV[1] is
+/// the emission interval, ARGV[2] the burst tolerance. Returns 0 when admitted, else the wait.
+const RATE_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tolerance then
+  return tat - now - tolerance
+end
+local next = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', next), 'PX', math.ceil((next - now) / 1000) + 1)
+return 0
+";
+
 /// A cache in Redis, shared by every replica that uses the same Redis and prefix.
 pub struct RedisCache {
     connections: Vec<ConnectionManager>,
     next: AtomicUsize,
     prefix: String,
     incr: Script,
+    rate: Script,
 }
 
 fn unavailable(e: redis::RedisError) -> Error {
@@ -69,6 +87,7 @@ impl RedisCache {
             next: AtomicUsize::new(0),
             prefix: prefix.to_owned(),
             incr: Script::new(INCR_SCRIPT),
+            rate: Script::new(RATE_SCRIPT),
         })
     }
 
@@ -135,6 +154,20 @@ impl Cache for RedisCache {
             .invoke_async(&mut self.connection())
             .await
             .map_err(unavailable)
+    }
+
+    async fn rate(&self, key: &str, limit: u32, period: Duration) -> Result<Option<Duration>> {
+        let limit = u64::from(limit.max(1));
+        let interval = (u64::try_from(period.as_micros()).unwrap_or(u64::MAX) / limit).max(1);
+        let wait: i64 = self
+            .rate
+            .key(self.key(key))
+            .arg(interval)
+            .arg(interval * (limit - 1))
+            .invoke_async(&mut self.connection())
+            .await
+            .map_err(unavailable)?;
+        Ok((wait > 0).then(|| Duration::from_micros(wait as u64)))
     }
 
     async fn ping(&self) -> Result<()> {

@@ -256,6 +256,8 @@ pub struct Config {
     pub azure: AzureConfig,
     /// Authentication.
     pub auth: AuthConfig,
+    /// Roles and rate limits (the seed mapping, or the policy file's).
+    pub policy: crate::policy::Policy,
     /// Health monitor.
     pub health: HealthConfig,
     /// Name of this instance in leases and history.
@@ -581,6 +583,16 @@ impl Parser<'_> {
             })?,
             azure: self.azure()?,
             auth: self.auth()?,
+            policy: {
+                let per_minute =
+                    self.required("MREG_RATE_LIMIT_PER_MINUTE", |v| match v.parse::<u32>() {
+                        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+                        _ => Err(format!("'{v}' is not a number from 1 to 1000000")),
+                    })?;
+                let file = self.parse("MREG_POLICY_FILE", |v| Ok(PathBuf::from(v)))?;
+                crate::policy::Policy::load(file.as_deref(), per_minute)
+                    .map_err(|e| self.error("MREG_POLICY_FILE", e))?
+            },
             health: HealthConfig {
                 enabled: self.required("MREG_HEALTH_ENABLED", parse_bool)?,
                 interval: self.required("MREG_HEALTH_INTERVAL", |v| {

@@ -282,6 +282,20 @@ pub const SETTINGS: &[Setting] = &[
         "Fetch Client ID Metadata Documents from private and loopback addresses too (and over http from loopback). For tests and closed networks only.",
     ),
     s(
+        "MREG_POLICY_FILE",
+        "policy.file",
+        None,
+        false,
+        "TOML policy file: roles per gateway tool, per REST operation and per registered server, and rate-limit budgets. Unset: the seed document's role mapping.",
+    ),
+    s(
+        "MREG_RATE_LIMIT_PER_MINUTE",
+        "policy.rate_limit_per_minute",
+        Some("100"),
+        false,
+        "Requests per minute a principal may make, and may make of one tool (GCRA; bursts up to the budget).",
+    ),
+    s(
         "MREG_OIDC_ISSUER",
         "oidc.issuer",
         None,

@@ -153,6 +153,29 @@ fn describe(server: &Server) -> String {
     line
 }
 
+/// A refusal as a JSON-RPC error: what is missing, or when to retry (`data.retry_after_ms`).
+fn policy_error(state: &AppState, refusal: &crate::policy::Refusal) -> ErrorData {
+    use crate::policy::Refusal;
+    match refusal {
+        Refusal::Denied(_) => {
+            state.metrics.refused("denied");
+            ErrorData::new(
+                rmcp::model::ErrorCode(crate::proxy::rpc::FORBIDDEN as i32),
+                refusal.message(),
+                None,
+            )
+        }
+        Refusal::Limited(wait) => {
+            state.metrics.refused("rate_limited");
+            ErrorData::new(
+                rmcp::model::ErrorCode(crate::proxy::rpc::RATE_LIMITED as i32),
+                refusal.message(),
+                Some(json!({ "retry_after_ms": wait.as_millis() as u64 })),
+            )
+        }
+    }
+}
+
 fn outcome(result: Result<CallToolResult, domain::Error>) -> Result<CallToolResult, ErrorData> {
     Ok(result.unwrap_or_else(failure))
 }
@@ -286,13 +309,18 @@ impl RegistryTools {
     ) -> Result<CallToolResult, ErrorData> {
         outcome(
             async {
-                principal(&parts)?;
+                let caller = principal(&parts)?;
                 let route = self.state.registry.route(&args.server).await?;
                 let server = &route.server;
                 let params = args.params.map(serde_json::Value::Object);
-                let result =
-                    crate::proxy::forward::forward_one(&self.state, &route, &args.method, params)
-                        .await?;
+                let result = crate::proxy::forward::forward_one(
+                    &self.state,
+                    &caller,
+                    &route,
+                    &args.method,
+                    params,
+                )
+                .await?;
                 let mut text = serde_json::to_string(&result).unwrap_or_default();
                 if text.len() > MAX_RESULT_TEXT {
                     let cut = (0..=MAX_RESULT_TEXT)
@@ -417,6 +445,54 @@ impl RegistryTools {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for RegistryTools {
+    /// Every tool call passes the policy chain first: the caller's budget for the tool, then
+    /// its roles.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let caller = context
+            .extensions
+            .get::<Parts>()
+            .and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned());
+        if let Some(caller) = caller
+            && let Err(refusal) =
+                crate::policy::admit_tool(&self.state, &caller, &request.name).await
+        {
+            return Err(policy_error(&self.state, &refusal));
+        }
+        let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(call).await
+    }
+
+    /// Lists only the tools the caller may call.
+    async fn list_tools(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, ErrorData> {
+        let caller = context
+            .extensions
+            .get::<Parts>()
+            .and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned());
+        let mut tools = self.tool_router.list_all();
+        if let Some(caller) = caller {
+            tools.retain(|tool| self.state.policy.tool(&caller, &tool.name).is_ok());
+        }
+        let hints = context
+            .protocol_version()
+            .is_some_and(|v| v >= rmcp::model::ProtocolVersion::V_2026_07_28);
+        Ok(rmcp::model::ListToolsResult {
+            result_type: Some(rmcp::model::ResultType::COMPLETE),
+            tools,
+            meta: None,
+            next_cursor: None,
+            ttl_ms: hints.then_some(0),
+            cache_scope: hints.then_some(rmcp::model::CacheScope::Private),
+        })
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("mreg", env!("CARGO_PKG_VERSION")))

@@ -24,11 +24,17 @@ fn lifecycle_method(method: &str) -> bool {
 /// Sends `method` with `params` to `server` and returns the result.
 pub async fn forward_one(
     state: &AppState,
+    principal: &domain::Principal,
     route: &Route,
     method: &str,
     params: Option<Value>,
 ) -> Result<Value, Error> {
     let server = &route.server;
+    let tool = params
+        .as_ref()
+        .and_then(|p| p.get("name"))
+        .and_then(Value::as_str);
+    crate::policy::admit_forward(state, principal, server.name.as_str(), method, tool).await?;
     if method.trim().is_empty() || lifecycle_method(method) {
         return Err(Error::invalid(
             "method",
@@ -77,7 +83,14 @@ pub async fn forward_one(
         let answer = client.send_request(request).await;
         let _ = client.cancel().await;
         match answer {
-            Ok(result) => serde_json::to_value(result).map_err(|e| Error::Internal(e.to_string())),
+            Ok(result) => {
+                let mut value =
+                    serde_json::to_value(result).map_err(|e| Error::Internal(e.to_string()))?;
+                if method == "tools/list" {
+                    crate::policy::filter_tool_list(&state.policy, principal, &name, &mut value);
+                }
+                Ok(value)
+            }
             Err(ServiceError::McpError(error)) => Err(Error::invalid(
                 "method",
                 format!(

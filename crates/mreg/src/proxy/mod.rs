@@ -156,6 +156,40 @@ pub async fn handle(
         }
     };
 
+    if let Err(refusal) = crate::policy::admit_forward(
+        &state,
+        &caller,
+        server.name.as_str(),
+        &call.method,
+        call.name.as_deref(),
+    )
+    .await
+    {
+        // A refused tool call is an error answer inside the session; a refused server or a
+        // spent budget is an HTTP status (403, or 429 with Retry-After).
+        let (reason, code, data) = match refusal {
+            crate::policy::Refusal::Denied(_) => ("denied", rpc::FORBIDDEN, None),
+            crate::policy::Refusal::Limited(wait) => (
+                "rate_limited",
+                rpc::RATE_LIMITED,
+                Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
+            ),
+        };
+        state.metrics.refused(reason);
+        let status = match (&refusal, call.method == "tools/call") {
+            (_, true) => StatusCode::OK,
+            (crate::policy::Refusal::Denied(_), false) => StatusCode::FORBIDDEN,
+            (crate::policy::Refusal::Limited(_), false) => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let mut response =
+            rpc::error_with_data(status, call.id.as_ref(), code, refusal.message(), data);
+        if let Some(secs) = refusal.retry_after_secs()
+            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        return response;
+    }
     let upstream_session = match parts.headers.get(SESSION_HEADER) {
         None => None,
         Some(token) => match token
@@ -279,6 +313,24 @@ where
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let status = response.status();
     let name = server.name.to_string();
+    // A tool listing of a server with per-tool rules shows only what the caller may call.
+    if call.method == "tools/list" && state.policy.filters_tools(server.name.as_str()) {
+        let policy = state.policy.clone();
+        let caller = caller.clone();
+        let stream = futures_util::stream::once(async move {
+            let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_MCP_BODY_BYTES)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(filter_listing(&bytes, is_sse, |result| {
+                crate::policy::filter_tool_list(&policy, &caller, &name, result);
+            }))
+        });
+        headers.remove(header::CONTENT_LENGTH);
+        let mut out = Response::new(Body::from_stream(stream));
+        *out.status_mut() = status;
+        *out.headers_mut() = headers;
+        return out;
+    }
     // Only an SSE answer to a request needs watching; anything else passes through untouched.
     let body = match call.id.clone().filter(|_| is_sse) {
         Some(pending) => {
@@ -291,6 +343,45 @@ where
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// Applies `filter` to the `result` of every JSON-RPC response in a JSON or SSE body.
+fn filter_listing(body: &[u8], is_sse: bool, filter: impl Fn(&mut serde_json::Value)) -> Bytes {
+    let apply = |text: &str| -> Option<String> {
+        let mut message: serde_json::Value = serde_json::from_str(text).ok()?;
+        filter(message.get_mut("result")?);
+        serde_json::to_string(&message).ok()
+    };
+    let text = String::from_utf8_lossy(body);
+    if !is_sse {
+        return Bytes::from(apply(&text).unwrap_or_else(|| text.into_owned()));
+    }
+    let mut out = String::with_capacity(text.len());
+    for event in text.replace("\r\n", "\n").split_inclusive("\n\n") {
+        let data: Vec<&str> = event
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("data:")
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+            })
+            .collect();
+        match apply(&data.join("\n")) {
+            Some(filtered) => {
+                for line in event
+                    .lines()
+                    .filter(|l| !l.starts_with("data:") && !l.is_empty())
+                {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                out.push_str("data: ");
+                out.push_str(&filtered);
+                out.push_str("\n\n");
+            }
+            None => out.push_str(event),
+        }
+    }
+    Bytes::from(out)
 }
 
 mod stream {

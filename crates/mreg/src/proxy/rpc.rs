@@ -15,6 +15,10 @@ pub const UPSTREAM_ERROR: i64 = -32000;
 pub const SESSION_NOT_FOUND: i64 = -32001;
 /// MCP (2026-07-28): a header disagrees with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
+/// The policy chain refused the message: a role is missing.
+pub const FORBIDDEN: i64 = -32003;
+/// The policy chain refused the message: the caller's budget is spent (`data.retry_after_ms`).
+pub const RATE_LIMITED: i64 = -32029;
 
 /// The MCP call a message makes, as the policy chain sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -204,10 +208,25 @@ pub fn error(
     code: i64,
     message: impl Into<String>,
 ) -> Response {
+    error_with_data(status, id, code, message, None)
+}
+
+/// [`error`] with a `data` member.
+pub fn error_with_data(
+    status: StatusCode,
+    id: Option<&Value>,
+    code: i64,
+    message: impl Into<String>,
+    data: Option<Value>,
+) -> Response {
+    let mut error = json!({ "code": code, "message": message.into() });
+    if let Some(data) = data {
+        error["data"] = data;
+    }
     let body = json!({
         "jsonrpc": "2.0",
         "id": id.cloned().unwrap_or(Value::Null),
-        "error": { "code": code, "message": message.into() },
+        "error": error,
     });
     let mut response = (status, axum::Json(body)).into_response();
     response

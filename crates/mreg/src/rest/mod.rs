@@ -72,6 +72,10 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// The OAuth authorization server; `None` when authentication is off.
     pub oauth: Option<Arc<crate::oauth::OAuth>>,
+    /// Roles and budgets.
+    pub policy: Arc<crate::policy::Policy>,
+    /// This instance's rate limiter.
+    pub limits: crate::policy::limits::Limits,
 }
 
 #[derive(OpenApi)]
@@ -108,10 +112,16 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let metrics = state.metrics.clone();
     Router::new()
-        .merge(api.layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::authn::authenticate,
-        )))
+        .merge(
+            api.layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::policy::guard,
+            ))
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::authn::authenticate,
+            )),
+        )
         .merge(ops)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::no_route() })

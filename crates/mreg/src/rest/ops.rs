@@ -81,6 +81,15 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "database_backend": state.stores.backend,
         "cache": show(&cache),
         "cache_backend": state.cache_backend,
+        "rate_limits": if state.oauth.is_none() {
+            "off (no authentication)"
+        } else if state.limits.degraded() {
+            "per instance: the cache is unreachable"
+        } else if state.cache_backend == "redis" {
+            "shared (redis)"
+        } else {
+            "per instance (memory)"
+        },
     });
     let failures: Vec<String> = [database, cache]
         .into_iter()

@@ -143,6 +143,67 @@ async fn take_hands_a_value_to_exactly_one_caller(cache: Arc<dyn Cache>) {
     assert_eq!(cache.take("short").await.expect("take expired"), None);
 }
 
+async fn rates_admit_exactly_the_budget_under_concurrency(cache: Arc<dyn Cache>) {
+    let admitted: Vec<bool> = futures_join((0..30).map(|_| {
+        let cache = cache.clone();
+        async move {
+            cache
+                .rate("budget", 10, Duration::from_secs(60))
+                .await
+                .expect("rate")
+                .is_none()
+        }
+    }))
+    .await;
+    assert_eq!(
+        admitted.iter().filter(|a| **a).count(),
+        10,
+        "a burst of exactly the limit"
+    );
+    let wait = cache
+        .rate("budget", 10, Duration::from_secs(60))
+        .await
+        .expect("rate")
+        .expect("refused");
+    assert!(
+        wait > Duration::from_secs(4) && wait <= Duration::from_secs(6),
+        "the next request waits about one interval (6 s): {wait:?}"
+    );
+    assert!(
+        cache
+            .rate("other", 10, Duration::from_secs(60))
+            .await
+            .expect("rate")
+            .is_none(),
+        "keys have separate budgets"
+    );
+    // A fast budget refills.
+    for _ in 0..2 {
+        assert!(
+            cache
+                .rate("fast", 2, Duration::from_millis(200))
+                .await
+                .expect("rate")
+                .is_none()
+        );
+    }
+    assert!(
+        cache
+            .rate("fast", 2, Duration::from_millis(200))
+            .await
+            .expect("rate")
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(
+        cache
+            .rate("fast", 2, Duration::from_millis(200))
+            .await
+            .expect("rate")
+            .is_none()
+    );
+}
+
 async fn futures_join<F: Future<Output = bool> + Send + 'static>(
     futures: impl Iterator<Item = F>,
 ) -> Vec<bool> {
@@ -195,4 +256,5 @@ conformance!(
     incr_counts_from_zero_and_keeps_the_first_ttl,
     concurrent_increments_are_atomic,
     take_hands_a_value_to_exactly_one_caller,
+    rates_admit_exactly_the_budget_under_concurrency,
 );

@@ -7,6 +7,7 @@ mod health;
 mod interop;
 mod mcp_tools;
 mod oauth;
+mod policy;
 mod proxy;
 mod registry_v0;
 mod store_conformance;

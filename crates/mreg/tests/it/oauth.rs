@@ -18,18 +18,18 @@ use tokio::process::{Child, Command};
 use crate::interop::{interop_dir, peers_available};
 use crate::support::{TestApp, TestDb};
 
-const CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
-const SECRET: &str = "mreg-test-secret";
-const TENANT: &str = "11111111-1111-1111-1111-111111111111";
-const OTHER_TENANT: &str = "44444444-4444-4444-4444-444444444444";
-const ALICE_OID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
-const BOB_OID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
+pub(crate) const CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
+pub(crate) const SECRET: &str = "mreg-test-secret";
+pub(crate) const TENANT: &str = "11111111-1111-1111-1111-111111111111";
+pub(crate) const OTHER_TENANT: &str = "44444444-4444-4444-4444-444444444444";
+pub(crate) const ALICE_OID: &str = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa";
+pub(crate) const BOB_OID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 /// The client's redirect URI (nothing listens there; the walk stops before it).
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 /// The stand-in for Entra ID.
-struct Idp {
-    authority: String,
+pub(crate) struct Idp {
+    pub(crate) authority: String,
     child: Child,
     http: reqwest::Client,
     /// Kept open so that a late write to stdout cannot kill the provider with EPIPE.
@@ -46,7 +46,7 @@ impl Idp {
     /// Starts the provider with `tenants`, accepting mreg's callback on `mcp_port`. A start that
     /// prints no ready line within 30 s is retried once (it happened once under full load, and
     /// the cause could not be reproduced); the second failure fails the test with its log.
-    async fn start(mcp_port: u16, tenants: &[&str]) -> Self {
+    pub(crate) async fn start(mcp_port: u16, tenants: &[&str]) -> Self {
         match Self::try_start(mcp_port, tenants).await {
             Ok(idp) => idp,
             Err(first) => {
@@ -108,7 +108,7 @@ impl Idp {
     }
 
     /// Signs arbitrary claims with the provider's published key (or as the body says).
-    async fn sign(&self, body: Value) -> String {
+    pub(crate) async fn sign(&self, body: Value) -> String {
         let reply: Value = self
             .http
             .post(format!("{}/_test/sign", self.authority))
@@ -136,7 +136,7 @@ impl Idp {
     }
 
     /// An app-only token for mreg's app (client credentials) with `resource`.
-    async fn app_token(&self, tenant: &str, resource: &str) -> String {
+    pub(crate) async fn app_token(&self, tenant: &str, resource: &str) -> String {
         let reply: Value = self
             .http
             .post(format!("{}/{tenant}/v2.0/token", self.authority))
@@ -159,7 +159,7 @@ impl Idp {
     }
 
     /// Claims that pass validation for tenant `tid`, to be spoiled one at a time.
-    fn claims(&self, tid: &str) -> Value {
+    pub(crate) fn claims(&self, tid: &str) -> Value {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         json!({
             "iss": format!("{}/{tid}/v2.0", self.authority),
@@ -171,7 +171,7 @@ impl Idp {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
@@ -179,14 +179,14 @@ fn free_port() -> u16 {
 }
 
 /// mreg in front of the provider, plus the provider.
-struct Setup {
-    idp: Idp,
-    app: TestApp,
+pub(crate) struct Setup {
+    pub(crate) idp: Idp,
+    pub(crate) app: TestApp,
     /// `http://127.0.0.1:PORT` of the MCP listener (the issuer).
-    mcp: String,
+    pub(crate) mcp: String,
 }
 
-async fn setup(extra: &[(&str, &str)]) -> Option<Setup> {
+pub(crate) async fn setup(extra: &[(&str, &str)]) -> Option<Setup> {
     setup_with(extra, &[TENANT, OTHER_TENANT]).await
 }
 
@@ -489,7 +489,7 @@ async fn walk(url: &str, user: &str, stop_at: &str) -> String {
 }
 
 /// GET `/api/v1/whoami` on the REST listener with `token`.
-async fn whoami(app: &TestApp, token: &str) -> (StatusCode, HeaderMap, Value) {
+pub(crate) async fn whoami(app: &TestApp, token: &str) -> (StatusCode, HeaderMap, Value) {
     let reply = app
         .http
         .get(app.url("/api/v1/whoami"))
@@ -502,7 +502,7 @@ async fn whoami(app: &TestApp, token: &str) -> (StatusCode, HeaderMap, Value) {
 }
 
 /// An MCP `initialize` POST to `url` with `token`.
-async fn mcp_initialize(url: &str, token: Option<&str>) -> (StatusCode, HeaderMap) {
+pub(crate) async fn mcp_initialize(url: &str, token: Option<&str>) -> (StatusCode, HeaderMap) {
     let mut request = reqwest::Client::new()
         .post(url)
         .header("accept", "application/json, text/event-stream")

@@ -1,0 +1,524 @@
+//! The policy chain: roles (the seed mapping and a policy file) on REST operations, the
+//! gateway's tools and proxied servers, and GCRA rate limits — on one instance, on two sharing
+//! Redis, and falling back to per-instance limits when Redis is cut off. Callers are Entra-shaped
+//! tokens signed by the local identity provider.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use rmcp::ServiceExt;
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use serde_json::{Value, json};
+
+use crate::oauth::{ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, whoami};
+use crate::support::{ChaosProxy, TempDir, TestApp, redis_available};
+use crate::upstream::Upstream;
+
+/// Tokens for an admin (alice), a user (bob) and someone without roles (carol).
+struct Callers {
+    alice: String,
+    bob: String,
+    carol: String,
+}
+
+async fn callers(s: &Setup) -> Callers {
+    let token = |oid: &str, roles: Value| {
+        let mut claims = s.idp.claims(TENANT);
+        claims["oid"] = json!(oid);
+        claims["roles"] = roles;
+        s.idp.sign(claims)
+    };
+    Callers {
+        alice: token(ALICE_OID, json!(["admin"])).await,
+        bob: token(BOB_OID, json!(["user"])).await,
+        carol: token("cccccccc-cccc-4ccc-8ccc-cccccccccccc", json!([])).await,
+    }
+}
+
+type Client = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
+
+async fn mcp_client(url: &str, token: &str) -> Client {
+    let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token.to_owned());
+    let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("policy-tests", "0"),
+    )
+    .serve(transport)
+    .await
+    .expect("an MCP session")
+}
+
+async fn tool_names(client: &Client) -> Vec<String> {
+    client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
+
+async fn call(
+    client: &Client,
+    tool: &str,
+    args: Value,
+) -> Result<rmcp::model::CallToolResult, rmcp::ServiceError> {
+    client
+        .call_tool(
+            CallToolRequestParams::new(tool.to_owned())
+                .with_arguments(args.as_object().cloned().unwrap_or_default()),
+        )
+        .await
+}
+
+async fn rest(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut request = app.http.request(method, app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let reply = request.send().await.expect("request");
+    let (status, headers) = (reply.status(), reply.headers().clone());
+    (status, headers, reply.json().await.unwrap_or(Value::Null))
+}
+
+fn error_code(error: &rmcp::ServiceError) -> (i32, String, Option<Value>) {
+    match error {
+        rmcp::ServiceError::McpError(e) => (e.code.0, e.message.to_string(), e.data.clone()),
+        other => panic!("expected a JSON-RPC error, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn roles_decide_rest_operations_and_gateway_tools() {
+    let Some(s) = setup(&[]).await else { return };
+    let c = callers(&s).await;
+    // REST: the seed mapping.
+    let body = json!({"name": "weather", "url": "https://weather.example.com/mcp"});
+    let (status, _, refused) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.bob,
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .expect("message")
+            .contains("requires the role admin"),
+        "{refused}"
+    );
+    let (status, _, _) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        rest(
+            &s.app,
+            reqwest::Method::GET,
+            "/api/v1/servers",
+            &c.carol,
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK,
+        "reads are open"
+    );
+    let (status, _, refused) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers/weather/health",
+        &c.carol,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        refused["message"]
+            .as_str()
+            .expect("message")
+            .contains("user or admin"),
+        "{refused}"
+    );
+    assert_eq!(
+        rest(
+            &s.app,
+            reqwest::Method::GET,
+            "/api/v1/servers/weather/health",
+            &c.bob,
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        rest(
+            &s.app,
+            reqwest::Method::DELETE,
+            "/api/v1/servers/weather",
+            &c.bob,
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+
+    // MCP: the same rules for the tools; listings show only what the caller may call.
+    let endpoint = format!("{}/mcp", s.mcp);
+    let bob = mcp_client(&endpoint, &c.bob).await;
+    let listed = tool_names(&bob).await;
+    assert!(
+        listed.contains(&"list_servers".to_owned()) && listed.contains(&"proxy_request".to_owned()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"register_server".to_owned())
+            && !listed.contains(&"delete_server".to_owned()),
+        "{listed:?}"
+    );
+    let refused = call(&bob, "delete_server", json!({"name": "weather"}))
+        .await
+        .expect_err("refused");
+    let (code, message, _) = error_code(&refused);
+    assert_eq!(code, -32003);
+    assert!(
+        message.contains("delete_server requires the role admin"),
+        "{message}"
+    );
+    assert!(
+        call(&bob, "list_servers", json!({}))
+            .await
+            .expect("allowed")
+            .is_error
+            != Some(true)
+    );
+    let carol = mcp_client(&endpoint, &c.carol).await;
+    assert!(
+        !tool_names(&carol)
+            .await
+            .contains(&"proxy_request".to_owned())
+    );
+    let alice = mcp_client(&endpoint, &c.alice).await;
+    assert!(
+        tool_names(&alice)
+            .await
+            .contains(&"register_server".to_owned())
+    );
+    let deleted = call(&alice, "delete_server", json!({"name": "weather"}))
+        .await
+        .expect("allowed");
+    assert_ne!(deleted.is_error, Some(true), "{deleted:?}");
+
+    let metrics = s
+        .app
+        .http
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let denied = metrics
+        .lines()
+        .find(|l| l.starts_with("mreg_policy_refusals_total{reason=\"denied\"}"))
+        .unwrap_or_else(|| panic!("no refusal counter in {metrics}"));
+    let count: f64 = denied
+        .rsplit(' ')
+        .next()
+        .expect("value")
+        .parse()
+        .expect("number");
+    assert!(
+        count >= 4.0,
+        "REST bob POST, carol health, bob DELETE, MCP delete_server: {denied}"
+    );
+}
+
+#[tokio::test]
+async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
+    let dir = TempDir::new();
+    let file = dir.0.join("policy.toml");
+    std::fs::write(
+        &file,
+        "[servers.echo]\ntools = { echo = [\"admin\"] }\n\n[servers.stateful]\ntools = { echo = [\"admin\"] }\n\n[servers.vault]\nroles = [\"admin\"]\n",
+    )
+    .expect("policy file");
+    let Some(s) = setup(&[("MREG_POLICY_FILE", file.to_str().expect("path"))]).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let stateless = Upstream::start(false).await;
+    let stateful = Upstream::start(true).await;
+    for (name, url) in [
+        ("echo", &stateless.url),
+        ("stateful", &stateful.url),
+        ("vault", &stateless.url),
+    ] {
+        let (status, _, body) = rest(
+            &s.app,
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &c.alice,
+            Some(json!({"name": name, "url": url})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    // Through /servers/{name}/mcp, JSON (stateless) and SSE (stateful) answers alike.
+    for server in ["echo", "stateful"] {
+        let bob = mcp_client(&format!("{}/servers/{server}/mcp", s.mcp), &c.bob).await;
+        let listed = tool_names(&bob).await;
+        assert!(
+            !listed.contains(&"echo".to_owned()) && listed.contains(&"whoami".to_owned()),
+            "{server}: {listed:?}"
+        );
+        let refused = call(&bob, "echo", json!({"text": "hi"}))
+            .await
+            .expect_err("refused");
+        let (_, message, _) = error_code(&refused);
+        assert!(message.contains("tool 'echo' of server"), "{message}");
+        assert!(call(&bob, "whoami", json!({})).await.is_ok());
+        let alice = mcp_client(&format!("{}/servers/{server}/mcp", s.mcp), &c.alice).await;
+        assert!(
+            tool_names(&alice).await.contains(&"echo".to_owned()),
+            "{server}"
+        );
+        let echoed = call(&alice, "echo", json!({"text": "hi"}))
+            .await
+            .expect("allowed");
+        assert_ne!(echoed.is_error, Some(true));
+    }
+    let (status, _) = mcp_initialize(&format!("{}/servers/vault/mcp", s.mcp), Some(&c.bob)).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the whole server needs admin"
+    );
+    assert_eq!(
+        mcp_initialize(&format!("{}/servers/vault/mcp", s.mcp), Some(&c.alice))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Through proxy_request, the same rules.
+    let bob = mcp_client(&format!("{}/mcp", s.mcp), &c.bob).await;
+    let refused = call(&bob, "proxy_request", json!({"server": "echo", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}})).await.expect("a tool result");
+    assert_eq!(refused.is_error, Some(true));
+    assert!(
+        format!("{refused:?}").contains("requires the role admin"),
+        "{refused:?}"
+    );
+    let listing = call(
+        &bob,
+        "proxy_request",
+        json!({"server": "echo", "method": "tools/list"}),
+    )
+    .await
+    .expect("a tool result");
+    let structured = listing.structured_content.expect("structured");
+    let names: Vec<&str> = structured["result"]["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        !names.contains(&"echo") && names.contains(&"whoami"),
+        "{names:?}"
+    );
+    let vault = call(
+        &bob,
+        "proxy_request",
+        json!({"server": "vault", "method": "tools/list"}),
+    )
+    .await
+    .expect("a tool result");
+    assert_eq!(vault.is_error, Some(true));
+}
+
+#[tokio::test]
+async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
+    let dir = TempDir::new();
+    let file = dir.0.join("policy.toml");
+    std::fs::write(&file, "[rate_limits]\ntools = { list_servers = 3 }\n").expect("policy file");
+    let Some(s) = setup(&[
+        ("MREG_RATE_LIMIT_PER_MINUTE", "10"),
+        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let app = Arc::new(s.app);
+    let tasks: Vec<_> = (0..25)
+        .map(|_| {
+            let app = app.clone();
+            let token = c.bob.clone();
+            tokio::spawn(async move { whoami(&app, &token).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut limited = 0;
+    for task in tasks {
+        let (status, headers, body) = task.await.expect("task");
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                limited += 1;
+                let retry: u64 = headers
+                    .get("retry-after")
+                    .expect("Retry-After")
+                    .to_str()
+                    .expect("text")
+                    .parse()
+                    .expect("seconds");
+                assert!((1..=60).contains(&retry), "{retry}");
+                assert_eq!(body["error"], "rate_limited");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(
+        (ok, limited),
+        (10, 15),
+        "exactly the budget under concurrent load"
+    );
+    // Another principal has its own budget.
+    assert_eq!(whoami(&app, &c.alice).await.0, StatusCode::OK);
+
+    // Per principal × tool: the fourth list_servers in a minute is refused with the delay.
+    let alice = mcp_client(&format!("{}/mcp", s.mcp), &c.alice).await;
+    for _ in 0..3 {
+        assert!(call(&alice, "list_servers", json!({})).await.is_ok());
+    }
+    let refused = call(&alice, "list_servers", json!({}))
+        .await
+        .expect_err("limited");
+    let (code, message, data) = error_code(&refused);
+    assert_eq!(code, -32029);
+    assert!(message.contains("rate limit"), "{message}");
+    let wait = data.expect("data")["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert!(wait > 0 && wait <= 20_000, "{wait}");
+}
+
+#[tokio::test]
+async fn two_instances_on_one_redis_share_one_budget() {
+    let Some(redis) = redis_available().await else {
+        return;
+    };
+    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
+    let shared = [
+        ("MREG_RATE_LIMIT_PER_MINUTE", "10"),
+        ("MREG_REDIS_URL", redis.as_str()),
+        ("MREG_REDIS_PREFIX", prefix.as_str()),
+    ];
+    let Some(s) = setup(&shared).await else {
+        return;
+    };
+    let mut settings = shared.to_vec();
+    let authority = s.idp.authority.clone();
+    settings.extend([
+        ("MREG_AUTH", "oauth"),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", crate::oauth::CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", crate::oauth::SECRET),
+        ("AZURE_AUTHORITY_HOST", authority.as_str()),
+    ]);
+    let other = TestApp::spawn_with(&settings).await;
+    let c = callers(&s).await;
+    let (a, b) = (Arc::new(s.app), Arc::new(other));
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let app = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let token = c.bob.clone();
+            tokio::spawn(async move { whoami(&app, &token).await.0 })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        if task.await.expect("task") == StatusCode::OK {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10, "one budget across both instances");
+}
+
+#[tokio::test]
+async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
+    let Some(redis) = redis_available().await else {
+        return;
+    };
+    let target: std::net::SocketAddr = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("a socket address");
+    let proxy = ChaosProxy::start(target).await;
+    let url = format!("redis://{}", proxy.addr);
+    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
+    let Some(s) = setup(&[
+        ("MREG_RATE_LIMIT_PER_MINUTE", "5"),
+        ("MREG_REDIS_URL", url.as_str()),
+        ("MREG_REDIS_PREFIX", prefix.as_str()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    assert_eq!(whoami(&s.app, &c.alice).await.0, StatusCode::OK);
+    proxy.cut();
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(whoami(&s.app, &c.bob).await.0);
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!(
+        (ok, limited),
+        (5, 2),
+        "per-instance limits, not all-or-nothing: {statuses:?}"
+    );
+    let ready: Value = s
+        .app
+        .http
+        .get(s.app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json");
+    let text = ready.to_string();
+    assert!(text.contains("per instance"), "{text}");
+    proxy.restore();
+}
