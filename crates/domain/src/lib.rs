@@ -20,7 +20,7 @@ pub use principal::Principal;
 pub use registry::{Registry, Route, now};
 pub use server::{
     NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort,
-    ServerStatus, ServerUpdate, ServerUrl, Transport,
+    ServerStatus, ServerUpdate, ServerUrl, Transport, Visibility,
 };
 pub use store::{
     CatalogStore, Credentials, HealthStore, SecretStore, ServerStore, ToolHit, ToolInfo, ToolQuery,

@@ -9,7 +9,9 @@ use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
 use crate::principal::Principal;
-use crate::server::{Page, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort};
+use crate::server::{
+    Page, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort, Visibility,
+};
 use crate::store::{Credentials, ServerStore};
 use crate::upstream::{Sealer, UpstreamHeaders};
 
@@ -123,9 +125,12 @@ impl Registry {
         })
     }
 
-    /// Registers a server on behalf of `by`.
+    /// Registers a server on behalf of `by`, in `by`'s tenant.
     pub async fn create(&self, by: &Principal, draft: ServerDraft) -> Result<Server> {
         let new = draft.validate()?;
+        if new.shared {
+            may_share(by)?;
+        }
         let sealed = new
             .upstream_headers
             .as_ref()
@@ -144,6 +149,16 @@ impl Registry {
             .get(&name)
             .await?
             .ok_or_else(|| server_not_found(&name))
+    }
+
+    /// The server called `name`, if `visibility` lets the caller see it (else: not found).
+    pub async fn get_visible(&self, name: &str, visibility: &Visibility) -> Result<Server> {
+        let server = self.get(name).await?;
+        if visibility.allows(&server) {
+            Ok(server)
+        } else {
+            Err(server_not_found(&server.name))
+        }
     }
 
     /// One page of servers matching `query`, in its order.
@@ -173,10 +188,19 @@ impl Registry {
         })
     }
 
-    /// Applies `patch` to the server called `name`.
-    pub async fn update(&self, _by: &Principal, name: &str, patch: ServerPatch) -> Result<Server> {
+    /// Applies `patch` to the server called `name`, if `visibility` lets the caller see it.
+    pub async fn update(
+        &self,
+        by: &Principal,
+        visibility: &Visibility,
+        name: &str,
+        patch: ServerPatch,
+    ) -> Result<Server> {
         self.forget_route(name);
         let update = patch.validate()?;
+        if update.shared.is_some() {
+            may_share(by)?;
+        }
         let sealed = match &update.upstream_headers {
             Some(Some(headers)) => Some(self.seal(headers)?),
             _ => None,
@@ -187,7 +211,7 @@ impl Registry {
             (Some(Some(_)), Some(bytes)) => Credentials::Set(bytes),
         };
         for _ in 0..UPDATE_ATTEMPTS {
-            let mut server = self.get(name).await?;
+            let mut server = self.get_visible(name, visibility).await?;
             if update.is_empty() {
                 return Ok(server);
             }
@@ -206,9 +230,10 @@ impl Registry {
         })
     }
 
-    /// Removes the server called `name`.
-    pub async fn delete(&self, _by: &Principal, name: &str) -> Result<()> {
+    /// Removes the server called `name`, if `visibility` lets the caller see it.
+    pub async fn delete(&self, _by: &Principal, visibility: &Visibility, name: &str) -> Result<()> {
         self.forget_route(name);
+        self.get_visible(name, visibility).await?;
         let name =
             ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
         if self.store.delete(&name).await? {
@@ -217,5 +242,16 @@ impl Registry {
         } else {
             Err(server_not_found(&name))
         }
+    }
+}
+
+/// Sharing a server with every tenant is an administrator's decision.
+fn may_share(by: &Principal) -> Result<()> {
+    if by.roles.iter().any(|r| r == "admin") {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(
+            "only an admin can share a server with every tenant (shared)".to_owned(),
+        ))
     }
 }

@@ -239,6 +239,8 @@ pub struct Server {
     pub registered_by: String,
     /// Tenant it belongs to, when known.
     pub tenant: Option<String>,
+    /// Whether callers of every tenant may see and use it (an administrator's decision).
+    pub shared: bool,
     /// Lifecycle status.
     pub status: ServerStatus,
     /// Free-form JSON object for the operator's own use.
@@ -304,6 +306,9 @@ pub struct ServerDraft {
     /// Seconds the gateway waits for the server to answer (1-600, default 30).
     #[serde(default)]
     pub timeout_secs: Option<u32>,
+    /// Visible to callers of every tenant, not only the registering one (administrators only).
+    #[serde(default)]
+    pub shared: Option<bool>,
     /// Headers sent to the server with every proxied request, e.g. `{"x-api-key": "..."}`.
     /// Stored encrypted; never returned.
     #[serde(default)]
@@ -333,6 +338,8 @@ pub struct NewServer {
     pub timeout_secs: Option<u32>,
     /// Upstream credentials to store (sealed) with the server.
     pub upstream_headers: Option<UpstreamHeaders>,
+    /// See [`Server::shared`].
+    pub shared: bool,
 }
 
 impl NewServer {
@@ -354,6 +361,7 @@ impl NewServer {
             version: self.version,
             registered_by: registered_by.to_owned(),
             tenant: tenant.map(str::to_owned),
+            shared: self.shared,
             status: self.status,
             metadata: self.metadata,
             timeout_secs: self.timeout_secs,
@@ -391,6 +399,7 @@ impl ServerDraft {
                 .map(UpstreamHeaders::parse)
                 .transpose()?
                 .filter(|h| !h.is_empty()),
+            shared: self.shared.unwrap_or(false),
         })
     }
 }
@@ -457,6 +466,10 @@ pub struct ServerPatch {
     #[serde(default)]
     #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub upstream_headers: Patch<BTreeMap<String, String>>,
+    /// Share with every tenant, or stop sharing (administrators only).
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub shared: Patch<bool>,
 }
 
 /// A validated partial update.
@@ -480,6 +493,8 @@ pub struct ServerUpdate {
     pub timeout_secs: Option<Option<u32>>,
     /// New upstream credentials (`Some(None)` removes them).
     pub upstream_headers: Option<Option<UpstreamHeaders>>,
+    /// New sharing.
+    pub shared: Option<bool>,
 }
 
 fn required<T>(patch: Patch<T>, field: &str) -> Result<Option<T>> {
@@ -533,6 +548,7 @@ impl ServerPatch {
                 Patch::Clear => Some(None),
                 Patch::Set(h) => Some(Some(UpstreamHeaders::parse(h)?).filter(|h| !h.is_empty())),
             },
+            shared: required(self.shared, "shared")?,
         })
     }
 }
@@ -545,6 +561,9 @@ impl ServerUpdate {
 
     /// Applies the update to `server` (timestamps and revision are the caller's business).
     pub fn apply_to(self, server: &mut Server) {
+        if let Some(shared) = self.shared {
+            server.shared = shared;
+        }
         if let Some(url) = self.url {
             server.url = url;
         }
@@ -694,6 +713,8 @@ impl ServerSort {
 /// Which servers a list returns, and which page of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerQuery {
+    /// Which servers the caller may see.
+    pub visibility: Visibility,
     /// Only servers carrying this tag.
     pub tag: Option<String>,
     /// Only servers in this status.
@@ -718,6 +739,7 @@ pub struct ServerQuery {
 impl Default for ServerQuery {
     fn default() -> Self {
         Self {
+            visibility: Visibility::All,
             tag: None,
             status: None,
             text: None,
@@ -757,6 +779,7 @@ impl ServerQuery {
             Some(t) => Some(t.to_lowercase()),
         };
         Ok(Self {
+            visibility: Visibility::All,
             tag: tag.map(|t| parse_tag(t, "tag")).transpose()?,
             status: status
                 .map(|s| ServerStatus::parse_field(s, "status"))
@@ -877,5 +900,28 @@ mod tests {
         assert_eq!(q.tag.as_deref(), Some("api"));
         assert_eq!(q.text.as_deref(), Some("weather"));
         assert!(ServerQuery::parse(None, Some("gone"), None, None).is_err());
+    }
+}
+
+/// Which servers a caller may see and reach: with tenants, those of its own tenant, those
+/// registered without a tenant, and shared ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Visibility {
+    /// Every server (the local operator of an unauthenticated gateway, background tasks).
+    #[default]
+    All,
+    /// The caller's tenant (`None`: a caller without one).
+    Tenant(Option<String>),
+}
+
+impl Visibility {
+    /// Whether `server` is visible.
+    pub fn allows(&self, server: &Server) -> bool {
+        match self {
+            Self::All => true,
+            Self::Tenant(tenant) => {
+                server.shared || server.tenant.is_none() || server.tenant == *tenant
+            }
+        }
     }
 }

@@ -109,6 +109,8 @@ pub struct ToolHit {
 /// Which tools a catalog search returns.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolQuery {
+    /// Only tools of servers the caller may see.
+    pub visibility: crate::server::Visibility,
     /// Only tools whose name, title or description contains this (lowercase) text.
     pub text: Option<String>,
     /// Only tools of servers in this health.

@@ -180,6 +180,15 @@ fn outcome(result: Result<CallToolResult, domain::Error>) -> Result<CallToolResu
     Ok(result.unwrap_or_else(failure))
 }
 
+impl RegistryTools {
+    /// The server called `name`, if the caller may see it.
+    async fn visible_server(&self, parts: &Parts, name: &str) -> Result<Server, domain::Error> {
+        let caller = principal(parts)?;
+        let visibility = crate::policy::visibility(&self.state, &caller);
+        self.state.registry.get_visible(name, &visibility).await
+    }
+}
+
 #[tool_router]
 impl RegistryTools {
     /// Tools over `state`.
@@ -231,7 +240,11 @@ impl RegistryTools {
         outcome(
             async {
                 let caller = principal(&parts)?;
-                self.state.registry.delete(&caller, &args.name).await?;
+                let visibility = crate::policy::visibility(&self.state, &caller);
+                self.state
+                    .registry
+                    .delete(&caller, &visibility, &args.name)
+                    .await?;
                 Ok(success(
                     format!("Removed server '{}'", args.name),
                     &json!({ "deleted": args.name }),
@@ -252,7 +265,7 @@ impl RegistryTools {
     ) -> Result<CallToolResult, ErrorData> {
         outcome(
             async {
-                principal(&parts)?;
+                let caller = principal(&parts)?;
                 let mut query = ServerQuery::parse(
                     args.tag.as_deref(),
                     args.status.as_deref(),
@@ -277,6 +290,7 @@ impl RegistryTools {
                     .as_deref()
                     .map(|h| domain::HealthStatus::parse_field(h, "health"))
                     .transpose()?;
+                query.visibility = crate::policy::visibility(&self.state, &caller);
                 let page = self.state.registry.list(&query).await?;
                 let next_cursor = cursor::next(&page, query.sort);
                 let mut text = if page.items.is_empty() {
@@ -311,6 +325,12 @@ impl RegistryTools {
             async {
                 let caller = principal(&parts)?;
                 let route = self.state.registry.route(&args.server).await?;
+                if !crate::policy::visibility(&self.state, &caller).allows(&route.server) {
+                    return Err(domain::Error::not_found(format!(
+                        "server '{}'",
+                        args.server
+                    )));
+                }
                 let server = &route.server;
                 let params = args.params.map(serde_json::Value::Object);
                 let result = crate::proxy::forward::forward_one(
@@ -350,8 +370,7 @@ impl RegistryTools {
     ) -> Result<CallToolResult, ErrorData> {
         outcome(
             async {
-                principal(&parts)?;
-                let server = self.state.registry.get(&args.name).await?;
+                let server = self.visible_server(&parts, &args.name).await?;
                 let report = crate::health::report(&self.state, &server, 24).await?;
                 let mut text = format!("{} is {}", server.name, report.current.status.as_str());
                 if let Some(check) = &report.current.last_check {
@@ -390,8 +409,9 @@ impl RegistryTools {
     ) -> Result<CallToolResult, ErrorData> {
         outcome(
             async {
-                principal(&parts)?;
+                let caller = principal(&parts)?;
                 let query = crate::rest::health::tool_query(
+                    crate::policy::visibility(&self.state, &caller),
                     Some(&args.query),
                     args.health.as_deref(),
                     args.limit,
@@ -434,8 +454,7 @@ impl RegistryTools {
     ) -> Result<CallToolResult, ErrorData> {
         outcome(
             async {
-                principal(&parts)?;
-                let server = self.state.registry.get(&args.name).await?;
+                let server = self.visible_server(&parts, &args.name).await?;
                 Ok(success(describe(&server), &server))
             }
             .await,

@@ -803,33 +803,50 @@ fn form_body(headers: &HeaderMap, body: &str) -> Result<HashMap<String, String>,
     params(body).map_err(|e| token_error(StatusCode::BAD_REQUEST, "invalid_request", &e))
 }
 
-/// `POST /token`: `authorization_code` (with PKCE) and `refresh_token` (rotating).
-pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
-    let p = match form_body(&headers, &body) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let Some(client_id) = client_id_of(&p, &headers) else {
-        return token_error(
+/// The form of a token or revocation request and its client, which must be known: a client
+/// the server forgot gets 401 `invalid_client`, on which MCP clients register again.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the finished response, built once per bad request"
+)]
+async fn client_form(
+    oauth: &OAuth,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<(HashMap<String, String>, String), Response> {
+    let p = form_body(headers, body)?;
+    let Some(client_id) = client_id_of(&p, headers) else {
+        return Err(token_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "client_id is required",
-        );
+        ));
     };
     match oauth.client(&client_id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return token_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "this client is not registered; register again",
-            );
-        }
-        Err(domain::Error::Forbidden(why)) => {
-            return token_error(StatusCode::UNAUTHORIZED, "invalid_client", &why);
-        }
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Ok(Some(_)) => Ok((p, client_id)),
+        Ok(None) => Err(token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "this client is not registered; register again",
+        )),
+        Err(domain::Error::Forbidden(why)) => Err(token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            &why,
+        )),
+        Err(e) => Err(error_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &e.to_string(),
+        )),
     }
+}
+
+/// `POST /token`: `authorization_code` (with PKCE) and `refresh_token` (rotating).
+pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
+    let (p, client_id) = match client_form(&oauth, &headers, &body).await {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
     match p.get("grant_type").map(String::as_str) {
         Some("authorization_code") => code_grant(&oauth, &client_id, &p).await,
         Some("refresh_token") => refresh_grant(&oauth, &client_id, &p).await,
@@ -1083,31 +1100,10 @@ async fn issue(oauth: &OAuth, client_id: &str, data: &GrantData, refresh: &str) 
 /// `POST /revoke` (RFC 7009): a refresh token ends its family; an access token is refused from
 /// now until it expires. Answers 200 whether or not the token was known.
 pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
-    let p = match form_body(&headers, &body) {
-        Ok(p) => p,
+    let (p, client_id) = match client_form(&oauth, &headers, &body).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
-    let Some(client_id) = client_id_of(&p, &headers) else {
-        return token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client_id is required",
-        );
-    };
-    match oauth.client(&client_id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return token_error(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "this client is not registered",
-            );
-        }
-        Err(domain::Error::Forbidden(why)) => {
-            return token_error(StatusCode::UNAUTHORIZED, "invalid_client", &why);
-        }
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
     let Some(token) = p.get("token") else {
         return token_error(
             StatusCode::BAD_REQUEST,

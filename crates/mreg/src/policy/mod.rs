@@ -421,6 +421,16 @@ pub fn filter_tool_list(
     }
 }
 
+/// Which servers `principal` may see and reach: its tenant's, tenantless and shared ones when
+/// authentication is on; all of them for the local operator when it is off.
+pub fn visibility(state: &AppState, principal: &Principal) -> domain::Visibility {
+    if state.oauth.is_none() {
+        domain::Visibility::All
+    } else {
+        domain::Visibility::Tenant(principal.tenant.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

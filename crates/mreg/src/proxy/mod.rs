@@ -106,6 +106,14 @@ pub async fn handle(
         }
     };
     let server = &route.server;
+    if !crate::policy::visibility(&state, &caller).allows(server) {
+        return rpc::error(
+            StatusCode::NOT_FOUND,
+            None,
+            rpc::INVALID_REQUEST,
+            format!("no server named '{name}' is registered"),
+        );
+    }
     if let Err(e) = crate::health::ensure_reachable(&state, server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,

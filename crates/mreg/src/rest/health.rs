@@ -58,11 +58,12 @@ pub struct ToolList {
     ))]
 async fn server_health(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Path(name): Path<String>,
     Query(params): Query<WindowParams>,
 ) -> Result<axum::Json<HealthReport>, ApiError> {
-    let server = state.registry.get(&name).await?;
+    let visibility = crate::policy::visibility(&state, &caller);
+    let server = state.registry.get_visible(&name, &visibility).await?;
     Ok(axum::Json(
         health::report(&state, &server, params.window_hours.unwrap_or(24)).await?,
     ))
@@ -77,16 +78,18 @@ async fn server_health(
     ))]
 async fn check_server(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<HealthReport>, ApiError> {
-    let server = state.registry.get(&name).await?;
+    let visibility = crate::policy::visibility(&state, &caller);
+    let server = state.registry.get_visible(&name, &visibility).await?;
     health::check_now(&state, &server).await?;
     Ok(axum::Json(health::report(&state, &server, 24).await?))
 }
 
 /// Parses tool search parameters (shared with the `search_tools` MCP tool).
 pub fn tool_query(
+    visibility: domain::Visibility,
     text: Option<&str>,
     health: Option<&str>,
     limit: Option<u32>,
@@ -103,6 +106,7 @@ pub fn tool_query(
         return Err(domain::Error::invalid("q", "is longer than 200 characters"));
     }
     Ok(ToolQuery {
+        visibility,
         text,
         health: health
             .map(|h| HealthStatus::parse_field(h, "health"))
@@ -120,10 +124,15 @@ pub fn tool_query(
     ))]
 async fn search_tools(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Query(params): Query<ToolParams>,
 ) -> Result<axum::Json<ToolList>, ApiError> {
-    let query = tool_query(params.q.as_deref(), params.health.as_deref(), params.limit)?;
+    let query = tool_query(
+        crate::policy::visibility(&state, &caller),
+        params.q.as_deref(),
+        params.health.as_deref(),
+        params.limit,
+    )?;
     Ok(axum::Json(ToolList {
         tools: state.stores.catalog.search_tools(&query).await?,
     }))

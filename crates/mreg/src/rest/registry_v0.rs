@@ -146,7 +146,7 @@ fn local_name<'a>(namespace: &str, server_name: &'a str) -> &'a str {
 )]
 async fn list(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<ServerListResponse>, ApiError> {
     let limit = params.limit.unwrap_or(30);
@@ -175,6 +175,7 @@ async fn list(
                 .map_err(|_| domain::Error::invalid("updated_since", "is not an RFC 3339 time"))
         })
         .transpose()?;
+    query.visibility = crate::policy::visibility(&state, &caller);
     let page = state.registry.list(&query).await?;
     let namespace = &state.config.registry_namespace;
     Ok(axum::Json(ServerListResponse {
@@ -203,13 +204,16 @@ async fn list(
 )]
 async fn versions(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Path(server_name): Path<String>,
 ) -> Result<axum::Json<ServerListResponse>, ApiError> {
     let namespace = &state.config.registry_namespace;
     let server = state
         .registry
-        .get(local_name(namespace, &server_name))
+        .get_visible(
+            local_name(namespace, &server_name),
+            &crate::policy::visibility(&state, &caller),
+        )
         .await?;
     Ok(axum::Json(ServerListResponse {
         servers: vec![server_response(namespace, &server)],
@@ -236,13 +240,16 @@ async fn versions(
 )]
 async fn version(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Path((server_name, version)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let namespace = &state.config.registry_namespace;
     let server = state
         .registry
-        .get(local_name(namespace, &server_name))
+        .get_visible(
+            local_name(namespace, &server_name),
+            &crate::policy::visibility(&state, &caller),
+        )
         .await?;
     let current = server.version.as_deref().unwrap_or(UNVERSIONED);
     if version != "latest" && version != current {

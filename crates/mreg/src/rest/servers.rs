@@ -92,7 +92,7 @@ async fn create_server(
 )]
 async fn list_servers(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<ServerList>, ApiError> {
     let mut query = ServerQuery::parse(
@@ -113,6 +113,7 @@ async fn list_servers(
         .as_deref()
         .map(|h| domain::HealthStatus::parse_field(h, "health"))
         .transpose()?;
+    query.visibility = crate::policy::visibility(&state, &caller);
     let page = state.registry.list(&query).await?;
     let next_cursor = cursor::next(&page, query.sort);
     Ok(axum::Json(ServerList {
@@ -134,10 +135,13 @@ async fn list_servers(
 )]
 async fn get_server(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<Server>, ApiError> {
-    Ok(axum::Json(state.registry.get(&name).await?))
+    let visibility = crate::policy::visibility(&state, &caller);
+    Ok(axum::Json(
+        state.registry.get_visible(&name, &visibility).await?,
+    ))
 }
 
 /// Change some fields of a server; absent fields stay, `null` clears optional ones.
@@ -160,7 +164,15 @@ async fn update_server(
     Body(patch): Body<ServerPatch>,
 ) -> Result<axum::Json<Server>, ApiError> {
     Ok(axum::Json(
-        state.registry.update(&caller, &name, patch).await?,
+        state
+            .registry
+            .update(
+                &caller,
+                &crate::policy::visibility(&state, &caller),
+                &name,
+                patch,
+            )
+            .await?,
     ))
 }
 
@@ -180,6 +192,9 @@ async fn delete_server(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.registry.delete(&caller, &name).await?;
+    state
+        .registry
+        .delete(&caller, &crate::policy::visibility(&state, &caller), &name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use domain::{
     Credentials, Error, HealthStatus, Result, SecretStore, Server, ServerName, ServerQuery,
-    ServerStatus, ServerStore, ServerUrl, Transport,
+    ServerStatus, ServerStore, ServerUrl, Transport, Visibility,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -38,11 +38,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "oauth",
         include_str!("../../migrations/postgres/0004_oauth.sql"),
     ),
+    (
+        5,
+        "sharing",
+        include_str!("../../migrations/postgres/0005_sharing.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
-                       tenant, status, metadata, created_at, updated_at, revision, timeout_secs, \
-                       upstream_credentials IS NOT NULL AS has_upstream_credentials";
+                       tenant, shared, status, metadata, created_at, updated_at, revision, \
+                       timeout_secs, upstream_credentials IS NOT NULL AS has_upstream_credentials";
 
 /// Registry storage in PostgreSQL.
 #[derive(Clone)]
@@ -116,6 +121,7 @@ fn server_from_row(row: &PgRow) -> Result<Server> {
         version: col(row, "version")?,
         registered_by: col(row, "registered_by")?,
         tenant: col(row, "tenant")?,
+        shared: col(row, "shared")?,
         status: ServerStatus::parse_field(&status, "status").map_err(|e| corrupt("status", e))?,
         metadata,
         created_at: col::<OffsetDateTime>(row, "created_at")?,
@@ -135,8 +141,9 @@ impl ServerStore for PgStore {
         sqlx::query(
             "INSERT INTO servers (id, name, url, transport, description, tags, version, \
              registered_by, tenant, status, metadata, search_text, created_at, updated_at, \
-             revision, timeout_secs, upstream_credentials) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             revision, timeout_secs, upstream_credentials, shared) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18)",
         )
         .bind(s.id)
         .bind(s.name.as_str().to_owned())
@@ -155,6 +162,7 @@ impl ServerStore for PgStore {
         .bind(s.revision)
         .bind(s.timeout_secs.map(|t| i32::try_from(t).unwrap_or(i32::MAX)))
         .bind(credentials.map(<[u8]>::to_vec))
+        .bind(s.shared)
         .execute(&mut *tx)
         .await
         .map_err(db_error(&format!("server '{}'", s.name)))?;
@@ -244,8 +252,8 @@ impl ServerStore for PgStore {
             "UPDATE servers SET url = $1, transport = $2, description = $3, tags = $4, \
              version = $5, status = $6, metadata = $7, search_text = $8, updated_at = $9, \
              revision = $10, timeout_secs = $11, \
-             upstream_credentials = CASE WHEN $12 THEN $13 ELSE upstream_credentials END \
-             WHERE id = $14 AND revision = $15",
+             upstream_credentials = CASE WHEN $12 THEN $13 ELSE upstream_credentials END, \
+             shared = $16 WHERE id = $14 AND revision = $15",
         )
         .bind(s.url.as_str().to_owned())
         .bind(s.transport.as_str())
@@ -262,6 +270,7 @@ impl ServerStore for PgStore {
         .bind(sealed)
         .bind(s.id)
         .bind(expected_revision)
+        .bind(s.shared)
         .execute(&self.pool)
         .await
         .map_err(db_error("server"))?;
@@ -318,6 +327,7 @@ impl SecretStore for PgStore {
 
 /// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
+    push_visibility(sql, &query.visibility, "");
     if let Some(tag) = &query.tag {
         sql.push(" AND tags @> ARRAY[")
             .push_bind(tag.clone())
@@ -337,5 +347,21 @@ fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
         sql.push(" AND EXISTS (SELECT 1 FROM server_health h WHERE h.server_id = servers.id AND h.status = ")
             .push_bind(health.as_str())
             .push(")");
+    }
+}
+
+/// Restricts a query of `servers` (aliased `alias`, with its dot) to what `visibility` allows.
+pub(super) fn push_visibility(
+    sql: &mut QueryBuilder<Postgres>,
+    visibility: &Visibility,
+    alias: &str,
+) {
+    if let Visibility::Tenant(tenant) = visibility {
+        sql.push(format!(" AND ({alias}tenant IS NULL OR {alias}shared"));
+        if let Some(tenant) = tenant {
+            sql.push(format!(" OR {alias}tenant = "))
+                .push_bind(tenant.clone());
+        }
+        sql.push(")");
     }
 }

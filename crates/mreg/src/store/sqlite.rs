@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use domain::{
     Credentials, Error, HealthStatus, Result, SecretStore, Server, ServerName, ServerQuery,
-    ServerStatus, ServerStore, ServerUrl, Transport,
+    ServerStatus, ServerStore, ServerUrl, Transport, Visibility,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -41,11 +41,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "oauth",
         include_str!("../../migrations/sqlite/0004_oauth.sql"),
     ),
+    (
+        5,
+        "sharing",
+        include_str!("../../migrations/sqlite/0005_sharing.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \
-                       tenant, status, metadata, created_at, updated_at, revision, timeout_secs, \
-                       upstream_credentials IS NOT NULL AS has_upstream_credentials";
+                       tenant, shared, status, metadata, created_at, updated_at, revision, \
+                       timeout_secs, upstream_credentials IS NOT NULL AS has_upstream_credentials";
 
 /// Registry storage in a SQLite file.
 #[derive(Clone)]
@@ -136,6 +141,9 @@ fn server_from_row(row: &SqliteRow) -> Result<Server> {
         version: opt("version")?,
         registered_by: get("registered_by")?,
         tenant: opt("tenant")?,
+        shared: row
+            .try_get::<bool, _>("shared")
+            .map_err(|e| corrupt("shared", e))?,
         status: ServerStatus::parse_field(&get("status")?, "status")
             .map_err(|e| corrupt("status", e))?,
         metadata: serde_json::from_str(&get("metadata")?).map_err(|e| corrupt("metadata", e))?,
@@ -164,8 +172,8 @@ impl ServerStore for SqliteStore {
         sqlx::query(
             "INSERT INTO servers (id, name, url, transport, description, tags, version, \
              registered_by, tenant, status, metadata, search_text, created_at, updated_at, \
-             revision, timeout_secs, upstream_credentials) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             revision, timeout_secs, upstream_credentials, shared) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(s.id.to_string())
         .bind(s.name.as_str().to_owned())
@@ -184,6 +192,7 @@ impl ServerStore for SqliteStore {
         .bind(s.revision)
         .bind(s.timeout_secs.map(i64::from))
         .bind(credentials.map(<[u8]>::to_vec))
+        .bind(s.shared)
         .execute(&mut *tx)
         .await
         .map_err(db_error(&format!("server '{}'", s.name)))?;
@@ -273,8 +282,8 @@ impl ServerStore for SqliteStore {
             "UPDATE servers SET url = ?, transport = ?, description = ?, tags = ?, version = ?, \
              status = ?, metadata = ?, search_text = ?, updated_at = ?, revision = ?, \
              timeout_secs = ?, \
-             upstream_credentials = CASE WHEN ? THEN ? ELSE upstream_credentials END \
-             WHERE id = ? AND revision = ?",
+             upstream_credentials = CASE WHEN ? THEN ? ELSE upstream_credentials END, \
+             shared = ? WHERE id = ? AND revision = ?",
         )
         .bind(s.url.as_str().to_owned())
         .bind(s.transport.as_str())
@@ -289,6 +298,7 @@ impl ServerStore for SqliteStore {
         .bind(s.timeout_secs.map(i64::from))
         .bind(replace)
         .bind(sealed)
+        .bind(s.shared)
         .bind(s.id.to_string())
         .bind(expected_revision)
         .execute(&self.pool)
@@ -349,6 +359,7 @@ impl SecretStore for SqliteStore {
 
 /// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &ServerQuery) {
+    push_visibility(sql, &query.visibility, "");
     if let Some(tag) = &query.tag {
         sql.push(" AND EXISTS (SELECT 1 FROM json_each(servers.tags) WHERE json_each.value = ")
             .push_bind(tag.clone())
@@ -369,5 +380,21 @@ fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &ServerQuery) {
         sql.push(" AND EXISTS (SELECT 1 FROM server_health h WHERE h.server_id = servers.id AND h.status = ")
             .push_bind(health.as_str())
             .push(")");
+    }
+}
+
+/// Restricts a query of `servers` (aliased `alias`, with its dot) to what `visibility` allows.
+pub(super) fn push_visibility(
+    sql: &mut QueryBuilder<Sqlite>,
+    visibility: &Visibility,
+    alias: &str,
+) {
+    if let Visibility::Tenant(tenant) = visibility {
+        sql.push(format!(" AND ({alias}tenant IS NULL OR {alias}shared"));
+        if let Some(tenant) = tenant {
+            sql.push(format!(" OR {alias}tenant = "))
+                .push_bind(tenant.clone());
+        }
+        sql.push(")");
     }
 }

@@ -258,6 +258,7 @@ impl CatalogStore for SqliteStore {
              LEFT JOIN server_health h ON h.server_id = t.server_id \
              WHERE s.status != 'disabled'",
         );
+        super::sqlite::push_visibility(&mut sql, &query.visibility, "s.");
         if let Some(text) = &query.text {
             sql.push(" AND t.search_text LIKE ")
                 .push_bind(like_pattern(text))

@@ -522,3 +522,197 @@ async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
     assert!(text.contains("per instance"), "{text}");
     proxy.restore();
 }
+
+#[tokio::test]
+async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
+    let dir = TempDir::new();
+    let file = dir.0.join("policy.toml");
+    std::fs::write(
+        &file,
+        "[rest]\n\"POST /api/v1/servers\" = [\"user\", \"admin\"]\n",
+    )
+    .expect("policy file");
+    let tenants = format!("{TENANT} {}", crate::oauth::OTHER_TENANT);
+    let Some(s) = setup(&[
+        ("AZURE_TENANT_ID", "organizations"),
+        ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
+        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let mut other = s.idp.claims(crate::oauth::OTHER_TENANT);
+    other["oid"] = json!("dddddddd-dddd-4ddd-8ddd-dddddddddddd");
+    other["roles"] = json!(["admin"]);
+    let dave = s.idp.sign(other).await;
+    let upstream = Upstream::start(false).await;
+    let (status, _, body) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(json!({"name": "contoso-only", "url": upstream.url})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["tenant"], TENANT);
+    assert_eq!(body["shared"], false);
+    let (status, _, _) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers/contoso-only/health/check",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "the probe fills the tool catalog");
+
+    // The other tenant's admin sees nothing of it, through any API.
+    let (_, _, list) = rest(&s.app, reqwest::Method::GET, "/api/v1/servers", &dave, None).await;
+    assert_eq!(
+        list["servers"].as_array().expect("servers").len(),
+        0,
+        "{list}"
+    );
+    for path in [
+        "/api/v1/servers/contoso-only",
+        "/api/v1/servers/contoso-only/health",
+        "/v0.1/servers/local.mreg%2Fcontoso-only/versions/latest",
+    ] {
+        assert_eq!(
+            rest(&s.app, reqwest::Method::GET, path, &dave, None)
+                .await
+                .0,
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let (_, _, v0) = rest(&s.app, reqwest::Method::GET, "/v0.1/servers", &dave, None).await;
+    assert_eq!(v0["servers"].as_array().expect("servers").len(), 0, "{v0}");
+    let (_, _, tools) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/tools?q=echo",
+        &dave,
+        None,
+    )
+    .await;
+    assert_eq!(
+        tools["tools"].as_array().expect("tools").len(),
+        0,
+        "{tools}"
+    );
+    let (_, _, tools) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/tools?q=echo",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert!(
+        !tools["tools"].as_array().expect("tools").is_empty(),
+        "the owner finds its tools"
+    );
+    assert_eq!(
+        rest(
+            &s.app,
+            reqwest::Method::PATCH,
+            "/api/v1/servers/contoso-only",
+            &dave,
+            Some(json!({"description": "mine"}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        rest(
+            &s.app,
+            reqwest::Method::DELETE,
+            "/api/v1/servers/contoso-only",
+            &dave,
+            None
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        mcp_initialize(&format!("{}/servers/contoso-only/mcp", s.mcp), Some(&dave))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let mcp = mcp_client(&format!("{}/mcp", s.mcp), &dave).await;
+    let listed = call(&mcp, "list_servers", json!({})).await.expect("list");
+    assert!(
+        !format!("{listed:?}").contains("contoso-only"),
+        "{listed:?}"
+    );
+    for (tool, args) in [
+        ("get_server", json!({"name": "contoso-only"})),
+        ("get_server_health", json!({"name": "contoso-only"})),
+        ("delete_server", json!({"name": "contoso-only"})),
+        (
+            "proxy_request",
+            json!({"server": "contoso-only", "method": "tools/list"}),
+        ),
+    ] {
+        let result = call(&mcp, tool, args).await.expect("a tool result");
+        assert_eq!(result.is_error, Some(true), "{tool}");
+        assert!(
+            format!("{result:?}").contains("not found")
+                || format!("{result:?}").contains("No server"),
+            "{tool}: {result:?}"
+        );
+    }
+
+    // Only an admin may share; once shared, every tenant sees and reaches it.
+    let (status, _, refused) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.bob,
+        Some(json!({"name": "bobs", "url": upstream.url, "shared": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .expect("message")
+            .contains("only an admin can share")
+    );
+    let (status, _, shared) = rest(
+        &s.app,
+        reqwest::Method::PATCH,
+        "/api/v1/servers/contoso-only",
+        &c.alice,
+        Some(json!({"shared": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{shared}");
+    assert_eq!(shared["shared"], true);
+    assert_eq!(
+        rest(
+            &s.app,
+            reqwest::Method::GET,
+            "/api/v1/servers/contoso-only",
+            &dave,
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    let (status, _) =
+        mcp_initialize(&format!("{}/servers/contoso-only/mcp", s.mcp), Some(&dave)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a shared server is reachable from every tenant"
+    );
+}

@@ -549,6 +549,7 @@ async fn the_catalog_is_replaced_per_server_and_searched_healthiest_first(
     health.record(&alpha).await.expect("record");
 
     let query = |text: &str, health: Option<HealthStatus>| ToolQuery {
+        visibility: domain::Visibility::All,
         text: Some(text.to_owned()),
         health,
         limit: 50,
@@ -791,6 +792,77 @@ async fn oauth_grants_rotate_once_and_remember_spent_tokens(store: Arc<dyn AuthS
     );
 }
 
+async fn lists_show_a_tenant_its_own_tenantless_and_shared_servers(store: Arc<dyn ServerStore>) {
+    let mut own = server("own", "", &[], ServerStatus::Active);
+    own.tenant = Some("t1".to_owned());
+    let mut foreign = server("foreign", "", &[], ServerStatus::Active);
+    foreign.tenant = Some("t2".to_owned());
+    let mut shared = server("shared", "", &[], ServerStatus::Active);
+    shared.tenant = Some("t2".to_owned());
+    shared.shared = true;
+    let mut global = server("global", "", &[], ServerStatus::Active);
+    global.tenant = None;
+    for s in [&own, &foreign, &shared, &global] {
+        store.insert(s, None).await.expect("insert");
+    }
+    let names = |servers: Vec<Server>| -> Vec<String> {
+        servers.iter().map(|s| s.name.as_str().to_owned()).collect()
+    };
+    let seen = |visibility: domain::Visibility| {
+        let store = store.clone();
+        async move {
+            let query = ServerQuery {
+                visibility,
+                ..ServerQuery::default()
+            };
+            names(store.list(&query).await.expect("list"))
+        }
+    };
+    assert_eq!(
+        seen(domain::Visibility::All).await,
+        ["foreign", "global", "own", "shared"]
+    );
+    assert_eq!(
+        seen(domain::Visibility::Tenant(Some("t1".to_owned()))).await,
+        ["global", "own", "shared"]
+    );
+    assert_eq!(
+        seen(domain::Visibility::Tenant(None)).await,
+        ["global", "shared"]
+    );
+    let by_health = store
+        .list_by_health(&ServerQuery {
+            visibility: domain::Visibility::Tenant(Some("t2".to_owned())),
+            ..ServerQuery::default()
+        })
+        .await
+        .expect("list");
+    let mut names: Vec<String> = by_health
+        .iter()
+        .map(|(s, _)| s.name.as_str().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["foreign", "global", "shared"]);
+    // Sharing survives an update and reads back.
+    let mut changed = store.get(&own.name).await.expect("get").expect("own");
+    changed.shared = true;
+    changed.revision += 1;
+    assert!(
+        store
+            .update(&changed, 1, domain::Credentials::Keep)
+            .await
+            .expect("update")
+    );
+    assert!(
+        store
+            .get(&own.name)
+            .await
+            .expect("get")
+            .expect("own")
+            .shared
+    );
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -864,4 +936,5 @@ conformance!(
     sealed_credentials_are_stored_kept_replaced_and_cleared,
     a_secret_is_created_once_and_then_shared,
     oauth_grants_rotate_once_and_remember_spent_tokens,
+    lists_show_a_tenant_its_own_tenantless_and_shared_servers,
 );
