@@ -5,7 +5,9 @@
 //! gateway, its `/mcp`, or the server endpoint being called) and the upstream provider's access
 //! tokens issued to this app (`aud` = client id or `api://{client id}`). Validated tokens are
 //! cached in the cache layer for at most `AZURE_TOKEN_CACHE_TTL`, never past their expiry.
-//! With authentication off (`MREG_AUTH=none`) everyone is the anonymous local operator.
+//! With authentication off (`MREG_AUTH=none`) everyone is the anonymous local operator. The rest
+//! of the policy chain (rate limit, REST roles: [`crate::policy::check_request`]) runs here too,
+//! so that the whole chain is one layer.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -72,6 +74,16 @@ pub async fn authenticate(
     let Some(oauth) = state.oauth.as_ref() else {
         static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
         let anonymous = ANONYMOUS.get_or_init(|| Arc::new(Principal::anonymous()));
+        if let Err(refused) = crate::policy::check_request(
+            &state,
+            anonymous,
+            request.method(),
+            request.extensions().get::<axum::extract::MatchedPath>(),
+        )
+        .await
+        {
+            return refused;
+        }
         request.extensions_mut().insert(anonymous.clone());
         return next.run(request).await;
     };
@@ -91,6 +103,16 @@ pub async fn authenticate(
     };
     match principal(oauth, &state, token, &resource).await {
         Ok(principal) => {
+            if let Err(refused) = crate::policy::check_request(
+                &state,
+                &principal,
+                request.method(),
+                request.extensions().get::<axum::extract::MatchedPath>(),
+            )
+            .await
+            {
+                return refused;
+            }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }

@@ -65,10 +65,6 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            crate::policy::guard,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
             crate::authn::authenticate,
         ))
         .with_state(state);

@@ -1,6 +1,6 @@
 //! The policy chain after authentication: rate limits, then role-based authorization. Every
-//! entry point goes through here — [`guard`] for each HTTP request (REST operations by method
-//! and route), [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every
+//! entry point goes through here — [`check_request`] for each HTTP request (REST operations by
+//! method and route; called by [`crate::authn::authenticate`], so the chain is one layer), [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every
 //! message proxied to a registered server (through `/servers/{name}/mcp` or `proxy_request`).
 //! Handlers never check roles themselves.
 //!
@@ -30,12 +30,10 @@ pub mod limits;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::MatchedPath;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use domain::Principal;
 use serde::Deserialize;
@@ -312,28 +310,30 @@ impl Refusal {
     }
 }
 
-/// Middleware after authentication: the principal's rate limit, then, for REST operations,
-/// their roles.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(principal) = request.extensions().get::<Arc<Principal>>().cloned() else {
-        return next.run(request).await;
-    };
-    if let Err(refusal) = state.limits.admit(&state, &principal, None).await {
-        return refused(&state, &refusal);
+/// The steps after authentication for one HTTP request: the principal's rate limit, then, for
+/// REST operations, their roles. `Err` is the refusal to send.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the finished response, built once per refused request"
+)]
+pub async fn check_request(
+    state: &AppState,
+    principal: &Principal,
+    method: &axum::http::Method,
+    route: Option<&MatchedPath>,
+) -> Result<(), Response> {
+    if let Err(refusal) = state.limits.admit(state, principal, None).await {
+        return Err(refused(state, &refusal));
     }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
     if let Some(route) = route
-        && route.starts_with("/api/")
+        && route.as_str().starts_with("/api/")
         && let Err(denial) = state
             .policy
-            .rest(&principal, request.method().as_str(), &route)
+            .rest(principal, method.as_str(), route.as_str())
     {
-        return refused(&state, &Refusal::Denied(denial));
+        return Err(refused(state, &Refusal::Denied(denial)));
     }
-    next.run(request).await
+    Ok(())
 }
 
 /// The HTTP answer to a refusal: 403 naming the role, or 429 with `Retry-After`.

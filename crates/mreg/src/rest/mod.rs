@@ -112,16 +112,10 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let metrics = state.metrics.clone();
     Router::new()
-        .merge(
-            api.layer(middleware::from_fn_with_state(
-                state.clone(),
-                crate::policy::guard,
-            ))
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                crate::authn::authenticate,
-            )),
-        )
+        .merge(api.layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::authn::authenticate,
+        )))
         .merge(ops)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::no_route() })
