@@ -177,6 +177,11 @@ impl OAuth {
             Some(url) => url.clone(),
             None => Url::parse(&format!("{issuer}/auth/callback"))?,
         };
+        if callback.origin() != Url::parse(&issuer)?.origin() {
+            anyhow::bail!(
+                "OAUTH_CALLBACK_URL ({callback}) must be on the gateway's own origin ({issuer}): the browser cookie set at /authorize is checked at the callback. Set MREG_PUBLIC_URL to the origin browsers and clients use (e.g. http://localhost:8001)"
+            );
+        }
         let supported_scopes = upstream.supported_scopes();
         let default_scopes = upstream.sign_in_scopes.clone();
         Ok(Self {

@@ -1342,6 +1342,23 @@ async fn tokens_from_one_replica_are_accepted_by_another() {
 }
 
 #[tokio::test]
+async fn a_callback_on_another_origin_than_the_gateway_is_refused_at_start() {
+    let dir = crate::support::TempDir::new();
+    let config = crate::support::test_config(
+        &dir,
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", SECRET),
+            ("MREG_PUBLIC_URL", "http://127.0.0.1:8001"),
+            ("OAUTH_CALLBACK_URL", "http://localhost:8001/auth/callback"),
+        ],
+    );
+    let error = mreg::app::start(config).await.err().expect("refused");
+    assert!(error.to_string().contains("OAUTH_CALLBACK_URL"), "{error}");
+}
+
+#[tokio::test]
 async fn without_authentication_only_loopback_binds_are_allowed() {
     let dir = crate::support::TempDir::new();
     let config =
