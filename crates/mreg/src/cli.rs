@@ -14,7 +14,10 @@ use crate::{app, client, store, telemetry};
 /// Keeps a registry of MCP servers and serves it over a REST API (default
 /// http://127.0.0.1:8000, docs at /docs) and as an MCP gateway (http://127.0.0.1:8001/mcp with
 /// the registry tools, and /servers/NAME/mcp in front of each registered server), watching the
-/// health of every server. Configuration comes from built-in defaults, an optional
+/// health of every server. With an identity provider configured (AZURE_TENANT_ID,
+/// AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, or MREG_OIDC_*) it is also the OAuth authorization
+/// server of its MCP clients and every route needs a bearer token (`mreg login`); roles and rate
+/// limits come from MREG_POLICY_FILE. Configuration comes from built-in defaults, an optional
 /// TOML file (--config or MREG_CONFIG), a .env file in the working directory, and the
 /// environment, in rising precedence; `mreg check-config` shows the result.
 #[derive(Debug, Parser)]
