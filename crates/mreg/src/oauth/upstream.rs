@@ -76,7 +76,10 @@ pub struct TokenSet {
 #[derive(Default)]
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,
+    /// When the set was last fetched successfully.
     fetched: Option<Instant>,
+    /// When a fetch was last tried; tries are at most [`JWKS_REFETCH`] apart.
+    attempted: Option<Instant>,
 }
 
 /// The configured upstream provider.
@@ -92,7 +95,9 @@ pub struct Upstream {
     skew: Duration,
     http: reqwest::Client,
     metadata: RwLock<Option<Arc<Metadata>>>,
-    keys: Mutex<KeyCache>,
+    keys: RwLock<KeyCache>,
+    /// Held while the key set is being fetched, so that only one request fetches at a time.
+    fetching: Mutex<()>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -131,7 +136,8 @@ impl Upstream {
                 skew,
                 http,
                 metadata: RwLock::new(None),
-                keys: Mutex::new(KeyCache::default()),
+                keys: RwLock::new(KeyCache::default()),
+                fetching: Mutex::new(()),
             }));
         }
         let azure = &config.azure;
@@ -158,7 +164,8 @@ impl Upstream {
             skew,
             http,
             metadata: RwLock::new(None),
-            keys: Mutex::new(KeyCache::default()),
+            keys: RwLock::new(KeyCache::default()),
+            fetching: Mutex::new(()),
         }))
     }
 
@@ -255,34 +262,54 @@ impl Upstream {
     }
 
     /// The key `kid`, fetching the key set when it is unknown (at most once a minute) or old.
+    /// Only one request fetches at a time; requests for known keys never wait for a fetch (an
+    /// old set keeps serving while one request refreshes it).
     async fn key(&self, kid: &str) -> std::result::Result<DecodingKey, String> {
-        let mut cache = self.keys.lock().await;
-        let age = cache.fetched.map(|t| t.elapsed());
-        let known = cache.keys.contains_key(kid);
-        let may_fetch = match age {
-            None => true,
-            Some(age) if known => age > JWKS_MAX_AGE,
-            Some(age) => age > JWKS_REFETCH,
-        };
-        if may_fetch {
-            match self.fetch_keys().await {
-                Ok(keys) => {
-                    cache.keys = keys;
-                    cache.fetched = Some(Instant::now());
+        {
+            let cache = self.keys.read().await;
+            if let Some(key) = cache.keys.get(kid) {
+                let stale = cache.fetched.is_none_or(|t| t.elapsed() > JWKS_MAX_AGE)
+                    && cache.attempted.is_none_or(|t| t.elapsed() > JWKS_REFETCH);
+                let key = key.clone();
+                drop(cache);
+                if stale && let Ok(_fetching) = self.fetching.try_lock() {
+                    self.refresh_keys().await;
                 }
-                // Keep serving known keys while the provider is unreachable.
-                Err(e) if known => tracing::warn!(error = %e, "cannot refresh the provider's keys"),
-                Err(e) => {
-                    cache.fetched = Some(Instant::now());
-                    return Err(e.to_string());
-                }
+                return Ok(key);
             }
         }
-        cache
+        let _fetching = self.fetching.lock().await;
+        let may_fetch = {
+            let cache = self.keys.read().await;
+            if let Some(key) = cache.keys.get(kid) {
+                return Ok(key.clone());
+            }
+            cache.attempted.is_none_or(|t| t.elapsed() > JWKS_REFETCH)
+        };
+        if may_fetch {
+            self.refresh_keys().await;
+        }
+        self.keys
+            .read()
+            .await
             .keys
             .get(kid)
             .cloned()
             .ok_or_else(|| format!("the signing key '{kid}' is unknown"))
+    }
+
+    /// Fetches the key set; on failure keeps the old one.
+    async fn refresh_keys(&self) {
+        let fetched = self.fetch_keys().await;
+        let mut cache = self.keys.write().await;
+        cache.attempted = Some(Instant::now());
+        match fetched {
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.fetched = cache.attempted;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot fetch the identity provider's keys"),
+        }
     }
 
     async fn fetch_keys(&self) -> Result<HashMap<String, DecodingKey>> {
@@ -526,7 +553,8 @@ mod tests {
             skew: Duration::from_secs(0),
             http: reqwest::Client::new(),
             metadata: RwLock::new(None),
-            keys: Mutex::new(KeyCache::default()),
+            keys: RwLock::new(KeyCache::default()),
+            fetching: Mutex::new(()),
         }
     }
 
