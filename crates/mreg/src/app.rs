@@ -203,7 +203,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Deletes ended refresh-token families every hour, until `stop`.
+/// A registered client without any grant is forgotten after this long (seconds).
+const UNUSED_CLIENT_SECS: i64 = 7 * 86_400;
+
+/// Deletes ended refresh-token families, and clients that never got (or no longer hold) a grant
+/// for a week, every hour, until `stop`.
 async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>, stop: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -216,6 +220,11 @@ async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>, stop: Cance
             Ok(0) => {}
             Ok(n) => tracing::info!(grants = n, "pruned ended OAuth grants"),
             Err(e) => tracing::warn!(error = %e, "cannot prune OAuth grants"),
+        }
+        match store.prune_clients(now - UNUSED_CLIENT_SECS).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(clients = n, "pruned OAuth clients without grants"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune OAuth clients"),
         }
     }
 }

@@ -64,6 +64,10 @@ pub trait AuthStore: Send + Sync + 'static {
     async fn revoke_grant(&self, id: &str, now: i64) -> Result<bool>;
     /// Deletes families that ended before `now`, and their spent hashes.
     async fn prune_grants(&self, now: i64) -> Result<u64>;
+    /// Deletes clients registered before `before` that hold no grant (registered, never signed
+    /// in, or every grant ended): open registration cannot fill the table forever, and a client
+    /// that comes back gets `invalid_client` and registers again.
+    async fn prune_clients(&self, before: i64) -> Result<u64>;
 }
 
 macro_rules! auth_store {
@@ -213,6 +217,18 @@ macro_rules! auth_store {
                     .await
                     .map_err(db_error("grant"))?;
                 tx.commit().await.map_err(db_error("grant"))?;
+                Ok(done.rows_affected())
+            }
+
+            async fn prune_clients(&self, before: i64) -> Result<u64> {
+                let done = sqlx::query(
+                    "DELETE FROM oauth_clients WHERE created_at < $1 AND NOT EXISTS \
+                     (SELECT 1 FROM oauth_grants g WHERE g.client_id = oauth_clients.client_id)",
+                )
+                .bind(before)
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("client"))?;
                 Ok(done.rows_affected())
             }
         }

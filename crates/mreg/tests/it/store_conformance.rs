@@ -779,6 +779,17 @@ async fn oauth_grants_rotate_once_and_remember_spent_tokens(store: Arc<dyn AuthS
         Rotation::Lost,
         "a revoked grant does not rotate"
     );
+    store
+        .insert_client("idle", r#"{"client_id":"idle"}"#, 1)
+        .await
+        .expect("client");
+    assert_eq!(
+        store.prune_clients(5).await.expect("prune clients"),
+        1,
+        "the client without grants goes; client-1 holds one"
+    );
+    assert_eq!(store.client("idle").await.expect("read"), None);
+    assert!(store.client("client-1").await.expect("read").is_some());
     assert_eq!(
         store.prune_grants(999).await.expect("prune"),
         0,
