@@ -196,9 +196,16 @@ impl Upstream {
                 _ => s.clone(),
             })
             .collect();
-        for s in ["openid", "offline_access"] {
-            if !out.iter().any(|x| x == s) {
-                out.push(s.to_owned());
+        // Confirming the user with Graph needs a Graph token, whatever the client asked for.
+        let graph = matches!(&self.kind, Kind::Azure { graph: Some(_), .. });
+        let extra: &[&str] = if graph {
+            &["openid", "offline_access", "User.Read"]
+        } else {
+            &["openid", "offline_access"]
+        };
+        for s in extra {
+            if !out.iter().any(|x| x.eq_ignore_ascii_case(s)) {
+                out.push((*s).to_owned());
             }
         }
         out
@@ -583,6 +590,19 @@ mod tests {
             upstream
                 .supported_scopes()
                 .contains(&"offline_access".to_owned())
+        );
+    }
+
+    #[test]
+    fn graph_confirmation_always_asks_for_a_graph_token() {
+        let mut upstream = entra(&["access_as_user"]);
+        if let Kind::Azure { graph, .. } = &mut upstream.kind {
+            *graph = Some(Url::parse("https://graph.example").expect("url"));
+        }
+        assert_eq!(
+            upstream.exchange_scopes(&owned(&["access_as_user"])),
+            "openid offline_access User.Read",
+            "the code is redeemed for Graph so that /me can be called"
         );
     }
 

@@ -194,24 +194,58 @@ async fn setup_with(extra: &[(&str, &str)], tenants: &[&str]) -> Option<Setup> {
     if !peers_available() {
         return None;
     }
-    let port = free_port();
-    let idp = Idp::start(port, tenants).await;
-    let port_text = port.to_string();
-    let mut settings = vec![
-        ("MREG_AUTH", "oauth"),
-        ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", CLIENT_ID),
-        ("AZURE_CLIENT_SECRET", SECRET),
-        ("AZURE_AUTHORITY_HOST", idp.authority.as_str()),
-        ("AZURE_GRAPH_URL", idp.authority.as_str()),
-        ("AZURE_VALIDATE_WITH_GRAPH", "true"),
-        ("AZURE_API_SCOPES", "access_as_user"),
-        ("FASTMCP_SERVER_PORT", port_text.as_str()),
-    ];
-    settings.extend_from_slice(extra);
-    let app = TestApp::spawn_with(&settings).await;
+    let (idp, app, _) = provider_and_gateway(tenants, |idp, port| {
+        let mut settings = owned(&[
+            ("MREG_AUTH", "oauth"),
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", SECRET),
+            ("AZURE_AUTHORITY_HOST", idp.authority.as_str()),
+            ("AZURE_GRAPH_URL", idp.authority.as_str()),
+            ("AZURE_VALIDATE_WITH_GRAPH", "true"),
+            ("AZURE_API_SCOPES", "access_as_user"),
+            ("FASTMCP_SERVER_PORT", port.to_string().as_str()),
+        ]);
+        settings.extend(owned(extra));
+        settings
+    })
+    .await;
     let mcp = format!("http://{}", app.mcp_addr);
     Some(Setup { idp, app, mcp })
+}
+
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Starts the provider and a gateway whose MCP listener takes a port chosen beforehand (the
+/// provider must know mreg's callback URL when it starts). Another process may take that port in
+/// between; then both start again on a new one.
+async fn provider_and_gateway(
+    tenants: &[&str],
+    settings: impl Fn(&Idp, u16) -> Vec<(String, String)>,
+) -> (Idp, TestApp, u16) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let idp = Idp::start(port, tenants).await;
+        let pairs = settings(&idp, port);
+        let refs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match TestApp::try_spawn_with(&refs).await {
+            Ok(app) => return (idp, app, port),
+            Err(e) if attempt < 5 && format!("{e:#}").contains("Address already in use") => {
+                eprintln!("port {port} was taken before the gateway bound it; trying another");
+            }
+            Err(e) => panic!("app starts: {e:#}"),
+        }
+    }
 }
 
 fn no_redirects() -> reqwest::Client {
@@ -1274,36 +1308,29 @@ async fn tokens_from_one_replica_are_accepted_by_another() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let port = free_port();
-    let public = format!("http://127.0.0.1:{port}");
-    let idp = Idp::start(port, &[TENANT, OTHER_TENANT]).await;
-    let shared = |port: String| {
-        vec![
-            ("MREG_AUTH".to_owned(), "oauth".to_owned()),
-            ("AZURE_TENANT_ID".to_owned(), TENANT.to_owned()),
-            ("AZURE_CLIENT_ID".to_owned(), CLIENT_ID.to_owned()),
-            ("AZURE_CLIENT_SECRET".to_owned(), SECRET.to_owned()),
-            ("AZURE_AUTHORITY_HOST".to_owned(), idp.authority.clone()),
-            ("AZURE_GRAPH_URL".to_owned(), idp.authority.clone()),
-            ("MREG_DATABASE_URL".to_owned(), db.url.clone()),
-            ("MREG_PUBLIC_URL".to_owned(), public.clone()),
-            ("FASTMCP_SERVER_PORT".to_owned(), port),
-        ]
+    let shared = |idp: &Idp, port: String, public: &str| {
+        owned(&[
+            ("MREG_AUTH", "oauth"),
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", SECRET),
+            ("AZURE_AUTHORITY_HOST", idp.authority.as_str()),
+            ("AZURE_GRAPH_URL", idp.authority.as_str()),
+            ("MREG_DATABASE_URL", db.url.as_str()),
+            ("MREG_PUBLIC_URL", public),
+            ("FASTMCP_SERVER_PORT", port.as_str()),
+        ])
     };
-    let a_settings = shared(port.to_string());
-    let b_settings = shared("0".to_owned());
-    let as_refs = |v: &Vec<(String, String)>| -> Vec<(String, String)> { v.clone() };
-    let a_pairs = as_refs(&a_settings);
-    let b_pairs = as_refs(&b_settings);
-    let a_refs: Vec<(&str, &str)> = a_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let (idp, a, port) = provider_and_gateway(&[TENANT, OTHER_TENANT], |idp, port| {
+        shared(idp, port.to_string(), &format!("http://127.0.0.1:{port}"))
+    })
+    .await;
+    let public = format!("http://127.0.0.1:{port}");
+    let b_pairs = shared(&idp, "0".to_owned(), &public);
     let b_refs: Vec<(&str, &str)> = b_pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let a = TestApp::spawn_with(&a_refs).await;
     let b = TestApp::spawn_with(&b_refs).await;
     let s = Setup {
         idp,
@@ -1721,17 +1748,16 @@ async fn a_generic_openid_connect_provider_works_like_the_entra_preset() {
     if !peers_available() {
         return;
     }
-    let port = free_port();
-    let idp = Idp::start(port, &[TENANT, OTHER_TENANT]).await;
-    let issuer = format!("{}/{TENANT}/v2.0", idp.authority);
-    let port_text = port.to_string();
-    let app = TestApp::spawn_with(&[
-        ("MREG_OIDC_ISSUER", issuer.as_str()),
-        ("MREG_OIDC_CLIENT_ID", CLIENT_ID),
-        ("MREG_OIDC_CLIENT_SECRET", SECRET),
-        ("OAUTH_SCOPES", "openid profile email"),
-        ("FASTMCP_SERVER_PORT", port_text.as_str()),
-    ])
+    let (idp, app, _) = provider_and_gateway(&[TENANT, OTHER_TENANT], |idp, port| {
+        let issuer = format!("{}/{TENANT}/v2.0", idp.authority);
+        owned(&[
+            ("MREG_OIDC_ISSUER", issuer.as_str()),
+            ("MREG_OIDC_CLIENT_ID", CLIENT_ID),
+            ("MREG_OIDC_CLIENT_SECRET", SECRET),
+            ("OAUTH_SCOPES", "openid profile email"),
+            ("FASTMCP_SERVER_PORT", port.to_string().as_str()),
+        ])
+    })
     .await;
     let s = Setup {
         mcp: format!("http://{}", app.mcp_addr),

@@ -177,18 +177,25 @@ impl TestApp {
 
     /// An app with extra settings.
     pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
+        Self::try_spawn_with(extra)
+            .await
+            .unwrap_or_else(|e| panic!("app starts: {e:#}"))
+    }
+
+    /// An app with extra settings, or why it did not start.
+    pub async fn try_spawn_with(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
         let dir = TempDir::new();
         let config = test_config(&dir, extra);
-        let running = app::start(config).await.expect("app starts");
+        let running = app::start(config).await?;
         let (addr, mcp_addr) = (running.api_addr, running.mcp_addr);
-        Self {
+        Ok(Self {
             base: format!("http://{addr}"),
             addr,
             mcp_addr,
             http: reqwest::Client::new(),
             running: Some(running),
             dir,
-        }
+        })
     }
 
     /// `base` + `path`.
