@@ -71,7 +71,25 @@ pub struct ClientArgs {
 
     /// Bearer token to send (default: the one `mreg login` saved).
     #[arg(long, global = true, env = "MREG_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    pub token: Option<BearerToken>,
+}
+
+/// A bearer token given on the command line; `Debug` never shows it.
+#[derive(Clone)]
+pub struct BearerToken(pub String);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(..)")
+    }
+}
+
+impl std::str::FromStr for BearerToken {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 /// Parses the command line and runs it; returns the process exit code.

@@ -161,7 +161,7 @@ impl Client {
 /// The bearer token: `--token`/`MREG_TOKEN`, else the one `mreg login` saved (refreshed).
 async fn token(args: &ClientArgs) -> Result<Option<String>, Failure> {
     match &args.token {
-        Some(token) => Ok(Some(token.clone())),
+        Some(token) => Ok(Some(token.0.clone())),
         None => Ok(crate::login::bearer().await?),
     }
 }
@@ -253,7 +253,7 @@ pub struct CallArgs {
     endpoint: Option<String>,
     /// Bearer token to send (default: the one `mreg login` saved).
     #[arg(long, env = "MREG_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    token: Option<crate::cli::BearerToken>,
     /// Print the whole result as JSON.
     #[arg(long)]
     json: bool,
@@ -285,7 +285,7 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
             .unwrap_or_else(|| "http://127.0.0.1:8001/mcp".to_owned()),
     };
     let token = match &args.token {
-        Some(t) => Some(t.clone()),
+        Some(t) => Some(t.0.clone()),
         None => crate::login::bearer().await?,
     };
     let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.as_str());

@@ -21,7 +21,7 @@ use crate::oauth::{pkce_challenge, random_token};
 const REFRESH_MARGIN: i64 = 60;
 
 /// What `mreg login` keeps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Credentials {
     /// The gateway's issuer (its MCP listener's public URL).
     pub issuer: String,
@@ -33,6 +33,16 @@ pub struct Credentials {
     pub refresh_token: Option<String>,
     /// When the access token expires (Unix seconds).
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `mreg login`.

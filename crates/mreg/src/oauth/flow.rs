@@ -22,8 +22,8 @@ const TXN_PURPOSE: &str = "oauth-transaction";
 const CODE_PURPOSE: &str = "oauth-code";
 const GRANT_PURPOSE: &str = "oauth-grant";
 
-/// A sign-in between `/authorize` and `/auth/callback`.
-#[derive(Debug, Serialize, Deserialize)]
+/// A sign-in between `/authorize` and `/auth/callback` (no `Debug`: it holds the PKCE verifier).
+#[derive(Serialize, Deserialize)]
 struct Transaction {
     client_id: String,
     client_name: Option<String>,
@@ -40,8 +40,8 @@ struct Transaction {
     approved: bool,
 }
 
-/// What mreg's one-time code stands for.
-#[derive(Debug, Serialize, Deserialize)]
+/// What mreg's one-time code stands for (no `Debug`: it holds the provider's refresh token).
+#[derive(Serialize, Deserialize)]
 struct CodeGrant {
     client_id: String,
     redirect_uri: String,
@@ -52,8 +52,8 @@ struct CodeGrant {
     upstream_refresh: Option<String>,
 }
 
-/// What a refresh-token family stands for (sealed in the database).
-#[derive(Debug, Serialize, Deserialize)]
+/// What a refresh-token family stands for (sealed in the database; no `Debug`).
+#[derive(Serialize, Deserialize)]
 struct GrantData {
     scopes: Vec<String>,
     resource: String,

@@ -59,8 +59,8 @@ pub struct Metadata {
     pub jwks_uri: Url,
 }
 
-/// Tokens from the upstream token endpoint.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+/// Tokens from the upstream token endpoint (no `Debug`: nothing may print them).
+#[derive(Clone, Deserialize, serde::Serialize)]
 pub struct TokenSet {
     /// Access token (for Graph, never handed to clients).
     #[serde(default)]

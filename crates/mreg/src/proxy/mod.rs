@@ -164,15 +164,7 @@ pub async fn handle(
         }
     };
 
-    if let Err(refusal) = crate::policy::admit_forward(
-        &state,
-        &caller,
-        server.name.as_str(),
-        &call.method,
-        call.name.as_deref(),
-    )
-    .await
-    {
+    if let Err(refusal) = admit(&state, &caller, server.name.as_str(), &call).await {
         // A refused tool call is an error answer inside the session; a refused server or a
         // spent budget is an HTTP status (403, or 429 with Retry-After).
         let (reason, code, data) = match refusal {
@@ -322,7 +314,9 @@ where
     let status = response.status();
     let name = server.name.to_string();
     // A tool listing of a server with per-tool rules shows only what the caller may call.
-    if call.method == "tools/list" && state.policy.filters_tools(server.name.as_str()) {
+    let lists_tools =
+        call.method == "tools/list" || call.batch.iter().any(|c| c.method == "tools/list");
+    if lists_tools && state.policy.filters_tools(server.name.as_str()) {
         let policy = state.policy.clone();
         let caller = caller.clone();
         let stream = futures_util::stream::once(async move {
@@ -353,11 +347,37 @@ where
     out
 }
 
-/// Applies `filter` to the `result` of every JSON-RPC response in a JSON or SSE body.
+/// Admits a message, or every message of a batch, through the policy chain.
+async fn admit(
+    state: &AppState,
+    caller: &domain::Principal,
+    server: &str,
+    call: &McpCall,
+) -> Result<(), crate::policy::Refusal> {
+    let calls = if call.batch.is_empty() {
+        std::slice::from_ref(call)
+    } else {
+        call.batch.as_slice()
+    };
+    for one in calls {
+        crate::policy::admit_forward(state, caller, server, &one.method, one.name.as_deref())
+            .await?;
+    }
+    Ok(())
+}
+
+/// Applies `filter` to the `result` of every JSON-RPC response (single or batched) in a JSON or
+/// SSE body.
 fn filter_listing(body: &[u8], is_sse: bool, filter: impl Fn(&mut serde_json::Value)) -> Bytes {
     let apply = |text: &str| -> Option<String> {
         let mut message: serde_json::Value = serde_json::from_str(text).ok()?;
-        filter(message.get_mut("result")?);
+        match message.as_array_mut() {
+            Some(batch) => batch
+                .iter_mut()
+                .filter_map(|m| m.get_mut("result"))
+                .for_each(&filter),
+            None => filter(message.get_mut("result")?),
+        }
         serde_json::to_string(&message).ok()
     };
     let text = String::from_utf8_lossy(body);

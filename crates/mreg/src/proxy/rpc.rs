@@ -29,6 +29,8 @@ pub struct McpCall {
     pub name: Option<String>,
     /// The request id (absent for notifications and responses).
     pub id: Option<Value>,
+    /// For a batch, the call of each message (the policy chain admits every one).
+    pub batch: Vec<McpCall>,
 }
 
 /// The parts of a message the gateway reads; everything else (the arguments above all) is
@@ -106,13 +108,22 @@ pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'{') => {}
         Some(b'[') => {
-            let batch: Vec<serde::de::IgnoredAny> =
-                serde_json::from_slice(body).map_err(parse_error)?;
+            let batch: Vec<Peek<'_>> = serde_json::from_slice(body).map_err(|e| {
+                if e.is_data() {
+                    invalid("a batch holds JSON-RPC messages")
+                } else {
+                    parse_error(e)
+                }
+            })?;
             if batch.is_empty() {
                 return Err(invalid("empty batch"));
             }
             return Ok(McpCall {
                 method: "batch".to_owned(),
+                batch: batch
+                    .into_iter()
+                    .map(|peek| call_of(peek, &invalid))
+                    .collect::<Result<_, _>>()?,
                 ..McpCall::default()
             });
         }
@@ -128,6 +139,14 @@ pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
             parse_error(e)
         }
     })?;
+    call_of(peek, &invalid)
+}
+
+/// The call one message makes.
+fn call_of(
+    peek: Peek<'_>,
+    invalid: &dyn Fn(&str) -> (StatusCode, i64, String),
+) -> Result<McpCall, (StatusCode, i64, String)> {
     if peek.jsonrpc.as_deref() != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
@@ -144,6 +163,7 @@ pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
                 method: method.into_owned(),
                 name,
                 id: peek.id,
+                batch: Vec::new(),
             })
         }
         Some(PeekMethod::Other(_)) => Err(invalid("\"method\" must be a string")),
@@ -151,6 +171,7 @@ pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
             method: "response".to_owned(),
             name: None,
             id: peek.id,
+            batch: Vec::new(),
         }),
         None => Err(invalid("no \"method\"")),
     }
@@ -248,7 +269,8 @@ mod tests {
             McpCall {
                 method: "tools/call".into(),
                 name: Some("echo".into()),
-                id: Some(json!(7))
+                id: Some(json!(7)),
+                batch: Vec::new(),
             }
         );
         let read = inspect(
@@ -259,18 +281,25 @@ mod tests {
         let note =
             inspect(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).expect("valid");
         assert_eq!(note.id, None);
-        assert_eq!(
-            inspect(br#"[{"jsonrpc":"2.0","method":"x"}]"#)
-                .map(|c| c.method)
-                .ok(),
-            Some("batch".into())
-        );
+        let batch = inspect(
+            br#"[{"jsonrpc":"2.0","method":"x"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}}]"#,
+        )
+        .expect("valid");
+        assert_eq!(batch.method, "batch");
+        let calls: Vec<(&str, Option<&str>)> = batch
+            .batch
+            .iter()
+            .map(|c| (c.method.as_str(), c.name.as_deref()))
+            .collect();
+        assert_eq!(calls, [("x", None), ("tools/call", Some("echo"))]);
         for (bad, code) in [
             (&b"{not json"[..], PARSE_ERROR),
             (br#"{"id":1,"method":"x"}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","id":1,"method":5}"#, INVALID_REQUEST),
             (br#"{"jsonrpc":"2.0","id":1}"#, INVALID_REQUEST),
             (br#"[]"#, INVALID_REQUEST),
+            (br#"[{"jsonrpc":"2.0","method":"x"},5]"#, INVALID_REQUEST),
+            (br#"[{"id":1,"method":"x"}]"#, INVALID_REQUEST),
             (br#""text""#, INVALID_REQUEST),
         ] {
             assert_eq!(
@@ -288,6 +317,7 @@ mod tests {
             method: "tools/call".into(),
             name: Some("echo".into()),
             id: None,
+            batch: Vec::new(),
         };
         let mut headers = HeaderMap::new();
         headers.insert("mcp-method", HeaderValue::from_static("tools/call"));

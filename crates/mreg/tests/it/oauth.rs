@@ -1722,6 +1722,7 @@ async fn a_client_id_metadata_document_stands_in_for_registration() {
 async fn metadata_documents_on_private_addresses_are_not_fetched_by_default() {
     let Some(s) = setup(&[]).await else { return };
     let docs = document_server().await;
+    // Plain http is refused outright; https to a private address is refused before any fetch.
     let flow = Flow::with_client_id(&s, &format!("{docs}/good.json"));
     let reply = flow
         .http
@@ -1730,8 +1731,18 @@ async fn metadata_documents_on_private_addresses_are_not_fetched_by_default() {
         .await
         .expect("authorize");
     assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+    assert!(reply.text().await.expect("page").contains("https"));
+    let private = format!("{}/good.json", docs.replace("http://", "https://"));
+    let flow = Flow::with_client_id(&s, &private);
+    let reply = flow
+        .http
+        .get(flow.authorize_url(&[]))
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
     let page = reply.text().await.expect("page");
-    assert!(page.contains("https") || page.contains("private"), "{page}");
+    assert!(page.contains("private address"), "{page}");
     let reply = flow
         .token(&[
             ("grant_type", "authorization_code"),

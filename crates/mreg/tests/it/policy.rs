@@ -321,6 +321,30 @@ async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
         StatusCode::OK
     );
 
+    // A batch cannot carry a refused call past the chain: every message in it is admitted.
+    let batch = s
+        .app
+        .http
+        .post(format!("{}/servers/echo/mcp", s.mcp))
+        .bearer_auth(&c.bob)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!([
+            {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "whoami", "arguments": {}}},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}},
+        ]))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(batch.status(), StatusCode::FORBIDDEN);
+    let body: Value = batch.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("tool 'echo' of server"),
+        "{body}"
+    );
+
     // Through proxy_request, the same rules.
     let bob = mcp_client(&format!("{}/mcp", s.mcp), &c.bob).await;
     let refused = call(&bob, "proxy_request", json!({"server": "echo", "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}})).await.expect("a tool result");
