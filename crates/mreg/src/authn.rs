@@ -171,13 +171,15 @@ async fn principal(
             validated
         }
     };
-    if !validated.aud.is_empty() {
-        let accepted = oauth.audiences_for(resource);
-        if !validated.aud.iter().any(|a| accepted.contains(a)) {
-            return Err(Refusal::Invalid(format!(
-                "the token is for another resource, not {resource}"
-            )));
-        }
+    if !validated.aud.is_empty()
+        && !validated
+            .aud
+            .iter()
+            .any(|a| oauth.accepts_audience(a, resource))
+    {
+        return Err(Refusal::Invalid(format!(
+            "the token is for another resource, not {resource}"
+        )));
     }
     if validated.delegated
         && !oauth

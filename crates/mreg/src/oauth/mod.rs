@@ -230,13 +230,15 @@ impl OAuth {
             })
     }
 
-    /// Audiences accepted on a route whose own resource is `resource`.
-    pub fn audiences_for(&self, resource: &str) -> Vec<String> {
-        let mut audiences = vec![self.issuer.clone(), self.mcp_resource()];
-        if !audiences.iter().any(|a| a == resource) {
-            audiences.push(resource.to_owned());
-        }
-        audiences
+    /// Whether a token for `audience` is accepted on a route whose own resource is `resource`:
+    /// the route's resource, or the gateway as a whole (its base URL or its `/mcp`). Compares
+    /// without building strings, because it runs on every authenticated request.
+    pub fn accepts_audience(&self, audience: &str, resource: &str) -> bool {
+        audience == resource
+            || matches!(
+                audience.strip_prefix(self.issuer.as_str()),
+                Some("" | "/mcp")
+            )
     }
 
     /// The protected-resource metadata URL for `resource`.
