@@ -118,6 +118,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .await?;
     let (api_addr, mcp_addr) = (api.local_addr()?, mcp.local_addr()?);
+    let (auditor, audit_writer) = if config.audit.enabled {
+        let (auditor, writer) = crate::audit::writer::spawn(
+            stores.audit.clone(),
+            &crate::audit::writer::WriterConfig {
+                queue: config.audit.queue,
+                spool: config.audit.spool.clone(),
+                spool_max_bytes: config.audit.spool_max_bytes,
+                redact: config.policy.redact.clone(),
+            },
+        )?;
+        (auditor, Some(writer))
+    } else {
+        tracing::warn!("THE AUDIT LOG IS OFF (MREG_AUDIT=false): nothing is recorded");
+        (crate::audit::Auditor::off(), None)
+    };
     let oauth = match (
         auth,
         crate::oauth::upstream::Upstream::from_config(&config)?,
@@ -127,10 +142,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 &config,
                 &format!("http://{mcp_addr}"),
                 upstream,
-                stores.auth.clone(),
-                stores.secrets.clone(),
+                &stores,
                 cache.clone(),
                 cipher.clone(),
+                auditor.clone(),
             )?;
             tracing::info!(issuer = %oauth.issuer, upstream = ?oauth.upstream, "OAuth authorization server on");
             Some(Arc::new(oauth))
@@ -151,6 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         oauth,
         policy: Arc::new(config.policy.clone()),
         limits: crate::policy::limits::Limits::default(),
+        audit: auditor,
     });
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");
     tracing::info!(addr = %mcp_addr, endpoint = %format!("http://{mcp_addr}/mcp"), "MCP listener listening");
@@ -174,6 +190,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if state.oauth.is_some() {
         tokio::spawn(prune_grants(stores.auth.clone(), shutdown.child_token()));
     }
+    if let (Some(retention), true) = (config.audit.retention, config.audit.enabled) {
+        tokio::spawn(crate::audit::writer::prune(
+            stores.audit.clone(),
+            retention,
+            shutdown.child_token(),
+        ));
+    }
     let monitor = config
         .health
         .enabled
@@ -190,6 +213,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let ((), api, mcp) = tokio::join!(stopping, api_task, mcp_task);
         if let Some(monitor) = monitor {
             let _ = monitor.await;
+        }
+        // Every request has ended: write what the audit queue holds before the pool closes.
+        if let Some(writer) = audit_writer {
+            writer.close(grace + Duration::from_secs(10)).await;
         }
         stores.close().await;
         tracing::info!("stopped");

@@ -66,26 +66,11 @@ enum Refusal {
 }
 
 /// Middleware: establishes the caller.
-pub async fn authenticate(
-    State(state): State<AppState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(oauth) = state.oauth.as_ref() else {
         static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
         let anonymous = ANONYMOUS.get_or_init(|| Arc::new(Principal::anonymous()));
-        if let Err(refused) = crate::policy::check_request(
-            &state,
-            anonymous,
-            request.method(),
-            request.extensions().get::<axum::extract::MatchedPath>(),
-        )
-        .await
-        {
-            return refused;
-        }
-        request.extensions_mut().insert(anonymous.clone());
-        return next.run(request).await;
+        return admit(&state, anonymous.clone(), request, next).await;
     };
     let resource = resource_of(oauth, request.uri().path());
     let token = request
@@ -102,20 +87,7 @@ pub async fn authenticate(
         return challenge(oauth, &resource, None);
     };
     match principal(oauth, &state, token, &resource).await {
-        Ok(principal) => {
-            if let Err(refused) = crate::policy::check_request(
-                &state,
-                &principal,
-                request.method(),
-                request.extensions().get::<axum::extract::MatchedPath>(),
-            )
-            .await
-            {
-                return refused;
-            }
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
+        Ok(principal) => admit(&state, principal, request, next).await,
         Err(Refusal::Invalid(why)) => {
             tracing::info!(reason = %why, "bearer token refused");
             challenge(oauth, &resource, Some(&why))
@@ -123,6 +95,111 @@ pub async fn authenticate(
         Err(Refusal::Scope) => insufficient_scope(oauth, &resource),
         Err(Refusal::Unavailable(e)) => ApiError::from(e).into_response(),
     }
+}
+
+/// The rest of the chain for an authenticated request: rate limit and REST roles (a refusal is
+/// audited), then the audit entry of a REST mutation (its redacted JSON body as arguments, its
+/// status as outcome), then the handler. MCP messages are audited where they are read: by the
+/// gateway's tools and by the proxy.
+async fn admit(
+    state: &AppState,
+    principal: Arc<Principal>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let request_id = request
+        .extensions()
+        .get::<crate::rest::request_id::RequestId>()
+        .map_or_else(|| "-".to_owned(), |r| r.0.clone());
+    let path = request.uri().path().to_owned();
+    let operation = format!("{method} {}", route.as_deref().unwrap_or(&path));
+    if let Err(refusal) =
+        crate::policy::check_request(state, &principal, &method, route.as_deref()).await
+    {
+        match state.audit.open(&principal, &request_id, operation) {
+            Ok(mut entry) => {
+                entry.target(None, server_in_path(&path));
+                entry.refused(&refusal);
+            }
+            Err(e) => return audit_unavailable(&e),
+        }
+        return crate::policy::refused(state, &refusal);
+    }
+    let mutation = !matches!(
+        method,
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    ) && route.as_deref().is_some_and(|r| r.starts_with("/api/"));
+    request.extensions_mut().insert(principal.clone());
+    if !mutation {
+        return next.run(request).await;
+    }
+    let mut entry = match state.audit.open(&principal, &request_id, operation) {
+        Ok(entry) => entry,
+        Err(e) => return audit_unavailable(&e),
+    };
+    entry.target(None, server_in_path(&path));
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let message = format!(
+                "the request body is larger than {} bytes (MREG_MAX_BODY_BYTES)",
+                state.config.max_body_bytes
+            );
+            entry.finish(Err(message.clone()));
+            return ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                message,
+            )
+            .into_response();
+        }
+    };
+    if let Ok(arguments) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        entry.arguments(&arguments);
+    }
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    if response.status().is_success() {
+        entry.finish(Ok(()));
+        return response;
+    }
+    // A failed mutation's row says why: the error body's message (small; read and put back).
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("HTTP {}", parts.status.as_u16()));
+    entry.finish(Err(message));
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The registered server a path names (`/api/v1/servers/{name}…`, `/servers/{name}/mcp`).
+fn server_in_path(path: &str) -> Option<&str> {
+    let rest = path
+        .strip_prefix("/api/v1/servers/")
+        .or_else(|| path.strip_prefix("/servers/"))?;
+    let name = rest.split('/').next()?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// 503 when the audit log cannot take another entry: the request is not run.
+pub fn audit_unavailable(e: &crate::audit::AuditUnavailable) -> Response {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "audit_unavailable",
+        e.to_string(),
+    )
+    .into_response()
 }
 
 /// The resource a request path belongs to: a server's endpoint, or the gateway's `/mcp`.

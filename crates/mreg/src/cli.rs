@@ -51,6 +51,25 @@ pub enum Command {
     Whoami(ClientArgs),
     /// Call one of the gateway's MCP tools: `mreg call list_servers tag=prod`.
     Call(client::CallArgs),
+    /// Read the audit log (`list`, through a gateway) or check its hash chain (`verify`, in the
+    /// configured database).
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+/// `mreg audit`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// List audit rows, newest first (admins only).
+    List(Box<client::AuditListArgs>),
+    /// Walk the whole hash chain in the configured database (MREG_DATABASE_URL, MREG_POSTGRES_*,
+    /// or the SQLite file) and report the first altered, removed or reordered row. Exit status 0
+    /// when the chain is intact, 1 when it is broken.
+    Verify {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options shared by every client command.
@@ -129,6 +148,14 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Servers(args) => return client::run(*args).await,
         Command::Whoami(args) => return client::whoami(args).await,
         Command::Call(args) => return client::call(args).await,
+        Command::Audit(AuditCommand::List(args)) => return client::audit_list(*args).await,
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let config = match config::load(file).and_then(|raw| raw.parse()) {
+                Ok(config) => config,
+                Err(e) => return config_failure(&e),
+            };
+            return audit_verify(&config, json).await;
+        }
         Command::Login(args) => return finish(crate::login::login(args).await),
         Command::Logout => return finish(crate::login::logout().await),
         Command::CheckConfig => return check_config(file),
@@ -163,6 +190,49 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
         token.cancel();
     });
     running.wait().await
+}
+
+async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
+    let stores = match store::connect(config).await {
+        Ok(stores) => stores,
+        Err(e) => {
+            eprintln!("mreg: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = crate::audit::verify(stores.audit.as_ref()).await;
+    stores.close().await;
+    let verification = match result {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("mreg: cannot read the audit log: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verification).unwrap_or_default()
+        );
+    } else if let Some(broken) = &verification.broken {
+        println!(
+            "audit chain BROKEN at row {}: {} ({} rows before it verify)",
+            broken.seq, broken.reason, verification.rows
+        );
+    } else {
+        match (verification.first_seq, verification.last_seq) {
+            (Some(first), Some(last)) => println!(
+                "audit chain intact: {} rows ({first} to {last}); head {}",
+                verification.rows, verification.head
+            ),
+            _ => println!("audit log is empty"),
+        }
+    }
+    if verification.broken.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn migrate(config: &config::Config) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! integration tests start exactly what users run.
 
 pub mod app;
+pub mod audit;
 pub mod authn;
 pub mod cache;
 pub mod cli;

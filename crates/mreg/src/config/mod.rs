@@ -223,6 +223,21 @@ pub struct HealthConfig {
     pub retention: Duration,
 }
 
+/// Audit log settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Whether anything is audited.
+    pub enabled: bool,
+    /// Entries that may wait in memory.
+    pub queue: usize,
+    /// The spool file.
+    pub spool: PathBuf,
+    /// Largest spool, in bytes.
+    pub spool_max_bytes: u64,
+    /// How long rows are kept; `None`: forever.
+    pub retention: Option<Duration>,
+}
+
 /// The effective configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -260,6 +275,8 @@ pub struct Config {
     pub policy: crate::policy::Policy,
     /// Health monitor.
     pub health: HealthConfig,
+    /// Audit log.
+    pub audit: AuditConfig,
     /// Name of this instance in leases and history.
     pub instance_id: String,
 }
@@ -524,7 +541,7 @@ impl Parser<'_> {
                     _ => Err(format!("'{v}' is not a number from 1 to 1000")),
                 },
             )?,
-            data_dir,
+            data_dir: data_dir.clone(),
             encryption_key: self.parse("MREG_ENCRYPTION_KEY", |v| {
                 use base64::Engine;
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -617,6 +634,29 @@ impl Parser<'_> {
                     match v.parse::<u64>() {
                         Ok(n) if (1..=24 * 366).contains(&n) => Ok(Duration::from_secs(n * 3600)),
                         _ => Err(format!("'{v}' is not a number of hours from 1 to 8784")),
+                    }
+                })?,
+            },
+            audit: AuditConfig {
+                enabled: self.required("MREG_AUDIT", parse_bool)?,
+                queue: self.required("MREG_AUDIT_QUEUE", |v| match v.parse::<usize>() {
+                    Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+                    _ => Err(format!("'{v}' is not a number from 1 to 10000000")),
+                })?,
+                spool: self
+                    .parse("MREG_AUDIT_SPOOL", |v| Ok(PathBuf::from(v)))?
+                    .unwrap_or_else(|| data_dir.join("audit.spool")),
+                spool_max_bytes: self.required("MREG_AUDIT_SPOOL_MAX_MB", |v| {
+                    match v.parse::<u64>() {
+                        Ok(n) if n <= 1024 * 1024 => Ok(n * 1024 * 1024),
+                        _ => Err(format!("'{v}' is not a number of MiB from 0 to 1048576")),
+                    }
+                })?,
+                retention: self.required("MREG_AUDIT_RETENTION_DAYS", |v| {
+                    match v.parse::<u64>() {
+                        Ok(0) => Ok(None),
+                        Ok(n) if n <= 36_500 => Ok(Some(Duration::from_secs(n * 86_400))),
+                        _ => Err(format!("'{v}' is not a number of days from 0 to 36500")),
                     }
                 })?,
             },

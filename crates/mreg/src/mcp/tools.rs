@@ -471,18 +471,54 @@ impl ServerHandler for RegistryTools {
         request: rmcp::model::CallToolRequestParams,
         context: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
-        let caller = context
-            .extensions
-            .get::<Parts>()
-            .and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned());
-        if let Some(caller) = caller
-            && let Err(refusal) =
-                crate::policy::admit_tool(&self.state, &caller, &request.name).await
-        {
-            return Err(policy_error(&self.state, &refusal));
+        let parts = context.extensions.get::<Parts>();
+        let caller = parts.and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned());
+        let Some(caller) = caller else {
+            // Only reachable if the listener were mounted without authentication.
+            return Err(ErrorData::internal_error(
+                "the caller is not known; the request was not run",
+                None,
+            ));
+        };
+        let request_id = parts
+            .and_then(|parts| parts.extensions.get::<crate::rest::request_id::RequestId>())
+            .map_or("-", |r| r.0.as_str());
+        let mut entry = self
+            .state
+            .audit
+            .open(&caller, request_id, request.name.as_ref())
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let arguments = request.arguments.as_ref();
+        let server = arguments
+            .and_then(|a| a.get("server").or_else(|| a.get("name")))
+            .and_then(|v| v.as_str());
+        entry.target(Some(&request.name), server);
+        if let Some(arguments) = arguments {
+            entry.arguments(&serde_json::Value::Object(arguments.clone()));
+        }
+        if let Err(refusal) = crate::policy::admit_tool(&self.state, &caller, &request.name).await {
+            let error = policy_error(&self.state, &refusal);
+            entry.refused(&refusal);
+            return Err(error);
         }
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        self.tool_router.call(call).await
+        let (result, inner_refusal) = crate::audit::watch(self.tool_router.call(call)).await;
+        if let Some(decision) = inner_refusal {
+            entry.decided(decision);
+        }
+        entry.finish(match &result {
+            Ok(rmcp::model::CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
+                Err(done
+                    .content
+                    .iter()
+                    .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.message.to_string()),
+        });
+        result
     }
 
     /// Lists only the tools the caller may call.

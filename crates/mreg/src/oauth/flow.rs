@@ -116,11 +116,96 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
 }
 
 fn error_page(status: StatusCode, message: &str) -> Response {
-    page(
+    let response = page(
         status,
         "Sign-in cannot continue",
         &format!("<p>{}</p>", escape(message)),
-    )
+    );
+    note(response, |n| n.error = Some(message.to_owned()))
+}
+
+// ---------------------------------------------------------------- audit
+
+/// What an OAuth endpoint tells the audit layer ([`audited`]) about a request it handled,
+/// carried in the response's extensions.
+#[derive(Debug, Clone, Default)]
+struct AuditNote {
+    operation: Option<&'static str>,
+    actor: Option<domain::Principal>,
+    client_id: Option<String>,
+    error: Option<String>,
+}
+
+fn note(mut response: Response, f: impl FnOnce(&mut AuditNote)) -> Response {
+    let extensions = response.extensions_mut();
+    if extensions.get::<AuditNote>().is_none() {
+        extensions.insert(AuditNote::default());
+    }
+    if let Some(n) = extensions.get_mut::<AuditNote>() {
+        f(n);
+    }
+    response
+}
+
+/// Middleware of the audited OAuth endpoints: client registration, sign-in (the callback),
+/// token issue and refresh, revocation. One row each, success or failure; when the audit log
+/// cannot take it, the request is refused before it runs.
+pub async fn audited(
+    State(oauth): State<Arc<OAuth>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let operation = match request.uri().path() {
+        "/register" => "oauth.register",
+        "/token" => "oauth.token",
+        "/revoke" => "oauth.revoke",
+        _ => "oauth.login",
+    };
+    let request_id = request
+        .extensions()
+        .get::<crate::rest::request_id::RequestId>()
+        .map_or("-", |r| r.0.as_str())
+        .to_owned();
+    let unknown = domain::Principal {
+        subject: "unauthenticated".to_owned(),
+        roles: Vec::new(),
+        ..domain::Principal::anonymous()
+    };
+    let mut entry = match oauth.audit.open(&unknown, &request_id, operation) {
+        Ok(entry) => entry,
+        Err(e) => {
+            return token_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &e.to_string(),
+            );
+        }
+    };
+    let response = next.run(request).await;
+    let n = response
+        .extensions()
+        .get::<AuditNote>()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(op) = n.operation {
+        entry.operation(op);
+    }
+    if let Some(actor) = &n.actor {
+        entry.actor(actor);
+    }
+    if let Some(client) = &n.client_id {
+        entry.client(client);
+    }
+    let status = response.status();
+    let ok = (status.is_success() || status.is_redirection()) && n.error.is_none();
+    entry.finish(if ok {
+        Ok(())
+    } else {
+        Err(n
+            .error
+            .unwrap_or_else(|| format!("HTTP {}", status.as_u16())))
+    });
+    response
 }
 
 fn redirect(location: &str) -> Response {
@@ -154,7 +239,9 @@ fn redirect_error(
         }
         q.append_pair("iss", &oauth.issuer);
     }
-    redirect(url.as_str())
+    note(redirect(url.as_str()), |n| {
+        n.error = Some(format!("{error}: {description}"));
+    })
 }
 
 fn cookie_name(oauth: &OAuth) -> &'static str {
@@ -254,11 +341,14 @@ impl OAuth {
 /// `POST /register` (RFC 7591).
 pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) -> Response {
     let refusal = |error: &str, description: &str| {
-        (
+        let response = (
             StatusCode::BAD_REQUEST,
             Json(json!({"error": error, "error_description": description})),
         )
-            .into_response()
+            .into_response();
+        note(response, |n| {
+            n.error = Some(format!("{error}: {description}"))
+        })
     };
     let request: RegistrationRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -290,16 +380,17 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    note(response, |n| n.client_id = Some(client.client_id.clone()))
 }
 
 fn error_status(status: StatusCode, message: &str) -> Response {
     tracing::error!(error = message, "authorization server failure");
-    (
+    let response = (
         status,
         Json(json!({"error": "server_error", "error_description": "the authorization server could not complete the request"})),
     )
-        .into_response()
+        .into_response();
+    note(response, |n| n.error = Some(message.to_owned()))
 }
 
 // ---------------------------------------------------------------- /authorize
@@ -698,6 +789,7 @@ pub async fn callback(
         );
     }
     tracing::info!(subject = %identity.subject, tenant = ?identity.tid, client_id = %txn.client_id, "user signed in");
+    let actor = identity.principal(txn.scopes.clone(), Some(txn.client_id.clone()));
     let code = random_token(32);
     let grant = CodeGrant {
         client_id: txn.client_id.clone(),
@@ -737,7 +829,7 @@ pub async fn callback(
         }
         q.append_pair("iss", &oauth.issuer);
     }
-    redirect(url.as_str())
+    note(redirect(url.as_str()), |n| n.actor = Some(actor))
 }
 
 // ---------------------------------------------------------------- /token
@@ -756,7 +848,9 @@ fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
             HeaderValue::from_static("Basic realm=\"mreg\""),
         );
     }
-    response
+    note(response, |n| {
+        n.error = Some(format!("{error}: {description}"))
+    })
 }
 
 fn invalid_grant(description: &str) -> Response {
@@ -847,9 +941,11 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: St
         Ok(found) => found,
         Err(r) => return r,
     };
-    match p.get("grant_type").map(String::as_str) {
+    let response = match p.get("grant_type").map(String::as_str) {
         Some("authorization_code") => code_grant(&oauth, &client_id, &p).await,
-        Some("refresh_token") => refresh_grant(&oauth, &client_id, &p).await,
+        Some("refresh_token") => note(refresh_grant(&oauth, &client_id, &p).await, |n| {
+            n.operation = Some("oauth.refresh");
+        }),
         Some(other) => token_error(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -860,7 +956,8 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: St
             "invalid_request",
             "grant_type is required",
         ),
-    }
+    };
+    note(response, |n| n.client_id = Some(client_id))
 }
 
 async fn code_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>) -> Response {
@@ -1092,7 +1189,10 @@ async fn issue(oauth: &OAuth, client_id: &str, data: &GrantData, refresh: &str) 
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    response
+    let actor = data
+        .identity
+        .principal(data.scopes.clone(), Some(client_id.to_owned()));
+    note(response, |n| n.actor = Some(actor))
 }
 
 // ---------------------------------------------------------------- /revoke
@@ -1139,7 +1239,7 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    note(response, |n| n.client_id = Some(client_id))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use domain::{Cache, Principal, Result, SecretStore};
+use domain::{Cache, Principal, Result};
 use serde::{Deserialize, Serialize};
 use url::Url;
 
@@ -63,6 +63,8 @@ pub struct OAuth {
     default_scopes: Vec<String>,
     supported_scopes: Vec<String>,
     cimd_allow_private: bool,
+    /// The audit log.
+    audit: crate::audit::Auditor,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -163,10 +165,10 @@ impl OAuth {
         config: &Config,
         mcp_base: &str,
         upstream: Upstream,
-        store: Arc<dyn AuthStore>,
-        secrets: Arc<dyn SecretStore>,
+        stores: &crate::store::Stores,
         cache: Arc<dyn Cache>,
         cipher: Arc<Cipher>,
+        audit: crate::audit::Auditor,
     ) -> anyhow::Result<Self> {
         let issuer = config
             .public_url
@@ -186,11 +188,15 @@ impl OAuth {
         let default_scopes = upstream.sign_in_scopes.clone();
         Ok(Self {
             secure_cookies: issuer.starts_with("https://"),
-            keys: Keys::new(cipher.clone(), secrets, config.auth.signing_key_rotation),
+            keys: Keys::new(
+                cipher.clone(),
+                stores.secrets.clone(),
+                config.auth.signing_key_rotation,
+            ),
             issuer,
             callback,
             upstream,
-            store,
+            store: stores.auth.clone(),
             cache,
             cipher,
             access_ttl: config.auth.access_token_ttl,
@@ -202,6 +208,7 @@ impl OAuth {
             default_scopes,
             supported_scopes,
             cimd_allow_private: config.auth.cimd_allow_private,
+            audit,
         })
     }
 
@@ -290,12 +297,19 @@ pub fn router(oauth: Arc<OAuth>) -> Router {
             get(metadata::protected_resource),
         )
         .route("/.well-known/jwks.json", get(metadata::jwks))
-        .route("/register", post(flow::register))
         .route("/authorize", get(flow::authorize))
         .route("/consent", get(flow::consent_page).post(flow::consent))
-        .route(&callback_path, get(flow::callback))
-        .route("/token", post(flow::token))
-        .route("/revoke", post(flow::revoke))
+        .merge(
+            Router::new()
+                .route("/register", post(flow::register))
+                .route(&callback_path, get(flow::callback))
+                .route("/token", post(flow::token))
+                .route("/revoke", post(flow::revoke))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    oauth.clone(),
+                    flow::audited,
+                )),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(oauth)
 }

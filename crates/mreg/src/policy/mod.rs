@@ -24,6 +24,9 @@
 //! per_minute = 100             # default: MREG_RATE_LIMIT_PER_MINUTE
 //! roles = { admin = 1000 }     # a principal gets the highest of its roles' budgets
 //! tools = { proxy_request = 30, "payroll/run_payroll" = 5 }
+//!
+//! [audit]
+//! redact = ["ssn", "card_number"]  # masked in audited arguments, besides the defaults
 //! ```
 
 pub mod limits;
@@ -32,7 +35,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use axum::extract::MatchedPath;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::Principal;
@@ -83,6 +85,18 @@ struct PolicyFile {
     servers: BTreeMap<String, ServerRule>,
     #[serde(default)]
     rate_limits: RateLimits,
+    #[serde(default)]
+    audit: AuditPolicy,
+}
+
+/// The policy file's `[audit]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditPolicy {
+    /// Argument keys to mask besides the defaults (matched like them: case and `_`/`-` ignored,
+    /// anywhere in the key).
+    #[serde(default)]
+    redact: Vec<String>,
 }
 
 /// The effective policy.
@@ -94,6 +108,8 @@ pub struct Policy {
     per_minute: u32,
     role_limits: BTreeMap<String, u32>,
     tool_limits: BTreeMap<String, u32>,
+    /// Argument keys the audit log masks besides its defaults.
+    pub redact: Vec<String>,
 }
 
 /// A refusal: what was asked and which roles would have allowed it.
@@ -138,7 +154,8 @@ impl Policy {
         let rest = [
             ("POST /api/v1/servers", admin.clone()),
             ("PATCH /api/v1/servers/{name}", admin.clone()),
-            ("DELETE /api/v1/servers/{name}", admin),
+            ("DELETE /api/v1/servers/{name}", admin.clone()),
+            ("GET /api/v1/audit", admin),
             ("GET /api/v1/servers/{name}/health", user.clone()),
             ("POST /api/v1/servers/{name}/health/check", user),
         ];
@@ -149,6 +166,7 @@ impl Policy {
             per_minute,
             role_limits: BTreeMap::new(),
             tool_limits: BTreeMap::new(),
+            redact: Vec::new(),
         }
     }
 
@@ -198,6 +216,7 @@ impl Policy {
         }
         self.role_limits = file.rate_limits.roles;
         self.tool_limits = file.rate_limits.tools;
+        self.redact = file.audit.redact;
         Ok(())
     }
 
@@ -311,27 +330,21 @@ impl Refusal {
 }
 
 /// The steps after authentication for one HTTP request: the principal's rate limit, then, for
-/// REST operations, their roles. `Err` is the refusal to send.
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the finished response, built once per refused request"
-)]
+/// REST operations (`route`), their roles.
 pub async fn check_request(
     state: &AppState,
     principal: &Principal,
     method: &axum::http::Method,
-    route: Option<&MatchedPath>,
-) -> Result<(), Response> {
-    if let Err(refusal) = state.limits.admit(state, principal, None).await {
-        return Err(refused(state, &refusal));
-    }
+    route: Option<&str>,
+) -> Result<(), Refusal> {
+    state.limits.admit(state, principal, None).await?;
     if let Some(route) = route
-        && route.as_str().starts_with("/api/")
-        && let Err(denial) = state
-            .policy
-            .rest(principal, method.as_str(), route.as_str())
+        && route.starts_with("/api/")
     {
-        return Err(refused(state, &Refusal::Denied(denial)));
+        state
+            .policy
+            .rest(principal, method.as_str(), route)
+            .map_err(Refusal::Denied)?;
     }
     Ok(())
 }
@@ -383,17 +396,24 @@ pub async fn admit_forward(
     tool: Option<&str>,
 ) -> Result<(), Refusal> {
     let called = (method == "tools/call").then_some(tool).flatten();
-    state
-        .policy
-        .server(principal, server, called)
-        .map_err(Refusal::Denied)?;
-    if let Some(tool) = called {
+    let admitted = async {
         state
-            .limits
-            .admit(state, principal, Some(&format!("{server}/{tool}")))
-            .await?;
+            .policy
+            .server(principal, server, called)
+            .map_err(Refusal::Denied)?;
+        if let Some(tool) = called {
+            state
+                .limits
+                .admit(state, principal, Some(&format!("{server}/{tool}")))
+                .await?;
+        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    if let Err(refusal) = &admitted {
+        crate::audit::note_refusal(refusal);
+    }
+    admitted
 }
 
 impl From<Refusal> for domain::Error {

@@ -77,15 +77,79 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
-/// Handles one request to `/servers/{name}/mcp`.
+/// Handles one request to `/servers/{name}/mcp`: one audit row each, opened before anything
+/// else (when the audit log cannot take it, the request is refused) and completed when the
+/// response starts (a streamed body may go on after that).
 pub async fn handle(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
+    let request_id = request
+        .extensions()
+        .get::<crate::rest::request_id::RequestId>()
+        .map_or("-", |r| r.0.as_str());
+    let mut entry = match state.audit.open(&caller, request_id, "mcp") {
+        Ok(entry) => entry,
+        Err(e) => {
+            return rpc::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                None,
+                rpc::UPSTREAM_ERROR,
+                e.to_string(),
+            );
+        }
+    };
+    entry.target(None, Some(&name));
+    let response = proxy(&state, &caller, &name, request, &mut entry).await;
+    let failure = response.extensions().get::<rpc::Failure>();
+    entry.finish(match failure {
+        Some(rpc::Failure(message)) => Err(message.clone()),
+        None if response.status().is_success() => Ok(()),
+        None => Err(format!("HTTP {}", response.status().as_u16())),
+    });
+    response
+}
+
+/// The arguments of the audited call(s) in a message: `params.arguments` of a `tools/call` or
+/// `prompts/get`, or of each message of a batch.
+fn call_arguments(body: &[u8], call: &McpCall) -> Option<serde_json::Value> {
+    let has_arguments = |m: &str| matches!(m, "tools/call" | "prompts/get");
+    if call.batch.is_empty() && !has_arguments(&call.method) {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let pick = |m: &serde_json::Value| m.get("params")?.get("arguments").cloned();
+    if call.batch.is_empty() {
+        return pick(&value);
+    }
+    Some(serde_json::Value::Array(
+        value
+            .as_array()?
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "method": m["method"],
+                    "name": m["params"]["name"],
+                    "arguments": pick(m),
+                })
+            })
+            .collect(),
+    ))
+}
+
+async fn proxy(
+    state: &AppState,
+    caller: &std::sync::Arc<domain::Principal>,
+    name: &str,
+    request: Request,
+    entry: &mut crate::audit::Entry,
+) -> Response {
+    let state = state.clone();
+    let caller = caller.clone();
     let (parts, body) = request.into_parts();
-    let route = match state.registry.route(&name).await {
+    let route = match state.registry.route(name).await {
         Ok(route) => route,
         Err(domain::Error::NotFound { .. }) => {
             return rpc::error(
@@ -164,7 +228,15 @@ pub async fn handle(
         }
     };
 
+    entry.operation(&call.method);
+    if call.method == "tools/call" {
+        entry.target(call.name.as_deref(), Some(name));
+    }
+    if let Some(arguments) = body.as_deref().and_then(|b| call_arguments(b, &call)) {
+        entry.arguments(&arguments);
+    }
     if let Err(refusal) = admit(&state, &caller, server.name.as_str(), &call).await {
+        entry.decide(&refusal);
         // A refused tool call is an error answer inside the session; a refused server or a
         // spent budget is an HTTP status (403, or 429 with Retry-After).
         let (reason, code, data) = match refusal {

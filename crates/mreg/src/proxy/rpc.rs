@@ -240,7 +240,9 @@ pub fn error_with_data(
     message: impl Into<String>,
     data: Option<Value>,
 ) -> Response {
-    let mut error = json!({ "code": code, "message": message.into() });
+    let message = message.into();
+    let failure = Failure(message.clone());
+    let mut error = json!({ "code": code, "message": message });
     if let Some(data) = data {
         error["data"] = data;
     }
@@ -253,8 +255,14 @@ pub fn error_with_data(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.extensions_mut().insert(failure);
     response
 }
+
+/// The message of an error answer the gateway made itself, kept in the response's extensions
+/// for the audit row.
+#[derive(Debug, Clone)]
+pub struct Failure(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,7 @@
 //! operations endpoints, and the OpenAPI document with its docs page. Every route is declared
 //! with its OpenAPI description, so the document is generated from the code that serves it.
 
+pub mod audit;
 pub mod cursor;
 pub mod error;
 pub mod extract;
@@ -76,6 +77,8 @@ pub struct Shared {
     pub policy: Arc<crate::policy::Policy>,
     /// This instance's rate limiter.
     pub limits: crate::policy::limits::Limits,
+    /// The audit log.
+    pub audit: crate::audit::Auditor,
 }
 
 #[derive(OpenApi)]
@@ -91,6 +94,7 @@ pub struct Shared {
         (name = "registry (v0.1)", description = "The official MCP registry API, read-only"),
         (name = "operations", description = "Health, readiness and metrics"),
         (name = "identity", description = "Who the caller is"),
+        (name = "audit", description = "The audit log"),
     )
 )]
 struct ApiDoc;
@@ -101,6 +105,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(registry_v0::router())
         .merge(whoami::router())
+        .merge(audit::router())
 }
 
 /// The REST router with every layer applied.

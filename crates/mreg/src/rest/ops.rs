@@ -91,7 +91,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "per instance (memory)"
         },
     });
-    let failures: Vec<String> = [database, cache]
+    let audit = match state.audit.status() {
+        None => Ok("off (MREG_AUDIT=false)".to_owned()),
+        Some(s) if s.failing() => Err(
+            "audit log: entries can be kept neither in the database nor in the spool".to_owned(),
+        ),
+        Some(s) if s.spooling() => Ok(format!(
+            "spooling: {} bytes wait for the database",
+            s.spooled_bytes()
+        )),
+        Some(_) => Ok("ok".to_owned()),
+    };
+    let mut checks = checks;
+    checks["audit"] = json!(match &audit {
+        Ok(text) | Err(text) => text.clone(),
+    });
+    let failures: Vec<String> = [database, cache, audit.map(|_| ())]
         .into_iter()
         .filter_map(Result::err)
         .collect();
@@ -122,6 +137,37 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        {
+            let mut text = state.metrics.render();
+            if let Some(audit) = state.audit.status() {
+                audit_metrics(&mut text, audit);
+            }
+            text
+        },
     )
+}
+
+/// The audit writer's figures, in the same text format, before the closing `# EOF`.
+fn audit_metrics(text: &mut String, audit: &crate::audit::writer::Status) {
+    use std::fmt::Write;
+    let (written, spooled, refused) = audit.counts();
+    let end = text.rfind("# EOF").unwrap_or(text.len());
+    let mut extra = String::new();
+    let _ = write!(
+        extra,
+        "# HELP mreg_audit_rows_written Audit rows written to the database.\n\
+         # TYPE mreg_audit_rows_written counter\n\
+         mreg_audit_rows_written_total {written}\n\
+         # HELP mreg_audit_rows_spooled Audit rows written to the spool while the database was unreachable.\n\
+         # TYPE mreg_audit_rows_spooled counter\n\
+         mreg_audit_rows_spooled_total {spooled}\n\
+         # HELP mreg_audit_refused Requests refused because the audit queue was full.\n\
+         # TYPE mreg_audit_refused counter\n\
+         mreg_audit_refused_total {refused}\n\
+         # HELP mreg_audit_spool_bytes Bytes in the audit spool waiting for the database.\n\
+         # TYPE mreg_audit_spool_bytes gauge\n\
+         mreg_audit_spool_bytes {}\n",
+        audit.spooled_bytes()
+    );
+    text.insert_str(end, &extra);
 }

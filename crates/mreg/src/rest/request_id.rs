@@ -22,6 +22,11 @@ tokio::task_local! {
     static REQUEST_ID: String;
 }
 
+/// The request's id, also kept in the request's extensions (for handlers that run outside the
+/// request's task, such as MCP tool calls).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
 /// The id of the request being handled, or `-` outside one.
 pub fn current() -> String {
     REQUEST_ID
@@ -92,7 +97,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         // The ready service handles this request; a fresh clone waits for the next one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -104,6 +109,7 @@ where
             .and_then(|v| v.to_str().ok())
             .filter(|v| acceptable(v))
             .map_or_else(fresh, str::to_owned);
+        request.extensions_mut().insert(RequestId(id.clone()));
         let route = request
             .extensions()
             .get::<MatchedPath>()

@@ -2,6 +2,7 @@
 //! own SQL and its own embedded migrations. [`connect`] picks the backend from the configuration;
 //! nothing else in mreg knows which one runs.
 
+pub mod audit;
 pub mod auth;
 mod postgres;
 mod postgres_health;
@@ -36,6 +37,8 @@ pub struct Stores {
     pub catalog: Arc<dyn CatalogStore>,
     /// OAuth clients and grants.
     pub auth: Arc<dyn auth::AuthStore>,
+    /// The audit log.
+    pub audit: Arc<dyn audit::AuditStore>,
     closer: Arc<dyn Close>,
     /// `sqlite` or `postgres`, for logs and `/readyz`.
     pub backend: &'static str,
@@ -64,6 +67,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
                 health: Arc::new(store.clone()),
                 catalog: Arc::new(store.clone()),
                 auth: Arc::new(store.clone()),
+                audit: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "sqlite",
             }
@@ -76,6 +80,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
                 health: Arc::new(store.clone()),
                 catalog: Arc::new(store.clone()),
                 auth: Arc::new(store.clone()),
+                audit: Arc::new(store.clone()),
                 closer: Arc::new(store),
                 backend: "postgres",
             }

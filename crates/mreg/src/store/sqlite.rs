@@ -46,6 +46,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sharing",
         include_str!("../../migrations/sqlite/0005_sharing.sql"),
     ),
+    (
+        6,
+        "audit",
+        include_str!("../../migrations/sqlite/0006_audit.sql"),
+    ),
 ];
 
 const COLUMNS: &str = "id, name, url, transport, description, tags, version, registered_by, \

@@ -1,0 +1,561 @@
+//! The audit log: one row per tool call, proxied request, REST mutation, policy refusal, login
+//! and token event, written by the policy chain (never by handlers) and hash-chained so that an
+//! altered, removed or reordered row is detected by [`verify`].
+//!
+//! A request opens an [`Entry`] before it runs, which reserves a place in a bounded queue: when
+//! the queue is full (the database is down and the spool cannot take more), the request is
+//! refused rather than run unaudited. The entry is completed with the outcome and duration and
+//! handed to the [`writer`], which writes batches to the database, or to a local append-only
+//! spool file while the database is unreachable and replays it, in order and exactly once (rows
+//! are keyed by their event id), when it returns. Request latency never waits for the database.
+
+pub mod writer;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_lc_rs::digest;
+use domain::Principal;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::policy::Refusal;
+use crate::store::audit::{AuditRecord, AuditStore};
+
+/// The `prev_hash` of the first row ever written.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Arguments longer than this (as JSON) are not kept, only their size.
+const MAX_ARGUMENTS_BYTES: usize = 16 * 1024;
+
+/// What the policy chain decided.
+pub mod decision {
+    /// Admitted.
+    pub const ALLOW: &str = "allow";
+    /// Refused: a role is missing.
+    pub const DENY: &str = "deny";
+    /// Refused: over the rate limit.
+    pub const RATE_LIMITED: &str = "rate_limited";
+}
+
+/// How an admitted operation ended.
+pub mod outcome {
+    /// It succeeded.
+    pub const OK: &str = "ok";
+    /// It failed (the row's `error` says why), or it was refused.
+    pub const ERROR: &str = "error";
+    /// The caller went away before it ended.
+    pub const CANCELLED: &str = "cancelled";
+}
+
+/// One audited operation, as queued, spooled and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Unique id (UUID v7); the database keeps one row per id.
+    pub id: String,
+    /// When the operation started, in microseconds since the Unix epoch.
+    pub at_us: i64,
+    /// The request id (`x-request-id`), `-` when there is none.
+    pub request_id: String,
+    /// Subject (Entra object id) of the caller.
+    pub actor_subject: String,
+    /// The caller's email, when known.
+    pub actor_email: Option<String>,
+    /// The caller's tenant, when known.
+    pub actor_tenant: Option<String>,
+    /// The OAuth client the caller used, when known.
+    pub actor_client_id: Option<String>,
+    /// What was done: a gateway tool's name, an MCP method, `METHOD /route`, `oauth.token`, …
+    pub operation: String,
+    /// The tool called, when one was.
+    pub tool: Option<String>,
+    /// The registered server addressed, when one was.
+    pub server: Option<String>,
+    /// The arguments, as redacted JSON.
+    pub arguments: Option<String>,
+    /// [`decision`]: allow, deny or `rate_limited`.
+    pub decision: String,
+    /// [`outcome`]: ok, error or cancelled.
+    pub outcome: String,
+    /// Why it failed or was refused.
+    pub error: Option<String>,
+    /// How long it took, in microseconds.
+    pub duration_us: i64,
+}
+
+impl AuditEvent {
+    /// The hash of this event as row `seq` following a row whose hash is `prev_hash`.
+    pub fn chain_hash(&self, seq: i64, prev_hash: &str) -> String {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            seq: i64,
+            prev_hash: &'a str,
+            event: &'a AuditEvent,
+        }
+        let bytes = serde_json::to_vec(&Canonical {
+            seq,
+            prev_hash,
+            event: self,
+        })
+        .unwrap_or_default();
+        hex(digest::digest(&digest::SHA256, &bytes).as_ref())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Chains `events` after the row `(seq, hash)`, in order.
+pub fn chain(events: &[AuditEvent], mut seq: i64, mut hash: String) -> Vec<AuditRecord> {
+    events
+        .iter()
+        .map(|event| {
+            seq += 1;
+            let next = event.chain_hash(seq, &hash);
+            AuditRecord {
+                seq,
+                prev_hash: std::mem::replace(&mut hash, next.clone()),
+                hash: next,
+                event: event.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The audit log cannot take another entry: the request must not run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "the audit log cannot record this request (its queue is full: the database is unreachable and the spool cannot take more); the request was not run, try again later"
+)]
+pub struct AuditUnavailable;
+
+impl From<AuditUnavailable> for domain::Error {
+    fn from(e: AuditUnavailable) -> Self {
+        domain::Error::unavailable("audit log", e)
+    }
+}
+
+/// Which argument keys are masked: every key that, lower-cased and without `_` and `-`,
+/// contains one of the patterns.
+#[derive(Debug, Clone)]
+pub struct Redaction {
+    patterns: Vec<String>,
+}
+
+/// Patterns always masked.
+pub const DEFAULT_REDACTED: &[&str] = &["password", "secret", "token", "authorization", "apikey"];
+
+fn normalise(key: &str) -> String {
+    key.chars()
+        .filter(|c| !matches!(c, '_' | '-'))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+impl Redaction {
+    /// The defaults plus `extra` patterns (from the policy file's `[audit] redact`).
+    pub fn new(extra: &[String]) -> Self {
+        let mut patterns: Vec<String> = DEFAULT_REDACTED.iter().map(|p| normalise(p)).collect();
+        patterns.extend(extra.iter().map(|p| normalise(p)).filter(|p| !p.is_empty()));
+        Self { patterns }
+    }
+
+    fn masks(&self, key: &str) -> bool {
+        let key = normalise(key);
+        self.patterns.iter().any(|p| key.contains(p.as_str()))
+    }
+
+    /// `value` with every masked key's value replaced, as JSON text (or only its size when it
+    /// is too large to keep).
+    pub fn apply(&self, value: &Value) -> String {
+        let mut value = value.clone();
+        self.mask(&mut value);
+        let text = value.to_string();
+        if text.len() > MAX_ARGUMENTS_BYTES {
+            return serde_json::json!({ "truncated_bytes": text.len() }).to_string();
+        }
+        text
+    }
+
+    fn mask(&self, value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if self.masks(key) {
+                        *v = Value::String("[redacted]".to_owned());
+                    } else {
+                        self.mask(v);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.mask(v)),
+            _ => {}
+        }
+    }
+}
+
+/// The handle the policy chain records through. Cloning shares the queue.
+#[derive(Clone)]
+pub struct Auditor {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    queue: mpsc::Sender<AuditEvent>,
+    redaction: Redaction,
+    status: Arc<writer::Status>,
+}
+
+impl Auditor {
+    /// An auditor that records nothing (`MREG_AUDIT=off`).
+    pub fn off() -> Self {
+        Self { inner: None }
+    }
+
+    /// Whether anything is recorded.
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The writer's state, for `/readyz` and metrics; `None` when auditing is off.
+    pub fn status(&self) -> Option<&writer::Status> {
+        self.inner.as_deref().map(|i| i.status.as_ref())
+    }
+
+    /// Opens the entry of an operation by `actor`, reserving its place in the queue. Fails
+    /// when the queue is full: the operation must then not run.
+    pub fn open(
+        &self,
+        actor: &Principal,
+        request_id: &str,
+        operation: impl Into<String>,
+    ) -> Result<Entry, AuditUnavailable> {
+        let Some(inner) = &self.inner else {
+            return Ok(Entry::disabled());
+        };
+        let permit = inner.queue.clone().try_reserve_owned().map_err(|_| {
+            inner.status.refused();
+            AuditUnavailable
+        })?;
+        let now = time::OffsetDateTime::now_utc();
+        Ok(Entry {
+            permit: Some(permit),
+            redaction: Some(inner.clone()),
+            started: Instant::now(),
+            event: AuditEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                at_us: (now.unix_timestamp_nanos() / 1000) as i64,
+                request_id: request_id.to_owned(),
+                actor_subject: actor.subject.clone(),
+                actor_email: actor.email.clone(),
+                actor_tenant: actor.tenant.clone(),
+                actor_client_id: actor.client_id.clone(),
+                operation: operation.into(),
+                tool: None,
+                server: None,
+                arguments: None,
+                decision: decision::ALLOW.to_owned(),
+                outcome: outcome::CANCELLED.to_owned(),
+                error: None,
+                duration_us: 0,
+            },
+        })
+    }
+}
+
+/// An operation being audited. Completed by [`Entry::finish`] or [`Entry::refused`]; dropped
+/// unfinished (the caller went away), it is recorded as cancelled.
+pub struct Entry {
+    permit: Option<mpsc::OwnedPermit<AuditEvent>>,
+    redaction: Option<Arc<Inner>>,
+    started: Instant,
+    event: AuditEvent,
+}
+
+impl Entry {
+    fn disabled() -> Self {
+        Self {
+            permit: None,
+            redaction: None,
+            started: Instant::now(),
+            event: blank(),
+        }
+    }
+
+    /// Names the tool and server addressed.
+    pub fn target(&mut self, tool: Option<&str>, server: Option<&str>) -> &mut Self {
+        if self.permit.is_some() {
+            self.event.tool = tool.map(str::to_owned);
+            self.event.server = server.map(str::to_owned);
+        }
+        self
+    }
+
+    /// Records the arguments, redacted.
+    pub fn arguments(&mut self, arguments: &Value) -> &mut Self {
+        if let Some(inner) = &self.redaction {
+            self.event.arguments = Some(inner.redaction.apply(arguments));
+        }
+        self
+    }
+
+    /// Replaces the actor (for sign-ins, where the caller is known only at the end).
+    pub fn actor(&mut self, actor: &Principal) -> &mut Self {
+        if self.permit.is_some() {
+            self.event.actor_subject = actor.subject.clone();
+            self.event.actor_email = actor.email.clone();
+            self.event.actor_tenant = actor.tenant.clone();
+            self.event.actor_client_id = actor.client_id.clone();
+        }
+        self
+    }
+
+    /// Sets the OAuth client of the actor.
+    pub fn client(&mut self, client_id: &str) -> &mut Self {
+        if self.permit.is_some() {
+            self.event.actor_client_id = Some(client_id.to_owned());
+        }
+        self
+    }
+
+    /// Renames the operation.
+    pub fn operation(&mut self, operation: &str) -> &mut Self {
+        if self.permit.is_some() {
+            operation.clone_into(&mut self.event.operation);
+        }
+        self
+    }
+
+    /// Records that the chain refused the operation (complete it with [`Entry::finish`]).
+    pub fn decide(&mut self, refusal: &Refusal) -> &mut Self {
+        self.decided(decision_of(refusal))
+    }
+
+    /// Records a [`decision`].
+    pub fn decided(&mut self, decision: &str) -> &mut Self {
+        decision.clone_into(&mut self.event.decision);
+        self
+    }
+
+    /// Completes the entry of a refused operation.
+    pub fn refused(mut self, refusal: &Refusal) {
+        self.decide(refusal);
+        self.complete(outcome::ERROR, Some(refusal.message()));
+    }
+
+    /// Completes the entry of an admitted operation: `Err` carries why it failed.
+    pub fn finish(mut self, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.complete(outcome::OK, None),
+            Err(why) => self.complete(outcome::ERROR, Some(why)),
+        }
+    }
+
+    fn complete(&mut self, outcome: &str, error: Option<String>) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        outcome.clone_into(&mut self.event.outcome);
+        self.event.error = error;
+        self.event.duration_us = self.started.elapsed().as_micros() as i64;
+        let event = std::mem::replace(&mut self.event, blank());
+        permit.send(event);
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        if self.permit.is_some() {
+            self.complete(
+                outcome::CANCELLED,
+                Some("the caller went away before the operation ended".to_owned()),
+            );
+        }
+    }
+}
+
+fn blank() -> AuditEvent {
+    AuditEvent {
+        id: String::new(),
+        at_us: 0,
+        request_id: String::new(),
+        actor_subject: String::new(),
+        actor_email: None,
+        actor_tenant: None,
+        actor_client_id: None,
+        operation: String::new(),
+        tool: None,
+        server: None,
+        arguments: None,
+        decision: String::new(),
+        outcome: String::new(),
+        error: None,
+        duration_us: 0,
+    }
+}
+
+tokio::task_local! {
+    static INNER_REFUSAL: std::cell::Cell<Option<&'static str>>;
+}
+
+fn decision_of(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::Denied(_) => decision::DENY,
+        Refusal::Limited(_) => decision::RATE_LIMITED,
+    }
+}
+
+/// Runs `operation` (a gateway tool) and says whether the chain refused something it asked for
+/// on the way (`proxy_request` forwarding to a server the caller may not use): the tool's row
+/// then carries that decision.
+pub async fn watch<F: Future>(operation: F) -> (F::Output, Option<&'static str>) {
+    INNER_REFUSAL
+        .scope(std::cell::Cell::new(None), async {
+            let output = operation.await;
+            (output, INNER_REFUSAL.with(std::cell::Cell::get))
+        })
+        .await
+}
+
+/// Tells the enclosing [`watch`], if any, that the chain refused `refusal`.
+pub fn note_refusal(refusal: &Refusal) {
+    let _ = INNER_REFUSAL.try_with(|cell| cell.set(Some(decision_of(refusal))));
+}
+
+/// Where a chain check stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Break {
+    /// The first row that does not verify.
+    pub seq: i64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Verification {
+    /// Rows checked.
+    pub rows: u64,
+    /// The first row's sequence number (after any pruned prefix).
+    pub first_seq: Option<i64>,
+    /// The last row's sequence number.
+    pub last_seq: Option<i64>,
+    /// The hash of the last row: record it elsewhere to detect a truncated tail later.
+    pub head: String,
+    /// The first broken link, if any.
+    pub broken: Option<Break>,
+}
+
+/// Walks the whole chain in order, from the last retention checkpoint (or the start).
+pub async fn verify(store: &dyn AuditStore) -> domain::Result<Verification> {
+    let (mut seq, mut hash) = store.anchor().await?.unwrap_or((0, GENESIS.to_owned()));
+    let mut result = Verification {
+        rows: 0,
+        first_seq: None,
+        last_seq: None,
+        head: hash.clone(),
+        broken: None,
+    };
+    loop {
+        let page = store.chain_after(seq, 5000).await?;
+        let Some(last) = page.last() else {
+            return Ok(result);
+        };
+        let last_seq = last.seq;
+        for row in page {
+            let broken = if row.seq != seq + 1 {
+                Some(format!(
+                    "rows {} to {} are missing (removed)",
+                    seq + 1,
+                    row.seq - 1
+                ))
+            } else if row.prev_hash != hash {
+                Some("its previous-row hash does not match the row before it (rows were removed, reordered or rewritten)".to_owned())
+            } else if row.event.chain_hash(row.seq, &row.prev_hash) != row.hash {
+                Some("its contents do not match its hash (the row was altered)".to_owned())
+            } else {
+                None
+            };
+            if let Some(reason) = broken {
+                result.broken = Some(Break {
+                    seq: row.seq,
+                    reason,
+                });
+                return Ok(result);
+            }
+            result.rows += 1;
+            result.first_seq.get_or_insert(row.seq);
+            result.last_seq = Some(row.seq);
+            seq = row.seq;
+            hash = row.hash;
+            result.head.clone_from(&hash);
+        }
+        debug_assert_eq!(seq, last_seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_at_any_depth_and_other_keys_kept() {
+        let r = Redaction::new(&["ssn".to_owned()]);
+        let masked: Value = serde_json::from_str(&r.apply(&serde_json::json!({
+            "city": "Oslo",
+            "Password": "p",
+            "api-key": "k",
+            "nested": [{ "client_secret": "s", "AccessToken": "t", "n": 1 }],
+            "headers": { "Authorization": "Bearer x" },
+            "user_SSN": "123",
+        })))
+        .expect("json");
+        assert_eq!(
+            masked,
+            serde_json::json!({
+                "city": "Oslo",
+                "Password": "[redacted]",
+                "api-key": "[redacted]",
+                "nested": [{ "client_secret": "[redacted]", "AccessToken": "[redacted]", "n": 1 }],
+                "headers": { "Authorization": "[redacted]" },
+                "user_SSN": "[redacted]",
+            })
+        );
+        let big = serde_json::json!({ "blob": "x".repeat(MAX_ARGUMENTS_BYTES) });
+        assert!(r.apply(&big).contains("truncated_bytes"));
+    }
+
+    fn event(n: u8) -> AuditEvent {
+        AuditEvent {
+            id: format!("id-{n}"),
+            at_us: 1,
+            request_id: "r".to_owned(),
+            actor_subject: "s".to_owned(),
+            actor_email: None,
+            actor_tenant: None,
+            actor_client_id: None,
+            operation: "op".to_owned(),
+            tool: None,
+            server: None,
+            arguments: Some(format!("{{\"n\":{n}}}")),
+            decision: decision::ALLOW.to_owned(),
+            outcome: outcome::OK.to_owned(),
+            error: None,
+            duration_us: 5,
+        }
+    }
+
+    #[test]
+    fn each_hash_covers_the_row_its_position_and_the_previous_hash() {
+        let rows = chain(&[event(1), event(2)], 0, GENESIS.to_owned());
+        assert_eq!(rows[0].prev_hash, GENESIS);
+        assert_eq!(rows[1].prev_hash, rows[0].hash);
+        assert_eq!((rows[0].seq, rows[1].seq), (1, 2));
+        let base = event(1).chain_hash(1, GENESIS);
+        assert_ne!(event(2).chain_hash(1, GENESIS), base, "contents");
+        assert_ne!(event(1).chain_hash(2, GENESIS), base, "position");
+        assert_ne!(event(1).chain_hash(1, &rows[1].hash), base, "predecessor");
+    }
+}
