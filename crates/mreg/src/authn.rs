@@ -162,6 +162,13 @@ async fn admit(
     };
     if let Ok(arguments) = serde_json::from_slice::<serde_json::Value>(&bytes) {
         entry.arguments(&arguments);
+        // A registration names its server in the body.
+        if server_in_path(&path).is_none()
+            && path.starts_with("/api/v1/servers")
+            && let Some(name) = arguments.get("name").and_then(|n| n.as_str())
+        {
+            entry.target(None, Some(name));
+        }
     }
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))

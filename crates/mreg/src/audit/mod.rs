@@ -144,8 +144,18 @@ pub struct Redaction {
     patterns: Vec<String>,
 }
 
-/// Patterns always masked.
-pub const DEFAULT_REDACTED: &[&str] = &["password", "secret", "token", "authorization", "apikey"];
+/// Patterns always masked: the usual names of secrets, plus `credential`, `cookie` and
+/// `upstream_headers` (a registration's upstream credentials, whatever the header is called).
+pub const DEFAULT_REDACTED: &[&str] = &[
+    "password",
+    "secret",
+    "token",
+    "authorization",
+    "apikey",
+    "credential",
+    "cookie",
+    "upstreamheaders",
+];
 
 fn normalise(key: &str) -> String {
     key.chars()

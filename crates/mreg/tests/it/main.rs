@@ -1,6 +1,7 @@
 //! mreg's integration tests: one binary, the real app on port 0, real PostgreSQL and Redis.
 
 mod api;
+mod audit;
 mod cache_conformance;
 mod cli;
 mod health;

@@ -746,6 +746,63 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
         StatusCode::OK,
         "unknown tokens are fine"
     );
+
+    // Registration, sign-ins and every token event are audited, failures included, and no
+    // token reaches the log.
+    let rows = crate::audit::at_least(13, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let oauth: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| r.event.operation.starts_with("oauth."))
+        .map(|r| {
+            (
+                r.event.operation.as_str(),
+                r.event.actor_subject.as_str(),
+                r.event.outcome.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        oauth,
+        [
+            ("oauth.register", "unauthenticated", "ok"),
+            ("oauth.login", ALICE_OID, "ok"),
+            ("oauth.token", ALICE_OID, "ok"),
+            ("oauth.token", "unauthenticated", "error"),
+            ("oauth.refresh", ALICE_OID, "ok"),
+            ("oauth.refresh", "unauthenticated", "error"),
+            ("oauth.refresh", "unauthenticated", "error"),
+            ("oauth.login", BOB_OID, "ok"),
+            ("oauth.token", BOB_OID, "ok"),
+            ("oauth.revoke", "unauthenticated", "ok"),
+            ("oauth.revoke", "unauthenticated", "ok"),
+            ("oauth.refresh", "unauthenticated", "error"),
+            ("oauth.revoke", "unauthenticated", "ok"),
+        ]
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r.event.operation.starts_with("oauth."))
+            .all(|r| r.event.actor_client_id.as_deref() == Some(flow.client_id.as_str()))
+    );
+    let replayed = rows
+        .iter()
+        .find(|r| r.event.operation == "oauth.token" && r.event.outcome == "error")
+        .expect("the replayed code");
+    assert!(
+        replayed
+            .event
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("invalid_grant")),
+        "{replayed:?}"
+    );
+    let everything = format!("{rows:?}");
+    for secret in [first, second_refresh, refresh.as_str(), &code] {
+        assert!(
+            !everything.contains(secret),
+            "a token reached the audit log"
+        );
+    }
 }
 
 #[tokio::test]

@@ -252,6 +252,68 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
         count >= 4.0,
         "REST bob POST, carol health, bob DELETE, MCP delete_server: {denied}"
     );
+
+    // Every decision is audited: refusals name the missing role; admins read the log.
+    let rows = crate::audit::at_least(7, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let denied: Vec<(&str, &str, Option<&str>)> = rows
+        .iter()
+        .filter(|r| r.event.decision == "deny")
+        .map(|r| {
+            (
+                r.event.actor_subject.as_str(),
+                r.event.operation.as_str(),
+                r.event.server.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        denied,
+        [
+            (BOB_OID, "POST /api/v1/servers", None),
+            (
+                "cccccccc-cccc-4ccc-8ccc-cccccccccccc",
+                "GET /api/v1/servers/{name}/health",
+                Some("weather")
+            ),
+            (BOB_OID, "DELETE /api/v1/servers/{name}", Some("weather")),
+            (BOB_OID, "delete_server", Some("weather")),
+        ]
+    );
+    assert!(rows.iter().filter(|r| r.event.decision == "deny").all(|r| {
+        r.event.outcome == "error"
+            && r.event
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("requires the role"))
+            && r.event.actor_tenant.as_deref() == Some(TENANT)
+    }));
+    let allowed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.event.decision == "allow")
+        .map(|r| r.event.operation.as_str())
+        .collect();
+    assert_eq!(
+        allowed,
+        ["POST /api/v1/servers", "list_servers", "delete_server"]
+    );
+    let (status, _, body) = rest(&s.app, reqwest::Method::GET, "/api/v1/audit", &c.bob, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _, page) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        &format!("/api/v1/audit?actor={BOB_OID}&decision=deny"),
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["entries"].as_array().expect("entries").len(), 3);
+    // The refused audit read is itself audited.
+    let rows = crate::audit::at_least(9, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    assert!(
+        rows.iter()
+            .any(|r| r.event.operation == "GET /api/v1/audit" && r.event.decision == "deny")
+    );
 }
 
 #[tokio::test]
@@ -447,6 +509,34 @@ async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
         .as_u64()
         .expect("retry_after_ms");
     assert!(wait > 0 && wait <= 20_000, "{wait}");
+
+    // Each refusal is one audit row.
+    let rows = crate::audit::at_least(16 + 3, || crate::audit::sqlite_rows(&app.dir.0)).await;
+    let limited: Vec<&mreg::store::audit::AuditRecord> = rows
+        .iter()
+        .filter(|r| r.event.decision == "rate_limited")
+        .collect();
+    assert_eq!(limited.len(), 16, "{limited:#?}");
+    assert_eq!(
+        limited
+            .iter()
+            .filter(
+                |r| r.event.operation == "GET /api/v1/whoami" && r.event.actor_subject == BOB_OID
+            )
+            .count(),
+        15
+    );
+    let tool = limited
+        .iter()
+        .find(|r| r.event.tool.as_deref() == Some("list_servers"))
+        .expect("the refused tool call");
+    assert_eq!(tool.event.actor_subject, ALICE_OID);
+    assert!(
+        tool.event
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("rate limit exceeded"))
+    );
 }
 
 #[tokio::test]

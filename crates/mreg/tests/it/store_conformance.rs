@@ -7,6 +7,8 @@ use domain::{
     Outcome, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore,
     ToolInfo, ToolQuery,
 };
+use mreg::audit::{AuditEvent, GENESIS};
+use mreg::store::audit::{AuditFilter, AuditStore};
 use mreg::store::auth::{AuthStore, GrantRow, Rotation};
 use mreg::store::{PgStore, SqliteStore};
 use serde_json::json;
@@ -874,6 +876,171 @@ async fn lists_show_a_tenant_its_own_tenantless_and_shared_servers(store: Arc<dy
     );
 }
 
+fn event(n: i64, actor: &str, tool: Option<&str>, decision: &str) -> AuditEvent {
+    AuditEvent {
+        id: format!("00000000-0000-7000-8000-{n:012}"),
+        at_us: 1_000_000 * n,
+        request_id: format!("r{n}"),
+        actor_subject: actor.to_owned(),
+        actor_email: Some(format!("{actor}@example.com")),
+        actor_tenant: Some(if actor == "bob" { "t2" } else { "t1" }.to_owned()),
+        actor_client_id: None,
+        operation: tool.unwrap_or("POST /api/v1/servers").to_owned(),
+        tool: tool.map(str::to_owned),
+        server: Some("weather".to_owned()),
+        arguments: Some(format!("{{\"n\":{n}}}")),
+        decision: decision.to_owned(),
+        outcome: "ok".to_owned(),
+        error: None,
+        duration_us: 10,
+    }
+}
+
+async fn audit_rows_chain_in_order_once_each_and_filter(store: Arc<dyn AuditStore>) {
+    let first = [
+        event(1, "alice", Some("register_server"), "allow"),
+        event(2, "bob", Some("delete_server"), "deny"),
+        event(3, "alice", None, "allow"),
+    ];
+    assert_eq!(store.append(&first).await.expect("append"), 3);
+    // A replay of stored events (e.g. from the spool) stores only the new one.
+    let mut again = first.to_vec();
+    again.push(event(4, "bob", None, "rate_limited"));
+    assert_eq!(store.append(&again).await.expect("append"), 1);
+    // Concurrent appends extend one chain.
+    let (one, two) = (
+        [
+            event(5, "alice", None, "allow"),
+            event(6, "alice", None, "allow"),
+        ],
+        [event(7, "bob", None, "allow")],
+    );
+    let (a, b) = tokio::join!(store.append(&one), store.append(&two));
+    assert_eq!(a.expect("append") + b.expect("append"), 3);
+    let chain = store.chain_after(0, 100).await.expect("chain");
+    assert_eq!(
+        chain.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=7).collect::<Vec<_>>()
+    );
+    assert_eq!(chain[0].prev_hash, GENESIS);
+    for pair in chain.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    assert_eq!(chain[0].event, first[0], "an event reads back equal");
+    let verified = mreg::audit::verify(store.as_ref()).await.expect("verify");
+    assert_eq!((verified.rows, verified.broken), (7, None));
+    assert_eq!(verified.head, chain[6].hash);
+
+    let list = |f: AuditFilter| {
+        let store = store.clone();
+        async move {
+            store
+                .list(&AuditFilter { limit: 100, ..f })
+                .await
+                .expect("list")
+                .iter()
+                .map(|r| r.event.request_id.clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(AuditFilter::default()).await.len(), 7);
+    assert_eq!(
+        list(AuditFilter {
+            actor: Some("bob@example.com".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    assert_eq!(
+        list(AuditFilter {
+            tool: Some("delete_server".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await,
+        ["r2"]
+    );
+    assert_eq!(
+        list(AuditFilter {
+            decision: Some("rate_limited".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await,
+        ["r4"]
+    );
+    assert_eq!(
+        list(AuditFilter {
+            since_us: Some(2_000_000),
+            until_us: Some(4_000_000),
+            ..AuditFilter::default()
+        })
+        .await,
+        ["r3", "r2"],
+        "newest first"
+    );
+    assert_eq!(
+        list(AuditFilter {
+            tenant: Some("t2".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await
+        .len(),
+        3
+    );
+    let page = store
+        .list(&AuditFilter {
+            limit: 2,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("page");
+    let next = store
+        .list(&AuditFilter {
+            limit: 2,
+            before_seq: Some(page[1].seq),
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("next page");
+    assert_eq!(
+        page.iter().chain(&next).map(|r| r.seq).collect::<Vec<_>>(),
+        [7, 6, 5, 4]
+    );
+}
+
+async fn audit_pruning_leaves_a_checkpoint_the_rest_verifies_from(store: Arc<dyn AuditStore>) {
+    let events: Vec<_> = (1..=5).map(|n| event(n, "alice", None, "allow")).collect();
+    store.append(&events).await.expect("append");
+    let chain = store.chain_after(0, 10).await.expect("chain");
+    // Rows that started before 3 s go; a checkpoint keeps the last one's place and hash.
+    assert_eq!(store.prune(3_000_000, 99).await.expect("prune"), 2);
+    assert_eq!(
+        store.anchor().await.expect("anchor"),
+        Some((2, chain[1].hash.clone()))
+    );
+    let verified = mreg::audit::verify(store.as_ref()).await.expect("verify");
+    assert_eq!(
+        (verified.first_seq, verified.rows, verified.broken),
+        (Some(3), 3, None)
+    );
+    // Everything goes; the chain goes on from the checkpoint.
+    assert_eq!(store.prune(i64::MAX, 99).await.expect("prune"), 3);
+    assert_eq!(store.prune(i64::MAX, 99).await.expect("prune"), 0);
+    store
+        .append(&[event(6, "alice", None, "allow")])
+        .await
+        .expect("append");
+    let after = store.chain_after(0, 10).await.expect("chain");
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        (after[0].seq, after[0].prev_hash.as_str()),
+        (6, chain[4].hash.as_str())
+    );
+    let verified = mreg::audit::verify(store.as_ref()).await.expect("verify");
+    assert_eq!((verified.rows, verified.broken), (1, None));
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
@@ -948,4 +1115,6 @@ conformance!(
     a_secret_is_created_once_and_then_shared,
     oauth_grants_rotate_once_and_remember_spent_tokens,
     lists_show_a_tenant_its_own_tenantless_and_shared_servers,
+    audit_rows_chain_in_order_once_each_and_filter,
+    audit_pruning_leaves_a_checkpoint_the_rest_verifies_from,
 );

@@ -1,0 +1,640 @@
+//! The audit log: one row per tool call, proxied request, REST mutation and refusal, with
+//! redacted arguments; written asynchronously, spooled through a database outage and replayed
+//! exactly once; refused requests when it can keep nothing; drained at shutdown; a hash chain
+//! that `mreg audit verify` checks.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mreg::store::audit::{AuditFilter, AuditRecord, AuditStore};
+use mreg::store::{PgStore, SqliteStore};
+use reqwest::StatusCode;
+use rmcp::model::ProtocolVersion;
+use serde_json::{Value, json};
+
+use crate::mcp_tools::{call, connect};
+use crate::support::{ChaosProxy, TempDir, TestApp, TestDb, test_config};
+use crate::upstream::Upstream;
+
+/// Every row, oldest first.
+fn all() -> AuditFilter {
+    AuditFilter {
+        limit: 100_000,
+        ..AuditFilter::default()
+    }
+}
+
+/// The rows of an app's SQLite database, oldest first.
+pub(crate) async fn sqlite_rows(dir: &Path) -> Vec<AuditRecord> {
+    let store = SqliteStore::open(&dir.join("mreg.db"), 1)
+        .await
+        .expect("open the database");
+    let mut rows = store.list(&all()).await.expect("audit rows");
+    rows.reverse();
+    rows
+}
+
+/// Waits (at most 15 s) until `fetch` returns at least `n` rows, and returns them.
+pub(crate) async fn at_least<F, Fut>(n: usize, fetch: F) -> Vec<AuditRecord>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<AuditRecord>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = fetch().await;
+        if rows.len() >= n || Instant::now() > deadline {
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn args(row: &AuditRecord) -> Value {
+    serde_json::from_str(row.event.arguments.as_deref().unwrap_or("null")).expect("json")
+}
+
+fn find<'a>(rows: &'a [AuditRecord], operation: &str) -> Vec<&'a AuditRecord> {
+    rows.iter()
+        .filter(|r| r.event.operation == operation)
+        .collect()
+}
+
+const ACCEPT: &str = "application/json, text/event-stream";
+
+async fn proxy_post(app: &TestApp, server: &str, request_id: &str, body: Value) -> StatusCode {
+    app.http
+        .post(format!("http://{}/servers/{server}/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .header("x-request-id", request_id)
+        .json(&body)
+        .send()
+        .await
+        .expect("send")
+        .status()
+}
+
+#[tokio::test]
+async fn every_operation_becomes_one_row_with_its_arguments_redacted() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(false).await;
+
+    // REST mutations: one row each, success or failure; reads are not audited.
+    let (status, _) = app
+        .post(
+            "/api/v1/servers",
+            json!({
+                "name": "echo", "url": upstream.url,
+                "upstream_headers": { "X-Custom": "k-123" },
+                "metadata": { "db_password": "hunter2", "team": "search" },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = app
+        .patch("/api/v1/servers/missing", json!({ "description": "x" }))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/api/v1/servers").await.0, StatusCode::OK);
+
+    // The gateway's own tools.
+    let client = connect(
+        &format!("http://{}/mcp", app.mcp_addr),
+        ProtocolVersion::V_2025_11_25,
+    )
+    .await;
+    let registered = call(
+        &client,
+        "register_server",
+        json!({ "name": "second", "url": upstream.url }),
+    )
+    .await;
+    assert_ne!(registered.is_error, Some(true), "{registered:?}");
+    let missing = call(&client, "get_server", json!({ "name": "nowhere" })).await;
+    assert_eq!(missing.is_error, Some(true));
+
+    // Proxied requests, under the caller's request id.
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    assert_eq!(
+        proxy_post(&app, "echo", "req-init", init).await,
+        StatusCode::OK
+    );
+    let echo = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "echo", "arguments": { "text": "hi", "api_key": "zzz" } } });
+    assert_eq!(
+        proxy_post(&app, "echo", "req-echo", echo).await,
+        StatusCode::OK
+    );
+
+    let rows = at_least(7, || sqlite_rows(&app.dir.0)).await;
+    let created = find(&rows, "POST /api/v1/servers");
+    assert_eq!(created.len(), 1, "{rows:#?}");
+    let created = created[0];
+    assert_eq!(created.event.server.as_deref(), Some("echo"));
+    assert_eq!(created.event.outcome, "ok");
+    assert_eq!(created.event.decision, "allow");
+    assert_eq!(created.event.actor_subject, "anonymous");
+    let arguments = args(created);
+    assert_eq!(arguments["metadata"]["db_password"], "[redacted]");
+    assert_eq!(arguments["metadata"]["team"], "search");
+    assert_eq!(arguments["upstream_headers"], "[redacted]");
+    let everything = format!("{rows:?}");
+    for secret in ["hunter2", "k-123", "zzz"] {
+        assert!(!everything.contains(secret), "{secret} leaked");
+    }
+
+    let patched = find(&rows, "PATCH /api/v1/servers/{name}");
+    assert_eq!(patched.len(), 1);
+    assert_eq!(patched[0].event.server.as_deref(), Some("missing"));
+    assert_eq!(patched[0].event.outcome, "error");
+    assert!(
+        patched[0]
+            .event
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("missing")),
+        "{:?}",
+        patched[0].event.error
+    );
+    assert!(
+        rows.iter().all(|r| !r.event.operation.starts_with("GET ")),
+        "reads are not audited"
+    );
+
+    let tool = find(&rows, "register_server");
+    assert_eq!(tool.len(), 1);
+    assert_eq!(tool[0].event.tool.as_deref(), Some("register_server"));
+    assert_eq!(tool[0].event.server.as_deref(), Some("second"));
+    assert_eq!(args(tool[0])["url"], upstream.url.as_str());
+    assert_eq!(tool[0].event.outcome, "ok");
+    let failed = find(&rows, "get_server");
+    assert_eq!(failed[0].event.outcome, "error");
+    assert!(failed[0].event.error.is_some());
+
+    let proxied = find(&rows, "tools/call");
+    assert_eq!(proxied.len(), 1);
+    let proxied = proxied[0];
+    assert_eq!(proxied.event.request_id, "req-echo");
+    assert_eq!(proxied.event.tool.as_deref(), Some("echo"));
+    assert_eq!(proxied.event.server.as_deref(), Some("echo"));
+    assert_eq!(
+        args(proxied),
+        json!({ "text": "hi", "api_key": "[redacted]" })
+    );
+    assert_eq!(proxied.event.outcome, "ok");
+    let init = find(&rows, "initialize");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].event.request_id, "req-init");
+    client.cancel().await.expect("close the MCP session");
+
+    // A mutation right before shutdown is written while the gateway drains.
+    let (status, _) = app.delete("/api/v1/servers/second").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut app = app;
+    app.take_running().stop().await.expect("stop");
+    let rows = sqlite_rows(&app.dir.0).await;
+    assert_eq!(find(&rows, "DELETE /api/v1/servers/{name}").len(), 1);
+    let store = SqliteStore::open(&app.dir.0.join("mreg.db"), 1)
+        .await
+        .expect("open");
+    let verified = mreg::audit::verify(&store).await.expect("verify");
+    assert_eq!(verified.broken, None);
+    assert_eq!(verified.rows as usize, rows.len());
+}
+
+#[tokio::test]
+async fn the_rest_api_lists_the_audit_log_with_filters_and_a_cursor() {
+    let app = TestApp::spawn().await;
+    for n in 0..5 {
+        app.register(&format!("s{n}"), json!({})).await;
+    }
+    assert_eq!(
+        app.delete("/api/v1/servers/s0").await.0,
+        StatusCode::NO_CONTENT
+    );
+    at_least(6, || sqlite_rows(&app.dir.0)).await;
+    let (status, page) = app.get("/api/v1/audit?limit=4").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let entries = page["entries"].as_array().expect("entries");
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[0]["operation"], "DELETE /api/v1/servers/{name}");
+    assert_eq!(entries[0]["actor"]["subject"], "anonymous");
+    assert!(entries[0]["time"].as_str().expect("time").ends_with('Z'));
+    let cursor = page["next_cursor"].as_str().expect("a next page");
+    let (_, rest) = app
+        .get(&format!("/api/v1/audit?limit=4&cursor={cursor}"))
+        .await;
+    let more = rest["entries"].as_array().expect("entries");
+    assert_eq!(more.len(), 2);
+    assert!(rest.get("next_cursor").is_none());
+    let seqs: Vec<i64> = entries
+        .iter()
+        .chain(more)
+        .map(|e| e["seq"].as_i64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, [6, 5, 4, 3, 2, 1], "newest first, no row twice");
+
+    let (_, filtered) = app
+        .get("/api/v1/audit?server=s3&operation=POST%20/api/v1/servers")
+        .await;
+    assert_eq!(filtered["entries"].as_array().expect("entries").len(), 1);
+    let (_, none) = app.get("/api/v1/audit?decision=deny").await;
+    assert_eq!(none["entries"], json!([]));
+    let (_, future) = app.get("/api/v1/audit?since=2100-01-01T00:00:00Z").await;
+    assert_eq!(future["entries"], json!([]));
+    for bad in [
+        "decision=maybe",
+        "since=yesterday",
+        "limit=0",
+        "limit=501",
+        "cursor=abc",
+    ] {
+        let (status, body) = app.get(&format!("/api/v1/audit?{bad}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+    }
+    app.stop().await;
+}
+
+/// Registers `name` through the gateway under request id `id`; returns the status.
+async fn register_as(app: &TestApp, name: &str, id: &str) -> StatusCode {
+    app.http
+        .post(app.url("/api/v1/servers"))
+        .header("x-request-id", id)
+        .json(&json!({ "name": name, "url": format!("https://{name}.example.com/mcp") }))
+        .send()
+        .await
+        .expect("request")
+        .status()
+}
+
+async fn pg_rows(url: &str) -> Vec<AuditRecord> {
+    let store = PgStore::connect(&url.to_owned().into(), 1)
+        .await
+        .expect("postgres");
+    let mut rows = store.list(&all()).await.expect("rows");
+    rows.reverse();
+    rows
+}
+
+fn through(db: &TestDb, proxy: &ChaosProxy) -> String {
+    let mut url = url::Url::parse(&db.url).expect("url");
+    url.set_port(Some(proxy.addr.port())).expect("port");
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.to_string()
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_no_row_and_duplicates_none() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let target = url::Url::parse(&db.url).expect("url");
+    let pg = tokio::net::lookup_host((
+        target.host_str().expect("host"),
+        target.port().unwrap_or(5432),
+    ))
+    .await
+    .expect("resolve")
+    .next()
+    .expect("an address");
+    let proxy = ChaosProxy::start(pg).await;
+    let url = through(&db, &proxy);
+    let app = Arc::new(TestApp::spawn_with(&[("MREG_DATABASE_URL", url.as_str())]).await);
+
+    // Load from 8 concurrent clients; the database is cut off for a while in the middle.
+    let total = 240;
+    let load = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut statuses = HashMap::new();
+            let mut tasks = tokio::task::JoinSet::new();
+            for client in 0..8 {
+                let app = app.clone();
+                tasks.spawn(async move {
+                    let mut seen = Vec::new();
+                    for i in 0..total / 8 {
+                        let id = format!("load-{client}-{i}");
+                        seen.push(register_as(&app, &format!("srv-{client}-{i}"), &id).await);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    seen
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                for status in done.expect("client") {
+                    *statuses.entry(status).or_insert(0) += 1;
+                }
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    // Requests in flight fail once the pool gives up on the database (5 s); their rows, and
+    // those of the requests after them, go to the spool.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let metrics = app
+            .http
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let spooled: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("mreg_audit_rows_spooled_total"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no spool counter in {metrics}"));
+        if spooled > 0.0 {
+            break app.get("/readyz").await.1;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no row went to the spool during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        ready["checks"]["audit"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("spooling")),
+        "{ready}"
+    );
+    proxy.restore();
+    let statuses = load.await.expect("load");
+    assert_eq!(statuses.values().sum::<usize>(), total);
+    assert!(
+        statuses.contains_key(&StatusCode::CREATED)
+            && statuses.contains_key(&StatusCode::SERVICE_UNAVAILABLE),
+        "some requests ran before or after the outage, some failed during it: {statuses:?}"
+    );
+
+    // Every request has exactly one row once the spool is replayed, and the chain verifies.
+    let rows = at_least(total, || pg_rows(&db.url)).await;
+    let mut per_request: HashMap<&str, usize> = HashMap::new();
+    for row in &rows {
+        *per_request
+            .entry(row.event.request_id.as_str())
+            .or_default() += 1;
+    }
+    for client in 0..8 {
+        for i in 0..total / 8 {
+            let id = format!("load-{client}-{i}");
+            assert_eq!(per_request.get(id.as_str()), Some(&1), "{id}");
+        }
+    }
+    assert_eq!(rows.len(), total, "no row twice, no stray row");
+    let store = PgStore::connect(&db.url.clone().into(), 1)
+        .await
+        .expect("postgres");
+    let verified = mreg::audit::verify(&store).await.expect("verify");
+    assert_eq!(verified.broken, None);
+    assert_eq!(verified.rows as usize, total);
+    let (_, ready) = app.get("/readyz").await;
+    assert_eq!(ready["checks"]["audit"], "ok", "{ready}");
+    drop(app);
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn spooled_rows_survive_a_restart_and_are_replayed_by_the_next_run() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let target = url::Url::parse(&db.url).expect("url");
+    let pg = tokio::net::lookup_host((
+        target.host_str().expect("host"),
+        target.port().unwrap_or(5432),
+    ))
+    .await
+    .expect("resolve")
+    .next()
+    .expect("an address");
+    let proxy = ChaosProxy::start(pg).await;
+    let dir = TempDir::new();
+    let settings = [("MREG_DATABASE_URL", through(&db, &proxy))];
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let running = mreg::app::start(test_config(&dir, &settings))
+        .await
+        .expect("start");
+    let http = reqwest::Client::new();
+    proxy.cut();
+    for i in 0..5 {
+        let status = http
+            .delete(format!(
+                "http://{}/api/v1/servers/gone-{i}",
+                running.api_addr
+            ))
+            .header("x-request-id", format!("outage-{i}"))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    running.stop().await.expect("stop");
+    let spool = std::fs::read_to_string(dir.0.join("audit.spool")).expect("spool");
+    assert_eq!(spool.lines().count(), 5, "{spool}");
+
+    proxy.restore();
+    let running = mreg::app::start(test_config(&dir, &settings))
+        .await
+        .expect("restart");
+    let rows = at_least(5, || pg_rows(&db.url)).await;
+    let ids: Vec<&str> = rows.iter().map(|r| r.event.request_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["outage-0", "outage-1", "outage-2", "outage-3", "outage-4"],
+        "in order"
+    );
+    assert!(rows.iter().all(|r| r.event.outcome == "error"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(dir.0.join("audit.spool")).map_or(1, |m| m.len()) > 0 {
+        assert!(Instant::now() < deadline, "the spool is emptied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running.stop().await.expect("stop");
+    db.drop_db().await;
+}
+
+/// Posts a registration that fails validation (no database needed) under request id `id`.
+async fn invalid_registration(app: &TestApp, id: &str) -> (StatusCode, Value) {
+    let reply = app
+        .http
+        .post(app.url("/api/v1/servers"))
+        .header("x-request-id", id)
+        .json(&json!({ "name": "Not A Name", "url": "https://x.example.com/mcp" }))
+        .send()
+        .await
+        .expect("request");
+    (reply.status(), reply.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn requests_are_refused_when_the_audit_log_can_keep_nothing() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let target = url::Url::parse(&db.url).expect("url");
+    let pg = tokio::net::lookup_host((
+        target.host_str().expect("host"),
+        target.port().unwrap_or(5432),
+    ))
+    .await
+    .expect("resolve")
+    .next()
+    .expect("an address");
+    let proxy = ChaosProxy::start(pg).await;
+    let url = through(&db, &proxy);
+    let app = TestApp::spawn_with(&[
+        ("MREG_DATABASE_URL", url.as_str()),
+        ("MREG_AUDIT_QUEUE", "2"),
+        ("MREG_AUDIT_SPOOL_MAX_MB", "0"),
+    ])
+    .await;
+    proxy.cut();
+    // The writer holds a batch it can keep neither in the database nor in the (full) spool;
+    // two more entries fill the queue; then every audited request is refused before it runs.
+    let mut ran = Vec::new();
+    let mut refused = 0;
+    for i in 0..8 {
+        let id = format!("full-{i}");
+        let (status, body) = invalid_registration(&app, &id).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(body["error"], "audit_unavailable", "{body}");
+            assert!(
+                body["message"]
+                    .as_str()
+                    .expect("message")
+                    .contains("was not run"),
+                "{body}"
+            );
+            refused += 1;
+        } else {
+            assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            ran.push(id);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        (4..=6).contains(&refused),
+        "a writer batch and a queue of 2 hold at most 3-4: {refused} refused"
+    );
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    let metrics = app
+        .http
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mreg_audit_refused_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // Back: the held entries are written and requests run again.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0.. {
+        let id = format!("after-{i}");
+        let (status, body) = invalid_registration(&app, &id).await;
+        if status == StatusCode::UNPROCESSABLE_ENTITY {
+            ran.push(id);
+            break;
+        }
+        assert!(Instant::now() < deadline, "still refused: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = at_least(ran.len(), || pg_rows(&db.url)).await;
+    let ids: Vec<&str> = rows.iter().map(|r| r.event.request_id.as_str()).collect();
+    assert_eq!(
+        ids, ran,
+        "one row per request that ran, none for refused ones"
+    );
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn mreg_audit_verify_detects_altered_removed_and_reordered_rows() {
+    let app = TestApp::spawn().await;
+    for n in 0..4 {
+        app.register(&format!("v{n}"), json!({})).await;
+    }
+    at_least(4, || sqlite_rows(&app.dir.0)).await;
+    let dir = app.dir.0.clone();
+    let mut app = app;
+    app.take_running().stop().await.expect("stop");
+    let db = dir.join("mreg.db");
+    let verify = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mreg"))
+            .args(["audit", "verify"])
+            .env("MREG_DATA_DIR", &dir)
+            .env("MREG_LOG", "error")
+            .output()
+            .expect("run mreg");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("intact: 4 rows"), "{out}");
+
+    let sql = |statement: &str| {
+        let db = db.clone();
+        let statement = statement.to_owned();
+        async move {
+            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .expect("open");
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&pool)
+                .await
+                .expect("tamper");
+            pool.close().await;
+        }
+    };
+    // Altered.
+    sql("UPDATE audit_log SET outcome = 'error' WHERE seq = 2").await;
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("row 2") && out.contains("altered"), "{out}");
+    sql("UPDATE audit_log SET outcome = 'ok' WHERE seq = 2").await;
+    assert_eq!(verify().0, Some(0));
+    // Reordered: rows 2 and 3 swap places.
+    sql("UPDATE audit_log SET seq = -2 WHERE seq = 2").await;
+    sql("UPDATE audit_log SET seq = 2 WHERE seq = 3").await;
+    sql("UPDATE audit_log SET seq = 3 WHERE seq = -2").await;
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("row 2"), "{out}");
+    sql("UPDATE audit_log SET seq = -2 WHERE seq = 2").await;
+    sql("UPDATE audit_log SET seq = 2 WHERE seq = 3").await;
+    sql("UPDATE audit_log SET seq = 3 WHERE seq = -2").await;
+    assert_eq!(verify().0, Some(0));
+    // Removed.
+    sql("DELETE FROM audit_log WHERE seq = 3").await;
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("row 4") && out.contains("missing"), "{out}");
+    // Removed, and the next row's position rewritten to hide the gap.
+    sql("UPDATE audit_log SET seq = 3 WHERE seq = 4").await;
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("row 3"), "{out}");
+}
