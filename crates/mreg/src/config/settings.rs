@@ -307,7 +307,7 @@ pub const SETTINGS: &[Setting] = &[
         "audit.queue",
         Some("10000"),
         false,
-        "Audit entries that may wait in memory for the writer; when it is full (database unreachable and spool full), requests are refused rather than run unaudited.",
+        "Audit entries that may be open (audited requests in flight) or wait in memory for the writer; when it is full (database unreachable and spool full), requests are refused rather than run unaudited.",
     ),
     s(
         "MREG_AUDIT_SPOOL",

@@ -298,6 +298,15 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
     );
     let (status, _, body) = rest(&s.app, reqwest::Method::GET, "/api/v1/audit", &c.bob, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // The refused audit read is itself audited.
+    crate::audit::until(
+        |rows| {
+            rows.iter()
+                .any(|r| r.event.operation == "GET /api/v1/audit" && r.event.decision == "deny")
+        },
+        || crate::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
     let (status, _, page) = rest(
         &s.app,
         reqwest::Method::GET,
@@ -307,12 +316,20 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    assert_eq!(page["entries"].as_array().expect("entries").len(), 3);
-    // The refused audit read is itself audited.
-    let rows = crate::audit::at_least(9, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
-    assert!(
-        rows.iter()
-            .any(|r| r.event.operation == "GET /api/v1/audit" && r.event.decision == "deny")
+    let operations: Vec<&str> = page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["operation"].as_str())
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            "GET /api/v1/audit",
+            "delete_server",
+            "DELETE /api/v1/servers/{name}",
+            "POST /api/v1/servers"
+        ]
     );
 }
 
@@ -441,6 +458,54 @@ async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
     .await
     .expect("a tool result");
     assert_eq!(vault.is_error, Some(true));
+
+    // Each refusal is one audit row naming the tool and server, whichever path it came by.
+    let rows = crate::audit::until(
+        |rows| {
+            rows.iter()
+                .any(|r| r.event.server.as_deref() == Some("vault") && r.event.tool.is_some())
+        },
+        || crate::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
+    let denied = |operation: &str, tool: Option<&str>, server: &str| {
+        rows.iter()
+            .filter(|r| {
+                r.event.decision == "deny"
+                    && r.event.actor_subject == BOB_OID
+                    && r.event.operation == operation
+                    && r.event.tool.as_deref() == tool
+                    && r.event.server.as_deref() == Some(server)
+            })
+            .count()
+    };
+    assert_eq!(denied("tools/call", Some("echo"), "echo"), 1);
+    assert_eq!(denied("tools/call", Some("echo"), "stateful"), 1);
+    assert_eq!(denied("initialize", None, "vault"), 1);
+    assert_eq!(denied("batch", None, "echo"), 1);
+    assert_eq!(
+        denied("proxy_request", Some("proxy_request"), "echo"),
+        1,
+        "the forwarded call was refused, so the tool's row says deny"
+    );
+    assert_eq!(denied("proxy_request", Some("proxy_request"), "vault"), 1);
+    let batch = rows
+        .iter()
+        .find(|r| r.event.operation == "batch")
+        .expect("the batch row");
+    let arguments: Value =
+        serde_json::from_str(batch.event.arguments.as_deref().expect("arguments")).expect("json");
+    assert_eq!(arguments[1]["name"], "echo");
+    assert_eq!(arguments[1]["arguments"]["text"], "x");
+    let allowed = rows
+        .iter()
+        .filter(|r| {
+            r.event.operation == "tools/call"
+                && r.event.decision == "allow"
+                && r.event.actor_subject == ALICE_OID
+        })
+        .count();
+    assert_eq!(allowed, 2, "alice's echo on both servers");
 }
 
 #[tokio::test]
@@ -828,5 +893,35 @@ async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
         status,
         StatusCode::OK,
         "a shared server is reachable from every tenant"
+    );
+
+    // The audit log is partitioned the same way: each tenant's admin reads its own actors' rows.
+    crate::audit::at_least(4, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let actors = |token: String| {
+        let app = &s.app;
+        async move {
+            let (status, _, page) = rest(
+                app,
+                reqwest::Method::GET,
+                "/api/v1/audit?limit=500",
+                &token,
+                None,
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            page["entries"]
+                .as_array()
+                .expect("entries")
+                .iter()
+                .map(|e| e["actor"]["tenant"].as_str().unwrap_or("-").to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let seen_by_alice = actors(c.alice.clone()).await;
+    assert!(!seen_by_alice.is_empty() && seen_by_alice.iter().all(|t| t == TENANT));
+    let seen_by_dave = actors(dave.clone()).await;
+    assert!(
+        !seen_by_dave.is_empty() && seen_by_dave.iter().all(|t| t == crate::oauth::OTHER_TENANT),
+        "{seen_by_dave:?}"
     );
 }
