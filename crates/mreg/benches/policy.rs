@@ -12,9 +12,11 @@
 //!    rows bulk-inserted into a plain table in batches of the same size, and the time to verify
 //!    the chain.
 //!
-//! Run: `cargo bench --bench policy` (options: `-- --seconds N --concurrency N --rows N`). Needs
-//! the local PostgreSQL (`MREG_TEST_DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`)
-//! and the interop peers (`npm ci --prefix interop`) for the identity provider.
+//! Run: `cargo bench --bench policy` (options: `-- --seconds N --concurrency N --rows N`, and
+//! `--no-audit` to run the chain-on gateway without the audit log, telling its cost from the
+//! rest). Needs the local PostgreSQL (`MREG_TEST_DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`) and the interop peers (`npm ci --prefix
+//! interop`) for the identity provider.
 
 #[path = "../tests/it/upstream.rs"]
 #[expect(
@@ -39,6 +41,8 @@ const TENANT: &str = "11111111-1111-1111-1111-111111111111";
 const USER_OID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 
 struct Args {
+    /// Run the chain-on gateway without the audit log, to tell its cost from the rest.
+    no_audit: bool,
     seconds: u64,
     concurrency: usize,
     rows: usize,
@@ -46,6 +50,7 @@ struct Args {
 
 fn args() -> Args {
     let mut args = Args {
+        no_audit: std::env::args().any(|a| a == "--no-audit"),
         seconds: 5,
         concurrency: 32,
         rows: 200_000,
@@ -147,6 +152,8 @@ async fn start(settings: &[(&str, &str)]) -> anyhow::Result<mreg::app::Running> 
 }
 
 struct Run {
+    /// Throughput of each slice, in order.
+    rates: Vec<f64>,
     p50: Duration,
     p99: Duration,
     per_second: f64,
@@ -156,6 +163,7 @@ struct Run {
 
 #[derive(Default)]
 struct Samples {
+    rates: Vec<f64>,
     latencies: Vec<Duration>,
     busy: Duration,
     errors: usize,
@@ -163,6 +171,7 @@ struct Samples {
 
 impl Samples {
     fn add(&mut self, (latencies, busy, errors): (Vec<Duration>, Duration, usize)) {
+        self.rates.push(latencies.len() as f64 / busy.as_secs_f64());
         self.latencies.extend(latencies);
         self.busy += busy;
         self.errors += errors;
@@ -177,6 +186,7 @@ impl Samples {
                 .unwrap_or_default()
         };
         Run {
+            rates: self.rates.clone(),
             p50: at(50),
             p99: at(99),
             per_second: self.latencies.len() as f64 / self.busy.as_secs_f64(),
@@ -222,9 +232,22 @@ async fn load(
                     }
                     let ok = match request.send().await {
                         Ok(response) => {
-                            response.status().is_success() && response.bytes().await.is_ok()
+                            let status = response.status();
+                            let body = response.bytes().await;
+                            if !status.is_success() && errors == 0 {
+                                eprintln!(
+                                    "{url}: HTTP {status}: {}",
+                                    String::from_utf8_lossy(body.as_deref().unwrap_or_default())
+                                );
+                            }
+                            status.is_success() && body.is_ok()
                         }
-                        Err(_) => false,
+                        Err(e) => {
+                            if errors == 0 {
+                                eprintln!("{url}: {e}");
+                            }
+                            false
+                        }
                     };
                     if ok {
                         samples.push(sent.elapsed());
@@ -293,6 +316,7 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         ("AZURE_GRAPH_URL", &authority),
         ("MREG_POLICY_FILE", &policy.display().to_string()),
         ("MREG_RATE_LIMIT_PER_MINUTE", "1000000"),
+        ("MREG_AUDIT", if args.no_audit { "false" } else { "true" }),
     ])
     .await?;
     let off = start(&[
@@ -352,14 +376,31 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (label, concurrency) in [("1 client", 1), ("many clients", args.concurrency)] {
         let (mut with, mut without) = (Samples::default(), Samples::default());
-        for _ in 0..args.seconds.max(1) {
-            with.add(load(&on_target, Some(&user), concurrency, slice).await);
-            without.add(load(&off_target, None, concurrency, slice).await);
+        // The order alternates, so that whatever one slice leaves behind (the database still
+        // settling the audit rows just written) weighs on both alike.
+        for i in 0..args.seconds.max(1) * 2 {
+            if i % 2 == 0 {
+                with.add(load(&on_target, Some(&user), concurrency, slice).await);
+                without.add(load(&off_target, None, concurrency, slice).await);
+            } else {
+                without.add(load(&off_target, None, concurrency, slice).await);
+                with.add(load(&on_target, Some(&user), concurrency, slice).await);
+            }
         }
         let (with, without) = (with.run(), without.run());
         answered_on += with.answered;
         rows.push((label, concurrency, without, with));
     }
+    let metrics = http
+        .get(format!("http://{}/metrics", on.api_addr))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let audit_figures: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("mreg_audit_"))
+        .collect();
     on.stop().await?;
     off.stop().await?;
 
@@ -371,11 +412,11 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     drop_database(&off_db).await;
 
     println!(
-        "\nPart 1: tools/call echo through /servers/{{name}}/mcp, policy chain off vs on, {} one-second slices each, taking turns (times in ms)\n",
-        args.seconds
+        "\nPart 1: tools/call echo through /servers/{{name}}/mcp, policy chain off vs on, {} one-second slices each, taking turns in alternating order (times in ms)\n",
+        args.seconds * 2
     );
     println!(
-        "{:14} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>6}",
+        "{:14} {:>5} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>7} {:>6}",
         "load",
         "conc",
         "off p50",
@@ -385,11 +426,12 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         "off rps",
         "on rps",
         "on/off",
+        "median",
         "errors"
     );
     for (label, concurrency, off, on) in &rows {
         println!(
-            "{label:14} {concurrency:>5} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.0} {:>7.3} {:>6}",
+            "{label:14} {concurrency:>5} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9.0} {:>7.3} {:>7.3} {:>6}",
             ms(off.p50),
             ms(on.p50),
             ms(off.p99),
@@ -397,16 +439,32 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
             off.per_second,
             on.per_second,
             on.per_second / off.per_second,
+            median_ratio(&on.rates, &off.rates),
             off.errors + on.errors
         );
     }
     println!(
-        "\naudit rows written by the chain-on gateway: {} for {} requests answered (+1 registration); chain intact: {}",
+        "\non/off: throughput ratio over all slices; median: the median of the ratios of slices run back to back"
+    );
+    println!(
+        "audit rows written by the chain-on gateway: {} for {} requests answered (+1 registration); chain intact: {}",
         verified.rows,
         answered_on,
         verified.broken.is_none()
     );
+    println!(
+        "audit writer of the chain-on gateway: {}",
+        audit_figures.join(", ")
+    );
     Ok(())
+}
+
+/// The median of the slice-by-slice ratios `on[i] / off[i]` (each pair ran back to back, so the
+/// ratio is not moved by drift in the machine's state between pairs).
+fn median_ratio(on: &[f64], off: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Part 2: audit ingestion into PostgreSQL.
@@ -474,7 +532,10 @@ async fn ingestion(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
                 let mut waits = 0_u64;
                 for i in 0..n / 4 + usize::from(p < n % 4) {
                     let mut entry = loop {
-                        match auditor.open(&actor, &format!("b{p}-{i}"), "tools/call") {
+                        match auditor
+                            .open(&actor, &format!("b{p}-{i}"), "tools/call")
+                            .await
+                        {
                             Ok(entry) => break entry,
                             Err(_) => {
                                 waits += 1;

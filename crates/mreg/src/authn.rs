@@ -121,7 +121,7 @@ async fn admit(
     if let Err(refusal) =
         crate::policy::check_request(state, &principal, &method, route.as_deref()).await
     {
-        match state.audit.open(&principal, &request_id, operation) {
+        match state.audit.open(&principal, &request_id, operation).await {
             Ok(mut entry) => {
                 entry.target(None, server_in_path(&path));
                 entry.refused(&refusal);
@@ -138,7 +138,7 @@ async fn admit(
     if !mutation {
         return next.run(request).await;
     }
-    let mut entry = match state.audit.open(&principal, &request_id, operation) {
+    let mut entry = match state.audit.open(&principal, &request_id, operation).await {
         Ok(entry) => entry,
         Err(e) => return audit_unavailable(&e),
     };

@@ -26,6 +26,9 @@ use crate::store::audit::{AuditRecord, AuditStore};
 /// The `prev_hash` of the first row ever written.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// Longest a request waits for a place in a full audit queue while the writer catches up.
+pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Arguments longer than this (as JSON) are not kept, only their size.
 const MAX_ARGUMENTS_BYTES: usize = 16 * 1024;
 
@@ -99,12 +102,8 @@ impl AuditEvent {
             event: self,
         })
         .unwrap_or_default();
-        hex(digest::digest(&digest::SHA256, &bytes).as_ref())
+        crate::crypto::hex(digest::digest(&digest::SHA256, &bytes).as_ref())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Chains `events` after the row `(seq, hash)`, in order.
@@ -234,9 +233,11 @@ impl Auditor {
         self.inner.as_deref().map(|i| i.status.as_ref())
     }
 
-    /// Opens the entry of an operation by `actor`, reserving its place in the queue. Fails
-    /// when the queue is full: the operation must then not run.
-    pub fn open(
+    /// Opens the entry of an operation by `actor`, reserving its place in the queue. When the
+    /// queue is full because the writer is behind, waits for a place (back-pressure, at most
+    /// [`QUEUE_WAIT`]); when it is full because the writer can keep nothing (database
+    /// unreachable and spool full), fails at once: the operation must then not run.
+    pub async fn open(
         &self,
         actor: &Principal,
         request_id: &str,
@@ -245,10 +246,22 @@ impl Auditor {
         let Some(inner) = &self.inner else {
             return Ok(Entry::disabled());
         };
-        let permit = inner.queue.clone().try_reserve_owned().map_err(|_| {
-            inner.status.refused();
-            AuditUnavailable
-        })?;
+        let permit = match inner.queue.clone().try_reserve_owned() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Full(queue)) if !inner.status.failing() => {
+                match tokio::time::timeout(QUEUE_WAIT, queue.reserve_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        inner.status.refused();
+                        return Err(AuditUnavailable);
+                    }
+                }
+            }
+            Err(_) => {
+                inner.status.refused();
+                return Err(AuditUnavailable);
+            }
+        };
         let now = time::OffsetDateTime::now_utc();
         Ok(Entry {
             permit: Some(permit),

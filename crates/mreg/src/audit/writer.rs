@@ -24,6 +24,8 @@ use crate::store::audit::AuditStore;
 
 /// Most events written in one transaction.
 const BATCH: usize = 1000;
+/// How long the writer gathers entries into one batch after the first arrives.
+const LINGER: Duration = Duration::from_millis(20);
 /// How long one database write may take before the batch is spooled instead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest pause between attempts to replay the spool while the database is down.
@@ -143,6 +145,16 @@ pub fn spawn(
     Ok((auditor, Writer { stop, task }))
 }
 
+/// Moves waiting entries into `batch`, up to a full batch.
+fn drain(rx: &mut mpsc::Receiver<AuditEvent>, batch: &mut Vec<AuditEvent>) {
+    while batch.len() < BATCH {
+        match rx.try_recv() {
+            Ok(event) => batch.push(event),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The next entry. Closing, the listeners have stopped, so an entry still reserved belongs to a
 /// request stuck past the grace period: wait briefly for it, not for ever.
 async fn next_event(rx: &mut mpsc::Receiver<AuditEvent>, closing: bool) -> Option<AuditEvent> {
@@ -189,11 +201,14 @@ impl Task {
             let Some(first) = first else { break };
             let mut batch = Vec::with_capacity(64);
             batch.push(first);
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(event) => batch.push(event),
-                    Err(_) => break,
-                }
+            // Gather for a moment: under load, one transaction of many rows costs the database
+            // far less than many of a few; nobody waits for the row but the writer.
+            // (One timer per batch rather than a wake-up per entry; none when a whole batch is
+            // already waiting.)
+            drain(&mut rx, &mut batch);
+            if !closing && batch.len() < BATCH {
+                tokio::time::sleep(LINGER).await;
+                drain(&mut rx, &mut batch);
             }
             self.deliver(batch).await;
         }
@@ -212,12 +227,17 @@ impl Task {
     /// Keeps `batch` in the database or the spool, retrying until one takes it.
     async fn deliver(&mut self, batch: Vec<AuditEvent>) {
         let mut pause = Duration::from_millis(50);
+        // A failed attempt may have been stored all the same (its answer lost): every later
+        // attempt skips what is already there.
+        let mut retry = false;
         loop {
             if self.spool.pending() && Instant::now() >= self.next_replay {
                 self.replay().await;
             }
             if !self.spool.pending() {
-                match tokio::time::timeout(WRITE_TIMEOUT, self.store.append(&batch)).await {
+                let attempt = self.store.append(&batch, retry);
+                retry = true;
+                match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
                     Ok(Ok(_)) => {
                         self.status
                             .written
@@ -290,7 +310,7 @@ impl Task {
                 }
                 return;
             };
-            match tokio::time::timeout(WRITE_TIMEOUT, self.store.append(&events)).await {
+            match tokio::time::timeout(WRITE_TIMEOUT, self.store.append(&events, true)).await {
                 Ok(Ok(_)) => {
                     self.status
                         .written

@@ -487,6 +487,7 @@ impl ServerHandler for RegistryTools {
             .state
             .audit
             .open(&caller, request_id, request.name.as_ref())
+            .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         let arguments = request.arguments.as_ref();
         let server = arguments

@@ -171,7 +171,7 @@ pub async fn audited(
         roles: Vec::new(),
         ..domain::Principal::anonymous()
     };
-    let mut entry = match oauth.audit.open(&unknown, &request_id, operation) {
+    let mut entry = match oauth.audit.open(&unknown, &request_id, operation).await {
         Ok(entry) => entry,
         Err(e) => {
             return token_error(

@@ -142,11 +142,7 @@ pub fn random_token(bytes: usize) -> String {
 
 /// SHA-256 of `text`, hex.
 pub fn sha256_hex(text: &str) -> String {
-    digest::digest(&digest::SHA256, text.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::crypto::hex(digest::digest(&digest::SHA256, text.as_bytes()).as_ref())
 }
 
 /// The S256 PKCE challenge of `verifier`.

@@ -90,7 +90,7 @@ pub async fn handle(
         .extensions()
         .get::<crate::rest::request_id::RequestId>()
         .map_or("-", |r| r.0.as_str());
-    let mut entry = match state.audit.open(&caller, request_id, "mcp") {
+    let mut entry = match state.audit.open(&caller, request_id, "mcp").await {
         Ok(entry) => entry,
         Err(e) => {
             return rpc::error(

@@ -53,9 +53,10 @@ pub struct AuditFilter {
 /// The audit table.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// Appends `events` to the chain in order, skipping any already stored. Returns how many
-    /// were stored.
-    async fn append(&self, events: &[AuditEvent]) -> Result<u64>;
+    /// Appends `events` to the chain in order. With `skip_stored` (a replay, or a retry after
+    /// an attempt whose answer was lost), events already stored are skipped first; without it,
+    /// a stored event makes the whole append fail (unique id). Returns how many were stored.
+    async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64>;
     /// Rows matching `filter`, newest first.
     async fn list(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
     /// Up to `limit` rows after position `seq`, in chain order.
@@ -248,7 +249,7 @@ const CHAIN_LOCK: i64 = 0x6d72_6567_6175_6474;
 
 #[async_trait]
 impl AuditStore for super::PgStore {
-    async fn append(&self, events: &[AuditEvent]) -> Result<u64> {
+    async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64> {
         if events.is_empty() {
             return Ok(0);
         }
@@ -258,15 +259,20 @@ impl AuditStore for super::PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error("audit"))?;
-        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-        let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_log WHERE id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error("audit"))?;
+        let stored: Vec<String> = if skip_stored {
+            let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+            sqlx::query_scalar("SELECT id FROM audit_log WHERE id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error("audit"))?
+        } else {
+            Vec::new()
+        };
+        let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
         let fresh: Vec<AuditEvent> = events
             .iter()
-            .filter(|e| !stored.contains(&e.id))
+            .filter(|e| !stored.contains(e.id.as_str()))
             .cloned()
             .collect();
         if fresh.is_empty() {
@@ -339,7 +345,7 @@ impl AuditStore for super::PgStore {
 
 #[async_trait]
 impl AuditStore for super::SqliteStore {
-    async fn append(&self, events: &[AuditEvent]) -> Result<u64> {
+    async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64> {
         if events.is_empty() {
             return Ok(0);
         }
@@ -352,12 +358,14 @@ impl AuditStore for super::SqliteStore {
             .map_err(db_error("audit"))?;
         let mut fresh = Vec::with_capacity(events.len());
         for event in events {
-            let stored = sqlx::query("SELECT 1 FROM audit_log WHERE id = $1")
-                .bind(&event.id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error("audit"))?;
-            if stored.is_none() {
+            let stored = skip_stored
+                && sqlx::query("SELECT 1 FROM audit_log WHERE id = $1")
+                    .bind(&event.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error("audit"))?
+                    .is_some();
+            if !stored {
                 fresh.push(event.clone());
             }
         }

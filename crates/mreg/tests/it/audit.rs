@@ -691,3 +691,21 @@ async fn mreg_audit_verify_detects_altered_removed_and_reordered_rows() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("row 3"), "{out}");
 }
+
+#[tokio::test]
+async fn a_writer_that_is_merely_behind_slows_requests_down_instead_of_refusing_them() {
+    // Room for one entry: every other concurrent request waits for its turn.
+    let app = Arc::new(TestApp::spawn_with(&[("MREG_AUDIT_QUEUE", "1")]).await);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let app = app.clone();
+        tasks.spawn(
+            async move { register_as(&app, &format!("busy-{i}"), &format!("busy-{i}")).await },
+        );
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::CREATED);
+    }
+    let rows = at_least(20, || sqlite_rows(&app.dir.0)).await;
+    assert_eq!(rows.len(), 20);
+}

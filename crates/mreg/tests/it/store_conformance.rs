@@ -902,11 +902,13 @@ async fn audit_rows_chain_in_order_once_each_and_filter(store: Arc<dyn AuditStor
         event(2, "bob", Some("delete_server"), "deny"),
         event(3, "alice", None, "allow"),
     ];
-    assert_eq!(store.append(&first).await.expect("append"), 3);
+    assert_eq!(store.append(&first, false).await.expect("append"), 3);
     // A replay of stored events (e.g. from the spool) stores only the new one.
     let mut again = first.to_vec();
     again.push(event(4, "bob", None, "rate_limited"));
-    assert_eq!(store.append(&again).await.expect("append"), 1);
+    assert_eq!(store.append(&again, true).await.expect("append"), 1);
+    // Without the check, a stored event fails the whole append and stores nothing.
+    assert!(store.append(&again, false).await.is_err());
     // Concurrent appends extend one chain.
     let (one, two) = (
         [
@@ -915,7 +917,7 @@ async fn audit_rows_chain_in_order_once_each_and_filter(store: Arc<dyn AuditStor
         ],
         [event(7, "bob", None, "allow")],
     );
-    let (a, b) = tokio::join!(store.append(&one), store.append(&two));
+    let (a, b) = tokio::join!(store.append(&one, false), store.append(&two, false));
     assert_eq!(a.expect("append") + b.expect("append"), 3);
     let chain = store.chain_after(0, 100).await.expect("chain");
     assert_eq!(
@@ -1011,7 +1013,7 @@ async fn audit_rows_chain_in_order_once_each_and_filter(store: Arc<dyn AuditStor
 
 async fn audit_pruning_leaves_a_checkpoint_the_rest_verifies_from(store: Arc<dyn AuditStore>) {
     let events: Vec<_> = (1..=5).map(|n| event(n, "alice", None, "allow")).collect();
-    store.append(&events).await.expect("append");
+    store.append(&events, false).await.expect("append");
     let chain = store.chain_after(0, 10).await.expect("chain");
     // Rows that started before 3 s go; a checkpoint keeps the last one's place and hash.
     assert_eq!(store.prune(3_000_000, 99).await.expect("prune"), 2);
@@ -1028,7 +1030,7 @@ async fn audit_pruning_leaves_a_checkpoint_the_rest_verifies_from(store: Arc<dyn
     assert_eq!(store.prune(i64::MAX, 99).await.expect("prune"), 3);
     assert_eq!(store.prune(i64::MAX, 99).await.expect("prune"), 0);
     store
-        .append(&[event(6, "alice", None, "allow")])
+        .append(&[event(6, "alice", None, "allow")], false)
         .await
         .expect("append");
     let after = store.chain_after(0, 10).await.expect("chain");
