@@ -709,3 +709,34 @@ async fn a_writer_that_is_merely_behind_slows_requests_down_instead_of_refusing_
     let rows = at_least(20, || sqlite_rows(&app.dir.0)).await;
     assert_eq!(rows.len(), 20);
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_call_leaves_a_cancelled_row() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(false).await;
+    app.register("slow", json!({ "url": upstream.url })).await;
+    let call = app
+        .http
+        .post(format!("http://{}/servers/slow/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .header("x-request-id", "gone")
+        .timeout(Duration::from_millis(300))
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": { "name": "hang", "arguments": { "secs": 5 } } }))
+        .send()
+        .await;
+    assert!(call.is_err(), "the caller gave up");
+    let rows = until(
+        |rows| rows.iter().any(|r| r.event.request_id == "gone"),
+        || sqlite_rows(&app.dir.0),
+    )
+    .await;
+    let row = rows
+        .iter()
+        .find(|r| r.event.request_id == "gone")
+        .expect("a row for the abandoned call");
+    assert_eq!(row.event.outcome, "cancelled");
+    assert_eq!(row.event.tool.as_deref(), Some("hang"));
+    assert!(row.event.duration_us < 5_000_000);
+    app.stop().await;
+}
