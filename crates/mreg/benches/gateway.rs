@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench --bench gateway` (options: `-- --seconds N --concurrency N`). The upstream is
 //! the stateless rmcp server of the integration tests; gateway, upstream and load generator
-//! share this machine, as they would the same two cores in both measurements.
+//! share this machine, as they would the same two cores in both measurements. The audit log is
+//! off: `cargo bench --bench policy` measures the policy chain, audit included.
 //!
 //! A third column, "floor", sends the same calls through a bare axum passthrough with the same
 //! HTTP client (no parsing, sessions, credentials, health or middleware): the cost of the extra
@@ -17,9 +18,16 @@
 )]
 mod upstream;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+#[path = "common/load.rs"]
+#[expect(
+    dead_code,
+    reason = "this benchmark reports neither per-slice rates nor answered counts"
+)]
+mod load;
+
+use std::time::Duration;
+
+use load::{Samples, load, ms};
 
 use axum::response::IntoResponse;
 use mreg::config::RawConfig;
@@ -56,107 +64,6 @@ fn args() -> Args {
     args
 }
 
-struct Run {
-    p50: Duration,
-    p99: Duration,
-    per_second: f64,
-    errors: usize,
-}
-
-/// What one target collected over all its slices.
-#[derive(Default)]
-struct Samples {
-    latencies: Vec<Duration>,
-    busy: Duration,
-    errors: usize,
-}
-
-impl Samples {
-    fn add(&mut self, (latencies, busy, errors): (Vec<Duration>, Duration, usize)) {
-        self.latencies.extend(latencies);
-        self.busy += busy;
-        self.errors += errors;
-    }
-
-    fn run(mut self) -> Run {
-        self.latencies.sort();
-        let at = |q: usize| {
-            self.latencies
-                .get((self.latencies.len() * q / 100).min(self.latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
-        Run {
-            p50: at(50),
-            p99: at(99),
-            per_second: self.latencies.len() as f64 / self.busy.as_secs_f64(),
-            errors: self.errors,
-        }
-    }
-}
-
-/// `concurrency` clients call `echo` at `url` as fast as they can for `duration`.
-async fn load(
-    url: &str,
-    concurrency: usize,
-    duration: Duration,
-) -> (Vec<Duration>, Duration, usize) {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("client");
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": { "name": "echo", "arguments": { "text": "ping" } } })
-    .to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (http, url, body, stop) =
-                (http.clone(), url.to_owned(), body.clone(), stop.clone());
-            tokio::spawn(async move {
-                let (mut samples, mut errors) = (Vec::new(), 0);
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    let ok = match http
-                        .post(&url)
-                        .header("accept", "application/json, text/event-stream")
-                        .header("content-type", "application/json")
-                        .header("mcp-protocol-version", "2025-11-25")
-                        .body(body.clone())
-                        .send()
-                        .await
-                    {
-                        Ok(response) => {
-                            response.status().is_success() && response.bytes().await.is_ok()
-                        }
-                        Err(_) => false,
-                    };
-                    if ok {
-                        samples.push(sent.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (samples, errors)
-            })
-        })
-        .collect();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut samples, mut errors) = (Vec::new(), 0);
-    for worker in workers {
-        let (s, e) = worker.await.expect("worker");
-        samples.extend(s);
-        errors += e;
-    }
-    (samples, started.elapsed(), errors)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
@@ -170,6 +77,8 @@ async fn main() -> anyhow::Result<()> {
             ("FASTMCP_SERVER_PORT", "0"),
             ("MREG_LOG", "warn"),
             ("MREG_HEALTH_ENABLED", "false"),
+            // The proxy alone: `--bench policy` measures the policy chain and its audit log.
+            ("MREG_AUDIT", "false"),
             ("MREG_DATA_DIR", &dir.display().to_string()),
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned())),
@@ -191,9 +100,9 @@ async fn main() -> anyhow::Result<()> {
     let floor = bare_passthrough(&direct).await;
 
     let short = Duration::from_secs(1);
-    load(&direct, 4, short).await;
-    load(&gateway, 4, short).await;
-    load(&floor, 4, short).await;
+    load(&direct, None, 4, short).await;
+    load(&gateway, None, 4, short).await;
+    load(&floor, None, 4, short).await;
     // Targets take turns in short slices, so that drift in the machine's state affects all three
     // alike instead of whichever ran last.
     let slices = args.seconds.max(1);
@@ -202,9 +111,9 @@ async fn main() -> anyhow::Result<()> {
     for (label, concurrency) in [("1 client", 1), ("many clients", args.concurrency)] {
         let (mut d, mut g, mut f) = (Samples::default(), Samples::default(), Samples::default());
         for _ in 0..slices {
-            d.add(load(&direct, concurrency, slice).await);
-            g.add(load(&gateway, concurrency, slice).await);
-            f.add(load(&floor, concurrency, slice).await);
+            d.add(load(&direct, None, concurrency, slice).await);
+            g.add(load(&gateway, None, concurrency, slice).await);
+            f.add(load(&floor, None, concurrency, slice).await);
         }
         rows.push((label, concurrency, d.run(), g.run(), f.run()));
     }

@@ -25,10 +25,14 @@
 )]
 mod upstream;
 
+#[path = "common/load.rs"]
+mod load;
+
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use load::{Samples, load, ms};
 
 use mreg::config::RawConfig;
 use serde_json::{Value, json};
@@ -149,129 +153,6 @@ async fn start(settings: &[(&str, &str)]) -> anyhow::Result<mreg::app::Running> 
     );
     let config = RawConfig::collect(None, Vec::new(), env)?.parse()?;
     mreg::app::start(config).await
-}
-
-struct Run {
-    /// Throughput of each slice, in order.
-    rates: Vec<f64>,
-    p50: Duration,
-    p99: Duration,
-    per_second: f64,
-    answered: usize,
-    errors: usize,
-}
-
-#[derive(Default)]
-struct Samples {
-    rates: Vec<f64>,
-    latencies: Vec<Duration>,
-    busy: Duration,
-    errors: usize,
-}
-
-impl Samples {
-    fn add(&mut self, (latencies, busy, errors): (Vec<Duration>, Duration, usize)) {
-        self.rates.push(latencies.len() as f64 / busy.as_secs_f64());
-        self.latencies.extend(latencies);
-        self.busy += busy;
-        self.errors += errors;
-    }
-
-    fn run(mut self) -> Run {
-        self.latencies.sort();
-        let at = |q: usize| {
-            self.latencies
-                .get((self.latencies.len() * q / 100).min(self.latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or_default()
-        };
-        Run {
-            rates: self.rates.clone(),
-            p50: at(50),
-            p99: at(99),
-            per_second: self.latencies.len() as f64 / self.busy.as_secs_f64(),
-            answered: self.latencies.len() + self.errors,
-            errors: self.errors,
-        }
-    }
-}
-
-/// `concurrency` clients call `echo` at `url` (with `token`, if any) for `duration`.
-async fn load(
-    url: &str,
-    token: Option<&str>,
-    concurrency: usize,
-    duration: Duration,
-) -> (Vec<Duration>, Duration, usize) {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .expect("client");
-    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": { "name": "echo", "arguments": { "text": "ping" } } })
-    .to_string();
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let (http, url, body, stop) =
-                (http.clone(), url.to_owned(), body.clone(), stop.clone());
-            let token = token.map(str::to_owned);
-            tokio::spawn(async move {
-                let (mut samples, mut errors) = (Vec::new(), 0);
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    let mut request = http
-                        .post(&url)
-                        .header("accept", "application/json, text/event-stream")
-                        .header("content-type", "application/json")
-                        .header("mcp-protocol-version", "2025-11-25")
-                        .body(body.clone());
-                    if let Some(token) = &token {
-                        request = request.bearer_auth(token);
-                    }
-                    let ok = match request.send().await {
-                        Ok(response) => {
-                            let status = response.status();
-                            let body = response.bytes().await;
-                            if !status.is_success() && errors == 0 {
-                                eprintln!(
-                                    "{url}: HTTP {status}: {}",
-                                    String::from_utf8_lossy(body.as_deref().unwrap_or_default())
-                                );
-                            }
-                            status.is_success() && body.is_ok()
-                        }
-                        Err(e) => {
-                            if errors == 0 {
-                                eprintln!("{url}: {e}");
-                            }
-                            false
-                        }
-                    };
-                    if ok {
-                        samples.push(sent.elapsed());
-                    } else {
-                        errors += 1;
-                    }
-                }
-                (samples, errors)
-            })
-        })
-        .collect();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let (mut samples, mut errors) = (Vec::new(), 0);
-    for worker in workers {
-        let (s, e) = worker.await.expect("worker");
-        samples.extend(s);
-        errors += e;
-    }
-    (samples, started.elapsed(), errors)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3}", d.as_secs_f64() * 1e3)
 }
 
 #[tokio::main]

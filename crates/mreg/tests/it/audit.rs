@@ -332,18 +332,9 @@ async fn pg_rows(url: &str) -> Vec<AuditRecord> {
     rows
 }
 
-fn through(db: &TestDb, proxy: &ChaosProxy) -> String {
-    let mut url = url::Url::parse(&db.url).expect("url");
-    url.set_port(Some(proxy.addr.port())).expect("port");
-    url.set_host(Some("127.0.0.1")).expect("host");
-    url.to_string()
-}
-
-#[tokio::test]
-async fn a_database_outage_loses_no_row_and_duplicates_none() {
-    let Some(db) = TestDb::create().await else {
-        return;
-    };
+/// A fresh PostgreSQL database behind a proxy the test can cut.
+async fn cuttable_database() -> Option<(TestDb, ChaosProxy)> {
+    let db = TestDb::create().await?;
     let target = url::Url::parse(&db.url).expect("url");
     let pg = tokio::net::lookup_host((
         target.host_str().expect("host"),
@@ -354,6 +345,22 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
     .next()
     .expect("an address");
     let proxy = ChaosProxy::start(pg).await;
+    Some((db, proxy))
+}
+
+/// The database's URL through the proxy.
+fn through(db: &TestDb, proxy: &ChaosProxy) -> String {
+    let mut url = url::Url::parse(&db.url).expect("url");
+    url.set_port(Some(proxy.addr.port())).expect("port");
+    url.set_host(Some("127.0.0.1")).expect("host");
+    url.to_string()
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_no_row_and_duplicates_none() {
+    let Some((db, proxy)) = cuttable_database().await else {
+        return;
+    };
     let url = through(&db, &proxy);
     let app = Arc::new(TestApp::spawn_with(&[("MREG_DATABASE_URL", url.as_str())]).await);
 
@@ -458,19 +465,9 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
 
 #[tokio::test]
 async fn spooled_rows_survive_a_restart_and_are_replayed_by_the_next_run() {
-    let Some(db) = TestDb::create().await else {
+    let Some((db, proxy)) = cuttable_database().await else {
         return;
     };
-    let target = url::Url::parse(&db.url).expect("url");
-    let pg = tokio::net::lookup_host((
-        target.host_str().expect("host"),
-        target.port().unwrap_or(5432),
-    ))
-    .await
-    .expect("resolve")
-    .next()
-    .expect("an address");
-    let proxy = ChaosProxy::start(pg).await;
     let dir = TempDir::new();
     let settings = [("MREG_DATABASE_URL", through(&db, &proxy))];
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -532,19 +529,9 @@ async fn invalid_registration(app: &TestApp, id: &str) -> (StatusCode, Value) {
 
 #[tokio::test]
 async fn requests_are_refused_when_the_audit_log_can_keep_nothing() {
-    let Some(db) = TestDb::create().await else {
+    let Some((db, proxy)) = cuttable_database().await else {
         return;
     };
-    let target = url::Url::parse(&db.url).expect("url");
-    let pg = tokio::net::lookup_host((
-        target.host_str().expect("host"),
-        target.port().unwrap_or(5432),
-    ))
-    .await
-    .expect("resolve")
-    .next()
-    .expect("an address");
-    let proxy = ChaosProxy::start(pg).await;
     let url = through(&db, &proxy);
     let app = TestApp::spawn_with(&[
         ("MREG_DATABASE_URL", url.as_str()),
