@@ -727,3 +727,18 @@ async fn a_caller_that_goes_away_mid_call_leaves_a_cancelled_row() {
     assert!(row.event.duration_us < 5_000_000);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_instances_cannot_share_one_spool() {
+    let first = TestApp::spawn().await;
+    let spool = first.dir.0.join("audit.spool");
+    let second = TestApp::try_spawn_with(&[("MREG_AUDIT_SPOOL", spool.to_str().expect("path"))])
+        .await
+        .err()
+        .expect("the second instance refuses to start");
+    assert!(
+        format!("{second:#}").contains("in use by another mreg process"),
+        "{second:#}"
+    );
+    first.stop().await;
+}
