@@ -425,7 +425,7 @@ async fn ingestion(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
                         }
                     };
                     entry.target(Some("echo"), Some("bench"));
-                    entry.arguments(&json!({ "text": "ping" }));
+                    entry.arguments(json!({ "text": "ping" }));
                     entry.finish(Ok(()));
                 }
                 waits

@@ -107,23 +107,20 @@ async fn admit(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let method = request.method().clone();
+    // Nothing is allocated for the common case (an admitted read or MCP message): the audit
+    // names are made only for a refusal or a mutation.
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    let request_id = request
-        .extensions()
-        .get::<crate::rest::request_id::RequestId>()
-        .map_or_else(|| "-".to_owned(), |r| r.0.clone());
-    let path = request.uri().path().to_owned();
-    let operation = format!("{method} {}", route.as_deref().unwrap_or(&path));
+        .cloned();
+    let route = route.as_ref().map(axum::extract::MatchedPath::as_str);
     if let Err(refusal) =
-        crate::policy::check_request(state, &principal, &method, route.as_deref()).await
+        crate::policy::check_request(state, &principal, request.method(), route).await
     {
+        let (request_id, operation) = audit_names(&request, route);
         match state.audit.open(&principal, &request_id, operation).await {
             Ok(mut entry) => {
-                entry.target(None, server_in_path(&path));
+                entry.target(None, server_in_path(request.uri().path()));
                 entry.refused(&refusal);
             }
             Err(e) => return audit_unavailable(&e),
@@ -131,13 +128,16 @@ async fn admit(
         return crate::policy::refused(state, &refusal);
     }
     let mutation = !matches!(
-        method,
+        *request.method(),
         axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
-    ) && route.as_deref().is_some_and(|r| r.starts_with("/api/"));
-    request.extensions_mut().insert(principal.clone());
+    ) && route.is_some_and(|r| r.starts_with("/api/"));
     if !mutation {
+        request.extensions_mut().insert(principal);
         return next.run(request).await;
     }
+    request.extensions_mut().insert(principal.clone());
+    let (request_id, operation) = audit_names(&request, route);
+    let path = request.uri().path().to_owned();
     let mut entry = match state.audit.open(&principal, &request_id, operation).await {
         Ok(entry) => entry,
         Err(e) => return audit_unavailable(&e),
@@ -161,7 +161,6 @@ async fn admit(
         }
     };
     if let Ok(arguments) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-        entry.arguments(&arguments);
         // A registration names its server in the body.
         if server_in_path(&path).is_none()
             && path.starts_with("/api/v1/servers")
@@ -169,6 +168,7 @@ async fn admit(
         {
             entry.target(None, Some(name));
         }
+        entry.arguments(arguments);
     }
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
@@ -188,6 +188,20 @@ async fn admit(
         .unwrap_or_else(|| format!("HTTP {}", parts.status.as_u16()));
     entry.finish(Err(message));
     Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// The request id and the operation (`METHOD /route`) of a request, for its audit row.
+fn audit_names(request: &Request, route: Option<&str>) -> (String, String) {
+    let request_id = request
+        .extensions()
+        .get::<crate::rest::request_id::RequestId>()
+        .map_or_else(|| "-".to_owned(), |r| r.0.clone());
+    let operation = format!(
+        "{} {}",
+        request.method(),
+        route.unwrap_or(request.uri().path())
+    );
+    (request_id, operation)
 }
 
 /// The registered server a path names (`/api/v1/servers/{name}…`, `/servers/{name}/mcp`).

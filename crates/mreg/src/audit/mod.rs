@@ -178,8 +178,7 @@ impl Redaction {
 
     /// `value` with every masked key's value replaced, as JSON text (or only its size when it
     /// is too large to keep).
-    pub fn apply(&self, value: &Value) -> String {
-        let mut value = value.clone();
+    pub fn apply(&self, mut value: Value) -> String {
         self.mask(&mut value);
         let text = value.to_string();
         if text.len() > MAX_ARGUMENTS_BYTES {
@@ -265,7 +264,7 @@ impl Auditor {
         let now = time::OffsetDateTime::now_utc();
         Ok(Entry {
             permit: Some(permit),
-            redaction: Some(inner.clone()),
+            inner: Some(inner.clone()),
             started: Instant::now(),
             event: AuditEvent {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -292,7 +291,8 @@ impl Auditor {
 /// unfinished (the caller went away), it is recorded as cancelled.
 pub struct Entry {
     permit: Option<mpsc::OwnedPermit<AuditEvent>>,
-    redaction: Option<Arc<Inner>>,
+    /// The auditor's redaction rules; `None` when auditing is off.
+    inner: Option<Arc<Inner>>,
     started: Instant,
     event: AuditEvent,
 }
@@ -301,7 +301,7 @@ impl Entry {
     fn disabled() -> Self {
         Self {
             permit: None,
-            redaction: None,
+            inner: None,
             started: Instant::now(),
             event: blank(),
         }
@@ -317,8 +317,8 @@ impl Entry {
     }
 
     /// Records the arguments, redacted.
-    pub fn arguments(&mut self, arguments: &Value) -> &mut Self {
-        if let Some(inner) = &self.redaction {
+    pub fn arguments(&mut self, arguments: Value) -> &mut Self {
+        if let Some(inner) = &self.inner {
             self.event.arguments = Some(inner.redaction.apply(arguments));
         }
         self
@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn secrets_are_masked_at_any_depth_and_other_keys_kept() {
         let r = Redaction::new(&["ssn".to_owned()]);
-        let masked: Value = serde_json::from_str(&r.apply(&serde_json::json!({
+        let masked: Value = serde_json::from_str(&r.apply(serde_json::json!({
             "city": "Oslo",
             "Password": "p",
             "api-key": "k",
@@ -547,7 +547,7 @@ mod tests {
             })
         );
         let big = serde_json::json!({ "blob": "x".repeat(MAX_ARGUMENTS_BYTES) });
-        assert!(r.apply(&big).contains("truncated_bytes"));
+        assert!(r.apply(big).contains("truncated_bytes"));
     }
 
     fn event(n: u8) -> AuditEvent {

@@ -155,25 +155,9 @@ fn describe(server: &Server) -> String {
 
 /// A refusal as a JSON-RPC error: what is missing, or when to retry (`data.retry_after_ms`).
 fn policy_error(state: &AppState, refusal: &crate::policy::Refusal) -> ErrorData {
-    use crate::policy::Refusal;
-    match refusal {
-        Refusal::Denied(_) => {
-            state.metrics.refused("denied");
-            ErrorData::new(
-                rmcp::model::ErrorCode(crate::proxy::rpc::FORBIDDEN as i32),
-                refusal.message(),
-                None,
-            )
-        }
-        Refusal::Limited(wait) => {
-            state.metrics.refused("rate_limited");
-            ErrorData::new(
-                rmcp::model::ErrorCode(crate::proxy::rpc::RATE_LIMITED as i32),
-                refusal.message(),
-                Some(json!({ "retry_after_ms": wait.as_millis() as u64 })),
-            )
-        }
-    }
+    state.metrics.refused(refusal.reason());
+    let (code, data) = refusal.rpc_error();
+    ErrorData::new(rmcp::model::ErrorCode(code as i32), refusal.message(), data)
 }
 
 fn outcome(result: Result<CallToolResult, domain::Error>) -> Result<CallToolResult, ErrorData> {
@@ -495,7 +479,7 @@ impl ServerHandler for RegistryTools {
             .and_then(|v| v.as_str());
         entry.target(Some(&request.name), server);
         if let Some(arguments) = arguments {
-            entry.arguments(&serde_json::Value::Object(arguments.clone()));
+            entry.arguments(serde_json::Value::Object(arguments.clone()));
         }
         if let Err(refusal) = crate::policy::admit_tool(&self.state, &caller, &request.name).await {
             let error = policy_error(&self.state, &refusal);

@@ -320,6 +320,26 @@ impl Refusal {
         }
     }
 
+    /// The label it is counted under in `mreg_policy_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::Limited(_) => "rate_limited",
+        }
+    }
+
+    /// The JSON-RPC error code and data an MCP caller gets: forbidden, or rate limited with
+    /// `data.retry_after_ms`.
+    pub fn rpc_error(&self) -> (i64, Option<serde_json::Value>) {
+        match self {
+            Self::Denied(_) => (crate::proxy::rpc::FORBIDDEN, None),
+            Self::Limited(wait) => (
+                crate::proxy::rpc::RATE_LIMITED,
+                Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
+            ),
+        }
+    }
+
     /// Seconds to wait, rounded up, for `Retry-After`.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
@@ -351,10 +371,7 @@ pub async fn check_request(
 
 /// The HTTP answer to a refusal: 403 naming the role, or 429 with `Retry-After`.
 pub fn refused(state: &AppState, refusal: &Refusal) -> Response {
-    state.metrics.refused(match refusal {
-        Refusal::Denied(_) => "denied",
-        Refusal::Limited(_) => "rate_limited",
-    });
+    state.metrics.refused(refusal.reason());
     match refusal {
         Refusal::Denied(_) => {
             ApiError::from(domain::Error::Forbidden(refusal.message())).into_response()

@@ -146,8 +146,6 @@ async fn proxy(
     request: Request,
     entry: &mut crate::audit::Entry,
 ) -> Response {
-    let state = state.clone();
-    let caller = caller.clone();
     let (parts, body) = request.into_parts();
     let route = match state.registry.route(name).await {
         Ok(route) => route,
@@ -170,7 +168,7 @@ async fn proxy(
         }
     };
     let server = &route.server;
-    if !crate::policy::visibility(&state, &caller).allows(server) {
+    if !crate::policy::visibility(state, caller).allows(server) {
         return rpc::error(
             StatusCode::NOT_FOUND,
             None,
@@ -178,7 +176,7 @@ async fn proxy(
             format!("no server named '{name}' is registered"),
         );
     }
-    if let Err(e) = crate::health::ensure_reachable(&state, server) {
+    if let Err(e) = crate::health::ensure_reachable(state, server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
@@ -233,21 +231,14 @@ async fn proxy(
         entry.target(call.name.as_deref(), Some(name));
     }
     if let Some(arguments) = body.as_deref().and_then(|b| call_arguments(b, &call)) {
-        entry.arguments(&arguments);
+        entry.arguments(arguments);
     }
-    if let Err(refusal) = admit(&state, &caller, server.name.as_str(), &call).await {
+    if let Err(refusal) = admit(state, caller, server.name.as_str(), &call).await {
         entry.decide(&refusal);
         // A refused tool call is an error answer inside the session; a refused server or a
         // spent budget is an HTTP status (403, or 429 with Retry-After).
-        let (reason, code, data) = match refusal {
-            crate::policy::Refusal::Denied(_) => ("denied", rpc::FORBIDDEN, None),
-            crate::policy::Refusal::Limited(wait) => (
-                "rate_limited",
-                rpc::RATE_LIMITED,
-                Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
-            ),
-        };
-        state.metrics.refused(reason);
+        state.metrics.refused(refusal.reason());
+        let (code, data) = refusal.rpc_error();
         let status = match (&refusal, call.method == "tools/call") {
             (_, true) => StatusCode::OK,
             (crate::policy::Refusal::Denied(_), false) => StatusCode::FORBIDDEN,
@@ -267,7 +258,7 @@ async fn proxy(
         Some(token) => match token
             .to_str()
             .ok()
-            .and_then(|t| session::open(state.cipher.as_ref(), t, server.id, &caller))
+            .and_then(|t| session::open(state.cipher.as_ref(), t, server.id, caller))
         {
             Some(upstream) => Some(upstream),
             None => {
@@ -347,7 +338,7 @@ async fn proxy(
             ),
         );
     }
-    relay(&state, server, &caller, &call, response)
+    relay(state, server, caller, &call, response)
 }
 
 /// Turns the upstream's response into the client's: translated session id, chosen headers, and
