@@ -29,12 +29,16 @@ pub struct McpCall {
     pub name: Option<String>,
     /// The request id (absent for notifications and responses).
     pub id: Option<Value>,
+    /// `params.arguments` as it was sent (raw JSON text), for the audit log.
+    pub arguments: Option<String>,
     /// For a batch, the call of each message (the policy chain admits every one).
     pub batch: Vec<McpCall>,
 }
 
-/// The parts of a message the gateway reads; everything else (the arguments above all) is
-/// skipped by the parser rather than built into a tree, because this runs on every message.
+/// The parts of a message the gateway reads. Everything else is skipped by the parser rather
+/// than built into a tree, and nothing is buffered to be parsed twice (as `#[serde(untagged)]`
+/// would), because this runs on every message. A repeated member is an error, as in a derived
+/// parser: the upstream must not see another method or tool than the policy chain did.
 #[derive(serde::Deserialize)]
 struct Peek<'a> {
     #[serde(borrow, default)]
@@ -42,50 +46,156 @@ struct Peek<'a> {
     #[serde(default)]
     id: Option<Value>,
     #[serde(borrow, default)]
-    method: Option<PeekMethod<'a>>,
+    method: Option<Text<'a>>,
     #[serde(borrow, default)]
-    params: Option<PeekParamsOrOther<'a>>,
+    params: Option<Params<'a>>,
     #[serde(default)]
     result: Option<serde::de::IgnoredAny>,
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum PeekMethod<'a> {
-    Name(#[serde(borrow)] std::borrow::Cow<'a, str>),
-    Other(serde::de::IgnoredAny),
+/// A member that should be a string: its text, or `None` for any other JSON value.
+struct Text<'a>(Option<std::borrow::Cow<'a, str>>);
+
+/// `params`: the name (or URI) it gives and its raw arguments; empty when it is not an object.
+#[derive(Default)]
+struct Params<'a> {
+    name: Option<Text<'a>>,
+    uri: Option<Text<'a>>,
+    arguments: Option<&'a serde_json::value::RawValue>,
 }
 
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum PeekParamsOrOther<'a> {
-    Object(#[serde(borrow)] PeekParams<'a>),
-    Other(serde::de::IgnoredAny),
-}
-
-#[derive(serde::Deserialize)]
-struct PeekParams<'a> {
-    #[serde(borrow, default)]
-    name: Option<PeekText<'a>>,
-    #[serde(borrow, default)]
-    uri: Option<PeekText<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum PeekText<'a> {
-    Text(#[serde(borrow)] std::borrow::Cow<'a, str>),
-    Other(serde::de::IgnoredAny),
-}
-
-impl PeekText<'_> {
-    fn text(self) -> Option<String> {
-        match self {
-            Self::Text(text) => Some(text.into_owned()),
-            Self::Other(_) => None,
+/// Accepts any JSON value; `on_other` makes the result for a value that is not a string or an
+/// object (whose contents, like those of an array, are skipped).
+macro_rules! skip_other_values {
+    ($on_other:expr) => {
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($on_other)
         }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($on_other)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($on_other)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($on_other)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok($on_other)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok($on_other)
+        }
+    };
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Some(std::borrow::Cow::Borrowed(v))))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Some(std::borrow::Cow::Owned(v.to_owned()))))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Text(None))
+            }
+            skip_other_values!(Text(None));
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Params<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The members of `params` that are read.
+        enum Key {
+            Name,
+            Uri,
+            Arguments,
+            Other,
+        }
+        impl<'de> serde::Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visit;
+                impl serde::de::Visitor<'_> for Visit {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a member name")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                        Ok(match v {
+                            "name" => Key::Name,
+                            "uri" => Key::Uri,
+                            "arguments" => Key::Arguments,
+                            _ => Key::Other,
+                        })
+                    }
+                }
+                deserializer.deserialize_identifier(Visit)
+            }
+        }
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Params<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                use serde::de::Error;
+                let mut params = Params::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Name if params.name.is_some() => {
+                            return Err(A::Error::duplicate_field("name"));
+                        }
+                        Key::Name => params.name = Some(map.next_value()?),
+                        Key::Uri if params.uri.is_some() => {
+                            return Err(A::Error::duplicate_field("uri"));
+                        }
+                        Key::Uri => params.uri = Some(map.next_value()?),
+                        Key::Arguments if params.arguments.is_some() => {
+                            return Err(A::Error::duplicate_field("arguments"));
+                        }
+                        Key::Arguments => params.arguments = Some(map.next_value()?),
+                        Key::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(params)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Params::default())
+            }
+            skip_other_values!(Params::default());
+        }
+        deserializer.deserialize_any(Visit(std::marker::PhantomData))
     }
 }
 
@@ -150,28 +260,24 @@ fn call_of(
     if peek.jsonrpc.as_deref() != Some("2.0") {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));
     }
+    let params = peek.params.unwrap_or_default();
     match peek.method {
-        Some(PeekMethod::Name(method)) => {
-            let name = match peek.params {
-                Some(PeekParamsOrOther::Object(p)) => p
-                    .name
-                    .and_then(PeekText::text)
-                    .or_else(|| p.uri.and_then(PeekText::text)),
-                _ => None,
-            };
-            Ok(McpCall {
-                method: method.into_owned(),
-                name,
-                id: peek.id,
-                batch: Vec::new(),
-            })
-        }
-        Some(PeekMethod::Other(_)) => Err(invalid("\"method\" must be a string")),
+        Some(Text(Some(method))) => Ok(McpCall {
+            method: method.into_owned(),
+            name: params
+                .name
+                .and_then(|t| t.0)
+                .or_else(|| params.uri.and_then(|t| t.0))
+                .map(std::borrow::Cow::into_owned),
+            id: peek.id,
+            arguments: params.arguments.map(|raw| raw.get().to_owned()),
+            batch: Vec::new(),
+        }),
+        Some(Text(None)) => Err(invalid("\"method\" must be a string")),
         None if peek.result.is_some() || peek.error.is_some() => Ok(McpCall {
             method: "response".to_owned(),
-            name: None,
             id: peek.id,
-            batch: Vec::new(),
+            ..McpCall::default()
         }),
         None => Err(invalid("no \"method\"")),
     }
@@ -278,6 +384,7 @@ mod tests {
                 method: "tools/call".into(),
                 name: Some("echo".into()),
                 id: Some(json!(7)),
+                arguments: Some("{}".into()),
                 batch: Vec::new(),
             }
         );
@@ -320,12 +427,47 @@ mod tests {
     }
 
     #[test]
+    fn the_reader_keeps_raw_arguments_and_refuses_repeated_members() {
+        let call = inspect(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"arguments":{"a":[1,{"b":null}]},"meta":[{"x":1}],"name":"e\u0063ho"}}"#,
+        )
+        .expect("valid");
+        assert_eq!(call.method, "tools/call");
+        assert_eq!(call.name.as_deref(), Some("echo"));
+        assert_eq!(call.arguments.as_deref(), Some(r#"{"a":[1,{"b":null}]}"#));
+        // A name that is not a string names nothing; params that are not an object are ignored.
+        for odd in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":{"x":"y"}}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":[1,2]}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":"echo"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[{"name":"echo"}]}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#,
+        ] {
+            let call = inspect(odd).expect("valid");
+            assert_eq!((call.method.as_str(), call.name), ("tools/call", None));
+        }
+        // The upstream must not see another method or tool than the policy chain did.
+        for repeated in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"wipe"}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"arguments":{},"arguments":{}}}"#,
+            br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"uri":"a","uri":"b"}}"#,
+        ] {
+            assert_eq!(
+                inspect(repeated).map_err(|e| e.1).err(),
+                Some(INVALID_REQUEST),
+                "{}",
+                String::from_utf8_lossy(repeated)
+            );
+        }
+    }
+
+    #[test]
     fn headers_that_contradict_the_body_are_refused() {
         let call = McpCall {
             method: "tools/call".into(),
             name: Some("echo".into()),
-            id: None,
-            batch: Vec::new(),
+            ..McpCall::default()
         };
         let mut headers = HeaderMap::new();
         headers.insert("mcp-method", HeaderValue::from_static("tools/call"));
