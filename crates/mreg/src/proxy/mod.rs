@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
 use domain::Server;
 use http_body_util::BodyExt;
@@ -28,18 +28,22 @@ use crate::rest::AppState;
 use rpc::McpCall;
 
 /// Request headers passed on to the upstream (besides `mcp-param-*`).
-const FORWARDED_REQUEST_HEADERS: &[&str] = &[
-    "accept",
-    "content-type",
-    "last-event-id",
-    "mcp-method",
-    "mcp-name",
-    "mcp-protocol-version",
+const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
+    header::ACCEPT,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("last-event-id"),
+    HeaderName::from_static("mcp-method"),
+    HeaderName::from_static("mcp-name"),
+    PROTOCOL_VERSION_HEADER,
 ];
 /// Response headers passed back to the client (besides the session id, which is translated).
-const FORWARDED_RESPONSE_HEADERS: &[&str] =
-    &["cache-control", "content-type", "mcp-protocol-version"];
-const SESSION_HEADER: &str = "mcp-session-id";
+const FORWARDED_RESPONSE_HEADERS: [HeaderName; 3] = [
+    header::CACHE_CONTROL,
+    header::CONTENT_TYPE,
+    PROTOCOL_VERSION_HEADER,
+];
+const SESSION_HEADER: HeaderName = HeaderName::from_static("mcp-session-id");
+const PROTOCOL_VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
 
 /// The gateway's user agent towards upstream servers.
 const USER_AGENT: &str = concat!("mreg/", env!("CARGO_PKG_VERSION"));
@@ -113,26 +117,27 @@ pub async fn handle(
 }
 
 /// The arguments of the audited call(s) in a message: `params.arguments` of a `tools/call` or
-/// `prompts/get`, or of each message of a batch.
-fn call_arguments(body: &[u8], call: &McpCall) -> Option<serde_json::Value> {
-    let has_arguments = |m: &str| matches!(m, "tools/call" | "prompts/get");
-    if call.batch.is_empty() && !has_arguments(&call.method) {
-        return None;
-    }
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let pick = |m: &serde_json::Value| m.get("params")?.get("arguments").cloned();
+/// `prompts/get`, or of each message of a batch. Parsed only for the audit log: the message
+/// itself goes upstream as it came.
+fn call_arguments(call: &McpCall) -> Option<serde_json::Value> {
+    let parse = |c: &McpCall| {
+        c.arguments
+            .as_deref()
+            .and_then(|raw| serde_json::from_str::<serde_json::Value>(raw).ok())
+    };
     if call.batch.is_empty() {
-        return pick(&value);
+        return matches!(call.method.as_str(), "tools/call" | "prompts/get")
+            .then(|| parse(call))
+            .flatten();
     }
     Some(serde_json::Value::Array(
-        value
-            .as_array()?
+        call.batch
             .iter()
             .map(|m| {
                 serde_json::json!({
-                    "method": m["method"],
-                    "name": m["params"]["name"],
-                    "arguments": pick(m),
+                    "method": m.method,
+                    "name": m.name,
+                    "arguments": parse(m),
                 })
             })
             .collect(),
@@ -230,7 +235,9 @@ async fn proxy(
     if call.method == "tools/call" {
         entry.target(call.name.as_deref(), Some(name));
     }
-    if let Some(arguments) = body.as_deref().and_then(|b| call_arguments(b, &call)) {
+    if state.audit.is_on()
+        && let Some(arguments) = call_arguments(&call)
+    {
         entry.arguments(arguments);
     }
     if let Err(refusal) = admit(state, caller, server.name.as_str(), &call).await {
@@ -271,24 +278,39 @@ async fn proxy(
             }
         },
     };
-    let mut upstream = axum::http::Request::builder()
-        .method(parts.method.clone())
-        .uri(server.url.as_str())
-        .header(header::USER_AGENT, USER_AGENT);
-    for (name, value) in &parts.headers {
-        let name = name.as_str();
-        if FORWARDED_REQUEST_HEADERS.contains(&name) || name.starts_with("mcp-param-") {
-            upstream = upstream.header(name, value);
+    // Headers are moved, not parsed again: only the chosen ones, then the gateway's own.
+    let mut incoming = parts.headers;
+    let mut headers = take(&mut incoming, FORWARDED_REQUEST_HEADERS);
+    for (name, value) in incoming.drain() {
+        if let Some(name) = name.filter(|n| n.as_str().starts_with("mcp-param-")) {
+            headers.append(name, value);
         }
     }
-    if let Some(id) = &upstream_session {
-        upstream = upstream.header(SESSION_HEADER, id);
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    if let Some(id) = upstream_session
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(SESSION_HEADER, id);
     }
-    for (name, value) in route.upstream_headers.iter().flat_map(|c| c.iter()) {
-        upstream = upstream.header(name, value);
+    for (key, value) in route.upstream_headers.iter().flat_map(|c| c.iter()) {
+        match (HeaderName::try_from(key), HeaderValue::try_from(value)) {
+            (Ok(key), Ok(value)) => {
+                headers.append(key, value);
+            }
+            _ => {
+                tracing::error!(server = %name, "a stored upstream credential is not a valid header");
+                return rpc::error(
+                    StatusCode::BAD_GATEWAY,
+                    call.id.as_ref(),
+                    rpc::UPSTREAM_ERROR,
+                    format!("the gateway cannot address server '{name}'"),
+                );
+            }
+        }
     }
-    let upstream = match upstream.body(body.map(Body::from).unwrap_or_else(Body::empty)) {
-        Ok(request) => request,
+    let uri = match axum::http::Uri::try_from(server.url.as_str()) {
+        Ok(uri) => uri,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the upstream request");
             return rpc::error(
@@ -299,6 +321,10 @@ async fn proxy(
             );
         }
     };
+    let mut upstream = axum::http::Request::new(body.map(Body::from).unwrap_or_else(Body::empty));
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = uri;
+    *upstream.headers_mut() = headers;
     let timeout = timeout_of(server);
     let response = match tokio::time::timeout(timeout, state.gateway.request(upstream)).await {
         Err(_) => {
@@ -341,6 +367,20 @@ async fn proxy(
     relay(state, server, caller, &call, response)
 }
 
+/// Moves the headers called `names` (every value of each) out of `from` into a new map.
+fn take<const N: usize>(from: &mut HeaderMap, names: [HeaderName; N]) -> HeaderMap {
+    let mut taken = HeaderMap::with_capacity(N + 4);
+    for name in names {
+        if let header::Entry::Occupied(entry) = from.entry(name) {
+            let (name, values) = entry.remove_entry_mult();
+            for value in values {
+                taken.append(name.clone(), value);
+            }
+        }
+    }
+    taken
+}
+
 /// Turns the upstream's response into the client's: translated session id, chosen headers, and
 /// the body streamed through.
 fn relay<B>(
@@ -354,14 +394,10 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut headers = HeaderMap::new();
-    for name in FORWARDED_RESPONSE_HEADERS {
-        if let Some(value) = response.headers().get(*name) {
-            headers.insert(*name, value.clone());
-        }
-    }
-    if let Some(upstream) = response
-        .headers()
+    let (parts, body) = response.into_parts();
+    let mut upstream_headers = parts.headers;
+    let mut headers = take(&mut upstream_headers, FORWARDED_RESPONSE_HEADERS);
+    if let Some(upstream) = upstream_headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
     {
@@ -374,16 +410,16 @@ where
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let status = response.status();
-    let name = server.name.to_string();
+    let status = parts.status;
     // A tool listing of a server with per-tool rules shows only what the caller may call.
     let lists_tools =
         call.method == "tools/list" || call.batch.iter().any(|c| c.method == "tools/list");
     if lists_tools && state.policy.filters_tools(server.name.as_str()) {
         let policy = state.policy.clone();
         let caller = caller.clone();
+        let name = server.name.to_string();
         let stream = futures_util::stream::once(async move {
-            let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_MCP_BODY_BYTES)
+            let bytes = axum::body::to_bytes(Body::new(body), MAX_MCP_BODY_BYTES)
                 .await
                 .map_err(std::io::Error::other)?;
             Ok::<_, std::io::Error>(filter_listing(&bytes, is_sse, |result| {
@@ -398,11 +434,12 @@ where
     }
     // Only an SSE answer to a request needs watching; anything else passes through untouched.
     let body = match call.id.clone().filter(|_| is_sse) {
-        Some(pending) => {
-            let stream = response.into_body().into_data_stream();
-            Body::from_stream(stream::cut_off_reported(stream, name, Some(pending)))
-        }
-        None => Body::new(response.into_body()),
+        Some(pending) => Body::from_stream(stream::cut_off_reported(
+            body.into_data_stream(),
+            server.name.to_string(),
+            Some(pending),
+        )),
+        None => Body::new(body),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
