@@ -2,7 +2,8 @@
 //! and through mreg's `/servers/{name}/mcp`, in one run. Reports p50/p99 latency with one client
 //! (the added latency) and throughput with many concurrent clients, and the ratios.
 //!
-//! Run: `cargo bench --bench gateway` (options: `-- --seconds N --concurrency N`). The upstream is
+//! Run: `cargo bench --bench gateway` (options: `-- --seconds N --concurrency N`; `--only
+//! direct|gateway|floor` loads one target alone, for a profiler). The upstream is
 //! the stateless rmcp server of the integration tests; gateway, upstream and load generator
 //! share this machine, as they would the same two cores in both measurements. The audit log is
 //! off: `cargo bench --bench policy` measures the policy chain, audit included.
@@ -10,6 +11,10 @@
 //! A third column, "floor", sends the same calls through a bare axum passthrough with the same
 //! HTTP client (no parsing, sessions, credentials, health or middleware): the cost of the extra
 //! HTTP hop alone, so that the gateway's own overhead is the difference between it and the floor.
+
+/// The gateway binary's allocator (see `src/main.rs`), for every part of the run alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../tests/it/upstream.rs"]
 #[expect(
@@ -36,12 +41,15 @@ use serde_json::json;
 struct Args {
     seconds: u64,
     concurrency: usize,
+    /// Load only this target (`direct`, `gateway` or `floor`) for `seconds`, for a profiler.
+    only: Option<String>,
 }
 
 fn args() -> Args {
     let mut args = Args {
         seconds: 5,
         concurrency: 32,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -58,6 +66,7 @@ fn args() -> Args {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(args.concurrency);
             }
+            "--only" => args.only = it.next(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -99,6 +108,35 @@ async fn main() -> anyhow::Result<()> {
     let gateway = format!("http://{}/servers/bench/mcp", app.mcp_addr);
     let floor = bare_passthrough(&direct).await;
 
+    if let Some(only) = &args.only {
+        let url = match only.as_str() {
+            "direct" => &direct,
+            "gateway" => &gateway,
+            "floor" => &floor,
+            other => anyhow::bail!("--only takes direct, gateway or floor, not {other}"),
+        };
+        let mut samples = Samples::default();
+        samples.add(
+            load(
+                url,
+                None,
+                args.concurrency,
+                Duration::from_secs(args.seconds),
+            )
+            .await,
+        );
+        let run = samples.run();
+        println!(
+            "{only}: {} clients, {:.0} calls/s, p50 {} ms, p99 {} ms, {} errors",
+            args.concurrency,
+            run.per_second,
+            ms(run.p50),
+            ms(run.p99),
+            run.errors
+        );
+        app.stop().await?;
+        return Ok(());
+    }
     let short = Duration::from_secs(1);
     load(&direct, None, 4, short).await;
     load(&gateway, None, 4, short).await;

@@ -18,6 +18,10 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and the interop peers (`npm ci --prefix
 //! interop`) for the identity provider.
 
+/// The gateway binary's allocator (see `src/main.rs`), for every part of the run alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../tests/it/upstream.rs"]
 #[expect(
     dead_code,

@@ -7,6 +7,10 @@
 //! Options: `--servers N` (default 100000), `--iterations N` (default 300). The `returned`
 //! column shows rows (store) or bytes (HTTP) of the last call, as a check that work was done.
 
+/// The gateway binary's allocator (see `src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
