@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo bench --bench policy` (options: `-- --seconds N --concurrency N --rows N`, and
 //! `--no-audit` to run the chain-on gateway without the audit log, telling its cost from the
-//! rest). Needs the local PostgreSQL (`MREG_TEST_DATABASE_URL`, default
+//! rest; `--only on|off` to load one gateway alone for `--seconds`, for a profiler). Needs the
+//! local PostgreSQL (`MREG_TEST_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and the interop peers (`npm ci --prefix
 //! interop`) for the identity provider.
 
@@ -51,6 +52,8 @@ const USER_OID: &str = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb";
 struct Args {
     /// Run the chain-on gateway without the audit log, to tell its cost from the rest.
     no_audit: bool,
+    /// Load only this gateway (`on` or `off`) for `seconds`, for a profiler; skips part 2.
+    only: Option<String>,
     seconds: u64,
     concurrency: usize,
     rows: usize,
@@ -59,12 +62,16 @@ struct Args {
 fn args() -> Args {
     let mut args = Args {
         no_audit: std::env::args().any(|a| a == "--no-audit"),
+        only: None,
         seconds: 5,
         concurrency: 32,
         rows: 200_000,
     };
     let all: Vec<String> = std::env::args().skip(1).collect();
     for pair in all.windows(2) {
+        if pair[0] == "--only" {
+            args.only = Some(pair[1].clone());
+        }
         let Ok(value) = pair[1].parse::<usize>() else {
             continue; // cargo bench passes --bench
         };
@@ -165,6 +172,9 @@ async fn main() -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("mreg-bench-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
         chain(&args, &dir).await?;
+        if args.only.is_some() {
+            return Ok(());
+        }
         ingestion(&args, &dir).await
     }
     .await;
@@ -252,6 +262,37 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     let on_target = format!("http://{}/servers/bench/mcp", on.mcp_addr);
     let off_target = format!("http://{}/servers/bench/mcp", off.mcp_addr);
 
+    if let Some(only) = &args.only {
+        let (url, token) = match only.as_str() {
+            "on" => (&on_target, Some(user.as_str())),
+            "off" => (&off_target, None),
+            other => anyhow::bail!("--only takes on or off, not {other}"),
+        };
+        let mut samples = Samples::default();
+        samples.add(
+            load(
+                url,
+                token,
+                args.concurrency,
+                Duration::from_secs(args.seconds),
+            )
+            .await,
+        );
+        let run = samples.run();
+        println!(
+            "{only}: {} clients, {:.0} calls/s, p50 {} ms, p99 {} ms, {} errors",
+            args.concurrency,
+            run.per_second,
+            ms(run.p50),
+            ms(run.p99),
+            run.errors
+        );
+        on.stop().await?;
+        off.stop().await?;
+        drop_database(&on_db).await;
+        drop_database(&off_db).await;
+        return Ok(());
+    }
     let short = Duration::from_secs(1);
     let mut warm = Samples::default();
     warm.add(load(&on_target, Some(&user), 4, short).await);
