@@ -742,3 +742,48 @@ async fn two_instances_cannot_share_one_spool() {
     );
     first.stop().await;
 }
+
+#[tokio::test]
+async fn retention_prunes_old_rows_at_start_and_the_rest_still_verifies() {
+    let app = TestApp::spawn().await;
+    for n in 0..3 {
+        app.register(&format!("kept-{n}"), json!({})).await;
+    }
+    at_least(3, || sqlite_rows(&app.dir.0)).await;
+    let dir = app.dir.0.clone();
+    let mut app = app;
+    app.take_running().stop().await.expect("stop");
+    // The first two rows become 400 days old (past the default 365-day retention).
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("mreg.db").display()))
+        .await
+        .expect("open");
+    sqlx::query("UPDATE audit_log SET at_us = at_us - 400 * 86400000000 WHERE seq <= 2")
+        .execute(&pool)
+        .await
+        .expect("backdate");
+    pool.close().await;
+
+    // The retention task prunes when the gateway starts, then hourly.
+    let running = mreg::app::start(test_config(&app.dir, &[]))
+        .await
+        .expect("restart");
+    let rows = until(|rows| rows.len() == 1, || sqlite_rows(&dir)).await;
+    let kept: Vec<(i64, Option<&str>)> = rows
+        .iter()
+        .map(|r| (r.seq, r.event.server.as_deref()))
+        .collect();
+    assert_eq!(kept, [(3, Some("kept-2"))]);
+    running.stop().await.expect("stop");
+
+    // What is left verifies from the checkpoint the pruning left.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mreg"))
+        .args(["audit", "verify"])
+        .env("MREG_DATA_DIR", &dir)
+        .env("MREG_LOG", "error")
+        .output()
+        .await
+        .expect("run mreg");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{out}");
+    assert!(out.contains("intact: 1 rows (3 to 3)"), "{out}");
+}
