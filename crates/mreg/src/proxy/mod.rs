@@ -82,8 +82,9 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Handles one request to `/servers/{name}/mcp`: one audit row each, opened before anything
-/// else (when the audit log cannot take it, the request is refused) and completed when the
-/// response starts (a streamed body may go on after that).
+/// else (when the audit log cannot take it, the request is refused). The row is completed when
+/// the response starts, or, for an answer streamed as SSE, when the stream ends; a `GET` stream
+/// (server-to-client messages, open for as long as the client likes) is recorded when it opens.
 pub async fn handle(
     State(state): State<AppState>,
     Caller(caller): Caller,
@@ -108,6 +109,16 @@ pub async fn handle(
     entry.target(None, Some(&name));
     let response = proxy(&state, &caller, &name, request, &mut entry).await;
     let failure = response.extensions().get::<rpc::Failure>();
+    if let (None, Some(outcome)) = (failure, response.extensions().get::<rpc::StreamOutcome>()) {
+        // A streamed answer: the row is completed when the stream ends (or cancelled, when the
+        // caller goes away first), with the stream's real outcome and duration.
+        let outcome = outcome.clone();
+        let (parts, body) = response.into_parts();
+        return Response::from_parts(
+            parts,
+            Body::from_stream(stream::audited(body, entry, outcome)),
+        );
+    }
     entry.finish(match failure {
         Some(rpc::Failure(message)) => Err(message.clone()),
         None if response.status().is_success() => Ok(()),
@@ -433,17 +444,25 @@ where
         return out;
     }
     // Only an SSE answer to a request needs watching; anything else passes through untouched.
-    let body = match call.id.clone().filter(|_| is_sse) {
-        Some(pending) => Body::from_stream(stream::cut_off_reported(
-            body.into_data_stream(),
-            server.name.to_string(),
-            Some(pending),
-        )),
-        None => Body::new(body),
+    let (body, outcome) = match call.id.clone().filter(|_| is_sse) {
+        Some(pending) => {
+            let outcome = rpc::StreamOutcome::default();
+            let body = Body::from_stream(stream::cut_off_reported(
+                body.into_data_stream(),
+                server.name.to_string(),
+                Some(pending),
+                outcome.clone(),
+            ));
+            (body, Some(outcome))
+        }
+        None => (Body::new(body), None),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = headers;
+    if let Some(outcome) = outcome {
+        out.extensions_mut().insert(outcome);
+    }
     out
 }
 
@@ -561,12 +580,54 @@ mod stream {
         upstream: S,
         server: String,
         watch: Option<Watch>,
+        outcome: super::rpc::StreamOutcome,
     }
 
+    impl<S> State<S> {
+        /// The last event for a request left unanswered because the upstream `why`.
+        fn unanswered(&self, watch: &Watch, why: &str) -> Bytes {
+            let _ = self
+                .outcome
+                .0
+                .set(format!("server '{}' {why} before answering", self.server));
+            watch.failure(&self.server, why)
+        }
+    }
+
+    /// The body of a streamed answer, completing its audit `entry` when it ends: an error when
+    /// `outcome` says the upstream left the request unanswered, ok otherwise. Dropped before its
+    /// end (the caller went away), the entry records a cancellation.
+    pub fn audited(
+        body: axum::body::Body,
+        entry: crate::audit::Entry,
+        outcome: super::rpc::StreamOutcome,
+    ) -> impl Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
+        stream::unfold(
+            Some((body.into_data_stream(), entry, outcome)),
+            |state| async move {
+                let (mut body, entry, outcome) = state?;
+                match body.next().await {
+                    Some(Ok(bytes)) => Some((Ok(bytes), Some((body, entry, outcome)))),
+                    Some(Err(e)) => {
+                        entry.finish(Err(format!("the stream broke off: {e}")));
+                        Some((Err(e), None))
+                    }
+                    None => {
+                        entry.finish(outcome.0.get().cloned().map_or(Ok(()), Err));
+                        None
+                    }
+                }
+            },
+        )
+    }
+
+    /// The upstream's SSE stream, watched for the answer to `pending`; when the stream ends or
+    /// breaks off first, the client gets a last error event and `outcome` says why.
     pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
         upstream: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
         server: String,
         pending: Option<Value>,
+        outcome: super::rpc::StreamOutcome,
     ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         let state = State {
             upstream: Box::pin(upstream),
@@ -575,6 +636,7 @@ mod stream {
                 id,
                 buffer: String::new(),
             }),
+            outcome,
         };
         stream::unfold(Some(state), |state| async move {
             let mut state = state?;
@@ -588,17 +650,15 @@ mod stream {
                 None => {
                     let watch = state.watch.take()?;
                     tracing::warn!(server = %state.server, "upstream ended the stream without answering");
-                    Some((Ok(watch.failure(&state.server, "ended the stream")), None))
+                    Some((Ok(state.unanswered(&watch, "ended the stream")), None))
                 }
                 Some(Err(e)) => {
                     let cause = super::root_cause(&e);
                     tracing::warn!(server = %state.server, %cause, "upstream stream broke off");
                     match state.watch.take() {
                         Some(watch) => Some((
-                            Ok(watch.failure(
-                                &state.server,
-                                &format!("broke off the stream ({cause})"),
-                            )),
+                            Ok(state
+                                .unanswered(&watch, &format!("broke off the stream ({cause})"))),
                             None,
                         )),
                         None => Some((Err(std::io::Error::other(cause)), None)),

@@ -370,6 +370,12 @@ pub fn error_with_data(
 #[derive(Debug, Clone)]
 pub struct Failure(pub String);
 
+/// For an answer streamed as SSE: set, once the stream is over, to why the upstream failed to
+/// answer (it ended or broke off the stream first). Kept in the response's extensions, so that
+/// the audit row is completed when the stream ends rather than when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOutcome(pub std::sync::Arc<std::sync::OnceLock<String>>);
+
 #[cfg(test)]
 mod tests {
     use super::*;

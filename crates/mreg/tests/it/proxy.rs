@@ -290,6 +290,21 @@ async fn sse_answers_stream_through_as_they_are_produced() {
             .count(),
         3
     );
+    // The audit row is completed when the stream ends: its duration covers the whole stream.
+    let rows = crate::audit::until(
+        |rows| {
+            rows.iter()
+                .any(|r| r.event.tool.as_deref() == Some("count"))
+        },
+        || crate::audit::sqlite_rows(&app.dir.0),
+    )
+    .await;
+    let row = rows
+        .iter()
+        .find(|r| r.event.tool.as_deref() == Some("count"))
+        .expect("a row for the streamed call");
+    assert_eq!(row.event.outcome, "ok", "{row:?}");
+    assert!(row.event.duration_us >= 1_000_000, "{row:?}");
     app.stop().await;
 }
 
@@ -345,6 +360,24 @@ async fn an_upstream_killed_mid_call_fails_that_call_clearly_and_the_next_one_fa
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "a dead upstream fails fast"
+    );
+    // The streamed call's audit row says that it failed, and why.
+    let rows = crate::audit::until(
+        |rows| rows.iter().any(|r| r.event.tool.as_deref() == Some("hang")),
+        || crate::audit::sqlite_rows(&app.dir.0),
+    )
+    .await;
+    let row = rows
+        .iter()
+        .find(|r| r.event.tool.as_deref() == Some("hang"))
+        .expect("a row for the pending call");
+    assert_eq!(row.event.outcome, "error", "{row:?}");
+    assert!(
+        row.event
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("server 'fragile'") && e.contains("before answering")),
+        "{row:?}"
     );
     app.stop().await;
 }
