@@ -24,15 +24,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod upstream;
 
 #[path = "common/load.rs"]
-#[expect(
-    dead_code,
-    reason = "this benchmark reports neither per-slice rates nor answered counts"
-)]
+#[expect(dead_code, reason = "this benchmark does not report answered counts")]
 mod load;
 
 use std::time::Duration;
 
-use load::{Samples, load, ms};
+use load::{Samples, load, median_ratio, ms};
 
 use axum::response::IntoResponse;
 use mreg::config::RawConfig;
@@ -148,10 +145,18 @@ async fn main() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (label, concurrency) in [("1 client", 1), ("many clients", args.concurrency)] {
         let (mut d, mut g, mut f) = (Samples::default(), Samples::default(), Samples::default());
-        for _ in 0..slices {
-            d.add(load(&direct, None, concurrency, slice).await);
-            g.add(load(&gateway, None, concurrency, slice).await);
-            f.add(load(&floor, None, concurrency, slice).await);
+        for i in 0..slices {
+            // The order rotates too, so that no target always follows the same one.
+            let mut order = [0, 1, 2];
+            order.rotate_left((i % 3) as usize);
+            for target in order {
+                let (url, samples) = match target {
+                    0 => (&direct, &mut d),
+                    1 => (&gateway, &mut g),
+                    _ => (&floor, &mut f),
+                };
+                samples.add(load(url, None, concurrency, slice).await);
+            }
         }
         rows.push((label, concurrency, d.run(), g.run(), f.run()));
     }
@@ -163,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         args.seconds
     );
     println!(
-        "{:14} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
+        "{:14} {:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>6} {:>6}",
         "load",
         "conc",
         "d p50",
@@ -177,11 +182,13 @@ async fn main() -> anyhow::Result<()> {
         "fl rps",
         "gw x",
         "floor x",
+        "gw m",
+        "fl m",
         "errors"
     );
     for (label, concurrency, d, g, f) in &rows {
         println!(
-            "{label:14} {concurrency:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>7.2} {:>6}",
+            "{label:14} {concurrency:>5} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>7.2} {:>6.2} {:>6.2} {:>6}",
             ms(d.p50),
             ms(g.p50),
             ms(f.p50),
@@ -193,12 +200,15 @@ async fn main() -> anyhow::Result<()> {
             f.per_second,
             g.per_second / d.per_second,
             f.per_second / d.per_second,
+            median_ratio(&g.rates, &d.rates),
+            median_ratio(&f.rates, &d.rates),
             d.errors + g.errors + f.errors
         );
     }
     println!(
         "
-d = direct to the upstream, gw = through mreg, fl = through a bare passthrough (the floor)"
+d = direct to the upstream, gw = through mreg, fl = through a bare passthrough (the floor)
+gw x, floor x: throughput ratio to direct over all slices; gw m, fl m: the median of the ratios of slices run back to back"
     );
     if let Some((_, _, d, g, _)) = rows.first() {
         println!(

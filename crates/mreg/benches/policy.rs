@@ -37,7 +37,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use load::{Samples, load, ms};
+use load::{Samples, load, median_ratio, ms};
 
 use mreg::config::RawConfig;
 use serde_json::{Value, json};
@@ -383,14 +383,6 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         audit_figures.join(", ")
     );
     Ok(())
-}
-
-/// The median of the slice-by-slice ratios `on[i] / off[i]` (each pair ran back to back, so the
-/// ratio is not moved by drift in the machine's state between pairs).
-fn median_ratio(on: &[f64], off: &[f64]) -> f64 {
-    let mut ratios: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
-    ratios.sort_by(f64::total_cmp);
-    ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// Part 2: audit ingestion into PostgreSQL.

@@ -139,3 +139,11 @@ pub async fn load(
 pub fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
 }
+
+/// The median of the ratios of slices run back to back (`a[i] / b[i]`): less sensitive than the
+/// ratio of totals to the machine speeding up or slowing down during the run.
+pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
+}
