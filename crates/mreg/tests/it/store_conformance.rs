@@ -897,10 +897,16 @@ fn event(n: i64, actor: &str, tool: Option<&str>, decision: &str) -> AuditEvent 
 }
 
 async fn audit_rows_chain_in_order_once_each_and_filter(store: Arc<dyn AuditStore>) {
+    // Text that a bulk format could mangle: separators, quotes, line breaks, escapes, an empty
+    // string (not NULL), non-ASCII.
+    let mut awkward = event(3, "alice", None, "allow");
+    awkward.arguments = Some(r#"{"q":"a,b\n\"c\" \\N ü","e":""}"#.to_owned());
+    awkward.error = Some("line one\r\nline \"two\",\t\\N, \u{2028}end".to_owned());
+    awkward.actor_client_id = Some(String::new());
     let first = [
         event(1, "alice", Some("register_server"), "allow"),
         event(2, "bob", Some("delete_server"), "deny"),
-        event(3, "alice", None, "allow"),
+        awkward,
     ];
     assert_eq!(store.append(&first, false).await.expect("append"), 3);
     // A replay of stored events (e.g. from the spool) stores only the new one.
@@ -929,6 +935,7 @@ async fn audit_rows_chain_in_order_once_each_and_filter(store: Arc<dyn AuditStor
         assert_eq!(pair[1].prev_hash, pair[0].hash);
     }
     assert_eq!(chain[0].event, first[0], "an event reads back equal");
+    assert_eq!(chain[2].event, first[2], "awkward text reads back equal");
     let verified = mreg::audit::verify(store.as_ref()).await.expect("verify");
     assert_eq!((verified.rows, verified.broken), (7, None));
     assert_eq!(verified.head, chain[6].hash);
