@@ -107,9 +107,13 @@ impl AuditEvent {
 }
 
 /// Chains `events` after the row `(seq, hash)`, in order.
-pub fn chain(events: &[AuditEvent], mut seq: i64, mut hash: String) -> Vec<AuditRecord> {
+pub fn chain<'a>(
+    events: impl IntoIterator<Item = &'a AuditEvent>,
+    mut seq: i64,
+    mut hash: String,
+) -> Vec<AuditRecord> {
     events
-        .iter()
+        .into_iter()
         .map(|event| {
             seq += 1;
             let next = event.chain_hash(seq, &hash);

@@ -270,16 +270,15 @@ impl AuditStore for super::PgStore {
             Vec::new()
         };
         let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
-        let fresh: Vec<AuditEvent> = events
+        let fresh: Vec<&AuditEvent> = events
             .iter()
             .filter(|e| !stored.contains(e.id.as_str()))
-            .cloned()
             .collect();
         if fresh.is_empty() {
             return Ok(0);
         }
         let (seq, hash) = tail!(tx);
-        let rows = chain(&fresh, seq, hash);
+        let rows = chain(fresh, seq, hash);
         macro_rules! column {
             ($f:expr) => {
                 rows.iter().map($f).collect::<Vec<_>>()
@@ -366,14 +365,14 @@ impl AuditStore for super::SqliteStore {
                     .map_err(db_error("audit"))?
                     .is_some();
             if !stored {
-                fresh.push(event.clone());
+                fresh.push(event);
             }
         }
         if fresh.is_empty() {
             return Ok(0);
         }
         let (seq, hash) = tail!(tx);
-        let rows = chain(&fresh, seq, hash);
+        let rows = chain(fresh, seq, hash);
         for r in &rows {
             let e = &r.event;
             sqlx::query(
