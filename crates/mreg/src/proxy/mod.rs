@@ -304,33 +304,26 @@ async fn proxy(
     {
         headers.insert(SESSION_HEADER, id);
     }
+    let cannot_address = |why: &str| {
+        tracing::error!(server = %name, why, "cannot build the upstream request");
+        rpc::error(
+            StatusCode::BAD_GATEWAY,
+            call.id.as_ref(),
+            rpc::UPSTREAM_ERROR,
+            format!("the gateway cannot address server '{name}'"),
+        )
+    };
     for (key, value) in route.upstream_headers.iter().flat_map(|c| c.iter()) {
+        // The value is a secret: only the fact that it is unusable is logged.
         match (HeaderName::try_from(key), HeaderValue::try_from(value)) {
             (Ok(key), Ok(value)) => {
                 headers.append(key, value);
             }
-            _ => {
-                tracing::error!(server = %name, "a stored upstream credential is not a valid header");
-                return rpc::error(
-                    StatusCode::BAD_GATEWAY,
-                    call.id.as_ref(),
-                    rpc::UPSTREAM_ERROR,
-                    format!("the gateway cannot address server '{name}'"),
-                );
-            }
+            _ => return cannot_address("a stored upstream credential is not a valid header"),
         }
     }
-    let uri = match axum::http::Uri::try_from(server.url.as_str()) {
-        Ok(uri) => uri,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the upstream request");
-            return rpc::error(
-                StatusCode::BAD_GATEWAY,
-                call.id.as_ref(),
-                rpc::UPSTREAM_ERROR,
-                format!("the gateway cannot address server '{name}'"),
-            );
-        }
+    let Ok(uri) = axum::http::Uri::try_from(server.url.as_str()) else {
+        return cannot_address("the server's URL is not a valid request URI");
     };
     let mut upstream = axum::http::Request::new(body.map(Body::from).unwrap_or_else(Body::empty));
     *upstream.method_mut() = parts.method;
