@@ -112,25 +112,14 @@ async fn main() -> anyhow::Result<()> {
             "floor" => &floor,
             other => anyhow::bail!("--only takes direct, gateway or floor, not {other}"),
         };
-        let mut samples = Samples::default();
-        samples.add(
-            load(
-                url,
-                None,
-                args.concurrency,
-                Duration::from_secs(args.seconds),
-            )
-            .await,
-        );
-        let run = samples.run();
-        println!(
-            "{only}: {} clients, {:.0} calls/s, p50 {} ms, p99 {} ms, {} errors",
+        load::alone(
+            only,
+            url,
+            None,
             args.concurrency,
-            run.per_second,
-            ms(run.p50),
-            ms(run.p99),
-            run.errors
-        );
+            Duration::from_secs(args.seconds),
+        )
+        .await;
         app.stop().await?;
         return Ok(());
     }

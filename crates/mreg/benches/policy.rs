@@ -268,25 +268,14 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
             "off" => (&off_target, None),
             other => anyhow::bail!("--only takes on or off, not {other}"),
         };
-        let mut samples = Samples::default();
-        samples.add(
-            load(
-                url,
-                token,
-                args.concurrency,
-                Duration::from_secs(args.seconds),
-            )
-            .await,
-        );
-        let run = samples.run();
-        println!(
-            "{only}: {} clients, {:.0} calls/s, p50 {} ms, p99 {} ms, {} errors",
+        load::alone(
+            only,
+            url,
+            token,
             args.concurrency,
-            run.per_second,
-            ms(run.p50),
-            ms(run.p99),
-            run.errors
-        );
+            Duration::from_secs(args.seconds),
+        )
+        .await;
         on.stop().await?;
         off.stop().await?;
         drop_database(&on_db).await;

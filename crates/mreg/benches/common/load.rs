@@ -147,3 +147,24 @@ pub fn median_ratio(a: &[f64], b: &[f64]) -> f64 {
     ratios.sort_by(f64::total_cmp);
     ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// Loads one target alone (`label` names it) for `duration` and prints what it did: the
+/// benchmarks' `--only`, for a profiler.
+pub async fn alone(
+    label: &str,
+    url: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    duration: Duration,
+) {
+    let mut samples = Samples::default();
+    samples.add(load(url, token, concurrency, duration).await);
+    let run = samples.run();
+    println!(
+        "{label}: {concurrency} clients, {:.0} calls/s, p50 {} ms, p99 {} ms, {} errors",
+        run.per_second,
+        ms(run.p50),
+        ms(run.p99),
+        run.errors
+    );
+}
