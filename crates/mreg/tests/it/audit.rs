@@ -610,45 +610,13 @@ async fn requests_are_refused_when_the_audit_log_can_keep_nothing() {
 
 #[tokio::test]
 async fn mreg_audit_verify_detects_altered_removed_and_reordered_rows() {
-    let app = TestApp::spawn().await;
-    for n in 0..4 {
-        app.register(&format!("v{n}"), json!({})).await;
-    }
-    at_least(4, || sqlite_rows(&app.dir.0)).await;
-    let dir = app.dir.0.clone();
-    let mut app = app;
-    app.take_running().stop().await.expect("stop");
-    let db = dir.join("mreg.db");
-    let verify = || {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_mreg"))
-            .args(["audit", "verify"])
-            .env("MREG_DATA_DIR", &dir)
-            .env("MREG_LOG", "error")
-            .output()
-            .expect("run mreg");
-        (
-            output.status.code(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-        )
-    };
+    let (_app, dir) = stopped_with_registrations("v", 4).await;
+    let verify = || verify_with_the_cli(&dir);
+    let sql = |statement: &'static str| sqlite_exec(&dir, statement);
     let (code, out) = verify();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("intact: 4 rows"), "{out}");
 
-    let sql = |statement: &str| {
-        let db = db.clone();
-        let statement = statement.to_owned();
-        async move {
-            let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .expect("open");
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&pool)
-                .await
-                .expect("tamper");
-            pool.close().await;
-        }
-    };
     // Altered.
     sql("UPDATE audit_log SET outcome = 'error' WHERE seq = 2").await;
     let (code, out) = verify();
@@ -745,23 +713,13 @@ async fn two_instances_cannot_share_one_spool() {
 
 #[tokio::test]
 async fn retention_prunes_old_rows_at_start_and_the_rest_still_verifies() {
-    let app = TestApp::spawn().await;
-    for n in 0..3 {
-        app.register(&format!("kept-{n}"), json!({})).await;
-    }
-    at_least(3, || sqlite_rows(&app.dir.0)).await;
-    let dir = app.dir.0.clone();
-    let mut app = app;
-    app.take_running().stop().await.expect("stop");
+    let (app, dir) = stopped_with_registrations("kept-", 3).await;
     // The first two rows become 400 days old (past the default 365-day retention).
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("mreg.db").display()))
-        .await
-        .expect("open");
-    sqlx::query("UPDATE audit_log SET at_us = at_us - 400 * 86400000000 WHERE seq <= 2")
-        .execute(&pool)
-        .await
-        .expect("backdate");
-    pool.close().await;
+    sqlite_exec(
+        &dir,
+        "UPDATE audit_log SET at_us = at_us - 400 * 86400000000 WHERE seq <= 2",
+    )
+    .await;
 
     // The retention task prunes when the gateway starts, then hourly.
     let running = mreg::app::start(test_config(&app.dir, &[]))
@@ -776,14 +734,48 @@ async fn retention_prunes_old_rows_at_start_and_the_rest_still_verifies() {
     running.stop().await.expect("stop");
 
     // What is left verifies from the checkpoint the pruning left.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mreg"))
+    let (code, out) = verify_with_the_cli(&dir);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("intact: 1 rows (3 to 3)"), "{out}");
+}
+
+/// A stopped gateway (kept, so that its directory stays) whose audit log holds `n`
+/// registrations of servers named `{prefix}0`, `{prefix}1`, …; and its data directory.
+async fn stopped_with_registrations(prefix: &str, n: usize) -> (TestApp, std::path::PathBuf) {
+    let mut app = TestApp::spawn().await;
+    for i in 0..n {
+        app.register(&format!("{prefix}{i}"), json!({})).await;
+    }
+    at_least(n, || sqlite_rows(&app.dir.0)).await;
+    app.take_running().stop().await.expect("stop");
+    let dir = app.dir.0.clone();
+    (app, dir)
+}
+
+/// `mreg audit verify` (the real binary) on the SQLite database in `dir`, while no gateway runs
+/// in this process: its exit code and output.
+fn verify_with_the_cli(dir: &Path) -> (Option<i32>, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mreg"))
         .args(["audit", "verify"])
-        .env("MREG_DATA_DIR", &dir)
+        .env("MREG_DATA_DIR", dir)
         .env("MREG_LOG", "error")
         .output()
-        .await
         .expect("run mreg");
-    let out = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{out}");
-    assert!(out.contains("intact: 1 rows (3 to 3)"), "{out}");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs `statement` directly on the SQLite database in `dir` (tampering, back-dating).
+async fn sqlite_exec(dir: &Path, statement: &'static str) {
+    let db = dir.join("mreg.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("open");
+    sqlx::query(statement)
+        .execute(&pool)
+        .await
+        .expect("statement");
+    pool.close().await;
 }

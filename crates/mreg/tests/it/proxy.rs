@@ -72,6 +72,19 @@ async fn open_session(app: &TestApp, server: &str) -> String {
     session
 }
 
+/// The audit row of the call of `tool` (waits for the writer, at most 15 s).
+async fn audit_row_of(app: &TestApp, tool: &str) -> mreg::store::audit::AuditRecord {
+    let of_tool = |r: &mreg::store::audit::AuditRecord| r.event.tool.as_deref() == Some(tool);
+    let rows = crate::audit::until(
+        |rows| rows.iter().any(of_tool),
+        || crate::audit::sqlite_rows(&app.dir.0),
+    )
+    .await;
+    rows.into_iter()
+        .find(of_tool)
+        .unwrap_or_else(|| panic!("no audit row for the call of {tool}"))
+}
+
 async fn whoami(app: &TestApp, server: &str, session: Option<&str>) -> (StatusCode, Value) {
     let (status, _, body) = post(app, server, session, &json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": { "name": "whoami", "arguments": {} } })).await;
     let structured = messages(&body)
@@ -291,18 +304,7 @@ async fn sse_answers_stream_through_as_they_are_produced() {
         3
     );
     // The audit row is completed when the stream ends: its duration covers the whole stream.
-    let rows = crate::audit::until(
-        |rows| {
-            rows.iter()
-                .any(|r| r.event.tool.as_deref() == Some("count"))
-        },
-        || crate::audit::sqlite_rows(&app.dir.0),
-    )
-    .await;
-    let row = rows
-        .iter()
-        .find(|r| r.event.tool.as_deref() == Some("count"))
-        .expect("a row for the streamed call");
+    let row = audit_row_of(&app, "count").await;
     assert_eq!(row.event.outcome, "ok", "{row:?}");
     assert!(row.event.duration_us >= 1_000_000, "{row:?}");
     app.stop().await;
@@ -362,15 +364,7 @@ async fn an_upstream_killed_mid_call_fails_that_call_clearly_and_the_next_one_fa
         "a dead upstream fails fast"
     );
     // The streamed call's audit row says that it failed, and why.
-    let rows = crate::audit::until(
-        |rows| rows.iter().any(|r| r.event.tool.as_deref() == Some("hang")),
-        || crate::audit::sqlite_rows(&app.dir.0),
-    )
-    .await;
-    let row = rows
-        .iter()
-        .find(|r| r.event.tool.as_deref() == Some("hang"))
-        .expect("a row for the pending call");
+    let row = audit_row_of(&app, "hang").await;
     assert_eq!(row.event.outcome, "error", "{row:?}");
     assert!(
         row.event
