@@ -131,7 +131,15 @@ impl Cache for MemoryCache {
         match domain::cache::gcra(tat, now_us, limit, period) {
             Ok(next) => {
                 let expires = now + Duration::from_micros(next.saturating_sub(now_us));
-                inner.insert(key, next.to_string().into_bytes(), expires, now);
+                // A known key is updated in place: no new key or value is allocated.
+                if let Some(entry) = inner.entries.get_mut(key) {
+                    use std::io::Write;
+                    entry.value.clear();
+                    write!(entry.value, "{next}").expect("writing to a Vec cannot fail");
+                    entry.expires = expires;
+                } else {
+                    inner.insert(key, next.to_string().into_bytes(), expires, now);
+                }
                 Ok(None)
             }
             Err(wait) => Ok(Some(Duration::from_micros(wait))),
