@@ -55,6 +55,63 @@ struct Validated {
     delegated: bool,
 }
 
+/// Most decoded tokens [`Decoded`] keeps; it is emptied when full.
+const DECODED_MAX: usize = 4096;
+
+/// Token cache hits already decoded, by cache key. The cache is still asked on every request, so
+/// a revoked or expired token is refused at once; only when it answers with exactly the bytes
+/// decoded before is the decoded token reused instead of parsing them again.
+#[derive(Default)]
+pub struct Decoded(std::sync::Mutex<std::collections::HashMap<String, Arc<Memo>>>);
+
+/// A decoded cache entry.
+struct Memo {
+    /// The cached bytes it was decoded from.
+    bytes: Vec<u8>,
+    principal: Arc<Principal>,
+    aud: Vec<String>,
+    delegated: bool,
+}
+
+impl Memo {
+    fn new(validated: Validated, bytes: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self {
+            bytes,
+            principal: Arc::new(validated.principal),
+            aud: validated.aud,
+            delegated: validated.delegated,
+        })
+    }
+}
+
+impl Decoded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Arc<Memo>>> {
+        // Entries are inserted whole, so a poisoned map is still consistent.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The token cached as `bytes` under `key`, decoded (again only if the bytes changed).
+    fn decode(&self, key: &str, bytes: Vec<u8>) -> Option<Arc<Memo>> {
+        if let Some(memo) = self.lock().get(key).filter(|m| m.bytes == bytes) {
+            return Some(memo.clone());
+        }
+        let validated = serde_json::from_slice::<Validated>(&bytes).ok()?;
+        let memo = Memo::new(validated, bytes);
+        self.remember(key, memo.clone());
+        Some(memo)
+    }
+
+    fn remember(&self, key: &str, memo: Arc<Memo>) {
+        let mut map = self.lock();
+        if map.len() >= DECODED_MAX {
+            map.clear();
+        }
+        map.insert(key.to_owned(), memo);
+    }
+}
+
 /// Why a request is refused.
 enum Refusal {
     /// No usable token: 401.
@@ -245,7 +302,7 @@ async fn principal(
 ) -> Result<Arc<Principal>, Refusal> {
     let key = format!("auth:token:{}", sha256_hex(token));
     let cached = match state.cache.get(&key).await {
-        Ok(hit) => hit.and_then(|bytes| serde_json::from_slice::<Validated>(&bytes).ok()),
+        Ok(hit) => hit.and_then(|bytes| oauth.decoded.decode(&key, bytes)),
         Err(e) => {
             // A cache outage must not lock everyone out: validate without it.
             tracing::warn!(error = %e, "token cache unavailable");
@@ -253,20 +310,25 @@ async fn principal(
         }
     };
     let validated = match cached {
-        Some(v) => v,
+        Some(memo) => memo,
         None => {
             let (validated, exp) = validate(oauth, state, token).await?;
             let left = exp - time::OffsetDateTime::now_utc().unix_timestamp();
             let ttl = oauth
                 .token_cache_ttl
                 .min(Duration::from_secs(left.max(0) as u64));
+            let bytes = serde_json::to_vec(&validated).unwrap_or_default();
             if !ttl.is_zero()
-                && let Ok(bytes) = serde_json::to_vec(&validated)
+                && !bytes.is_empty()
                 && let Err(e) = state.cache.set(&key, &bytes, ttl).await
             {
                 tracing::warn!(error = %e, "cannot cache a validated token");
             }
-            validated
+            let memo = Memo::new(validated, bytes);
+            if !ttl.is_zero() {
+                oauth.decoded.remember(&key, memo.clone());
+            }
+            memo
         }
     };
     if !validated.aud.is_empty()
@@ -287,7 +349,7 @@ async fn principal(
     {
         return Err(Refusal::Scope);
     }
-    Ok(Arc::new(validated.principal))
+    Ok(validated.principal.clone())
 }
 
 /// Validates a token not found in the cache. Returns it and its expiry.
@@ -409,4 +471,70 @@ fn insufficient_scope(oauth: &OAuth, resource: &str) -> Response {
             .insert(header::WWW_AUTHENTICATE, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(subject: &str, roles: &[&str]) -> Vec<u8> {
+        let mut principal = Principal::anonymous();
+        principal.subject = subject.to_owned();
+        principal.roles = roles.iter().map(|r| (*r).to_owned()).collect();
+        serde_json::to_vec(&Validated {
+            principal,
+            aud: vec!["https://gw.example/mcp".to_owned()],
+            delegated: true,
+        })
+        .expect("json")
+    }
+
+    #[test]
+    fn a_decoded_token_is_reused_only_while_the_cache_holds_the_same_bytes() {
+        let decoded = Decoded::default();
+        let first = decoded
+            .decode("auth:token:a", cached("alice", &["admin"]))
+            .expect("decoded");
+        assert_eq!(first.principal.roles, ["admin"]);
+        assert_eq!(first.aud, ["https://gw.example/mcp"]);
+        assert!(first.delegated);
+        let again = decoded
+            .decode("auth:token:a", cached("alice", &["admin"]))
+            .expect("decoded");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "the same bytes are not parsed again"
+        );
+
+        // Another replica re-validated the token with fewer roles: the new bytes win.
+        let changed = decoded
+            .decode("auth:token:a", cached("alice", &["user"]))
+            .expect("decoded");
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.principal.roles, ["user"]);
+
+        assert!(
+            decoded
+                .decode("auth:token:b", b"not json".to_vec())
+                .is_none()
+        );
+        assert_eq!(
+            decoded
+                .decode("auth:token:b", cached("bob", &[]))
+                .expect("decoded")
+                .principal
+                .subject,
+            "bob",
+            "keys are kept apart"
+        );
+    }
+
+    #[test]
+    fn the_decoded_tokens_stay_bounded() {
+        let decoded = Decoded::default();
+        for i in 0..DECODED_MAX + 10 {
+            decoded.decode(&format!("auth:token:{i}"), cached("alice", &[]));
+        }
+        assert!(decoded.lock().len() <= DECODED_MAX);
+    }
 }

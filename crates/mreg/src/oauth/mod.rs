@@ -65,6 +65,8 @@ pub struct OAuth {
     cimd_allow_private: bool,
     /// The audit log.
     audit: crate::audit::Auditor,
+    /// Validated tokens decoded from the cache.
+    pub(crate) decoded: crate::authn::Decoded,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -205,6 +207,7 @@ impl OAuth {
             supported_scopes,
             cimd_allow_private: config.auth.cimd_allow_private,
             audit,
+            decoded: Default::default(),
         })
     }
 
