@@ -70,9 +70,12 @@ async fn serve(
     token: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    let serve = axum::serve(listener, router)
-        .with_graceful_shutdown(token.clone().cancelled_owned())
-        .into_future();
+    let serve = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(token.clone().cancelled_owned())
+    .into_future();
     let mut server = tokio::spawn(serve);
     let failed = |e| anyhow::anyhow!("the {name} server failed: {e}");
     tokio::select! {
@@ -133,6 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!("THE AUDIT LOG IS OFF (MREG_AUDIT=false): nothing is recorded");
         (crate::audit::Auditor::off(), None)
     };
+    let metrics = Metrics::new();
     let oauth = match (
         auth,
         crate::oauth::upstream::Upstream::from_config(&config)?,
@@ -146,7 +150,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 cache.clone(),
                 cipher.clone(),
                 auditor.clone(),
-            )?;
+            )?
+            .limiting(crate::policy::limits::AddressLimit::new(
+                config.auth.oauth_rate_limit_per_minute,
+                config.auth.trusted_proxy_hops,
+                cache.clone(),
+                metrics.clone(),
+            ));
             tracing::info!(issuer = %oauth.issuer, upstream = ?oauth.upstream, "OAuth authorization server on");
             Some(Arc::new(oauth))
         }
@@ -161,7 +171,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         stores: stores.clone(),
         cache,
         cache_backend,
-        metrics: Metrics::new(),
+        metrics,
         config: config.clone(),
         oauth,
         policy: Arc::new(config.policy.clone()),

@@ -204,6 +204,10 @@ pub struct AuthConfig {
     pub oidc: Option<OidcConfig>,
     /// Whether client metadata documents may be fetched from private addresses.
     pub cimd_allow_private: bool,
+    /// Budget per client address and minute on the public OAuth endpoints; 0 is unlimited.
+    pub oauth_rate_limit_per_minute: u32,
+    /// Reverse proxies in front of the MCP listener that append to `X-Forwarded-For`.
+    pub trusted_proxy_hops: usize,
 }
 
 /// Health monitor settings.
@@ -887,6 +891,19 @@ impl Parser<'_> {
             )?,
             oidc,
             cimd_allow_private: self.required("MREG_CIMD_ALLOW_PRIVATE", parse_bool)?,
+            oauth_rate_limit_per_minute: self.required(
+                "MREG_OAUTH_RATE_LIMIT_PER_MINUTE",
+                |v| match v.parse::<u32>() {
+                    Ok(n) if n <= 1_000_000 => Ok(n),
+                    _ => Err(format!("'{v}' is not a number from 0 to 1000000")),
+                },
+            )?,
+            trusted_proxy_hops: self.required("MREG_TRUSTED_PROXY_HOPS", |v| {
+                match v.parse::<usize>() {
+                    Ok(n) if n <= 10 => Ok(n),
+                    _ => Err(format!("'{v}' is not a number from 0 to 10")),
+                }
+            })?,
         })
     }
 

@@ -282,6 +282,20 @@ pub const SETTINGS: &[Setting] = &[
         "Fetch Client ID Metadata Documents from private and loopback addresses too (and over http from loopback). For tests and closed networks only.",
     ),
     s(
+        "MREG_OAUTH_RATE_LIMIT_PER_MINUTE",
+        "auth.oauth_rate_limit_per_minute",
+        Some("300"),
+        false,
+        "Requests per minute one client address may make to /register, /token, /revoke and the sign-in callback (GCRA; bursts up to the budget; shared through Redis when configured). 0 turns this limit off.",
+    ),
+    s(
+        "MREG_TRUSTED_PROXY_HOPS",
+        "auth.trusted_proxy_hops",
+        Some("0"),
+        false,
+        "Reverse proxies in front of the MCP listener that each append to X-Forwarded-For. The client address is the one the outermost of them saw. 0: the TCP peer address, and X-Forwarded-For is ignored.",
+    ),
+    s(
         "MREG_POLICY_FILE",
         "policy.file",
         None,

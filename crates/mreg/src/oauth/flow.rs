@@ -181,6 +181,22 @@ pub async fn audited(
             );
         }
     };
+    if let Some(limit) = &oauth.address_limit
+        && let Err(refusal) = limit.admit(&limit.client_address(&request)).await
+    {
+        entry.refused(&refusal);
+        let mut response = token_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "temporarily_unavailable",
+            &format!("too many requests from this address: {}", refusal.message()),
+        );
+        if let Some(secs) = refusal.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        return response;
+    }
     let response = next.run(request).await;
     let n = response
         .extensions()

@@ -67,6 +67,8 @@ pub struct OAuth {
     audit: crate::audit::Auditor,
     /// Validated tokens decoded from the cache.
     pub(crate) decoded: crate::authn::Decoded,
+    /// The budget per client address of the public endpoints.
+    address_limit: Option<crate::policy::limits::AddressLimit>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -208,7 +210,16 @@ impl OAuth {
             cimd_allow_private: config.auth.cimd_allow_private,
             audit,
             decoded: Default::default(),
+            address_limit: None,
         })
+    }
+
+    /// Limits the requests per client address to client registration, sign-in, token and
+    /// revocation.
+    #[must_use]
+    pub fn limiting(mut self, limit: crate::policy::limits::AddressLimit) -> Self {
+        self.address_limit = Some(limit);
+        self
     }
 
     /// The canonical resource of the gateway's own MCP endpoint.

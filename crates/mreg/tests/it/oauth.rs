@@ -1974,3 +1974,88 @@ async fn two_signed_in_users_never_share_an_upstream_session() {
         "bob cannot use alice's session"
     );
 }
+
+#[tokio::test]
+async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_proxy() {
+    let Some(s) = setup(&[
+        ("MREG_OAUTH_RATE_LIMIT_PER_MINUTE", "3"),
+        ("MREG_TRUSTED_PROXY_HOPS", "1"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let http = reqwest::Client::new();
+    // The trusted proxy appends the address it saw; what the client put before it is ignored.
+    let register = |forwarded: String| {
+        let (http, url) = (http.clone(), format!("{}/register", s.mcp));
+        async move {
+            http.post(url)
+                .header("x-forwarded-for", forwarded)
+                .json(&json!({"redirect_uris": ["http://127.0.0.1:9/cb"]}))
+                .send()
+                .await
+                .expect("register")
+        }
+    };
+    for spoofed in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let forwarded = format!("{spoofed}, 203.0.113.7");
+        assert_eq!(register(forwarded).await.status(), StatusCode::CREATED);
+    }
+    let refused = register("198.51.100.4, 203.0.113.7".to_owned()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = refused
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "retry after {retry} s");
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("too many requests from this address")),
+        "{body}"
+    );
+    // The token endpoint shares the address's budget; another address has its own.
+    let token = http
+        .post(format!("{}/token", s.mcp))
+        .header("x-forwarded-for", "203.0.113.7")
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", "x")])
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(token.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        register("203.0.113.8".to_owned()).await.status(),
+        StatusCode::CREATED,
+        "another client address"
+    );
+
+    // Each refusal is audited and counted.
+    let rows = crate::audit::at_least(6, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let limited: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.event.decision == "rate_limited")
+        .map(|r| r.event.operation.as_str())
+        .collect();
+    assert_eq!(limited, ["oauth.register", "oauth.token"]);
+    let metrics = s
+        .app
+        .http
+        .get(s.app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mreg_policy_refusals_total{reason=\"rate_limited\"} 2"),
+        "{metrics}"
+    );
+}
