@@ -286,7 +286,7 @@ pub const SETTINGS: &[Setting] = &[
         "auth.oauth_rate_limit_per_minute",
         Some("300"),
         false,
-        "Requests per minute one client address may make to /register, /token, /revoke and the sign-in callback (GCRA; bursts up to the budget; shared through Redis when configured). 0 turns this limit off.",
+        "Requests per minute one client address may make to the OAuth endpoints: /register, /authorize, /consent, /token, /revoke and the sign-in callback (GCRA; bursts up to the budget; shared through Redis when configured). 0 turns this limit off.",
     ),
     s(
         "MREG_TRUSTED_PROXY_HOPS",

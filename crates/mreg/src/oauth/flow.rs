@@ -147,6 +147,84 @@ fn note(mut response: Response, f: impl FnOnce(&mut AuditNote)) -> Response {
     response
 }
 
+impl OAuth {
+    /// The caller's address, when requests are limited per address.
+    fn address_of(&self, request: &axum::extract::Request) -> Option<String> {
+        self.address_limit
+            .as_ref()
+            .map(|limit| limit.client_address(request))
+    }
+
+    /// Spends one request of the budget of `address` (from [`OAuth::address_of`]).
+    async fn admit_address(&self, address: Option<String>) -> Result<(), crate::policy::Refusal> {
+        match (&self.address_limit, address) {
+            (Some(limit), Some(address)) => limit.admit(&address).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The answer to a caller over its address budget.
+fn too_many(refusal: &crate::policy::Refusal) -> Response {
+    let mut response = token_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "temporarily_unavailable",
+        &format!("too many requests from this address: {}", refusal.message()),
+    );
+    if let Some(secs) = refusal.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Middleware of the authorization pages (`/authorize`, `/consent`): each request spends the
+/// caller's address budget, since each stores a sign-in transaction (and may fetch a client
+/// metadata document). Only a refusal is audited; the sign-in itself is, at the callback.
+pub async fn limited(
+    State(oauth): State<Arc<OAuth>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Err(refusal) = oauth.admit_address(oauth.address_of(&request)).await else {
+        return next.run(request).await;
+    };
+    let request_id = request
+        .extensions()
+        .get::<crate::rest::request_id::RequestId>()
+        .map_or("-", |r| r.0.as_str())
+        .to_owned();
+    let operation = match request.uri().path() {
+        "/consent" => "oauth.consent",
+        _ => "oauth.authorize",
+    };
+    match oauth
+        .audit
+        .open(&unauthenticated(), &request_id, operation)
+        .await
+    {
+        Ok(entry) => entry.refused(&refusal),
+        Err(e) => {
+            return token_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                &e.to_string(),
+            );
+        }
+    }
+    too_many(&refusal)
+}
+
+/// The actor of a request made before sign-in.
+fn unauthenticated() -> domain::Principal {
+    domain::Principal {
+        subject: "unauthenticated".to_owned(),
+        roles: Vec::new(),
+        ..domain::Principal::anonymous()
+    }
+}
+
 /// Middleware of the audited OAuth endpoints: client registration, sign-in (the callback),
 /// token issue and refresh, revocation. One row each, success or failure; when the audit log
 /// cannot take it, the request is refused before it runs.
@@ -166,12 +244,11 @@ pub async fn audited(
         .get::<crate::rest::request_id::RequestId>()
         .map_or("-", |r| r.0.as_str())
         .to_owned();
-    let unknown = domain::Principal {
-        subject: "unauthenticated".to_owned(),
-        roles: Vec::new(),
-        ..domain::Principal::anonymous()
-    };
-    let mut entry = match oauth.audit.open(&unknown, &request_id, operation).await {
+    let mut entry = match oauth
+        .audit
+        .open(&unauthenticated(), &request_id, operation)
+        .await
+    {
         Ok(entry) => entry,
         Err(e) => {
             return token_error(
@@ -181,21 +258,9 @@ pub async fn audited(
             );
         }
     };
-    if let Some(limit) = &oauth.address_limit
-        && let Err(refusal) = limit.admit(&limit.client_address(&request)).await
-    {
+    if let Err(refusal) = oauth.admit_address(oauth.address_of(&request)).await {
         entry.refused(&refusal);
-        let mut response = token_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "temporarily_unavailable",
-            &format!("too many requests from this address: {}", refusal.message()),
-        );
-        if let Some(secs) = refusal.retry_after_secs() {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        return response;
+        return too_many(&refusal);
     }
     let response = next.run(request).await;
     let n = response

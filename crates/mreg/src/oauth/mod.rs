@@ -307,8 +307,15 @@ pub fn router(oauth: Arc<OAuth>) -> Router {
             get(metadata::protected_resource),
         )
         .route("/.well-known/jwks.json", get(metadata::jwks))
-        .route("/authorize", get(flow::authorize))
-        .route("/consent", get(flow::consent_page).post(flow::consent))
+        .merge(
+            Router::new()
+                .route("/authorize", get(flow::authorize))
+                .route("/consent", get(flow::consent_page).post(flow::consent))
+                .route_layer(axum::middleware::from_fn_with_state(
+                    oauth.clone(),
+                    flow::limited,
+                )),
+        )
         .merge(
             Router::new()
                 .route("/register", post(flow::register))

@@ -2028,6 +2028,17 @@ async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_pr
         .await
         .expect("token");
     assert_eq!(token.status(), StatusCode::TOO_MANY_REQUESTS);
+    // So do the authorization pages, which store a sign-in transaction per request.
+    let authorize = http
+        .get(format!(
+            "{}/authorize?client_id=x&response_type=code",
+            s.mcp
+        ))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .expect("authorize");
+    assert_eq!(authorize.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
         register("203.0.113.8".to_owned()).await.status(),
         StatusCode::CREATED,
@@ -2035,13 +2046,16 @@ async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_pr
     );
 
     // Each refusal is audited and counted.
-    let rows = crate::audit::at_least(6, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let rows = crate::audit::at_least(7, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
     let limited: Vec<&str> = rows
         .iter()
         .filter(|r| r.event.decision == "rate_limited")
         .map(|r| r.event.operation.as_str())
         .collect();
-    assert_eq!(limited, ["oauth.register", "oauth.token"]);
+    assert_eq!(
+        limited,
+        ["oauth.register", "oauth.token", "oauth.authorize"]
+    );
     let metrics = s
         .app
         .http
@@ -2055,7 +2069,7 @@ async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_pr
     assert!(
         metrics
             .lines()
-            .any(|l| l == "mreg_policy_refusals_total{reason=\"rate_limited\"} 2"),
+            .any(|l| l == "mreg_policy_refusals_total{reason=\"rate_limited\"} 3"),
         "{metrics}"
     );
 }
