@@ -92,8 +92,9 @@ impl Limits {
     }
 }
 
-/// The budget per client address of the public OAuth endpoints (client registration, sign-in,
-/// token, revocation), which anyone can call before they have a principal to be limited by.
+/// The budget per client address of the public OAuth endpoints (client registration,
+/// authorization, sign-in, token, revocation), which anyone can call before they have a
+/// principal to be limited by.
 pub struct AddressLimit {
     per_minute: u32,
     proxy_hops: usize,
@@ -168,7 +169,11 @@ impl AddressLimit {
                 .len()
                 .checked_sub(self.proxy_hops)
                 .map(|i| forwarded[i])
-                && let Ok(ip) = entry.parse::<IpAddr>()
+                // Some proxies (Azure Application Gateway among them) add the port too.
+                && let Some(ip) = entry
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
             {
                 return ip.to_string();
             }
@@ -218,6 +223,13 @@ mod tests {
             "2001:db8::1",
             "header lines combine"
         );
+        let ported = request(&["192.0.2.66:51234, [2001:db8::2]:443"]);
+        assert_eq!(
+            limit(1).client_address(&ported),
+            "2001:db8::2",
+            "with a port"
+        );
+        assert_eq!(limit(2).client_address(&ported), "192.0.2.66");
         let garbage = request(&["not-an-address"]);
         assert_eq!(limit(1).client_address(&garbage), "10.0.0.9");
         let mut unknown = request(&[]);
