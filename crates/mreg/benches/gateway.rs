@@ -3,7 +3,8 @@
 //! (the added latency) and throughput with many concurrent clients, and the ratios.
 //!
 //! Run: `cargo bench --bench gateway` (options: `-- --seconds N --concurrency N`; `--only
-//! direct|gateway|floor` loads one target alone, for a profiler). The upstream is
+//! direct|gateway|floor` loads one target alone, for a profiler; `--log FILTER` installs the
+//! binary's log subscriber, whose per-request span the run then pays for). The upstream is
 //! the stateless rmcp server of the integration tests; gateway, upstream and load generator
 //! share this machine, as they would the same two cores in both measurements. The audit log is
 //! off: `cargo bench --bench policy` measures the policy chain, audit included.
@@ -40,6 +41,9 @@ struct Args {
     concurrency: usize,
     /// Load only this target (`direct`, `gateway` or `floor`) for `seconds`, for a profiler.
     only: Option<String>,
+    /// Install the binary's log subscriber with this filter (as `MREG_LOG`), so that the run
+    /// pays for per-request spans as `mreg serve` does.
+    log: Option<String>,
 }
 
 fn args() -> Args {
@@ -47,6 +51,7 @@ fn args() -> Args {
         seconds: 5,
         concurrency: 32,
         only: None,
+        log: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -64,6 +69,7 @@ fn args() -> Args {
                     .unwrap_or(args.concurrency);
             }
             "--only" => args.only = it.next(),
+            "--log" => args.log = it.next(),
             _ => {} // cargo bench passes --bench
         }
     }
@@ -73,6 +79,12 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
+    if let Some(filter) = &args.log {
+        mreg::telemetry::init(&mreg::config::LogConfig {
+            filter: filter.clone(),
+            format: mreg::config::LogFormat::Text,
+        });
+    }
     let upstream = upstream::Upstream::start(false).await;
     let dir = std::env::temp_dir().join(format!("mreg-bench-{}", uuid::Uuid::new_v4().simple()));
     let config = RawConfig::collect(
