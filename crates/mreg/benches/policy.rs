@@ -14,8 +14,9 @@
 //!
 //! Run: `cargo bench --bench policy` (options: `-- --seconds N --concurrency N --rows N`, and
 //! `--no-audit` to run the chain-on gateway without the audit log, telling its cost from the
-//! rest; `--only on|off` to load one gateway alone for `--seconds`, for a profiler). Needs the
-//! local PostgreSQL (`MREG_TEST_DATABASE_URL`, default
+//! rest; `--only on|off` to load one gateway alone for `--seconds`, for a profiler; `--log
+//! FILTER` to install the binary's log subscriber, whose per-request spans the run then pays
+//! for). Needs the local PostgreSQL (`MREG_TEST_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and the interop peers (`npm ci --prefix
 //! interop`) for the identity provider.
 
@@ -54,6 +55,8 @@ struct Args {
     no_audit: bool,
     /// Load only this gateway (`on` or `off`) for `seconds`, for a profiler; skips part 2.
     only: Option<String>,
+    /// Install the binary's log subscriber with this filter (as `MREG_LOG`).
+    log: Option<String>,
     seconds: u64,
     concurrency: usize,
     rows: usize,
@@ -63,14 +66,17 @@ fn args() -> Args {
     let mut args = Args {
         no_audit: std::env::args().any(|a| a == "--no-audit"),
         only: None,
+        log: None,
         seconds: 5,
         concurrency: 32,
         rows: 200_000,
     };
     let all: Vec<String> = std::env::args().skip(1).collect();
     for pair in all.windows(2) {
-        if pair[0] == "--only" {
-            args.only = Some(pair[1].clone());
+        match pair[0].as_str() {
+            "--only" => args.only = Some(pair[1].clone()),
+            "--log" => args.log = Some(pair[1].clone()),
+            _ => {}
         }
         let Ok(value) = pair[1].parse::<usize>() else {
             continue; // cargo bench passes --bench
@@ -169,6 +175,12 @@ async fn start(settings: &[(&str, &str)]) -> anyhow::Result<mreg::app::Running> 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
+    if let Some(filter) = &args.log {
+        mreg::telemetry::init(&mreg::config::LogConfig {
+            filter: filter.clone(),
+            format: mreg::config::LogFormat::Text,
+        });
+    }
     let dir = std::env::temp_dir().join(format!("mreg-bench-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
         chain(&args, &dir).await?;
