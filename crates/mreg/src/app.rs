@@ -137,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (crate::audit::Auditor::off(), None)
     };
     let metrics = Metrics::new();
+    let limits = Arc::new(crate::policy::limits::Limits::default());
     let oauth = match (
         auth,
         crate::oauth::upstream::Upstream::from_config(&config)?,
@@ -155,6 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.auth.oauth_rate_limit_per_minute,
                 config.auth.trusted_proxy_hops,
                 cache.clone(),
+                limits.clone(),
                 metrics.clone(),
             ));
             tracing::info!(issuer = %oauth.issuer, upstream = ?oauth.upstream, "OAuth authorization server on");
@@ -175,7 +177,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config: config.clone(),
         oauth,
         policy: Arc::new(config.policy.clone()),
-        limits: crate::policy::limits::Limits::default(),
+        limits,
         audit: auditor,
     });
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");

@@ -1,4 +1,5 @@
-//! Rate limits: GCRA budgets per principal and per principal × tool, decided in the cache (one
+//! Rate limits: GCRA budgets per principal, per principal × tool and, on the public OAuth
+//! endpoints, per client address ([`AddressLimit`]), decided in the cache (one
 //! atomic script in Redis, so replicas share one budget). If the shared cache stops answering,
 //! decisions fall back to this instance's memory — limits stay on, per instance — and the log
 //! and `/readyz` say so until it answers again.
@@ -99,7 +100,9 @@ pub struct AddressLimit {
     per_minute: u32,
     proxy_hops: usize,
     cache: Arc<dyn Cache>,
-    limits: Limits,
+    /// The instance's limiter, shared with the per-principal budgets (one fallback, one
+    /// degraded flag for `/readyz`).
+    limits: Arc<Limits>,
     metrics: Metrics,
 }
 
@@ -115,18 +118,19 @@ impl std::fmt::Debug for AddressLimit {
 impl AddressLimit {
     /// `per_minute` requests per client address (0: unlimited); the address is the TCP peer's,
     /// or with `proxy_hops` trusted reverse proxies the one in `X-Forwarded-For` that the
-    /// outermost of them added.
+    /// outermost of them added. Decided in `cache`, through `limits`.
     pub fn new(
         per_minute: u32,
         proxy_hops: usize,
         cache: Arc<dyn Cache>,
+        limits: Arc<Limits>,
         metrics: Metrics,
     ) -> Self {
         Self {
             per_minute,
             proxy_hops,
             cache,
-            limits: Limits::default(),
+            limits,
             metrics,
         }
     }
@@ -186,8 +190,14 @@ impl AddressLimit {
 mod tests {
     use super::*;
 
-    fn limit(hops: usize) -> AddressLimit {
-        AddressLimit::new(2, hops, Arc::new(MemoryCache::new()), Metrics::new())
+    fn limit(per_minute: u32, hops: usize) -> AddressLimit {
+        AddressLimit::new(
+            per_minute,
+            hops,
+            Arc::new(MemoryCache::new()),
+            Arc::default(),
+            Metrics::new(),
+        )
     }
 
     fn request(forwarded: &[&str]) -> Request {
@@ -206,48 +216,48 @@ mod tests {
     fn the_client_address_is_the_one_the_outermost_trusted_proxy_saw() {
         let spoofed = request(&["192.0.2.66, 203.0.113.7"]);
         assert_eq!(
-            limit(0).client_address(&spoofed),
+            limit(2, 0).client_address(&spoofed),
             "10.0.0.9",
             "no proxy: the peer"
         );
-        assert_eq!(limit(1).client_address(&spoofed), "203.0.113.7");
-        assert_eq!(limit(2).client_address(&spoofed), "192.0.2.66");
+        assert_eq!(limit(2, 1).client_address(&spoofed), "203.0.113.7");
+        assert_eq!(limit(2, 2).client_address(&spoofed), "192.0.2.66");
         assert_eq!(
-            limit(3).client_address(&spoofed),
+            limit(2, 3).client_address(&spoofed),
             "10.0.0.9",
             "fewer entries than proxies: the peer"
         );
         let split = request(&["192.0.2.66", "2001:db8::1 , 203.0.113.7"]);
         assert_eq!(
-            limit(2).client_address(&split),
+            limit(2, 2).client_address(&split),
             "2001:db8::1",
             "header lines combine"
         );
         let ported = request(&["192.0.2.66:51234, [2001:db8::2]:443"]);
         assert_eq!(
-            limit(1).client_address(&ported),
+            limit(2, 1).client_address(&ported),
             "2001:db8::2",
             "with a port"
         );
-        assert_eq!(limit(2).client_address(&ported), "192.0.2.66");
+        assert_eq!(limit(2, 2).client_address(&ported), "192.0.2.66");
         let garbage = request(&["not-an-address"]);
-        assert_eq!(limit(1).client_address(&garbage), "10.0.0.9");
+        assert_eq!(limit(2, 1).client_address(&garbage), "10.0.0.9");
         let mut unknown = request(&[]);
         unknown.extensions_mut().clear();
-        assert_eq!(limit(0).client_address(&unknown), "unknown");
+        assert_eq!(limit(2, 0).client_address(&unknown), "unknown");
     }
 
     #[tokio::test]
     async fn each_address_has_its_own_budget_and_zero_is_unlimited() {
-        let limit = limit(0);
-        assert!(limit.admit("192.0.2.1").await.is_ok());
-        assert!(limit.admit("192.0.2.1").await.is_ok());
+        let two = limit(2, 0);
+        assert!(two.admit("192.0.2.1").await.is_ok());
+        assert!(two.admit("192.0.2.1").await.is_ok());
         assert!(matches!(
-            limit.admit("192.0.2.1").await,
+            two.admit("192.0.2.1").await,
             Err(Refusal::Limited(wait)) if wait > Duration::ZERO
         ));
-        assert!(limit.admit("192.0.2.2").await.is_ok());
-        let unlimited = AddressLimit::new(0, 0, Arc::new(MemoryCache::new()), Metrics::new());
+        assert!(two.admit("192.0.2.2").await.is_ok());
+        let unlimited = limit(0, 0);
         for _ in 0..100 {
             assert!(unlimited.admit("192.0.2.1").await.is_ok());
         }

@@ -76,7 +76,7 @@ pub struct Shared {
     /// Roles and budgets.
     pub policy: Arc<crate::policy::Policy>,
     /// This instance's rate limiter.
-    pub limits: crate::policy::limits::Limits,
+    pub limits: Arc<crate::policy::limits::Limits>,
     /// The audit log.
     pub audit: crate::audit::Auditor,
 }
