@@ -414,15 +414,7 @@ async fn health_readiness_and_metrics_report_on_the_process() {
 
     app.get("/api/v1/servers").await;
     app.get("/api/v1/servers/missing").await;
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = app.metrics().await;
     assert!(
         text.contains(
             r#"mreg_http_requests_total{method="GET",route="/api/v1/servers",status="200"} 1"#

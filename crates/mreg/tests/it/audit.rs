@@ -397,15 +397,7 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
     // those of the requests after them, go to the spool.
     let deadline = Instant::now() + Duration::from_secs(20);
     let ready = loop {
-        let metrics = app
-            .http
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = app.metrics().await;
         let spooled: f64 = metrics
             .lines()
             .find(|l| l.starts_with("mreg_audit_rows_spooled_total"))
@@ -569,15 +561,7 @@ async fn requests_are_refused_when_the_audit_log_can_keep_nothing() {
     );
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = app.metrics().await;
     assert!(
         metrics
             .lines()

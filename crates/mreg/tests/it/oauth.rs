@@ -2056,16 +2056,7 @@ async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_pr
         limited,
         ["oauth.register", "oauth.token", "oauth.authorize"]
     );
-    let metrics = s
-        .app
-        .http
-        .get(s.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.app.metrics().await;
     assert!(
         metrics
             .lines()

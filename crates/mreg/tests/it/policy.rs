@@ -228,16 +228,7 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
         .expect("allowed");
     assert_ne!(deleted.is_error, Some(true), "{deleted:?}");
 
-    let metrics = s
-        .app
-        .http
-        .get(s.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = s.app.metrics().await;
     let denied = metrics
         .lines()
         .find(|l| l.starts_with("mreg_policy_refusals_total{reason=\"denied\"}"))

@@ -227,6 +227,18 @@ impl TestApp {
         (status, headers, json)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(response.status(), StatusCode::OK, "/metrics answers");
+        response.text().await.expect("text")
+    }
+
     /// GET `path`.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let (status, _, body) = self.send(reqwest::Method::GET, path, None).await;
