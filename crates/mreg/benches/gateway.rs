@@ -79,12 +79,7 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
-    if let Some(filter) = &args.log {
-        mreg::telemetry::init(&mreg::config::LogConfig {
-            filter: filter.clone(),
-            format: mreg::config::LogFormat::Text,
-        });
-    }
+    load::log(args.log.as_deref());
     let upstream = upstream::Upstream::start(false).await;
     let dir = std::env::temp_dir().join(format!("mreg-bench-{}", uuid::Uuid::new_v4().simple()));
     let config = RawConfig::collect(

@@ -175,12 +175,7 @@ async fn start(settings: &[(&str, &str)]) -> anyhow::Result<mreg::app::Running> 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = args();
-    if let Some(filter) = &args.log {
-        mreg::telemetry::init(&mreg::config::LogConfig {
-            filter: filter.clone(),
-            format: mreg::config::LogFormat::Text,
-        });
-    }
+    load::log(args.log.as_deref());
     let dir = std::env::temp_dir().join(format!("mreg-bench-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
         chain(&args, &dir).await?;

@@ -135,6 +135,17 @@ pub async fn load(
     (samples, started.elapsed(), errors)
 }
 
+/// With `--log FILTER`: installs the binary's log subscriber with that filter, so that the run
+/// pays for per-request spans as `mreg serve` does.
+pub fn log(filter: Option<&str>) {
+    if let Some(filter) = filter {
+        mreg::telemetry::init(&mreg::config::LogConfig {
+            filter: filter.to_owned(),
+            format: mreg::config::LogFormat::Text,
+        });
+    }
+}
+
 /// Milliseconds with three decimals.
 pub fn ms(d: Duration) -> String {
     format!("{:.3}", d.as_secs_f64() * 1e3)
