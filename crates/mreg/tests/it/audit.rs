@@ -364,20 +364,24 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
     let url = through(&db, &proxy);
     let app = Arc::new(TestApp::spawn_with(&[("MREG_DATABASE_URL", url.as_str())]).await);
 
-    // Load from 8 concurrent clients; the database is cut off for a while in the middle.
+    // Load from 8 concurrent clients; the database is cut off for a while in the middle: once
+    // 40 requests have been answered (counted, not timed: a fast machine could otherwise finish
+    // all of them before the cut).
     let total = 240;
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
-        let app = app.clone();
+        let (app, answered) = (app.clone(), answered.clone());
         tokio::spawn(async move {
             let mut statuses = HashMap::new();
             let mut tasks = tokio::task::JoinSet::new();
             for client in 0..8 {
-                let app = app.clone();
+                let (app, answered) = (app.clone(), answered.clone());
                 tasks.spawn(async move {
                     let mut seen = Vec::new();
                     for i in 0..total / 8 {
                         let id = format!("load-{client}-{i}");
                         seen.push(register_as(&app, &format!("srv-{client}-{i}"), &id).await);
+                        answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     seen
@@ -391,7 +395,11 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.load(std::sync::atomic::Ordering::Relaxed) < 40 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     proxy.cut();
     // Requests in flight fail once the pool gives up on the database (5 s); their rows, and
     // those of the requests after them, go to the spool.
