@@ -1,5 +1,5 @@
 //! Authentication: the resource-server side of OAuth. Every protected route passes
-//! [`authenticate`], which turns the bearer token into a [`Principal`] or answers 401 with
+//! [`AuthLayer`], which turns the bearer token into a [`Principal`] or answers 401 with
 //! `WWW-Authenticate: Bearer resource_metadata="…", scope="…"` (403 `insufficient_scope` when a
 //! required scope is missing). Accepted are the access tokens mreg mints (ES256, `aud` = the
 //! gateway, its `/mcp`, or the server endpoint being called) and the upstream provider's access
@@ -12,13 +12,17 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request, State};
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use domain::Principal;
+use futures_util::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::oauth::{Identity, OAuth, sha256_hex};
 use crate::rest::AppState;
@@ -122,12 +126,93 @@ enum Refusal {
     Unavailable(domain::Error),
 }
 
-/// Middleware: establishes the caller.
-pub async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Layer: establishes the caller of every request and runs the rest of the policy chain (rate
+/// limit, REST roles, the audit entry of a REST mutation) before the route. A plain tower layer rather than `from_fn`: it wraps every
+/// request of the proxy's hot path, and without authentication a request that is neither
+/// refused nor audited here goes straight to the route, with nothing boxed or cloned.
+#[derive(Clone)]
+pub struct AuthLayer {
+    state: AppState,
+}
+
+impl AuthLayer {
+    /// Authenticates against `state`'s OAuth server (everyone is anonymous without one).
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            state: self.state.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around each route.
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Authenticate<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        if self.state.oauth.is_none() && !checked_here(&request) {
+            // The anonymous operator, who has every role and no budget: nothing to decide.
+            request.extensions_mut().insert(anonymous());
+            return Either::Left(self.inner.call(request));
+        }
+        // The ready service handles this request; a fresh clone waits for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let state = self.state.clone();
+        Either::Right(Box::pin(async move {
+            Ok(authenticate(&state, request, inner).await)
+        }))
+    }
+}
+
+/// The anonymous operator of a gateway without authentication.
+fn anonymous() -> Arc<Principal> {
+    static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
+    ANONYMOUS
+        .get_or_init(|| Arc::new(Principal::anonymous()))
+        .clone()
+}
+
+/// Whether [`admit`] has anything to do for `request` besides naming the caller: the REST roles
+/// and the audit entry of a mutation concern `/api/` routes only.
+fn checked_here(request: &Request) -> bool {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|route| route.as_str().starts_with("/api/"))
+}
+
+/// Establishes the caller, then runs the rest of the chain and `inner`.
+async fn authenticate<S>(state: &AppState, request: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let Some(oauth) = state.oauth.as_ref() else {
-        static ANONYMOUS: OnceLock<Arc<Principal>> = OnceLock::new();
-        let anonymous = ANONYMOUS.get_or_init(|| Arc::new(Principal::anonymous()));
-        return admit(&state, anonymous.clone(), request, next).await;
+        return admit(state, anonymous(), request, inner).await;
     };
     let resource = resource_of(oauth, request.uri().path());
     let token = request
@@ -143,8 +228,8 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     let Some(token) = token else {
         return challenge(oauth, &resource, None);
     };
-    match principal(oauth, &state, token, &resource).await {
-        Ok(principal) => admit(&state, principal, request, next).await,
+    match principal(oauth, state, token, &resource).await {
+        Ok(principal) => admit(state, principal, request, inner).await,
         Err(Refusal::Invalid(why)) => {
             tracing::info!(reason = %why, "bearer token refused");
             challenge(oauth, &resource, Some(&why))
@@ -154,16 +239,28 @@ pub async fn authenticate(State(state): State<AppState>, request: Request, next:
     }
 }
 
+/// Runs `request` through `inner` (the route), which is always ready.
+async fn run<S>(inner: S, request: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let Ok(response) = inner.oneshot(request).await;
+    response
+}
+
 /// The rest of the chain for an authenticated request: rate limit and REST roles (a refusal is
 /// audited), then the audit entry of a REST mutation (its redacted JSON body as arguments, its
 /// status as outcome), then the handler. MCP messages are audited where they are read: by the
 /// gateway's tools and by the proxy.
-async fn admit(
+async fn admit<S>(
     state: &AppState,
     principal: Arc<Principal>,
     mut request: Request,
-    next: Next,
-) -> Response {
+    inner: S,
+) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     // Nothing is allocated for the common case (an admitted read or MCP message): the audit
     // names are made only for a refusal or a mutation.
     let route = request
@@ -190,7 +287,7 @@ async fn admit(
     ) && route.is_some_and(|r| r.starts_with("/api/"));
     if !mutation {
         request.extensions_mut().insert(principal);
-        return next.run(request).await;
+        return run(inner, request).await;
     }
     request.extensions_mut().insert(principal.clone());
     let (request_id, operation) = audit_names(&request, route);
@@ -227,9 +324,11 @@ async fn admit(
         }
         entry.arguments(arguments);
     }
-    let response = next
-        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await;
+    let response = run(
+        inner,
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+    )
+    .await;
     if response.status().is_success() {
         entry.finish(Ok(()));
         return response;

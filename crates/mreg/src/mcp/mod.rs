@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::middleware;
 use axum::routing::any;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -63,10 +62,7 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
     let mut router = Router::new()
         .nest_service("/mcp", tools)
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::authn::authenticate,
-        ))
+        .layer(crate::authn::AuthLayer::new(state.clone()))
         .with_state(state);
     if let Some(oauth) = oauth {
         router = router.merge(crate::oauth::router(oauth));

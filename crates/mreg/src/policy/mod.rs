@@ -1,6 +1,6 @@
 //! The policy chain after authentication: rate limits, then role-based authorization. Every
 //! entry point goes through here — [`check_request`] for each HTTP request (REST operations by
-//! method and route; called by [`crate::authn::authenticate`], so the chain is one layer), [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every
+//! method and route; called by [`crate::authn::AuthLayer`], so the chain is one layer), [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every
 //! message proxied to a registered server (through `/servers/{name}/mcp` or `proxy_request`).
 //! Handlers never check roles themselves.
 //!
@@ -418,7 +418,8 @@ pub async fn admit_forward(
             .policy
             .server(principal, server, called)
             .map_err(Refusal::Denied)?;
-        if let Some(tool) = called {
+        // Without authentication there are no budgets (and no key to build).
+        if let Some(tool) = called.filter(|_| state.oauth.is_some()) {
             state
                 .limits
                 .admit(state, principal, Some(&format!("{server}/{tool}")))

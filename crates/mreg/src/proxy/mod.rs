@@ -289,14 +289,11 @@ async fn proxy(
             }
         },
     };
-    // Headers are moved, not parsed again: only the chosen ones, then the gateway's own.
-    let mut incoming = parts.headers;
-    let mut headers = take(&mut incoming, FORWARDED_REQUEST_HEADERS);
-    for (name, value) in incoming.drain() {
-        if let Some(name) = name.filter(|n| n.as_str().starts_with("mcp-param-")) {
-            headers.append(name, value);
-        }
-    }
+    // The caller's headers are kept in place, less those not passed on; then the gateway's own.
+    let mut headers = parts.headers;
+    keep_only(&mut headers, &FORWARDED_REQUEST_HEADERS, |name| {
+        name.as_str().starts_with("mcp-param-")
+    });
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
     if let Some(id) = upstream_session
         .as_deref()
@@ -371,18 +368,17 @@ async fn proxy(
     relay(state, server, caller, &call, response)
 }
 
-/// Moves the headers called `names` (every value of each) out of `from` into a new map.
-fn take<const N: usize>(from: &mut HeaderMap, names: [HeaderName; N]) -> HeaderMap {
-    let mut taken = HeaderMap::with_capacity(N + 4);
-    for name in names {
-        if let header::Entry::Occupied(entry) = from.entry(name) {
-            let (name, values) = entry.remove_entry_mult();
-            for value in values {
-                taken.append(name.clone(), value);
-            }
-        }
+/// Removes from `headers` every header not named in `names` and not `also` kept. Done in place,
+/// because on the proxy's path a request or response usually keeps most of its headers.
+fn keep_only(headers: &mut HeaderMap, names: &[HeaderName], also: impl Fn(&HeaderName) -> bool) {
+    // A few names at most: found one at a time rather than collected (no allocation).
+    while let Some(name) = headers
+        .keys()
+        .find(|name| !names.contains(name) && !also(name))
+        .cloned()
+    {
+        headers.remove(name);
     }
-    taken
 }
 
 /// Turns the upstream's response into the client's: translated session id, chosen headers, and
@@ -399,16 +395,14 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let (parts, body) = response.into_parts();
-    let mut upstream_headers = parts.headers;
-    let mut headers = take(&mut upstream_headers, FORWARDED_RESPONSE_HEADERS);
-    if let Some(upstream) = upstream_headers
+    let mut headers = parts.headers;
+    let sealed = headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-    {
-        let token = session::seal(state.cipher.as_ref(), server.id, caller, upstream);
-        if let Ok(value) = HeaderValue::from_str(&token) {
-            headers.insert(SESSION_HEADER, value);
-        }
+        .map(|upstream| session::seal(state.cipher.as_ref(), server.id, caller, upstream));
+    keep_only(&mut headers, &FORWARDED_RESPONSE_HEADERS, |_| false);
+    if let Some(value) = sealed.and_then(|token| HeaderValue::from_str(&token).ok()) {
+        headers.insert(SESSION_HEADER, value);
     }
     let is_sse = headers
         .get(header::CONTENT_TYPE)
@@ -678,5 +672,50 @@ mod stream {
             assert!(!watch.answered_by(b"data: {\"jsonrpc\":\"2.0\",\"id\":7,"));
             assert!(watch.answered_by(b"\"result\":{}}\r\n\r\n"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_chosen_headers_are_passed_on_with_every_value() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("host", "gateway.example"),
+            ("accept", "application/json"),
+            ("accept", "text/event-stream"),
+            ("authorization", "Bearer the-callers-token"),
+            ("mcp-session-id", "sealed-token"),
+            ("mcp-param-region", "eu"),
+            ("content-length", "99"),
+            ("mcp-protocol-version", "2025-11-25"),
+            ("cookie", "a=b"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        keep_only(&mut headers, &FORWARDED_REQUEST_HEADERS, |name| {
+            name.as_str().starts_with("mcp-param-")
+        });
+        let mut kept: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().expect("ascii")))
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            [
+                ("accept", "application/json"),
+                ("accept", "text/event-stream"),
+                ("mcp-param-region", "eu"),
+                ("mcp-protocol-version", "2025-11-25"),
+            ]
+        );
+        keep_only(&mut headers, &[], |_| false);
+        assert!(headers.is_empty());
     }
 }

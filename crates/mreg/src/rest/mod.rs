@@ -18,7 +18,6 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::middleware;
 use domain::{Cache, Registry};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -117,10 +116,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let metrics = state.metrics.clone();
     Router::new()
-        .merge(api.layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::authn::authenticate,
-        )))
+        .merge(api.layer(crate::authn::AuthLayer::new(state.clone())))
         .merge(ops)
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::no_route() })

@@ -103,9 +103,6 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        // The ready service handles this request; a fresh clone waits for the next one.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let id = request
@@ -122,7 +119,8 @@ where
             .to_owned();
         let method = request.method().clone();
         let span = tracing::info_span!("request", %method, %route, request_id = %id);
-        let handled = inner.call(request).instrument(span.clone());
+        // Called here, not in the future below: the service need not be cloned to be owned.
+        let handled = self.inner.call(request).instrument(span.clone());
         Box::pin(async move {
             let Ok(mut response) = REQUEST_ID.scope(id.clone(), handled).await;
             let elapsed = started.elapsed();
