@@ -1,7 +1,7 @@
 //! What the gateway reads from a JSON-RPC message on its way through (method, id, the tool or
 //! resource it names) and the JSON-RPC errors it answers with itself.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -286,8 +286,11 @@ fn call_of(
 /// Checks the `Mcp-Method` and `Mcp-Name` headers, when sent, against the body: the policy
 /// chain acts on what the body says, so a header may not claim otherwise.
 pub fn check_headers(headers: &HeaderMap, call: &McpCall) -> Result<(), (StatusCode, i64, String)> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(method) = header("mcp-method")
+    // Named by constants: a name given as a string would be parsed again on every message.
+    const METHOD: HeaderName = HeaderName::from_static("mcp-method");
+    const NAME: HeaderName = HeaderName::from_static("mcp-name");
+    let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(method) = header(&METHOD)
         && method != call.method
     {
         return Err((
@@ -299,7 +302,7 @@ pub fn check_headers(headers: &HeaderMap, call: &McpCall) -> Result<(), (StatusC
             ),
         ));
     }
-    if let (Some(name), Some(body_name)) = (header("mcp-name"), call.name.as_deref())
+    if let (Some(name), Some(body_name)) = (header(&NAME), call.name.as_deref())
         && !name.starts_with("=?base64?")
         && name != body_name
     {
