@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -61,13 +62,16 @@ fn acceptable(id: &str) -> bool {
 /// layer rather than `from_fn`, because it wraps every request of the proxy's hot path.
 #[derive(Clone)]
 pub struct TrackLayer {
-    metrics: Metrics,
+    /// One pointer to clone per request, rather than the metrics' several.
+    metrics: Arc<Metrics>,
 }
 
 impl TrackLayer {
     /// Records into `metrics`.
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics: Arc::new(metrics),
+        }
     }
 }
 
@@ -86,7 +90,7 @@ impl<S> Layer<S> for TrackLayer {
 #[derive(Clone)]
 pub struct Track<S> {
     inner: S,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Service<Request> for Track<S>
