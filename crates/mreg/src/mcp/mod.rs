@@ -59,13 +59,19 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         config,
     );
     let oauth = state.oauth.clone();
+    let track = request_id::TrackLayer::new(metrics);
+    // Tracking and authentication as one layer: axum boxes every layer applied to a route, and
+    // each request clones the boxed stack of its route, so one layer clones less than two.
+    let chain = tower::ServiceBuilder::new()
+        .layer(track.clone())
+        .layer(crate::authn::AuthLayer::new(state.clone()));
     let mut router = Router::new()
         .nest_service("/mcp", tools)
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
-        .layer(crate::authn::AuthLayer::new(state.clone()))
+        .layer(chain)
         .with_state(state);
     if let Some(oauth) = oauth {
-        router = router.merge(crate::oauth::router(oauth));
+        router = router.merge(crate::oauth::router(oauth).layer(track));
     }
-    router.layer(request_id::TrackLayer::new(metrics))
+    router
 }
