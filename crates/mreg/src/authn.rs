@@ -127,9 +127,10 @@ enum Refusal {
 }
 
 /// Layer: establishes the caller of every request and runs the rest of the policy chain (rate
-/// limit, REST roles, the audit entry of a REST mutation) before the route. A plain tower layer rather than `from_fn`: it wraps every
-/// request of the proxy's hot path, and without authentication a request that is neither
-/// refused nor audited here goes straight to the route, with nothing boxed or cloned.
+/// limit, REST roles, the audit entry of a REST mutation) before the route. A plain tower layer
+/// rather than `from_fn`: it wraps every request of the proxy's hot path, and without
+/// authentication a request that is neither refused nor audited here goes straight to the
+/// route, with nothing boxed or cloned.
 #[derive(Clone)]
 pub struct AuthLayer {
     state: AppState,
@@ -348,10 +349,7 @@ where
 
 /// The request id and the operation (`METHOD /route`) of a request, for its audit row.
 fn audit_names(request: &Request, route: Option<&str>) -> (String, String) {
-    let request_id = request
-        .extensions()
-        .get::<crate::rest::request_id::RequestId>()
-        .map_or_else(|| "-".to_owned(), |r| r.0.clone());
+    let request_id = crate::rest::request_id::of(request.extensions()).to_owned();
     let operation = format!(
         "{} {}",
         request.method(),

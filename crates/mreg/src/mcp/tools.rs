@@ -464,9 +464,7 @@ impl ServerHandler for RegistryTools {
                 None,
             ));
         };
-        let request_id = parts
-            .and_then(|parts| parts.extensions.get::<crate::rest::request_id::RequestId>())
-            .map_or("-", |r| r.0.as_str());
+        let request_id = parts.map_or("-", |parts| crate::rest::request_id::of(&parts.extensions));
         let mut entry = self
             .state
             .audit

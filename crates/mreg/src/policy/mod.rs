@@ -1,7 +1,8 @@
 //! The policy chain after authentication: rate limits, then role-based authorization. Every
 //! entry point goes through here — [`check_request`] for each HTTP request (REST operations by
-//! method and route; called by [`crate::authn::AuthLayer`], so the chain is one layer), [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every
-//! message proxied to a registered server (through `/servers/{name}/mcp` or `proxy_request`).
+//! method and route; called by [`crate::authn::AuthLayer`], so the chain is one layer),
+//! [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every message proxied
+//! to a registered server (through `/servers/{name}/mcp` or `proxy_request`).
 //! Handlers never check roles themselves.
 //!
 //! Roles come from the principal (Entra app roles). The seed document's mapping is the default:

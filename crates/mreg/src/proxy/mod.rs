@@ -91,10 +91,7 @@ pub async fn handle(
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    let request_id = request
-        .extensions()
-        .get::<crate::rest::request_id::RequestId>()
-        .map_or("-", |r| r.0.as_str());
+    let request_id = crate::rest::request_id::of(request.extensions());
     let mut entry = match state.audit.open(&caller, request_id, "mcp").await {
         Ok(entry) => entry,
         Err(e) => {

@@ -28,6 +28,11 @@ tokio::task_local! {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// The id recorded in a request's `extensions`, or `-` when it has none.
+pub fn of(extensions: &axum::http::Extensions) -> &str {
+    extensions.get::<RequestId>().map_or("-", |r| r.0.as_str())
+}
+
 /// The id of the request being handled, or `-` outside one.
 pub fn current() -> String {
     REQUEST_ID
