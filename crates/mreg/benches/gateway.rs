@@ -251,6 +251,9 @@ async fn bare_passthrough(upstream: &str) -> String {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move { axum::serve(listener, router).await });
     format!("http://{addr}/mcp")
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt;
 use domain::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -70,6 +71,14 @@ async fn serve(
     token: CancellationToken,
     grace: Duration,
 ) -> anyhow::Result<()> {
+    // Every accepted socket sends at once: with Nagle's algorithm on, an answer written in
+    // pieces (headers, then SSE events) waits for the client's delayed ACK, about 40 ms per call
+    // on a keep-alive connection.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
+        }
+    });
     let serve = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<std::net::SocketAddr>(),

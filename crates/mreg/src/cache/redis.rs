@@ -64,8 +64,14 @@ fn millis(ttl: Duration) -> u64 {
 impl RedisCache {
     /// Connects to `url`; keys are written under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        use redis::IntoConnectionInfo;
+        // Commands are small writes answered at once: send each without waiting (no Nagle).
+        let info = url
+            .into_connection_info()
+            .map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         let client =
-            redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
+            redis::Client::open(info).map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))

@@ -544,3 +544,90 @@ async fn an_upstream_that_demands_credentials_is_reported_not_passed_through() {
     );
     app.stop().await;
 }
+
+/// The median of 30 sequential `tools/call`s of `tool` in one session at `url`, over one
+/// keep-alive connection, with SSE answers.
+async fn median_call_over_keep_alive(url: &str, tool: &str, arguments: Value) -> Duration {
+    // One connection for every request, as an SDK client keeps it.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .expect("client");
+    let send = |body: Value, session: Option<String>| {
+        let mut request = http.post(url).header("accept", ACCEPT).json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let opened = send(initialize("2025-11-25"), None)
+        .await
+        .expect("initialize");
+    assert_eq!(opened.status(), StatusCode::OK);
+    let session = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    opened.text().await.expect("initialize answer");
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    send(initialized, session.clone())
+        .await
+        .expect("initialized");
+    let mut times = Vec::new();
+    for id in 1..=30 {
+        let call = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": tool, "arguments": arguments } });
+        let started = Instant::now();
+        let answer = send(call, session.clone()).await.expect("call");
+        assert!(
+            answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream")),
+            "the answer is an SSE stream, the case that stalled"
+        );
+        let body = answer.text().await.expect("answer");
+        times.push(started.elapsed());
+        let messages = messages(&body);
+        assert!(
+            messages
+                .iter()
+                .any(|m| m["id"] == id && m.get("result").is_some()),
+            "{body}"
+        );
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// A guard against a known stall, not a performance claim: without `TCP_NODELAY` on accepted
+/// sockets, an answer written in pieces waits for the client's delayed ACK (about 40 ms a call).
+#[tokio::test]
+async fn sequential_keep_alive_calls_with_sse_answers_do_not_stall() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("sse", json!({ "url": upstream.url })).await;
+    let proxied = median_call_over_keep_alive(
+        &format!("http://{}/servers/sse/mcp", app.mcp_addr),
+        "echo",
+        json!({ "text": "hi" }),
+    )
+    .await;
+    let own = median_call_over_keep_alive(
+        &format!("http://{}/mcp", app.mcp_addr),
+        "list_servers",
+        json!({}),
+    )
+    .await;
+    for (path, median) in [("/servers/sse/mcp", proxied), ("/mcp", own)] {
+        assert!(
+            median < Duration::from_millis(10),
+            "{path}: median {median:?} per call over keep-alive (the Nagle stall is ~40 ms)"
+        );
+    }
+    app.stop().await;
+}

@@ -243,6 +243,10 @@ impl Upstream {
         let addr = listener.local_addr().expect("addr");
         let token = stop.clone();
         tokio::spawn(async move {
+            // As any well-configured server: answers written in pieces leave at once.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(token.cancelled_owned())
                 .await;
