@@ -6,7 +6,8 @@
 //   node interop/client.mjs --url URL [options] <command>
 // Commands:
 //   tools                   -> {"tools":[names...],"protocolVersion","sessionId"}
-//   call NAME JSON_ARGS     -> CallToolResult + protocolVersion, sessionId (+ progress/logs seen)
+//   call NAME JSON_ARGS     (or @FILE holding them)
+//                           -> CallToolResult + protocolVersion, sessionId (+ progress/logs seen)
 //   read URI                -> ReadResourceResult + protocolVersion, sessionId
 // Options:
 //   --header "Name: value"      extra HTTP header on every request (repeatable)
@@ -18,6 +19,7 @@
 // Success: one JSON line on stdout, exit 0.
 // Failure: one JSON line {"error": message, "code": ...} on stdout, exit 1.
 
+import { readFileSync } from 'node:fs';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LoggingMessageNotificationSchema, isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
@@ -245,7 +247,8 @@ async function main() {
       let args = {};
       if (rawArgs !== undefined) {
         try {
-          args = JSON.parse(rawArgs);
+          // `@PATH` reads the arguments from a file (too large for a command line).
+          args = JSON.parse(rawArgs.startsWith('@') ? readFileSync(rawArgs.slice(1), 'utf8') : rawArgs);
         } catch (e) {
           throw new UsageError(`JSON_ARGS is not valid JSON: ${e.message}`);
         }

@@ -269,8 +269,15 @@ where
         .get::<axum::extract::MatchedPath>()
         .cloned();
     let route = route.as_ref().map(axum::extract::MatchedPath::as_str);
+    // A budget counts REST requests and JSON-RPC requests; an MCP notification, response,
+    // stream or session end is free.
+    let counts = route.is_some_and(|r| r.starts_with("/api/"))
+        || request
+            .extensions()
+            .get::<crate::mcp::edge::Peeked>()
+            .is_some_and(crate::mcp::edge::Peeked::is_request);
     if let Err(refusal) =
-        crate::policy::check_request(state, &principal, request.method(), route).await
+        crate::policy::check_request(state, &principal, request.method(), route, counts).await
     {
         let (request_id, operation) = audit_names(&request, route);
         match state.audit.open(&principal, &request_id, operation).await {

@@ -3,6 +3,7 @@
 //! ([`crate::proxy`]). Sessions serve 2025-06-18 and 2025-11-25 clients; requests of
 //! the stateless 2026-07-28 protocol (`server/discover`) are answered without one.
 
+pub mod edge;
 pub mod tools;
 
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
     // each request clones the boxed stack of its route, so one layer clones less than two.
     let chain = tower::ServiceBuilder::new()
         .layer(track.clone())
+        .layer(edge::EdgeLayer)
         .layer(crate::authn::AuthLayer::new(state.clone()));
     let mut router = Router::new()
         .nest_service("/mcp", tools)

@@ -36,7 +36,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use domain::Principal;
 use serde::Deserialize;
@@ -329,11 +328,14 @@ impl Refusal {
         }
     }
 
-    /// The JSON-RPC error code and data an MCP caller gets: forbidden, or rate limited with
-    /// `data.retry_after_ms`.
+    /// The JSON-RPC error code and data an MCP caller gets: forbidden (`data.required_roles`),
+    /// or rate limited (`data.retry_after_ms`).
     pub fn rpc_error(&self) -> (i64, Option<serde_json::Value>) {
         match self {
-            Self::Denied(_) => (crate::proxy::rpc::FORBIDDEN, None),
+            Self::Denied(denial) => (
+                crate::proxy::rpc::FORBIDDEN,
+                Some(serde_json::json!({ "required_roles": denial.required })),
+            ),
             Self::Limited(wait) => (
                 crate::proxy::rpc::RATE_LIMITED,
                 Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
@@ -350,15 +352,18 @@ impl Refusal {
     }
 }
 
-/// The steps after authentication for one HTTP request: the principal's rate limit, then, for
-/// REST operations (`route`), their roles.
+/// The steps after authentication for one HTTP request: the principal's rate limit when the
+/// request `counts` against it, then, for REST operations (`route`), their roles.
 pub async fn check_request(
     state: &AppState,
     principal: &Principal,
     method: &axum::http::Method,
     route: Option<&str>,
+    counts: bool,
 ) -> Result<(), Refusal> {
-    state.limits.admit(state, principal, None).await?;
+    if counts {
+        state.limits.admit(state, principal, None).await?;
+    }
     if let Some(route) = route
         && route.starts_with("/api/")
     {
@@ -374,23 +379,10 @@ pub async fn check_request(
 pub fn refused(state: &AppState, refusal: &Refusal) -> Response {
     state.metrics.refused(refusal.reason());
     match refusal {
-        Refusal::Denied(_) => {
-            ApiError::from(domain::Error::Forbidden(refusal.message())).into_response()
-        }
-        Refusal::Limited(_) => {
-            let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                refusal.message(),
-            )
-            .into_response();
-            if let Some(secs) = refusal.retry_after_secs()
-                && let Ok(value) = HeaderValue::from_str(&secs.to_string())
-            {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
-            response
-        }
+        Refusal::Denied(denial) => ApiError::from(domain::Error::Forbidden(refusal.message()))
+            .with_required_roles(denial.required.clone())
+            .into_response(),
+        Refusal::Limited(wait) => ApiError::rate_limited(refusal.message(), *wait).into_response(),
     }
 }
 

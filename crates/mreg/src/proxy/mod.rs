@@ -159,7 +159,7 @@ async fn proxy(
     request: Request,
     entry: &mut crate::audit::Entry,
 ) -> Response {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let route = match state.registry.route(name).await {
         Ok(route) => route,
         Err(domain::Error::NotFound { .. }) => {
@@ -198,6 +198,8 @@ async fn proxy(
         );
     }
 
+    // The MCP edge has read the call already; only a request that did not pass it is read here.
+    let peeked = parts.extensions.remove::<crate::mcp::edge::Peeked>();
     let (body, call) = match parts.method {
         Method::POST => match axum::body::to_bytes(body, MAX_MCP_BODY_BYTES).await {
             Err(_) => {
@@ -208,7 +210,8 @@ async fn proxy(
                     format!("the message is larger than {MAX_MCP_BODY_BYTES} bytes"),
                 );
             }
-            Ok(bytes) => match rpc::inspect(&bytes)
+            Ok(bytes) => match peeked
+                .map_or_else(|| rpc::inspect(&bytes), |p| p.0)
                 .and_then(|call| rpc::check_headers(&parts.headers, &call).map(|()| call))
             {
                 Ok(call) => (Some(bytes), call),

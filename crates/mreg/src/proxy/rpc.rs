@@ -15,6 +15,8 @@ pub const UPSTREAM_ERROR: i64 = -32000;
 pub const SESSION_NOT_FOUND: i64 = -32001;
 /// MCP (2026-07-28): a header disagrees with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
+/// No usable bearer token (HTTP 401; `WWW-Authenticate` says where to get one).
+pub const UNAUTHENTICATED: i64 = -32004;
 /// The policy chain refused the message: a role is missing.
 pub const FORBIDDEN: i64 = -32003;
 /// The policy chain refused the message: the caller's budget is spent (`data.retry_after_ms`).

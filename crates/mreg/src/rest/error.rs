@@ -19,6 +19,8 @@ pub struct ApiError {
     message: String,
     field: Option<String>,
     retry_after: Option<u64>,
+    retry_after_ms: Option<u64>,
+    required_roles: Option<Vec<String>>,
 }
 
 /// The body of every error response.
@@ -36,6 +38,15 @@ pub struct ErrorBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(example = "url")]
     pub field: Option<String>,
+    /// For `rate_limited`: how long to wait before retrying, in milliseconds (`Retry-After`
+    /// has it in whole seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = 2500)]
+    pub retry_after_ms: Option<u64>,
+    /// For `forbidden` by a role rule: the roles that would have allowed the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = json!(["admin"]))]
+    pub required_roles: Option<Vec<String>>,
     /// The request's id, also in the `x-request-id` response header; quote it in bug reports.
     pub request_id: String,
 }
@@ -49,7 +60,24 @@ impl ApiError {
             message: message.into(),
             field: None,
             retry_after: None,
+            retry_after_ms: None,
+            required_roles: None,
         }
+    }
+
+    /// 429: over budget, retry after `wait` (`Retry-After` in whole seconds, rounded up).
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)),
+            retry_after_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+        }
+    }
+
+    /// Names the roles that would have allowed the request.
+    pub fn with_required_roles(mut self, roles: Vec<String>) -> Self {
+        self.required_roles = Some(roles);
+        self
     }
 
     /// 404 for a path that names no route.
@@ -78,10 +106,7 @@ impl From<domain::Error> for ApiError {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
             }
             E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
-            E::RateLimited { retry_after } => Self {
-                retry_after: Some(retry_after.as_secs().max(1)),
-                ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
-            },
+            E::RateLimited { retry_after } => Self::rate_limited(message, retry_after),
             E::Unavailable { ref source, .. } => {
                 tracing::warn!(error = %e, cause = ?source, "dependency unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
@@ -162,6 +187,8 @@ impl IntoResponse for ApiError {
             error: self.code.to_owned(),
             message: self.message,
             field: self.field,
+            retry_after_ms: self.retry_after_ms,
+            required_roles: self.required_roles,
             request_id: request_id::current(),
         };
         let mut response = (self.status, Json(body)).into_response();

@@ -87,7 +87,7 @@ impl TsServer {
 }
 
 /// Runs the TypeScript SDK client; returns its JSON answer and whether it succeeded.
-async fn ts_client(url: &str, options: &[&str], command: &[&str]) -> (bool, Value) {
+pub(crate) async fn ts_client(url: &str, options: &[&str], command: &[&str]) -> (bool, Value) {
     let output = Command::new("node")
         .arg(interop_dir().join("client.mjs"))
         .args(["--url", url, "--timeout", "20000"])
@@ -325,4 +325,46 @@ async fn the_health_monitor_probes_typescript_servers_with_initialize_and_reads_
         .collect();
     assert_eq!(servers, ["ts-a", "ts-b"]);
     app.stop().await;
+}
+
+/// The Python interop peers' interpreter (`scripts/python-peers` makes its virtual environment),
+/// or `None` (skip; a failure when the peers are required).
+pub(crate) fn python_peers() -> Option<PathBuf> {
+    let python = interop_dir().join("python/.venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        !std::env::var("MREG_TEST_REQUIRE_SERVICES").is_ok_and(|v| v == "1" || v == "true"),
+        "the Python SDK peers are required but interop/python/.venv is missing (scripts/python-peers)"
+    );
+    eprintln!("SKIPPED: interop/python/.venv is missing (scripts/python-peers)");
+    None
+}
+
+/// Runs the official Python SDK's client (`interop/python/client.py`); returns whether it
+/// succeeded and its JSON answer (on failure, `error` is the message the SDK's user sees).
+pub(crate) async fn py_client(
+    python: &PathBuf,
+    url: &str,
+    options: &[&str],
+    command: &[&str],
+) -> (bool, Value) {
+    let output = Command::new(python)
+        .arg(interop_dir().join("python/client.py"))
+        .args(["--url", url, "--timeout", "20"])
+        .args(options)
+        .args(command)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("python client runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!(
+            "client printed {stdout:?}; stderr {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), value)
 }

@@ -916,3 +916,307 @@ async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
         "{seen_by_dave:?}"
     );
 }
+
+/// One raw MCP POST with a bearer token; returns status, headers and the JSON body.
+async fn mcp_post(
+    url: &str,
+    token: Option<&str>,
+    session: Option<&str>,
+    body: &Value,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut request = reqwest::Client::new()
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(session) = session {
+        request = request.header("mcp-session-id", session);
+    }
+    let reply = request.send().await.expect("request");
+    let (status, headers) = (reply.status(), reply.headers().clone());
+    let text = reply.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| {
+        // An SSE answer: its last data line.
+        text.lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find_map(|d| serde_json::from_str(d.trim()).ok())
+            .unwrap_or(Value::Null)
+    });
+    (status, headers, json)
+}
+
+fn rpc_request(id: u64, method: &str, params: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
+}
+
+fn initialize_params() -> Value {
+    json!({ "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": { "name": "budget-test", "version": "0" } })
+}
+
+/// Asserts a JSON-RPC error answer: the status, `application/json`, the request's id, the code,
+/// and a message naming the cause.
+fn assert_rpc_error(
+    (status, headers, body): &(StatusCode, reqwest::header::HeaderMap, Value),
+    expected: StatusCode,
+    id: Value,
+    code: i64,
+    says: &str,
+) {
+    assert_eq!(*status, expected, "{body}");
+    assert!(
+        headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json")),
+        "{headers:?}"
+    );
+    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    assert_eq!(body["id"], id, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(says)),
+        "the message names the cause ({says}): {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_counts_json_rpc_requests_only() {
+    let dir = TempDir::new();
+    let file = dir.0.join("policy.toml");
+    std::fs::write(&file, "[rate_limits]\nroles = { admin = 100 }\n").expect("policy file");
+    let Some(s) = setup(&[
+        ("MREG_RATE_LIMIT_PER_MINUTE", "4"),
+        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let upstream = Upstream::start(true).await;
+    let body = json!({ "name": "echo", "url": upstream.url });
+    let (status, _, created) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let url = format!("{}/servers/echo/mcp", s.mcp);
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let echo = json!({ "name": "echo", "arguments": { "text": "hi" } });
+    // Two sessions of one call each: initialize and tools/call count, the notification and the
+    // session's end do not. Four requests: exactly bob's budget.
+    for round in 0..2 {
+        let opened = mcp_post(
+            &url,
+            Some(&c.bob),
+            None,
+            &rpc_request(1, "initialize", initialize_params()),
+        )
+        .await;
+        assert_eq!(opened.0, StatusCode::OK, "round {round}: {}", opened.2);
+        let session = opened.1["mcp-session-id"]
+            .to_str()
+            .expect("session")
+            .to_owned();
+        let (status, _, _) = mcp_post(&url, Some(&c.bob), Some(&session), &initialized).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let called = mcp_post(
+            &url,
+            Some(&c.bob),
+            Some(&session),
+            &rpc_request(2, "tools/call", echo.clone()),
+        )
+        .await;
+        assert_eq!(called.0, StatusCode::OK, "round {round}: {}", called.2);
+        let ended = reqwest::Client::new()
+            .delete(&url)
+            .bearer_auth(&c.bob)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .expect("delete");
+        assert!(
+            matches!(ended.status(), StatusCode::OK | StatusCode::NO_CONTENT),
+            "the end of a session answers 200 or 204, as SDK clients expect: {}",
+            ended.status()
+        );
+    }
+    let calls_before = upstream.count("POST tools/call");
+    // The fifth request is refused: a JSON-RPC error with the request's id, the delay in data,
+    // and Retry-After; nothing reaches the upstream.
+    let refused = mcp_post(
+        &url,
+        Some(&c.bob),
+        None,
+        &rpc_request(9, "initialize", initialize_params()),
+    )
+    .await;
+    assert_rpc_error(
+        &refused,
+        StatusCode::TOO_MANY_REQUESTS,
+        json!(9),
+        -32029,
+        "rate limit exceeded; retry in",
+    );
+    assert!(refused.1.contains_key("retry-after"), "{:?}", refused.1);
+    let wait = refused.2["error"]["data"]["retry_after_ms"]
+        .as_u64()
+        .expect("retry_after_ms");
+    assert!((1..=15_000).contains(&wait), "{wait}");
+    assert_eq!(upstream.count("POST tools/call"), calls_before);
+}
+
+/// The refusals an SDK user meets, each named in what the SDK shows: `(who, server, command,
+/// what the message says)`. Run against `client`, which returns (succeeded, its JSON output).
+async fn each_refusal_names_its_cause<F, Fut>(client: F)
+where
+    F: Fn(String, Option<String>, Vec<String>) -> Fut,
+    Fut: std::future::Future<Output = (bool, Value)>,
+{
+    let dir = TempDir::new();
+    let file = dir.0.join("policy.toml");
+    std::fs::write(
+        &file,
+        "[rate_limits]\nroles = { admin = 100 }\n[servers.payroll]\nroles = [\"finance\"]\n",
+    )
+    .expect("policy file");
+    let Some(s) = setup(&[
+        ("MREG_RATE_LIMIT_PER_MINUTE", "3"),
+        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+        ("MREG_HEALTH_UNHEALTHY_AFTER", "1"),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let upstream = Upstream::start(true).await;
+    for (name, url) in [
+        ("echo", upstream.url.as_str()),
+        ("payroll", upstream.url.as_str()),
+        ("dead", "http://127.0.0.1:1/mcp"),
+    ] {
+        let body = json!({ "name": name, "url": url });
+        let (status, _, created) = rest(
+            &s.app,
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &c.alice,
+            Some(body),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+    let (_, _, report) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers/dead/health/check",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(report["current"]["status"], "unhealthy", "{report}");
+    let large = dir.0.join("large.json");
+    std::fs::write(
+        &large,
+        json!({ "text": "x".repeat(5 * 1024 * 1024) }).to_string(),
+    )
+    .expect("large arguments");
+    let at = |server: &str| format!("{}/servers/{server}/mcp", s.mcp);
+    let tools = || vec!["tools".to_owned()];
+    let cases = [
+        (
+            Some(&c.carol),
+            at("payroll"),
+            tools(),
+            "requires the role finance",
+        ),
+        (
+            Some(&c.alice),
+            at("nope"),
+            tools(),
+            "no server named 'nope'",
+        ),
+        (Some(&c.alice), at("dead"), tools(), "unhealthy"),
+        (
+            Some(&c.alice),
+            at("echo"),
+            vec![
+                "call".to_owned(),
+                "echo".to_owned(),
+                format!("@{}", large.display()),
+            ],
+            "larger than",
+        ),
+        (None, at("echo"), tools(), "bearer token is required"),
+        (
+            None,
+            format!("{}/mcp", s.mcp),
+            tools(),
+            "bearer token is required",
+        ),
+    ];
+    for (token, url, command, says) in cases {
+        let (ok, answer) = client(url.clone(), token.cloned(), command).await;
+        assert!(!ok, "{url}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(says),
+            "{url}: the SDK shows {answer}, not '{says}'"
+        );
+    }
+    // Bob's budget of 3: one listing is initialize + tools/list; the second listing's
+    // tools/list is the fourth request.
+    let (ok, first) = client(at("echo"), Some(c.bob.clone()), tools()).await;
+    assert!(ok, "{first}");
+    let (ok, refused) = client(at("echo"), Some(c.bob.clone()), tools()).await;
+    assert!(!ok, "{refused}");
+    let message = refused["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("rate limit exceeded; retry in"),
+        "the SDK shows {refused}"
+    );
+}
+
+#[tokio::test]
+async fn the_typescript_sdk_shows_the_cause_of_every_refusal() {
+    each_refusal_names_its_cause(|url, token, command| async move {
+        let header = token.map(|t| format!("Authorization: Bearer {t}"));
+        let mut options = Vec::new();
+        if let Some(header) = &header {
+            options.extend(["--header", header.as_str()]);
+        }
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        crate::interop::ts_client(&url, &options, &command).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_python_sdk_shows_the_cause_of_every_refusal() {
+    let Some(python) = crate::interop::python_peers() else {
+        return;
+    };
+    let python = &python;
+    each_refusal_names_its_cause(|url, token, command| async move {
+        let mut options = Vec::new();
+        if let Some(token) = &token {
+            options.extend(["--bearer", token.as_str()]);
+        }
+        let command: Vec<&str> = command.iter().map(String::as_str).collect();
+        crate::interop::py_client(python, &url, &options, &command).await
+    })
+    .await;
+}
