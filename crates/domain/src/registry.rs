@@ -212,11 +212,22 @@ impl Registry {
         };
         for _ in 0..UPDATE_ATTEMPTS {
             let mut server = self.get_visible(name, visibility).await?;
+            may_modify(visibility, &server)?;
             if update.is_empty() {
                 return Ok(server);
             }
             let expected = server.revision;
+            // Stored credentials were given for one host: a new URL drops them, unless the same
+            // request gives them again.
+            let moves = update.url.as_ref().is_some_and(|url| *url != server.url);
+            let credentials = match credentials {
+                Credentials::Keep if moves && server.has_upstream_credentials => Credentials::Clear,
+                other => other,
+            };
             update.clone().apply_to(&mut server);
+            if matches!(credentials, Credentials::Clear) {
+                server.has_upstream_credentials = false;
+            }
             server.updated_at = now();
             server.revision = expected + 1;
             if self.store.update(&server, expected, credentials).await? {
@@ -233,7 +244,8 @@ impl Registry {
     /// Removes the server called `name`, if `visibility` lets the caller see it.
     pub async fn delete(&self, _by: &Principal, visibility: &Visibility, name: &str) -> Result<()> {
         self.forget_route(name);
-        self.get_visible(name, visibility).await?;
+        let server = self.get_visible(name, visibility).await?;
+        may_modify(visibility, &server)?;
         let name =
             ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
         if self.store.delete(&name).await? {
@@ -242,6 +254,18 @@ impl Registry {
         } else {
             Err(server_not_found(&name))
         }
+    }
+}
+
+/// Only the owning tenant changes or removes a server, even one it shares with every tenant.
+fn may_modify(visibility: &Visibility, server: &Server) -> Result<()> {
+    if visibility.owns(server) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(format!(
+            "server '{}' belongs to another tenant: only its own tenant's admins may change or delete it",
+            server.name
+        )))
     }
 }
 

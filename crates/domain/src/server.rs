@@ -915,6 +915,16 @@ pub enum Visibility {
 }
 
 impl Visibility {
+    /// Whether the caller may change or remove `server`: every server for the local operator;
+    /// otherwise only its own tenant's (a server shared with every tenant, or one registered
+    /// without a tenant, is visible to callers of other tenants but not theirs to change).
+    pub fn owns(&self, server: &Server) -> bool {
+        match self {
+            Self::All => true,
+            Self::Tenant(tenant) => server.tenant == *tenant,
+        }
+    }
+
     /// Whether `server` is visible.
     pub fn allows(&self, server: &Server) -> bool {
         match self {

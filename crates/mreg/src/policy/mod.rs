@@ -17,6 +17,9 @@
 //! [rest]
 //! "DELETE /api/v1/servers/{name}" = ["admin"]
 //!
+//! [servers."*"]                # every server without a rule of its own
+//! roles = ["user", "admin"]    # default: the roles of proxy_request
+//!
 //! [servers.payroll]            # who may use this server through the gateway
 //! roles = ["finance"]
 //! tools = { run_payroll = ["finance-admin"] }
@@ -42,6 +45,9 @@ use serde::Deserialize;
 
 use crate::rest::AppState;
 use crate::rest::error::ApiError;
+
+/// The name of the `[servers."*"]` rule: what applies to a server without a rule of its own.
+pub const DEFAULT_SERVER_RULE: &str = "*";
 
 /// Roles that grant one thing (any of them suffices; empty: anyone authenticated).
 pub type Roles = Vec<String>;
@@ -231,8 +237,10 @@ impl Policy {
         }
     }
 
-    /// May `principal` use the REST operation `method route`?
+    /// May `principal` use the REST operation `method route`? `HEAD` is decided as `GET`: it
+    /// answers the same status and length, so it may not be open where `GET` is not.
     pub fn rest(&self, principal: &Principal, method: &str, route: &str) -> Result<(), Denial> {
+        let method = if method == "HEAD" { "GET" } else { method };
         let key = format!("{method} {route}");
         match self.rest.get(&key) {
             Some(required) if !allowed(principal, required) => Err(Denial {
@@ -244,16 +252,22 @@ impl Policy {
     }
 
     /// May `principal` use `server` through the gateway, and call `tool` there when given?
+    /// The server's own rule decides, else the `[servers."*"]` default, else the roles of
+    /// `proxy_request` (the same capability through the gateway's own tool): `/servers/NAME/mcp`
+    /// and `proxy_request` admit exactly the same callers.
     pub fn server(
         &self,
         principal: &Principal,
         server: &str,
         tool: Option<&str>,
     ) -> Result<(), Denial> {
-        let Some(rule) = self.servers.get(server) else {
-            return Ok(());
-        };
-        if let Some(required) = &rule.roles
+        let own = self.servers.get(server);
+        let default = self.servers.get(DEFAULT_SERVER_RULE);
+        let required = own
+            .and_then(|r| r.roles.as_ref())
+            .or_else(|| default.and_then(|r| r.roles.as_ref()))
+            .or_else(|| self.tools.get("proxy_request"));
+        if let Some(required) = required
             && !allowed(principal, required)
         {
             return Err(Denial {
@@ -262,7 +276,9 @@ impl Policy {
             });
         }
         if let Some(tool) = tool
-            && let Some(required) = rule.tools.get(tool)
+            && let Some(required) = own
+                .and_then(|r| r.tools.get(tool))
+                .or_else(|| default.and_then(|r| r.tools.get(tool)))
             && !allowed(principal, required)
         {
             return Err(Denial {
@@ -273,11 +289,13 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether `server` has per-tool rules (its `tools/list` answers must be filtered).
+    /// Whether `server` has per-tool rules, its own or the default's (its `tools/list` answers
+    /// must be filtered).
     pub fn filters_tools(&self, server: &str) -> bool {
-        self.servers
-            .get(server)
-            .is_some_and(|r| !r.tools.is_empty())
+        [server, DEFAULT_SERVER_RULE]
+            .iter()
+            .filter_map(|name| self.servers.get(*name))
+            .any(|r| !r.tools.is_empty())
     }
 
     /// The per-minute budget of `principal`: the highest of its roles', else the default.
@@ -499,6 +517,17 @@ mod tests {
             policy
                 .rest(&who(&["user"]), "GET", "/api/v1/servers")
                 .is_ok()
+        );
+        assert!(
+            policy
+                .rest(&who(&["user"]), "HEAD", "/api/v1/audit")
+                .is_err(),
+            "HEAD is decided as GET"
+        );
+        assert!(policy.server(&who(&[]), "weather", None).is_err());
+        assert!(
+            policy.server(&who(&["user"]), "weather", None).is_ok(),
+            "servers default to the roles of proxy_request"
         );
     }
 

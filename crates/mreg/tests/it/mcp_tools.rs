@@ -292,3 +292,76 @@ async fn proxy_request_forwards_one_request_to_a_registered_server() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn resources_and_prompts_list_empty_and_a_session_ends_with_204() {
+    let app = TestApp::spawn().await;
+    let url = format!("http://{}/mcp", app.mcp_addr);
+    let client = connect(&url, ProtocolVersion::V_2025_11_25).await;
+    assert!(
+        client
+            .list_all_resources()
+            .await
+            .expect("resources/list")
+            .is_empty()
+    );
+    assert!(
+        client
+            .list_all_prompts()
+            .await
+            .expect("prompts/list")
+            .is_empty()
+    );
+    assert!(
+        client
+            .list_all_resource_templates()
+            .await
+            .expect("resources/templates/list")
+            .is_empty()
+    );
+    client.cancel().await.expect("close");
+
+    // The end of a session: 200 or 204 is what SDK clients take for success (the Python SDK
+    // logs "Session termination failed: 202").
+    let opened = app
+        .http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "t", "version": "0" } } }),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session")
+        .to_owned();
+    let ended = app
+        .http
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(ended.status(), reqwest::StatusCode::NO_CONTENT);
+    // The session is gone: a JSON-RPC error naming it, not a plain-text 404.
+    let after = app
+        .http
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" }))
+        .send()
+        .await
+        .expect("after the end");
+    assert_eq!(after.status(), reqwest::StatusCode::NOT_FOUND);
+    let body: Value = after.json().await.expect("a JSON-RPC error body");
+    assert_eq!(body["id"], 5, "{body}");
+    assert_eq!(body["error"]["code"], -32001, "{body}");
+    app.stop().await;
+}

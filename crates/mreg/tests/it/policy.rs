@@ -1220,3 +1220,197 @@ async fn the_python_sdk_shows_the_cause_of_every_refusal() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_caller_without_a_role_reaches_no_server_through_either_path() {
+    let Some(s) = setup(&[]).await else { return };
+    let c = callers(&s).await;
+    let upstream = Upstream::start(true).await;
+    let (status, _, body) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(json!({"name": "echo", "url": upstream.url})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let url = format!("{}/servers/echo/mcp", s.mcp);
+    let before = upstream.count("POST initialize");
+    // Carol is signed in but holds no app role: servers need the roles of proxy_request.
+    let refused = mcp_post(
+        &url,
+        Some(&c.carol),
+        None,
+        &rpc_request(3, "initialize", initialize_params()),
+    )
+    .await;
+    assert_rpc_error(
+        &refused,
+        StatusCode::FORBIDDEN,
+        json!(3),
+        -32003,
+        "server 'echo' requires the role user or admin",
+    );
+    assert_eq!(
+        refused.2["error"]["data"]["required_roles"],
+        json!(["user", "admin"])
+    );
+    assert_eq!(
+        upstream.count("POST initialize"),
+        before,
+        "nothing reached the upstream"
+    );
+    let carol = mcp_client(&format!("{}/mcp", s.mcp), &c.carol).await;
+    let through_tool = call(
+        &carol,
+        "proxy_request",
+        json!({"server": "echo", "method": "tools/list"}),
+    )
+    .await;
+    let refused = match through_tool {
+        Err(e) => error_code(&e).1,
+        Ok(result) => format!("{result:?}"),
+    };
+    assert!(refused.contains("requires the role"), "{refused}");
+    assert_eq!(upstream.count("POST initialize"), before);
+    // Bob (user) reaches it both ways.
+    let (status, _) = mcp_initialize(&url, Some(&c.bob)).await;
+    assert_eq!(status, StatusCode::OK);
+    let bob = mcp_client(&format!("{}/mcp", s.mcp), &c.bob).await;
+    let listing = call(
+        &bob,
+        "proxy_request",
+        json!({"server": "echo", "method": "tools/list"}),
+    )
+    .await
+    .expect("a tool result");
+    assert_ne!(listing.is_error, Some(true), "{listing:?}");
+}
+
+#[tokio::test]
+async fn head_is_decided_as_get() {
+    let Some(s) = setup(&[]).await else { return };
+    let c = callers(&s).await;
+    for path in [
+        "/api/v1/audit",
+        "/api/v1/audit?actor=alice@contoso.com&limit=1",
+    ] {
+        let head = s
+            .app
+            .http
+            .head(s.app.url(path))
+            .bearer_auth(&c.bob)
+            .send()
+            .await
+            .expect("HEAD");
+        assert_eq!(head.status(), StatusCode::FORBIDDEN, "{path}");
+        let (status, _, body) = rest(&s.app, reqwest::Method::GET, path, &c.bob, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+    let head = s
+        .app
+        .http
+        .head(s.app.url("/api/v1/audit"))
+        .bearer_auth(&c.alice)
+        .send()
+        .await
+        .expect("HEAD");
+    assert_eq!(head.status(), StatusCode::OK, "admins may");
+}
+
+#[tokio::test]
+async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
+    let tenants = format!("{TENANT} {}", crate::oauth::OTHER_TENANT);
+    let Some(s) = setup(&[
+        ("AZURE_TENANT_ID", "organizations"),
+        ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let mut other = s.idp.claims(crate::oauth::OTHER_TENANT);
+    other["oid"] = json!("dddddddd-dddd-4ddd-8ddd-dddddddddddd");
+    other["roles"] = json!(["admin"]);
+    let dave = s.idp.sign(other).await;
+    let upstream = Upstream::start(false).await;
+    let (status, _, created) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(
+            json!({"name": "payments", "url": upstream.url, "shared": true,
+            "description": "contoso's", "upstream_headers": {"x-api-key": "contoso-secret"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let path = "/api/v1/servers/payments";
+    // Dave, an admin of the other tenant, sees the shared server but cannot change it.
+    for patch in [
+        json!({"url": "https://attacker.example.com/mcp"}),
+        json!({"description": "mine"}),
+        json!({"status": "disabled"}),
+        json!({"shared": false}),
+    ] {
+        let (status, _, refused) = rest(
+            &s.app,
+            reqwest::Method::PATCH,
+            path,
+            &dave,
+            Some(patch.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{patch}: {refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("belongs to another tenant")),
+            "{refused}"
+        );
+    }
+    let (status, _, _) = rest(&s.app, reqwest::Method::DELETE, path, &dave, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mcp = mcp_client(&format!("{}/mcp", s.mcp), &dave).await;
+    let deleted = call(&mcp, "delete_server", json!({"name": "payments"}))
+        .await
+        .expect("a tool result");
+    assert_eq!(deleted.is_error, Some(true), "{deleted:?}");
+    // Nothing changed.
+    let (status, _, kept) = rest(&s.app, reqwest::Method::GET, path, &c.alice, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(kept["url"], upstream.url.as_str());
+    assert_eq!(kept["description"], "contoso's");
+    assert_eq!(kept["shared"], true);
+    assert_eq!(kept["status"], created["status"]);
+    assert_eq!(kept["has_upstream_credentials"], true);
+
+    // The owner moves it: the credentials given for the old host do not follow the URL...
+    let other_upstream = Upstream::start(false).await;
+    let (status, _, moved) = rest(
+        &s.app,
+        reqwest::Method::PATCH,
+        path,
+        &c.alice,
+        Some(json!({"url": other_upstream.url})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["has_upstream_credentials"], false, "{moved}");
+    // ...unless the same request gives them again.
+    let (status, _, moved) = rest(
+        &s.app,
+        reqwest::Method::PATCH,
+        path,
+        &c.alice,
+        Some(json!({"url": upstream.url, "upstream_headers": {"x-api-key": "again"}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{moved}");
+    assert_eq!(moved["has_upstream_credentials"], true, "{moved}");
+    let (status, _, _) = rest(&s.app, reqwest::Method::DELETE, path, &c.alice, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
