@@ -251,6 +251,9 @@ pub struct Config {
     pub mcp: Listen,
     /// Public base URL of the MCP listener, when it differs from the listen address.
     pub public_url: Option<Url>,
+    /// Extra host names both listeners answer to (besides loopback, their own host and the
+    /// public URL's): the names of a load balancer in front of them.
+    pub allowed_hosts: Vec<String>,
     /// Local state directory.
     pub data_dir: PathBuf,
     /// Registry database.
@@ -537,6 +540,24 @@ impl Parser<'_> {
                 }
                 Ok(url)
             })?,
+            allowed_hosts: self
+                .parse("MREG_ALLOWED_HOSTS", |v| {
+                    v.split([',', ' '])
+                        .filter(|h| !h.is_empty())
+                        .map(|h| {
+                            match url::Host::parse(h.trim_start_matches('[').trim_end_matches(']'))
+                            {
+                                Ok(_) if !h.contains(['/', ':']) || h.starts_with('[') => {
+                                    Ok(h.to_ascii_lowercase())
+                                }
+                                _ => Err(format!(
+                                    "'{h}' is not a host name (no scheme, port or path)"
+                                )),
+                            }
+                        })
+                        .collect()
+                })?
+                .unwrap_or_default(),
             database: self.database(&data_dir)?,
             database_max_connections: self.required(
                 "MREG_DATABASE_MAX_CONNECTIONS",

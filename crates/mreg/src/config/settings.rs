@@ -72,6 +72,13 @@ pub const SETTINGS: &[Setting] = &[
         "Public base URL of the MCP listener as clients reach it (e.g. https://mreg.example.com); its host is accepted in Host headers. Unset: http://FASTMCP_SERVER_HOST:FASTMCP_SERVER_PORT.",
     ),
     s(
+        "MREG_ALLOWED_HOSTS",
+        "allowed_hosts",
+        None,
+        false,
+        "More host names both listeners answer to, comma-separated (e.g. the names of a load balancer); loopback, each listener's own host and the host of MREG_PUBLIC_URL are always accepted. Requests naming another Host, or sent from a page of another Origin, are refused (DNS-rebinding and cross-site protection).",
+    ),
+    s(
         "MREG_DATA_DIR",
         "data_dir",
         Some("."),

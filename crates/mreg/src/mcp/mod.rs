@@ -15,40 +15,17 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
 use crate::rest::{AppState, request_id};
 use tools::RegistryTools;
 
 /// Largest MCP request body accepted.
 pub const MAX_MCP_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// Host names the MCP listener answers to: loopback, the listener's own host, and the host of
-/// the public URL. Requests naming any other `Host` are refused (DNS-rebinding protection).
-pub fn allowed_hosts(config: &Config) -> Vec<String> {
-    let mut hosts = vec![
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-        "::1".to_owned(),
-    ];
-    if !matches!(config.mcp.host.as_str(), "0.0.0.0" | "::") {
-        hosts.push(config.mcp.host.to_lowercase());
-    }
-    if let Some(host) = config.public_url.as_ref().and_then(|u| u.host_str()) {
-        hosts.push(
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_lowercase(),
-        );
-    }
-    hosts.sort();
-    hosts.dedup();
-    hosts
-}
-
 /// The MCP router. `shutdown` ends open sessions and streams when the gateway stops.
 pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
+    let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.mcp.host);
     let config = StreamableHttpServerConfig::default()
-        .with_allowed_hosts(allowed_hosts(&state.config))
+        .with_allowed_hosts(hosts.names())
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
         .with_max_request_body_bytes(MAX_MCP_BODY_BYTES)
         .with_cancellation_token(shutdown);
@@ -75,5 +52,5 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
     if let Some(oauth) = oauth {
         router = router.merge(crate::oauth::router(oauth).layer(track));
     }
-    router
+    router.layer(crate::guard::GuardLayer::new(hosts))
 }

@@ -114,6 +114,7 @@ pub fn router(state: AppState) -> Router {
     let mut document = document;
     document.merge(ops_document);
     let max_body = state.config.max_body_bytes;
+    let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.api.host);
     let metrics = state.metrics.clone();
     Router::new()
         .merge(api.layer(crate::authn::AuthLayer::new(state.clone())))
@@ -128,6 +129,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(crate::guard::GuardLayer::new(hosts))
         .with_state(state)
         .layer(request_id::TrackLayer::new(metrics))
 }

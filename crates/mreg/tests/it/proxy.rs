@@ -631,3 +631,98 @@ async fn sequential_keep_alive_calls_with_sse_answers_do_not_stall() {
     }
     app.stop().await;
 }
+
+/// The DNS-rebinding and cross-site attacks of a web page against a gateway without
+/// authentication: each is refused, and nothing happens (no change, no upstream request).
+#[tokio::test]
+async fn foreign_hosts_and_origins_are_refused_on_every_listener_and_route() {
+    let app = TestApp::spawn_with(&[
+        ("MREG_PUBLIC_URL", "https://mcp.example.com"),
+        ("MREG_ALLOWED_HOSTS", "lb.example.com"),
+    ])
+    .await;
+    let upstream = Upstream::start(true).await;
+    app.register(
+        "vault",
+        json!({ "url": upstream.url, "upstream_headers": { "x-api-key": "secret" } }),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let rest = format!("http://{}/api/v1/servers/vault", app.addr);
+    let proxied = format!("http://{}/servers/vault/mcp", app.mcp_addr);
+    let own = format!("http://{}/mcp", app.mcp_addr);
+    let attacks: [(&str, Option<&str>); 3] = [
+        ("rebound.evil.example:8000", None),
+        ("127.0.0.1", Some("https://evil.example")),
+        ("127.0.0.1", Some("null")),
+    ];
+    for (host, origin) in attacks {
+        let with = |request: reqwest::RequestBuilder| {
+            let request = request.header("host", host);
+            match origin {
+                Some(origin) => request.header("origin", origin),
+                None => request,
+            }
+        };
+        let patch = with(http.patch(&rest))
+            .json(&json!({ "url": "https://evil.example/mcp" }))
+            .send()
+            .await
+            .expect("patch");
+        assert_eq!(patch.status(), StatusCode::FORBIDDEN, "{host} {origin:?}");
+        let body: Value = patch.json().await.expect("REST error body");
+        assert_eq!(body["error"], "forbidden", "{body}");
+        for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+            let read = with(http.request(method.clone(), &rest))
+                .send()
+                .await
+                .expect("read");
+            assert_eq!(read.status(), StatusCode::FORBIDDEN, "{method} {host}");
+        }
+        for url in [&proxied, &own] {
+            let call = with(http.post(url.as_str()))
+                .header("accept", ACCEPT)
+                .json(&initialize("2025-11-25"))
+                .send()
+                .await
+                .expect("mcp");
+            assert_eq!(call.status(), StatusCode::FORBIDDEN, "{url} {host}");
+            let body: Value = call.json().await.expect("JSON-RPC error body");
+            assert_eq!(body["error"]["code"], -32003, "{body}");
+        }
+    }
+    // A cross-site "simple" POST (text/plain, no preflight) never reaches a tool.
+    let simple = http
+        .post(&proxied)
+        .header("content-type", "text/plain")
+        .body(initialize("2025-11-25").to_string())
+        .send()
+        .await
+        .expect("text/plain");
+    assert_eq!(simple.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        upstream.count("POST initialize"),
+        0,
+        "nothing reached the upstream"
+    );
+    let (_, server) = app.get("/api/v1/servers/vault").await;
+    assert_eq!(server["url"], upstream.url.as_str(), "nothing changed");
+    // The gateway's own names pass: loopback, the public URL's host, the allowed hosts, and a
+    // page served from loopback (a local inspector).
+    for (host, origin) in [
+        ("mcp.example.com", None),
+        ("lb.example.com:443", None),
+        ("127.0.0.1", Some("http://localhost:6274")),
+    ] {
+        let mut request = http.get(&rest).header("host", host);
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        assert_eq!(
+            request.send().await.expect("read").status(),
+            StatusCode::OK,
+            "{host} {origin:?}"
+        );
+    }
+    app.stop().await;
+}
