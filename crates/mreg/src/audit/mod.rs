@@ -87,7 +87,90 @@ pub struct AuditEvent {
     pub duration_us: i64,
 }
 
+/// What a NUL character (U+0000) in an audited text becomes: U+FFFD, the replacement character.
+///
+/// PostgreSQL cannot store U+0000 in `text` (nor `\u0000` in `jsonb`): one such row would make
+/// every batch holding it fail. So every text of an event, and every string (and key) inside its
+/// JSON arguments, has its NULs replaced by this character before the event is queued, i.e.
+/// before it is hashed, spooled or stored: the chain covers exactly what is stored. U+FFFD (rather
+/// than an escape such as `\u0000`) keeps the replacement visibly not part of the original and
+/// cannot be confused with text the caller sent.
+pub const NUL_REPLACEMENT: char = '\u{FFFD}';
+
+/// `text` with every NUL replaced by [`NUL_REPLACEMENT`]; borrowed when it has none.
+pub fn sanitise(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        std::borrow::Cow::Owned(text.replace('\0', NUL_REPLACEMENT.encode_utf8(&mut [0; 4])))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
+/// Replaces the NULs of `text` in place (no allocation when it has none).
+fn sanitise_in_place(text: &mut String) {
+    if let std::borrow::Cow::Owned(clean) = sanitise(text) {
+        *text = clean;
+    }
+}
+
+/// Replaces the NULs of every string and key inside `value`.
+fn sanitise_json(value: &mut Value) {
+    match value {
+        Value::String(text) => sanitise_in_place(text),
+        Value::Array(items) => items.iter_mut().for_each(sanitise_json),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                *map = std::mem::take(map)
+                    .into_iter()
+                    .map(|(k, v)| (sanitise(&k).into_owned(), v))
+                    .collect();
+            }
+            map.values_mut().for_each(sanitise_json);
+        }
+        _ => {}
+    }
+}
+
 impl AuditEvent {
+    /// Replaces every NUL in the event's texts by [`NUL_REPLACEMENT`] (see there why), including
+    /// the strings inside its JSON arguments. Idempotent.
+    pub fn sanitise(&mut self) {
+        for text in [
+            &mut self.id,
+            &mut self.request_id,
+            &mut self.actor_subject,
+            &mut self.operation,
+            &mut self.decision,
+            &mut self.outcome,
+        ] {
+            sanitise_in_place(text);
+        }
+        for text in [
+            &mut self.actor_email,
+            &mut self.actor_tenant,
+            &mut self.actor_client_id,
+            &mut self.tool,
+            &mut self.server,
+            &mut self.error,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            sanitise_in_place(text);
+        }
+        // serde_json writes a NUL inside a string as the escape `\u0000`, so the text itself
+        // rarely holds one; the strings it encodes are cleaned by re-encoding (only when needed).
+        if let Some(arguments) = &mut self.arguments {
+            sanitise_in_place(arguments);
+            if arguments.contains("\\u0000")
+                && let Ok(mut value) = serde_json::from_str::<Value>(arguments)
+            {
+                sanitise_json(&mut value);
+                *arguments = value.to_string();
+            }
+        }
+    }
+
     /// The hash of this event as row `seq` following a row whose hash is `prev_hash`.
     pub fn chain_hash(&self, seq: i64, prev_hash: &str) -> String {
         #[derive(Serialize)]
@@ -184,6 +267,7 @@ impl Redaction {
     /// is too large to keep).
     pub fn apply(&self, mut value: Value) -> String {
         self.mask(&mut value);
+        sanitise_json(&mut value);
         let text = value.to_string();
         if text.len() > MAX_ARGUMENTS_BYTES {
             return serde_json::json!({ "truncated_bytes": text.len() }).to_string();
@@ -387,7 +471,9 @@ impl Entry {
         outcome.clone_into(&mut self.event.outcome);
         self.event.error = error;
         self.event.duration_us = self.started.elapsed().as_micros() as i64;
-        let event = std::mem::replace(&mut self.event, blank());
+        let mut event = std::mem::replace(&mut self.event, blank());
+        // Once, here: what is queued is what is hashed, spooled and stored.
+        event.sanitise();
         permit.send(event);
     }
 }
@@ -572,6 +658,62 @@ mod tests {
             error: None,
             duration_us: 5,
         }
+    }
+
+    #[test]
+    fn nuls_become_the_replacement_character_in_every_text_and_json_string() {
+        let nul = |s: &str| format!("{s}\0{s}");
+        let mut e = AuditEvent {
+            id: nul("i"),
+            at_us: 1,
+            request_id: nul("r"),
+            actor_subject: nul("s"),
+            actor_email: Some(nul("e")),
+            actor_tenant: Some(nul("t")),
+            actor_client_id: Some(nul("c")),
+            operation: nul("POST /servers/a"),
+            tool: Some(nul("tool")),
+            server: Some(nul("a")),
+            // As serde_json writes it: the NULs are escapes in the text.
+            arguments: Some(
+                serde_json::json!({ "k\0": ["x\0y", { "n": 1, "d": "\0" }] }).to_string(),
+            ),
+            decision: nul("allow"),
+            outcome: nul("ok"),
+            error: Some(nul("why")),
+            duration_us: 5,
+        };
+        assert!(
+            e.arguments
+                .as_deref()
+                .is_some_and(|a| a.contains("\\u0000"))
+        );
+        e.sanitise();
+        let json = serde_json::to_string(&e).expect("json");
+        assert!(!json.contains("\\u0000") && !json.contains('\0'), "{json}");
+        assert_eq!(e.server.as_deref(), Some("a\u{FFFD}a"));
+        assert_eq!(e.operation, "POST /servers/a\u{FFFD}POST /servers/a");
+        assert_eq!(e.error.as_deref(), Some("why\u{FFFD}why"));
+        let args: Value =
+            serde_json::from_str(e.arguments.as_deref().expect("args")).expect("json");
+        assert_eq!(
+            args,
+            serde_json::json!({ "k\u{FFFD}": ["x\u{FFFD}y", { "n": 1, "d": "\u{FFFD}" }] })
+        );
+        // Idempotent, and text without a NUL is left alone.
+        let once = e.clone();
+        e.sanitise();
+        assert_eq!(e, once);
+        let mut clean = event(1);
+        clean.sanitise();
+        assert_eq!(clean, event(1));
+        assert!(matches!(
+            sanitise("plain"),
+            std::borrow::Cow::Borrowed("plain")
+        ));
+        // Redaction cleans the arguments it keeps, too.
+        let kept = Redaction::new(&[]).apply(serde_json::json!({ "a": "b\0" }));
+        assert_eq!(kept, "{\"a\":\"b\u{FFFD}\"}");
     }
 
     #[test]

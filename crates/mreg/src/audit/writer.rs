@@ -6,12 +6,17 @@
 //! stored exactly once. When neither the database nor the spool takes a batch, the writer keeps
 //! retrying it and stops taking new ones; the queue fills and requests are refused (fail
 //! closed). At shutdown the queue is closed and drained.
+//!
+//! A batch the database refuses as data (a data exception, SQLSTATE class 22: a value it cannot
+//! store) is split until the offending entries are alone: the others are stored, and each of
+//! those is quarantined: logged, counted, and appended to the quarantine file next to the spool
+//! (`<spool>.quarantine`, JSON lines), never retried, so that one bad entry cannot stop the log.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AuditEvent, Auditor, Inner, Redaction};
 use crate::store::audit::AuditStore;
+use crate::store::data_error_sqlstate;
 
 /// Most events written in one transaction.
 const BATCH: usize = 1000;
@@ -39,7 +45,10 @@ pub struct Status {
     written: AtomicU64,
     spooled: AtomicU64,
     refused: AtomicU64,
+    quarantined: AtomicU64,
     failing: AtomicBool,
+    /// Why the last attempt to replay the spool failed; `None` once one succeeds.
+    replay_failure: Mutex<Option<String>>,
 }
 
 impl Status {
@@ -69,6 +78,32 @@ impl Status {
         )
     }
 
+    /// Events the database refused as data, kept in the quarantine file instead.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Why replaying the spool failed the last time it was tried, while entries still wait in
+    /// it; `None` when the last attempt succeeded (or there is nothing to replay).
+    pub fn replay_failure(&self) -> Option<String> {
+        self.replay_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records the outcome of a replay attempt; says whether the failure is new (not the same as
+    /// the last one).
+    fn set_replay_failure(&self, failure: Option<String>) -> bool {
+        let mut last = self
+            .replay_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let new = failure.is_some() && *last != failure;
+        *last = failure;
+        new
+    }
+
     pub(super) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
@@ -79,7 +114,8 @@ impl Status {
 pub struct WriterConfig {
     /// Entries that may wait in memory.
     pub queue: usize,
-    /// The spool file.
+    /// The spool file (entries the database refuses as data go to the same path plus
+    /// `.quarantine`).
     pub spool: PathBuf,
     /// Largest spool, in bytes.
     pub spool_max_bytes: u64,
@@ -123,16 +159,12 @@ pub fn spawn(
             bytes = spool.pending_bytes(),
             "audit entries from an earlier run are in the spool; replaying them"
         );
+        // Until they are replayed, new entries queue behind them, and `/readyz` says so.
+        status.spooling.store(true, Ordering::Relaxed);
     }
     let (tx, rx) = mpsc::channel(config.queue.max(1));
     let stop = CancellationToken::new();
-    let mut task = Task {
-        store,
-        spool,
-        status: status.clone(),
-        retry: Duration::ZERO,
-        next_replay: Instant::now(),
-    };
+    let mut task = Task::new(store, spool, status.clone(), quarantine_path(&config.spool));
     let token = stop.clone();
     let task = tokio::spawn(async move { task.run(rx, token).await });
     let auditor = Auditor {
@@ -170,16 +202,77 @@ async fn next_event(rx: &mut mpsc::Receiver<AuditEvent>, closing: bool) -> Optio
     }
 }
 
+/// Where entries the database refuses as data are kept: the spool's path plus `.quarantine`.
+pub fn quarantine_path(spool: &Path) -> PathBuf {
+    let mut path = spool.as_os_str().to_owned();
+    path.push(".quarantine");
+    path.into()
+}
+
+/// How far [`Task::write`] got.
+enum Written {
+    /// Every event is stored or quarantined.
+    All,
+    /// The first `done` events are stored or quarantined, the others not: the database failed
+    /// (`error`), or did not answer in time (`None`).
+    Partly {
+        done: usize,
+        error: Option<domain::Error>,
+    },
+}
+
+/// A failed write, in full for the log.
+fn describe(error: Option<&domain::Error>) -> String {
+    error.map_or_else(
+        || {
+            format!(
+                "the database did not answer within {} s",
+                WRITE_TIMEOUT.as_secs()
+            )
+        },
+        ToString::to_string,
+    )
+}
+
+/// A failed write as `/readyz` may show it: the database's own message (an internal error)
+/// goes to the log only.
+fn reason(error: Option<&domain::Error>) -> String {
+    match error {
+        Some(domain::Error::Internal(_)) => {
+            "the database refuses the entries (see the log)".to_owned()
+        }
+        other => describe(other),
+    }
+}
+
 struct Task {
     store: Arc<dyn AuditStore>,
     spool: Spool,
     status: Arc<Status>,
+    /// The quarantine file.
+    quarantine: PathBuf,
     /// Pause before the next replay attempt (grows while the database stays down).
     retry: Duration,
     next_replay: Instant,
 }
 
 impl Task {
+    fn new(
+        store: Arc<dyn AuditStore>,
+        spool: Spool,
+        status: Arc<Status>,
+        quarantine: PathBuf,
+    ) -> Self {
+        Self {
+            store,
+            spool,
+            status,
+            quarantine,
+            retry: Duration::ZERO,
+            next_replay: Instant::now(),
+        }
+    }
+
     async fn run(&mut self, mut rx: mpsc::Receiver<AuditEvent>, stop: CancellationToken) {
         let mut closing = false;
         loop {
@@ -225,7 +318,7 @@ impl Task {
     }
 
     /// Keeps `batch` in the database or the spool, retrying until one takes it.
-    async fn deliver(&mut self, batch: Vec<AuditEvent>) {
+    async fn deliver(&mut self, mut batch: Vec<AuditEvent>) {
         let mut pause = Duration::from_millis(50);
         // A failed attempt may have been stored all the same (its answer lost): every later
         // attempt skips what is already there.
@@ -235,22 +328,20 @@ impl Task {
                 self.replay().await;
             }
             if !self.spool.pending() {
-                let attempt = self.store.append(&batch, retry);
+                let written = self.write(&batch, retry).await;
                 retry = true;
-                match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
-                    Ok(Ok(_)) => {
-                        self.status
-                            .written
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                match written {
+                    Written::All => {
                         self.status.failing.store(false, Ordering::Relaxed);
                         return;
                     }
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "cannot write audit entries to the database; spooling them")
+                    Written::Partly { done, error } => {
+                        tracing::warn!(
+                            error = %describe(error.as_ref()),
+                            "cannot write audit entries to the database; spooling them"
+                        );
+                        batch.drain(..done);
                     }
-                    Err(_) => tracing::warn!(
-                        "writing audit entries to the database takes too long; spooling them"
-                    ),
                 }
                 self.start_spooling();
             }
@@ -286,6 +377,87 @@ impl Task {
         }
     }
 
+    /// Writes `events` to the database, in order, stopping at the first failure. A write the
+    /// database refuses as data (a data exception) is split in halves until each offending event
+    /// is alone, which is then quarantined: the others are stored.
+    async fn write(&mut self, events: &[AuditEvent], skip_stored: bool) -> Written {
+        // Ranges still to write, the next one last.
+        let mut todo = Vec::with_capacity(8);
+        todo.push(0..events.len());
+        while let Some(range) = todo.pop() {
+            let part = &events[range.clone()];
+            match tokio::time::timeout(WRITE_TIMEOUT, self.store.append(part, skip_stored)).await {
+                Ok(Ok(_)) => {
+                    self.status
+                        .written
+                        .fetch_add(part.len() as u64, Ordering::Relaxed);
+                }
+                Ok(Err(e)) => {
+                    // Refused as data: the write stored nothing (its transaction was rolled
+                    // back); narrow it down.
+                    if let Some(sqlstate) = data_error_sqlstate(&e) {
+                        if let [event] = part {
+                            self.quarantine(event, sqlstate, &e);
+                        } else {
+                            let middle = range.start + part.len() / 2;
+                            todo.push(middle..range.end);
+                            todo.push(range.start..middle);
+                        }
+                        continue;
+                    }
+                    return Written::Partly {
+                        done: range.start,
+                        error: Some(e),
+                    };
+                }
+                Err(_) => {
+                    return Written::Partly {
+                        done: range.start,
+                        error: None,
+                    };
+                }
+            }
+        }
+        Written::All
+    }
+
+    /// Keeps `event`, which the database refuses as data, out of the chain: counted, logged, and
+    /// appended to the quarantine file (or, when that cannot be written, logged whole).
+    fn quarantine(&mut self, event: &AuditEvent, sqlstate: &str, error: &domain::Error) {
+        self.status.quarantined.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            request_id = %event.request_id,
+            id = %event.id,
+            sqlstate,
+            error = %error,
+            quarantine = %self.quarantine.display(),
+            "the database refuses an audit entry as data; it is quarantined, not in the chain"
+        );
+        let line = serde_json::json!({
+            "quarantined_at_us": time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000,
+            "sqlstate": sqlstate,
+            "error": error.to_string(),
+            "event": event,
+        })
+        .to_string();
+        let kept = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.quarantine)
+            .and_then(|mut file| {
+                file.write_all(format!("{line}\n").as_bytes())?;
+                file.sync_data()
+            });
+        if let Err(e) = kept {
+            tracing::error!(
+                error = %e,
+                quarantine = %self.quarantine.display(),
+                entry = %line,
+                "cannot write the audit quarantine file; the quarantined entry is only in this log"
+            );
+        }
+    }
+
     /// Writes the spool to the database, oldest first, until it is empty or a write fails.
     async fn replay(&mut self) {
         loop {
@@ -293,44 +465,64 @@ impl Task {
                 Ok(chunk) => chunk,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the audit spool");
+                    self.status
+                        .set_replay_failure(Some("cannot read the spool (see the log)".to_owned()));
                     self.back_off();
                     return;
                 }
             };
-            let Some((events, next)) = chunk else {
+            let Some(Chunk { events, ends, next }) = chunk else {
                 // Replayed to the end: start afresh.
                 if let Err(e) = self.spool.clear() {
                     tracing::error!(error = %e, "cannot truncate the audit spool");
+                    self.status.set_replay_failure(Some(
+                        "cannot truncate the spool (see the log)".to_owned(),
+                    ));
                     self.back_off();
                     return;
                 }
                 self.status.spooled_bytes.store(0, Ordering::Relaxed);
+                self.status.set_replay_failure(None);
                 if self.status.spooling.swap(false, Ordering::Relaxed) {
                     tracing::info!("the audit spool is replayed; writing to the database again");
                 }
                 return;
             };
-            match tokio::time::timeout(WRITE_TIMEOUT, self.store.append(&events, true)).await {
-                Ok(Ok(_)) => {
-                    self.status
-                        .written
-                        .fetch_add(events.len() as u64, Ordering::Relaxed);
+            let written = self.write(&events, true).await;
+            let failure = match written {
+                Written::All => {
                     self.spool.advance(next);
-                    self.status
-                        .spooled_bytes
-                        .store(self.spool.pending_bytes(), Ordering::Relaxed);
-                    self.retry = Duration::from_millis(250);
+                    None
                 }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "audit spool replay: the database is still unavailable");
-                    self.back_off();
-                    return;
+                Written::Partly { done, error } => {
+                    if let Some(end) = done.checked_sub(1).map(|last| ends[last]) {
+                        self.spool.advance(end);
+                    }
+                    Some(error)
                 }
-                Err(_) => {
-                    self.back_off();
-                    return;
-                }
+            };
+            self.status
+                .spooled_bytes
+                .store(self.spool.pending_bytes(), Ordering::Relaxed);
+            let Some(error) = failure else {
+                self.status.set_replay_failure(None);
+                self.retry = Duration::from_millis(250);
+                continue;
+            };
+            // Once per distinct failure at `warn` (a long outage would otherwise repeat it every
+            // few seconds), then at `debug`.
+            let error = error.as_ref();
+            if self.status.set_replay_failure(Some(reason(error))) {
+                tracing::warn!(
+                    error = %describe(error),
+                    bytes = self.spool.pending_bytes(),
+                    "cannot replay the audit spool into the database; retrying"
+                );
+            } else {
+                tracing::debug!(error = %describe(error), "audit spool replay still fails");
             }
+            self.back_off();
+            return;
         }
     }
 
@@ -338,6 +530,15 @@ impl Task {
         self.next_replay = Instant::now() + self.retry;
         self.retry = (self.retry * 2).clamp(Duration::from_millis(250), MAX_RETRY);
     }
+}
+
+/// Events read from the spool for replay.
+struct Chunk {
+    events: Vec<AuditEvent>,
+    /// The spool position after each event.
+    ends: Vec<u64>,
+    /// The position after the chunk (past any unreadable line after the last event).
+    next: u64,
 }
 
 /// The spool file: JSON lines, appended and synced; `read` is where replay has got to.
@@ -424,15 +625,16 @@ impl Spool {
         Ok(())
     }
 
-    /// Up to `max` events from the replay position, and the position after them; `None` at the
-    /// end.
-    fn read_chunk(&mut self, max: usize) -> anyhow::Result<Option<(Vec<AuditEvent>, u64)>> {
+    /// Up to `max` events from the replay position (sanitised: a spool written before NULs were
+    /// replaced may hold some), and the positions after them; `None` at the end.
+    fn read_chunk(&mut self, max: usize) -> anyhow::Result<Option<Chunk>> {
         if !self.pending() {
             return Ok(None);
         }
         let mut reader = BufReader::new(File::open(&self.path)?);
         reader.seek(SeekFrom::Start(self.read))?;
         let mut events = Vec::new();
+        let mut ends = Vec::new();
         let mut at = self.read;
         let mut line = String::new();
         while events.len() < max && at < self.len {
@@ -443,7 +645,11 @@ impl Spool {
             }
             at += n as u64;
             match serde_json::from_str::<AuditEvent>(line.trim_end()) {
-                Ok(event) => events.push(event),
+                Ok(mut event) => {
+                    event.sanitise();
+                    events.push(event);
+                    ends.push(at);
+                }
                 Err(e) => tracing::error!(
                     error = %e,
                     offset = at - n as u64,
@@ -455,7 +661,11 @@ impl Spool {
             self.read = at;
             return Ok(None);
         }
-        Ok(Some((events, at)))
+        Ok(Some(Chunk {
+            events,
+            ends,
+            next: at,
+        }))
     }
 
     fn advance(&mut self, to: u64) {
@@ -486,5 +696,166 @@ pub async fn prune(store: Arc<dyn AuditStore>, retention: Duration, stop: Cancel
             Ok(n) => tracing::info!(rows = n, "pruned audit rows past retention"),
             Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{decision, outcome};
+    use crate::store::audit::{AuditFilter, AuditRecord};
+
+    /// A store that keeps rows in memory, refuses as data (SQLSTATE 22021, as PostgreSQL does
+    /// for a NUL byte) every batch holding an event whose request id starts with `bad`, and
+    /// fails as unreachable while `down`.
+    #[derive(Default)]
+    struct Fake {
+        rows: Mutex<Vec<AuditEvent>>,
+        down: AtomicBool,
+        appends: AtomicU64,
+    }
+
+    impl Fake {
+        fn ids(&self) -> Vec<String> {
+            let rows = self.rows.lock().expect("rows");
+            rows.iter().map(|e| e.request_id.clone()).collect()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl AuditStore for Fake {
+        async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> domain::Result<u64> {
+            self.appends.fetch_add(1, Ordering::Relaxed);
+            if self.down.load(Ordering::Relaxed) {
+                return Err(domain::Error::unavailable("database", "cut off"));
+            }
+            if events.iter().any(|e| e.request_id.starts_with("bad")) {
+                return Err(crate::store::data_error(
+                    "audit",
+                    "22021",
+                    "invalid byte sequence for encoding \"UTF8\": 0x00",
+                ));
+            }
+            let mut rows = self.rows.lock().expect("rows");
+            let fresh: Vec<AuditEvent> = events
+                .iter()
+                .filter(|e| !(skip_stored && rows.iter().any(|r| r.id == e.id)))
+                .cloned()
+                .collect();
+            rows.extend(fresh.iter().cloned());
+            Ok(fresh.len() as u64)
+        }
+        async fn list(&self, _: &AuditFilter) -> domain::Result<Vec<AuditRecord>> {
+            Ok(Vec::new())
+        }
+        async fn chain_after(&self, _: i64, _: i64) -> domain::Result<Vec<AuditRecord>> {
+            Ok(Vec::new())
+        }
+        async fn anchor(&self) -> domain::Result<Option<(i64, String)>> {
+            Ok(None)
+        }
+        async fn prune(&self, _: i64, _: i64) -> domain::Result<u64> {
+            Ok(0)
+        }
+    }
+
+    fn event(request_id: &str) -> AuditEvent {
+        AuditEvent {
+            id: format!("id-{request_id}"),
+            at_us: 1,
+            request_id: request_id.to_owned(),
+            actor_subject: "s".to_owned(),
+            actor_email: None,
+            actor_tenant: None,
+            actor_client_id: None,
+            operation: "op".to_owned(),
+            tool: None,
+            server: None,
+            arguments: None,
+            decision: decision::ALLOW.to_owned(),
+            outcome: outcome::OK.to_owned(),
+            error: None,
+            duration_us: 1,
+        }
+    }
+
+    /// A writer task over `store` with its spool in a fresh directory (removed by the caller).
+    fn task(store: &Arc<Fake>) -> (Task, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("mreg-writer-{}", uuid::Uuid::new_v4()));
+        let spool = dir.join("audit.spool");
+        let task = Task::new(
+            store.clone(),
+            Spool::open(&spool, 1 << 20).expect("spool"),
+            Arc::new(Status::default()),
+            quarantine_path(&spool),
+        );
+        (task, dir)
+    }
+
+    /// The request ids in the quarantine file, each line checked for its SQLSTATE.
+    fn quarantined(task: &Task) -> Vec<String> {
+        let text = std::fs::read_to_string(&task.quarantine).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let entry: serde_json::Value = serde_json::from_str(line).expect("json line");
+                assert_eq!(entry["sqlstate"], "22021", "{entry}");
+                entry["event"]["request_id"]
+                    .as_str()
+                    .expect("request id")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_rows_refused_as_data_lands_the_others_and_quarantines_those() {
+        let store = Arc::new(Fake::default());
+        let (mut task, dir) = task(&store);
+        let batch = ["a", "bad-1", "b", "c", "d", "bad-2", "e"]
+            .map(event)
+            .to_vec();
+        task.deliver(batch).await;
+        assert_eq!(store.ids(), ["a", "b", "c", "d", "e"], "in order");
+        assert_eq!(quarantined(&task), ["bad-1", "bad-2"]);
+        assert_eq!(task.status.quarantined(), 2);
+        assert_eq!(task.status.counts(), (5, 0, 0));
+        assert!(!task.spool.pending() && !task.status.spooling());
+        // Split in halves, not retried for ever.
+        assert!(store.appends.load(Ordering::Relaxed) <= 12);
+        // The writer moves on.
+        task.deliver(vec![event("f")]).await;
+        assert_eq!(store.ids().last().map(String::as_str), Some("f"));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn replay_quarantines_refused_rows_and_reports_failures_until_it_succeeds() {
+        let store = Arc::new(Fake::default());
+        let (mut task, dir) = task(&store);
+        // A spool from before NULs were replaced: the entry is cleaned when read back.
+        let mut nul = event("n");
+        nul.server = Some("a\0b".to_owned());
+        let spooled = vec![event("a"), event("bad"), nul, event("b")];
+        task.spool.append(&spooled).expect("spool");
+        task.status.spooling.store(true, Ordering::Relaxed);
+
+        store.down.store(true, Ordering::Relaxed);
+        task.replay().await;
+        let failure = task
+            .status
+            .replay_failure()
+            .expect("a replay failure is reported");
+        assert!(failure.contains("database is unavailable"), "{failure}");
+        assert!(task.spool.pending() && task.status.spooling());
+
+        store.down.store(false, Ordering::Relaxed);
+        task.replay().await;
+        assert_eq!(task.status.replay_failure(), None);
+        assert_eq!(store.ids(), ["a", "n", "b"]);
+        let rows = store.rows.lock().expect("rows").clone();
+        assert_eq!(rows[1].server.as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(quarantined(&task), ["bad"]);
+        assert!(!task.spool.pending() && !task.status.spooling());
+        std::fs::remove_dir_all(dir).expect("cleanup");
     }
 }

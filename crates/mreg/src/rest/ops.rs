@@ -91,11 +91,22 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "per instance (memory)"
         },
     });
+    // Replaying the spool while the database is down fails, as expected; while it answers, the
+    // spooled entries (and every later one) are stuck: not ready.
+    let replay_failure = state
+        .audit
+        .status()
+        .filter(|_| database.is_ok())
+        .and_then(crate::audit::writer::Status::replay_failure);
     let audit = match state.audit.status() {
         None => Ok("off (MREG_AUDIT=false)".to_owned()),
         Some(s) if s.failing() => Err(
             "audit log: entries can be kept neither in the database nor in the spool".to_owned(),
         ),
+        Some(s) if let Some(why) = replay_failure => Err(format!(
+            "replay failing: {why} ({} bytes wait in the spool)",
+            s.spooled_bytes()
+        )),
         Some(s) if s.spooling() => Ok(format!(
             "spooling: {} bytes wait for the database",
             s.spooled_bytes()
@@ -151,6 +162,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 fn audit_metrics(text: &mut String, audit: &crate::audit::writer::Status) {
     use std::fmt::Write;
     let (written, spooled, refused) = audit.counts();
+    let quarantined = audit.quarantined();
     let end = text.rfind("# EOF").unwrap_or(text.len());
     let mut extra = String::new();
     let _ = write!(
@@ -164,6 +176,9 @@ fn audit_metrics(text: &mut String, audit: &crate::audit::writer::Status) {
          # HELP mreg_audit_refused Requests refused because the audit queue was full.\n\
          # TYPE mreg_audit_refused counter\n\
          mreg_audit_refused_total {refused}\n\
+         # HELP mreg_audit_rows_quarantined Audit rows the database refused as data, kept in the quarantine file instead.\n\
+         # TYPE mreg_audit_rows_quarantined counter\n\
+         mreg_audit_rows_quarantined_total {quarantined}\n\
          # HELP mreg_audit_spool_bytes Bytes in the audit spool waiting for the database.\n\
          # TYPE mreg_audit_spool_bytes gauge\n\
          mreg_audit_spool_bytes {}\n",

@@ -108,18 +108,50 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
 }
 
 /// Maps a driver error onto the domain: lost connections are [`Error::Unavailable`], unique
-/// violations [`Error::AlreadyExists`] for `what`, anything else [`Error::Internal`].
+/// violations [`Error::AlreadyExists`] for `what`, data exceptions (SQLSTATE class 22: a value
+/// the database cannot take, such as a NUL character in text) [`Error::Invalid`] for `what`
+/// with the SQLSTATE in the message (see [`data_error_sqlstate`]), anything else [`Error::Internal`].
 fn db_error(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     move |e| match e {
         sqlx::Error::Database(ref db) if db.is_unique_violation() => Error::AlreadyExists {
             what: what.to_owned(),
         },
+        sqlx::Error::Database(ref db)
+            if db
+                .code()
+                .is_some_and(|code| code.starts_with(DATA_EXCEPTION)) =>
+        {
+            data_error(what, &db.code().unwrap_or_default(), db.message())
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => Error::unavailable("database", e),
         other => Error::Internal(format!("database: {other}")),
+    }
+}
+
+/// The SQLSTATE class of data exceptions.
+const DATA_EXCEPTION: &str = "22";
+
+/// How the message of an [`Error::Invalid`] made by [`db_error`] from a data exception starts.
+const DATA_ERROR_PREFIX: &str = "the database cannot store a value (SQLSTATE ";
+
+/// The error `db_error` makes of a data exception with SQLSTATE `code` about `what`.
+pub fn data_error(what: &str, code: &str, message: &str) -> Error {
+    Error::invalid(what, format!("{DATA_ERROR_PREFIX}{code}: {message})"))
+}
+
+/// The SQLSTATE of `error` when it is a data exception from the database (class 22, e.g. 22021,
+/// a NUL byte in text, or 22P05, `\u0000` in `jsonb`): the values written are at fault, not the
+/// database, and writing them again will fail again.
+pub fn data_error_sqlstate(error: &Error) -> Option<&str> {
+    match error {
+        Error::Invalid { message, .. } => {
+            message.strip_prefix(DATA_ERROR_PREFIX)?.split(':').next()
+        }
+        _ => None,
     }
 }
 
@@ -140,6 +172,19 @@ fn like_pattern(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn data_errors_keep_their_sqlstate() {
+        let e = super::data_error("audit", "22021", "invalid byte sequence");
+        assert_eq!(super::data_error_sqlstate(&e), Some("22021"));
+        assert!(e.to_string().contains("SQLSTATE 22021"), "{e}");
+        let other = domain::Error::invalid("audit", "something else");
+        assert_eq!(super::data_error_sqlstate(&other), None);
+        assert_eq!(
+            super::data_error_sqlstate(&domain::Error::Internal("x".into())),
+            None
+        );
+    }
+
     #[test]
     fn like_patterns_escape_wildcards() {
         assert_eq!(super::like_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");

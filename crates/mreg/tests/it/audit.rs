@@ -771,3 +771,227 @@ async fn sqlite_exec(dir: &Path, statement: &'static str) {
         .expect("statement");
     pool.close().await;
 }
+
+/// `mreg audit verify` (the real binary) on the PostgreSQL database at `url`: its exit code and
+/// output.
+fn verify_postgres_with_the_cli(url: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mreg"))
+        .args(["audit", "verify"])
+        .env("MREG_DATA_DIR", &dir.0)
+        .env("MREG_DATABASE_URL", url)
+        .env("MREG_LOG", "error")
+        .output()
+        .expect("run mreg");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Every text of a row, for checking that none holds a NUL.
+fn texts(row: &AuditRecord) -> Vec<&str> {
+    let e = &row.event;
+    [
+        Some(e.request_id.as_str()),
+        Some(e.actor_subject.as_str()),
+        e.actor_email.as_deref(),
+        e.actor_tenant.as_deref(),
+        e.actor_client_id.as_deref(),
+        Some(e.operation.as_str()),
+        e.tool.as_deref(),
+        e.server.as_deref(),
+        e.arguments.as_deref(),
+        e.error.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+#[tokio::test]
+async fn a_nul_byte_in_a_request_does_not_stop_the_audit_log() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestApp::spawn_with(&[("MREG_DATABASE_URL", db.url.as_str())]).await;
+
+    // A NUL in the path: the proxied request's row names server "a\0b".
+    let ping = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" });
+    let status = proxy_post(&app, "a%00b", "nul-path", ping).await;
+    assert!(status.is_client_error(), "{status}");
+    // NULs in a REST mutation's JSON body: the description is refused by validation; the
+    // metadata reaches PostgreSQL (jsonb refuses \u0000), which is a data error, not a failure
+    // of the database. Either way the row of the refused mutation must land.
+    let register = |id: &'static str, body: Value| {
+        app.http
+            .post(app.url("/api/v1/servers"))
+            .header("x-request-id", id)
+            .json(&body)
+            .send()
+    };
+    let reply = register(
+        "nul-description",
+        json!({ "name": "nul-d", "url": "https://d.example.com/mcp", "description": "a\u{0}b" }),
+    )
+    .await
+    .expect("request");
+    assert_eq!(reply.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let reply = register(
+        "nul-metadata",
+        json!({ "name": "nul-m", "url": "https://m.example.com/mcp", "metadata": { "note": "a\u{0}b" } }),
+    )
+    .await
+    .expect("request");
+    let metadata_refused = (reply.status(), reply.text().await.expect("body"));
+
+    // A normal request afterwards is audited within a few seconds.
+    assert_eq!(
+        register_as(&app, "after-nul", "after-nul").await,
+        StatusCode::CREATED
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rows = loop {
+        let rows = pg_rows(&db.url).await;
+        if rows.iter().any(|r| r.event.request_id == "after-nul") {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the row of a normal request after a NUL-bearing one did not land: {:?}",
+            app.get("/readyz").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Every row landed, sanitised: NUL became U+FFFD.
+    let ids: Vec<&str> = rows.iter().map(|r| r.event.request_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["nul-path", "nul-description", "nul-metadata", "after-nul"]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| texts(r).iter().all(|t| !t.contains('\0'))),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0].event.server.as_deref(), Some("a\u{FFFD}b"));
+    assert_eq!(args(&rows[1])["description"], "a\u{FFFD}b");
+    assert_eq!(rows[1].event.outcome, "error");
+    assert_eq!(args(&rows[2])["metadata"]["note"], "a\u{FFFD}b");
+    assert_eq!(rows[2].event.outcome, "error");
+
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["checks"]["audit"], "ok", "{ready}");
+    // The database's refusal of the metadata is the caller's error, not an internal one.
+    assert_eq!(
+        metadata_refused.0,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        metadata_refused.1
+    );
+    let (code, out) = verify_postgres_with_the_cli(&db.url);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("intact: 4 rows"), "{out}");
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("mreg_audit_rows_quarantined_total 0"),
+        "nothing needed quarantining: {metrics}"
+    );
+    app.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn postgresql_refusing_a_row_as_data_is_told_apart_from_an_outage() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let store = PgStore::connect(&db.url.clone().into(), 1)
+        .await
+        .expect("postgres");
+    // An event that was not sanitised (only the writer's last line of defence sees these).
+    let event = mreg::audit::AuditEvent {
+        id: "nul".to_owned(),
+        at_us: 1,
+        request_id: "r".to_owned(),
+        actor_subject: "s".to_owned(),
+        actor_email: None,
+        actor_tenant: None,
+        actor_client_id: None,
+        operation: "op".to_owned(),
+        tool: None,
+        server: Some("a\0b".to_owned()),
+        arguments: None,
+        decision: "allow".to_owned(),
+        outcome: "ok".to_owned(),
+        error: None,
+        duration_us: 1,
+    };
+    let error = store.append(&[event], true).await.expect_err("refused");
+    assert_eq!(
+        mreg::store::data_error_sqlstate(&error),
+        Some("22021"),
+        "{error}"
+    );
+    drop(store);
+    db.drop_db().await;
+}
+
+/// Runs `statement` on the PostgreSQL database at `url`.
+async fn pg_exec(url: &str, statement: &'static str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query(statement)
+        .execute(&mut conn)
+        .await
+        .expect("statement");
+}
+
+#[tokio::test]
+async fn readyz_fails_while_the_spool_cannot_be_replayed_into_a_database_that_answers() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let app = TestApp::spawn_with(&[("MREG_DATABASE_URL", db.url.as_str())]).await;
+    // The database answers, but cannot take audit rows.
+    pg_exec(&db.url, "ALTER TABLE audit_log RENAME TO audit_log_away").await;
+    assert_eq!(
+        register_as(&app, "stuck", "stuck").await,
+        StatusCode::CREATED
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (status, ready) = app.get("/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "still ready: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(ready["checks"]["database"], "ok", "{ready}");
+    assert!(
+        ready["checks"]["audit"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("replay failing")),
+        "{ready}"
+    );
+
+    // Fixed: the spool is replayed and the gateway is ready again.
+    pg_exec(&db.url, "ALTER TABLE audit_log_away RENAME TO audit_log").await;
+    let rows = at_least(1, || pg_rows(&db.url)).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].event.request_id, "stuck");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, ready) = app.get("/readyz").await;
+        if status == StatusCode::OK && ready["checks"]["audit"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready again: {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.stop().await;
+    db.drop_db().await;
+}
