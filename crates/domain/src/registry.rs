@@ -24,12 +24,21 @@ const MAX_CACHED_ROUTES: usize = 10_000;
 /// How often an update is retried when another writer changed the same server meanwhile.
 const UPDATE_ATTEMPTS: usize = 5;
 
+/// Decides whether the gateway may connect to a server's URL (an egress policy); consulted
+/// whenever a URL is registered or changed.
+#[async_trait::async_trait]
+pub trait UrlGuard: Send + Sync {
+    /// `Ok` when `url` may be used; otherwise why not, for a person.
+    async fn admit(&self, url: &str) -> std::result::Result<(), String>;
+}
+
 /// Registry operations over a [`ServerStore`].
 #[derive(Clone)]
 pub struct Registry {
     store: Arc<dyn ServerStore>,
     sealer: Arc<dyn Sealer>,
     routes: Arc<RwLock<RouteCache>>,
+    guard: Option<Arc<dyn UrlGuard>>,
 }
 
 /// Routes by server name, with the time each was resolved.
@@ -67,6 +76,23 @@ impl Registry {
             store,
             sealer,
             routes: Arc::default(),
+            guard: None,
+        }
+    }
+
+    /// The registry, refusing URLs that `guard` does not admit.
+    pub fn with_url_guard(mut self, guard: Arc<dyn UrlGuard>) -> Self {
+        self.guard = Some(guard);
+        self
+    }
+
+    async fn admit_url(&self, url: &str) -> Result<()> {
+        match &self.guard {
+            Some(guard) => guard
+                .admit(url)
+                .await
+                .map_err(|why| Error::invalid("url", why)),
+            None => Ok(()),
         }
     }
 
@@ -131,6 +157,7 @@ impl Registry {
         if new.shared {
             may_share(by)?;
         }
+        self.admit_url(new.url.as_str()).await?;
         let sealed = new
             .upstream_headers
             .as_ref()
@@ -200,6 +227,9 @@ impl Registry {
         let update = patch.validate()?;
         if update.shared.is_some() {
             may_share(by)?;
+        }
+        if let Some(url) = &update.url {
+            self.admit_url(url.as_str()).await?;
         }
         let sealed = match &update.upstream_headers {
             Some(Some(headers)) => Some(self.seal(headers)?),

@@ -34,6 +34,16 @@ const RESERVED: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
+    // Cloud metadata services answer only requests that carry one of these: stored as an
+    // upstream "credential", they would turn a registration into a request for the host's
+    // managed identity.
+    "metadata",
+    "metadata-flavor",
+    "x-google-metadata-request",
+    "x-aws-ec2-metadata-token",
+    "x-aws-ec2-metadata-token-ttl-seconds",
+    "x-identity-header",
+    "x-mreg-hop",
 ];
 
 /// Static headers sent to an upstream server with every request, e.g. `x-api-key`. Names are

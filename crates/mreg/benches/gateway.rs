@@ -220,7 +220,10 @@ gw x, floor x: throughput ratio to direct over all slices; gw m, fl m: the media
 /// streamed as they are; no parsing, sessions, credentials, health or middleware.
 async fn bare_passthrough(upstream: &str) -> String {
     use http_body_util::BodyExt;
-    let client = mreg::proxy::client::gateway_client().expect("client");
+    // The same client as the gateway's, with its egress guard (loopback allowed, as without
+    // authentication).
+    let egress = std::sync::Arc::new(mreg::egress::Egress::new(true, Vec::new(), None));
+    let client = mreg::proxy::client::gateway_client(egress).expect("client");
     let target: axum::http::Uri = upstream.parse().expect("uri");
     let router = axum::Router::new().route(
         "/mcp",

@@ -159,6 +159,8 @@ async fn start(settings: &[(&str, &str)]) -> anyhow::Result<mreg::app::Running> 
         ("MREG_API_PORT", "0"),
         ("MREG_LOG", "warn"),
         ("MREG_HEALTH_ENABLED", "false"),
+        // The benchmark's upstream listens on loopback.
+        ("MREG_UPSTREAM_ALLOW", "127.0.0.0/8"),
     ]
     .iter()
     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

@@ -173,11 +173,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         _ => None,
     };
+    let egress = Arc::new(crate::egress::Egress::new(
+        auth == AuthMode::None,
+        config.upstream_allow.clone(),
+        config.public_url.as_ref(),
+    ));
+    egress.listening_on(&[api_addr, mcp_addr]);
     let state = rest::AppState::new(rest::Shared {
-        registry: Registry::new(stores.servers.clone(), cipher.clone()),
+        registry: Registry::new(stores.servers.clone(), cipher.clone())
+            .with_url_guard(egress.clone()),
         cipher,
-        upstream: crate::proxy::upstream_client()?,
-        gateway: crate::proxy::client::gateway_client()?,
+        upstream: crate::proxy::upstream_client(egress.clone())?,
+        gateway: crate::proxy::client::gateway_client(egress.clone())?,
+        egress,
         health_board: crate::health::HealthBoard::default(),
         stores: stores.clone(),
         cache,

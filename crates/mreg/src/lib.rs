@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod guard;
 pub mod health;
 pub mod login;

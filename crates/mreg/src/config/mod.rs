@@ -254,6 +254,8 @@ pub struct Config {
     /// Extra host names both listeners answer to (besides loopback, their own host and the
     /// public URL's): the names of a load balancer in front of them.
     pub allowed_hosts: Vec<String>,
+    /// Loopback and private upstreams that may be registered with authentication on.
+    pub upstream_allow: Vec<crate::egress::Allowed>,
     /// Local state directory.
     pub data_dir: PathBuf,
     /// Registry database.
@@ -555,6 +557,14 @@ impl Parser<'_> {
                                 )),
                             }
                         })
+                        .collect()
+                })?
+                .unwrap_or_default(),
+            upstream_allow: self
+                .parse("MREG_UPSTREAM_ALLOW", |v| {
+                    v.split([',', ' '])
+                        .filter(|h| !h.is_empty())
+                        .map(crate::egress::Allowed::parse)
                         .collect()
                 })?
                 .unwrap_or_default(),

@@ -79,6 +79,13 @@ pub const SETTINGS: &[Setting] = &[
         "More host names both listeners answer to, comma-separated (e.g. the names of a load balancer); loopback, each listener's own host and the host of MREG_PUBLIC_URL are always accepted. Requests naming another Host, or sent from a page of another Origin, are refused (DNS-rebinding and cross-site protection).",
     ),
     s(
+        "MREG_UPSTREAM_ALLOW",
+        "upstream_allow",
+        None,
+        false,
+        "With authentication on: the loopback and private destinations servers may be registered at, comma-separated CIDRs or host names (e.g. 10.20.0.0/16,mcp.internal.example). Without authentication loopback and private addresses are allowed; link-local and cloud metadata addresses and the gateway's own listeners never are.",
+    ),
+    s(
         "MREG_DATA_DIR",
         "data_dir",
         Some("."),

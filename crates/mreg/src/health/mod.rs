@@ -87,6 +87,14 @@ pub fn ensure_reachable(state: &AppState, server: &Server) -> Result<()> {
 
 /// Probes `server` now, records the result, refreshes its tools, and returns its health.
 pub async fn check_now(state: &AppState, server: &Server) -> Result<Health> {
+    if let Ok(uri) = axum::http::Uri::try_from(server.url.as_str())
+        && let Err(why) = state.egress.check_uri(&uri)
+    {
+        return Err(Error::unavailable(
+            format!("server '{}' (egress refused: {why})", server.name),
+            std::io::Error::other(why.clone()),
+        ));
+    }
     let credentials = state.registry.upstream_headers(server).await?;
     let timeout = state.config.health.timeout;
     let report = probe::probe(&state.upstream, server, credentials.as_ref(), timeout).await;

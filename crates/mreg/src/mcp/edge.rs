@@ -98,6 +98,20 @@ async fn edge<S>(request: Request, inner: S) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
+    if let Some(hops) = request
+        .headers()
+        .get(crate::egress::HOP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        && crate::egress::is_loop(hops)
+    {
+        tracing::warn!(hops, "request loop refused");
+        return rpc::error(
+            StatusCode::LOOP_DETECTED,
+            None,
+            rpc::UPSTREAM_ERROR,
+            "request loop: this request already passed through this gateway; a registered server's URL leads back to it",
+        );
+    }
     let (mut parts, body) = request.into_parts();
     let method = parts.method.clone();
     let mut id = None;

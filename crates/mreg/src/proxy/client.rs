@@ -12,11 +12,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_platform_verifier::BuilderVerifierExt;
 
-/// The proxy's client for upstream MCP servers.
-pub type GatewayClient = Client<HttpsConnector<HttpConnector>, Body>;
+use crate::egress::{Egress, GuardedResolver};
 
-/// Builds the pooled client: 5 s to connect, idle connections kept 90 s, up to 64 per host.
-pub fn gateway_client() -> anyhow::Result<GatewayClient> {
+/// The proxy's client for upstream MCP servers.
+pub type GatewayClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Body>;
+
+/// Builds the pooled client: 5 s to connect, idle connections kept 90 s, up to 64 per host; it
+/// connects only to addresses `egress` admits.
+pub fn gateway_client(egress: Arc<Egress>) -> anyhow::Result<GatewayClient> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -24,7 +27,7 @@ pub fn gateway_client() -> anyhow::Result<GatewayClient> {
         .with_platform_verifier()
         .map_err(|e| anyhow::anyhow!("the platform certificate verifier is unavailable: {e}"))?
         .with_no_client_auth();
-    let mut http = HttpConnector::new();
+    let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(egress));
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));

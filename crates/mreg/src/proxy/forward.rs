@@ -47,6 +47,14 @@ pub async fn forward_one(
         return Err(Error::invalid("params", "must be a JSON object"));
     }
     crate::health::ensure_reachable(state, server)?;
+    if let Ok(uri) = axum::http::Uri::try_from(server.url.as_str())
+        && let Err(why) = state.egress.check_uri(&uri)
+    {
+        return Err(Error::unavailable(
+            format!("server '{}' (egress refused: {why})", server.name),
+            std::io::Error::other(why.clone()),
+        ));
+    }
     let mut headers = HashMap::new();
     for (name, value) in route.upstream_headers.iter().flat_map(|h| h.iter()) {
         if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {

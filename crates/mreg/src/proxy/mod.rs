@@ -12,6 +12,7 @@ pub mod client;
 pub mod forward;
 pub mod rpc;
 pub mod session;
+mod stream;
 
 use std::time::Duration;
 
@@ -50,10 +51,22 @@ const USER_AGENT: &str = concat!("mreg/", env!("CARGO_PKG_VERSION"));
 
 /// The reqwest client for probes and `proxy_request`: pooled, no redirects (an upstream may not
 /// send the gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
-/// server's own timeout for its answer to start.
-pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
+/// server's own timeout for its answer to start. It connects only where `egress` admits, and
+/// marks its requests with this instance's hop.
+pub fn upstream_client(
+    egress: std::sync::Arc<crate::egress::Egress>,
+) -> anyhow::Result<reqwest::Client> {
+    let mut hop = HeaderMap::new();
+    hop.insert(
+        crate::egress::HOP_HEADER,
+        HeaderValue::from_static(crate::egress::instance_id()),
+    );
     reqwest::Client::builder()
         .user_agent(USER_AGENT)
+        .default_headers(hop)
+        .dns_resolver(std::sync::Arc::new(crate::egress::GuardedResolver::new(
+            egress,
+        )))
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(5))
         .pool_idle_timeout(Duration::from_secs(90))
@@ -289,12 +302,26 @@ async fn proxy(
             }
         },
     };
+    // The instances this request passed, this one added: a URL leading back ends at the edge.
+    let hops = match parts
+        .headers
+        .get(crate::egress::HOP_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(before) => {
+            HeaderValue::from_str(&format!("{before},{}", crate::egress::instance_id()))
+        }
+        None => HeaderValue::from_str(crate::egress::instance_id()),
+    };
     // The caller's headers are kept in place, less those not passed on; then the gateway's own.
     let mut headers = parts.headers;
     keep_only(&mut headers, &FORWARDED_REQUEST_HEADERS, |name| {
         name.as_str().starts_with("mcp-param-")
     });
     headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    if let Ok(hops) = hops {
+        headers.insert(crate::egress::HOP_HEADER, hops);
+    }
     if let Some(id) = upstream_session
         .as_deref()
         .and_then(|id| HeaderValue::from_str(id).ok())
@@ -322,6 +349,16 @@ async fn proxy(
     let Ok(uri) = axum::http::Uri::try_from(server.url.as_str()) else {
         return cannot_address("the server's URL is not a valid request URI");
     };
+    // Names are checked by the client's resolver; an address literal only here.
+    if let Err(why) = state.egress.check_uri(&uri) {
+        tracing::warn!(server = %name, %why, "egress refused");
+        return rpc::error(
+            StatusCode::BAD_GATEWAY,
+            call.id.as_ref(),
+            rpc::UPSTREAM_ERROR,
+            format!("server '{name}' cannot be reached: egress refused: {why}"),
+        );
+    }
     let mut upstream = axum::http::Request::new(body.map(Body::from).unwrap_or_else(Body::empty));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
@@ -409,6 +446,23 @@ where
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let status = parts.status;
+    // A GET opens a stream of server messages: anything else (a metadata document, a page) is
+    // not relayed.
+    if call.method == "stream" && status.is_success() && !is_sse {
+        return rpc::error(
+            StatusCode::BAD_GATEWAY,
+            None,
+            rpc::UPSTREAM_ERROR,
+            format!(
+                "server '{}' answered GET with {}, not an event stream; only text/event-stream is relayed",
+                server.name,
+                headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("no content type")
+            ),
+        );
+    }
     // A tool listing of a server with per-tool rules shows only what the caller may call.
     let lists_tools =
         call.method == "tools/list" || call.batch.iter().any(|c| c.method == "tools/list");
@@ -516,163 +570,6 @@ fn filter_listing(body: &[u8], is_sse: bool, filter: impl Fn(&mut serde_json::Va
         }
     }
     Bytes::from(out)
-}
-
-mod stream {
-    //! The body of a relayed response: the upstream's bytes as they come. For an SSE answer to a
-    //! request, the events are also watched for the response to that request; if the upstream
-    //! ends or breaks off the stream before sending it, one last event tells the client that its
-    //! request failed, instead of leaving it waiting.
-
-    use axum::body::Bytes;
-    use futures_util::{Stream, StreamExt, stream};
-    use serde_json::{Value, json};
-
-    /// Watches SSE events for the response to one request id.
-    struct Watch {
-        id: Value,
-        buffer: String,
-    }
-
-    impl Watch {
-        /// Feeds a chunk; true once the response to `id` has passed.
-        fn answered_by(&mut self, chunk: &[u8]) -> bool {
-            self.buffer
-                .push_str(&String::from_utf8_lossy(chunk).replace("\r\n", "\n"));
-            while let Some(end) = self.buffer.find("\n\n") {
-                let event: String = self.buffer.drain(..end + 2).collect();
-                if super::rpc::sse_event_message(&event)
-                    .is_some_and(|m| super::rpc::is_response_to(&m, &self.id))
-                {
-                    return true;
-                }
-            }
-            false
-        }
-
-        fn failure(&self, server: &str, why: &str) -> Bytes {
-            let event = json!({
-                "jsonrpc": "2.0",
-                "id": self.id,
-                "error": {
-                    "code": super::rpc::UPSTREAM_ERROR,
-                    "message": format!("server '{server}' {why} before answering"),
-                },
-            });
-            Bytes::from(format!("event: message\ndata: {event}\n\n"))
-        }
-    }
-
-    struct State<S> {
-        upstream: S,
-        server: String,
-        watch: Option<Watch>,
-        outcome: super::rpc::StreamOutcome,
-    }
-
-    impl<S> State<S> {
-        /// The last event for a request left unanswered because the upstream `why`.
-        fn unanswered(&self, watch: &Watch, why: &str) -> Bytes {
-            let _ = self
-                .outcome
-                .0
-                .set(format!("server '{}' {why} before answering", self.server));
-            watch.failure(&self.server, why)
-        }
-    }
-
-    /// The body of a streamed answer, completing its audit `entry` when it ends: an error when
-    /// `outcome` says the upstream left the request unanswered, ok otherwise. Dropped before its
-    /// end (the caller went away), the entry records a cancellation.
-    pub fn audited(
-        body: axum::body::Body,
-        entry: crate::audit::Entry,
-        outcome: super::rpc::StreamOutcome,
-    ) -> impl Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
-        stream::unfold(
-            Some((body.into_data_stream(), entry, outcome)),
-            |state| async move {
-                let (mut body, entry, outcome) = state?;
-                match body.next().await {
-                    Some(Ok(bytes)) => Some((Ok(bytes), Some((body, entry, outcome)))),
-                    Some(Err(e)) => {
-                        entry.finish(Err(format!("the stream broke off: {e}")));
-                        Some((Err(e), None))
-                    }
-                    None => {
-                        entry.finish(outcome.0.get().cloned().map_or(Ok(()), Err));
-                        None
-                    }
-                }
-            },
-        )
-    }
-
-    /// The upstream's SSE stream, watched for the answer to `pending`; when the stream ends or
-    /// breaks off first, the client gets a last error event and `outcome` says why.
-    pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
-        upstream: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
-        server: String,
-        pending: Option<Value>,
-        outcome: super::rpc::StreamOutcome,
-    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-        let state = State {
-            upstream: Box::pin(upstream),
-            server,
-            watch: pending.map(|id| Watch {
-                id,
-                buffer: String::new(),
-            }),
-            outcome,
-        };
-        stream::unfold(Some(state), |state| async move {
-            let mut state = state?;
-            match state.upstream.next().await {
-                Some(Ok(bytes)) => {
-                    if state.watch.as_mut().is_some_and(|w| w.answered_by(&bytes)) {
-                        state.watch = None;
-                    }
-                    Some((Ok(bytes), Some(state)))
-                }
-                None => {
-                    let watch = state.watch.take()?;
-                    tracing::warn!(server = %state.server, "upstream ended the stream without answering");
-                    Some((Ok(state.unanswered(&watch, "ended the stream")), None))
-                }
-                Some(Err(e)) => {
-                    let cause = super::root_cause(&e);
-                    tracing::warn!(server = %state.server, %cause, "upstream stream broke off");
-                    match state.watch.take() {
-                        Some(watch) => Some((
-                            Ok(state
-                                .unanswered(&watch, &format!("broke off the stream ({cause})"))),
-                            None,
-                        )),
-                        None => Some((Err(std::io::Error::other(cause)), None)),
-                    }
-                }
-            }
-        })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn the_watch_sees_the_response_across_chunk_boundaries() {
-            let mut watch = Watch {
-                id: json!(7),
-                buffer: String::new(),
-            };
-            assert!(!watch.answered_by(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"));
-            assert!(!watch.answered_by(
-                b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n"
-            ));
-            assert!(!watch.answered_by(b"data: {\"jsonrpc\":\"2.0\",\"id\":7,"));
-            assert!(watch.answered_by(b"\"result\":{}}\r\n\r\n"));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub struct Shared {
     pub upstream: reqwest::Client,
     /// Pooled HTTP client of the proxy's hot path.
     pub gateway: crate::proxy::client::GatewayClient,
+    /// Where the gateway may connect on a caller's behalf.
+    pub egress: Arc<crate::egress::Egress>,
     /// Encryption for secrets at rest and session tokens.
     pub cipher: Arc<crate::crypto::Cipher>,
     /// The database's stores.

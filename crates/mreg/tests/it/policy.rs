@@ -1414,3 +1414,44 @@ async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
     let (status, _, _) = rest(&s.app, reqwest::Method::DELETE, path, &c.alice, None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn with_authentication_on_internal_upstreams_need_the_operators_allow_list() {
+    let Some(s) = setup(&[("MREG_UPSTREAM_ALLOW", "")]).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let upstream = Upstream::start(true).await;
+    for url in [
+        upstream.url.as_str(),
+        "http://10.0.0.8/mcp",
+        "http://192.168.1.20:8080/mcp",
+        "http://[::1]:9/mcp",
+    ] {
+        let (status, _, body) = rest(
+            &s.app,
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &c.alice,
+            Some(json!({"name": "internal", "url": url})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("MREG_UPSTREAM_ALLOW")),
+            "{body}"
+        );
+    }
+    let (_, _, listed) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(listed["servers"], json!([]), "nothing was registered");
+    assert_eq!(upstream.count("POST initialize"), 0);
+}

@@ -726,3 +726,177 @@ async fn foreign_hosts_and_origins_are_refused_on_every_listener_and_route() {
     }
     app.stop().await;
 }
+
+/// Server-side request forgery through registration: what a caller may make the gateway
+/// connect to, with and without authentication, and the gateway itself in a loop.
+#[tokio::test]
+async fn registration_refuses_metadata_link_local_and_the_gateway_itself() {
+    let app = TestApp::spawn().await;
+    let own = format!("http://{}/servers/loop/mcp", app.mcp_addr);
+    let api = format!("http://{}/api/v1/servers", app.addr);
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[fe80::1]/mcp",
+        own.as_str(),
+        api.as_str(),
+        &format!("http://localhost:{}/mcp", app.mcp_addr.port()),
+    ] {
+        let (status, body) = app
+            .post("/api/v1/servers", json!({ "name": "x", "url": url }))
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {body}");
+        assert_eq!(body["field"], "url", "{body}");
+    }
+    // Metadata request headers cannot be stored as "credentials".
+    for name in ["Metadata", "Metadata-Flavor", "X-aws-ec2-metadata-token"] {
+        let (status, body) = app
+            .post(
+                "/api/v1/servers",
+                json!({ "name": "x", "url": "https://x.example.com/mcp",
+                    "upstream_headers": { name: "true" } }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {body}");
+    }
+    let (_, listed) = app.get("/api/v1/servers").await;
+    assert_eq!(listed["servers"], json!([]), "nothing was registered");
+    // Without authentication the local operator may use loopback servers.
+    let upstream = Upstream::start(true).await;
+    app.register("local", json!({ "url": upstream.url })).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_loop_through_another_path_ends_at_once() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("loop", json!({ "url": upstream.url })).await;
+    // A way back in the registration check cannot see: a TCP relay (as a reverse proxy in front
+    // of the gateway would be) on another port.
+    let relay = crate::support::ChaosProxy::start(app.mcp_addr).await;
+    let through_relay = format!("http://{}/servers/loop/mcp", relay.addr);
+    let (status, body) = app
+        .patch("/api/v1/servers/loop", json!({ "url": through_relay }))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a relay is not the gateway's own address: {body}"
+    );
+    let started = Instant::now();
+    let (status, _, answer) = post(&app, "loop", None, &initialize("2025-11-25")).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the loop ended at once"
+    );
+    assert_eq!(status, StatusCode::LOOP_DETECTED, "{answer}");
+    let body: Value = serde_json::from_str(&answer).expect("a JSON-RPC error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("request loop")),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_get_relays_only_an_event_stream() {
+    let app = TestApp::spawn().await;
+    // An "upstream" that answers GET with a JSON document, as a metadata service would.
+    let router = axum::Router::new().route(
+        "/mcp",
+        axum::routing::get(|| async {
+            axum::Json(json!({ "access_token": "the-hosts-identity-token" }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    app.register("doc", json!({ "url": format!("http://{addr}/mcp") }))
+        .await;
+    let answer = app
+        .http
+        .get(format!("http://{}/servers/doc/mcp", app.mcp_addr))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
+    let text = answer.text().await.expect("body");
+    assert!(!text.contains("identity-token"), "{text}");
+    assert!(text.contains("only text/event-stream is relayed"), "{text}");
+    app.stop().await;
+}
+
+/// An upstream that answers `initialize` and then breaks every tool call off in the middle of
+/// its SSE event (`data: {"jsonrpc":"2.0","id":7,"res` and the end of the stream).
+async fn broken_off_upstream() -> String {
+    let router = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: axum::Json<Value>| async move {
+            use axum::response::IntoResponse;
+            let id = body.0["id"].clone();
+            match body.0["method"].as_str() {
+                Some("initialize") => axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": "2025-11-25", "capabilities": { "tools": {} },
+                    "serverInfo": { "name": "broken", "version": "0" } } }))
+                .into_response(),
+                Some("tools/call") => (
+                    [("content-type", "text/event-stream")],
+                    format!("event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":{id},\"res"),
+                )
+                    .into_response(),
+                Some(_) if id.is_null() => StatusCode::ACCEPTED.into_response(),
+                Some(_) => axum::Json(json!({ "jsonrpc": "2.0", "id": id,
+                    "error": { "code": -32601, "message": "method not found" } }))
+                .into_response(),
+                None => StatusCode::BAD_REQUEST.into_response(),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{addr}/mcp")
+}
+
+#[tokio::test]
+async fn sdk_clients_see_the_gateways_error_after_an_event_broken_off_mid_json() {
+    let app = TestApp::spawn().await;
+    app.register("broken", json!({ "url": broken_off_upstream().await }))
+        .await;
+    let url = format!("http://{}/servers/broken/mcp", app.mcp_addr);
+    let command = ["call", "echo", r#"{"text":"hi"}"#];
+    let mut answers = Vec::new();
+    if let Some(python) = crate::interop::python_peers() {
+        answers.push((
+            "python",
+            crate::interop::py_client(&python, &url, &["--mode", "legacy"], &command).await,
+        ));
+    }
+    if crate::interop::peers_available() {
+        answers.push((
+            "typescript",
+            crate::interop::ts_client(&url, &[], &command).await,
+        ));
+    }
+    for (sdk, (ok, answer)) in answers {
+        assert!(!ok, "{sdk}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("server 'broken' ended the stream before answering"),
+            "{sdk} shows {answer}"
+        );
+    }
+    app.stop().await;
+}

@@ -143,6 +143,11 @@ pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
         ("MREG_SHUTDOWN_GRACE_SECS".to_owned(), "2".to_owned()),
         // Tests register made-up URLs; only the health tests turn the monitor on.
         ("MREG_HEALTH_ENABLED".to_owned(), "false".to_owned()),
+        // Test upstreams listen on loopback, also behind a gateway with authentication on.
+        (
+            "MREG_UPSTREAM_ALLOW".to_owned(),
+            "127.0.0.0/8,::1/128".to_owned(),
+        ),
     ];
     env.extend(
         extra

@@ -1,0 +1,335 @@
+//! The body of a relayed response: the upstream's bytes as they come. For an SSE answer to a
+//! request, the events are also watched for the response to that request; if the upstream
+//! ends or breaks off the stream before sending it, one last event tells the client that its
+//! request failed, instead of leaving it waiting. An event the upstream broke off in the middle
+//! is first terminated as an event of another type, which clients discard, so that the client
+//! parses the gateway's error rather than a fragment of JSON.
+//!
+//! The watch scans each byte once (the search for the blank line that ends an event resumes
+//! where it stopped) and holds at most [`MAX_WATCHED_EVENT`] bytes of one event: an answer
+//! larger than that is passed on unwatched.
+
+use axum::body::Bytes;
+use futures_util::{Stream, StreamExt, stream};
+use serde_json::{Value, json};
+
+/// Most bytes of one event the watch holds.
+const MAX_WATCHED_EVENT: usize = 16 * 1024 * 1024;
+
+/// The type given to an event the upstream broke off: not `message`, so clients ignore it.
+const DISCARDED_EVENT: &str = "mreg-discarded";
+
+/// What the watch has seen so far.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    /// The response to the request passed.
+    Answered,
+    /// Not yet.
+    Pending,
+    /// One event grew past [`MAX_WATCHED_EVENT`]: no longer watched.
+    TooLarge,
+}
+
+/// Watches SSE events for the response to one request id.
+struct Watch {
+    id: Value,
+    /// The current event so far, line ends made `\n`.
+    buffer: Vec<u8>,
+    /// Where the search for the end of the event resumes.
+    scanned: usize,
+    /// The last chunk ended with `\r`: a `\n` starting the next belongs to it.
+    carriage: bool,
+    /// Bytes examined in all, to check that each is examined a bounded number of times.
+    #[cfg(test)]
+    examined: usize,
+}
+
+impl Watch {
+    fn new(id: Value) -> Self {
+        Self {
+            id,
+            buffer: Vec::new(),
+            scanned: 0,
+            carriage: false,
+            #[cfg(test)]
+            examined: 0,
+        }
+    }
+
+    /// Appends `chunk` with its line ends (`\r\n`, `\r`, `\n`) made `\n`.
+    fn append(&mut self, chunk: &[u8]) {
+        if !self.carriage && !chunk.contains(&b'\r') {
+            self.buffer.extend_from_slice(chunk);
+            return;
+        }
+        for &byte in chunk {
+            match (byte, self.carriage) {
+                (b'\n', true) => self.carriage = false,
+                (b'\r', _) => {
+                    self.buffer.push(b'\n');
+                    self.carriage = true;
+                }
+                (other, _) => {
+                    self.buffer.push(other);
+                    self.carriage = false;
+                }
+            }
+        }
+    }
+
+    /// Feeds a chunk.
+    fn feed(&mut self, chunk: &[u8]) -> Seen {
+        self.append(chunk);
+        loop {
+            let from = self.scanned.saturating_sub(1);
+            #[cfg(test)]
+            {
+                self.examined += self.buffer.len() - from;
+            }
+            let Some(end) = self.buffer[from..]
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|at| from + at + 2)
+            else {
+                self.scanned = self.buffer.len();
+                if self.buffer.len() > MAX_WATCHED_EVENT {
+                    self.buffer = Vec::new();
+                    return Seen::TooLarge;
+                }
+                return Seen::Pending;
+            };
+            let answered =
+                super::rpc::sse_event_message(&String::from_utf8_lossy(&self.buffer[..end]))
+                    .is_some_and(|m| super::rpc::is_response_to(&m, &self.id));
+            self.buffer.drain(..end);
+            self.scanned = 0;
+            if answered {
+                return Seen::Answered;
+            }
+        }
+    }
+
+    /// The last bytes for a request left unanswered: the broken-off event, if any, terminated
+    /// as one clients discard, then the error.
+    fn failure(&self, server: &str, why: &str) -> Bytes {
+        let event = json!({
+            "jsonrpc": "2.0",
+            "id": self.id,
+            "error": {
+                "code": super::rpc::UPSTREAM_ERROR,
+                "message": format!("server '{server}' {why} before answering"),
+            },
+        });
+        let mut out = String::new();
+        if !self.buffer.is_empty() {
+            if !self.carriage && self.buffer.last() != Some(&b'\n') {
+                out.push('\n');
+            }
+            out.push_str("event: ");
+            out.push_str(DISCARDED_EVENT);
+            out.push_str("\n\n");
+        }
+        out.push_str(&format!("event: message\ndata: {event}\n\n"));
+        Bytes::from(out)
+    }
+}
+
+struct State<S> {
+    upstream: S,
+    server: String,
+    watch: Option<Watch>,
+    outcome: super::rpc::StreamOutcome,
+}
+
+impl<S> State<S> {
+    /// The last event for a request left unanswered because the upstream `why`.
+    fn unanswered(&self, watch: &Watch, why: &str) -> Bytes {
+        let _ = self
+            .outcome
+            .0
+            .set(format!("server '{}' {why} before answering", self.server));
+        watch.failure(&self.server, why)
+    }
+}
+
+/// The body of a streamed answer, completing its audit `entry` when it ends: an error when
+/// `outcome` says the upstream left the request unanswered, ok otherwise. Dropped before its
+/// end (the caller went away), the entry records a cancellation.
+pub fn audited(
+    body: axum::body::Body,
+    entry: crate::audit::Entry,
+    outcome: super::rpc::StreamOutcome,
+) -> impl Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
+    stream::unfold(
+        Some((body.into_data_stream(), entry, outcome)),
+        |state| async move {
+            let (mut body, entry, outcome) = state?;
+            match body.next().await {
+                Some(Ok(bytes)) => Some((Ok(bytes), Some((body, entry, outcome)))),
+                Some(Err(e)) => {
+                    entry.finish(Err(format!("the stream broke off: {e}")));
+                    Some((Err(e), None))
+                }
+                None => {
+                    entry.finish(outcome.0.get().cloned().map_or(Ok(()), Err));
+                    None
+                }
+            }
+        },
+    )
+}
+
+/// The upstream's SSE stream, watched for the answer to `pending`; when the stream ends or
+/// breaks off first, the client gets a last error event and `outcome` says why.
+pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
+    upstream: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
+    server: String,
+    pending: Option<Value>,
+    outcome: super::rpc::StreamOutcome,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    let state = State {
+        upstream: Box::pin(upstream),
+        server,
+        watch: pending.map(Watch::new),
+        outcome,
+    };
+    stream::unfold(Some(state), |state| async move {
+        let mut state = state?;
+        match state.upstream.next().await {
+            Some(Ok(bytes)) => {
+                match state.watch.as_mut().map(|w| w.feed(&bytes)) {
+                    Some(Seen::Answered) => state.watch = None,
+                    Some(Seen::TooLarge) => {
+                        tracing::debug!(server = %state.server, "an SSE event is too large to watch; passed on unwatched");
+                        state.watch = None;
+                    }
+                    Some(Seen::Pending) | None => {}
+                }
+                Some((Ok(bytes), Some(state)))
+            }
+            None => {
+                let watch = state.watch.take()?;
+                tracing::warn!(server = %state.server, "upstream ended the stream without answering");
+                Some((Ok(state.unanswered(&watch, "ended the stream")), None))
+            }
+            Some(Err(e)) => {
+                let cause = super::root_cause(&e);
+                tracing::warn!(server = %state.server, %cause, "upstream stream broke off");
+                match state.watch.take() {
+                    Some(watch) => Some((
+                        Ok(state.unanswered(&watch, &format!("broke off the stream ({cause})"))),
+                        None,
+                    )),
+                    None => Some((Err(std::io::Error::other(cause)), None)),
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watch_sees_the_response_across_chunk_boundaries() {
+        let mut watch = Watch::new(json!(7));
+        assert_eq!(
+            watch.feed(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"),
+            Seen::Pending
+        );
+        assert_eq!(
+            watch.feed(b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n"),
+            Seen::Pending
+        );
+        assert_eq!(
+            watch.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":7,"),
+            Seen::Pending
+        );
+        assert_eq!(watch.feed(b"\"result\":{}}\r"), Seen::Pending);
+        assert_eq!(
+            watch.feed(b"\n\r\n"),
+            Seen::Answered,
+            "CRLF split across chunks"
+        );
+        let mut cr_only = Watch::new(json!(1));
+        assert_eq!(
+            cr_only.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\r\r"),
+            Seen::Answered,
+            "bare CR line ends"
+        );
+    }
+
+    #[test]
+    fn each_byte_is_examined_a_bounded_number_of_times() {
+        // One 8 MiB event in 64 KiB chunks: the old search went over the whole buffer on every
+        // chunk (quadratic).
+        let mut watch = Watch::new(json!(1));
+        let mut event = br#"data: {"jsonrpc":"2.0","id":1,"result":{"text":""#.to_vec();
+        event.extend(std::iter::repeat_n(b'x', 8 * 1024 * 1024));
+        event.extend_from_slice(b"\"}}\n\n");
+        let mut seen = Seen::Pending;
+        for chunk in event.chunks(64 * 1024) {
+            seen = watch.feed(chunk);
+        }
+        assert_eq!(seen, Seen::Answered);
+        assert!(
+            watch.examined <= 2 * event.len(),
+            "examined {} bytes of {}",
+            watch.examined,
+            event.len()
+        );
+    }
+
+    #[test]
+    fn an_event_that_never_ends_is_not_buffered_without_bound() {
+        let mut watch = Watch::new(json!(1));
+        let line = b"data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n".repeat(1024);
+        let mut seen = Seen::Pending;
+        let mut fed = 0;
+        while seen == Seen::Pending {
+            seen = watch.feed(&line);
+            fed += line.len();
+            assert!(fed <= MAX_WATCHED_EVENT + 2 * line.len(), "still watching");
+        }
+        assert_eq!(seen, Seen::TooLarge);
+        assert!(watch.buffer.is_empty());
+    }
+
+    #[test]
+    fn a_broken_off_event_is_terminated_as_one_clients_discard() {
+        let mut watch = Watch::new(json!(7));
+        assert_eq!(
+            watch.feed(b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"res"),
+            Seen::Pending
+        );
+        let failure =
+            String::from_utf8(watch.failure("s", "broke off the stream").to_vec()).expect("text");
+        assert!(
+            failure.starts_with("\nevent: mreg-discarded\n\nevent: message\ndata: "),
+            "{failure:?}"
+        );
+        // What a client's SSE parser then sees: the fragment as an event of another type, and
+        // the error as a message.
+        let mut whole = b"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"res".to_vec();
+        whole.extend_from_slice(failure.as_bytes());
+        let text = String::from_utf8(whole).expect("text");
+        let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[0].contains("event: mreg-discarded"));
+        let error = super::super::rpc::sse_event_message(events[1]).expect("JSON");
+        assert_eq!(error["id"], 7);
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("server 's'"))
+        );
+        // A stream that ended between events needs no terminator.
+        let clean = Watch::new(json!(7));
+        assert!(
+            clean
+                .failure("s", "ended the stream")
+                .starts_with(b"event: message")
+        );
+    }
+}
