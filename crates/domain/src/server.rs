@@ -170,10 +170,15 @@ impl Transport {
     pub fn parse_field(raw: &str, field: &str) -> Result<Self> {
         match raw {
             "streamable-http" => Ok(Self::StreamableHttp),
-            "sse" => Ok(Self::Sse),
+            // Stored registrations may still say `sse`; new ones may not until the gateway can
+            // bridge the legacy transport.
+            "sse" => Err(Error::invalid(
+                field,
+                "the legacy HTTP+SSE transport (sse) is not supported yet: the gateway cannot reach such a server (bridging is planned, with federation); register the server's streamable-http endpoint",
+            )),
             other => Err(Error::invalid(
                 field,
-                format!("unknown transport '{other}'; use streamable-http or sse"),
+                format!("unknown transport '{other}'; use streamable-http"),
             )),
         }
     }
@@ -775,6 +780,9 @@ impl ServerQuery {
                     "q",
                     format!("is longer than {MAX_QUERY_CHARS} characters"),
                 ));
+            }
+            Some(t) if t.contains('\0') => {
+                return Err(Error::invalid("q", "must not contain a NUL character"));
             }
             Some(t) => Some(t.to_lowercase()),
         };

@@ -193,6 +193,17 @@ async fn serve(config: config::Config) -> anyhow::Result<()> {
 }
 
 async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
+    // A maintenance command reads the gateway's database; it never makes an empty one (which
+    // would verify as "empty" in the wrong directory).
+    if let config::DatabaseConfig::Sqlite { path } = &config.database
+        && !path.exists()
+    {
+        eprintln!(
+            "mreg: no database at {}: run this where the gateway keeps its data, or set MREG_DATA_DIR or MREG_DATABASE_URL",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let stores = match store::connect(config).await {
         Ok(stores) => stores,
         Err(e) => {

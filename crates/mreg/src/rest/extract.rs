@@ -25,6 +25,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        // No filter or search text holds a NUL (PostgreSQL refuses it in text, and SQLite's
+        // LIKE with one matched everything).
+        if let Some(query) = parts.uri.query()
+            && let Some((key, _)) = url::form_urlencoded::parse(query.as_bytes())
+                .find(|(_, value)| value.contains('\0'))
+        {
+            return Err(domain::Error::invalid(
+                key.into_owned(),
+                "must not contain a NUL character",
+            )
+            .into());
+        }
         let axum::extract::Query(value) =
             axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Self(value))

@@ -80,6 +80,27 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &[("MREG_URL", url)],
     )
     .await;
+    assert!(!out.status.success(), "sse is refused until it is bridged");
+    assert!(
+        stderr(&out).contains("legacy HTTP+SSE transport (sse) is not supported yet"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &dir,
+        &[
+            "servers",
+            "add",
+            "files",
+            "https://files.example.com/mcp",
+            "--transport",
+            "streamable-http",
+            "--metadata",
+            r#"{"team":"storage"}"#,
+        ],
+        &[("MREG_URL", url)],
+    )
+    .await;
     assert!(out.status.success(), "{}", stderr(&out));
 
     let out = run(&dir, &["servers", "--url", url, "list"], &[]).await;
@@ -88,7 +109,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("NAME"), "{table}");
     assert!(
-        lines[1].starts_with("files ") && lines[1].contains("sse"),
+        lines[1].starts_with("files ") && lines[1].contains("streamable-http"),
         "{table}"
     );
     assert!(
@@ -416,5 +437,17 @@ async fn serve_runs_until_sigterm_and_exits_cleanly() {
     assert!(
         log.contains("received SIGTERM") && log.contains("stopped"),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn audit_verify_never_creates_a_database() {
+    let dir = TempDir::new();
+    let out = run(&dir, &["audit", "verify"], &[]).await;
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(stderr(&out).contains("no database at"), "{}", stderr(&out));
+    assert!(
+        !dir.0.join("mreg.db").exists(),
+        "the wrong directory stays as it was"
     );
 }

@@ -22,7 +22,7 @@ async fn servers_are_listed_in_the_server_json_shape_with_mreg_extras_in_meta() 
     let created = app
         .register(
             "weather",
-            json!({ "description": "Forecasts", "tags": ["geo"], "version": "1.2.0", "transport": "sse", "metadata": { "team": "geo" } }),
+            json!({ "description": "Forecasts", "tags": ["geo"], "version": "1.2.0", "transport": "streamable-http", "metadata": { "team": "geo" } }),
         )
         .await;
     app.register("disabled", json!({ "status": "disabled" }))
@@ -38,7 +38,7 @@ async fn servers_are_listed_in_the_server_json_shape_with_mreg_extras_in_meta() 
     assert_eq!(weather["server"]["version"], "1.2.0");
     assert_eq!(
         weather["server"]["remotes"],
-        json!([{ "type": "sse", "url": "https://weather.example.com/mcp" }])
+        json!([{ "type": "streamable-http", "url": "https://weather.example.com/mcp" }])
     );
     assert!(
         weather["server"]["$schema"]
