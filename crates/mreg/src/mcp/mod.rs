@@ -44,8 +44,19 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         .layer(track.clone())
         .layer(edge::EdgeLayer)
         .layer(crate::authn::AuthLayer::new(state.clone()));
+    let own = Router::new().nest_service("/mcp", tools);
+    // With authentication on, a session belongs to whoever opened it: its id is sealed with the
+    // caller, as the proxy's are (without it, everyone is the one local operator).
+    let own = if oauth.is_some() {
+        own.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bind_session,
+        ))
+    } else {
+        own
+    };
     let mut router = Router::new()
-        .nest_service("/mcp", tools)
+        .merge(own)
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
         .layer(chain)
         .with_state(state);
@@ -53,4 +64,56 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
         router = router.merge(crate::oauth::router(oauth).layer(track));
     }
     router.layer(crate::guard::GuardLayer::new(hosts))
+}
+
+/// The header carrying a session id.
+const SESSION_HEADER: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("mcp-session-id");
+
+/// Binds `/mcp` sessions to the caller that opened them: the client holds the session id sealed
+/// with its subject and tenant; another caller presenting it (or a raw rmcp id) is told the
+/// session does not exist.
+async fn bind_session(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let Some(caller) = request
+        .extensions()
+        .get::<Arc<domain::Principal>>()
+        .cloned()
+    else {
+        return next.run(request).await;
+    };
+    if let Some(token) = request.headers().get(SESSION_HEADER) {
+        let opened = token.to_str().ok().and_then(|t| {
+            crate::proxy::session::open(state.cipher.as_ref(), t, uuid::Uuid::nil(), &caller)
+        });
+        match opened.and_then(|raw| axum::http::HeaderValue::from_str(&raw).ok()) {
+            Some(raw) => {
+                request.headers_mut().insert(SESSION_HEADER, raw);
+            }
+            None => {
+                return crate::proxy::rpc::error(
+                    axum::http::StatusCode::NOT_FOUND,
+                    None,
+                    crate::proxy::rpc::SESSION_NOT_FOUND,
+                    "session not found; start a new session with initialize",
+                );
+            }
+        }
+    }
+    let mut response = next.run(request).await;
+    let sealed = response
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|raw| {
+            crate::proxy::session::seal(state.cipher.as_ref(), uuid::Uuid::nil(), &caller, raw)
+        })
+        .and_then(|token| axum::http::HeaderValue::from_str(&token).ok());
+    if let Some(sealed) = sealed {
+        response.headers_mut().insert(SESSION_HEADER, sealed);
+    }
+    response
 }

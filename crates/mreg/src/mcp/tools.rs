@@ -406,7 +406,8 @@ impl RegistryTools {
                     }
                     other => other,
                 })?;
-                let hits = self.state.stores.catalog.search_tools(&query).await?;
+                let mut hits = self.state.stores.catalog.search_tools(&query).await?;
+                crate::policy::callable_hits(&self.state.policy, &caller, &mut hits);
                 let mut text = if hits.is_empty() {
                     format!("No tools match '{}'.", args.query)
                 } else {

@@ -454,6 +454,16 @@ impl From<Refusal> for domain::Error {
     }
 }
 
+/// Keeps the catalog hits `principal` may call: the server's roles and the tool's, as the proxy
+/// would decide them (a search does not show what a call would refuse).
+pub fn callable_hits(policy: &Policy, principal: &Principal, hits: &mut Vec<domain::ToolHit>) {
+    hits.retain(|hit| {
+        policy
+            .server(principal, hit.server.as_str(), Some(&hit.tool.name))
+            .is_ok()
+    });
+}
+
 /// Removes from a `tools/list` result of `server` the tools `principal` may not call.
 pub fn filter_tool_list(
     policy: &Policy,

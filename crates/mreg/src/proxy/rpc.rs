@@ -304,15 +304,28 @@ pub fn check_headers(headers: &HeaderMap, call: &McpCall) -> Result<(), (StatusC
             ),
         ));
     }
-    if let (Some(name), Some(body_name)) = (header(&NAME), call.name.as_deref())
-        && !name.starts_with("=?base64?")
-        && name != body_name
-    {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            HEADER_MISMATCH,
-            format!("Mcp-Name header '{name}' does not match the body's '{body_name}'"),
-        ));
+    if let (Some(name), Some(body_name)) = (header(&NAME), call.name.as_deref()) {
+        // A name that is not plain ASCII is sent base64-encoded: `=?base64?…?=`.
+        let decoded = match name
+            .strip_prefix("=?base64?")
+            .and_then(|rest| rest.strip_suffix("?="))
+        {
+            Some(encoded) => {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded)
+                    .ok()
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+            }
+            None => Some(name.to_owned()),
+        };
+        if decoded.as_deref() != Some(body_name) {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                HEADER_MISMATCH,
+                format!("Mcp-Name header '{name}' does not match the body's '{body_name}'"),
+            ));
+        }
     }
     Ok(())
 }
@@ -489,6 +502,21 @@ mod tests {
             check_headers(&headers, &call).map_err(|e| e.1),
             Err(HEADER_MISMATCH)
         );
+        // Base64-encoded names are decoded and compared too: "echo", then "delete".
+        headers.insert("mcp-name", HeaderValue::from_static("=?base64?ZWNobw==?="));
+        assert!(check_headers(&headers, &call).is_ok());
+        for wrong in [
+            "=?base64?ZGVsZXRl?=",
+            "=?base64?not base64?=",
+            "=?base64?ZWNobw==",
+        ] {
+            headers.insert("mcp-name", HeaderValue::from_static(wrong));
+            assert_eq!(
+                check_headers(&headers, &call).map_err(|e| e.1),
+                Err(HEADER_MISMATCH),
+                "{wrong}"
+            );
+        }
         headers.remove("mcp-name");
         headers.insert("mcp-method", HeaderValue::from_static("tools/list"));
         assert_eq!(

@@ -133,7 +133,7 @@ async fn search_tools(
         params.health.as_deref(),
         params.limit,
     )?;
-    Ok(axum::Json(ToolList {
-        tools: state.stores.catalog.search_tools(&query).await?,
-    }))
+    let mut tools = state.stores.catalog.search_tools(&query).await?;
+    crate::policy::callable_hits(&state.policy, &caller, &mut tools);
+    Ok(axum::Json(ToolList { tools }))
 }

@@ -1455,3 +1455,133 @@ async fn with_authentication_on_internal_upstreams_need_the_operators_allow_list
     assert_eq!(listed["servers"], json!([]), "nothing was registered");
     assert_eq!(upstream.count("POST initialize"), 0);
 }
+
+#[tokio::test]
+async fn a_gateway_session_serves_only_the_caller_that_opened_it() {
+    let Some(s) = setup(&[]).await else { return };
+    let c = callers(&s).await;
+    let url = format!("{}/mcp", s.mcp);
+    let opened = mcp_post(
+        &url,
+        Some(&c.alice),
+        None,
+        &rpc_request(1, "initialize", initialize_params()),
+    )
+    .await;
+    assert_eq!(opened.0, StatusCode::OK, "{}", opened.2);
+    let session = opened.1["mcp-session-id"]
+        .to_str()
+        .expect("session")
+        .to_owned();
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let (status, _, _) = mcp_post(&url, Some(&c.alice), Some(&session), &initialized).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let list = rpc_request(2, "tools/list", json!({}));
+    let mine = mcp_post(&url, Some(&c.alice), Some(&session), &list).await;
+    assert_eq!(mine.0, StatusCode::OK, "{}", mine.2);
+    assert!(mine.2["result"]["tools"].is_array(), "{}", mine.2);
+    // Bob presents Alice's session: it does not exist for him.
+    let stolen = mcp_post(&url, Some(&c.bob), Some(&session), &list).await;
+    assert_rpc_error(
+        &stolen,
+        StatusCode::NOT_FOUND,
+        json!(2),
+        -32001,
+        "session not found",
+    );
+    let call = rpc_request(
+        3,
+        "tools/call",
+        json!({ "name": "list_servers", "arguments": {} }),
+    );
+    let stolen = mcp_post(&url, Some(&c.bob), Some(&session), &call).await;
+    assert_eq!(stolen.0, StatusCode::NOT_FOUND, "{}", stolen.2);
+    // Alice's session still serves her.
+    let again = mcp_post(&url, Some(&c.alice), Some(&session), &list).await;
+    assert_eq!(again.0, StatusCode::OK, "{}", again.2);
+}
+
+#[tokio::test]
+async fn the_tool_catalog_shows_only_tools_the_caller_may_call() {
+    let dir = TempDir::new();
+    let file = dir.0.join("policy.toml");
+    std::fs::write(
+        &file,
+        "[servers.open]\ntools = { echo = [\"admin\"] }\n\n[servers.vault]\nroles = [\"admin\"]\n",
+    )
+    .expect("policy file");
+    let Some(s) = setup(&[("MREG_POLICY_FILE", file.to_str().expect("path"))]).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let upstream = Upstream::start(false).await;
+    for name in ["open", "vault"] {
+        let (status, _, body) = rest(
+            &s.app,
+            reqwest::Method::POST,
+            "/api/v1/servers",
+            &c.alice,
+            Some(json!({"name": name, "url": upstream.url})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, _, _) = rest(
+            &s.app,
+            reqwest::Method::POST,
+            &format!("/api/v1/servers/{name}/health/check"),
+            &c.alice,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let found = |token: String| {
+        let app = &s.app;
+        async move {
+            let (_, _, hits) = rest(
+                app,
+                reqwest::Method::GET,
+                "/api/v1/tools?limit=100",
+                &token,
+                None,
+            )
+            .await;
+            let mut pairs: Vec<String> = hits["tools"]
+                .as_array()
+                .expect("tools")
+                .iter()
+                .map(|h| {
+                    format!(
+                        "{}/{}",
+                        h["server"].as_str().unwrap_or("?"),
+                        h["tool"]["name"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            pairs.sort();
+            pairs
+        }
+    };
+    let alice = found(c.alice.clone()).await;
+    assert!(
+        alice.contains(&"vault/echo".to_owned()) && alice.contains(&"open/echo".to_owned()),
+        "{alice:?}"
+    );
+    let bob = found(c.bob.clone()).await;
+    assert!(!bob.is_empty(), "bob sees the tools he may call");
+    assert!(
+        bob.iter()
+            .all(|p| p.starts_with("open/") && p != "open/echo"),
+        "no tool of the admin-only server, and not open's admin-only echo: {bob:?}"
+    );
+    // The search_tools tool shows the same.
+    let mcp = mcp_client(&format!("{}/mcp", s.mcp), &c.bob).await;
+    let searched = call(&mcp, "search_tools", json!({"query": "echo"}))
+        .await
+        .expect("search");
+    let text = format!("{searched:?}");
+    assert!(
+        !text.contains("on vault") && !text.contains("echo on open"),
+        "{text}"
+    );
+}
