@@ -14,6 +14,9 @@ pub mod writer;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Most characters of an audit row's `error`.
+const MAX_ERROR_CHARS: usize = 4096;
+
 use aws_lc_rs::digest;
 use domain::Principal;
 use serde::{Deserialize, Serialize};
@@ -469,7 +472,8 @@ impl Entry {
             return;
         };
         outcome.clone_into(&mut self.event.outcome);
-        self.event.error = error;
+        // Bounded like the arguments: the text of an error may come from an upstream.
+        self.event.error = error.map(|e| crate::proxy::clipped(&e, MAX_ERROR_CHARS));
         self.event.duration_us = self.started.elapsed().as_micros() as i64;
         let mut event = std::mem::replace(&mut self.event, blank());
         // Once, here: what is queued is what is hashed, spooled and stored.

@@ -103,7 +103,8 @@ pub async fn forward_one(
                 "method",
                 format!(
                     "server '{name}' answered with error {}: {}",
-                    error.code.0, error.message
+                    error.code.0,
+                    super::clipped(&error.message, super::MAX_UPSTREAM_TEXT_CHARS)
                 ),
             )),
             Err(e) => Err(Error::Unavailable {

@@ -85,13 +85,27 @@ pub fn timeout_of(server: &Server) -> Duration {
     ))
 }
 
-/// Describes a client error by its innermost cause ("Connection refused (os error 111)").
+/// Most characters of upstream-derived text (an error's cause, an upstream's message) the
+/// gateway puts into an answer or an audit row: an upstream controls that text, and a 10 MB
+/// answer of the wrong shape must not become a 10 MB error.
+pub const MAX_UPSTREAM_TEXT_CHARS: usize = 1024;
+
+/// `text`, cut to `max` characters with a note of how long it was.
+pub fn clipped(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
+    }
+}
+
+/// Describes a client error by its innermost cause ("Connection refused (os error 111)"),
+/// clipped to [`MAX_UPSTREAM_TEXT_CHARS`].
 pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    cause.to_string()
+    clipped(&cause.to_string(), MAX_UPSTREAM_TEXT_CHARS)
 }
 
 /// Handles one request to `/servers/{name}/mcp`: one audit row each, opened before anything
@@ -364,7 +378,9 @@ async fn proxy(
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
     let timeout = timeout_of(server);
-    let response = match tokio::time::timeout(timeout, state.gateway.request(upstream)).await {
+    // The server's timeout covers the whole answer to a request, not only its headers.
+    let deadline = tokio::time::Instant::now() + timeout;
+    let response = match tokio::time::timeout_at(deadline, state.gateway.request(upstream)).await {
         Err(_) => {
             return rpc::error(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -402,7 +418,97 @@ async fn proxy(
             ),
         );
     }
-    relay(state, server, caller, &call, response)
+    match checked(response, name, &call, deadline).await {
+        Ok(response) => relay(state, server, caller, &call, response, deadline),
+        Err(refused) => refused,
+    }
+}
+
+/// Largest JSON answer the gateway reads whole to check that it is JSON.
+const MAX_JSON_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// An upstream answer is JSON, an event stream, or empty; an answer to a request that is JSON
+/// is read whole and must parse. Anything else (an HTML error page, a 200 whose "JSON" is not)
+/// becomes a 502 JSON-RPC error naming the server, rather than reaching the client as it came.
+async fn checked<B>(
+    response: axum::http::Response<B>,
+    name: &str,
+    call: &McpCall,
+    deadline: tokio::time::Instant,
+) -> Result<Response, Response>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let empty = matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT)
+        || response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0");
+    let refuse = |why: String| {
+        tracing::warn!(server = %name, %why, "upstream answer refused");
+        rpc::error(
+            StatusCode::BAD_GATEWAY,
+            call.id.as_ref(),
+            rpc::UPSTREAM_ERROR,
+            format!("server '{name}' {why}"),
+        )
+    };
+    let known = essence == "application/json" || essence == "text/event-stream";
+    if !known && !empty && call.method != "session/end" {
+        let shown = if essence.is_empty() {
+            "no content type"
+        } else {
+            essence.as_str()
+        };
+        return Err(refuse(format!(
+            "answered HTTP {} with {}, not JSON or an event stream",
+            status.as_u16(),
+            clipped(shown, 100)
+        )));
+    }
+    if essence != "application/json" || call.id.is_none() {
+        return Ok(response.map(Body::new));
+    }
+    let (parts, body) = response.into_parts();
+    let read = axum::body::to_bytes(Body::new(body), MAX_JSON_ANSWER_BYTES);
+    let bytes = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Err(_) => {
+            return Err(rpc::error(
+                StatusCode::GATEWAY_TIMEOUT,
+                call.id.as_ref(),
+                rpc::UPSTREAM_ERROR,
+                format!("server '{name}' did not finish its answer in time (its timeout_secs)"),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(refuse(format!(
+                "answered with JSON that could not be read whole: {}",
+                root_cause(&e)
+            )));
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(refuse(format!(
+            "answered HTTP {} with a body that is not JSON ({e})",
+            status.as_u16()
+        )));
+    }
+    Ok(Response::from_parts(parts, Body::from(bytes)))
 }
 
 /// Removes from `headers` every header not named in `names` and not `also` kept. Done in place,
@@ -426,6 +532,7 @@ fn relay<B>(
     caller: &domain::Principal,
     call: &McpCall,
     response: axum::http::Response<B>,
+    deadline: tokio::time::Instant,
 ) -> Response
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -493,6 +600,7 @@ where
                 server.name.to_string(),
                 Some(pending),
                 outcome.clone(),
+                deadline,
             ));
             (body, Some(outcome))
         }

@@ -139,6 +139,8 @@ struct State<S> {
     server: String,
     watch: Option<Watch>,
     outcome: super::rpc::StreamOutcome,
+    /// When the answer must have come (the server's `timeout_secs` from the request).
+    deadline: tokio::time::Instant,
 }
 
 impl<S> State<S> {
@@ -180,22 +182,40 @@ pub fn audited(
 }
 
 /// The upstream's SSE stream, watched for the answer to `pending`; when the stream ends or
-/// breaks off first, the client gets a last error event and `outcome` says why.
+/// breaks off first, or the answer has not come by `deadline`, the client gets a last error
+/// event and `outcome` says why.
 pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
     upstream: impl Stream<Item = Result<Bytes, E>> + Send + 'static,
     server: String,
     pending: Option<Value>,
     outcome: super::rpc::StreamOutcome,
+    deadline: tokio::time::Instant,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let state = State {
         upstream: Box::pin(upstream),
         server,
         watch: pending.map(Watch::new),
         outcome,
+        deadline,
     };
     stream::unfold(Some(state), |state| async move {
         let mut state = state?;
-        match state.upstream.next().await {
+        let next = if state.watch.is_some() {
+            match tokio::time::timeout_at(state.deadline, state.upstream.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let watch = state.watch.take()?;
+                    tracing::warn!(server = %state.server, "upstream did not answer within its timeout");
+                    return Some((
+                        Ok(state.unanswered(&watch, "did not answer within its timeout")),
+                        None,
+                    ));
+                }
+            }
+        } else {
+            state.upstream.next().await
+        };
+        match next {
             Some(Ok(bytes)) => {
                 match state.watch.as_mut().map(|w| w.feed(&bytes)) {
                     Some(Seen::Answered) => state.watch = None,

@@ -7,6 +7,7 @@ mod cli;
 mod health;
 mod interop;
 mod mcp_tools;
+mod misbehaving;
 mod oauth;
 mod policy;
 mod proxy;

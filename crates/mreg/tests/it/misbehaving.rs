@@ -1,0 +1,196 @@
+//! An upstream that misbehaves in every way the proxy must survive, one mode per path
+//! (`/{mode}/mcp`), and what a client of the gateway sees of each: garbage, HTML error pages,
+//! plain text, a 10 MB JSON answer, a 40 MB SSE event, SSE without event separators, silence
+//! after the headers, and a body trickled a byte at a time.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Path;
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+async fn answer(Path(mode): Path<String>, body: axum::Json<Value>) -> Response {
+    let id = body.0["id"].clone();
+    let sse = [("content-type", "text/event-stream")];
+    match mode.as_str() {
+        "garbage" => ([("content-type", "application/json")], "this is not json").into_response(),
+        "html500" => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/html")],
+            "<html><body>Internal Server Error: stack trace here</body></html>",
+        )
+            .into_response(),
+        "plain" => ([("content-type", "text/plain")], "hello").into_response(),
+        "bigjson" => axum::Json(json!({ "jsonrpc": "2.0", "id": id,
+            "result": { "text": "x".repeat(10 * 1024 * 1024) } }))
+        .into_response(),
+        "bigsse" => {
+            let event = format!(
+                "event: message\ndata: {}\n\n",
+                json!({ "jsonrpc": "2.0", "id": id, "result": { "text": "y".repeat(40 * 1024 * 1024) } })
+            );
+            let chunks: Vec<Result<Bytes, std::io::Error>> = event
+                .into_bytes()
+                .chunks(64 * 1024)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            (sse, Body::from_stream(futures_util::stream::iter(chunks))).into_response()
+        }
+        "noseparator" => {
+            let line =
+                Bytes::from_static(b"data: zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\n");
+            let lines = futures_util::stream::iter(
+                std::iter::repeat_n(line, 20 * 1024 * 1024 / 57).map(Ok::<_, std::io::Error>),
+            );
+            (sse, Body::from_stream(lines)).into_response()
+        }
+        "silence" => (
+            sse,
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>()),
+        )
+            .into_response(),
+        "trickle" => {
+            let text = json!({ "jsonrpc": "2.0", "id": id, "result": {} }).to_string();
+            let bytes: Vec<u8> = text.into_bytes();
+            let slow = futures_util::stream::iter(bytes).then(|b| async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Ok::<_, std::io::Error>(Bytes::from(vec![b]))
+            });
+            (
+                [("content-type", "application/json")],
+                Body::from_stream(slow),
+            )
+                .into_response()
+        }
+        _ => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Starts the misbehaving upstream on loopback.
+async fn start() -> SocketAddr {
+    let router = axum::Router::new().route("/{mode}/mcp", axum::routing::post(answer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    addr
+}
+
+async fn call(app: &TestApp, server: &str) -> (StatusCode, String, Duration) {
+    let started = Instant::now();
+    let response = app
+        .http
+        .post(format!("http://{}/servers/{server}/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({ "jsonrpc": "2.0", "id": 41, "method": "tools/call",
+            "params": { "name": "echo", "arguments": {} } }))
+        .send()
+        .await
+        .expect("send");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    (status, text, started.elapsed())
+}
+
+async fn app_with_every_mode() -> TestApp {
+    let app = TestApp::spawn().await;
+    let upstream = start().await;
+    for mode in [
+        "garbage",
+        "html500",
+        "plain",
+        "bigjson",
+        "bigsse",
+        "noseparator",
+        "silence",
+        "trickle",
+    ] {
+        // Short timeouts where the timeout is the point; room for the large answers.
+        let timeout = if mode.starts_with("big") || mode == "noseparator" {
+            120
+        } else {
+            2
+        };
+        app.register(
+            mode,
+            json!({ "url": format!("http://{upstream}/{mode}/mcp"), "timeout_secs": timeout }),
+        )
+        .await;
+    }
+    app
+}
+
+#[tokio::test]
+async fn garbage_html_and_plain_text_become_json_rpc_errors_naming_the_server() {
+    let app = app_with_every_mode().await;
+    for (server, says) in [
+        ("garbage", "a body that is not JSON"),
+        ("html500", "answered HTTP 500 with text/html"),
+        ("plain", "answered HTTP 200 with text/plain"),
+    ] {
+        let (status, text, _) = call(&app, server).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{server}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("a JSON-RPC error");
+        assert_eq!(body["id"], 41, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("server '{server}'")) && message.contains(says),
+            "{server}: {message}"
+        );
+        assert!(
+            !text.contains("stack trace"),
+            "the page is not relayed: {text}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn large_answers_pass_whole_and_endless_events_stay_bounded() {
+    let app = app_with_every_mode().await;
+    let (status, text, _) = call(&app, "bigjson").await;
+    assert_eq!(status, StatusCode::OK);
+    let body: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        body["result"]["text"].as_str().map(str::len),
+        Some(10 * 1024 * 1024)
+    );
+    // A guard against the quadratic scan the watch once did (about 25 s of CPU for 40 MB).
+    let (status, text, took) = call(&app, "bigsse").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.len() > 40 * 1024 * 1024, "{}", text.len());
+    assert!(!text.contains("before answering"), "the answer was seen");
+    assert!(took < Duration::from_secs(20), "40 MB took {took:?}");
+    // Data lines without an event separator: passed through; the watch gives up, not memory.
+    let (status, text, _) = call(&app, "noseparator").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.len() >= 20 * 1024 * 1024 - 64, "{}", text.len());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_servers_timeout_covers_the_whole_answer() {
+    let app = app_with_every_mode().await;
+    // SSE headers, then silence: the client gets an error event for its request.
+    let (status, text, took) = call(&app, "silence").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("server 'silence' did not answer within its timeout before answering")
+            || text.contains("server 'silence' did not answer within its timeout"),
+        "{text}"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // A JSON body at a byte every 200 ms: 504 at the timeout.
+    let (status, text, took) = call(&app, "trickle").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
+    assert!(text.contains("server 'trickle'"), "{text}");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    app.stop().await;
+}
