@@ -308,6 +308,15 @@ where
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(bytes) => bytes,
+        Err(e) if !crate::mcp::edge::too_large(&e) => {
+            let message = format!(
+                "the request body cannot be read: {}",
+                crate::proxy::root_cause(&e)
+            );
+            entry.finish(Err(message.clone()));
+            return ApiError::new(axum::http::StatusCode::BAD_REQUEST, "bad_request", message)
+                .into_response();
+        }
         Err(_) => {
             let message = format!(
                 "the request body is larger than {} bytes (MREG_MAX_BODY_BYTES)",

@@ -167,7 +167,7 @@ pub const SETTINGS: &[Setting] = &[
         "log.level",
         Some("info"),
         false,
-        "Log filter (tracing EnvFilter syntax, e.g. info or mreg=debug,sqlx=warn).",
+        "Log filter (tracing EnvFilter syntax, e.g. info or mreg=debug,sqlx=warn). A bare info, warn or error keeps the libraries' chatter (rmcp, sqlx) at warn; colours only on a terminal.",
     ),
     s(
         "MREG_LOG_FORMAT",

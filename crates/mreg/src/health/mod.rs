@@ -28,20 +28,45 @@ use crate::rest::AppState;
 
 /// The current health of every server, as this instance knows it.
 #[derive(Clone, Default)]
-pub struct HealthBoard(Arc<RwLock<HashMap<Uuid, HealthStatus>>>);
+pub struct HealthBoard {
+    statuses: Arc<RwLock<HashMap<Uuid, HealthStatus>>>,
+    /// When traffic last made this instance probe an unhealthy server.
+    retried: Arc<std::sync::Mutex<HashMap<Uuid, std::time::Instant>>>,
+}
+
+/// How often traffic to an unhealthy server may trigger a probe of it.
+const RETRY_EVERY: Duration = Duration::from_secs(5);
 
 impl HealthBoard {
     /// The status of a server (unknown when never probed).
     pub fn get(&self, server: Uuid) -> HealthStatus {
-        self.0
+        self.statuses
             .read()
             .map(|map| map.get(&server).copied().unwrap_or_default())
             .unwrap_or_default()
     }
 
     fn set(&self, server: Uuid, status: HealthStatus) {
-        if let Ok(mut map) = self.0.write() {
+        if let Ok(mut map) = self.statuses.write() {
             map.insert(server, status);
+        }
+    }
+
+    /// Whether traffic may trigger a probe of `server` now (at most every [`RETRY_EVERY`]).
+    fn may_retry(&self, server: Uuid) -> bool {
+        let Ok(mut retried) = self.retried.lock() else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        match retried.get(&server) {
+            Some(at) if now.duration_since(*at) < RETRY_EVERY => false,
+            _ => {
+                if retried.len() > 10_000 {
+                    retried.clear();
+                }
+                retried.insert(server, now);
+                true
+            }
         }
     }
 }
@@ -74,9 +99,19 @@ pub fn ensure_reachable(state: &AppState, server: &Server) -> Result<()> {
         });
     }
     if state.health_board.get(server.id) == HealthStatus::Unhealthy {
+        // Half-open: a call to a server that may have come back probes it now (rate-limited),
+        // so that recovery does not wait out the monitor's back-off.
+        if state.health_board.may_retry(server.id) {
+            let (state, server) = (state.clone(), server.clone());
+            tokio::spawn(async move {
+                if let Err(e) = check_now(&state, &server).await {
+                    tracing::debug!(server = %server.name, error = %e, "on-demand probe failed");
+                }
+            });
+        }
         return Err(Error::Unavailable {
             what: format!(
-                "server '{}' (unhealthy: its last health checks failed; the gateway retries it on its own and lets calls through once it answers)",
+                "server '{}' (unhealthy: its last health checks failed; the gateway is probing it again and lets calls through once it answers)",
                 server.name
             ),
             source: None,

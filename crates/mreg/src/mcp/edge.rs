@@ -183,8 +183,9 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Whether reading a body failed because it passed the limit.
-fn too_large(e: &axum::Error) -> bool {
+/// Whether reading a body failed because it passed the limit (rather than because it was
+/// malformed, e.g. a broken chunked encoding, or cut off).
+pub fn too_large(e: &axum::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(error) = cause {
         if error.is::<http_body_util::LengthLimitError>() {

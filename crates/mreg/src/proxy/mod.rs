@@ -468,6 +468,30 @@ where
         )
     };
     let known = essence == "application/json" || essence == "text/event-stream";
+    if !known && !empty && status.is_client_error() {
+        // A refusal (a session that is gone, a GET the server does not stream) keeps its
+        // status, which clients act on; its text becomes a JSON-RPC error naming the server.
+        let (_, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(Body::new(body), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        let code = if status == StatusCode::NOT_FOUND {
+            rpc::SESSION_NOT_FOUND
+        } else {
+            rpc::INVALID_REQUEST
+        };
+        return Err(rpc::error(
+            status,
+            call.id.as_ref(),
+            code,
+            format!(
+                "server '{name}' answered HTTP {}: {}",
+                status.as_u16(),
+                clipped(text.trim(), 200)
+            ),
+        ));
+    }
     if !known && !empty && call.method != "session/end" {
         let shown = if essence.is_empty() {
             "no content type"

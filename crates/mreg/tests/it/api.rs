@@ -243,6 +243,24 @@ async fn malformed_oversized_and_untyped_bodies_are_rejected_clearly() {
     assert!(response.contains("payload_too_large"), "{response}");
     let (_, missing) = app.get("/api/v1/servers/big").await;
     assert_error(&missing, "not_found");
+
+    // A broken chunked encoding is a bad request, not a body too large, on both listeners.
+    let broken = |host: std::net::SocketAddr, path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{{}}\r\n0\r\n\r\n"
+        )
+    };
+    let response = raw_request(app.addr, broken(app.addr, "/api/v1/servers").as_bytes()).await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    for path in ["/mcp", "/servers/big/mcp"] {
+        let response = raw_request(app.mcp_addr, broken(app.mcp_addr, path).as_bytes()).await;
+        assert!(response.starts_with("HTTP/1.1 400"), "{path}: {response}");
+        assert!(
+            response.contains("\"jsonrpc\":\"2.0\""),
+            "{path}: {response}"
+        );
+    }
     app.stop().await;
 }
 

@@ -442,3 +442,57 @@ async fn two_instances_on_one_database_probe_each_server_once_per_interval() {
     );
     db.drop_db().await;
 }
+
+/// Half-open breaker: a call to an unhealthy server that has come back triggers a probe, so
+/// calls go through again at once rather than after the monitor's back-off (here the monitor is
+/// off altogether: only traffic can revive the server).
+#[tokio::test]
+async fn traffic_to_an_unhealthy_server_that_came_back_probes_it_and_goes_through() {
+    let app = TestApp::spawn_with(&[("MREG_HEALTH_UNHEALTHY_AFTER", "1")]).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    app.register("phoenix", json!({ "url": format!("http://{addr}/mcp") }))
+        .await;
+    let (_, report) = app
+        .post("/api/v1/servers/phoenix/health/check", json!({}))
+        .await;
+    assert_eq!(report["current"]["status"], "unhealthy", "{report}");
+    let _revived = Upstream::start_with(Options {
+        addr,
+        ..Options::default()
+    })
+    .await;
+    let send = || {
+        app.http
+            .post(format!("http://{}/servers/phoenix/mcp", app.mcp_addr))
+            .header("accept", "application/json, text/event-stream")
+            .json(
+                &json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": { "name": "t", "version": "0" } } }),
+            )
+            .send()
+    };
+    let first = send().await.expect("send");
+    assert_eq!(
+        first.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "still marked unhealthy"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = send().await.expect("send").status();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server stayed shut off: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, report) = app.get("/api/v1/servers/phoenix/health").await;
+    assert_eq!(report["current"]["status"], "healthy", "{report}");
+    app.stop().await;
+}

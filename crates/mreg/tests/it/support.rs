@@ -241,7 +241,21 @@ impl TestApp {
             .await
             .expect("metrics");
         assert_eq!(response.status(), StatusCode::OK, "/metrics answers");
-        response.text().await.expect("text")
+        assert!(
+            response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/openmetrics-text")),
+            "labelled as what it is: {:?}",
+            response.headers().get("content-type")
+        );
+        let text = response.text().await.expect("text");
+        assert!(
+            text.ends_with("# EOF\n"),
+            "OpenMetrics ends with # EOF: {text}"
+        );
+        text
     }
 
     /// GET `path`.
