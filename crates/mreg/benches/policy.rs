@@ -213,6 +213,11 @@ async fn chain(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         ("MREG_DATA_DIR", &on_dir.display().to_string()),
         ("FASTMCP_SERVER_PORT", &port_text),
         ("MREG_AUTH", "oauth"),
+        // Authentication on requires an external key.
+        (
+            "MREG_ENCRYPTION_KEY",
+            "YmVuY2gta2V5LWJlbmNoLWtleS1iZW5jaC1rZXktMzI=",
+        ),
         ("AZURE_TENANT_ID", TENANT),
         ("AZURE_CLIENT_ID", CLIENT_ID),
         ("AZURE_CLIENT_SECRET", SECRET),

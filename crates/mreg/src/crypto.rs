@@ -1,11 +1,19 @@
 //! Authenticated encryption (AES-256-GCM, from aws-lc-rs, already in the tree through rustls)
 //! for secrets at rest and for the session tokens handed to MCP clients.
 //!
-//! A sealed value is `nonce (12 bytes) || ciphertext || tag`. The purpose string is the AEAD's
-//! associated data, so a value sealed for one purpose (say, upstream credentials) never opens as
-//! another (a session token).
+//! Each purpose (upstream credentials, signing keys, session tokens, …) seals with a key of its
+//! own, derived from the master key with HKDF-SHA256 (the purpose is the `info`): a busy purpose
+//! (session tokens) does not use up the random-nonce budget of the others, and the purpose is
+//! also the AEAD's associated data. A sealed value is `2 || nonce (12 bytes) || ciphertext ||
+//! tag`. Values sealed before per-purpose keys (`nonce || ciphertext || tag` under the master
+//! key) still open: a value that does not open as the current form is tried as the old one
+//! (both are authenticated, so neither can pass for the other).
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use aws_lc_rs::hkdf::{HKDF_SHA256, Salt};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use domain::{Error, Result, Sealer, SecretStore};
 use secrecy::ExposeSecret;
@@ -15,9 +23,18 @@ use crate::config::Config;
 /// Name of the generated key in the database.
 const KEY_NAME: &str = "encryption-key/v1";
 
-/// An AES-256-GCM key.
+/// The first byte of a value sealed with a per-purpose key.
+const PER_PURPOSE: u8 = 2;
+
+/// The HKDF salt of the per-purpose keys.
+const SALT: &[u8] = b"mreg/seal/v2";
+
+/// A master key and the AES-256-GCM keys derived from it.
 pub struct Cipher {
-    key: LessSafeKey,
+    master: [u8; 32],
+    /// The master key itself, for values sealed before per-purpose keys.
+    legacy: LessSafeKey,
+    derived: RwLock<HashMap<String, std::sync::Arc<LessSafeKey>>>,
     random: SystemRandom,
 }
 
@@ -33,9 +50,46 @@ impl Cipher {
         let unbound = UnboundKey::new(&AES_256_GCM, key)
             .unwrap_or_else(|_| unreachable!("a 32-byte key is valid for AES-256-GCM"));
         Self {
-            key: LessSafeKey::new(unbound),
+            master: *key,
+            legacy: LessSafeKey::new(unbound),
+            derived: RwLock::default(),
             random: SystemRandom::new(),
         }
+    }
+
+    /// The key of `purpose` (derived once, then kept).
+    fn key(&self, purpose: &str) -> std::sync::Arc<LessSafeKey> {
+        if let Some(key) = self
+            .derived
+            .read()
+            .ok()
+            .and_then(|k| k.get(purpose).cloned())
+        {
+            return key;
+        }
+        let info = [purpose.as_bytes()];
+        let prk = Salt::new(HKDF_SHA256, SALT).extract(&self.master);
+        let okm = prk
+            .expand(&info, &AES_256_GCM)
+            .unwrap_or_else(|_| unreachable!("32 bytes are within HKDF-SHA256's output limit"));
+        let key = std::sync::Arc::new(LessSafeKey::new(UnboundKey::from(okm)));
+        if let Ok(mut derived) = self.derived.write() {
+            derived.insert(purpose.to_owned(), key.clone());
+        }
+        key
+    }
+
+    /// Opens `nonce || ciphertext || tag` with `key`.
+    fn open_with(key: &LessSafeKey, purpose: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut body = body.to_vec();
+        key.open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut body)
+            .ok()
+            .map(|plain| plain.to_vec())
     }
 
     /// The configured key (`MREG_ENCRYPTION_KEY`), or the one kept in the database, generated
@@ -62,10 +116,11 @@ impl Sealer for Cipher {
         self.random
             .fill(&mut nonce)
             .unwrap_or_else(|_| panic!("the system random generator failed"));
-        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        out.push(PER_PURPOSE);
         out.extend_from_slice(&nonce);
         let mut body = plaintext.to_vec();
-        self.key
+        self.key(purpose)
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(purpose.as_bytes()),
@@ -77,18 +132,13 @@ impl Sealer for Cipher {
     }
 
     fn open(&self, purpose: &str, sealed: &[u8]) -> Result<Vec<u8>> {
-        let bad = || Error::invalid("sealed value", "cannot be opened");
-        if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
-            return Err(bad());
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| bad())?;
-        let mut body = body.to_vec();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(purpose.as_bytes()), &mut body)
-            .map_err(|_| bad())?;
-        Ok(plain.to_vec())
+        let current = match sealed.split_first() {
+            Some((&PER_PURPOSE, rest)) => Self::open_with(&self.key(purpose), purpose, rest),
+            _ => None,
+        };
+        current
+            .or_else(|| Self::open_with(&self.legacy, purpose, sealed))
+            .ok_or_else(|| Error::invalid("sealed value", "cannot be opened"))
     }
 }
 
@@ -136,5 +186,29 @@ mod tests {
             sealed,
             "every seal uses a fresh nonce"
         );
+    }
+
+    #[test]
+    fn each_purpose_has_its_own_key_and_old_values_still_open() {
+        let cipher = Cipher::new(&[7; 32]);
+        let sealed = cipher.seal("a", b"secret");
+        assert_eq!(sealed[0], PER_PURPOSE);
+        // The same bytes under the master key itself do not open: the key is not the master.
+        assert!(Cipher::open_with(&cipher.legacy, "a", &sealed[1..]).is_none());
+        // A value sealed the old way (master key, no version byte) still opens.
+        let mut nonce = [3_u8; NONCE_LEN];
+        nonce[0] = PER_PURPOSE; // even when its nonce starts like the current form
+        let mut body = b"old secret".to_vec();
+        cipher
+            .legacy
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from("a".as_bytes()),
+                &mut body,
+            )
+            .expect("seal");
+        let old = [nonce.as_slice(), &body].concat();
+        assert_eq!(cipher.open("a", &old).ok(), Some(b"old secret".to_vec()));
+        assert!(cipher.open("b", &old).is_err());
     }
 }

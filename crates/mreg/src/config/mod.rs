@@ -528,6 +528,45 @@ impl Parser<'_> {
     }
 
     fn config(&self) -> Result<Config, ConfigError> {
+        let config = self.assemble()?;
+        if config.auth.mode == AuthMode::OAuth && config.encryption_key.is_none() {
+            return Err(self.error(
+                "MREG_ENCRYPTION_KEY",
+                "is required with authentication on (or MREG_ENCRYPTION_KEY_FILE): the key seals the token-signing keys, and one generated into the database would open for anyone who can read it; make one with `openssl rand -base64 32` and keep it outside the database",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The encryption key: `MREG_ENCRYPTION_KEY`, or the content of `MREG_ENCRYPTION_KEY_FILE`.
+    fn encryption_key(&self) -> Result<Option<std::sync::Arc<SecretBox<[u8; 32]>>>, ConfigError> {
+        let decode = |v: &str| {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.trim())
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v.trim()))
+                .map_err(|_| "is not base64".to_owned())?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| "must be 32 bytes (base64 of `openssl rand 32`)".to_owned())?;
+            Ok(std::sync::Arc::new(SecretBox::new(Box::new(key))))
+        };
+        let inline = self.parse("MREG_ENCRYPTION_KEY", decode)?;
+        let file = self.parse("MREG_ENCRYPTION_KEY_FILE", |path| {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            decode(&text).map_err(|why| format!("{path}: the key {why}"))
+        })?;
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(self.error(
+                "MREG_ENCRYPTION_KEY_FILE",
+                "set either MREG_ENCRYPTION_KEY or MREG_ENCRYPTION_KEY_FILE, not both",
+            )),
+            (key, None) | (None, key) => Ok(key),
+        }
+    }
+
+    fn assemble(&self) -> Result<Config, ConfigError> {
         let data_dir = PathBuf::from(self.required("MREG_DATA_DIR", |v| Ok(v.to_owned()))?);
         Ok(Config {
             api: self.listen("MREG_API_HOST", "MREG_API_PORT")?,
@@ -577,17 +616,7 @@ impl Parser<'_> {
                 },
             )?,
             data_dir: data_dir.clone(),
-            encryption_key: self.parse("MREG_ENCRYPTION_KEY", |v| {
-                use base64::Engine;
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(v)
-                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v))
-                    .map_err(|_| "is not base64".to_owned())?;
-                let key: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| "must be 32 bytes (base64 of `openssl rand 32`)".to_owned())?;
-                Ok(std::sync::Arc::new(SecretBox::new(Box::new(key))))
-            })?,
+            encryption_key: self.encryption_key()?,
             redis_url: self.parse("MREG_REDIS_URL", |v| {
                 let url = Url::parse(v).map_err(|e| format!("not a URL ({e})"))?;
                 match url.scheme() {

@@ -146,7 +146,14 @@ pub const SETTINGS: &[Setting] = &[
         "security.encryption_key",
         None,
         true,
-        "Base64 of 32 random bytes: the AES-256-GCM key for secrets at rest (upstream credentials) and session tokens. Unset: generated once and kept in the database.",
+        "Base64 of 32 random bytes (openssl rand -base64 32): the master key for secrets at rest (upstream credentials, signing keys, grants) and session tokens; one AES-256-GCM key per purpose is derived from it (HKDF-SHA256). Required with authentication on; without, generated once and kept in the database.",
+    ),
+    s(
+        "MREG_ENCRYPTION_KEY_FILE",
+        "security.encryption_key_file",
+        None,
+        false,
+        "A file holding MREG_ENCRYPTION_KEY (base64), e.g. a mounted secret; instead of the variable.",
     ),
     s(
         "MREG_REDIS_URL",

@@ -117,7 +117,7 @@ fn azure_credentials_come_as_a_set_and_are_validated() {
     ])
     .expect_err("a multi-tenant app needs an allowlist");
     assert_eq!(err.setting, "AZURE_ALLOWED_TENANTS");
-    let config = parse(&[
+    let entra = [
         ("AZURE_TENANT_ID", "organizations"),
         ("AZURE_ALLOWED_TENANTS", tenant),
         ("AZURE_CLIENT_ID", client),
@@ -126,8 +126,37 @@ fn azure_credentials_come_as_a_set_and_are_validated() {
             "OAUTH_CALLBACK_URL",
             "https://mreg.example.com/auth/callback",
         ),
-    ])
-    .expect("valid");
+    ];
+    let err = parse(&entra).expect_err("authentication on needs an external key");
+    assert_eq!(err.setting, "MREG_ENCRYPTION_KEY");
+    assert!(err.to_string().contains("outside the database"), "{err}");
+    let key = "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=";
+    let (path, mut file) = tempfile();
+    writeln!(file, "{key}").expect("write");
+    let path = path.display().to_string();
+    let from_file = parse(
+        &[
+            entra.as_slice(),
+            &[("MREG_ENCRYPTION_KEY_FILE", path.as_str())],
+        ]
+        .concat(),
+    )
+    .expect("a key file will do");
+    assert!(from_file.encryption_key.is_some());
+    let both = parse(
+        &[
+            entra.as_slice(),
+            &[
+                ("MREG_ENCRYPTION_KEY_FILE", path.as_str()),
+                ("MREG_ENCRYPTION_KEY", key),
+            ],
+        ]
+        .concat(),
+    )
+    .expect_err("one or the other");
+    assert_eq!(both.setting, "MREG_ENCRYPTION_KEY_FILE");
+    let config =
+        parse(&[entra.as_slice(), &[("MREG_ENCRYPTION_KEY", key)]].concat()).expect("valid");
     assert_eq!(
         config.auth.mode,
         AuthMode::OAuth,

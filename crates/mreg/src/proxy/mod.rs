@@ -305,7 +305,7 @@ async fn proxy(
             .ok()
             .and_then(|t| session::open(state.cipher.as_ref(), t, server.id, caller))
         {
-            Some(upstream) => Some(upstream),
+            Some(upstream) => Some((upstream, token.clone())),
             None => {
                 return rpc::error(
                     StatusCode::NOT_FOUND,
@@ -337,8 +337,8 @@ async fn proxy(
         headers.insert(crate::egress::HOP_HEADER, hops);
     }
     if let Some(id) = upstream_session
-        .as_deref()
-        .and_then(|id| HeaderValue::from_str(id).ok())
+        .as_ref()
+        .and_then(|(id, _)| HeaderValue::from_str(id).ok())
     {
         headers.insert(SESSION_HEADER, id);
     }
@@ -419,7 +419,15 @@ async fn proxy(
         );
     }
     match checked(response, name, &call, deadline).await {
-        Ok(response) => relay(state, server, caller, &call, response, deadline),
+        Ok(response) => relay(
+            state,
+            server,
+            caller,
+            &call,
+            response,
+            deadline,
+            upstream_session.as_ref(),
+        ),
         Err(refused) => refused,
     }
 }
@@ -557,6 +565,7 @@ fn relay<B>(
     call: &McpCall,
     response: axum::http::Response<B>,
     deadline: tokio::time::Instant,
+    presented: Option<&(String, HeaderValue)>,
 ) -> Response
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -564,12 +573,23 @@ where
 {
     let (parts, body) = response.into_parts();
     let mut headers = parts.headers;
+    // The session the client presented comes back under the token it sent: sealed once per
+    // session, not once per response (each seal spends a random nonce).
     let sealed = headers
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
-        .map(|upstream| session::seal(state.cipher.as_ref(), server.id, caller, upstream));
+        .and_then(|upstream| match presented {
+            Some((known, token)) if known == upstream => Some(token.clone()),
+            _ => HeaderValue::from_str(&session::seal(
+                state.cipher.as_ref(),
+                server.id,
+                caller,
+                upstream,
+            ))
+            .ok(),
+        });
     keep_only(&mut headers, &FORWARDED_RESPONSE_HEADERS, |_| false);
-    if let Some(value) = sealed.and_then(|token| HeaderValue::from_str(&token).ok()) {
+    if let Some(value) = sealed {
         headers.insert(SESSION_HEADER, value);
     }
     let is_sse = headers

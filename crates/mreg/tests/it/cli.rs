@@ -337,12 +337,21 @@ async fn check_config_shows_sources_and_hides_secrets() {
             ("AZURE_CLIENT_ID", "835f09b6-0f0f-40cc-85cb-f32c5829a149"),
             ("MREG_DATABASE_URL", "postgres://u:db-secret@h/db"),
             ("MREG_REDIS_URL", "redis://:redis-secret@127.0.0.1:6379"),
+            (
+                "MREG_ENCRYPTION_KEY",
+                "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=",
+            ),
         ],
     )
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for secret in ["dotenv-secret", "db-secret", "redis-secret"] {
+    for secret in [
+        "dotenv-secret",
+        "db-secret",
+        "redis-secret",
+        "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=",
+    ] {
         assert!(!text.contains(secret), "{secret} shown: {text}");
     }
     let line = |var: &str| {

@@ -900,3 +900,51 @@ async fn sdk_clients_see_the_gateways_error_after_an_event_broken_off_mid_json()
     }
     app.stop().await;
 }
+
+/// A session's token is sealed once: an upstream that repeats its session id on every answer
+/// gets the client's own token back (each new seal spends a random AES-GCM nonce).
+#[tokio::test]
+async fn a_session_token_is_sealed_once_not_on_every_answer() {
+    let app = TestApp::spawn().await;
+    let router = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: axum::Json<Value>| async move {
+            let id = body.0["id"].clone();
+            (
+                [("mcp-session-id", "upstream-session-1")],
+                axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": "2025-11-25", "capabilities": {},
+                    "serverInfo": { "name": "repeating", "version": "0" } } })),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    app.register("repeating", json!({ "url": format!("http://{addr}/mcp") }))
+        .await;
+    let (status, token, _) = post(&app, "repeating", None, &initialize("2025-11-25")).await;
+    assert_eq!(status, StatusCode::OK);
+    let token = token.expect("a session token");
+    for id in 1..=3 {
+        let (status, again, body) = post(
+            &app,
+            "repeating",
+            Some(&token),
+            &json!({ "jsonrpc": "2.0", "id": id, "method": "ping" }),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            again.as_deref(),
+            Some(token.as_str()),
+            "the same token comes back"
+        );
+    }
+    // A new session gets a new token.
+    let (_, other, _) = post(&app, "repeating", None, &initialize("2025-11-25")).await;
+    assert_ne!(other.as_deref(), Some(token.as_str()));
+    app.stop().await;
+}

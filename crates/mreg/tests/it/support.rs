@@ -149,6 +149,16 @@ pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
             "127.0.0.0/8,::1/128".to_owned(),
         ),
     ];
+    // Authentication on requires an external encryption key.
+    if extra
+        .iter()
+        .any(|(k, v)| *k == "MREG_AUTH" && *v == "oauth")
+    {
+        env.push((
+            "MREG_ENCRYPTION_KEY".to_owned(),
+            "dGVzdC1rZXktZm9yLW1yZWctdGVzdHMtMzItYnl0ZXM=".to_owned(),
+        ));
+    }
     env.extend(
         extra
             .iter()
