@@ -9,6 +9,10 @@
 //   call NAME JSON_ARGS     (or @FILE holding them)
 //                           -> CallToolResult + protocolVersion, sessionId (+ progress/logs seen)
 //   read URI                -> ReadResourceResult + protocolVersion, sessionId
+//   bench NAME JSON_ARGS [--calls N] [--warmup W]
+//                           -> {"calls","p50_ms","p99_ms","mean_ms","samples_ms"}: one session,
+//                              W unmeasured then N measured sequential tools/call over one
+//                              keep-alive connection (same shape as interop/python/client.py bench)
 // Options:
 //   --header "Name: value"      extra HTTP header on every request (repeatable)
 //   --protocol-version V        protocolVersion to put in the initialize request
@@ -65,8 +69,28 @@ function parseArgs(argv) {
     if (args.length < 1 || args.length > 2) throw new UsageError('usage: call NAME [JSON_ARGS]');
   } else if (command === 'read') {
     if (args.length !== 1) throw new UsageError('usage: read URI');
+  } else if (command === 'bench') {
+    opts.calls = 100;
+    opts.warmup = 10;
+    const positional = [];
+    for (let i = 0; i < args.length; i++) {
+      const flag = args[i];
+      if (flag !== '--calls' && flag !== '--warmup') {
+        positional.push(flag);
+        continue;
+      }
+      const value = Number(args[++i]);
+      if (!Number.isInteger(value) || value < (flag === '--calls' ? 1 : 0)) {
+        throw new UsageError(`bad ${flag}: ${args[i]}`);
+      }
+      opts[flag.slice(2)] = value;
+    }
+    if (positional.length < 1 || positional.length > 2) {
+      throw new UsageError('usage: bench NAME [JSON_ARGS] [--calls N] [--warmup W]');
+    }
+    args.splice(0, args.length, ...positional);
   } else {
-    throw new UsageError(`unknown command: ${command ?? '(none)'} (want tools | call | read)`);
+    throw new UsageError(`unknown command: ${command ?? '(none)'} (want tools | call | read | bench)`);
   }
   opts.command = command;
   opts.args = args;
@@ -196,6 +220,33 @@ function errorMessage(err) {
   return msg;
 }
 
+// Nearest-rank percentile of an ascending array (as interop/python/client.py computes it).
+function percentile(ordered, p) {
+  return ordered[Math.max(0, Math.ceil((p / 100) * ordered.length) - 1)];
+}
+
+const round3 = x => Math.round(x * 1000) / 1000;
+
+// `warmup` unmeasured, then `calls` measured tools/call, one after another in this session.
+async function bench(client, name, args, calls, warmup, reqOpts) {
+  const samples = [];
+  for (let i = 0; i < warmup + calls; i++) {
+    const start = performance.now();
+    const result = await runOp(signal => client.callTool({ name, arguments: args }, undefined, { ...reqOpts, signal }));
+    const elapsed = performance.now() - start;
+    if (result.isError) throw new Error(`tool error: ${JSON.stringify(result.content)}`);
+    if (i >= warmup) samples.push(elapsed);
+  }
+  const ordered = [...samples].sort((a, b) => a - b);
+  return {
+    calls,
+    p50_ms: round3(percentile(ordered, 50)),
+    p99_ms: round3(percentile(ordered, 99)),
+    mean_ms: round3(samples.reduce((a, b) => a + b, 0) / samples.length),
+    samples_ms: samples.map(round3)
+  };
+}
+
 function printJson(obj) {
   process.stdout.write(JSON.stringify(obj) + '\n');
 }
@@ -242,7 +293,7 @@ async function main() {
     if (opts.command === 'tools') {
       const { tools } = await runOp(signal => client.listTools(undefined, { ...reqOpts, signal }));
       printJson({ tools: tools.map(t => t.name), ...meta() });
-    } else if (opts.command === 'call') {
+    } else if (opts.command === 'call' || opts.command === 'bench') {
       const [name, rawArgs] = opts.args;
       let args = {};
       if (rawArgs !== undefined) {
@@ -253,19 +304,23 @@ async function main() {
           throw new UsageError(`JSON_ARGS is not valid JSON: ${e.message}`);
         }
       }
-      const progress = [];
-      const callOpts = { ...reqOpts };
-      if (opts.progress) {
-        callOpts.onprogress = p => progress.push(p);
-        callOpts.resetTimeoutOnProgress = true;
+      if (opts.command === 'bench') {
+        printJson(await bench(client, name, args, opts.calls, opts.warmup, reqOpts));
+      } else {
+        const progress = [];
+        const callOpts = { ...reqOpts };
+        if (opts.progress) {
+          callOpts.onprogress = p => progress.push(p);
+          callOpts.resetTimeoutOnProgress = true;
+        }
+        const result = await runOp(signal => client.callTool({ name, arguments: args }, undefined, { ...callOpts, signal }));
+        printJson({
+          ...result,
+          ...meta(),
+          ...(progress.length ? { progress } : {}),
+          ...(logs.length ? { logs } : {})
+        });
       }
-      const result = await runOp(signal => client.callTool({ name, arguments: args }, undefined, { ...callOpts, signal }));
-      printJson({
-        ...result,
-        ...meta(),
-        ...(progress.length ? { progress } : {}),
-        ...(logs.length ? { logs } : {})
-      });
     } else if (opts.command === 'read') {
       const result = await runOp(signal => client.readResource({ uri: opts.args[0] }, { ...reqOpts, signal }));
       printJson({ ...result, ...meta() });

@@ -1,0 +1,759 @@
+"""Benchmark mreg in front of real MCP peers, every combination in one run.
+
+What it measures, for the same `tools/call echo {"text": "ping"}`:
+
+* Upstreams (real peers, each on 127.0.0.1, port 0):
+    fastmcp   interop/python/server.py: FastMCP, stateful sessions, SSE answers
+    ts-sse    interop/server.mjs: TypeScript SDK, stateful sessions, SSE answers
+    ts-json   interop/server.mjs --stateless: TypeScript SDK, no sessions, JSON answers
+  (an rmcp stateless server would need a Rust build and is left out; `--upstream-cmd` adds
+  any other server that prints `LISTENING <port>` and serves `echo` at /mcp.)
+* Targets, for each upstream:
+    direct    the upstream itself
+    mreg-off  mreg's /servers/{name}/mcp with the policy chain off (MREG_AUTH=none, MREG_AUDIT=false)
+    mreg-on   the same with the chain on: an Entra-style app token (roles ["admin"], client
+              credentials from interop/idp.mjs) validated per request, roles from a policy file
+              (server and tool rules), GCRA rate limits at 1,000,000 a minute (on, never hit),
+              and the audit log written to SQLite in a temporary directory
+    fastmcp-proxy  FastMCP's own proxy (interop/python/proxy.py --upstream URL), behind its
+              JWTVerifier checking the same token (unless --no-proxy-auth)
+  Both mreg instances run the same binary ($MREG_BIN) with health checks off.
+* Clients:
+    Python SDK  interop/python/client.py bench (one session, keep-alive, sequential calls)
+    TS SDK      interop/client.mjs bench (the same)
+    wrk         an out-of-process load generator, at 16 and 64 connections, POSTing tools/call
+                in one session opened with curl (interop/wrk-tools-call.lua)
+  The SDK clients give p50/p99 after a warm-up and the p50 mreg adds over going direct; wrk
+  gives requests per second and the ratios mreg/direct and mreg/FastMCP proxy.
+
+The targets take turns: each measurement (Python, TS, wrk warm-up, wrk per connection count)
+runs on every target of an upstream before the next, in alternating order; after each wrk run
+the next waits until the target answers a call again, so a backlog left in a slow target does
+not load the one measured after it. All clients speak
+MCP 2025-11-25 (the Python client with --mode legacy by default), so every target is measured
+with the same protocol. Everything listens on and talks to loopback, every step has a time
+bound, and every process this starts is stopped at the end, on error and on SIGINT/SIGTERM.
+
+Run it through scripts/bench-peers, which prepares the venv, node_modules and wrk:
+
+    scripts/bench-peers [--quick] [--calls N] [--warmup N] [--seconds S] [--json PATH] ...
+"""
+
+import argparse
+import base64
+import json
+import os
+import platform
+import re
+import select
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+INTEROP = REPO / "interop"
+PYTHON_PEERS = INTEROP / "python"
+WRK_SCRIPT = INTEROP / "wrk-tools-call.lua"
+
+TENANT = "11111111-1111-1111-1111-111111111111"
+CLIENT_ID = "22222222-2222-2222-2222-222222222222"
+CLIENT_SECRET = "mreg-test-secret"
+AUDIENCE = f"api://{CLIENT_ID}"
+PROTOCOL = "2025-11-25"
+TOOL = "echo"
+TOOL_ARGS = json.dumps({"text": "ping"}, separators=(",", ":"))
+ACCEPT = "Accept: application/json, text/event-stream"
+CONTENT_TYPE = "Content-Type: application/json"
+
+UPSTREAMS = {
+    "fastmcp": ("FastMCP (Python), stateful, SSE", [sys.executable, str(PYTHON_PEERS / "server.py")]),
+    "ts-sse": ("TypeScript SDK, stateful, SSE", ["node", str(INTEROP / "server.mjs")]),
+    "ts-json": ("TypeScript SDK, stateless, JSON", ["node", str(INTEROP / "server.mjs"), "--stateless"]),
+}
+TARGETS = ["direct", "mreg-off", "mreg-on", "fastmcp-proxy"]
+SKIPPED = [{"what": "rmcp stateless upstream",
+            "why": "needs a Rust build of a server binary (crates/mreg/tests/it/upstream.rs is "
+                   "test code); add one with --upstream-cmd NAME=COMMAND"}]
+
+
+def log(message: str) -> None:
+    print(f"bench-peers: {message}", file=sys.stderr, flush=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: --calls 50 --warmup 5 --seconds 2 --wrk-warmup 1 unless given")
+    parser.add_argument("--calls", type=int, help="measured SDK calls per target (default 200)")
+    parser.add_argument("--warmup", type=int, help="SDK warm-up calls per target (default 20)")
+    parser.add_argument("--seconds", type=int, help="wrk seconds per point (default 10)")
+    parser.add_argument("--wrk-warmup", type=int, help="wrk warm-up seconds per target (default 2)")
+    parser.add_argument("--connections", default="16,64", help="wrk connection counts (default 16,64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
+    parser.add_argument("--upstreams", default=",".join(UPSTREAMS),
+                        help=f"comma-separated subset of {','.join(UPSTREAMS)}")
+    parser.add_argument("--targets", default=",".join(TARGETS),
+                        help=f"comma-separated subset of {','.join(TARGETS)} (direct is always run)")
+    parser.add_argument("--upstream-cmd", action="append", default=[], metavar="NAME=COMMAND",
+                        help="one more upstream: a command printing 'LISTENING <port>' and serving "
+                             "the echo tool at /mcp (repeatable)")
+    parser.add_argument("--no-proxy-auth", action="store_true",
+                        help="run the FastMCP proxy without its JWTVerifier")
+    parser.add_argument("--py-mode", default="legacy",
+                        help="client.py --mode (default legacy: the 2025-11-25 handshake, as the others)")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the directory of process logs")
+    args = parser.parse_args()
+    quick = args.quick
+    for name, full, short in (("calls", 200, 50), ("warmup", 20, 5), ("seconds", 10, 2), ("wrk_warmup", 2, 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else full)
+    if args.calls < 1 or args.warmup < 0 or args.seconds < 1 or args.wrk_warmup < 0:
+        parser.error("--calls and --seconds must be at least 1, warm-ups at least 0")
+    args.connections = [int(c) for c in args.connections.split(",") if c]
+    args.upstreams = [u for u in args.upstreams.split(",") if u]
+    for name in args.upstreams:
+        if name not in UPSTREAMS:
+            parser.error(f"unknown upstream {name!r}")
+    for spec in args.upstream_cmd:
+        name, sep, command = spec.partition("=")
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name) or name in UPSTREAMS:
+            parser.error(f"--upstream-cmd wants NAME=COMMAND with a new lowercase name, got {spec!r}")
+        UPSTREAMS[name] = (f"custom: {command}", shlex.split(command))
+        args.upstreams.append(name)
+    targets = [t for t in args.targets.split(",") if t]
+    for name in targets:
+        if name not in TARGETS:
+            parser.error(f"unknown target {name!r}")
+    args.targets = [t for t in TARGETS if t == "direct" or t in targets]
+    return args
+
+
+class Processes:
+    """Starts the long-running peers, each in a session of its own, and stops them all."""
+
+    def __init__(self, logs: Path):
+        self.logs = logs
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], *, env=None, cwd=None) -> subprocess.Popen:
+        stderr = open(self.logs / f"{name}.log", "wb")
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=stderr, env=env, cwd=cwd or REPO, start_new_session=True)
+        stderr.close()
+        self.running.append((name, proc))
+        return proc
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        path = self.logs / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def first_line(self, name: str, proc: subprocess.Popen, timeout: float = 60) -> str:
+        """The first stdout line of `proc` (its LISTENING or ready line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                line = proc.stdout.readline().decode().strip()
+                if line:
+                    return line
+            if proc.poll() is not None:
+                break
+        raise RuntimeError(f"{name} did not start (exit status {proc.poll()}); its log ends:\n"
+                           f"{self.log_tail(name)}")
+
+    def wait_for_log(self, name: str, proc: subprocess.Popen, messages: list[str],
+                     timeout: float = 60) -> dict[str, dict]:
+        """mreg's JSON log records with these messages (it logs its listening addresses)."""
+        deadline, found = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline and len(found) < len(messages):
+            for line in (self.logs / f"{name}.log").read_text(errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("message") in messages:
+                    found[record["message"]] = record
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        if len(found) < len(messages):
+            raise RuntimeError(f"{name} did not start (exit status {proc.poll()}); its log ends:\n"
+                               f"{self.log_tail(name)}")
+        return found
+
+    def stop_all(self) -> None:
+        for _, proc in self.running:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10
+        for _, proc in self.running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        self.running.clear()
+
+
+class Http:
+    """HTTP requests made with curl: registration, tokens, MCP sessions for wrk."""
+
+    def __init__(self, scratch: Path):
+        self.head = scratch / "curl-head"
+        self.body = scratch / "curl-body"
+
+    def request(self, method: str, url: str, headers=(), data: str | None = None,
+                timeout: float = 15) -> tuple[int, dict[str, str], str]:
+        cmd = ["curl", "-sS", "--max-time", str(timeout), "-X", method, "-D", str(self.head),
+               "-o", str(self.body), "-w", "%{http_code}", url]
+        for header in headers:
+            cmd += ["-H", header]
+        if data is not None:
+            cmd += ["--data-binary", data]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 5)
+        if done.returncode != 0:
+            raise RuntimeError(f"curl {method} {url}: {done.stderr.strip()}")
+        response_headers = {}
+        for line in self.head.read_text(errors="replace").splitlines():
+            name, sep, value = line.partition(":")
+            if sep:
+                response_headers[name.strip().lower()] = value.strip()
+        return int(done.stdout), response_headers, self.body.read_text(errors="replace")
+
+
+class Session:
+    """An MCP session (or, for a stateless server, just the headers) opened with curl, for wrk."""
+
+    def __init__(self, http: Http, url: str, auth: list[str]):
+        self.http, self.url = http, url
+        initialize = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {},
+            "clientInfo": {"name": "bench-peers", "version": "1"}}})
+        base = [ACCEPT, CONTENT_TYPE, *auth]
+        status, head, body = http.request("POST", url, base, initialize)
+        if status != 200 or '"result"' not in body:
+            raise RuntimeError(f"initialize at {url}: HTTP {status} {body[:300]}")
+        match = re.search(r'"protocolVersion"\s*:\s*"([^"]+)"', body)
+        self.protocol = match.group(1) if match else PROTOCOL
+        self.id = head.get("mcp-session-id")
+        self.headers = base + ([f"Mcp-Session-Id: {self.id}"] if self.id else [])
+        self.headers.append(f"Mcp-Protocol-Version: {self.protocol}")
+        status, _, body = http.request(
+            "POST", url, self.headers, '{"jsonrpc":"2.0","method":"notifications/initialized"}')
+        if status not in (200, 202, 204):
+            raise RuntimeError(f"notifications/initialized at {url}: HTTP {status} {body[:300]}")
+        self.call()
+
+    def call(self, timeout: float = 15) -> float:
+        """One tools/call in this session; returns its seconds."""
+        started = time.monotonic()
+        call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": {"name": TOOL, "arguments": json.loads(TOOL_ARGS)}})
+        status, _, body = self.http.request("POST", self.url, self.headers, call, timeout)
+        if status != 200 or '"result"' not in body or re.search(r'"isError"\s*:\s*true', body):
+            raise RuntimeError(f"tools/call at {self.url}: HTTP {status} {body[:300]}")
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        if self.id:
+            try:
+                self.http.request("DELETE", self.url, self.headers, timeout=5)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                pass
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """User plus system CPU seconds of process `pid` so far, from /proc/PID/stat."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # Fields after the command name: state is [0], utime [11], stime [12] (clock ticks).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without any mreg, Entra or FastMCP settings of the caller's."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("MREG_", "AZURE_", "FASTMCP_"))}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, scratch: Path):
+        self.args, self.scratch = args, scratch
+        self.procs = Processes(scratch)
+        self.http = Http(scratch)
+        self.mreg_bin = os.environ.get("MREG_BIN") or str(REPO / "target/release/mreg")
+        self.token: str | None = None
+        self.authority: str | None = None
+        self.mreg: dict[str, dict] = {}
+        self.errors: list[str] = []
+        self.notes: list[str] = []
+
+    # ---- the processes --------------------------------------------------------------------
+
+    def start_upstream(self, name: str) -> str:
+        proc = self.procs.start(f"upstream-{name}", UPSTREAMS[name][1])
+        line = self.procs.first_line(f"upstream-{name}", proc)
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(f"upstream {name} printed {line!r}, not LISTENING <port>")
+        return f"http://127.0.0.1:{int(line.split()[1])}/mcp"
+
+    def start_identity_provider(self) -> None:
+        proc = self.procs.start("idp", [
+            "node", str(INTEROP / "idp.mjs"), "--tenant", TENANT, "--client-id", CLIENT_ID,
+            "--client-secret", CLIENT_SECRET, "--users", "{}", "--app-roles", '["admin"]',
+            "--access-token-ttl", "86400"])
+        self.authority = json.loads(self.procs.first_line("idp", proc))["authority"]
+        # An Entra-style app token (client credentials), as a daemon calling mreg would have.
+        status, _, body = self.http.request(
+            "POST", f"{self.authority}/{TENANT}/v2.0/token",
+            ["Content-Type: application/x-www-form-urlencoded"],
+            f"grant_type=client_credentials&client_id={CLIENT_ID}&client_secret={CLIENT_SECRET}"
+            f"&scope=api%3A%2F%2F{CLIENT_ID}%2F.default")
+        if status != 200:
+            raise RuntimeError(f"client-credentials token from idp.mjs: HTTP {status} {body[:300]}")
+        self.token = json.loads(body)["access_token"]
+
+    def start_mreg(self, label: str, chain: bool, upstreams: list[str]) -> None:
+        data = self.scratch / label
+        data.mkdir()
+        env = clean_environment() | {
+            "MREG_API_PORT": "0", "FASTMCP_SERVER_PORT": "0", "MREG_LOG": "warn,mreg::app=info",
+            "MREG_LOG_FORMAT": "json", "MREG_HEALTH_ENABLED": "false", "MREG_DATA_DIR": str(data),
+        }
+        if chain:
+            policy = data / "policy.toml"
+            rules = ['[servers."*"]', 'roles = ["admin"]']
+            for name in upstreams:
+                rules += [f'[servers."{name}"]', 'roles = ["admin"]', f'tools = {{ {TOOL} = ["admin"] }}']
+            policy.write_text("\n".join(rules) + "\n")
+            env |= {
+                "MREG_AUTH": "oauth", "AZURE_TENANT_ID": TENANT, "AZURE_CLIENT_ID": CLIENT_ID,
+                # Authentication on requires an external encryption key (32 bytes, base64).
+                "MREG_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+                "AZURE_CLIENT_SECRET": CLIENT_SECRET, "AZURE_AUTHORITY_HOST": self.authority,
+                "AZURE_GRAPH_URL": self.authority, "MREG_UPSTREAM_ALLOW": "127.0.0.0/8",
+                "MREG_POLICY_FILE": str(policy), "MREG_RATE_LIMIT_PER_MINUTE": "1000000",
+                "MREG_AUDIT": "true",
+                # Its issuer and public URL derive from the MCP port (benches/policy.rs does the same).
+                "FASTMCP_SERVER_PORT": str(free_port()),
+            }
+        else:
+            env |= {"MREG_AUTH": "none", "MREG_AUDIT": "false"}
+        proc = self.procs.start(label, [self.mreg_bin, "serve"], env=env, cwd=data)
+        found = self.procs.wait_for_log(label, proc, ["REST API listening", "MCP listener listening"])
+        self.mreg[label] = {"api": found["REST API listening"]["addr"],
+                            "mcp": found["MCP listener listening"]["addr"], "chain": chain,
+                            "pid": proc.pid}
+
+    def register(self, label: str, name: str, url: str) -> str:
+        instance = self.mreg[label]
+        status, _, body = self.http.request(
+            "POST", f"http://{instance['api']}/api/v1/servers", [CONTENT_TYPE, *self.auth(label)],
+            json.dumps({"name": name, "url": url}))
+        if status not in (200, 201):
+            raise RuntimeError(f"registering {name} in {label}: HTTP {status} {body[:300]}")
+        return f"http://{instance['mcp']}/servers/{name}/mcp"
+
+    def start_proxy(self, name: str, upstream_url: str) -> str:
+        argv = [sys.executable, str(PYTHON_PEERS / "proxy.py"), "--upstream", upstream_url]
+        if self.proxy_auth:
+            argv += ["--jwt-public-key-file", str(self.public_key_file()), "--audience", AUDIENCE,
+                     "--issuer", f"{self.authority}/{TENANT}/v2.0"]
+        proc = self.procs.start(f"proxy-{name}", argv)
+        line = self.procs.first_line(f"proxy-{name}", proc)
+        return f"http://127.0.0.1:{int(line.split()[1])}/mcp"
+
+    def public_key_file(self) -> Path:
+        """idp.mjs's signing key as PEM, for FastMCP's JWTVerifier (it takes no JWKS URI here)."""
+        path = self.scratch / "idp-public.pem"
+        if not path.exists():
+            import jwt  # PyJWT and cryptography, both pinned in requirements.txt
+            from cryptography.hazmat.primitives import serialization
+
+            status, _, body = self.http.request("GET", f"{self.authority}/{TENANT}/v2.0/jwks")
+            if status != 200:
+                raise RuntimeError(f"jwks from idp.mjs: HTTP {status}")
+            key = jwt.algorithms.RSAAlgorithm.from_jwk(json.dumps(json.loads(body)["keys"][0]))
+            path.write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo))
+        return path
+
+    @property
+    def proxy_auth(self) -> bool:
+        return not self.args.no_proxy_auth
+
+    def auth(self, label: str) -> list[str]:
+        """The Authorization header a target needs."""
+        needs = (label == "mreg-on") or (label == "fastmcp-proxy" and self.proxy_auth)
+        return [f"Authorization: Bearer {self.token}"] if needs else []
+
+    # ---- the measurements -----------------------------------------------------------------
+
+    def sdk_bench(self, client: str, url: str, target: str) -> dict:
+        args, token = self.args, self.token if self.auth(target) else None
+        if client == "python":
+            cmd = [sys.executable, str(PYTHON_PEERS / "client.py"), "--url", url,
+                   "--mode", args.py_mode, "--timeout", "30"]
+            cmd += ["--bearer", token] if token else []
+        else:
+            cmd = ["node", str(INTEROP / "client.mjs"), "--url", url, "--timeout", "30000"]
+            cmd += ["--header", f"Authorization: Bearer {token}"] if token else []
+        cmd += ["bench", TOOL, TOOL_ARGS, "--calls", str(args.calls), "--warmup", str(args.warmup)]
+        bound = 60 + 2 * (args.calls + args.warmup)  # a call slower than 2 s on average is broken
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=bound, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            return {"error": f"no answer within {bound} s"}
+        lines = done.stdout.strip().splitlines()
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            result = {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+        if done.returncode != 0 and "error" not in result:
+            result = {"error": f"exit {done.returncode}"}
+        return result
+
+    def wrk(self, session: Session, connections: int, seconds: int, pid: int | None = None) -> dict:
+        cmd = ["wrk", "-t", str(max(1, min(self.args.threads, connections))), "-c", str(connections),
+               "-d", f"{seconds}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
+        for header in session.headers:
+            cmd += ["-H", header]
+        cmd.append(session.url)
+        env = os.environ | {"MCP_TOOL": TOOL, "MCP_ARGS": TOOL_ARGS}
+        cpu_before = process_cpu_seconds(pid)
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
+        except subprocess.TimeoutExpired:
+            return {"error": "wrk did not finish"}
+        cpu_after = process_cpu_seconds(pid)
+        result = {"error": f"wrk exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"}
+        for line in done.stdout.splitlines():
+            if line.startswith("WRK_RESULT "):
+                result = json.loads(line.removeprefix("WRK_RESULT "))
+                failed = result["bad"] + sum(result["errors"].values())
+                if failed:
+                    result["warning"] = f"{failed} failed responses or socket errors"
+                elif result["requests"] == 0:  # a slow target, not a failure: say so in the notes
+                    result["note"] = (f"no call answered within the {seconds} s run "
+                                      f"(at {connections} connections; try a longer --seconds)")
+                if cpu_before is not None and cpu_after is not None and result["requests"]:
+                    # The gateway process's own CPU (user + system) per answered call.
+                    result["process_cpu_ms_per_call"] = round(
+                        (cpu_after - cpu_before) * 1000 / result["requests"], 4)
+        # Requests still queued when wrk stopped would load the next target: wait until this
+        # one answers a call again (its backlog drained) before going on.
+        try:
+            result["settle_s"] = round(session.call(timeout=120), 3)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            result.setdefault("warning", f"no answer after the run: {exc}")
+        return result
+
+    def measure(self, upstream: str, targets: dict[str, str]) -> dict[str, dict]:
+        """Every measurement on every target of one upstream, the targets taking turns."""
+        args = self.args
+        results = {t: {"url": url, "wrk": {}} for t, url in targets.items()}
+        sessions: dict[str, Session] = {}
+        steps = [("python", None), ("ts", None)]
+        if args.wrk_warmup:
+            steps.append(("wrk-warmup", max(args.connections)))
+        steps += [("wrk", c) for c in args.connections]
+        try:
+            for number, (step, connections) in enumerate(steps):
+                order = list(targets) if number % 2 == 0 else list(reversed(targets))
+                for target in order:
+                    url, where = targets[target], f"{upstream} -> {target}"
+                    if step in ("python", "ts"):
+                        result = self.sdk_bench(step, url, target)
+                        results[target][step] = result
+                        self.report(where, step, result)
+                        continue
+                    if target not in sessions:
+                        try:
+                            sessions[target] = Session(self.http, url, self.auth(target))
+                        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                            sessions[target] = None
+                            results[target]["wrk_error"] = str(exc)
+                            self.fail(f"{where}: cannot open a session for wrk: {exc}")
+                    if sessions[target] is None:
+                        continue
+                    if step == "wrk-warmup":
+                        self.wrk(sessions[target], connections, args.wrk_warmup)
+                        continue
+                    pid = self.mreg.get(target, {}).get("pid")
+                    result = self.wrk(sessions[target], connections, args.seconds, pid)
+                    results[target]["wrk"][str(connections)] = result
+                    self.report(where, f"wrk c={connections}", result)
+        finally:
+            for session in sessions.values():
+                if session:
+                    session.close()
+        return results
+
+    def report(self, where: str, what: str, result: dict) -> None:
+        if "error" in result:
+            self.fail(f"{where}: {what}: {result['error']}")
+        elif "rps" in result:
+            log(f"{where}: {what}: {result['rps']:.0f} req/s, p50 {result['latency_ms']['p50']} ms, "
+                f"answering again {result.get('settle_s', '-')} s after"
+                + (f" ({result['warning']})" if "warning" in result else "")
+                + (f" ({result['note']})" if "note" in result else ""))
+            if "warning" in result:
+                self.errors.append(f"{where}: {what}: {result['warning']}")
+            if "note" in result:
+                self.notes.append(f"{where}: {what}: {result['note']}")
+        else:
+            log(f"{where}: {what}: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
+
+    def fail(self, message: str) -> None:
+        log(f"FAILED {message}")
+        self.errors.append(message)
+
+    def audit_figures(self) -> dict[str, float]:
+        instance = self.mreg.get("mreg-on")
+        if not instance:
+            return {}
+        try:
+            status, _, body = self.http.request("GET", f"http://{instance['api']}/metrics",
+                                                self.auth("mreg-on"))
+        except RuntimeError:
+            return {}
+        figures = {}
+        for line in body.splitlines() if status == 200 else []:
+            if line.startswith("mreg_audit_"):
+                name, _, value = line.rpartition(" ")
+                figures[name] = float(value)
+        return figures
+
+    def run(self) -> dict:
+        args = self.args
+        wants = set(args.targets)
+        if not os.access(self.mreg_bin, os.X_OK) and wants & {"mreg-off", "mreg-on"}:
+            raise RuntimeError(f"no mreg binary at {self.mreg_bin} (set MREG_BIN, or cargo build --release)")
+        started = time.monotonic()
+        load_before = os.getloadavg()
+        upstream_urls = {}
+        for name in args.upstreams:
+            upstream_urls[name] = self.start_upstream(name)
+            log(f"upstream {name}: {upstream_urls[name]}")
+        if "mreg-on" in wants or ("fastmcp-proxy" in wants and self.proxy_auth):
+            self.start_identity_provider()
+            log(f"identity provider: {self.authority}")
+        for label, chain in (("mreg-off", False), ("mreg-on", True)):
+            if label in wants:
+                self.start_mreg(label, chain, args.upstreams)
+                log(f"{label}: REST {self.mreg[label]['api']}, MCP {self.mreg[label]['mcp']}")
+        rows = []
+        for name in args.upstreams:
+            targets = {"direct": upstream_urls[name]}
+            for label in ("mreg-off", "mreg-on"):
+                if label in wants:
+                    targets[label] = self.register(label, name, upstream_urls[name])
+            if "fastmcp-proxy" in wants:
+                targets["fastmcp-proxy"] = self.start_proxy(name, upstream_urls[name])
+            for target, result in self.measure(name, targets).items():
+                rows.append({"upstream": name, "target": target, **result})
+        derive(rows, args.connections)
+        audit = self.audit_figures()
+        return {
+            "settings": {
+                "calls": args.calls, "warmup": args.warmup, "wrk_seconds": args.seconds,
+                "wrk_warmup_seconds": args.wrk_warmup, "connections": args.connections,
+                "wrk_threads": args.threads, "tool": TOOL, "arguments": json.loads(TOOL_ARGS),
+                "protocol": PROTOCOL, "python_client_mode": args.py_mode,
+                "fastmcp_proxy_auth": self.proxy_auth and "fastmcp-proxy" in wants,
+                "mreg_on": "MREG_AUTH=oauth (idp.mjs app token, roles [admin]), policy file with "
+                           "server and tool roles, MREG_RATE_LIMIT_PER_MINUTE=1000000, audit to SQLite",
+                "mreg_off": "MREG_AUTH=none, MREG_AUDIT=false",
+            },
+            "environment": environment(self.mreg_bin, load_before),
+            "upstreams": {n: UPSTREAMS[n][0] for n in args.upstreams},
+            "results": rows,
+            "audit": audit,
+            "skipped": SKIPPED,
+            "errors": self.errors,
+            "notes": self.notes,
+            "elapsed_s": round(time.monotonic() - started, 1),
+        }
+
+
+def derive(rows: list[dict], connections: list[int]) -> None:
+    """Added p50 over direct, and throughput ratios to direct and to the FastMCP proxy."""
+    by_key = {(r["upstream"], r["target"]): r for r in rows}
+
+    def rps(row, c):
+        point = (row or {}).get("wrk", {}).get(str(c), {})
+        return point.get("rps")
+
+    for row in rows:
+        direct = by_key.get((row["upstream"], "direct"))
+        proxy = by_key.get((row["upstream"], "fastmcp-proxy"))
+        row["added_p50_ms"] = {}
+        for client in ("python", "ts"):
+            mine = row.get(client, {}).get("p50_ms")
+            base = (direct or {}).get(client, {}).get("p50_ms")
+            if mine is not None and base is not None:
+                row["added_p50_ms"][client] = round(mine - base, 3)
+        row["throughput_vs_direct"], row["throughput_vs_proxy"] = {}, {}
+        for c in connections:
+            mine = rps(row, c)
+            if mine is not None and rps(direct, c):
+                row["throughput_vs_direct"][str(c)] = round(mine / rps(direct, c), 3)
+            if mine is not None and rps(proxy, c) and row["target"].startswith("mreg"):
+                row["throughput_vs_proxy"][str(c)] = round(mine / rps(proxy, c), 3)
+
+
+def environment(mreg_bin: str, load_before) -> dict:
+    def output(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+
+    dirty = output(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    return {
+        "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(), "node": output(["node", "--version"]),
+        "wrk": (output(["wrk", "-v"]) or "").split("\n")[0],
+        "mreg_bin": mreg_bin, "mreg_version": output([mreg_bin, "--version"]),
+        "git_commit": output(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
+        "git_dirty": bool(dirty),
+    }
+
+
+def table(report: dict) -> str:
+    """One line per upstream and target; columns in groups with a heading each."""
+    conns = [str(c) for c in report["settings"]["connections"]]
+
+    def num(value, digits):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    groups = [("Python SDK", ["p50", "p99"], 6), ("TS SDK", ["p50", "p99"], 6),
+              ("added p50", ["Py", "TS"], 6), ("wrk req/s", [f"c{c}" for c in conns], 7),
+              ("x direct", [f"c{c}" for c in conns], 6), ("mreg/proxy", [f"c{c}" for c in conns], 6)]
+    widths = [max(len(label), len(cols) * (w + 1) - 1) for label, cols, w in groups]
+
+    def line(first: str, cells_per_group: list[list[str]]) -> str:
+        parts = [first]
+        for (_, _, w), width, cells in zip(groups, widths, cells_per_group):
+            parts.append(" ".join(f"{c:>{w}}" for c in cells).rjust(width))
+        return "  ".join(parts)
+
+    lines = ["  ".join([f"{'upstream':<9} {'target':<14}"]
+                       + [label.center(width) for (label, _, _), width in zip(groups, widths)])]
+    lines.append(line(" " * 24, [cols for _, cols, _ in groups]))
+    for row in report["results"]:
+        cells = []
+        for client in ("python", "ts"):
+            result = row.get(client, {})
+            cells.append(["err", "err"] if "error" in result or not result else
+                         [num(result.get("p50_ms"), 2), num(result.get("p99_ms"), 2)])
+        cells.append(["", ""] if row["target"] == "direct" else
+                     [num(row["added_p50_ms"].get(c), 2) for c in ("python", "ts")])
+        rates = []
+        for c in conns:
+            point = row["wrk"].get(c, {})
+            mark = "!" if "warning" in point else "*" if "note" in point else ""
+            bad = "error" in point or "wrk_error" in row
+            rates.append("err" if bad else num(point.get("rps"), 0) + mark)
+        cells.append(rates)
+        for key in ("throughput_vs_direct", "throughput_vs_proxy"):
+            cells.append([num(row[key][c], 2) if c in row[key] else "" for c in conns])
+        lines.append(line(f"{row['upstream']:<9} {row['target']:<14}", cells))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main() -> int:
+    args = parse_args()
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally below stops every process.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda number, _: sys.exit(128 + number))
+    scratch = Path(tempfile.mkdtemp(prefix="mreg-bench-peers-"))
+    bench = Bench(args, scratch)
+    keep = args.keep_logs
+    try:
+        report = bench.run()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        log(f"FAILED: {exc}")
+        keep = True
+        return 1
+    finally:
+        bench.procs.stop_all()
+        if keep:
+            log(f"process logs kept in {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    report["command"] = ["scripts/bench-peers", *sys.argv[1:]]
+    settings = report["settings"]
+    print(f"\nmreg with real MCP peers: tools/call {TOOL} {TOOL_ARGS}, MCP {PROTOCOL}, loopback, "
+          f"{report['environment']['cpus']} CPUs, load {report['environment']['loadavg_before'][0]}"
+          f" before / {report['environment']['loadavg_after'][0]} after")
+    print(f"SDK clients: one session, keep-alive, {settings['calls']} sequential calls after "
+          f"{settings['warmup']} warm-up (ms); wrk: {settings['wrk_seconds']} s per point "
+          f"after {settings['wrk_warmup_seconds']} s warm-up, {settings['wrk_threads']} threads, "
+          f"one session per target\n")
+    print(table(report))
+    print("\nadded p50: minus the same client's p50 going direct. x direct: req/s over direct's. "
+          "mreg/proxy: mreg's req/s over the FastMCP proxy's (same upstream, same connections).")
+    measured = {row["target"] for row in report["results"]}
+    for target in ("mreg-on", "mreg-off"):
+        if target in measured:
+            print(f"{target}: {settings[target.replace('-', '_')]}.")
+    if "fastmcp-proxy" in measured:
+        print("fastmcp-proxy: " + ("behind its JWTVerifier, checking the same token as mreg-on."
+                                   if settings["fastmcp_proxy_auth"] else "without auth."))
+    if report["audit"]:
+        print("mreg-on audit log: " + ", ".join(f"{k} {v:.0f}" for k, v in report["audit"].items()))
+    cpu = {}
+    for row in report["results"]:
+        for connections, point in row.get("wrk", {}).items():
+            if "process_cpu_ms_per_call" in point:
+                cpu.setdefault((row["upstream"], connections), {})[row["target"]] = point["process_cpu_ms_per_call"]
+    for (upstream, connections), figures in sorted(cpu.items()):
+        if "mreg-on" in figures and "mreg-off" in figures and figures["mreg-off"] > 0:
+            print(f"mreg process CPU per call, {upstream} c={connections}: chain on "
+                  f"{figures['mreg-on']:.3f} ms, off {figures['mreg-off']:.3f} ms, "
+                  f"on/off {figures['mreg-on'] / figures['mreg-off']:.2f}")
+    for skipped in report["skipped"]:
+        print(f"not measured: {skipped['what']} ({skipped['why']})")
+    for note in report["notes"]:
+        print(f"* {note}")
+    print(f"took {report['elapsed_s']} s")
+    if report["errors"]:
+        print("\nFAILURES (marked err or ! above):\n  " + "\n  ".join(report["errors"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
