@@ -24,6 +24,11 @@
 //   POST A/_test/sign               sign arbitrary claims (negative tests)
 //   GET  A/_test/jwks_hits          {"hits":N}: fetches of any tenant's jwks_uri
 //   POST A/_test/rotate             add a new key to the published JWKS, returns {"kid"}
+//   POST A/_test/next_token         change the next successful token response of one grant type
+//                                   (any tenant): {"grant_type": "refresh_token",
+//                                   "drop": ["refresh_token", "id_token", ...],
+//                                   "id_token": {claims merged into the ID token; null removes},
+//                                   "key": "primary"|"rogue"}; the ID token is signed again
 //
 // Login: any password; the login must be a known user (key of --users, or its email) of
 // THAT tenant, else the IdP answers 401 with an HTML page without a form.
@@ -207,6 +212,7 @@ const primaryKey = makeKey();
 const rogueKey = makeKey(); // never published: for bad-signature tests
 const publishedKeys = [primaryKey]; // /_test/rotate appends
 let jwksHits = 0;
+const nextToken = new Map(); // grant_type -> change of the next token response (/_test/next_token)
 
 const b64json = (obj) => Buffer.from(JSON.stringify(obj)).toString('base64url');
 
@@ -616,6 +622,36 @@ async function handleSign(req, res) {
   return sendJson(res, 200, { token });
 }
 
+// Rewrites the JSON token response oidc-provider is about to send (koa ends with the whole
+// body, its headers not yet sent): drops fields, re-signs the ID token with changed claims.
+function changeTokenResponse(res, change) {
+  const end = res.end.bind(res);
+  res.end = (chunk, ...rest) => {
+    if (res.statusCode !== 200 || chunk === undefined || res.headersSent) return end(chunk, ...rest);
+    let body;
+    try {
+      body = JSON.parse(Buffer.isBuffer(chunk) ? chunk.toString('utf8') : String(chunk));
+    } catch {
+      return end(chunk, ...rest);
+    }
+    if (change.id_token && body.id_token) {
+      const [h, p] = body.id_token.split('.');
+      const header = JSON.parse(Buffer.from(h, 'base64url').toString());
+      const payload = JSON.parse(Buffer.from(p, 'base64url').toString());
+      for (const [k, v] of Object.entries(change.id_token)) {
+        if (v === null) delete payload[k];
+        else payload[k] = v;
+      }
+      const key = change.key === 'rogue' ? rogueKey : primaryKey;
+      body.id_token = signJwt({ ...header, kid: key.kid }, payload, key);
+    }
+    for (const field of change.drop ?? []) delete body[field];
+    const out = JSON.stringify(body);
+    res.setHeader('content-length', Buffer.byteLength(out));
+    return end(out, ...rest);
+  };
+}
+
 async function handleGraphMe(req, res) {
   const unauthorized = (message) => sendJson(res, 401, {
     error: { code: 'InvalidAuthenticationToken', message },
@@ -714,6 +750,11 @@ async function handleTenant(t, rest, req, res) {
     }
     if (path === '/token') {
       const grantType = form.get('grant_type');
+      const change = nextToken.get(grantType);
+      if (change) {
+        nextToken.delete(grantType);
+        changeTokenResponse(res, change);
+      }
       const scope = form.get('scope');
       if (!form.has('resource') && scope) {
         const tokens = scope.split(' ').filter(Boolean);
@@ -762,6 +803,19 @@ async function route(req, res) {
     const k = makeKey();
     publishedKeys.push(k);
     return sendJson(res, 200, { kid: k.kid, kids: publishedKeys.map((x) => x.kid) });
+  }
+  if (pathname === '/_test/next_token' && req.method === 'POST') {
+    let change;
+    try {
+      change = JSON.parse(await readBody(req) || '{}');
+    } catch (err) {
+      return sendJson(res, 400, { error: 'invalid_request', error_description: err.message });
+    }
+    if (!change || typeof change.grant_type !== 'string') {
+      return sendJson(res, 400, { error: 'invalid_request', error_description: 'grant_type is required' });
+    }
+    nextToken.set(change.grant_type, change);
+    return sendJson(res, 200, { ok: true });
   }
   if (pathname === '/v1.0/me' && req.method === 'GET') return handleGraphMe(req, res);
 

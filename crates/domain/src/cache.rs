@@ -14,6 +14,16 @@ pub trait Cache: Send + Sync + 'static {
     /// The value under `key`, unless it is absent or expired.
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>>;
 
+    /// The values under `keys`, in order (one round trip where the cache allows). The default
+    /// asks for each key in turn.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Stores `value` under `key` for `ttl`, replacing any previous value and TTL.
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()>;
 

@@ -24,7 +24,8 @@ use futures_util::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::oauth::{Identity, OAuth, sha256_hex};
+use crate::oauth::upstream::Kind;
+use crate::oauth::{Identity, OAuth, grant_revoked_key, sha256_hex};
 use crate::rest::AppState;
 use crate::rest::error::ApiError;
 
@@ -57,6 +58,10 @@ struct Validated {
     aud: Vec<String>,
     /// Whether the token was delegated by a user (scopes apply) rather than app-only.
     delegated: bool,
+    /// The grant an mreg token was issued from: while it is marked revoked, the token is
+    /// refused, cached or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    grant: Option<String>,
 }
 
 /// Most decoded tokens [`Decoded`] keeps; it is emptied when full.
@@ -75,6 +80,7 @@ struct Memo {
     principal: Arc<Principal>,
     aud: Vec<String>,
     delegated: bool,
+    grant: Option<String>,
 }
 
 impl Memo {
@@ -84,6 +90,7 @@ impl Memo {
             principal: Arc::new(validated.principal),
             aud: validated.aud,
             delegated: validated.delegated,
+            grant: validated.grant,
         })
     }
 }
@@ -105,6 +112,12 @@ impl Decoded {
         let memo = Memo::new(validated, bytes);
         self.remember(key, memo.clone());
         Some(memo)
+    }
+
+    /// The grant of the token decoded before under `key`, if any: its revocation marker can
+    /// then be asked for together with the cache entry.
+    fn grant_of(&self, key: &str) -> Option<String> {
+        self.lock().get(key).and_then(|m| m.grant.clone())
     }
 
     fn remember(&self, key: &str, memo: Arc<Memo>) {
@@ -220,12 +233,7 @@ where
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+        .and_then(bearer_token);
     let Some(token) = token else {
         return challenge(oauth, &resource, None);
     };
@@ -238,6 +246,14 @@ where
         Err(Refusal::Scope) => insufficient_scope(oauth, &resource),
         Err(Refusal::Unavailable(e)) => ApiError::from(e).into_response(),
     }
+}
+
+/// The token of an `Authorization: Bearer …` value; the scheme is matched without regard to
+/// case (RFC 7235 §2.1, RFC 6750 §2.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Runs `request` through `inner` (the route), which is always ready.
@@ -414,7 +430,23 @@ async fn principal(
     resource: &str,
 ) -> Result<Arc<Principal>, Refusal> {
     let key = format!("auth:token:{}", sha256_hex(token));
-    let cached = match state.cache.get(&key).await {
+    // A token decoded here before names its grant: the grant's revocation marker is fetched in
+    // the same round trip as the cache entry.
+    let known = oauth.decoded.grant_of(&key);
+    let (hit, known_revoked) = match &known {
+        Some(grant) => {
+            let marker = grant_revoked_key(grant);
+            match state.cache.get_many(&[key.as_str(), marker.as_str()]).await {
+                Ok(mut values) => {
+                    let revoked = values.pop().flatten().is_some();
+                    (Ok(values.pop().flatten()), Some(revoked))
+                }
+                Err(e) => (Err(e), None),
+            }
+        }
+        None => (state.cache.get(&key).await, None),
+    };
+    let cached = match hit {
         Ok(hit) => hit.and_then(|bytes| oauth.decoded.decode(&key, bytes)),
         Err(e) => {
             // A cache outage must not lock everyone out: validate without it.
@@ -423,7 +455,24 @@ async fn principal(
         }
     };
     let validated = match cached {
-        Some(memo) => memo,
+        Some(memo) => {
+            // A cached token must not outlive its grant's revocation.
+            if let Some(grant) = &memo.grant {
+                let revoked = match known_revoked {
+                    Some(revoked) if known.as_deref() == Some(grant.as_str()) => revoked,
+                    _ => state
+                        .cache
+                        .get(&grant_revoked_key(grant))
+                        .await
+                        .map_err(Refusal::Unavailable)?
+                        .is_some(),
+                };
+                if revoked {
+                    return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+                }
+            }
+            memo
+        }
         None => {
             let (validated, exp) = validate(oauth, state, token).await?;
             let left = exp - time::OffsetDateTime::now_utc().unix_timestamp();
@@ -483,14 +532,20 @@ async fn validate(
             .verify(token, &oauth.issuer, None, oauth.skew)
             .await
             .map_err(Refusal::Invalid)?;
-        match state
+        let revoked_jti = format!("oauth:revoked:{}", claims.jti);
+        let revoked_grant = claims.gid.as_deref().map(grant_revoked_key);
+        let mut keys = vec![revoked_jti.as_str()];
+        keys.extend(revoked_grant.as_deref());
+        let markers = state
             .cache
-            .get(&format!("oauth:revoked:{}", claims.jti))
+            .get_many(&keys)
             .await
-        {
-            Ok(Some(_)) => return Err(Refusal::Invalid("the token was revoked".to_owned())),
-            Ok(None) => {}
-            Err(e) => return Err(Refusal::Unavailable(e)),
+            .map_err(Refusal::Unavailable)?;
+        if markers.first().is_some_and(Option::is_some) {
+            return Err(Refusal::Invalid("the token was revoked".to_owned()));
+        }
+        if markers.get(1).is_some_and(Option::is_some) {
+            return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
         }
         let principal = Principal {
             subject: claims.sub,
@@ -506,6 +561,7 @@ async fn validate(
                 principal,
                 aud: vec![claims.aud],
                 delegated: true,
+                grant: claims.gid,
             },
             claims.exp,
         ));
@@ -517,26 +573,76 @@ async fn validate(
         .validate(token, &audiences)
         .await
         .map_err(Refusal::Invalid)?;
+    let access = provider_access(&claims, matches!(oauth.upstream.kind, Kind::Oidc))
+        .map_err(|why| Refusal::Invalid(why.to_owned()))?;
     let identity = Identity::from_claims(&claims)
         .ok_or_else(|| Refusal::Invalid("the token names no subject".to_owned()))?;
-    let scp = claims["scp"].as_str().or_else(|| claims["scope"].as_str());
-    let scopes: Vec<String> = scp
-        .map(|s| s.split_whitespace().map(str::to_owned).collect())
-        .unwrap_or_default();
-    let client_id = claims["azp"]
-        .as_str()
-        .or_else(|| claims["appid"].as_str())
-        .or_else(|| claims["client_id"].as_str())
-        .map(str::to_owned);
     let exp = claims["exp"].as_i64().unwrap_or(0);
     Ok((
         Validated {
-            principal: identity.principal(scopes, client_id),
+            principal: identity.principal(access.scopes, Some(access.client_id)),
             aud: Vec::new(),
-            delegated: scp.is_some(),
+            delegated: access.delegated,
+            grant: None,
         },
         exp,
     ))
+}
+
+/// What a provider access token grants, as read from its claims.
+#[derive(Debug, PartialEq, Eq)]
+struct ProviderAccess {
+    client_id: String,
+    scopes: Vec<String>,
+    delegated: bool,
+}
+
+/// Tells a provider access token for this app from an ID token with the same audience (the
+/// provider's ID tokens for mreg have `aud` = the client id too). Refused are tokens carrying
+/// `nonce`, `at_hash` or `c_hash` (ID-token claims), tokens naming no client (`azp`, `appid`;
+/// also `client_id`, RFC 9068, for a generic provider), and tokens with neither delegated scopes
+/// (`scp`, or `scope` for a generic provider) nor app roles. Entra's `idtyp` decides between
+/// delegated (`user`: needs `scp`) and app-only (`app`: needs `roles`); without it a token
+/// with scopes is delegated and one with only roles is app-only.
+fn provider_access(
+    claims: &serde_json::Value,
+    generic: bool,
+) -> Result<ProviderAccess, &'static str> {
+    if ["nonce", "at_hash", "c_hash"]
+        .iter()
+        .any(|c| !claims[*c].is_null())
+    {
+        return Err("an ID token is not an access token");
+    }
+    let text = |k: &str| claims[k].as_str().filter(|v| !v.is_empty());
+    let client_id = text("azp")
+        .or_else(|| text("appid"))
+        .or_else(|| if generic { text("client_id") } else { None })
+        .ok_or("the token names no client (azp or appid)")?
+        .to_owned();
+    let scp = text("scp").or_else(|| if generic { text("scope") } else { None });
+    let scopes: Vec<String> = scp
+        .map(|s| s.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let has_roles = claims["roles"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|x| x.as_str().is_some_and(|s| !s.is_empty())));
+    let delegated = match text("idtyp") {
+        Some("app") => false,
+        Some(_) => true,
+        None => !scopes.is_empty(),
+    };
+    if delegated && scopes.is_empty() {
+        return Err("a delegated token without scopes (scp) is not an access token for this app");
+    }
+    if !delegated && !has_roles {
+        return Err("an app-only token without roles grants nothing");
+    }
+    Ok(ProviderAccess {
+        client_id,
+        scopes,
+        delegated,
+    })
 }
 
 fn quoted(text: &str) -> String {
@@ -598,6 +704,7 @@ mod tests {
             principal,
             aud: vec!["https://gw.example/mcp".to_owned()],
             delegated: true,
+            grant: None,
         })
         .expect("json")
     }
@@ -640,6 +747,69 @@ mod tests {
             "bob",
             "keys are kept apart"
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value}");
+        }
+        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn provider_id_tokens_are_not_access_tokens() {
+        let base = serde_json::json!({"azp": "app", "scp": "access_as_user", "idtyp": "user"});
+        let with = |k: &str, v: serde_json::Value| {
+            let mut c = base.clone();
+            c[k] = v;
+            c
+        };
+        let delegated = provider_access(&base, false).expect("a delegated token");
+        assert!(delegated.delegated);
+        assert_eq!(delegated.scopes, ["access_as_user"]);
+        for claim in ["nonce", "at_hash", "c_hash"] {
+            assert!(
+                provider_access(&with(claim, serde_json::json!("x")), false).is_err(),
+                "{claim}"
+            );
+        }
+        let mut no_client = base.clone();
+        no_client.as_object_mut().expect("object").remove("azp");
+        assert!(provider_access(&no_client, false).is_err(), "no azp/appid");
+        assert!(
+            provider_access(&with("client_id", serde_json::json!("app")), false).is_ok(),
+            "azp is still there"
+        );
+        let mut user_without_scp = base.clone();
+        user_without_scp
+            .as_object_mut()
+            .expect("object")
+            .remove("scp");
+        user_without_scp["roles"] = serde_json::json!(["admin"]);
+        assert!(
+            provider_access(&user_without_scp, false).is_err(),
+            "idtyp user needs scp"
+        );
+        let app = serde_json::json!({"appid": "svc", "roles": ["admin"], "idtyp": "app"});
+        let access = provider_access(&app, false).expect("app-only");
+        assert!(!access.delegated);
+        assert_eq!(access.client_id, "svc");
+        let mut no_roles = app.clone();
+        no_roles["roles"] = serde_json::json!([]);
+        assert!(
+            provider_access(&no_roles, false).is_err(),
+            "app without roles"
+        );
+        assert!(
+            provider_access(&serde_json::json!({"azp": "app"}), false).is_err(),
+            "neither scp nor roles"
+        );
+        let rfc9068 = serde_json::json!({"client_id": "c", "scope": "read"});
+        assert!(provider_access(&rfc9068, true).is_ok(), "generic provider");
+        assert!(provider_access(&rfc9068, false).is_err(), "Entra names azp");
     }
 
     #[test]

@@ -180,6 +180,30 @@ fn apply(credentials: &mut Credentials, tokens: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks the authorization response (the redirect's query) before its code is used: it must
+/// carry this login's `state`, and the issuer's `iss` (RFC 9207) — required when the server
+/// advertises `authorization_response_iss_parameter_supported`, so that an answer from another
+/// authorization server (mix-up) is refused.
+fn check_answer(
+    answer: &std::collections::HashMap<String, String>,
+    state: &str,
+    issuer: &str,
+    iss_required: bool,
+) -> Result<(), String> {
+    if answer.get("state").map(String::as_str) != Some(state) {
+        return Err("the sign-in answer does not belong to this login (state mismatch)".to_owned());
+    }
+    match answer.get("iss") {
+        Some(iss) if iss != issuer => {
+            Err(format!("the sign-in answer comes from {iss}, not {issuer}"))
+        }
+        None if iss_required => Err(format!(
+            "the sign-in answer does not name its issuer (iss), though {issuer} promises to; it may come from another server"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `mreg login`.
 pub async fn login(args: LoginArgs) -> Result<(), String> {
     let issuer = args.url.trim_end_matches('/').to_owned();
@@ -264,14 +288,8 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     )
     .await
     .map_err(|_| format!("no sign-in within {} seconds", args.timeout))??;
-    if answer.get("state") != Some(&state) {
-        return Err("the sign-in answer does not belong to this login (state mismatch)".to_owned());
-    }
-    if let Some(iss) = answer.get("iss")
-        && iss != &issuer
-    {
-        return Err(format!("the sign-in answer comes from {iss}, not {issuer}"));
-    }
+    let iss_required = meta["authorization_response_iss_parameter_supported"] == true;
+    check_answer(&answer, &state, &issuer, iss_required)?;
     if let Some(error) = answer.get("error") {
         let description = answer
             .get("error_description")
@@ -401,4 +419,37 @@ pub async fn logout() -> Result<(), String> {
     std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
     eprintln!("Logged out of {}.", credentials.issuer);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn an_answer_without_iss_is_refused_when_the_server_promises_one() {
+        let issuer = "https://mreg.example";
+        let good = answer(&[("code", "c"), ("state", "s"), ("iss", issuer)]);
+        assert!(check_answer(&good, "s", issuer, true).is_ok());
+        let missing = answer(&[("code", "c"), ("state", "s")]);
+        let refused = check_answer(&missing, "s", issuer, true).expect_err("no iss");
+        assert!(refused.contains("iss"), "{refused}");
+        assert!(
+            check_answer(&missing, "s", issuer, false).is_ok(),
+            "a server that does not send iss"
+        );
+        let other = answer(&[
+            ("code", "c"),
+            ("state", "s"),
+            ("iss", "https://evil.example"),
+        ]);
+        assert!(check_answer(&other, "s", issuer, false).is_err());
+        assert!(check_answer(&good, "other", issuer, true).is_err(), "state");
+    }
 }

@@ -116,6 +116,20 @@ impl Cache for RedisCache {
             .map_err(unavailable)
     }
 
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = redis::cmd("MGET");
+        for key in keys {
+            command.arg(self.key(key));
+        }
+        command
+            .query_async(&mut self.connection())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
         self.connection()
             .pset_ex(self.key(key), value, millis(ttl))

@@ -206,6 +206,8 @@ pub struct AuthConfig {
     pub cimd_allow_private: bool,
     /// Budget per client address and minute on the public OAuth endpoints; 0 is unlimited.
     pub oauth_rate_limit_per_minute: u32,
+    /// Most registered clients without a grant; `/register` refuses more.
+    pub max_idle_clients: u64,
     /// Reverse proxies in front of the MCP listener that append to `X-Forwarded-For`.
     pub trusted_proxy_hops: usize,
 }
@@ -579,6 +581,7 @@ impl Parser<'_> {
                 if url.query().is_some() || url.fragment().is_some() {
                     return Err("must not have a query or fragment".to_owned());
                 }
+                require_https_off_loopback(&url)?;
                 Ok(url)
             })?,
             allowed_hosts: self
@@ -846,7 +849,7 @@ impl Parser<'_> {
             validate_with_graph: self.required("AZURE_VALIDATE_WITH_GRAPH", parse_bool)?,
             token_cache_ttl: self.seconds("AZURE_TOKEN_CACHE_TTL", 86_400)?,
             clock_skew: self.seconds("AZURE_CLOCK_SKEW", 900)?,
-            authority_host: self.required("AZURE_AUTHORITY_HOST", parse_base_url)?,
+            authority_host: self.required("AZURE_AUTHORITY_HOST", parse_secure_base_url)?,
             allowed_tenants: {
                 let tenants = self
                     .parse("AZURE_ALLOWED_TENANTS", |v| {
@@ -860,12 +863,17 @@ impl Parser<'_> {
                             .collect::<Result<Vec<_>, _>>()
                     })?
                     .unwrap_or_default();
+                // Every personal Microsoft account shares one tid, so `consumers` without a list
+                // would admit anyone with an outlook.com address.
                 if tenants.is_empty()
-                    && matches!(tenant_id.as_deref(), Some("organizations" | "common"))
+                    && matches!(
+                        tenant_id.as_deref(),
+                        Some("organizations" | "common" | "consumers")
+                    )
                 {
                     return Err(self.error(
                         "AZURE_ALLOWED_TENANTS",
-                        "must list the tenant GUIDs whose users may sign in when AZURE_TENANT_ID is organizations or common",
+                        "must list the tenant GUIDs whose users may sign in when AZURE_TENANT_ID is organizations, common or consumers (for consumers: 9188040d-6c67-4c5b-b112-36a304b66dad, the tenant of every personal account, and know that this admits every personal Microsoft account)",
                     ));
                 }
                 tenants
@@ -884,12 +892,12 @@ impl Parser<'_> {
                     }
                 })?
                 .unwrap_or_default(),
-            graph_url: self.required("AZURE_GRAPH_URL", parse_base_url)?,
+            graph_url: self.required("AZURE_GRAPH_URL", parse_secure_base_url)?,
         })
     }
 
     fn auth(&self) -> Result<AuthConfig, ConfigError> {
-        let issuer = self.parse("MREG_OIDC_ISSUER", parse_base_url)?;
+        let issuer = self.parse("MREG_OIDC_ISSUER", parse_secure_base_url)?;
         let client_id = self.parse("MREG_OIDC_CLIENT_ID", |v| Ok(v.to_owned()))?;
         let client_secret = self.parse("MREG_OIDC_CLIENT_SECRET", |v| {
             Ok(SecretString::from(v.to_owned()))
@@ -958,6 +966,12 @@ impl Parser<'_> {
                     _ => Err(format!("'{v}' is not a number from 0 to 1000000")),
                 },
             )?,
+            max_idle_clients: self.required("MREG_OAUTH_MAX_IDLE_CLIENTS", |v| {
+                match v.parse::<u64>() {
+                    Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+                    _ => Err(format!("'{v}' is not a number from 1 to 10000000")),
+                }
+            })?,
             trusted_proxy_hops: self.required("MREG_TRUSTED_PROXY_HOPS", |v| {
                 match v.parse::<usize>() {
                     Ok(n) if n <= 10 => Ok(n),
@@ -1051,6 +1065,33 @@ fn parse_callback_url(v: &str) -> Result<Url, String> {
     if url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
         return Err("must not contain a fragment or credentials".to_owned());
     }
+    Ok(url)
+}
+
+/// Whether `url`'s host is this machine (`localhost`, a loopback address).
+fn is_loopback_url(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Refuses plain http off loopback: keys, tokens and sign-ins must not travel in the clear.
+fn require_https_off_loopback(url: &Url) -> Result<(), String> {
+    if url.scheme() == "http" && !is_loopback_url(url) {
+        return Err(format!(
+            "'{url}' must use https (http is allowed only for localhost and loopback addresses)"
+        ));
+    }
+    Ok(())
+}
+
+/// [`parse_base_url`], https unless the host is loopback.
+fn parse_secure_base_url(v: &str) -> Result<Url, String> {
+    let url = parse_base_url(v)?;
+    require_https_off_loopback(&url)?;
     Ok(url)
 }
 

@@ -310,6 +310,13 @@ pub const SETTINGS: &[Setting] = &[
         "Requests per minute one client address may make to the OAuth endpoints: /register, /authorize, /consent, /token, /revoke and the sign-in callback (GCRA; bursts up to the budget; shared through Redis when configured). 0 turns this limit off.",
     ),
     s(
+        "MREG_OAUTH_MAX_IDLE_CLIENTS",
+        "auth.oauth_max_idle_clients",
+        Some("10000"),
+        false,
+        "Most registered OAuth clients that hold no grant (registered, never signed in); /register answers 503 beyond it until unused clients are pruned (after 7 days).",
+    ),
+    s(
         "MREG_TRUSTED_PROXY_HOPS",
         "auth.trusted_proxy_hops",
         Some("0"),

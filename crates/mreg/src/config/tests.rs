@@ -295,3 +295,58 @@ fn durations_take_units_and_bounds() {
     let err = parse(&[("MREG_HEALTH_INTERVAL", "often")]).expect_err("bad");
     assert_eq!(err.setting, "MREG_HEALTH_INTERVAL");
 }
+
+#[test]
+fn consumers_needs_an_allowlist_like_the_other_multi_tenant_names() {
+    let client = "835f09b6-0f0f-40cc-85cb-f32c5829a149";
+    let err = parse(&[
+        ("AZURE_TENANT_ID", "consumers"),
+        ("AZURE_CLIENT_ID", client),
+        ("AZURE_CLIENT_SECRET", "s3cret"),
+    ])
+    .expect_err("every personal account shares one tid");
+    assert_eq!(err.setting, "AZURE_ALLOWED_TENANTS");
+    assert!(err.to_string().contains("consumers"), "{err}");
+    let config = parse(&[
+        ("AZURE_TENANT_ID", "consumers"),
+        ("AZURE_CLIENT_ID", client),
+        ("AZURE_CLIENT_SECRET", "s3cret"),
+        (
+            "AZURE_ALLOWED_TENANTS",
+            "9188040d-6c67-4c5b-b112-36a304b66dad",
+        ),
+    ])
+    .expect("listed");
+    assert_eq!(
+        config.azure.allowed_tenants,
+        ["9188040d-6c67-4c5b-b112-36a304b66dad"]
+    );
+}
+
+#[test]
+fn provider_and_public_urls_need_https_off_loopback() {
+    for var in ["AZURE_AUTHORITY_HOST", "AZURE_GRAPH_URL", "MREG_PUBLIC_URL"] {
+        let err = parse(&[(var, "http://login.example.com")]).expect_err(var);
+        assert_eq!(err.setting, var);
+        assert!(err.to_string().contains("https"), "{err}");
+        for local in [
+            "http://localhost:8001",
+            "http://127.0.0.1:8001",
+            "http://[::1]:8001",
+            "https://login.example.com",
+        ] {
+            assert!(parse(&[(var, local)]).is_ok(), "{var}={local}");
+        }
+    }
+    let oidc = |issuer: &str| {
+        parse(&[
+            ("MREG_OIDC_ISSUER", issuer),
+            ("MREG_OIDC_CLIENT_ID", "mreg"),
+            ("MREG_OIDC_CLIENT_SECRET", "s3cret"),
+        ])
+    };
+    let err = oidc("http://idp.example.com/realms/x").expect_err("http issuer");
+    assert_eq!(err.setting, "MREG_OIDC_ISSUER");
+    assert!(oidc("https://idp.example.com/realms/x").is_ok());
+    assert!(oidc("http://127.0.0.1:9000/realms/x").is_ok());
+}

@@ -1,8 +1,9 @@
 //! Client ID Metadata Documents: a client whose `client_id` is an https URL is not registered;
 //! its metadata is fetched from that URL. The fetch is guarded against server-side request
-//! forgery: https only, the host resolved once and every address checked to be public (then that
-//! address is used, so DNS cannot change the answer in between), no redirects, a 5-second
-//! limit and at most 5 KiB. `MREG_CIMD_ALLOW_PRIVATE` lifts the address check (and allows plain
+//! forgery: https only, the host resolved once and every address checked to be public by the
+//! gateway's address classifier (then that address is used, so DNS cannot change the answer in
+//! between, and no environment proxy is used), no redirects, a 5-second limit and at most 5 KiB.
+//! A failed fetch is remembered for a minute. `MREG_CIMD_ALLOW_PRIVATE` lifts the address check (and allows plain
 //! http to loopback hosts) for tests and closed networks.
 
 use std::net::{IpAddr, SocketAddr};
@@ -32,37 +33,17 @@ pub fn is_document_url(client_id: &str) -> bool {
     client_id.starts_with("https://") || client_id.starts_with("http://")
 }
 
-/// Whether `ip` is an address on the public internet.
+/// Whether `ip` is an address on the public internet, by the gateway's one address classifier
+/// ([`crate::egress::kind`]): addresses embedded in NAT64 and 6to4 are judged as the IPv4 address
+/// they reach; Teredo, local-use NAT64, `192.0.0.0/24` and the other reserved ranges, private,
+/// site-local (`fec0::/10`), loopback, link-local and metadata addresses are not public.
 pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
-        }
-    }
+    crate::egress::kind(ip) == crate::egress::Kind::Public
 }
+
+/// How long a failed fetch is remembered, so that a client id that cannot be used does not make
+/// mreg fetch it again on every request.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(60);
 
 /// Fetches and validates the document at `client_id`. Returns the client and how long it may be
 /// cached.
@@ -103,7 +84,10 @@ pub async fn fetch(
             "the client's host {host} resolves to a private address; its metadata is not fetched"
         )));
     }
+    // No proxy: an HTTP(S)_PROXY from the environment would connect to the host by name, past
+    // the address checked and pinned here.
     let http = reqwest::Client::builder()
+        .no_proxy()
         .timeout(FETCH_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
         .resolve(&host, address)
@@ -190,6 +174,19 @@ mod tests {
             "fd00::1",
             "fe80::1",
             "::ffff:10.0.0.1",
+            // NAT64 and 6to4 forms of private, loopback and metadata addresses.
+            "64:ff9b::a00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "2002:a00:1::1",
+            "2002:a9fe:a9fe::1",
+            // Local-use NAT64, Teredo, IETF protocol assignments, site-local.
+            "64:ff9b:1::8.8.8.8",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "192.0.0.1",
+            "192.0.0.170",
+            "fec0::1",
         ] {
             assert!(!is_public(private.parse().expect("ip")), "{private}");
         }

@@ -22,6 +22,14 @@ const UNSAFE_SCHEMES: [&str; 8] = [
 const MAX_NAME: usize = 200;
 /// Most redirect URIs per client.
 const MAX_REDIRECTS: usize = 10;
+/// Longest accepted redirect URI.
+pub const MAX_REDIRECT_LEN: usize = 2000;
+/// Longest accepted `scope` of a registration.
+pub const MAX_SCOPE_LEN: usize = 1000;
+/// Most entries in `grant_types` (two are supported; repeats are not stored without bound).
+const MAX_GRANT_TYPES: usize = 4;
+/// Most entries in `response_types`.
+const MAX_RESPONSE_TYPES: usize = 4;
 
 /// A registration request, as far as mreg reads it.
 #[derive(Debug, Deserialize)]
@@ -111,7 +119,7 @@ pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, Refusal> {
             format!("redirect URI '{raw}' {why}"),
         )
     };
-    if raw.len() > 2000 {
+    if raw.len() > MAX_REDIRECT_LEN {
         return Err(bad("is too long"));
     }
     let url = Url::parse(raw).map_err(|_| bad("is not an absolute URI"))?;
@@ -145,11 +153,18 @@ pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, Refusal> {
             }
         }
         _ => {
-            // A private-use scheme (RFC 8252 §7.1) of a native app, e.g. com.example.app:/cb
-            // or vscode://…
+            // A private-use scheme (RFC 8252 §7.1) of a native app: a reverse domain name the
+            // app's owner controls, such as com.example.app:/cb. Schemes without a dot are
+            // refused: they are the operating system's own handlers (search-ms:, ms-msdt:,
+            // ms-settings:, …), which a redirect after sign-in would launch.
             if !native {
                 return Err(bad(
                     "uses a custom scheme, which only native clients may use",
+                ));
+            }
+            if !scheme.contains('.') {
+                return Err(bad(
+                    "uses a custom scheme that is not a reverse domain name (RFC 8252 §7.1: e.g. com.example.app:/callback)",
                 ));
             }
         }
@@ -242,6 +257,31 @@ pub fn register(
     for uri in &request.redirect_uris {
         check_redirect_uri(uri, native)?;
     }
+    if let Some(scope) = &request.scope
+        && scope.len() > MAX_SCOPE_LEN
+    {
+        return Err(meta(format!(
+            "scope is longer than {MAX_SCOPE_LEN} characters"
+        )));
+    }
+    if request
+        .grant_types
+        .as_ref()
+        .is_some_and(|g| g.len() > MAX_GRANT_TYPES)
+    {
+        return Err(meta(format!(
+            "grant_types lists more than {MAX_GRANT_TYPES} entries"
+        )));
+    }
+    if request
+        .response_types
+        .as_ref()
+        .is_some_and(|r| r.len() > MAX_RESPONSE_TYPES)
+    {
+        return Err(meta(format!(
+            "response_types lists more than {MAX_RESPONSE_TYPES} entries"
+        )));
+    }
     let grant_types = request
         .grant_types
         .unwrap_or_else(|| vec!["authorization_code".to_owned(), "refresh_token".to_owned()]);
@@ -328,6 +368,66 @@ mod tests {
         assert!(!ok("data:text/html,hi", true));
         assert!(!ok("file:///etc/passwd", true));
         assert!(!ok("not a uri", true));
+    }
+
+    #[test]
+    fn native_custom_schemes_must_be_reverse_domain_names() {
+        let ok = |u: &str| check_redirect_uri(u, true).is_ok();
+        assert!(ok("com.example.app:/oauth"));
+        assert!(ok("io.github.someone.tool:/callback"));
+        for os_handler in [
+            "search-ms:query=x&crumb=location:evil.example",
+            "ms-msdt:/id PCWDiagnostic",
+            "ms-settings:privacy",
+            "myapp://callback",
+            "vscode://callback",
+        ] {
+            let refusal = check_redirect_uri(os_handler, true).expect_err(os_handler);
+            assert_eq!(refusal.error, "invalid_redirect_uri");
+            assert!(
+                refusal.description.contains("reverse domain"),
+                "{refusal:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn registration_fields_are_bounded() {
+        let scopes = vec!["openid".to_owned()];
+        let refused = |json: String| {
+            register(
+                serde_json::from_str::<RegistrationRequest>(&json).expect("json"),
+                &scopes,
+                "id".to_owned(),
+                1,
+            )
+            .expect_err("refused")
+        };
+        let long_scope = vec!["openid"; 300].join(" ");
+        let r = refused(format!(
+            r#"{{"redirect_uris":["https://a.example/cb"],"scope":"{long_scope}"}}"#
+        ));
+        assert_eq!(r.error, "invalid_client_metadata");
+        assert!(r.description.contains("scope"), "{r:?}");
+        let many = serde_json::to_string(&vec!["authorization_code"; 1000]).expect("json");
+        let r = refused(format!(
+            r#"{{"redirect_uris":["https://a.example/cb"],"grant_types":{many}}}"#
+        ));
+        assert!(r.description.contains("grant_types"), "{r:?}");
+        let many = serde_json::to_string(&vec!["code"; 1000]).expect("json");
+        let r = refused(format!(
+            r#"{{"redirect_uris":["https://a.example/cb"],"response_types":{many}}}"#
+        ));
+        assert!(r.description.contains("response_types"), "{r:?}");
+        let uris: Vec<String> = (0..11).map(|i| format!("https://a.example/{i}")).collect();
+        let r = refused(format!(
+            r#"{{"redirect_uris":{}}}"#,
+            serde_json::to_string(&uris).expect("json")
+        ));
+        assert_eq!(r.error, "invalid_redirect_uri");
+        let long = format!("https://a.example/{}", "x".repeat(MAX_REDIRECT_LEN));
+        let r = refused(format!(r#"{{"redirect_uris":["{long}"]}}"#));
+        assert_eq!(r.error, "invalid_redirect_uri");
     }
 
     #[test]

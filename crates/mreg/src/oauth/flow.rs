@@ -15,12 +15,17 @@ use url::Url;
 use super::cimd;
 use super::clients::{self, Client, RegistrationRequest};
 use super::keys::AccessClaims;
-use super::{Identity, OAuth, TRANSACTION_TTL, pkce_challenge, random_token, sha256_hex, unix_now};
+use super::{
+    Identity, OAuth, TRANSACTION_TTL, grant_revoked_key, pkce_challenge, random_token, sha256_hex,
+    unix_now,
+};
 use crate::store::auth::{GrantRow, Rotation};
 
 const TXN_PURPOSE: &str = "oauth-transaction";
 const CODE_PURPOSE: &str = "oauth-code";
 const GRANT_PURPOSE: &str = "oauth-grant";
+/// Longest `state` accepted at `/authorize` (it is stored with the sign-in and sent back).
+const MAX_STATE: usize = 512;
 
 /// A sign-in between `/authorize` and `/auth/callback` (no `Debug`: it holds the PKCE verifier).
 #[derive(Serialize, Deserialize)]
@@ -50,6 +55,9 @@ struct CodeGrant {
     resource: String,
     identity: Identity,
     upstream_refresh: Option<String>,
+    /// Expiry of the provider's ID token (Unix seconds).
+    #[serde(default)]
+    upstream_expires_at: Option<i64>,
 }
 
 /// What a refresh-token family stands for (sealed in the database; no `Debug`).
@@ -59,6 +67,10 @@ struct GrantData {
     resource: String,
     identity: Identity,
     upstream_refresh: Option<String>,
+    /// Expiry of the provider's ID token at sign-in (Unix seconds): without a provider refresh
+    /// token, the grant ends then.
+    #[serde(default)]
+    upstream_expires_at: Option<i64>,
 }
 
 // ---------------------------------------------------------------- helpers
@@ -374,10 +386,35 @@ impl OAuth {
             {
                 return Ok(Some(client));
             }
-            let (client, ttl) =
-                cimd::fetch(client_id, self.cimd_allow_private, &self.supported_scopes)
-                    .await
-                    .map_err(|r| domain::Error::Forbidden(r.description))?;
+            // A document that could not be used is not fetched again for a while: each request
+            // naming it would otherwise make mreg connect somewhere.
+            let failed = format!("oauth:cimd-failed:{}", sha256_hex(client_id));
+            if let Some(why) = self.cache.get(&failed).await? {
+                return Err(domain::Error::Forbidden(format!(
+                    "{} (remembered for up to {} s)",
+                    String::from_utf8_lossy(&why),
+                    cimd::NEGATIVE_TTL.as_secs()
+                )));
+            }
+            let (client, ttl) = match cimd::fetch(
+                client_id,
+                self.cimd_allow_private,
+                &self.supported_scopes,
+            )
+            .await
+            {
+                Ok(found) => found,
+                Err(r) => {
+                    if let Err(e) = self
+                        .cache
+                        .set(&failed, r.description.as_bytes(), cimd::NEGATIVE_TTL)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot remember a failed metadata document");
+                    }
+                    return Err(domain::Error::Forbidden(r.description));
+                }
+            };
             if let Ok(bytes) = serde_json::to_vec(&client) {
                 self.cache.set(&key, &bytes, ttl).await?;
             }
@@ -406,6 +443,19 @@ impl OAuth {
         self.cache
             .set(&format!("oauth:txn:{id}"), &sealed, TRANSACTION_TTL)
             .await
+    }
+
+    /// Revokes grant `id`: its refresh token is refused from now on, and so are the access
+    /// tokens issued from it (their `gid`), through a marker in the shared cache that lives as
+    /// long as any of them can.
+    async fn end_grant(&self, id: &str, now: i64) {
+        let ttl = self.access_ttl + self.skew + std::time::Duration::from_secs(60);
+        if let Err(e) = self.cache.set(&grant_revoked_key(id), b"1", ttl).await {
+            tracing::error!(error = %e, grant = %id, "cannot mark the grant revoked; its access tokens stay valid until they expire");
+        }
+        if let Err(e) = self.store.revoke_grant(id, now).await {
+            tracing::error!(error = %e, grant = %id, "cannot revoke the grant in the database");
+        }
     }
 }
 
@@ -437,6 +487,31 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
         Ok(c) => c,
         Err(r) => return refusal(r.error, &r.description),
     };
+    // Open registration must not grow the table without bound: clients that never signed in
+    // are pruned after a week, and until then at most `MREG_OAUTH_MAX_IDLE_CLIENTS` exist.
+    match oauth.store.idle_clients().await {
+        Ok(idle) if idle >= oauth.max_idle_clients => {
+            tracing::warn!(
+                idle,
+                "client registration refused: too many clients without a sign-in"
+            );
+            let description =
+                "too many clients are registered without having signed in; try again later";
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "temporarily_unavailable", "error_description": description})),
+            )
+                .into_response();
+            let h = response.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return note(response, |n| {
+                n.error = Some(format!("temporarily_unavailable: {description}"))
+            });
+        }
+        Ok(_) => {}
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
     let stored = match serde_json::to_string(&client) {
         Ok(s) => s,
         Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -516,10 +591,27 @@ pub async fn authorize(
             "The redirect_uri is not one this client registered.",
         );
     }
-    let state = p.get("state").cloned();
+    // Every client here registered itself (or is a metadata document anyone can publish), so
+    // its redirect URI proves nothing: until the user has seen the consent page, errors are
+    // shown here rather than sent to the redirect URI (no open redirector).
     let fail = |error: &str, description: &str| {
-        redirect_error(&oauth, &redirect_uri, error, description, state.as_deref())
+        note(
+            error_page(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "The application's sign-in request is not valid: {description} ({error})."
+                ),
+            ),
+            |n| n.error = Some(format!("{error}: {description}")),
+        )
     };
+    let state = p.get("state").cloned();
+    if state.as_ref().is_some_and(|s| s.len() > MAX_STATE) {
+        return fail(
+            "invalid_request",
+            &format!("state is longer than {MAX_STATE} characters"),
+        );
+    }
     if p.get("response_type").map(String::as_str) != Some("code") {
         return fail("unsupported_response_type", "response_type must be code");
     }
@@ -872,6 +964,7 @@ pub async fn callback(
         resource: txn.resource.clone(),
         identity,
         upstream_refresh: tokens.refresh_token,
+        upstream_expires_at: claims["exp"].as_i64(),
     };
     let stored = match oauth.seal_json(CODE_PURPOSE, &grant) {
         Ok(s) => s,
@@ -1041,17 +1134,37 @@ async fn code_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>)
             "code is required",
         );
     };
-    let taken = match oauth
-        .cache
-        .take(&format!("oauth:code:{}", sha256_hex(code)))
-        .await
-    {
+    let code_hash = sha256_hex(code);
+    let used_key = format!("oauth:code-used:{code_hash}");
+    let taken = match oauth.cache.take(&format!("oauth:code:{code_hash}")).await {
         Ok(t) => t,
         Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
-    let Some(grant) =
-        taken.and_then(|sealed| oauth.open_json::<CodeGrant>(CODE_PURPOSE, &sealed).ok())
-    else {
+    let Some(sealed) = taken else {
+        // A code presented again was intercepted, or its first redemption was: end what was
+        // issued for it (RFC 6749 §4.1.2).
+        if let Ok(Some(grant_id)) = oauth.cache.take(&used_key).await {
+            let grant_id = String::from_utf8_lossy(&grant_id).into_owned();
+            oauth.end_grant(&grant_id, unix_now()).await;
+            tracing::warn!(grant = %grant_id, client_id, "authorization code replayed; its grant is revoked");
+            return invalid_grant(
+                "the code was already used; the tokens issued for it are revoked",
+            );
+        }
+        return invalid_grant("the code is invalid, expired or already used");
+    };
+    // The grant's id is chosen now and remembered under the spent code (before any check), so
+    // that a replay racing this redemption still finds what to revoke.
+    let grant_id = uuid::Uuid::new_v4().to_string();
+    let used_ttl = oauth.access_ttl.max(oauth.code_ttl);
+    if let Err(e) = oauth
+        .cache
+        .set(&used_key, grant_id.as_bytes(), used_ttl)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot remember a spent code; a replay would not revoke its grant");
+    }
+    let Ok(grant) = oauth.open_json::<CodeGrant>(CODE_PURPOSE, &sealed) else {
         return invalid_grant("the code is invalid, expired or already used");
     };
     if grant.client_id != client_id {
@@ -1080,6 +1193,7 @@ async fn code_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>)
         resource: grant.resource,
         identity: grant.identity,
         upstream_refresh: grant.upstream_refresh,
+        upstream_expires_at: grant.upstream_expires_at,
     };
     let refresh = random_token(32);
     let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
@@ -1087,20 +1201,26 @@ async fn code_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>)
         Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
     let now = unix_now();
+    let mut expires_at = now + oauth.refresh_ttl.as_secs() as i64;
+    if data.upstream_refresh.is_none() {
+        // Without a provider refresh token the provider cannot be asked again whether the
+        // user may still sign in: the grant ends with the provider's ID token.
+        expires_at = expires_at.min(data.upstream_expires_at.unwrap_or(now));
+    }
     let row = GrantRow {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: grant_id,
         client_id: client_id.to_owned(),
         subject: data.identity.subject.clone(),
         refresh_hash: sha256_hex(&refresh),
         data: sealed,
-        expires_at: now + oauth.refresh_ttl.as_secs() as i64,
+        expires_at,
         revoked_at: None,
     };
     if let Err(e) = oauth.store.insert_grant(&row, now).await {
         return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     }
     tracing::info!(subject = %data.identity.subject, client_id, "tokens issued");
-    issue(oauth, client_id, &data, &refresh).await
+    issue(oauth, client_id, &row.id, &data, &data.scopes, &refresh).await
 }
 
 async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, String>) -> Response {
@@ -1121,7 +1241,7 @@ async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, Strin
         // Not current: a spent token presented again means it leaked; end its family.
         return match oauth.store.spent_refresh(&hash).await {
             Ok(Some(grant_id)) => {
-                let _ = oauth.store.revoke_grant(&grant_id, now).await;
+                oauth.end_grant(&grant_id, now).await;
                 tracing::warn!(grant = %grant_id, client_id, "refresh token reused; grant revoked");
                 invalid_grant(
                     "this refresh token was already used; the grant is revoked, sign in again",
@@ -1143,17 +1263,27 @@ async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, Strin
     let Ok(mut data) = oauth.open_json::<GrantData>(GRANT_PURPOSE, &row.data) else {
         return invalid_grant("the grant cannot be read; sign in again");
     };
-    if let Some(scope) = p.get("scope")
-        && let Some(bad) = scope
-            .split_whitespace()
-            .find(|s| !data.scopes.iter().any(|x| x == s))
-    {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_scope",
-            &format!("scope '{bad}' was not granted"),
-        );
-    }
+    // A narrower scope (RFC 6749 §6) is what the new access token gets; the grant keeps the
+    // scopes the user approved, for later refreshes.
+    let scopes: Vec<String> = match p.get("scope") {
+        Some(scope) if !scope.trim().is_empty() => {
+            let mut requested: Vec<String> = Vec::new();
+            for s in scope.split_whitespace() {
+                if !data.scopes.iter().any(|x| x == s) {
+                    return token_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        &format!("scope '{s}' was not granted"),
+                    );
+                }
+                if !requested.iter().any(|x| x == s) {
+                    requested.push(s.to_owned());
+                }
+            }
+            requested
+        }
+        _ => data.scopes.clone(),
+    };
     if let Some(resource) = p.get("resource")
         && resource.trim_end_matches('/') != data.resource
     {
@@ -1163,45 +1293,64 @@ async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, Strin
             "resource does not match the grant",
         );
     }
+    // The user's tenant must still be one that may sign in, by today's configuration.
+    match oauth
+        .upstream
+        .check_tenant(data.identity.tid.as_deref())
+        .await
+    {
+        Ok(()) => {}
+        Err(domain::Error::Forbidden(why)) => {
+            oauth.end_grant(&row.id, now).await;
+            tracing::warn!(reason = %why, grant = %row.id, "the grant's tenant may no longer sign in; grant revoked");
+            return invalid_grant("this sign-in's tenant may no longer sign in; sign in again");
+        }
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
     // The user must still be good at the provider: refresh there too.
-    if let Some(upstream_refresh) = data.upstream_refresh.clone() {
-        let scope = oauth.upstream.exchange_scopes(&data.scopes);
-        match oauth.upstream.refresh(&upstream_refresh, &scope).await {
-            Ok(tokens) => {
-                if let Some(id_token) = tokens.id_token.as_deref() {
-                    let audience = oauth.upstream.client_id.clone();
-                    match oauth
-                        .upstream
-                        .validate(id_token, &[audience.as_str()])
-                        .await
-                    {
-                        Ok(claims) => {
-                            if let Some(identity) = Identity::from_claims(&claims)
-                                && identity.subject == data.identity.subject
-                            {
-                                data.identity = identity;
+    match data.upstream_refresh.clone() {
+        Some(upstream_refresh) => {
+            let scope = oauth.upstream.exchange_scopes(&data.scopes);
+            match oauth.upstream.refresh(&upstream_refresh, &scope).await {
+                Ok(tokens) => {
+                    if let Some(id_token) = tokens.id_token.as_deref() {
+                        match refreshed_identity(oauth, id_token, &data.identity).await {
+                            Ok(identity) => data.identity = identity,
+                            Err(why) => {
+                                oauth.end_grant(&row.id, now).await;
+                                tracing::warn!(reason = %why, grant = %row.id, "refreshed ID token rejected; grant revoked");
+                                return invalid_grant(
+                                    "the identity provider's refreshed ID token is not valid for this sign-in; the grant is revoked, sign in again",
+                                );
                             }
                         }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "refreshed ID token rejected; keeping the earlier claims")
-                        }
+                    }
+                    if tokens.refresh_token.is_some() {
+                        data.upstream_refresh = tokens.refresh_token;
                     }
                 }
-                if tokens.refresh_token.is_some() {
-                    data.upstream_refresh = tokens.refresh_token;
+                Err(domain::Error::Unavailable { .. }) => {
+                    return error_status(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the identity provider is unreachable",
+                    );
+                }
+                Err(e) => {
+                    oauth.end_grant(&row.id, now).await;
+                    tracing::info!(error = %e, grant = %row.id, "the identity provider refused the refresh; grant revoked");
+                    return invalid_grant(
+                        "the identity provider no longer accepts this sign-in; sign in again",
+                    );
                 }
             }
-            Err(domain::Error::Unavailable { .. }) => {
-                return error_status(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the identity provider is unreachable",
-                );
-            }
-            Err(e) => {
-                let _ = oauth.store.revoke_grant(&row.id, now).await;
-                tracing::info!(error = %e, grant = %row.id, "the identity provider refused the refresh; grant revoked");
+        }
+        None => {
+            // The provider issued no refresh token, so it cannot be asked again: the grant ends
+            // with the ID token it was issued with (also for grants stored before this rule).
+            if data.upstream_expires_at.is_none_or(|exp| exp <= now) {
+                oauth.end_grant(&row.id, now).await;
                 return invalid_grant(
-                    "the identity provider no longer accepts this sign-in; sign in again",
+                    "this sign-in has expired (the identity provider issued no refresh token); sign in again",
                 );
             }
         }
@@ -1216,9 +1365,9 @@ async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, Strin
         .rotate_refresh(&row.id, &hash, &sha256_hex(&refresh), &sealed, now)
         .await
     {
-        Ok(Rotation::Rotated) => issue(oauth, client_id, &data, &refresh).await,
+        Ok(Rotation::Rotated) => issue(oauth, client_id, &row.id, &data, &scopes, &refresh).await,
         Ok(Rotation::Lost) => {
-            let _ = oauth.store.revoke_grant(&row.id, now).await;
+            oauth.end_grant(&row.id, now).await;
             tracing::warn!(grant = %row.id, client_id, "refresh token used twice at once; grant revoked");
             invalid_grant(
                 "this refresh token was already used; the grant is revoked, sign in again",
@@ -1228,7 +1377,39 @@ async fn refresh_grant(oauth: &OAuth, client_id: &str, p: &HashMap<String, Strin
     }
 }
 
-async fn issue(oauth: &OAuth, client_id: &str, data: &GrantData, refresh: &str) -> Response {
+/// The identity in a refreshed ID token: valid (signature, audience, issuer and tenant, times),
+/// and naming the same user in the same tenant as the grant. Anything else is a reason to end
+/// the grant, never to keep the earlier claims.
+async fn refreshed_identity(
+    oauth: &OAuth,
+    id_token: &str,
+    earlier: &Identity,
+) -> Result<Identity, String> {
+    let audience = oauth.upstream.client_id.clone();
+    let claims = oauth
+        .upstream
+        .validate(id_token, &[audience.as_str()])
+        .await?;
+    let identity = Identity::from_claims(&claims).ok_or("the ID token names no user")?;
+    if identity.subject != earlier.subject {
+        return Err("the ID token names another user".to_owned());
+    }
+    if identity.tid != earlier.tid {
+        return Err("the ID token names another tenant".to_owned());
+    }
+    Ok(identity)
+}
+
+/// Mints an access token of grant `grant_id` with `scopes` (the grant's, or fewer) and answers
+/// with it and the new refresh token.
+async fn issue(
+    oauth: &OAuth,
+    client_id: &str,
+    grant_id: &str,
+    data: &GrantData,
+    scopes: &[String],
+    refresh: &str,
+) -> Response {
     let now = unix_now();
     let ttl = oauth.access_ttl.as_secs() as i64;
     let claims = AccessClaims {
@@ -1244,8 +1425,9 @@ async fn issue(oauth: &OAuth, client_id: &str, data: &GrantData, refresh: &str) 
         email: data.identity.email.clone(),
         name: data.identity.name.clone(),
         roles: data.identity.roles.clone(),
-        scope: data.scopes.join(" "),
+        scope: scopes.join(" "),
         client_id: client_id.to_owned(),
+        gid: Some(grant_id.to_owned()),
     };
     let access = match oauth.keys.sign(&claims).await {
         Ok(t) => t,
@@ -1264,7 +1446,7 @@ async fn issue(oauth: &OAuth, client_id: &str, data: &GrantData, refresh: &str) 
     h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     let actor = data
         .identity
-        .principal(data.scopes.clone(), Some(client_id.to_owned()));
+        .principal(scopes.to_vec(), Some(client_id.to_owned()));
     note(response, |n| n.actor = Some(actor))
 }
 
@@ -1288,7 +1470,7 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
     if let Ok(Some(row)) = oauth.store.grant_by_refresh(&sha256_hex(token)).await
         && row.client_id == client_id
     {
-        let _ = oauth.store.revoke_grant(&row.id, now).await;
+        oauth.end_grant(&row.id, now).await;
         tracing::info!(grant = %row.id, client_id, "refresh token revoked");
     } else if let Ok(claims) = oauth
         .keys

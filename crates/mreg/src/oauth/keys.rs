@@ -67,6 +67,10 @@ pub struct AccessClaims {
     pub scope: String,
     /// The OAuth client the token was issued to.
     pub client_id: String,
+    /// The grant (refresh-token family) the token was issued from: when that grant is revoked,
+    /// the token is refused too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
 }
 
 /// The signing keys of this deployment.

@@ -63,6 +63,7 @@ pub struct OAuth {
     default_scopes: Vec<String>,
     supported_scopes: Vec<String>,
     cimd_allow_private: bool,
+    max_idle_clients: u64,
     /// The audit log.
     audit: crate::audit::Auditor,
     /// Validated tokens decoded from the cache.
@@ -133,6 +134,13 @@ impl Identity {
             client_id,
         }
     }
+}
+
+/// The cache key that marks grant `id` revoked. Set when a grant is revoked, for as long as an
+/// access token issued from it can live; the resource server refuses those tokens while it is
+/// there (shared through Redis when configured).
+pub fn grant_revoked_key(id: &str) -> String {
+    format!("oauth:grant-revoked:{id}")
 }
 
 /// Random URL-safe text of `bytes` random bytes.
@@ -208,6 +216,7 @@ impl OAuth {
             default_scopes,
             supported_scopes,
             cimd_allow_private: config.auth.cimd_allow_private,
+            max_idle_clients: config.auth.max_idle_clients,
             audit,
             decoded: Default::default(),
             address_limit: None,

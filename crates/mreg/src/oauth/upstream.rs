@@ -350,9 +350,22 @@ impl Upstream {
     /// placeholder filled from the token's `tid`, and the tenant on the allowlist.
     fn check_issuer(&self, meta: &Metadata, claims: &Value) -> std::result::Result<(), String> {
         let iss = claims["iss"].as_str().ok_or("the token has no issuer")?;
-        let tid = claims["tid"].as_str();
-        let expected = match &self.kind {
-            Kind::Oidc => meta.issuer.clone(),
+        let expected = self.tenant_issuer(meta, claims["tid"].as_str())?;
+        if iss != expected {
+            return Err(format!("issuer {iss} is not {expected}"));
+        }
+        Ok(())
+    }
+
+    /// The issuer a token of tenant `tid` must name; for Entra, an error when that tenant may
+    /// not sign in (not on `AZURE_ALLOWED_TENANTS`, or not the app's own tenant).
+    fn tenant_issuer(
+        &self,
+        meta: &Metadata,
+        tid: Option<&str>,
+    ) -> std::result::Result<String, String> {
+        match &self.kind {
+            Kind::Oidc => Ok(meta.issuer.clone()),
             Kind::Azure {
                 allowed_tenants, ..
             } => {
@@ -363,22 +376,32 @@ impl Upstream {
                     return Err(format!("tenant {tid} is not allowed to sign in"));
                 }
                 if meta.issuer.contains("{tenantid}") {
-                    meta.issuer.replace("{tenantid}", &tid)
+                    Ok(meta.issuer.replace("{tenantid}", &tid))
                 } else if meta
                     .issuer
                     .split('/')
                     .any(|segment| segment.eq_ignore_ascii_case(&tid))
                 {
-                    meta.issuer.clone()
+                    Ok(meta.issuer.clone())
                 } else {
-                    return Err(format!("tenant {tid} is not this app's tenant"));
+                    Err(format!("tenant {tid} is not this app's tenant"))
                 }
             }
-        };
-        if iss != expected {
-            return Err(format!("issuer {iss} is not {expected}"));
         }
-        Ok(())
+    }
+
+    /// Whether users of tenant `tid` may (still) sign in, by the configuration of now: checked
+    /// on every refresh, so that a tenant taken off `AZURE_ALLOWED_TENANTS` loses its grants.
+    /// Always true for a generic OpenID Connect provider (one issuer, no tenants). A refusal is
+    /// [`Error::Forbidden`]; a provider that cannot be asked for its metadata is an error too.
+    pub async fn check_tenant(&self, tid: Option<&str>) -> Result<()> {
+        if let Kind::Oidc = self.kind {
+            return Ok(());
+        }
+        let meta = self.metadata().await?;
+        self.tenant_issuer(&meta, tid)
+            .map(|_| ())
+            .map_err(Error::Forbidden)
     }
 
     /// Validates a token the provider signed (RS256 only) for one of `audiences`, and returns its

@@ -68,6 +68,9 @@ pub trait AuthStore: Send + Sync + 'static {
     /// in, or every grant ended): open registration cannot fill the table forever, and a client
     /// that comes back gets `invalid_client` and registers again.
     async fn prune_clients(&self, before: i64) -> Result<u64>;
+    /// How many registered clients hold no grant (registered, never signed in, or every grant
+    /// ended and pruned): what open registration can grow, so `/register` is capped on it.
+    async fn idle_clients(&self) -> Result<u64>;
 }
 
 macro_rules! auth_store {
@@ -230,6 +233,19 @@ macro_rules! auth_store {
                 .await
                 .map_err(db_error("client"))?;
                 Ok(done.rows_affected())
+            }
+
+            async fn idle_clients(&self) -> Result<u64> {
+                // NOT IN over the (hashed) grant client ids: one pass over each table.
+                let row = sqlx::query(
+                    "SELECT COUNT(*) FROM oauth_clients WHERE client_id NOT IN \
+                     (SELECT client_id FROM oauth_grants)",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error("client"))?;
+                let count: i64 = row.try_get(0).map_err(db_error("client"))?;
+                Ok(count.max(0) as u64)
             }
         }
     };

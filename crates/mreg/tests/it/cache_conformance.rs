@@ -28,6 +28,16 @@ async fn values_are_stored_replaced_and_deleted(cache: Arc<dyn Cache>) {
     cache.ping().await.expect("ping");
 }
 
+async fn get_many_answers_each_key_in_order(cache: Arc<dyn Cache>) {
+    cache.set("a", b"1", LONG).await.expect("set");
+    cache.set("c", b"3", LONG).await.expect("set");
+    assert_eq!(
+        cache.get_many(&["a", "b", "c"]).await.expect("get_many"),
+        [Some(b"1".to_vec()), None, Some(b"3".to_vec())]
+    );
+    assert!(cache.get_many(&[]).await.expect("none").is_empty());
+}
+
 async fn entries_expire_after_their_ttl(cache: Arc<dyn Cache>) {
     cache.set("short", b"x", SHORT).await.expect("set");
     cache.set("long", b"y", LONG).await.expect("set");
@@ -251,6 +261,7 @@ macro_rules! conformance {
 
 conformance!(
     values_are_stored_replaced_and_deleted,
+    get_many_answers_each_key_in_order,
     entries_expire_after_their_ttl,
     set_if_absent_only_sets_missing_or_expired_keys,
     incr_counts_from_zero_and_keeps_the_first_ttl,

@@ -122,6 +122,19 @@ impl Idp {
         reply["token"].as_str().expect("token").to_owned()
     }
 
+    /// Changes the provider's next successful token response of `change["grant_type"]` (see
+    /// `/_test/next_token` in `interop/idp.mjs`).
+    pub(crate) async fn next_token(&self, change: Value) {
+        let reply = self
+            .http
+            .post(format!("{}/_test/next_token", self.authority))
+            .json(&change)
+            .send()
+            .await
+            .expect("next_token");
+        assert_eq!(reply.status(), StatusCode::OK);
+    }
+
     async fn jwks_hits(&self) -> u64 {
         let reply: Value = self
             .http
@@ -694,12 +707,18 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
     let (status, _) = mcp_initialize(&format!("{}/mcp", s.mcp), Some(access)).await;
     assert_eq!(status, StatusCode::OK);
 
-    // The code is single-use.
+    // The code is single-use, and a replay ends what was issued for it.
     let (status, replay) = flow.redeem(&code).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(replay["error"], "invalid_grant");
+    let replayed_refresh = tokens["refresh_token"].as_str().expect("refresh token");
+    assert_eq!(
+        flow.refresh(replayed_refresh).await.0,
+        StatusCode::BAD_REQUEST
+    );
 
     // Refresh rotates; presenting a spent refresh token ends the whole family.
+    let tokens = flow.tokens("alice").await;
     let first = tokens["refresh_token"].as_str().expect("refresh token");
     let (status, second) = flow.refresh(first).await;
     assert_eq!(status, StatusCode::OK, "{second}");
@@ -749,7 +768,7 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
 
     // Registration, sign-ins and every token event are audited, failures included, and no
     // token reaches the log.
-    let rows = crate::audit::at_least(13, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let rows = crate::audit::at_least(16, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
     let oauth: Vec<(&str, &str, &str)> = rows
         .iter()
         .filter(|r| r.event.operation.starts_with("oauth."))
@@ -768,6 +787,9 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
             ("oauth.login", ALICE_OID, "ok"),
             ("oauth.token", ALICE_OID, "ok"),
             ("oauth.token", "unauthenticated", "error"),
+            ("oauth.refresh", "unauthenticated", "error"),
+            ("oauth.login", ALICE_OID, "ok"),
+            ("oauth.token", ALICE_OID, "ok"),
             ("oauth.refresh", ALICE_OID, "ok"),
             ("oauth.refresh", "unauthenticated", "error"),
             ("oauth.refresh", "unauthenticated", "error"),
@@ -797,7 +819,13 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
         "{replayed:?}"
     );
     let everything = format!("{rows:?}");
-    for secret in [first, second_refresh, refresh.as_str(), &code] {
+    for secret in [
+        replayed_refresh,
+        first,
+        second_refresh,
+        refresh.as_str(),
+        &code,
+    ] {
         assert!(
             !everything.contains(secret),
             "a token reached the audit log"
@@ -829,7 +857,9 @@ async fn authorize_refuses_bad_clients_redirects_pkce_resources_and_scopes() {
         .await;
     assert_eq!(status, StatusCode::FOUND);
     assert!(location(&headers).contains("/consent?txn="));
-    // Everything else goes back to the client as an error, with state and iss.
+    // Every other error is shown on an error page too: before consent, a redirect URI anyone
+    // could register must not receive the browser (no open redirector), whatever is wrong.
+    let long_state = "s".repeat(513);
     for (changes, error) in [
         (vec![("code_challenge", None)], "invalid_request"),
         (
@@ -854,16 +884,45 @@ async fn authorize_refuses_bad_clients_redirects_pkce_resources_and_scopes() {
             vec![("scope", Some("openid Directory.ReadWrite.All"))],
             "invalid_scope",
         ),
+        (
+            vec![("state", Some(long_state.as_str()))],
+            "invalid_request",
+        ),
     ] {
-        let (status, headers, _) = flow.get(&flow.authorize_url(&changes)).await;
-        assert_eq!(status, StatusCode::FOUND, "{changes:?}");
-        let back = location(&headers);
-        assert!(back.starts_with(REDIRECT), "{back}");
-        let q = query_of(&back);
-        assert_eq!(q["error"], error, "{changes:?}");
-        assert_eq!(q["state"], flow.state);
-        assert_eq!(q["iss"], s.mcp);
+        let (status, headers, page) = flow.get(&flow.authorize_url(&changes)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{changes:?}");
+        assert!(
+            headers.get(LOCATION).is_none(),
+            "{changes:?} must not redirect"
+        );
+        assert!(page.contains(error), "{changes:?}: {page}");
+        assert_eq!(
+            headers.get("x-frame-options").map(|v| v.to_str().ok()),
+            Some(Some("DENY")),
+            "the consent page's headers"
+        );
+        let csp = headers
+            .get("content-security-policy")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(
+            headers.get("cache-control").map(|v| v.to_str().ok()),
+            Some(Some("no-store"))
+        );
+        assert!(
+            headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/html")),
+            "{changes:?}"
+        );
     }
+    // A state of 512 characters is fine.
+    let (status, _, _) = flow
+        .get(&flow.authorize_url(&[("state", Some(&"s".repeat(512)))]))
+        .await;
+    assert_eq!(status, StatusCode::FOUND);
     // A repeated parameter is refused outright.
     let doubled = format!("{}&state=again", flow.authorize_url(&[]));
     assert_eq!(flow.get(&doubled).await.0, StatusCode::BAD_REQUEST);
@@ -876,6 +935,15 @@ async fn authorize_refuses_bad_clients_redirects_pkce_resources_and_scopes() {
         (json!(["http://app.example/cb"]), "http off loopback"),
         (json!(["https://app.example/a/%2e%2e/cb"]), "dot-segment"),
         (json!([]), "none"),
+        (json!(["search-ms:query=x"]), "an operating system handler"),
+        (
+            json!(["ms-msdt:/id PCWDiagnostic"]),
+            "an operating system handler",
+        ),
+        (
+            json!(["myapp:/callback"]),
+            "a scheme that is not a reverse domain name",
+        ),
     ] {
         let reply = flow
             .http
@@ -2062,5 +2130,441 @@ async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_pr
             .lines()
             .any(|l| l == "mreg_policy_refusals_total{reason=\"rate_limited\"} 3"),
         "{metrics}"
+    );
+}
+
+// ---------------------------------------------------------------- security review (issue 14)
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[tokio::test]
+async fn a_refreshed_id_token_that_fails_validation_revokes_the_grant() {
+    let Some(s) = setup(&[]).await else { return };
+    for (change, why) in [
+        (
+            json!({"id_token": {"aud": "api://someone-else"}}),
+            "wrong audience",
+        ),
+        (
+            json!({"key": "rogue", "id_token": {}}),
+            "an unpublished key",
+        ),
+        (json!({"id_token": {"oid": BOB_OID}}), "another user"),
+        (json!({"id_token": {"exp": unix_now() - 3600}}), "expired"),
+    ] {
+        let mut flow = Flow::new(&s).await;
+        let tokens = flow.tokens("alice").await;
+        let access = tokens["access_token"].as_str().expect("access");
+        let refresh = tokens["refresh_token"].as_str().expect("refresh");
+        assert_eq!(whoami(&s.app, access).await.0, StatusCode::OK, "{why}");
+        let mut change = change;
+        change["grant_type"] = json!("refresh_token");
+        s.idp.next_token(change).await;
+        let (status, body) = flow.refresh(refresh).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {body}");
+        assert_eq!(body["error"], "invalid_grant", "{why}");
+        assert!(body.get("access_token").is_none(), "{why}: no token issued");
+        // The grant is gone: its refresh token (with a good provider answer now) and the access
+        // token it issued earlier are refused.
+        let (status, body) = flow.refresh(refresh).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {body}");
+        assert_eq!(
+            whoami(&s.app, access).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{why}: the access token of a revoked grant"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_provider_refresh_token_the_grant_ends_with_the_id_token() {
+    let Some(s) = setup(&[]).await else { return };
+    let mut flow = Flow::new(&s).await;
+    let expires = unix_now() + 12;
+    s.idp
+        .next_token(json!({
+            "grant_type": "authorization_code",
+            "drop": ["refresh_token"],
+            "id_token": {"exp": expires},
+        }))
+        .await;
+    let tokens = flow.tokens("alice").await;
+    let refresh = tokens["refresh_token"]
+        .as_str()
+        .expect("refresh")
+        .to_owned();
+    // Within the ID token's lifetime the grant refreshes (without asking the provider) …
+    assert!(unix_now() < expires - 1, "the sign-in took too long");
+    let (status, next) = flow.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    let refresh = next["refresh_token"].as_str().expect("rotated").to_owned();
+    // … and not after it.
+    let wait = (expires + 1 - unix_now()).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (status, body) = flow.refresh(&refresh).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(body.get("access_token").is_none());
+}
+
+#[tokio::test]
+async fn a_refresh_rechecks_the_tenant_against_the_configuration_of_now() {
+    if !peers_available() {
+        return;
+    }
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let shared = |idp: &Idp, port: String, public: &str, allowed: &str| {
+        owned(&[
+            ("MREG_AUTH", "oauth"),
+            ("AZURE_TENANT_ID", "organizations"),
+            ("AZURE_ALLOWED_TENANTS", allowed),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", SECRET),
+            ("AZURE_AUTHORITY_HOST", idp.authority.as_str()),
+            ("AZURE_GRAPH_URL", idp.authority.as_str()),
+            ("MREG_DATABASE_URL", db.url.as_str()),
+            ("MREG_PUBLIC_URL", public),
+            ("FASTMCP_SERVER_PORT", port.as_str()),
+        ])
+    };
+    let both = format!("{TENANT},{OTHER_TENANT}");
+    let (idp, a, port) = provider_and_gateway(&[TENANT, OTHER_TENANT], |idp, port| {
+        shared(
+            idp,
+            port.to_string(),
+            &format!("http://127.0.0.1:{port}"),
+            &both,
+        )
+    })
+    .await;
+    let public = format!("http://127.0.0.1:{port}");
+    // The same deployment restarted with TENANT taken off the list.
+    let b_pairs = shared(&idp, "0".to_owned(), &public, OTHER_TENANT);
+    let b_refs: Vec<(&str, &str)> = b_pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let b = TestApp::spawn_with(&b_refs).await;
+    let s = Setup {
+        idp,
+        app: a,
+        mcp: public.clone(),
+    };
+    let mut flow = Flow::new(&s).await;
+    let tokens = flow.tokens("alice").await;
+    let refresh = tokens["refresh_token"].as_str().expect("refresh");
+    // The provider answers without an ID token, so only the stored tenant can be checked.
+    s.idp
+        .next_token(json!({"grant_type": "refresh_token", "drop": ["id_token"]}))
+        .await;
+    let at_b = |refresh: String| {
+        let url = format!("http://{}/token", b.mcp_addr);
+        let client_id = flow.client_id.clone();
+        async move {
+            let reply = reqwest::Client::new()
+                .post(url)
+                .form(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh.as_str()),
+                    ("client_id", client_id.as_str()),
+                ])
+                .send()
+                .await
+                .expect("refresh at B");
+            (
+                reply.status(),
+                reply.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, body) = at_b(refresh.to_owned()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_grant");
+    assert!(body.get("access_token").is_none());
+    // The grant is revoked, not only refused this once: A refuses it too.
+    let (status, body) = flow.refresh(refresh).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    drop(flow);
+    s.app.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_replayed_code_revokes_the_tokens_issued_for_it() {
+    let Some(s) = setup(&[]).await else { return };
+    let mut flow = Flow::new(&s).await;
+    let code = flow.code("alice").await;
+    let (status, tokens) = flow.redeem(&code).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().expect("access");
+    let refresh = tokens["refresh_token"].as_str().expect("refresh");
+    assert_eq!(whoami(&s.app, access).await.0, StatusCode::OK);
+    let (status, replay) = flow.redeem(&code).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(replay["error"], "invalid_grant");
+    assert!(replay.get("access_token").is_none());
+    assert_eq!(
+        whoami(&s.app, access).await.0,
+        StatusCode::UNAUTHORIZED,
+        "the access token issued for the code"
+    );
+    let (status, _) = mcp_initialize(&format!("{}/mcp", s.mcp), Some(access)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = flow.refresh(refresh).await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "the refresh token issued for the code: {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_grant_takes_its_cached_access_tokens_with_it() {
+    let Some(s) = setup(&[]).await else { return };
+    let mut flow = Flow::new(&s).await;
+    // Revocation of the refresh token (RFC 7009).
+    let tokens = flow.tokens("alice").await;
+    let access = tokens["access_token"].as_str().expect("access");
+    assert!(claims_of(access)["gid"].is_string(), "the grant id claim");
+    // Used (and so cached, validated) on both listeners first.
+    assert_eq!(whoami(&s.app, access).await.0, StatusCode::OK);
+    let mcp = format!("{}/mcp", s.mcp);
+    assert_eq!(mcp_initialize(&mcp, Some(access)).await.0, StatusCode::OK);
+    let reply = flow
+        .http
+        .post(format!("{}/revoke", s.mcp))
+        .form(&[
+            ("token", tokens["refresh_token"].as_str().expect("refresh")),
+            ("client_id", flow.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert_eq!(whoami(&s.app, access).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        mcp_initialize(&mcp, Some(access)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Reuse detection: every access token of the family goes.
+    let tokens = flow.tokens("bob").await;
+    let first_access = tokens["access_token"].as_str().expect("access");
+    let first = tokens["refresh_token"].as_str().expect("refresh");
+    let (status, second) = flow.refresh(first).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let second_access = second["access_token"].as_str().expect("access");
+    assert_eq!(whoami(&s.app, second_access).await.0, StatusCode::OK);
+    let (status, _) = flow.refresh(first).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "reuse");
+    for access in [first_access, second_access] {
+        assert_eq!(whoami(&s.app, access).await.0, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_may_ask_for_fewer_scopes() {
+    let Some(s) = setup(&[]).await else { return };
+    let mut flow = Flow::new(&s).await;
+    let tokens = flow.tokens("alice").await;
+    assert_eq!(tokens["scope"], "User.Read profile openid email");
+    let refresh = tokens["refresh_token"].as_str().expect("refresh");
+    let (status, narrow) = flow
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh),
+            ("client_id", &flow.client_id),
+            ("scope", "openid profile"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::OK, "{narrow}");
+    assert_eq!(narrow["scope"], "openid profile");
+    let access = narrow["access_token"].as_str().expect("access");
+    assert_eq!(claims_of(access)["scope"], "openid profile");
+    let (_, _, me) = whoami(&s.app, access).await;
+    assert_eq!(me["scopes"], json!(["openid", "profile"]), "{me}");
+    // The grant keeps what the user approved: a later refresh without scope gets it all.
+    let (status, full) = flow
+        .refresh(narrow["refresh_token"].as_str().expect("rotated"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{full}");
+    assert_eq!(full["scope"], "User.Read profile openid email");
+    // Nothing beyond the grant.
+    let (status, body) = flow
+        .token(&[
+            ("grant_type", "refresh_token"),
+            (
+                "refresh_token",
+                full["refresh_token"].as_str().expect("rotated"),
+            ),
+            ("client_id", &flow.client_id),
+            ("scope", "openid access_as_user"),
+        ])
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "invalid_scope");
+}
+
+#[tokio::test]
+async fn registration_is_bounded_in_size_and_in_clients_that_never_signed_in() {
+    let Some(s) = setup(&[("MREG_OAUTH_MAX_IDLE_CLIENTS", "3")]).await else {
+        return;
+    };
+    let http = no_redirects();
+    let register = |body: Value| {
+        let http = http.clone();
+        let url = format!("{}/register", s.mcp);
+        async move {
+            let reply = http.post(url).json(&body).send().await.expect("register");
+            (
+                reply.status(),
+                reply.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let idle = || async {
+        let store = mreg::store::SqliteStore::open(&s.app.dir.0.join("mreg.db"), 1)
+            .await
+            .expect("open the database");
+        mreg::store::auth::AuthStore::idle_clients(&store)
+            .await
+            .expect("count")
+    };
+    for (body, why) in [
+        (
+            json!({"redirect_uris": [REDIRECT], "scope": vec!["openid"; 300].join(" ")}),
+            "a long scope",
+        ),
+        (
+            json!({"redirect_uris": [REDIRECT], "grant_types": vec!["authorization_code"; 1000]}),
+            "many grant types",
+        ),
+    ] {
+        let (status, reply) = register(body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
+        assert_eq!(reply["error"], "invalid_client_metadata", "{why}");
+    }
+    assert_eq!(idle().await, 0, "nothing was stored");
+    let mut flow = Flow::new(&s).await;
+    for _ in 0..2 {
+        let (status, _) = register(json!({"redirect_uris": [REDIRECT]})).await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    assert_eq!(idle().await, 3);
+    let (status, reply) = register(json!({"redirect_uris": [REDIRECT]})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(reply["error"], "temporarily_unavailable");
+    assert!(reply.get("client_id").is_none());
+    assert_eq!(idle().await, 3, "no row for the refused registration");
+    // A client that signed in holds a grant and no longer counts.
+    flow.tokens("alice").await;
+    let (status, _) = register(json!({"redirect_uris": [REDIRECT]})).await;
+    assert_eq!(status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn a_metadata_document_that_failed_is_not_fetched_again_at_once() {
+    let Some(s) = setup(&[("MREG_CIMD_ALLOW_PRIVATE", "true")]).await else {
+        return;
+    };
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let router = axum::Router::new().route(
+        "/broken.json",
+        axum::routing::get(move || {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { StatusCode::INTERNAL_SERVER_ERROR }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let flow = Flow::with_client_id(&s, &format!("{base}/broken.json"));
+    for _ in 0..3 {
+        let reply = flow
+            .http
+            .get(flow.authorize_url(&[]))
+            .send()
+            .await
+            .expect("authorize");
+        assert_eq!(reply.status(), StatusCode::BAD_REQUEST);
+        assert!(reply.headers().get(LOCATION).is_none());
+    }
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one fetch, then the failure is remembered"
+    );
+}
+
+#[tokio::test]
+async fn provider_id_tokens_are_not_accepted_as_access_tokens() {
+    let Some(s) = setup(&[]).await else { return };
+    let good = s.idp.claims(TENANT);
+    let token = s.idp.sign(good.clone()).await;
+    assert_eq!(whoami(&s.app, &token).await.0, StatusCode::OK, "baseline");
+    // The scheme is case-insensitive (RFC 7235).
+    for scheme in ["BEARER", "bearer", "Bearer"] {
+        let reply = s
+            .app
+            .http
+            .get(s.app.url("/api/v1/whoami"))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .expect("whoami");
+        assert_eq!(reply.status(), StatusCode::OK, "{scheme}");
+    }
+    let remove = |claims: &mut Value, key: &str| {
+        claims.as_object_mut().expect("object").remove(key);
+    };
+    let mut cases = Vec::new();
+    for claim in ["nonce", "at_hash", "c_hash"] {
+        let mut c = good.clone();
+        c[claim] = json!("x");
+        cases.push((c, claim));
+    }
+    let mut no_client = good.clone();
+    remove(&mut no_client, "azp");
+    cases.push((no_client, "neither azp nor appid"));
+    let mut nothing = good.clone();
+    remove(&mut nothing, "roles");
+    cases.push((nothing, "neither scp nor roles"));
+    let mut user_without_scp = good.clone();
+    user_without_scp["idtyp"] = json!("user");
+    cases.push((user_without_scp, "a user token without scp"));
+    // An ID token as the provider issues them at sign-in: aud = client id, nonce, no azp.
+    let mut id_token = good.clone();
+    id_token["aud"] = json!(CLIENT_ID);
+    id_token["nonce"] = json!("n");
+    remove(&mut id_token, "azp");
+    cases.push((id_token, "an ID token"));
+    for (claims, why) in cases {
+        let token = s.idp.sign(claims).await;
+        let (status, headers, _) = whoami(&s.app, &token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{why}");
+        assert!(challenge_of(&headers).contains("invalid_token"), "{why}");
+    }
+    // Entra's app-only tokens (idtyp app, roles) and delegated ones (scp) still pass.
+    let mut app_only = good.clone();
+    app_only["idtyp"] = json!("app");
+    assert_eq!(
+        whoami(&s.app, &s.idp.sign(app_only).await).await.0,
+        StatusCode::OK
+    );
+    let mut delegated = good.clone();
+    delegated["idtyp"] = json!("user");
+    delegated["scp"] = json!("access_as_user");
+    assert_eq!(
+        whoami(&s.app, &s.idp.sign(delegated).await).await.0,
+        StatusCode::OK
     );
 }

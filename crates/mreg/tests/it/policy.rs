@@ -16,7 +16,8 @@ use crate::oauth::{ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, who
 use crate::support::{ChaosProxy, TempDir, TestApp, redis_available};
 use crate::upstream::Upstream;
 
-/// Tokens for an admin (alice), a user (bob) and someone without roles (carol).
+/// Tokens for an admin (alice), a user (bob) and someone without roles (carol): delegated
+/// provider access tokens (`scp`), as Entra issues them to a user of mreg's app.
 struct Callers {
     alice: String,
     bob: String,
@@ -28,6 +29,8 @@ async fn callers(s: &Setup) -> Callers {
         let mut claims = s.idp.claims(TENANT);
         claims["oid"] = json!(oid);
         claims["roles"] = roles;
+        claims["scp"] = json!("access_as_user");
+        claims["idtyp"] = json!("user");
         s.idp.sign(claims)
     };
     Callers {
