@@ -540,3 +540,36 @@ mod resolver_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn an_ipv4_address_is_judged_alike_in_every_ipv6_form(v4 in any::<u32>()) {
+            let v4 = Ipv4Addr::from(v4);
+            let kind = kind(IpAddr::V4(v4));
+            prop_assert_eq!(super::kind(IpAddr::V6(v4.to_ipv6_mapped())), kind);
+            let [a, b, c, d] = v4.octets();
+            let nat64 = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+            prop_assert_eq!(super::kind(IpAddr::V6(nat64)), kind);
+            let six_to_four = Ipv6Addr::new(0x2002, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]), 0, 0, 0, 0, 1);
+            prop_assert_eq!(super::kind(IpAddr::V6(six_to_four)), kind);
+        }
+
+        #[test]
+        fn allow_list_entries_parse_or_refuse_without_panicking(text in any::<String>()) {
+            let _ = Allowed::parse(&text);
+        }
+
+        #[test]
+        fn metadata_is_refused_whatever_the_allow_list(bits in 0_u8..=32, net in any::<u32>()) {
+            let egress = Egress::new(false, vec![Allowed::Net(IpAddr::V4(Ipv4Addr::from(net)), bits)], None);
+            prop_assert!(egress.refuses_ip("169.254.169.254".parse().expect("ip"), None).is_some());
+        }
+    }
+}

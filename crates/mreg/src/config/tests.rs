@@ -11,6 +11,9 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An encryption key (32 bytes, base64), which authentication on requires.
+const TEST_KEY: &str = "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=";
+
 fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
     RawConfig::collect(None, Vec::new(), env(pairs))?.parse()
 }
@@ -130,7 +133,7 @@ fn azure_credentials_come_as_a_set_and_are_validated() {
     let err = parse(&entra).expect_err("authentication on needs an external key");
     assert_eq!(err.setting, "MREG_ENCRYPTION_KEY");
     assert!(err.to_string().contains("outside the database"), "{err}");
-    let key = "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=";
+    let key = TEST_KEY;
     let (path, mut file) = tempfile();
     writeln!(file, "{key}").expect("write");
     let path = path.display().to_string();
@@ -315,6 +318,7 @@ fn consumers_needs_an_allowlist_like_the_other_multi_tenant_names() {
             "AZURE_ALLOWED_TENANTS",
             "9188040d-6c67-4c5b-b112-36a304b66dad",
         ),
+        ("MREG_ENCRYPTION_KEY", TEST_KEY),
     ])
     .expect("listed");
     assert_eq!(
@@ -343,6 +347,7 @@ fn provider_and_public_urls_need_https_off_loopback() {
             ("MREG_OIDC_ISSUER", issuer),
             ("MREG_OIDC_CLIENT_ID", "mreg"),
             ("MREG_OIDC_CLIENT_SECRET", "s3cret"),
+            ("MREG_ENCRYPTION_KEY", TEST_KEY),
         ])
     };
     let err = oidc("http://idp.example.com/realms/x").expect_err("http issuer");

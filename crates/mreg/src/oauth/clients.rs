@@ -342,6 +342,33 @@ pub fn register(
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn redirect_uris_are_judged_without_panicking(raw in any::<String>(), native in any::<bool>()) {
+                if let Ok(url) = check_redirect_uri(&raw, native) {
+                    prop_assert!(url.fragment().is_none());
+                    prop_assert!(!matches!(url.scheme(), "javascript" | "data" | "file" | "vbscript"));
+                    prop_assert!(redirect_matches(std::slice::from_ref(&raw), &raw), "a URI matches itself");
+                }
+            }
+
+            #[test]
+            fn mutated_redirect_uris_are_judged_without_panicking(
+                seed in prop::sample::select(&["https://app.example.com/cb", "http://127.0.0.1:8765/cb", "com.example.app:/oauth"][..]),
+                tail in any::<String>(),
+            ) {
+                let _ = check_redirect_uri(&format!("{seed}{tail}"), true);
+                let _ = check_redirect_uri(&format!("{seed}{tail}"), false);
+            }
+        }
+    }
+
     #[test]
     fn redirect_uris_are_checked_component_by_component() {
         let ok = |u: &str, native: bool| check_redirect_uri(u, native).is_ok();

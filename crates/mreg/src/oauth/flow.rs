@@ -1501,6 +1501,23 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn parameters_parse_or_refuse_a_repeat_without_panicking(raw in any::<String>()) {
+                if let Ok(map) = params(&raw) {
+                    let pairs = url::form_urlencoded::parse(raw.as_bytes()).count();
+                    prop_assert_eq!(map.len(), pairs, "no parameter was silently dropped");
+                }
+            }
+        }
+    }
+
     #[test]
     fn repeated_parameters_are_refused() {
         assert!(params("a=1&b=2").is_ok());

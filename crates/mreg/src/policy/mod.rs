@@ -494,6 +494,20 @@ pub fn visibility(state: &AppState, principal: &Principal) -> domain::Visibility
 mod tests {
     use super::*;
 
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_policy_file_is_taken_or_refused_without_panicking(text in any::<String>()) {
+                let _ = Policy::seed(100).apply(&text);
+            }
+        }
+    }
+
     fn who(roles: &[&str]) -> Principal {
         Principal {
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),

@@ -353,3 +353,51 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_answer_is_seen_however_the_stream_is_cut_and_whatever_its_line_ends(
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8),
+            crlf in any::<bool>(),
+            noise in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let end = if crlf { "\r\n" } else { "\n" };
+            // Events before the answer: a notification, then bytes of a comment line.
+            let mut stream = format!(
+                "event: message{end}data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}}{end}{end}"
+            )
+            .into_bytes();
+            stream.extend(b": ");
+            stream.extend(noise.iter().map(|b| if matches!(b, b'\r' | b'\n') { b' ' } else { *b }));
+            stream.extend(format!("{end}{end}data: {{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{{}}}}{end}{end}").as_bytes());
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len() + 1)).collect();
+            points.sort_unstable();
+            let mut watch = Watch::new(json!(5));
+            let mut seen = Seen::Pending;
+            let mut from = 0;
+            for to in points.into_iter().chain([stream.len()]) {
+                if seen == Seen::Pending {
+                    seen = watch.feed(&stream[from..to]);
+                }
+                from = to;
+            }
+            prop_assert_eq!(seen, Seen::Answered);
+        }
+
+        #[test]
+        fn any_bytes_are_fed_without_panicking(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..128), 0..16)) {
+            let mut watch = Watch::new(json!(1));
+            for chunk in chunks {
+                let _ = watch.feed(&chunk);
+            }
+            let _ = watch.failure("s", "ended the stream");
+        }
+    }
+}
