@@ -186,6 +186,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         upstream: crate::proxy::upstream_client(egress.clone())?,
         gateway: crate::proxy::client::gateway_client(egress.clone())?,
         egress,
+        gateway_url: config.public_url.as_ref().map_or_else(
+            || format!("http://{mcp_addr}"),
+            |u| u.as_str().trim_end_matches('/').to_owned(),
+        ),
         health_board: crate::health::HealthBoard::default(),
         stores: stores.clone(),
         cache,

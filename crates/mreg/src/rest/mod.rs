@@ -60,6 +60,9 @@ pub struct Shared {
     pub gateway: crate::proxy::client::GatewayClient,
     /// Where the gateway may connect on a caller's behalf.
     pub egress: Arc<crate::egress::Egress>,
+    /// The MCP listener as clients reach it: `MREG_PUBLIC_URL`, else `http://` its address;
+    /// no trailing slash.
+    pub gateway_url: String,
     /// Encryption for secrets at rest and session tokens.
     pub cipher: Arc<crate::crypto::Cipher>,
     /// The database's stores.

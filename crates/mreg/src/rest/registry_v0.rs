@@ -27,8 +27,9 @@ pub const OFFICIAL_META: &str = "io.modelcontextprotocol.registry/official";
 pub const MREG_META: &str = "io.github.mreg/server";
 /// Longest description `server.json` allows.
 const MAX_DESCRIPTION: usize = 100;
-/// Version reported for servers registered without one.
-const UNVERSIONED: &str = "0.0.0";
+/// Version reported for servers registered without one (`server.json` requires a version; a
+/// made-up `0.0.0` would read as a real one).
+const UNVERSIONED: &str = "unversioned";
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -80,8 +81,10 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The official registry's view of a server: `{ server, _meta }`.
-pub fn server_response(namespace: &str, s: &Server) -> Value {
+/// The official registry's view of a server: `{ server, _meta }`. Its remote is the server's
+/// endpoint on the gateway (`{gateway}/servers/NAME/mcp`): a client that discovers servers here
+/// reaches them through the gateway, never around it.
+pub fn server_response(namespace: &str, gateway: &str, s: &Server) -> Value {
     let mut description: String = s.description.chars().take(MAX_DESCRIPTION).collect();
     if description.is_empty() {
         description = s.name.to_string();
@@ -106,7 +109,10 @@ pub fn server_response(namespace: &str, s: &Server) -> Value {
             "name": format!("{namespace}/{}", s.name),
             "description": description,
             "version": s.version.as_deref().unwrap_or(UNVERSIONED),
-            "remotes": [{ "type": s.transport.as_str(), "url": s.url.as_str() }],
+            "remotes": [{
+                "type": "streamable-http",
+                "url": format!("{gateway}/servers/{}/mcp", s.name),
+            }],
         },
         "_meta": {
             OFFICIAL_META: official,
@@ -186,7 +192,7 @@ async fn list(
         servers: page
             .items
             .iter()
-            .map(|s| server_response(namespace, s))
+            .map(|s| server_response(namespace, &state.gateway_url, s))
             .collect(),
     }))
 }
@@ -216,7 +222,7 @@ async fn versions(
         )
         .await?;
     Ok(axum::Json(ServerListResponse {
-        servers: vec![server_response(namespace, &server)],
+        servers: vec![server_response(namespace, &state.gateway_url, &server)],
         metadata: ListMetadata {
             count: 1,
             next_cursor: None,
@@ -258,5 +264,9 @@ async fn version(
         ))
         .into());
     }
-    Ok(axum::Json(server_response(namespace, &server)))
+    Ok(axum::Json(server_response(
+        namespace,
+        &state.gateway_url,
+        &server,
+    )))
 }

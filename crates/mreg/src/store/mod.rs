@@ -157,6 +157,17 @@ pub fn data_error_sqlstate(error: &Error) -> Option<&str> {
 
 /// Escapes `%`, `_` and `\` so that `text` matches literally inside a `LIKE` pattern whose
 /// escape character is `\`.
+/// Most words of a tool search that are matched (the rest are ignored).
+const MAX_SEARCH_WORDS: usize = 8;
+
+/// The words of a tool search, each to be found somewhere in a tool's text, in any order.
+fn search_words(text: &str) -> Vec<&str> {
+    let mut words: Vec<&str> = text.split_whitespace().collect();
+    words.dedup();
+    words.truncate(MAX_SEARCH_WORDS);
+    words
+}
+
 fn like_pattern(text: &str) -> String {
     let mut pattern = String::with_capacity(text.len() + 2);
     pattern.push('%');

@@ -247,9 +247,15 @@ impl CatalogStore for PgStore {
              WHERE s.status <> 'disabled'",
         );
         super::postgres::push_visibility(&mut sql, &query.visibility, "s.");
-        if let Some(text) = &query.text {
+        // Every word, in any order; tools whose name holds more of them rank first.
+        let words = query
+            .text
+            .as_deref()
+            .map(super::search_words)
+            .unwrap_or_default();
+        for word in &words {
             sql.push(" AND t.search_text LIKE ")
-                .push_bind(like_pattern(text));
+                .push_bind(like_pattern(word));
         }
         if let Some(health) = query.health {
             sql.push(" AND COALESCE(h.status, 'unknown') = ")
@@ -257,9 +263,19 @@ impl CatalogStore for PgStore {
         }
         sql.push(
             " ORDER BY CASE COALESCE(h.status, 'unknown') WHEN 'healthy' THEN 0 WHEN 'degraded' THEN 1 \
-             WHEN 'unknown' THEN 2 ELSE 3 END, s.name, t.name LIMIT ",
-        )
-        .push_bind(i64::from(query.limit));
+             WHEN 'unknown' THEN 2 ELSE 3 END",
+        );
+        if !words.is_empty() {
+            sql.push(", (0");
+            for word in &words {
+                sql.push(" + CASE WHEN LOWER(t.name) LIKE ")
+                    .push_bind(like_pattern(word))
+                    .push(" THEN 1 ELSE 0 END");
+            }
+            sql.push(") DESC");
+        }
+        sql.push(", s.name, t.name LIMIT ")
+            .push_bind(i64::from(query.limit));
         let rows = sql
             .build()
             .fetch_all(&self.pool)

@@ -38,7 +38,12 @@ async fn servers_are_listed_in_the_server_json_shape_with_mreg_extras_in_meta() 
     assert_eq!(weather["server"]["version"], "1.2.0");
     assert_eq!(
         weather["server"]["remotes"],
-        json!([{ "type": "streamable-http", "url": "https://weather.example.com/mcp" }])
+        json!([{ "type": "streamable-http", "url": format!("http://{}/servers/weather/mcp", app.mcp_addr) }]),
+        "clients that discover servers here reach them through the gateway"
+    );
+    assert!(
+        !page.to_string().contains("weather.example.com"),
+        "the upstream's own address is not handed out: {page}"
     );
     assert!(
         weather["server"]["$schema"]
@@ -58,7 +63,7 @@ async fn servers_are_listed_in_the_server_json_shape_with_mreg_extras_in_meta() 
         disabled["_meta"]["io.modelcontextprotocol.registry/official"]["status"],
         "deprecated"
     );
-    assert_eq!(disabled["server"]["version"], "0.0.0");
+    assert_eq!(disabled["server"]["version"], "unversioned");
     app.stop().await;
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use domain::{
     CatalogStore, Credentials, Error, Health, HealthCheck, HealthPolicy, HealthStatus, HealthStore,
     Outcome, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore,
-    ToolInfo, ToolQuery,
+    ToolHit, ToolInfo, ToolQuery,
 };
 use mreg::audit::{AuditEvent, GENESIS};
 use mreg::store::audit::{AuditFilter, AuditStore};
@@ -598,6 +598,80 @@ async fn the_catalog_is_replaced_per_server_and_searched_healthiest_first(
             .expect("disabled")
             .is_empty()
     );
+    // Several words: each somewhere, in any order, as an agent phrases a search; tools whose
+    // name holds more of the words first (within one health).
+    let names = |hits: Vec<ToolHit>| {
+        hits.into_iter()
+            .map(|h| format!("{}/{}", h.server, h.tool.name))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        names(
+            catalog
+                .search_tools(&query("docs search", None))
+                .await
+                .expect("words")
+        ),
+        ["zeta/search_docs", "alpha/search_docs"]
+    );
+    assert!(
+        catalog
+            .search_tools(&query("search weather", None))
+            .await
+            .expect("words")
+            .is_empty(),
+        "every word must match"
+    );
+    assert_eq!(
+        names(
+            catalog
+                .search_tools(&query("other zeta", None))
+                .await
+                .expect("words")
+        ),
+        ["zeta/zeta_only"]
+    );
+    catalog
+        .replace_tools(
+            ids[0],
+            &[
+                tool("search_docs", "Search the 100%_docs"),
+                tool("zeta_only", "other"),
+                tool("lookup", "search the docs of zeta"),
+            ],
+        )
+        .await
+        .expect("tools");
+    assert_eq!(
+        names(
+            catalog
+                .search_tools(&query("zeta docs", None))
+                .await
+                .expect("ranked")
+        ),
+        ["zeta/lookup"],
+        "both words, in the description"
+    );
+    assert_eq!(
+        names(
+            catalog
+                .search_tools(&query("docs search", None))
+                .await
+                .expect("ranked")
+        )[..2],
+        ["zeta/search_docs".to_owned(), "zeta/lookup".to_owned()],
+        "the tool whose name holds both words ranks before the one whose text does"
+    );
+    catalog
+        .replace_tools(
+            ids[0],
+            &[
+                tool("search_docs", "Search the 100%_docs"),
+                tool("zeta_only", "other"),
+            ],
+        )
+        .await
+        .expect("tools");
 
     catalog
         .replace_tools(ids[0], &[tool("renamed", "new")])

@@ -149,11 +149,11 @@ pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
             "127.0.0.0/8,::1/128".to_owned(),
         ),
     ];
-    // Authentication on requires an external encryption key.
-    if extra
-        .iter()
-        .any(|(k, v)| *k == "MREG_AUTH" && *v == "oauth")
-    {
+    // Authentication on (an identity provider configured) requires an external encryption key;
+    // without one, the generated key is used, as on an operator's laptop.
+    if extra.iter().any(|(k, v)| {
+        (*k == "MREG_AUTH" && *v == "oauth") || matches!(*k, "AZURE_CLIENT_ID" | "MREG_OIDC_ISSUER")
+    }) {
         env.push((
             "MREG_ENCRYPTION_KEY".to_owned(),
             "dGVzdC1rZXktZm9yLW1yZWctdGVzdHMtMzItYnl0ZXM=".to_owned(),
