@@ -310,6 +310,7 @@ pub struct ServerDraft {
     pub metadata: Option<Map<String, Value>>,
     /// Seconds the gateway waits for the server to answer (1-600, default 30).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 600)]
     pub timeout_secs: Option<u32>,
     /// Visible to callers of every tenant, not only the registering one (administrators only).
     #[serde(default)]
@@ -437,11 +438,11 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
 pub struct ServerPatch {
     /// New URL.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false, example = "https://weather.example.com/mcp")]
     pub url: Patch<String>,
     /// New transport.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
     pub transport: Patch<String>,
     /// New description; `null` clears it.
     #[serde(default)]
@@ -457,15 +458,15 @@ pub struct ServerPatch {
     pub version: Patch<String>,
     /// New status.
     #[serde(default)]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = String, required = false)]
     pub status: Patch<String>,
     /// New metadata (replacing the old object); `null` clears it.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub metadata: Patch<Map<String, Value>>,
-    /// New timeout in seconds; `null` restores the default.
+    /// New timeout in seconds (1-600); `null` restores the default.
     #[serde(default)]
-    #[schema(value_type = Option<u32>)]
+    #[schema(value_type = Option<u32>, minimum = 1, maximum = 600)]
     pub timeout_secs: Patch<u32>,
     /// New upstream credentials (replacing the old ones); `null` removes them.
     #[serde(default)]

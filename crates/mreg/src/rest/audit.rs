@@ -27,22 +27,31 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
     /// Actor's subject or e-mail.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     actor: Option<String>,
     /// Tool called.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     tool: Option<String>,
     /// Registered server addressed.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     server: Option<String>,
     /// `allow`, `deny` or `rate_limited`.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     decision: Option<String>,
     /// Operation, e.g. `register_server`, `tools/call`, `POST /api/v1/servers`, `oauth.token`.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     operation: Option<String>,
     /// Only rows from this time on (RFC 3339).
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     since: Option<String>,
     /// Only rows before this time (RFC 3339).
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     until: Option<String>,
     /// Where to continue: the `next_cursor` of the previous page.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     cursor: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -84,9 +93,10 @@ pub struct AuditEntry {
     /// Server addressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-    /// Arguments, redacted.
+    /// Arguments, redacted: the JSON that was sent (an object, or for a batch an array), or,
+    /// over 16 KiB, its size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<serde_json::Value>)]
     pub arguments: Option<serde_json::Value>,
     /// `allow`, `deny` or `rate_limited`.
     pub decision: String,

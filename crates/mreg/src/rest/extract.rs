@@ -55,3 +55,12 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
         Ok(Self(value))
     }
 }
+
+/// For an optional text parameter: given empty (`?status=`, as a form sends an unset field), it
+/// is absent. `#[serde(default, deserialize_with = "empty_as_none")]`.
+pub fn empty_as_none<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    let value = <Option<String> as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(value.filter(|v| !v.is_empty()))
+}

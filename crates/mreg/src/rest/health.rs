@@ -26,7 +26,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WindowParams {
-    /// Hours of history for uptime and the history list (default 24).
+    /// Hours of history for uptime and the history list, 1-8784 (default 24).
+    #[param(minimum = 1, maximum = 8784)]
     window_hours: Option<u32>,
 }
 
@@ -35,10 +36,14 @@ pub struct WindowParams {
 #[into_params(parameter_in = Query)]
 pub struct ToolParams {
     /// Only tools whose name, title or description contains this text.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     q: Option<String>,
     /// Only tools of servers in this health (healthy, degraded, unhealthy, unknown).
+    #[param(value_type = Option<String>, pattern = "^(|healthy|degraded|unhealthy|unknown)$")]
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     health: Option<String>,
     /// At most this many (1-500, default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 

@@ -118,6 +118,7 @@ pub fn router(state: AppState) -> Router {
     let (ops, ops_document) = ops::router().split_for_parts();
     let mut document = document;
     document.merge(ops_document);
+    document_common_errors(&mut document);
     let max_body = state.config.max_body_bytes;
     let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.api.host);
     let metrics = state.metrics.clone();
@@ -137,4 +138,59 @@ pub fn router(state: AppState) -> Router {
         .layer(crate::guard::GuardLayer::new(hosts))
         .with_state(state)
         .layer(request_id::TrackLayer::new(metrics))
+}
+
+/// Documents the error answers every operation can give besides its own: a foreign `Host` or
+/// `Origin` (403) anywhere; authentication, roles, budgets and an unavailable dependency on the
+/// API; a malformed, oversized or non-JSON body where there is one; an invalid query parameter.
+fn document_common_errors(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in document.paths.paths.iter_mut() {
+        let api = path.starts_with("/api/") || path.starts_with("/v0.1/");
+        let operations = [
+            (false, item.get.as_mut()),
+            (false, item.delete.as_mut()),
+            (true, item.post.as_mut()),
+            (true, item.put.as_mut()),
+            (true, item.patch.as_mut()),
+        ];
+        for (with_body, operation) in operations {
+            let Some(operation) = operation else { continue };
+            let mut add = |status: &str, description: &str| {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.to_owned())
+                    .or_insert_with(|| error(description));
+            };
+            add(
+                "403",
+                "Forbidden: a role is missing, or the Host or Origin is not the gateway's",
+            );
+            if api {
+                add("401", "A bearer token is required (authentication on)");
+                add("422", "A parameter is invalid");
+                add("429", "Rate limited; Retry-After says when to retry");
+                add("503", "The database, cache or audit log is unavailable");
+            }
+            if with_body {
+                add("400", "The body is not well-formed JSON, or cannot be read");
+                add("413", "The body is larger than MREG_MAX_BODY_BYTES");
+                add("415", "The body is not application/json");
+            }
+        }
+    }
 }

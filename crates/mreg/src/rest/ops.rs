@@ -26,8 +26,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(metrics))
 }
 
-/// Liveness answer.
+/// Liveness answer (`Liveness` in the document: `Health` is a server's health).
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Liveness)]
 pub struct Health {
     /// Always `ok`.
     pub status: &'static str,

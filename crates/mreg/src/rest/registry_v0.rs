@@ -45,14 +45,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "snake_case")]
 pub struct ListParams {
     /// `nextCursor` of the previous page.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     cursor: Option<String>,
     /// Page size, 1-100 (default 30).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// Only servers whose name or description contains this text.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     search: Option<String>,
     /// Only servers changed at or after this RFC 3339 time.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     updated_since: Option<String>,
     /// `latest` (the only version each server has here).
+    #[param(pattern = "^(|latest)$")]
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     version: Option<String>,
 }
 

@@ -28,18 +28,28 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only servers with this tag.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     tag: Option<String>,
     /// Only servers in this status (`active`, `deprecated`, `disabled`).
+    #[param(value_type = Option<String>, pattern = "^(|active|deprecated|disabled)$")]
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     status: Option<String>,
     /// Only servers whose name, description or tags contain this text (case-insensitive).
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     q: Option<String>,
     /// Where to continue: the `next_cursor` of the previous page.
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     cursor: Option<String>,
     /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// Only servers in this health (healthy, degraded, unhealthy, unknown).
+    #[param(value_type = Option<String>, pattern = "^(|healthy|degraded|unhealthy|unknown)$")]
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     health: Option<String>,
     /// Order: `name` (default) or `health` (healthiest first, then by name).
+    #[param(value_type = Option<String>, pattern = "^(|name|health)$")]
+    #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     sort: Option<String>,
 }
 
