@@ -20,9 +20,10 @@ use tower::{Layer, Service};
 
 use crate::config::Config;
 
-/// The host names a listener answers to, lowercased, without brackets or port.
+/// The host names a listener answers to, lowercased, without brackets or port, and the other
+/// web origins whose pages may call it (CORS).
 #[derive(Debug, Clone)]
-pub struct Hosts(Arc<[String]>);
+pub struct Hosts(Arc<[String]>, Arc<[String]>);
 
 impl Hosts {
     /// Loopback, `listener_host` (unless a wildcard), the public URL's host and the configured
@@ -42,7 +43,7 @@ impl Hosts {
         hosts.extend(config.allowed_hosts.iter().map(|h| bare(h)));
         hosts.sort();
         hosts.dedup();
-        Self(hosts.into())
+        Self(hosts.into(), config.cors_origins.clone().into())
     }
 
     /// The names, for rmcp's own check on `/mcp`.
@@ -69,6 +70,12 @@ impl Hosts {
             Some(_) => {}
         }
         let origin = headers.get(header::ORIGIN)?;
+        if origin
+            .to_str()
+            .is_ok_and(|o| self.1.iter().any(|allowed| allowed == o))
+        {
+            return None;
+        }
         let allowed = origin
             .to_str()
             .ok()
@@ -182,6 +189,7 @@ mod tests {
             ["127.0.0.1", "::1", "gw.example.com", "localhost"]
                 .map(str::to_owned)
                 .into(),
+            ["https://inspector.example.com".to_owned()].into(),
         )
     }
 
@@ -230,6 +238,22 @@ mod tests {
             ])),
             None,
             "a page served from loopback (a local inspector) may call"
+        );
+        assert_eq!(
+            hosts().refuses(&headers(&[
+                ("host", "gw.example.com"),
+                ("origin", "https://inspector.example.com")
+            ])),
+            None,
+            "an origin on the CORS list may call"
+        );
+        assert!(
+            hosts()
+                .refuses(&headers(&[
+                    ("host", "gw.example.com"),
+                    ("origin", "https://inspector.example.com.evil.net")
+                ]))
+                .is_some()
         );
     }
 }

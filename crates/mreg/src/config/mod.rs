@@ -256,6 +256,8 @@ pub struct Config {
     /// Extra host names both listeners answer to (besides loopback, their own host and the
     /// public URL's): the names of a load balancer in front of them.
     pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://app.example.com`) whose pages may call the MCP listener (CORS).
+    pub cors_origins: Vec<String>,
     /// Loopback and private upstreams that may be registered with authentication on.
     pub upstream_allow: Vec<crate::egress::Allowed>,
     /// Local state directory.
@@ -598,6 +600,21 @@ impl Parser<'_> {
                                     "'{h}' is not a host name (no scheme, port or path)"
                                 )),
                             }
+                        })
+                        .collect()
+                })?
+                .unwrap_or_default(),
+            cors_origins: self
+                .parse("MREG_CORS_ORIGINS", |v| {
+                    v.split([',', ' '])
+                        .filter(|o| !o.is_empty())
+                        .map(|o| {
+                            let url = Url::parse(o).map_err(|_| format!("'{o}' is not an origin such as https://app.example.com"))?;
+                            let origin = url.origin().ascii_serialization();
+                            if !matches!(url.scheme(), "http" | "https") || origin.trim_end_matches('/') != o.trim_end_matches('/') {
+                                return Err(format!("'{o}' is not an origin such as https://app.example.com (scheme, host and port only)"));
+                            }
+                            Ok(origin)
                         })
                         .collect()
                 })?

@@ -79,6 +79,13 @@ pub const SETTINGS: &[Setting] = &[
         "More host names both listeners answer to, comma-separated (e.g. the names of a load balancer); loopback, each listener's own host and the host of MREG_PUBLIC_URL are always accepted. Requests naming another Host, or sent from a page of another Origin, are refused (DNS-rebinding and cross-site protection).",
     ),
     s(
+        "MREG_CORS_ORIGINS",
+        "cors_origins",
+        None,
+        false,
+        "Web origins whose pages may call the MCP listener from a browser (CORS), comma-separated, e.g. https://inspector.example.com; none by default. Pages served from loopback or the gateway's own hosts need no entry.",
+    ),
+    s(
         "MREG_UPSTREAM_ALLOW",
         "upstream_allow",
         None,

@@ -24,6 +24,7 @@ pub const MAX_MCP_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The MCP router. `shutdown` ends open sessions and streams when the gateway stops.
 pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
     let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.mcp.host);
+    let state_cors = state.config.cors_origins.clone();
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts.names())
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
@@ -63,7 +64,41 @@ pub fn router(state: AppState, shutdown: CancellationToken) -> Router {
     if let Some(oauth) = oauth {
         router = router.merge(crate::oauth::router(oauth).layer(track));
     }
-    router.layer(crate::guard::GuardLayer::new(hosts))
+    router
+        .layer(cors(&state_cors))
+        .layer(crate::guard::GuardLayer::new(hosts))
+}
+
+/// CORS for MCP clients running in a browser page of an origin on `MREG_CORS_ORIGINS`: preflights
+/// are answered (before authentication: a preflight carries no token), and the headers an MCP
+/// client reads are exposed. The host guard has already refused any other origin.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderName::from_static("mcp-method"),
+            HeaderName::from_static("mcp-name"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("mcp-session-id"),
+            HeaderName::from_static("mcp-protocol-version"),
+            header::WWW_AUTHENTICATE,
+            header::RETRY_AFTER,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The header carrying a session id.

@@ -365,3 +365,70 @@ async fn resources_and_prompts_list_empty_and_a_session_ends_with_204() {
     assert_eq!(body["error"]["code"], -32001, "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn browser_clients_of_a_configured_origin_get_cors_and_others_are_refused() {
+    let app = TestApp::spawn_with(&[("MREG_CORS_ORIGINS", "https://inspector.example.com")]).await;
+    let url = format!("http://{}/mcp", app.mcp_addr);
+    let preflight = |origin: &'static str| {
+        app.http
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "content-type,mcp-session-id,mcp-protocol-version,authorization",
+            )
+            .send()
+    };
+    let allowed = preflight("https://inspector.example.com")
+        .await
+        .expect("preflight");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin"),
+        "https://inspector.example.com"
+    );
+    assert!(header(&allowed, "access-control-allow-headers").contains("mcp-session-id"));
+    let refused = preflight("https://evil.example.net")
+        .await
+        .expect("preflight");
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let answer = app
+        .http
+        .post(&url)
+        .header("origin", "https://inspector.example.com")
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": { "name": "browser", "version": "0" } } }),
+        )
+        .send()
+        .await
+        .expect("initialize");
+    assert_eq!(answer.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        header(&answer, "access-control-allow-origin"),
+        "https://inspector.example.com"
+    );
+    assert!(
+        header(&answer, "access-control-expose-headers").contains("mcp-session-id"),
+        "a browser client can read its session id"
+    );
+    app.stop().await;
+}
