@@ -88,15 +88,23 @@ impl TsServer {
 
 /// Runs the TypeScript SDK client; returns its JSON answer and whether it succeeded.
 pub(crate) async fn ts_client(url: &str, options: &[&str], command: &[&str]) -> (bool, Value) {
-    let output = Command::new("node")
+    let mut client = Command::new("node");
+    client
         .arg(interop_dir().join("client.mjs"))
-        .args(["--url", url, "--timeout", "20000"])
+        .args(["--url", url, "--timeout", "20000"]);
+    run_client(client, options, command).await
+}
+
+/// Runs an SDK client command line (one JSON line on stdout); returns whether it succeeded and
+/// what it printed.
+async fn run_client(mut client: Command, options: &[&str], command: &[&str]) -> (bool, Value) {
+    let output = client
         .args(options)
         .args(command)
         .stdin(Stdio::null())
         .output()
         .await
-        .expect("node client runs");
+        .expect("the client runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
         panic!(
@@ -350,21 +358,9 @@ pub(crate) async fn py_client(
     options: &[&str],
     command: &[&str],
 ) -> (bool, Value) {
-    let output = Command::new(python)
+    let mut client = Command::new(python);
+    client
         .arg(interop_dir().join("python/client.py"))
-        .args(["--url", url, "--timeout", "20"])
-        .args(options)
-        .args(command)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("python client runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
-        panic!(
-            "client printed {stdout:?}; stderr {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    (output.status.success(), value)
+        .args(["--url", url, "--timeout", "20"]);
+    run_client(client, options, command).await
 }

@@ -40,6 +40,25 @@ async fn callers(s: &Setup) -> Callers {
     }
 }
 
+/// A gateway whose Entra app admits two tenants (multi-tenant mode), with `extra` settings.
+async fn two_tenants(extra: &[(&str, &str)]) -> Option<Setup> {
+    let tenants = format!("{TENANT} {}", crate::oauth::OTHER_TENANT);
+    let mut settings = vec![
+        ("AZURE_TENANT_ID", "organizations"),
+        ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
+    ];
+    settings.extend_from_slice(extra);
+    setup(&settings).await
+}
+
+/// A token of Dave, an admin of the other tenant.
+async fn other_tenant_admin(s: &Setup) -> String {
+    let mut other = s.idp.claims(crate::oauth::OTHER_TENANT);
+    other["oid"] = json!("dddddddd-dddd-4ddd-8ddd-dddddddddddd");
+    other["roles"] = json!(["admin"]);
+    s.idp.sign(other).await
+}
+
 type Client = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
 
 async fn mcp_client(url: &str, token: &str) -> Client {
@@ -705,21 +724,11 @@ async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
         "[rest]\n\"POST /api/v1/servers\" = [\"user\", \"admin\"]\n",
     )
     .expect("policy file");
-    let tenants = format!("{TENANT} {}", crate::oauth::OTHER_TENANT);
-    let Some(s) = setup(&[
-        ("AZURE_TENANT_ID", "organizations"),
-        ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
-        ("MREG_POLICY_FILE", file.to_str().expect("path")),
-    ])
-    .await
-    else {
+    let Some(s) = two_tenants(&[("MREG_POLICY_FILE", file.to_str().expect("path"))]).await else {
         return;
     };
     let c = callers(&s).await;
-    let mut other = s.idp.claims(crate::oauth::OTHER_TENANT);
-    other["oid"] = json!("dddddddd-dddd-4ddd-8ddd-dddddddddddd");
-    other["roles"] = json!(["admin"]);
-    let dave = s.idp.sign(other).await;
+    let dave = other_tenant_admin(&s).await;
     let upstream = Upstream::start(false).await;
     let (status, _, body) = rest(
         &s.app,
@@ -1324,20 +1333,11 @@ async fn head_is_decided_as_get() {
 
 #[tokio::test]
 async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
-    let tenants = format!("{TENANT} {}", crate::oauth::OTHER_TENANT);
-    let Some(s) = setup(&[
-        ("AZURE_TENANT_ID", "organizations"),
-        ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
-    ])
-    .await
-    else {
+    let Some(s) = two_tenants(&[]).await else {
         return;
     };
     let c = callers(&s).await;
-    let mut other = s.idp.claims(crate::oauth::OTHER_TENANT);
-    other["oid"] = json!("dddddddd-dddd-4ddd-8ddd-dddddddddddd");
-    other["roles"] = json!(["admin"]);
-    let dave = s.idp.sign(other).await;
+    let dave = other_tenant_admin(&s).await;
     let upstream = Upstream::start(false).await;
     let (status, _, created) = rest(
         &s.app,
