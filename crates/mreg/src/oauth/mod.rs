@@ -336,6 +336,43 @@ pub fn router(oauth: Arc<OAuth>) -> Router {
                     flow::audited,
                 )),
         )
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_OAUTH_BODY_BYTES))
+        .layer(axum::middleware::map_response(oauth_shaped))
         .with_state(oauth)
+}
+
+/// Largest body an OAuth endpoint reads.
+const MAX_OAUTH_BODY_BYTES: usize = 64 * 1024;
+
+/// A body the endpoints could not read (too large, not text) is refused the RFC 6749 way, as
+/// JSON, rather than with the framework's plain-text rejection.
+async fn oauth_shaped(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    let description = match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE if plain => {
+            format!("the request body is larger than {MAX_OAUTH_BODY_BYTES} bytes")
+        }
+        StatusCode::BAD_REQUEST if plain => "the request body cannot be read".to_owned(),
+        _ => return response,
+    };
+    let status = response.status();
+    let mut answer = (
+        status,
+        axum::Json(serde_json::json!({
+            "error": "invalid_request",
+            "error_description": description,
+        })),
+    )
+        .into_response();
+    answer.headers_mut().insert(
+        header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    answer
 }

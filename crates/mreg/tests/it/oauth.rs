@@ -2451,6 +2451,20 @@ async fn registration_is_bounded_in_size_and_in_clients_that_never_signed_in() {
         assert_eq!(reply["error"], "invalid_client_metadata", "{why}");
     }
     assert_eq!(idle().await, 0, "nothing was stored");
+    // A body over the endpoints' limit is refused the OAuth way (JSON), not as plain text.
+    for path in ["/register", "/token", "/revoke"] {
+        let reply = http
+            .post(format!("{}{path}", s.mcp))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=".to_owned() + &"x".repeat(100 * 1024))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(reply.status(), StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+        let body: Value = reply.json().await.expect("a JSON error body");
+        assert_eq!(body["error"], "invalid_request", "{path}: {body}");
+    }
+    assert_eq!(idle().await, 0, "nothing was stored");
     let mut flow = Flow::new(&s).await;
     for _ in 0..2 {
         let (status, _) = register(json!({"redirect_uris": [REDIRECT]})).await;
