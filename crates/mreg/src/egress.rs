@@ -295,8 +295,9 @@ impl Egress {
     }
 
     fn refuses_name(&self, name: &str, port: u16) -> Option<String> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        if METADATA_NAMES.contains(&name.as_str()) {
+        // Checked before every proxied request: compared without allocating.
+        let name = name.trim_end_matches('.');
+        if METADATA_NAMES.iter().any(|m| m.eq_ignore_ascii_case(name)) {
             return Some(format!(
                 "{name} is a cloud metadata service, which the gateway never connects to"
             ));
@@ -304,7 +305,7 @@ impl Egress {
         if self
             .public
             .as_ref()
-            .is_some_and(|(host, p)| *host == name && *p == port)
+            .is_some_and(|(host, p)| host.eq_ignore_ascii_case(name) && *p == port)
         {
             return Some(format!(
                 "{name}:{port} is this gateway's public URL (a request loop)"

@@ -176,11 +176,7 @@ where
 
 /// Whether the request says its body is JSON.
 fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+    rpc::media_type(headers).eq_ignore_ascii_case("application/json")
 }
 
 /// Whether reading a body failed because it passed the limit (rather than because it was

@@ -325,7 +325,7 @@ async fn proxy(
         Some(before) => {
             HeaderValue::from_str(&format!("{before},{}", crate::egress::instance_id()))
         }
-        None => HeaderValue::from_str(crate::egress::instance_id()),
+        None => Ok(HeaderValue::from_static(crate::egress::instance_id())),
     };
     // The caller's headers are kept in place, less those not passed on; then the gateway's own.
     let mut headers = parts.headers;
@@ -449,18 +449,9 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let status = response.status();
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+    let essence = rpc::media_type(response.headers());
+    let json = essence.eq_ignore_ascii_case("application/json");
+    let sse = essence.eq_ignore_ascii_case("text/event-stream");
     let empty = matches!(status, StatusCode::ACCEPTED | StatusCode::NO_CONTENT)
         || response
             .headers()
@@ -475,7 +466,24 @@ where
             format!("server '{name}' {why}"),
         )
     };
-    let known = essence == "application/json" || essence == "text/event-stream";
+    // A GET opens a stream of server messages: anything else (a metadata document, a page) is
+    // not relayed.
+    if call.method == "stream" && status.is_success() && !sse {
+        return Err(rpc::error(
+            StatusCode::BAD_GATEWAY,
+            None,
+            rpc::UPSTREAM_ERROR,
+            format!(
+                "server '{name}' answered GET with {}, not an event stream; only text/event-stream is relayed",
+                if essence.is_empty() {
+                    "no content type"
+                } else {
+                    essence
+                }
+            ),
+        ));
+    }
+    let known = json || sse;
     if !known && !empty && status.is_client_error() {
         // A refusal (a session that is gone, a GET the server does not stream) keeps its
         // status, which clients act on; its text becomes a JSON-RPC error naming the server.
@@ -504,7 +512,7 @@ where
         let shown = if essence.is_empty() {
             "no content type"
         } else {
-            essence.as_str()
+            essence
         };
         return Err(refuse(format!(
             "answered HTTP {} with {}, not JSON or an event stream",
@@ -512,7 +520,7 @@ where
             clipped(shown, 100)
         )));
     }
-    if essence != "application/json" || call.id.is_none() {
+    if !json || call.id.is_none() {
         return Ok(response.map(Body::new));
     }
     let (parts, body) = response.into_parts();
@@ -592,28 +600,8 @@ where
     if let Some(value) = sealed {
         headers.insert(SESSION_HEADER, value);
     }
-    let is_sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let is_sse = rpc::media_type(&headers).eq_ignore_ascii_case("text/event-stream");
     let status = parts.status;
-    // A GET opens a stream of server messages: anything else (a metadata document, a page) is
-    // not relayed.
-    if call.method == "stream" && status.is_success() && !is_sse {
-        return rpc::error(
-            StatusCode::BAD_GATEWAY,
-            None,
-            rpc::UPSTREAM_ERROR,
-            format!(
-                "server '{}' answered GET with {}, not an event stream; only text/event-stream is relayed",
-                server.name,
-                headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("no content type")
-            ),
-        );
-    }
     // A tool listing of a server with per-tool rules shows only what the caller may call.
     let lists_tools =
         call.method == "tools/list" || call.batch.iter().any(|c| c.method == "tools/list");

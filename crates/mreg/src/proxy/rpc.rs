@@ -330,6 +330,16 @@ pub fn check_headers(headers: &HeaderMap, call: &McpCall) -> Result<(), (StatusC
     Ok(())
 }
 
+/// The media type of a message (`application/json` of `application/json; charset=utf-8`),
+/// without allocating: this runs on every request and answer of the proxy.
+pub fn media_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map_or("", str::trim)
+}
+
 /// The JSON-RPC message one SSE event carries (its `data:` lines, joined), if any.
 pub fn sse_event_message(event: &str) -> Option<Value> {
     let data: Vec<&str> = event

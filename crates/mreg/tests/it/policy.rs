@@ -59,6 +59,23 @@ async fn other_tenant_admin(s: &Setup) -> String {
     s.idp.sign(other).await
 }
 
+/// A policy file holding `text`, in a directory kept as long as the value.
+struct PolicyFile {
+    dir: TempDir,
+    /// Its path, for MREG_POLICY_FILE.
+    path: String,
+}
+
+fn policy_file(text: &str) -> PolicyFile {
+    let dir = TempDir::new();
+    let path = dir.0.join("policy.toml");
+    std::fs::write(&path, text).expect("policy file");
+    PolicyFile {
+        path: path.to_str().expect("path").to_owned(),
+        dir,
+    }
+}
+
 type Client = rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>;
 
 async fn mcp_client(url: &str, token: &str) -> Client {
@@ -348,14 +365,10 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
 
 #[tokio::test]
 async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
-    let dir = TempDir::new();
-    let file = dir.0.join("policy.toml");
-    std::fs::write(
-        &file,
+    let policy = policy_file(
         "[servers.echo]\ntools = { echo = [\"admin\"] }\n\n[servers.stateful]\ntools = { echo = [\"admin\"] }\n\n[servers.vault]\nroles = [\"admin\"]\n",
-    )
-    .expect("policy file");
-    let Some(s) = setup(&[("MREG_POLICY_FILE", file.to_str().expect("path"))]).await else {
+    );
+    let Some(s) = setup(&[("MREG_POLICY_FILE", policy.path.as_str())]).await else {
         return;
     };
     let c = callers(&s).await;
@@ -523,12 +536,10 @@ async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
 
 #[tokio::test]
 async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
-    let dir = TempDir::new();
-    let file = dir.0.join("policy.toml");
-    std::fs::write(&file, "[rate_limits]\ntools = { list_servers = 3 }\n").expect("policy file");
+    let policy = policy_file("[rate_limits]\ntools = { list_servers = 3 }\n");
     let Some(s) = setup(&[
         ("MREG_RATE_LIMIT_PER_MINUTE", "10"),
-        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+        ("MREG_POLICY_FILE", policy.path.as_str()),
     ])
     .await
     else {
@@ -717,14 +728,8 @@ async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
 
 #[tokio::test]
 async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
-    let dir = TempDir::new();
-    let file = dir.0.join("policy.toml");
-    std::fs::write(
-        &file,
-        "[rest]\n\"POST /api/v1/servers\" = [\"user\", \"admin\"]\n",
-    )
-    .expect("policy file");
-    let Some(s) = two_tenants(&[("MREG_POLICY_FILE", file.to_str().expect("path"))]).await else {
+    let policy = policy_file("[rest]\n\"POST /api/v1/servers\" = [\"user\", \"admin\"]\n");
+    let Some(s) = two_tenants(&[("MREG_POLICY_FILE", policy.path.as_str())]).await else {
         return;
     };
     let c = callers(&s).await;
@@ -1000,12 +1005,10 @@ fn assert_rpc_error(
 
 #[tokio::test]
 async fn a_budget_counts_json_rpc_requests_only() {
-    let dir = TempDir::new();
-    let file = dir.0.join("policy.toml");
-    std::fs::write(&file, "[rate_limits]\nroles = { admin = 100 }\n").expect("policy file");
+    let policy = policy_file("[rate_limits]\nroles = { admin = 100 }\n");
     let Some(s) = setup(&[
         ("MREG_RATE_LIMIT_PER_MINUTE", "4"),
-        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+        ("MREG_POLICY_FILE", policy.path.as_str()),
     ])
     .await
     else {
@@ -1097,16 +1100,12 @@ where
     F: Fn(String, Option<String>, Vec<String>) -> Fut,
     Fut: std::future::Future<Output = (bool, Value)>,
 {
-    let dir = TempDir::new();
-    let file = dir.0.join("policy.toml");
-    std::fs::write(
-        &file,
+    let policy = policy_file(
         "[rate_limits]\nroles = { admin = 100 }\n[servers.payroll]\nroles = [\"finance\"]\n",
-    )
-    .expect("policy file");
+    );
     let Some(s) = setup(&[
         ("MREG_RATE_LIMIT_PER_MINUTE", "3"),
-        ("MREG_POLICY_FILE", file.to_str().expect("path")),
+        ("MREG_POLICY_FILE", policy.path.as_str()),
         ("MREG_HEALTH_UNHEALTHY_AFTER", "1"),
     ])
     .await
@@ -1140,7 +1139,7 @@ where
     )
     .await;
     assert_eq!(report["current"]["status"], "unhealthy", "{report}");
-    let large = dir.0.join("large.json");
+    let large = policy.dir.0.join("large.json");
     std::fs::write(
         &large,
         json!({ "text": "x".repeat(5 * 1024 * 1024) }).to_string(),
@@ -1506,14 +1505,10 @@ async fn a_gateway_session_serves_only_the_caller_that_opened_it() {
 
 #[tokio::test]
 async fn the_tool_catalog_shows_only_tools_the_caller_may_call() {
-    let dir = TempDir::new();
-    let file = dir.0.join("policy.toml");
-    std::fs::write(
-        &file,
+    let policy = policy_file(
         "[servers.open]\ntools = { echo = [\"admin\"] }\n\n[servers.vault]\nroles = [\"admin\"]\n",
-    )
-    .expect("policy file");
-    let Some(s) = setup(&[("MREG_POLICY_FILE", file.to_str().expect("path"))]).await else {
+    );
+    let Some(s) = setup(&[("MREG_POLICY_FILE", policy.path.as_str())]).await else {
         return;
     };
     let c = callers(&s).await;
