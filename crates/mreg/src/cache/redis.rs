@@ -1,7 +1,13 @@
 //! The shared cache: Redis, through a few multiplexed connections that reconnect on their own.
 //! Every key is prefixed (`MREG_REDIS_PREFIX`) so mreg can share a Redis with other programs.
+//!
+//! A breaker keeps an outage from costing every request a timeout: the first command that finds
+//! Redis unreachable opens it, and while it is open every command fails at once (callers fall
+//! back to this instance's memory) and a background task pings each connection until all of
+//! them answer — which also reconnects them, so no request pays for the reconnection.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,8 +17,13 @@ use redis::{AsyncCommands, Script, SetExpiry, SetOptions};
 
 /// Connections opened to Redis; requests are spread across them round-robin.
 const CONNECTIONS: usize = 4;
-/// How long one command may take before Redis counts as unavailable.
-const TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may take before Redis counts as unavailable: commands answer in well
+/// under a millisecond, so this only bounds what an outage costs the request that finds it.
+const RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the breaker, while open, pings Redis to see whether it is back.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// `INCRBY`, and set the TTL only when the key has none (it was just created).
 const INCR_SCRIPT: &str = r"
@@ -44,17 +55,32 @@ return 0
 pub struct RedisCache {
     connections: Vec<ConnectionManager>,
     next: AtomicUsize,
+    /// Open while Redis is unreachable (see the module documentation).
+    open: Arc<AtomicBool>,
     prefix: String,
     incr: Script,
     rate: Script,
 }
 
+/// Whether an error means Redis (or the way to it) is down, rather than a refused command.
+fn is_outage(e: &redis::RedisError) -> bool {
+    e.kind() != redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+}
+
 fn unavailable(e: redis::RedisError) -> Error {
-    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) {
-        Error::Internal(format!("redis: {e}"))
-    } else {
+    if is_outage(&e) {
         Error::unavailable("redis", e)
+    } else {
+        Error::Internal(format!("redis: {e}"))
     }
+}
+
+/// The error of a command skipped while the breaker is open.
+fn skipped() -> Error {
+    Error::unavailable(
+        "redis",
+        "unreachable (commands are skipped until a background ping succeeds)",
+    )
 }
 
 fn millis(ttl: Duration) -> u64 {
@@ -73,8 +99,8 @@ impl RedisCache {
         let client =
             redis::Client::open(info).map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_number_of_retries(2);
         let mut connections = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
@@ -91,15 +117,30 @@ impl RedisCache {
         Ok(Self {
             connections,
             next: AtomicUsize::new(0),
+            open: Arc::new(AtomicBool::new(false)),
             prefix: prefix.to_owned(),
             incr: Script::new(INCR_SCRIPT),
             rate: Script::new(RATE_SCRIPT),
         })
     }
 
-    fn connection(&self) -> ConnectionManager {
+    /// A connection for the next command, or an error at once while the breaker is open.
+    fn connection(&self) -> Result<ConnectionManager> {
+        if self.open.load(Ordering::Relaxed) {
+            return Err(skipped());
+        }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        self.connections[i].clone()
+        Ok(self.connections[i].clone())
+    }
+
+    /// Maps a command's error, opening the breaker when it shows an outage.
+    fn failed(&self, e: redis::RedisError) -> Error {
+        if is_outage(&e) && !self.open.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %e, "Redis is unreachable: skipping it until it answers again");
+            let (open, connections) = (self.open.clone(), self.connections.clone());
+            tokio::spawn(probe_until_back(open, connections));
+        }
+        unavailable(e)
     }
 
     fn key(&self, key: &str) -> String {
@@ -110,10 +151,10 @@ impl RedisCache {
 #[async_trait]
 impl Cache for RedisCache {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        self.connection()
+        self.connection()?
             .get(self.key(key))
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Vec<u8>>>> {
@@ -125,16 +166,16 @@ impl Cache for RedisCache {
             command.arg(self.key(key));
         }
         command
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection()?)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        self.connection()
+        self.connection()?
             .pset_ex(self.key(key), value, millis(ttl))
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
@@ -142,27 +183,27 @@ impl Cache for RedisCache {
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(SetExpiry::PX(millis(ttl)));
         let reply: Option<String> = self
-            .connection()
+            .connection()?
             .set_options(self.key(key), value, options)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(reply.is_some())
     }
 
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
         redis::cmd("GETDEL")
             .arg(self.key(key))
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection()?)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let removed: i64 = self
-            .connection()
+            .connection()?
             .del(self.key(key))
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(removed > 0)
     }
 
@@ -171,9 +212,9 @@ impl Cache for RedisCache {
             .key(self.key(key))
             .arg(by)
             .arg(millis(ttl))
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection()?)
             .await
-            .map_err(unavailable)
+            .map_err(|e| self.failed(e))
     }
 
     async fn rate(&self, key: &str, limit: u32, period: Duration) -> Result<Option<Duration>> {
@@ -184,17 +225,43 @@ impl Cache for RedisCache {
             .key(self.key(key))
             .arg(interval)
             .arg(interval * (limit - 1))
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.connection()?)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok((wait > 0).then(|| Duration::from_micros(wait as u64)))
     }
 
     async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING")
-            .query_async(&mut self.connection())
+            .query_async(&mut self.connection()?)
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| self.failed(e))?;
         Ok(())
+    }
+}
+
+/// Pings every connection each [`PROBE_INTERVAL`] until all of them answer, then closes the
+/// breaker. A connection that lost its socket reconnects on the failed ping, so once this returns
+/// every connection is live again.
+async fn probe_until_back(open: Arc<AtomicBool>, connections: Vec<ConnectionManager>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let pings = connections.iter().map(|connection| {
+            let mut connection = connection.clone();
+            async move {
+                let answered: redis::RedisResult<String> =
+                    redis::cmd("PING").query_async(&mut connection).await;
+                answered.is_ok()
+            }
+        });
+        if futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .all(|ok| ok)
+        {
+            open.store(false, Ordering::Relaxed);
+            tracing::info!("Redis answers again");
+            return;
+        }
     }
 }

@@ -266,6 +266,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Database pool size.
     pub database_max_connections: u32,
+    /// The bound on each database call (`MREG_DATABASE_TIMEOUT`).
+    pub database_timeout: Duration,
     /// Key for secrets at rest and session tokens; generated and kept in the database when unset.
     pub encryption_key: Option<std::sync::Arc<SecretBox<[u8; 32]>>>,
     /// Redis URL, when Redis is used as the cache.
@@ -635,6 +637,9 @@ impl Parser<'_> {
                     _ => Err(format!("'{v}' is not a number from 1 to 1000")),
                 },
             )?,
+            database_timeout: self.required("MREG_DATABASE_TIMEOUT", |v| {
+                parse_duration(v, Duration::from_millis(100), Duration::from_secs(600))
+            })?,
             data_dir: data_dir.clone(),
             encryption_key: self.encryption_key()?,
             redis_url: self.parse("MREG_REDIS_URL", |v| {

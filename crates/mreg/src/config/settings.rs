@@ -149,6 +149,13 @@ pub const SETTINGS: &[Setting] = &[
         "Size of the database connection pool.",
     ),
     s(
+        "MREG_DATABASE_TIMEOUT",
+        "database.timeout",
+        Some("5s"),
+        false,
+        "How long one database call may take, waiting for a connection included, before the database counts as unavailable (503); on PostgreSQL also the statement timeout, and how long the server keeps a connection whose client stopped answering.",
+    ),
+    s(
         "MREG_ENCRYPTION_KEY",
         "security.encryption_key",
         None,

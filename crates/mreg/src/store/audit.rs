@@ -331,6 +331,11 @@ impl AuditStore for super::PgStore {
 
     async fn prune(&self, before_us: i64, now_us: i64) -> Result<u64> {
         let mut tx = self.pool.begin().await.map_err(db_error("audit"))?;
+        // A retention sweep over a large backlog may outlast MREG_DATABASE_TIMEOUT.
+        sqlx::query("SET LOCAL statement_timeout = 0")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("audit"))?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CHAIN_LOCK)
             .execute(&mut *tx)

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod auth;
+mod bounded;
 mod postgres;
 mod postgres_health;
 mod sqlite;
@@ -17,6 +18,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::config::{Config, DatabaseConfig};
 
+pub use bounded::Bounded;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -58,34 +60,36 @@ trait Close: Send + Sync {
 
 /// Connects to the configured database and brings its schema up to date.
 pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
+    let limit = config.database_timeout;
     Ok(match &config.database {
         DatabaseConfig::Sqlite { path } => {
             let store = SqliteStore::open(path, config.database_max_connections).await?;
-            Stores {
-                servers: Arc::new(store.clone()),
-                secrets: Arc::new(store.clone()),
-                health: Arc::new(store.clone()),
-                catalog: Arc::new(store.clone()),
-                auth: Arc::new(store.clone()),
-                audit: Arc::new(store.clone()),
-                closer: Arc::new(store),
-                backend: "sqlite",
-            }
+            Stores::of(Bounded::new(store, limit), "sqlite")
         }
         DatabaseConfig::Postgres { url } => {
-            let store = PgStore::connect(url, config.database_max_connections).await?;
-            Stores {
-                servers: Arc::new(store.clone()),
-                secrets: Arc::new(store.clone()),
-                health: Arc::new(store.clone()),
-                catalog: Arc::new(store.clone()),
-                auth: Arc::new(store.clone()),
-                audit: Arc::new(store.clone()),
-                closer: Arc::new(store),
-                backend: "postgres",
-            }
+            let store = PgStore::open(url, config.database_max_connections, Some(limit)).await?;
+            Stores::of(Bounded::new(store, limit), "postgres")
         }
     })
+}
+
+impl Stores {
+    fn of<S>(store: Bounded<S>, backend: &'static str) -> Self
+    where
+        S: ServerStore + SecretStore + HealthStore + CatalogStore + auth::AuthStore,
+        S: audit::AuditStore + Close + Clone,
+    {
+        Self {
+            servers: Arc::new(store.clone()),
+            secrets: Arc::new(store.clone()),
+            health: Arc::new(store.clone()),
+            catalog: Arc::new(store.clone()),
+            auth: Arc::new(store.clone()),
+            audit: Arc::new(store.clone()),
+            closer: Arc::new(store.into_inner()),
+            backend,
+        }
+    }
 }
 
 /// A migrator over SQL files embedded in the binary (no migrations directory at run time).

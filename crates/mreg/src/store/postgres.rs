@@ -8,10 +8,12 @@ use domain::{
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 use std::str::FromStr;
+use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -63,6 +65,20 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` and migrates the database.
     pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<Self> {
+        Self::open(url, max_connections, None).await
+    }
+
+    /// Connects to `url` and migrates the database; with a `timeout`, every statement on the
+    /// pool's connections is cancelled by the server after that long (`statement_timeout`), a
+    /// request waits at most that long for a free connection, and the server drops a connection
+    /// whose client stopped acknowledging for that long (`tcp_user_timeout`, keepalives), so a
+    /// partition does not leave it holding locks. Migrations run first, on a connection of
+    /// their own without the timeout.
+    pub async fn open(
+        url: &SecretString,
+        max_connections: u32,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
         let options = PgConnectOptions::from_str(url.expose_secret())
             .map_err(|e| anyhow::anyhow!("invalid PostgreSQL URL: {e}"))?
             .application_name("mreg");
@@ -72,15 +88,40 @@ impl PgStore {
             options.get_port(),
             options.get_database().unwrap_or_default()
         );
+        let cannot_connect =
+            |e: sqlx::Error| anyhow::anyhow!("cannot connect to PostgreSQL at {described}: {e}");
+        let mut migration = PgConnection::connect_with(&options)
+            .await
+            .map_err(cannot_connect)?;
+        migrator(MIGRATIONS)
+            .run(&mut migration)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL database {described}: {e}"))?;
+        let _ = migration.close().await;
+        let (options, acquire) = match timeout {
+            None => (options, ACQUIRE_TIMEOUT),
+            Some(timeout) => {
+                let ms = timeout.as_millis().to_string();
+                let idle = timeout.as_secs().clamp(1, 60).to_string();
+                (
+                    options.options([
+                        ("statement_timeout", ms.as_str()),
+                        ("tcp_user_timeout", ms.as_str()),
+                        ("tcp_keepalives_idle", idle.as_str()),
+                        ("tcp_keepalives_interval", "1"),
+                        ("tcp_keepalives_count", "3"),
+                    ]),
+                    timeout.min(ACQUIRE_TIMEOUT),
+                )
+            }
+        };
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(acquire)
             .connect_with(options)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {described}: {e}"))?;
-        Self::from_pool(pool)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL database {described}: {e}"))
+            .map_err(cannot_connect)?;
+        Ok(Self { pool })
     }
 
     /// Wraps an existing pool and migrates its database.

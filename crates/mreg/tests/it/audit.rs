@@ -316,7 +316,8 @@ async fn register_as(app: &TestApp, name: &str, id: &str) -> StatusCode {
     app.http
         .post(app.url("/api/v1/servers"))
         .header("x-request-id", id)
-        .json(&json!({ "name": name, "url": format!("https://{name}.example.com/mcp") }))
+        // An address, not a name: no DNS lookup (and its timeout) in the registration's time.
+        .json(&json!({ "name": name, "url": format!("http://127.0.0.1:9/{name}/mcp") }))
         .send()
         .await
         .expect("request")
@@ -358,11 +359,31 @@ fn through(db: &TestDb, proxy: &ChaosProxy) -> String {
 
 #[tokio::test]
 async fn a_database_outage_loses_no_row_and_duplicates_none() {
+    outage_under_load(false).await;
+}
+
+/// A partition (the database's packets dropped, nothing refused) fails requests within the
+/// database timeout instead of hanging, and ends within seconds of the network coming back.
+#[tokio::test]
+async fn a_database_partition_answers_within_the_timeout_and_loses_no_row() {
+    outage_under_load(true).await;
+}
+
+/// 240 registrations from 8 clients with the database cut off (`partition`: made silent) for a
+/// while in the middle; every request answered is audited exactly once and the chain verifies.
+async fn outage_under_load(partition: bool) {
     let Some((db, proxy)) = cuttable_database().await else {
         return;
     };
     let url = through(&db, &proxy);
-    let app = Arc::new(TestApp::spawn_with(&[("MREG_DATABASE_URL", url.as_str())]).await);
+    let app = Arc::new(
+        TestApp::spawn_with(&[
+            ("MREG_DATABASE_URL", url.as_str()),
+            ("MREG_DATABASE_TIMEOUT", "1s"),
+        ])
+        .await,
+    );
+    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
 
     // Load from 8 concurrent clients; the database is cut off for a while in the middle: once
     // 40 requests have been answered (counted, not timed: a fast machine could otherwise finish
@@ -372,16 +393,24 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
         let (app, answered, refused) = (app.clone(), answered.clone(), refused.clone());
+        let slowest = slowest.clone();
         tokio::spawn(async move {
             let mut statuses = HashMap::new();
             let mut tasks = tokio::task::JoinSet::new();
             for client in 0..8 {
                 let (app, answered, refused) = (app.clone(), answered.clone(), refused.clone());
+                let slowest = slowest.clone();
                 tasks.spawn(async move {
                     let mut seen = Vec::new();
                     for i in 0..total / 8 {
                         let id = format!("load-{client}-{i}");
+                        let started = Instant::now();
                         let status = register_as(&app, &format!("srv-{client}-{i}"), &id).await;
+                        let took = started.elapsed();
+                        {
+                            let mut slowest = slowest.lock().expect("lock");
+                            *slowest = (*slowest).max(took);
+                        }
                         if status == StatusCode::SERVICE_UNAVAILABLE {
                             refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -405,9 +434,13 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
         assert!(Instant::now() < deadline, "the load did not start");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    proxy.cut();
-    // Requests in flight fail once the pool gives up on the database (5 s); their rows, and
-    // those of the requests after them, go to the spool.
+    if partition {
+        proxy.partition();
+    } else {
+        proxy.cut();
+    }
+    // Requests in flight fail once the database timeout (1 s) gives up on the database; their
+    // rows, and those of the requests after them, go to the spool.
     let deadline = Instant::now() + Duration::from_secs(20);
     let ready = loop {
         let metrics = app.metrics().await;
@@ -434,9 +467,35 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
             .is_some_and(|a| a.starts_with("spooling")),
         "{ready}"
     );
+    // The outage lasts a few database timeouts more; then the network comes back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.restore();
+    let restored = Instant::now();
     let statuses = load.await.expect("load");
     assert_eq!(statuses.values().sum::<usize>(), total);
+    let slowest = *slowest.lock().expect("lock");
+    // The bound is one database timeout (1 s) per store call a registration makes, plus the
+    // time to write the answer; a hang would last as long as the outage and beyond.
+    assert!(
+        slowest < Duration::from_millis(2_900),
+        "a request waited {slowest:?} during the outage"
+    );
+    let mut attempts = 0;
+    let back = loop {
+        attempts += 1;
+        let status = register_as(&app, "after-outage", "after-outage").await;
+        if status == StatusCode::CREATED || status == StatusCode::CONFLICT {
+            break restored.elapsed();
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(15),
+            "registrations still fail 15 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "slowest request during the outage: {slowest:?}; registrations work again {back:?} after"
+    );
     assert!(
         statuses.contains_key(&StatusCode::CREATED)
             && statuses.contains_key(&StatusCode::SERVICE_UNAVAILABLE),
@@ -444,7 +503,7 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
     );
 
     // Every request has exactly one row once the spool is replayed, and the chain verifies.
-    let rows = at_least(total, || pg_rows(&db.url)).await;
+    let rows = at_least(total + attempts, || pg_rows(&db.url)).await;
     let mut per_request: HashMap<&str, usize> = HashMap::new();
     for row in &rows {
         *per_request
@@ -457,13 +516,14 @@ async fn a_database_outage_loses_no_row_and_duplicates_none() {
             assert_eq!(per_request.get(id.as_str()), Some(&1), "{id}");
         }
     }
-    assert_eq!(rows.len(), total, "no row twice, no stray row");
+    assert_eq!(per_request.get("after-outage"), Some(&attempts));
+    assert_eq!(rows.len(), total + attempts, "no row twice, no stray row");
     let store = PgStore::connect(&db.url.clone().into(), 1)
         .await
         .expect("postgres");
     let verified = mreg::audit::verify(&store).await.expect("verify");
     assert_eq!(verified.broken, None);
-    assert_eq!(verified.rows as usize, total);
+    assert_eq!(verified.rows as usize, total + attempts);
     let (_, ready) = app.get("/readyz").await;
     assert_eq!(ready["checks"]["audit"], "ok", "{ready}");
     drop(app);

@@ -726,6 +726,119 @@ async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
     proxy.restore();
 }
 
+/// Requests during a Redis outage (connections reset, then a silent partition) cost no extra
+/// seconds: the first command that finds Redis gone opens the breaker, later ones skip it and use
+/// this instance's memory. Once Redis is back, `/readyz` says so within seconds and the
+/// connections are already live again (no request fails on a stale one).
+#[tokio::test]
+async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
+    let Some(redis) = redis_available().await else {
+        return;
+    };
+    let target: std::net::SocketAddr = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("a socket address");
+    let proxy = ChaosProxy::start(target).await;
+    let url = format!("redis://{}", proxy.addr);
+    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
+    let Some(s) = setup(&[
+        ("MREG_RATE_LIMIT_PER_MINUTE", "100000"),
+        ("MREG_REDIS_URL", url.as_str()),
+        ("MREG_REDIS_PREFIX", prefix.as_str()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let app = Arc::new(s.app);
+    assert_eq!(whoami(&app, &c.bob).await.0, StatusCode::OK);
+    for partition in [false, true] {
+        if partition {
+            proxy.partition();
+        } else {
+            proxy.cut();
+        }
+        // Four clients, 25 requests each, through the outage.
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (app, token) = (app.clone(), c.bob.clone());
+            tasks.spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..25 {
+                    let started = std::time::Instant::now();
+                    let status = whoami(&app, &token).await.0;
+                    seen.push((status, started.elapsed()));
+                }
+                seen
+            });
+        }
+        let mut seen = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            seen.extend(done.expect("client"));
+        }
+        assert!(
+            seen.iter().all(|(status, _)| *status == StatusCode::OK),
+            "partition={partition}: {seen:?}"
+        );
+        let mut took: Vec<_> = seen.iter().map(|(_, took)| *took).collect();
+        took.sort();
+        let (median, slowest) = (took[took.len() / 2], took[took.len() - 1]);
+        eprintln!("partition={partition}: median {median:?}, slowest {slowest:?}");
+        // Before the breaker, every request waited for Redis's timeout (2 s) at least once.
+        assert!(
+            median < std::time::Duration::from_millis(250),
+            "partition={partition}: median {median:?}"
+        );
+        // Only requests that met the outage first wait, once, for the command timeout.
+        assert!(
+            slowest < std::time::Duration::from_millis(1_500),
+            "partition={partition}: slowest {slowest:?}"
+        );
+        let (_, ready) = readyz(&app).await;
+        assert!(ready.to_string().contains("cache"), "{ready}");
+
+        proxy.restore();
+        let restored = std::time::Instant::now();
+        loop {
+            let (status, _) = readyz(&app).await;
+            if status == StatusCode::OK {
+                break;
+            }
+            assert!(
+                restored.elapsed() < std::time::Duration::from_secs(5),
+                "partition={partition}: /readyz still failing 5 s after Redis came back"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        // Every pooled connection is live again: a burst of requests meets no error and no
+        // command timeout.
+        for _ in 0..20 {
+            let started = std::time::Instant::now();
+            assert_eq!(whoami(&app, &c.bob).await.0, StatusCode::OK);
+            assert!(started.elapsed() < std::time::Duration::from_millis(400));
+        }
+        let (status, ready) = readyz(&app).await;
+        assert_eq!(status, StatusCode::OK, "{ready}");
+        assert!(!ready.to_string().contains("per instance"), "{ready}");
+    }
+}
+
+async fn readyz(app: &TestApp) -> (StatusCode, Value) {
+    let reply = app
+        .http
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    let status = reply.status();
+    (status, reply.json().await.expect("json"))
+}
+
 #[tokio::test]
 async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
     let policy = policy_file("[rest]\n\"POST /api/v1/servers\" = [\"user\", \"admin\"]\n");

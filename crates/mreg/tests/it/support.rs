@@ -8,7 +8,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mreg::app::{self, Running};
@@ -332,12 +331,20 @@ pub fn assert_error(body: &Value, code: &str) {
 }
 
 /// A TCP proxy in front of `target` that a test can cut (closing every connection and refusing
-/// new ones) and restore.
+/// new ones), partition (holding every connection open and silent, and new ones too, as a
+/// network that drops packets does) and restore.
 pub struct ChaosProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
-    up: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
+    state: Arc<tokio::sync::watch::Sender<Link>>,
+}
+
+/// What the proxy does with traffic.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Link {
+    Up,
+    Cut,
+    Silent,
 }
 
 impl ChaosProxy {
@@ -345,43 +352,66 @@ impl ChaosProxy {
     pub async fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
-        let up = Arc::new(AtomicBool::new(true));
-        let (generation, _) = tokio::sync::watch::channel(0_u64);
-        let generation = Arc::new(generation);
-        let (up2, gen2) = (up.clone(), generation.clone());
+        let (state, _) = tokio::sync::watch::channel(Link::Up);
+        let state = Arc::new(state);
+        let state2 = state.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(Ordering::SeqCst) {
-                    let _ = inbound.shutdown().await;
-                    continue;
+                let mut link = state2.subscribe();
+                let now = *link.borrow_and_update();
+                match now {
+                    Link::Cut => {
+                        let _ = inbound.shutdown().await;
+                        continue;
+                    }
+                    // Accepted, then never answered; dropped when the link changes.
+                    Link::Silent => {
+                        tokio::spawn(async move {
+                            let _ = link.changed().await;
+                            drop(inbound);
+                        });
+                        continue;
+                    }
+                    Link::Up => {}
                 }
-                let mut cut = gen2.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
+                        _ = link.changed() => {
+                            // A partition keeps both sockets open and silent until it ends.
+                            if *link.borrow_and_update() == Link::Silent {
+                                let _ = link.changed().await;
+                            }
+                        }
                     }
                 });
             }
         });
-        Self {
-            addr,
-            up,
-            generation,
-        }
+        Self { addr, state }
+    }
+
+    fn set(&self, link: Link) {
+        self.state
+            .send_if_modified(|now| std::mem::replace(now, link) != link);
     }
 
     /// Drops every connection and refuses new ones.
     pub fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
+        self.set(Link::Cut);
+    }
+
+    /// Stops every byte in both directions, on open connections and new ones, without closing
+    /// anything: what a network partition looks like to both ends. [`ChaosProxy::restore`] ends
+    /// it by dropping the connections it held.
+    pub fn partition(&self) {
+        self.set(Link::Silent);
     }
 
     /// Accepts connections again.
     pub fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
+        self.set(Link::Up);
     }
 }
