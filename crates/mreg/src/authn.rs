@@ -536,16 +536,34 @@ async fn validate(
         let revoked_grant = claims.gid.as_deref().map(grant_revoked_key);
         let mut keys = vec![revoked_jti.as_str()];
         keys.extend(revoked_grant.as_deref());
-        let markers = state
-            .cache
-            .get_many(&keys)
-            .await
-            .map_err(Refusal::Unavailable)?;
-        if markers.first().is_some_and(Option::is_some) {
-            return Err(Refusal::Invalid("the token was revoked".to_owned()));
-        }
-        if markers.get(1).is_some_and(Option::is_some) {
-            return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+        match state.cache.get_many(&keys).await {
+            Ok(markers) => {
+                if markers.first().is_some_and(Option::is_some) {
+                    return Err(Refusal::Invalid("the token was revoked".to_owned()));
+                }
+                if markers.get(1).is_some_and(Option::is_some) {
+                    return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+                }
+            }
+            // The cache is down: its markers are a copy of what the database decides for grants
+            // (revoking a refresh token, reuse detection, a replayed code all revoke the grant
+            // there), so ask the database. Only single access tokens revoked through /revoke,
+            // which are marked in the cache alone, cannot be checked until it is back.
+            Err(e) => {
+                if let Some(grant) = claims.gid.as_deref() {
+                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let live = state
+                        .stores
+                        .auth
+                        .grant_live(grant, now)
+                        .await
+                        .map_err(Refusal::Unavailable)?;
+                    if !live {
+                        return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+                    }
+                }
+                tracing::debug!(error = %e, "revocation markers unavailable: grant checked in the database");
+            }
         }
         let principal = Principal {
             subject: claims.sub,

@@ -62,6 +62,9 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> Result<Rotation>;
     /// Revokes a family. Returns whether it was live.
     async fn revoke_grant(&self, id: &str, now: i64) -> Result<bool>;
+    /// Whether the family `id` is live at `now`: stored, not revoked, not ended. The
+    /// authoritative answer behind the cache's revocation markers, asked while the cache is down.
+    async fn grant_live(&self, id: &str, now: i64) -> Result<bool>;
     /// Deletes families that ended before `now`, and their spent hashes.
     async fn prune_grants(&self, now: i64) -> Result<u64>;
     /// Deletes clients registered before `before` that hold no grant (registered, never signed
@@ -202,6 +205,19 @@ macro_rules! auth_store {
                 .await
                 .map_err(db_error("grant"))?;
                 Ok(done.rows_affected() > 0)
+            }
+
+            async fn grant_live(&self, id: &str, now: i64) -> Result<bool> {
+                let row = sqlx::query(
+                    "SELECT 1 FROM oauth_grants \
+                     WHERE id = $1 AND revoked_at IS NULL AND expires_at >= $2",
+                )
+                .bind(id)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("grant"))?;
+                Ok(row.is_some())
             }
 
             async fn prune_grants(&self, now: i64) -> Result<u64> {

@@ -125,6 +125,7 @@ bounded!(AuthStore {
         spent_refresh(hash: &str) -> Option<String>;
         rotate_refresh(id: &str, old: &str, new: &str, data: &[u8], now: i64) -> Rotation;
         revoke_grant(id: &str, now: i64) -> bool;
+        grant_live(id: &str, now: i64) -> bool;
         idle_clients() -> u64;
     }
     unbounded {

@@ -2368,6 +2368,68 @@ async fn a_revoked_grant_takes_its_cached_access_tokens_with_it() {
     }
 }
 
+/// With Redis down, the gateway's own tokens still work (the grant is checked in the database,
+/// which decides revocation; the cache holds only a copy), and a revoked grant stays revoked.
+#[tokio::test]
+async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
+    let Some(redis) = crate::support::redis_available().await else {
+        return;
+    };
+    let target: std::net::SocketAddr = redis
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .expect("host:port")
+        .parse()
+        .expect("a socket address");
+    let proxy = crate::support::ChaosProxy::start(target).await;
+    let url = format!("redis://{}", proxy.addr);
+    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
+    let Some(s) = setup(&[
+        ("MREG_REDIS_URL", url.as_str()),
+        ("MREG_REDIS_PREFIX", prefix.as_str()),
+    ])
+    .await
+    else {
+        return;
+    };
+    let mut flow = Flow::new(&s).await;
+    let kept = flow.tokens("alice").await;
+    let kept = kept["access_token"].as_str().expect("access").to_owned();
+    let revoked = flow.tokens("bob").await;
+    let revoked_access = revoked["access_token"].as_str().expect("access").to_owned();
+    assert_eq!(whoami(&s.app, &kept).await.0, StatusCode::OK);
+    assert_eq!(whoami(&s.app, &revoked_access).await.0, StatusCode::OK);
+    let reply = flow
+        .http
+        .post(format!("{}/revoke", s.mcp))
+        .form(&[
+            ("token", revoked["refresh_token"].as_str().expect("refresh")),
+            ("client_id", flow.client_id.as_str()),
+        ])
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(reply.status(), StatusCode::OK);
+
+    proxy.cut();
+    for _ in 0..3 {
+        let (status, _, body) = whoami(&s.app, &kept).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["subject"], ALICE_OID, "{body}");
+        let (status, headers, _) = whoami(&s.app, &revoked_access).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(
+            headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("revoked")),
+            "{headers:?}"
+        );
+    }
+    proxy.restore();
+}
+
 #[tokio::test]
 async fn a_refresh_may_ask_for_fewer_scopes() {
     let Some(s) = setup(&[]).await else { return };
