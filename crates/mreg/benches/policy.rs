@@ -442,6 +442,7 @@ async fn ingestion(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
             spool: dir.join("ingest.spool"),
             spool_max_bytes: 1 << 30,
             redact: Vec::new(),
+            refusal_window: std::time::Duration::from_secs(60),
         },
     )?;
     let actor = domain::Principal::anonymous();

@@ -138,6 +138,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 spool: config.audit.spool.clone(),
                 spool_max_bytes: config.audit.spool_max_bytes,
                 redact: config.policy.redact.clone(),
+                refusal_window: config.audit.refusal_window,
             },
         )?;
         (auditor, Some(writer))

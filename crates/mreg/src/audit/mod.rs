@@ -9,6 +9,7 @@
 //! spool file while the database is unreachable and replays it, in order and exactly once (rows
 //! are keyed by their event id), when it returns. Request latency never waits for the database.
 
+mod refusals;
 pub mod writer;
 
 use std::sync::Arc;
@@ -305,6 +306,8 @@ struct Inner {
     queue: mpsc::Sender<AuditEvent>,
     redaction: Redaction,
     status: Arc<writer::Status>,
+    /// Rate-limit refusals folded into one row per caller and window.
+    refusals: Arc<refusals::Refusals>,
 }
 
 impl Auditor {
@@ -476,6 +479,12 @@ impl Entry {
         self.event.error = error.map(|e| crate::proxy::clipped(&e, MAX_ERROR_CHARS));
         self.event.duration_us = self.started.elapsed().as_micros() as i64;
         let mut event = std::mem::replace(&mut self.event, blank());
+        if let Some(inner) = &self.inner
+            && !inner.refusals.write(&event)
+        {
+            // Counted in its caller's window (its place in the queue is given back).
+            return;
+        }
         // Once, here: what is queued is what is hashed, spooled and stored.
         event.sanitise();
         permit.send(event);

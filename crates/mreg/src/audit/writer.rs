@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::refusals::Refusals;
 use super::{AuditEvent, Auditor, Inner, Redaction};
 use crate::store::audit::AuditStore;
 use crate::store::data_error_sqlstate;
@@ -121,18 +122,34 @@ pub struct WriterConfig {
     pub spool_max_bytes: u64,
     /// Extra argument keys to mask.
     pub redact: Vec<String>,
+    /// Rate-limit refusals of one caller within this long are one row and a count
+    /// (`MREG_AUDIT_REFUSAL_WINDOW`; zero: a row each).
+    pub refusal_window: Duration,
 }
 
 /// The running writer.
 pub struct Writer {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    refusals: Arc<Refusals>,
+    queue: mpsc::Sender<AuditEvent>,
 }
 
 impl Writer {
     /// Closes the queue, writes what it holds (to the database, or the spool) and stops, within
     /// `deadline`.
     pub async fn close(self, deadline: Duration) {
+        // The counts of refusals folded into open windows are written too.
+        for mut row in self.refusals.ended(true) {
+            row.sanitise();
+            if tokio::time::timeout(deadline, self.queue.send(row))
+                .await
+                .is_err()
+            {
+                tracing::error!("the audit queue stayed full: a count of folded refusals is lost");
+            }
+        }
+        drop(self.queue);
         self.stop.cancel();
         if tokio::time::timeout(deadline, self.task).await.is_err() {
             tracing::error!(
@@ -167,14 +184,46 @@ pub fn spawn(
     let mut task = Task::new(store, spool, status.clone(), quarantine_path(&config.spool));
     let token = stop.clone();
     let task = tokio::spawn(async move { task.run(rx, token).await });
+    let refusals = Arc::new(Refusals::new(config.refusal_window));
+    tokio::spawn(sweep_refusals(refusals.clone(), tx.clone(), stop.clone()));
     let auditor = Auditor {
         inner: Some(Arc::new(Inner {
-            queue: tx,
+            queue: tx.clone(),
             redaction: Redaction::new(&config.redact),
             status,
+            refusals: refusals.clone(),
         })),
     };
-    Ok((auditor, Writer { stop, task }))
+    Ok((
+        auditor,
+        Writer {
+            stop,
+            task,
+            refusals,
+            queue: tx,
+        },
+    ))
+}
+
+/// Queues the summary rows of refusal windows as they end, until `stop`.
+async fn sweep_refusals(
+    refusals: Arc<Refusals>,
+    queue: mpsc::Sender<AuditEvent>,
+    stop: CancellationToken,
+) {
+    let every = refusals.sweep_every();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for mut row in refusals.ended(false) {
+            row.sanitise();
+            if queue.send(row).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Moves waiting entries into `batch`, up to a full batch.

@@ -242,6 +242,8 @@ pub struct AuditConfig {
     pub spool_max_bytes: u64,
     /// How long rows are kept; `None`: forever.
     pub retention: Option<Duration>,
+    /// Rate-limit refusals of one caller within this long share one row and a count.
+    pub refusal_window: Duration,
 }
 
 /// The effective configuration.
@@ -747,6 +749,9 @@ impl Parser<'_> {
                         Ok(n) if n <= 36_500 => Ok(Some(Duration::from_secs(n * 86_400))),
                         _ => Err(format!("'{v}' is not a number of days from 0 to 36500")),
                     }
+                })?,
+                refusal_window: self.required("MREG_AUDIT_REFUSAL_WINDOW", |v| {
+                    parse_duration(v, Duration::ZERO, Duration::from_secs(3600))
                 })?,
             },
             instance_id: match self.parse("MREG_INSTANCE_ID", |v| {

@@ -380,6 +380,13 @@ pub const SETTINGS: &[Setting] = &[
         "Largest size of the audit spool, in MiB.",
     ),
     s(
+        "MREG_AUDIT_REFUSAL_WINDOW",
+        "audit.refusal_window",
+        Some("60s"),
+        false,
+        "Rate-limit refusals of one caller within this long are one row (the first) plus one row with their count when the window ends; 0s writes a row for each.",
+    ),
+    s(
         "MREG_AUDIT_RETENTION_DAYS",
         "audit.retention_days",
         Some("365"),

@@ -599,22 +599,41 @@ async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
         .expect("retry_after_ms");
     assert!(wait > 0 && wait <= 20_000, "{wait}");
 
-    // Each refusal is one audit row.
-    let rows = crate::audit::at_least(16 + 3, || crate::audit::sqlite_rows(&app.dir.0)).await;
+    // The first refusal of a caller and operation is a row; the next ones in the window
+    // (MREG_AUDIT_REFUSAL_WINDOW, 60 s) are counted, and the count is written when it ends — at
+    // the latest when mreg stops.
+    let rows = crate::audit::at_least(2 + 3, || crate::audit::sqlite_rows(&app.dir.0)).await;
     let limited: Vec<&mreg::store::audit::AuditRecord> = rows
         .iter()
         .filter(|r| r.event.decision == "rate_limited")
         .collect();
-    assert_eq!(limited.len(), 16, "{limited:#?}");
+    assert_eq!(limited.len(), 2, "{limited:#?}");
+    let first = limited
+        .iter()
+        .find(|r| r.event.operation == "GET /api/v1/whoami" && r.event.actor_subject == BOB_OID)
+        .expect("bob's first refusal");
+    let first_id = first.event.id.clone();
+    let mut app = Arc::into_inner(app).expect("the only reference");
+    app.take_running().stop().await.expect("clean shutdown");
+    let rows = crate::audit::sqlite_rows(&app.dir.0).await;
+    let summary: Vec<_> = rows
+        .iter()
+        .filter(|r| {
+            r.event.decision == "rate_limited"
+                && r.event.actor_subject == BOB_OID
+                && r.event.id != first_id
+        })
+        .collect();
+    assert_eq!(summary.len(), 1, "{summary:#?}");
+    let counted: Value =
+        serde_json::from_str(summary[0].event.arguments.as_deref().unwrap_or_default())
+            .expect("json");
     assert_eq!(
-        limited
-            .iter()
-            .filter(
-                |r| r.event.operation == "GET /api/v1/whoami" && r.event.actor_subject == BOB_OID
-            )
-            .count(),
-        15
+        counted["refusals"], 14,
+        "15 refusals: the first row and 14 counted"
     );
+    assert_eq!(counted["first_id"], first_id.as_str());
+    assert_eq!(summary[0].event.operation, "GET /api/v1/whoami");
     let tool = limited
         .iter()
         .find(|r| r.event.tool.as_deref() == Some("list_servers"))
