@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::serve::ListenerExt;
 use domain::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -64,44 +63,87 @@ async fn bind(
 }
 
 /// Serves `router` on `listener` until `token` is cancelled, then drains for at most `grace`.
+///
+/// A connection must send each request's headers within `header_timeout`, counted from when it
+/// opened or its previous answer ended: a client that trickles headers (slowloris) or keeps an
+/// idle keep-alive connection open is disconnected then, so held connections are bounded by
+/// time, not only by the file-descriptor limit. A streamed answer (SSE) is not affected.
 async fn serve(
     name: &'static str,
     listener: TcpListener,
     router: Router,
     token: CancellationToken,
     grace: Duration,
+    header_timeout: Duration,
 ) -> anyhow::Result<()> {
-    // Every accepted socket sends at once: with Nagle's algorithm on, an answer written in
-    // pieces (headers, then SSE events) waits for the client's delayed ACK, about 40 ms per call
-    // on a keep-alive connection.
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(name, &e).await;
+                    continue;
+                }
+            },
+            () = token.cancelled() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        // Every accepted socket sends at once: with Nagle's algorithm on, an answer written in
+        // pieces (headers, then SSE events) waits for the client's delayed ACK, about 40 ms per
+        // call on a keep-alive connection.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted socket");
         }
-    });
-    let serve = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(token.clone().cancelled_owned())
-    .into_future();
-    let mut server = tokio::spawn(serve);
-    let failed = |e| anyhow::anyhow!("the {name} server failed: {e}");
-    tokio::select! {
-        ended = &mut server => {
-            // It ended without being asked to: stop the rest of the gateway too.
-            token.cancel();
-            ended.context("the server panicked")?.map_err(failed)
-        }
-        () = token.cancelled() => match tokio::time::timeout(grace, &mut server).await {
-            Ok(ended) => ended.context("the server panicked")?.map_err(failed),
-            Err(_) => {
-                tracing::warn!(listener = name, "requests still in flight after the grace period; closing them");
-                server.abort();
-                Ok(())
+        let router = router.clone();
+        let service = hyper::service::service_fn(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::Service::call(&mut router.clone(), request)
+            },
+        );
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        connections.spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-        },
+        });
     }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            "requests still in flight after the grace period; closing them"
+        );
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+/// What to do when accepting a connection failed: a connection reset before it was accepted is
+/// nothing; anything else (out of file descriptors) is logged and waited out briefly, so the
+/// loop does not spin while the condition lasts.
+async fn accept_failed(name: &str, e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(listener = name, error = %e, "cannot accept connections; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Connects everything, binds both listeners and starts serving.
@@ -213,6 +255,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         rest::router(state.clone()),
         shutdown.clone(),
         grace,
+        config.header_timeout,
     );
     let mcp_task = serve(
         "MCP",
@@ -220,6 +263,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         mcp::router(state.clone(), shutdown.child_token()),
         shutdown.clone(),
         grace,
+        config.header_timeout,
     );
     if state.oauth.is_some() {
         tokio::spawn(prune_grants(stores.auth.clone(), shutdown.child_token()));

@@ -282,6 +282,8 @@ pub struct Config {
     pub registry_namespace: String,
     /// Drain deadline at shutdown.
     pub shutdown_grace: Duration,
+    /// How long a connection may take to send a request's headers (`MREG_HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
     /// Largest accepted REST request body.
     pub max_body_bytes: usize,
     /// Entra ID.
@@ -685,6 +687,9 @@ impl Parser<'_> {
                 }
             })?,
             shutdown_grace: self.seconds("MREG_SHUTDOWN_GRACE_SECS", 3600)?,
+            header_timeout: self.required("MREG_HEADER_TIMEOUT", |v| {
+                parse_duration(v, Duration::from_secs(1), Duration::from_secs(3600))
+            })?,
             max_body_bytes: self.required("MREG_MAX_BODY_BYTES", |v| match v.parse::<usize>() {
                 Ok(n) if (1024..=64 * 1024 * 1024).contains(&n) => Ok(n),
                 _ => Err(format!("'{v}' is not a byte count from 1024 to 67108864")),

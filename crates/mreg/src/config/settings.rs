@@ -212,6 +212,13 @@ pub const SETTINGS: &[Setting] = &[
         "How long shutdown waits for in-flight requests before closing them.",
     ),
     s(
+        "MREG_HEADER_TIMEOUT",
+        "api.header_timeout",
+        Some("20s"),
+        false,
+        "How long a connection (either listener) may take to send a request's headers, counted from when it opened or its previous answer ended: slow senders and idle keep-alive connections are closed after it. Streamed answers are not affected.",
+    ),
+    s(
         "MREG_MAX_BODY_BYTES",
         "api.max_body_bytes",
         Some("65536"),

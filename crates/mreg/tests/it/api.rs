@@ -785,3 +785,65 @@ async fn nul_characters_in_filters_are_refused_by_name() {
     assert_eq!(body["servers"].as_array().map(Vec::len), Some(1));
     app.stop().await;
 }
+
+/// A connection that trickles its headers (slowloris) or sits idle between requests is closed
+/// once `MREG_HEADER_TIMEOUT` has passed, on both listeners; an answer that streams for longer
+/// than that (progress events over SSE, a slow tool) is not cut.
+#[tokio::test]
+async fn slow_headers_and_idle_connections_are_closed_but_long_answers_are_not() {
+    let app = TestApp::spawn_with(&[("MREG_HEADER_TIMEOUT", "1s")]).await;
+    for addr in [app.addr, app.mcp_addr] {
+        // Headers, one line every 300 ms, never finished.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .expect("write");
+        let closed = loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let wrote = tcp.write_all(b"X-Trickle: 1\r\n").await;
+            let mut byte = [0_u8; 512];
+            let read = tokio::time::timeout(Duration::from_millis(10), tcp.read(&mut byte)).await;
+            if wrote.is_err() || matches!(read, Ok(Ok(_) | Err(_))) {
+                break started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "{addr}: a trickling client is still connected after 5 s"
+            );
+        };
+        assert!(closed >= Duration::from_millis(900), "{addr}: {closed:?}");
+
+        // One request answered, then silence: the keep-alive connection is closed.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = vec![0_u8; 4096];
+        let n = tcp.read(&mut answer).await.expect("answer");
+        assert!(
+            String::from_utf8_lossy(&answer[..n]).starts_with("HTTP/1.1 "),
+            "{addr}"
+        );
+        let idle = std::time::Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+            .await
+            .expect("closed within 5 s");
+        assert!(matches!(end, Ok(0) | Err(_)), "{addr}: {end:?}");
+        assert!(idle.elapsed() >= Duration::from_millis(900), "{addr}");
+    }
+
+    // A proxied tool call answering over SSE for about 2.4 s, with progress on the way, and a
+    // tool that sleeps 2 s: both complete.
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("slow", json!({ "url": upstream.url })).await;
+    let client = crate::mcp_tools::connect(
+        &format!("http://{}/servers/slow/mcp", app.mcp_addr),
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+    )
+    .await;
+    let counted = crate::mcp_tools::call(&client, "count", json!({"n": 4, "delay_ms": 600})).await;
+    assert_eq!(counted.structured_content, Some(json!({"count": 4})));
+    let slept = crate::mcp_tools::call(&client, "hang", json!({"secs": 2})).await;
+    assert_eq!(slept.structured_content, Some(json!({"slept": 2})));
+}
