@@ -75,6 +75,7 @@ async fn serve(
     token: CancellationToken,
     grace: Duration,
     header_timeout: Duration,
+    audit: crate::audit::Auditor,
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
@@ -126,7 +127,10 @@ async fn serve(
             listener = name,
             "requests still in flight after the grace period; closing them"
         );
+        audit.cutting_off();
         connections.abort_all();
+        // Each one's audit entry is recorded as it is dropped.
+        while connections.join_next().await.is_some() {}
     }
     Ok(())
 }
@@ -256,14 +260,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown.clone(),
         grace,
         config.header_timeout,
+        state.audit.clone(),
     );
+    // MCP sessions (and the tool calls they run) end only once the listener has drained, so a
+    // call in flight at shutdown gets its answer; open GET streams end as shutdown starts.
+    let sessions = CancellationToken::new();
     let mcp_task = serve(
         "MCP",
         mcp,
-        mcp::router(state.clone(), shutdown.child_token()),
+        mcp::router(state.clone(), sessions.clone(), shutdown.clone()),
         shutdown.clone(),
         grace,
         config.header_timeout,
+        state.audit.clone(),
     );
     if state.oauth.is_some() {
         tokio::spawn(prune_grants(stores.auth.clone(), shutdown.child_token()));
@@ -280,6 +289,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .enabled
         .then(|| crate::health::spawn(state.clone(), shutdown.child_token()));
     let token = shutdown.clone();
+    let audit = state.audit.clone();
     let task = tokio::spawn(async move {
         let stopping = async {
             token.cancelled().await;
@@ -289,6 +299,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             );
         };
         let ((), api, mcp) = tokio::join!(stopping, api_task, mcp_task);
+        // What still runs in a session now is cut off, and recorded so.
+        audit.cutting_off();
+        sessions.cancel();
         if let Some(monitor) = monitor {
             let _ = monitor.await;
         }

@@ -308,12 +308,25 @@ struct Inner {
     status: Arc<writer::Status>,
     /// Rate-limit refusals folded into one row per caller and window.
     refusals: Arc<refusals::Refusals>,
+    /// Set when shutdown starts cutting off what still runs (see [`Auditor::cutting_off`]).
+    cutting_off: std::sync::atomic::AtomicBool,
 }
 
 impl Auditor {
     /// An auditor that records nothing (`MREG_AUDIT=off`).
     pub fn off() -> Self {
         Self { inner: None }
+    }
+
+    /// Marks that shutdown is now cutting off what still runs (the grace period is over, or
+    /// the listeners have drained and MCP sessions are being ended): an entry dropped unfinished
+    /// from now on is recorded as cancelled by the shutdown, not by its caller.
+    pub fn cutting_off(&self) {
+        if let Some(inner) = &self.inner {
+            inner
+                .cutting_off
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Whether anything is recorded.
@@ -494,13 +507,23 @@ impl Entry {
 impl Drop for Entry {
     fn drop(&mut self) {
         if self.permit.is_some() {
-            self.complete(
-                outcome::CANCELLED,
-                Some("the caller went away before the operation ended".to_owned()),
-            );
+            let shutdown = self
+                .inner
+                .as_ref()
+                .is_some_and(|i| i.cutting_off.load(std::sync::atomic::Ordering::Relaxed));
+            let why = if shutdown {
+                SHUTDOWN_CUT
+            } else {
+                "the caller went away before the operation ended"
+            };
+            self.complete(outcome::CANCELLED, Some(why.to_owned()));
         }
     }
 }
+
+/// The `error` of an operation cut off by shutdown.
+pub const SHUTDOWN_CUT: &str =
+    "cancelled (shutdown): mreg stopped before the operation ended (MREG_SHUTDOWN_GRACE_SECS)";
 
 fn blank() -> AuditEvent {
     AuditEvent {

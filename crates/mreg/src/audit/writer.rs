@@ -192,6 +192,7 @@ pub fn spawn(
             redaction: Redaction::new(&config.redact),
             status,
             refusals: refusals.clone(),
+            cutting_off: Default::default(),
         })),
     };
     Ok((

@@ -485,8 +485,17 @@ impl ServerHandler for RegistryTools {
             entry.refused(&refusal);
             return Err(error);
         }
+        // Cancelled by the client (notifications/cancelled) or by shutdown ending the session:
+        // the call stops here and its entry, dropped, records that it was cancelled.
+        let cancelled = context.ct.clone();
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        let (result, inner_refusal) = crate::audit::watch(self.tool_router.call(call)).await;
+        let (result, inner_refusal) = tokio::select! {
+            done = crate::audit::watch(self.tool_router.call(call)) => done,
+            () = cancelled.cancelled() => {
+                drop(entry);
+                return Err(ErrorData::internal_error("the call was cancelled", None));
+            }
+        };
         if let Some(decision) = inner_refusal {
             entry.decided(decision);
         }
