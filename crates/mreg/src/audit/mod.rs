@@ -216,10 +216,19 @@ pub fn chain<'a>(
 
 /// The audit log cannot take another entry: the request must not run.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "the audit log cannot record this request (its queue is full: the database is unreachable and the spool cannot take more); the request was not run, try again later"
-)]
-pub struct AuditUnavailable;
+pub enum AuditUnavailable {
+    /// Entries can be kept nowhere.
+    #[error(
+        "the audit log cannot record this request (its queue is full: the database is unreachable and the spool cannot take more); the request was not run, try again later"
+    )]
+    Failing,
+    /// The writer keeps up, but more requests are being audited at once than the queue holds.
+    #[error(
+        "the audit log cannot record this request (its queue is saturated: more requests are being audited at once than MREG_AUDIT_QUEUE holds, and none finished within {} s); the request was not run, try again shortly",
+        QUEUE_WAIT.as_secs()
+    )]
+    Saturated,
+}
 
 impl From<AuditUnavailable> for domain::Error {
     fn from(e: AuditUnavailable) -> Self {
@@ -353,24 +362,28 @@ impl Auditor {
             return Ok(Entry::disabled());
         };
         let permit = match inner.queue.clone().try_reserve_owned() {
-            Ok(permit) => permit,
+            Ok(permit) => {
+                inner.status.saturated(false);
+                permit
+            }
             Err(mpsc::error::TrySendError::Full(queue)) if !inner.status.failing() => {
                 match tokio::time::timeout(QUEUE_WAIT, queue.reserve_owned()).await {
                     Ok(Ok(permit)) => permit,
                     _ => {
                         inner.status.refused();
-                        return Err(AuditUnavailable);
+                        inner.status.saturated(true);
+                        return Err(AuditUnavailable::Saturated);
                     }
                 }
             }
             Err(_) => {
                 inner.status.refused();
-                return Err(AuditUnavailable);
+                return Err(AuditUnavailable::Failing);
             }
         };
         let now = time::OffsetDateTime::now_utc();
         Ok(Entry {
-            permit: Some(permit),
+            permit: Some(Place::Reserved(permit)),
             inner: Some(inner.clone()),
             started: Instant::now(),
             event: AuditEvent {
@@ -397,14 +410,31 @@ impl Auditor {
 /// An operation being audited. Completed by [`Entry::finish`] or [`Entry::refused`]; dropped
 /// unfinished (the caller went away), it is recorded as cancelled.
 pub struct Entry {
-    permit: Option<mpsc::OwnedPermit<AuditEvent>>,
+    permit: Option<Place>,
     /// The auditor's redaction rules; `None` when auditing is off.
     inner: Option<Arc<Inner>>,
     started: Instant,
     event: AuditEvent,
 }
 
+/// Where an entry's event goes when it completes.
+enum Place {
+    /// A place reserved in the queue.
+    Reserved(mpsc::OwnedPermit<AuditEvent>),
+    /// None reserved (a stream, see [`Entry::detach`]): the event waits for one when it completes.
+    Detached(mpsc::Sender<AuditEvent>),
+}
+
 impl Entry {
+    /// Gives back the entry's place in the queue, for an operation that may last long (a
+    /// streamed answer): it must not hold a place other requests need to be admitted. When it
+    /// completes, its event waits for a place (it is never dropped).
+    pub fn detach(&mut self) {
+        if let Some(Place::Reserved(permit)) = self.permit.take() {
+            self.permit = Some(Place::Detached(permit.release()));
+        }
+    }
+
     fn disabled() -> Self {
         Self {
             permit: None,
@@ -500,7 +530,24 @@ impl Entry {
         }
         // Once, here: what is queued is what is hashed, spooled and stored.
         event.sanitise();
-        permit.send(event);
+        match permit {
+            Place::Reserved(permit) => {
+                permit.send(event);
+            }
+            Place::Detached(queue) => {
+                if let Err(full) = queue.try_send(event) {
+                    let mpsc::error::TrySendError::Full(event) = full else {
+                        tracing::error!("the audit writer has stopped: an entry is lost");
+                        return;
+                    };
+                    tokio::spawn(async move {
+                        if queue.send(event).await.is_err() {
+                            tracing::error!("the audit writer has stopped: an entry is lost");
+                        }
+                    });
+                }
+            }
+        }
     }
 }
 

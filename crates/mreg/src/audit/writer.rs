@@ -48,6 +48,7 @@ pub struct Status {
     refused: AtomicU64,
     quarantined: AtomicU64,
     failing: AtomicBool,
+    saturated: AtomicBool,
     /// Why the last attempt to replay the spool failed; `None` once one succeeds.
     replay_failure: Mutex<Option<String>>,
 }
@@ -61,6 +62,18 @@ impl Status {
     /// Whether events currently go to the spool (the database is unreachable or catching up).
     pub fn spooling(&self) -> bool {
         self.spooling.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last request that found the queue full waited for a place in vain (more
+    /// requests audited at once than the queue holds); cleared when one finds a place at once.
+    pub fn saturated_now(&self) -> bool {
+        self.saturated.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn saturated(&self, now: bool) {
+        if self.saturated.load(Ordering::Relaxed) != now {
+            self.saturated.store(now, Ordering::Relaxed);
+        }
     }
 
     /// Whether a batch can currently be kept nowhere (requests will be refused when the queue

@@ -136,7 +136,10 @@ pub async fn handle(
     if let (None, Some(outcome)) = (failure, response.extensions().get::<rpc::StreamOutcome>()) {
         // A streamed answer: the row is completed when the stream ends (or cancelled, when the
         // caller goes away first), with the stream's real outcome and duration.
+        // It holds no place in the audit queue meanwhile: streams may last, and the queue's
+        // places admit requests.
         let outcome = outcome.clone();
+        entry.detach();
         let (parts, body) = response.into_parts();
         return Response::from_parts(
             parts,

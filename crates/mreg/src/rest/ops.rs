@@ -104,6 +104,11 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Some(s) if s.failing() => Err(
             "audit log: entries can be kept neither in the database nor in the spool".to_owned(),
         ),
+        Some(s) if s.saturated_now() => Err(format!(
+            "audit queue saturated: more requests are being audited at once than \
+             MREG_AUDIT_QUEUE holds ({} refused so far)",
+            s.counts().2
+        )),
         Some(s) if let Some(why) = replay_failure => Err(format!(
             "replay failing: {why} ({} bytes wait in the spool)",
             s.spooled_bytes()

@@ -1062,3 +1062,103 @@ async fn readyz_fails_while_the_spool_cannot_be_replayed_into_a_database_that_an
     app.stop().await;
     db.drop_db().await;
 }
+
+/// A streamed answer holds no place in the audit queue while it streams (its row waits for one
+/// when it ends), so long streams cannot starve other requests of places; requests that keep
+/// their place (tool calls in flight) can, and then the refusal says the queue is saturated —
+/// not that the database is unreachable — and `/readyz` says so until places free up.
+#[tokio::test]
+async fn streams_hold_no_audit_place_and_a_saturated_queue_says_so() {
+    let app = Arc::new(TestApp::spawn_with(&[("MREG_AUDIT_QUEUE", "1")]).await);
+    let upstream = Upstream::start(true).await;
+    app.register("streams", json!({ "url": upstream.url }))
+        .await;
+
+    // Three answers streaming for about 2 s each (progress events over SSE) ...
+    let mut streams = tokio::task::JoinSet::new();
+    for i in 0..3 {
+        let app = app.clone();
+        streams.spawn(async move {
+            let client = crate::mcp_tools::connect(
+                &format!("http://{}/servers/streams/mcp", app.mcp_addr),
+                ProtocolVersion::V_2025_06_18,
+            )
+            .await;
+            let counted = crate::mcp_tools::call(
+                &client,
+                "count",
+                json!({ "n": 5, "delay_ms": 400 + i * 10 }),
+            )
+            .await;
+            counted.structured_content
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // ... and a registration meanwhile is admitted at once.
+    let started = Instant::now();
+    assert_eq!(
+        register_as(&app, "during-streams", "during-streams").await,
+        StatusCode::CREATED
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    while let Some(done) = streams.join_next().await {
+        assert_eq!(done.expect("stream"), Some(json!({"count": 5})));
+    }
+
+    // A tool call in flight on /mcp keeps its place: the one place is taken for 8 s.
+    let client = crate::mcp_tools::connect(
+        &format!("http://{}/mcp", app.mcp_addr),
+        ProtocolVersion::V_2025_06_18,
+    )
+    .await;
+    let hanging = tokio::spawn(async move {
+        crate::mcp_tools::call(
+            &client,
+            "proxy_request",
+            json!({ "server": "streams", "method": "tools/call",
+                "params": { "name": "hang", "arguments": { "secs": 8 } } }),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refused = app
+        .http
+        .post(app.url("/api/v1/servers"))
+        .json(&json!({ "name": "starved", "url": "http://127.0.0.1:9/mcp" }))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = refused.json().await.expect("json");
+    assert_eq!(body["error"], "audit_unavailable");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("saturated") && !message.contains("unreachable"),
+        "{message}"
+    );
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert!(
+        ready["checks"]["audit"]
+            .as_str()
+            .is_some_and(|a| a.contains("saturated")),
+        "{ready}"
+    );
+    let (status, _) = app.get("/api/v1/servers/starved").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the refused request did not run"
+    );
+    hanging.await.expect("the call ends");
+    assert_eq!(
+        register_as(&app, "after", "after").await,
+        StatusCode::CREATED
+    );
+    let (status, ready) = app.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+}
