@@ -362,8 +362,9 @@ where
         Request::from_parts(parts, axum::body::Body::from(bytes)),
     )
     .await;
+    // A change is answered once its row is kept: a crash the next moment loses no change.
     if response.status().is_success() {
-        entry.finish(Ok(()));
+        entry.finish_kept(Ok(())).await;
         return response;
     }
     // A failed mutation's row says why: the error body's message (small; read and put back).
@@ -375,7 +376,7 @@ where
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| format!("HTTP {}", parts.status.as_u16()));
-    entry.finish(Err(message));
+    entry.finish_kept(Err(message)).await;
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 

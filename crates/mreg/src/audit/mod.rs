@@ -505,6 +505,25 @@ impl Entry {
         self.complete(outcome::ERROR, Some(refusal.message()));
     }
 
+    /// Completes the entry of a mutation and waits until its row is kept (in the database, or
+    /// in the synced spool) — at most [`QUEUE_WAIT`] — so an answered change is never missing
+    /// from the log, even if the process is killed the next moment.
+    pub async fn finish_kept(self, result: Result<(), String>) {
+        let kept = match (&self.inner, &self.permit) {
+            (Some(inner), Some(_)) => Some(inner.status.kept_when(&self.event.id)),
+            _ => None,
+        };
+        self.finish(result);
+        if let Some(kept) = kept
+            && !matches!(tokio::time::timeout(QUEUE_WAIT, kept).await, Ok(Ok(())))
+        {
+            tracing::warn!(
+                "the audit row of a change was not confirmed kept within {} s; answering anyway",
+                QUEUE_WAIT.as_secs()
+            );
+        }
+    }
+
     /// Completes the entry of an admitted operation: `Err` carries why it failed.
     pub fn finish(mut self, result: Result<(), String>) {
         match result {

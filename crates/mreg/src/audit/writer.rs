@@ -12,6 +12,7 @@
 //! those is quarantined: logged, counted, and appended to the quarantine file next to the spool
 //! (`<spool>.quarantine`, JSON lines), never retried, so that one bad entry cannot stop the log.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -51,9 +52,39 @@ pub struct Status {
     saturated: AtomicBool,
     /// Why the last attempt to replay the spool failed; `None` once one succeeds.
     replay_failure: Mutex<Option<String>>,
+    /// Requests waiting until their row is kept, by event id (see [`Status::kept_when`]).
+    waiters: Mutex<HashMap<String, oneshot::Sender<()>>>,
+    waiting: AtomicU64,
 }
 
 impl Status {
+    /// Resolves once the event `id` is kept: written to the database, or to the spool (synced).
+    pub(super) fn kept_when(&self, id: &str) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), tx);
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        rx
+    }
+
+    /// Whether anyone waits for a row to be kept (so a batch's ids are worth collecting).
+    fn awaited(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Tells whoever waits for the events `ids` that they are kept.
+    fn kept(&self, ids: &[String]) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            if let Some(waiter) = waiters.remove(id) {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                let _ = waiter.send(());
+            }
+        }
+    }
+
     /// Bytes waiting in the spool.
     pub fn spooled_bytes(&self) -> u64 {
         self.spooled_bytes.load(Ordering::Relaxed)
@@ -366,7 +397,14 @@ impl Task {
                 tokio::time::sleep(LINGER).await;
                 drain(&mut rx, &mut batch);
             }
+            let awaited = self
+                .status
+                .awaited()
+                .then(|| batch.iter().map(|e| e.id.clone()).collect::<Vec<_>>());
             self.deliver(batch).await;
+            if let Some(ids) = awaited {
+                self.status.kept(&ids);
+            }
         }
         if self.spool.pending() {
             self.next_replay = Instant::now();

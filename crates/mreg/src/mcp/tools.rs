@@ -488,6 +488,7 @@ impl ServerHandler for RegistryTools {
         // Cancelled by the client (notifications/cancelled) or by shutdown ending the session:
         // the call stops here and its entry, dropped, records that it was cancelled.
         let cancelled = context.ct.clone();
+        let changes = matches!(request.name.as_ref(), "register_server" | "delete_server");
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
         let (result, inner_refusal) = tokio::select! {
             done = crate::audit::watch(self.tool_router.call(call)) => done,
@@ -499,7 +500,7 @@ impl ServerHandler for RegistryTools {
         if let Some(decision) = inner_refusal {
             entry.decided(decision);
         }
-        entry.finish(match &result {
+        let outcome = match &result {
             Ok(rmcp::model::CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
                 Err(done
                     .content
@@ -510,7 +511,13 @@ impl ServerHandler for RegistryTools {
             }
             Ok(_) => Ok(()),
             Err(e) => Err(e.message.to_string()),
-        });
+        };
+        // A change through a tool is answered once its row is kept, as one through REST.
+        if changes {
+            entry.finish_kept(outcome).await;
+        } else {
+            entry.finish(outcome);
+        }
         result
     }
 

@@ -1162,3 +1162,128 @@ async fn streams_hold_no_audit_place_and_a_saturated_queue_says_so() {
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{ready}");
 }
+
+/// `mreg serve` in `dir` on free ports, with none of mreg's variables inherited; returns the
+/// child and the REST API's base URL once `/healthz` answers.
+async fn serve_binary(dir: &TempDir) -> (std::process::Child, String) {
+    let port = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port().to_string()
+    };
+    let (api, mcp) = (port(), port());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mreg"));
+    command
+        .arg("serve")
+        .current_dir(&dir.0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for setting in mreg::config::settings::SETTINGS {
+        command.env_remove(setting.env);
+    }
+    command
+        .env("MREG_API_PORT", &api)
+        .env("FASTMCP_SERVER_PORT", &mcp)
+        .env("MREG_HEALTH_ENABLED", "false");
+    let child = command.spawn().expect("spawn mreg serve");
+    let base = format!("http://127.0.0.1:{api}");
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return (child, base);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("mreg serve did not answer /healthz");
+}
+
+/// `kill -9` under a stream of registrations: every registration that was answered has its
+/// audit row after the restart (rows of changes are kept before the answer), exactly once.
+#[tokio::test]
+async fn a_killed_gateway_loses_no_audit_row_of_an_answered_change() {
+    let dir = TempDir::new();
+    let (mut child, base) = serve_binary(&dir).await;
+    let answered = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..8 {
+        let (base, answered, stop) = (base.clone(), answered.clone(), stop.clone());
+        clients.spawn(async move {
+            let http = reqwest::Client::new();
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let id = format!("kill-{client}-{i}");
+                let sent = http
+                    .post(format!("{base}/api/v1/servers"))
+                    .header("x-request-id", &id)
+                    .json(&json!({ "name": id, "url": "http://127.0.0.1:9/mcp" }))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(reply) if reply.status() == StatusCode::CREATED => {
+                        answered.lock().expect("lock").push(id);
+                    }
+                    // The process is gone: this one was not answered.
+                    _ => return,
+                }
+            }
+        });
+    }
+    // Kill it in the middle of the stream, once some have been answered.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while answered.lock().expect("lock").len() < 150 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    while clients.join_next().await.is_some() {}
+    let answered = answered.lock().expect("lock").clone();
+
+    // The next run replays the spool (if the crash left anything there), then stops.
+    let (mut child, base) = serve_binary(&dir).await;
+    let ready = reqwest::Client::new();
+    for _ in 0..100 {
+        let body: Value = ready
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("json");
+        if body["checks"]["audit"] == "ok" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let rows = sqlite_rows(&dir.0).await;
+    let mut per_request: HashMap<&str, usize> = HashMap::new();
+    for row in &rows {
+        *per_request
+            .entry(row.event.request_id.as_str())
+            .or_default() += 1;
+    }
+    let missing: Vec<&String> = answered
+        .iter()
+        .filter(|id| per_request.get(id.as_str()) != Some(&1))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} answered registrations have no row (or more than one): {missing:?}",
+        missing.len(),
+        answered.len()
+    );
+}
