@@ -1185,7 +1185,7 @@ async fn serve_binary(dir: &TempDir) -> (std::process::Child, String) {
         .env("MREG_API_PORT", &api)
         .env("FASTMCP_SERVER_PORT", &mcp)
         .env("MREG_HEALTH_ENABLED", "false");
-    let child = command.spawn().expect("spawn mreg serve");
+    let mut child = command.spawn().expect("spawn mreg serve");
     let base = format!("http://127.0.0.1:{api}");
     let client = reqwest::Client::new();
     for _ in 0..100 {
@@ -1199,6 +1199,8 @@ async fn serve_binary(dir: &TempDir) -> (std::process::Child, String) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("mreg serve did not answer /healthz");
 }
 
