@@ -1,7 +1,8 @@
 //! An upstream that misbehaves in every way the proxy must survive, one mode per path
 //! (`/{mode}/mcp`), and what a client of the gateway sees of each: garbage, HTML error pages,
 //! plain text, a 10 MB JSON answer, a 40 MB SSE event, SSE without event separators, silence
-//! after the headers, and a body trickled a byte at a time.
+//! after the headers, and a body trickled a byte at a time; and, below HTTP, bytes that are not
+//! HTTP, headers sent a byte at a time, and a request never answered.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -192,5 +193,83 @@ async fn the_servers_timeout_covers_the_whole_answer() {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{text}");
     assert!(text.contains("server 'trickle'"), "{text}");
     assert!(took < Duration::from_secs(6), "{took:?}");
+    app.stop().await;
+}
+
+/// Upstreams that fail below HTTP, each on a listener of its own: `raw` answers bytes that are
+/// not HTTP and closes; `slowheaders` sends a status line, then a header byte every 300 ms for
+/// ever; `hang` reads the request and never answers.
+async fn start_raw(mode: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0_u8; 4096];
+                let _ = tcp.read(&mut request).await;
+                match mode {
+                    "raw" => {
+                        let _ = tcp
+                            .write_all(b"\x00\x01\x02 SSH-2.0-not-http\r\n\r\n")
+                            .await;
+                    }
+                    "slowheaders" => {
+                        let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nX-Slow: ").await;
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            if tcp.write_all(b"a").await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    _ => tokio::time::sleep(Duration::from_secs(3600)).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn upstreams_that_fail_below_http_get_a_clear_error_within_the_timeout() {
+    let app = TestApp::spawn().await;
+    for mode in ["raw", "slowheaders", "hang"] {
+        let upstream = start_raw(mode).await;
+        app.register(
+            mode,
+            json!({ "url": format!("http://{upstream}/mcp"), "timeout_secs": 2 }),
+        )
+        .await;
+    }
+    let (status, text, took) = call(&app, "raw").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("a JSON-RPC error");
+    assert_eq!(body["id"], 41, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("server 'raw'")),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    for server in ["slowheaders", "hang"] {
+        let (status, text, took) = call(&app, server).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{server}: {text}");
+        let body: Value = serde_json::from_str(&text).expect("a JSON-RPC error");
+        assert_eq!(body["id"], 41, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&format!("server '{server}'"))),
+            "{body}"
+        );
+        assert!(
+            took >= Duration::from_millis(1_900) && took < Duration::from_secs(5),
+            "{server}: {took:?}"
+        );
+    }
     app.stop().await;
 }
