@@ -820,6 +820,19 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
         );
         let (_, ready) = readyz(&app).await;
         assert!(ready.to_string().contains("cache"), "{ready}");
+        // Changes during the outage are made, and audited.
+        for i in 0..5 {
+            let name = format!("outage-{partition}-{i}");
+            let (status, _, body) = rest(
+                &app,
+                reqwest::Method::POST,
+                "/api/v1/servers",
+                &c.alice,
+                Some(json!({ "name": name, "url": "http://127.0.0.1:9/mcp" })),
+            )
+            .await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+        }
 
         proxy.restore();
         let restored = std::time::Instant::now();
@@ -845,6 +858,26 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
         assert_eq!(status, StatusCode::OK, "{ready}");
         assert!(!ready.to_string().contains("per instance"), "{ready}");
     }
+    // Each change has exactly one row, and the chain verifies.
+    let mut app = Arc::into_inner(app).expect("the only reference");
+    app.take_running().stop().await.expect("clean shutdown");
+    let rows = crate::audit::sqlite_rows(&app.dir.0).await;
+    for partition in [false, true] {
+        for i in 0..5 {
+            let name = format!("outage-{partition}-{i}");
+            let of = rows
+                .iter()
+                .filter(|r| r.event.server.as_deref() == Some(name.as_str()))
+                .count();
+            assert_eq!(of, 1, "{name}");
+        }
+    }
+    let store = mreg::store::SqliteStore::open(&app.dir.0.join("mreg.db"), 1)
+        .await
+        .expect("open");
+    let verified = mreg::audit::verify(&store).await.expect("verify");
+    assert_eq!(verified.broken, None);
+    assert_eq!(verified.rows as usize, rows.len());
 }
 
 async fn readyz(app: &TestApp) -> (StatusCode, Value) {
