@@ -43,6 +43,8 @@ pub enum Command {
     CheckConfig,
     /// Manage servers in a running gateway's registry.
     Servers(Box<client::ServersArgs>),
+    /// Search the tools of the registered servers.
+    Tools(Box<client::ToolsArgs>),
     /// Sign in to a gateway (browser, OAuth with PKCE); later commands use the saved token.
     Login(crate::login::LoginArgs),
     /// Revoke the saved login and forget it.
@@ -146,6 +148,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
     let file = cli.config.as_deref();
     let (serving, config) = match cli.command {
         Command::Servers(args) => return client::run(*args).await,
+        Command::Tools(args) => return client::tools(*args).await,
         Command::Whoami(args) => return client::whoami(args).await,
         Command::Call(args) => return client::call(args).await,
         Command::Audit(AuditCommand::List(args)) => return client::audit_list(*args).await,

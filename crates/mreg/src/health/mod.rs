@@ -9,6 +9,7 @@
 //! unhealthy server away at once (a circuit breaker) instead of making each wait for a timeout.
 
 pub mod probe;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -14,6 +14,7 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::rest::servers::ServerView;
 use crate::rest::{AppState, cursor};
 
 /// The gateway's MCP server: one instance per session (or per stateless request), sharing
@@ -153,6 +154,17 @@ fn describe(server: &Server) -> String {
     line
 }
 
+/// One line about a server with its health and its endpoint on the gateway.
+fn describe_view(view: &ServerView) -> String {
+    format!(
+        "{}; health {} ({}); reach it at {}",
+        describe(&view.server),
+        view.health.state.as_str(),
+        view.health.reason,
+        view.gateway_url
+    )
+}
+
 /// A refusal as a JSON-RPC error: what is missing, or when to retry (`data.retry_after_ms`).
 fn policy_error(state: &AppState, refusal: &crate::policy::Refusal) -> ErrorData {
     state.metrics.refused(refusal.reason());
@@ -277,20 +289,21 @@ impl RegistryTools {
                 query.visibility = crate::policy::visibility(&self.state, &caller);
                 let page = self.state.registry.list(&query).await?;
                 let next_cursor = cursor::next(&page, query.sort);
-                let mut text = if page.items.is_empty() {
+                let views = ServerView::all(&self.state, page.items).await?;
+                let mut text = if views.is_empty() {
                     "No servers match.".to_owned()
                 } else {
-                    format!("{} server(s):", page.items.len())
+                    format!("{} server(s):", views.len())
                 };
-                for server in &page.items {
-                    text.push_str(&format!("\n- {}", describe(server)));
+                for view in &views {
+                    text.push_str(&format!("\n- {}", describe_view(view)));
                 }
                 if next_cursor.is_some() {
                     text.push_str("\nMore servers follow; pass next_cursor as cursor.");
                 }
                 Ok(success(
                     text,
-                    &json!({ "servers": page.items, "next_cursor": next_cursor }),
+                    &json!({ "servers": views, "next_cursor": next_cursor }),
                 ))
             }
             .await,
@@ -440,7 +453,8 @@ impl RegistryTools {
         outcome(
             async {
                 let server = self.visible_server(&parts, &args.name).await?;
-                Ok(success(describe(&server), &server))
+                let view = ServerView::of(&self.state, server).await?;
+                Ok(success(describe_view(&view), &view))
             }
             .await,
         )

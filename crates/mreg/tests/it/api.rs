@@ -598,6 +598,23 @@ async fn the_openapi_document_is_generated_and_the_docs_page_works_offline() {
     }
     assert!(doc["paths"]["/api/v1/servers"]["post"]["responses"]["409"].is_object());
     assert!(doc["components"]["schemas"]["ServerDraft"].is_object());
+    let summary = &doc["components"]["schemas"]["HealthSummary"];
+    for field in ["state", "since", "last_probe", "reason"] {
+        assert!(
+            summary["properties"][field].is_object(),
+            "HealthSummary.{field}: {summary}"
+        );
+    }
+    let view = doc["components"]["schemas"]["ServerView"].to_string();
+    assert!(
+        view.contains("#/components/schemas/HealthSummary") && view.contains("gateway_url"),
+        "every server representation documents its health: {view}"
+    );
+    let listed = doc["components"]["schemas"]["ServerList"].to_string();
+    assert!(
+        listed.contains("#/components/schemas/ServerView"),
+        "{listed}"
+    );
 
     let page = app.http.get(app.url("/docs/")).send().await.expect("docs");
     assert_eq!(page.status(), StatusCode::OK);

@@ -460,3 +460,186 @@ async fn audit_verify_never_creates_a_database() {
         "the wrong directory stays as it was"
     );
 }
+
+#[tokio::test]
+async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_on_demand() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    let dir = TempDir::new();
+    let url = app.base.as_str();
+    let servers = |args: &[&str]| {
+        let mut all = vec!["servers", "--url", url];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run_servers = |args: Vec<String>| {
+        let dir = &dir;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(dir, &args, &[]).await
+        }
+    };
+
+    // A malformed header is refused before anything is sent, and never echoed.
+    let out = run_servers(servers(&[
+        "add",
+        "up",
+        &upstream.url,
+        "--header",
+        "s3cret-without-a-name",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--header expects NAME=VALUE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+    let (status, _) = app.get("/api/v1/servers/up").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "nothing registered");
+
+    let out = run_servers(servers(&[
+        "add",
+        "up",
+        &upstream.url,
+        "--header",
+        "x-api-key=s3cret",
+        "--timeout",
+        "12",
+        "--shared",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("s3cret"));
+
+    let out = run_servers(servers(&["list"])).await;
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("HEALTH"),
+        "{table}"
+    );
+    assert!(lines[1].contains(" unknown "), "not probed yet: {table}");
+
+    let out = run_servers(servers(&["get", "up"])).await;
+    let shown = stdout(&out);
+    let gateway_url = format!("http://{}/servers/up/mcp", app.mcp_addr);
+    for expected in [
+        "health:        unknown since ".to_owned(),
+        "the health monitor is off".to_owned(),
+        format!("gateway url:   {gateway_url}"),
+        "timeout:       12 s".to_owned(),
+        "shared:        yes".to_owned(),
+        "credentials:   stored (never shown)".to_owned(),
+    ] {
+        assert!(shown.contains(&expected), "{expected} missing: {shown}");
+    }
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let out = run_servers(servers(&["--json", "get", "up"])).await;
+    assert!(!stdout(&out).contains("s3cret"), "{}", stdout(&out));
+
+    // Probe now: healthy, exit 0; the list and the catalog follow.
+    let out = run_servers(servers(&["check", "up"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("up: healthy; probe ok in "),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_servers(servers(&["list"])).await;
+    assert!(
+        stdout(&out)
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" healthy ")),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_servers(servers(&["get", "up"])).await;
+    assert!(
+        stdout(&out).contains("health:        healthy since "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("last probe:"), "{}", stdout(&out));
+
+    let out = run(
+        &dir,
+        &["tools", "--url", url, "search", "echo", "TEXT"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found = stdout(&out);
+    assert!(found.starts_with("SERVER"), "{found}");
+    assert!(
+        found.lines().any(|l| l.starts_with("up ")
+            && l.contains(" echo ")
+            && l.contains(" healthy ")
+            && l.ends_with("Echo the text back")),
+        "{found}"
+    );
+    let out = run(
+        &dir,
+        &["tools", "--url", url, "search", "no-such-words"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no tools match"), "{}", stdout(&out));
+
+    // The stored header reaches the server through the gateway.
+    let client =
+        crate::mcp_tools::connect(&gateway_url, rmcp::model::ProtocolVersion::V_2025_06_18).await;
+    let seen = crate::mcp_tools::call(&client, "whoami", serde_json::json!({})).await;
+    assert_eq!(
+        seen.structured_content
+            .as_ref()
+            .map(|v| v["api_key"].clone()),
+        Some(Value::from("s3cret"))
+    );
+    let _ = client.cancel().await;
+
+    // A server that is down fails the check.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let down_url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_servers(servers(&["add", "down", &down_url])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_servers(servers(&["check", "down"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("down: degraded; probe refused in "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("down is not healthy"),
+        "{}",
+        stderr(&out)
+    );
+
+    // update: new settings, headers cleared.
+    let out = run_servers(servers(&[
+        "update",
+        "up",
+        "--timeout",
+        "20",
+        "--shared=false",
+        "--clear-headers",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_servers(servers(&["get", "up"])).await;
+    let shown = stdout(&out);
+    for expected in [
+        "timeout:       20 s",
+        "shared:        no",
+        "credentials:   none",
+    ] {
+        assert!(shown.contains(expected), "{expected} missing: {shown}");
+    }
+    app.stop().await;
+}
