@@ -23,7 +23,8 @@ use crate::{app, client, store, telemetry};
 #[derive(Debug, Parser)]
 #[command(name = "mreg", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML configuration file.
+    /// TOML configuration file [default: MREG_CONFIG]; client commands read it too, to find the
+    /// gateway.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -74,17 +75,40 @@ pub enum AuditCommand {
     },
 }
 
-/// Options shared by every client command.
+/// How a client command names the gateway (see [`client::Gateway`]).
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The gateway's REST API, e.g. https://mreg.example.com:8000 [default: MREG_GATEWAY_URL,
+    /// else the listeners of this directory's configuration, as `mreg serve` reads it].
+    #[arg(long, global = true, value_name = "URL")]
+    pub gateway: Option<String>,
+
+    /// Old name of --gateway.
+    #[arg(long, global = true, value_name = "URL", hide = true)]
+    pub url: Option<String>,
+
+    /// The configuration file (`--config`), set by the dispatcher.
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// The gateway these arguments (and the configuration) name.
+    pub fn resolve(&self) -> Result<client::Gateway, client::Failure> {
+        client::Gateway::resolve(
+            self.gateway.as_deref(),
+            self.url.as_deref(),
+            self.config.as_deref(),
+        )
+    }
+}
+
+/// Options shared by every client command of the REST API.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Base URL of the gateway's REST API.
-    #[arg(
-        long,
-        global = true,
-        env = "MREG_URL",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    pub url: String,
+    /// Which gateway.
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
@@ -147,11 +171,26 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 async fn dispatch(cli: Cli) -> ExitCode {
     let file = cli.config.as_deref();
     let (serving, config) = match cli.command {
-        Command::Servers(args) => return client::run(*args).await,
-        Command::Tools(args) => return client::tools(*args).await,
-        Command::Whoami(args) => return client::whoami(args).await,
-        Command::Call(args) => return client::call(args).await,
-        Command::Audit(AuditCommand::List(args)) => return client::audit_list(*args).await,
+        Command::Servers(mut args) => {
+            args.client.gateway.config = cli.config;
+            return client::run(*args).await;
+        }
+        Command::Tools(mut args) => {
+            args.client.gateway.config = cli.config;
+            return client::tools(*args).await;
+        }
+        Command::Whoami(mut args) => {
+            args.gateway.config = cli.config;
+            return client::whoami(args).await;
+        }
+        Command::Call(mut args) => {
+            args.gateway.config = cli.config;
+            return client::call(args).await;
+        }
+        Command::Audit(AuditCommand::List(mut args)) => {
+            args.client.gateway.config = cli.config;
+            return client::audit_list(*args).await;
+        }
         Command::Audit(AuditCommand::Verify { json }) => {
             let config = match config::load(file).and_then(|raw| raw.parse()) {
                 Ok(config) => config,
@@ -159,7 +198,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             return audit_verify(&config, json).await;
         }
-        Command::Login(args) => return finish(crate::login::login(args).await),
+        Command::Login(mut args) => {
+            args.config = cli.config;
+            return finish(crate::login::login(args).await);
+        }
         Command::Logout => return finish(crate::login::logout().await),
         Command::CheckConfig => return check_config(file),
         Command::Serve => (true, config::load(file).and_then(|raw| raw.parse())),

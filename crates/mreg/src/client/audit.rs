@@ -13,7 +13,7 @@ use crate::cli::ClientArgs;
 #[derive(Debug, Args)]
 pub struct AuditListArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
     /// Only rows of this actor (subject or e-mail).
     #[arg(long)]
     actor: Option<String>,

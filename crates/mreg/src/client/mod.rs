@@ -5,6 +5,7 @@
 
 mod audit;
 mod call;
+pub mod gateway;
 mod servers;
 mod tools;
 
@@ -17,6 +18,7 @@ use crate::cli::ClientArgs;
 
 pub use audit::{AuditListArgs, audit_list};
 pub use call::{CallArgs, call};
+pub use gateway::Gateway;
 pub use servers::{ServersArgs, run};
 pub use tools::{ToolsArgs, tools};
 
@@ -24,9 +26,27 @@ pub use tools::{ToolsArgs, tools};
 const EXIT_UNREACHABLE: u8 = 69;
 
 /// A failed client command: what to print and the exit code.
-struct Failure {
+pub struct Failure {
     message: String,
     code: u8,
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (exit {})", self.message, self.code)
+    }
+}
+
+impl Failure {
+    /// What to print.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The exit code.
+    pub fn code(&self) -> u8 {
+        self.code
+    }
 }
 
 impl From<String> for Failure {
@@ -42,10 +62,9 @@ struct Client {
 }
 
 impl Client {
-    /// A client of the REST API at `args.url`, with the explicit or saved token.
+    /// A client of the gateway's REST API that `args` name, with the explicit or saved token.
     async fn new(args: &ClientArgs) -> Result<Self, Failure> {
-        let base = args.url.trim_end_matches('/').to_owned();
-        url::Url::parse(&base).map_err(|e| format!("--url {base} is not a URL: {e}"))?;
+        let base = args.gateway.resolve()?.api;
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))

@@ -13,7 +13,7 @@ use crate::cli::ClientArgs;
 #[derive(Debug, Args)]
 pub struct ServersArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 
     #[command(subcommand)]
     command: ServersCommand,

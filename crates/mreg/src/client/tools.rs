@@ -14,7 +14,7 @@ use crate::cli::ClientArgs;
 #[derive(Debug, Args)]
 pub struct ToolsArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub(crate) client: ClientArgs,
 
     #[command(subcommand)]
     command: ToolsCommand,

@@ -9,14 +9,24 @@ use serde_json::Value;
 
 use crate::support::{TempDir, TestApp, TestDb, redis_available};
 
-/// `mreg` with `args`, run in `dir` with none of mreg's variables inherited, plus `env`.
+/// `mreg` with `args`, run in `dir` with none of mreg's variables inherited, plus `env`. Saved
+/// logins are kept apart (`MREG_CREDENTIALS` in `dir`).
 fn mreg(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mreg"));
     command.args(args).current_dir(&dir.0).stdin(Stdio::null());
     for setting in SETTINGS {
         command.env_remove(setting.env);
     }
-    command.env_remove("MREG_CONFIG").env_remove("MREG_URL");
+    for old in [
+        "MREG_CONFIG",
+        "MREG_URL",
+        "MREG_MCP_URL",
+        "MREG_MCP_ENDPOINT",
+        "MREG_TOKEN",
+    ] {
+        command.env_remove(old);
+    }
+    command.env("MREG_CREDENTIALS", dir.0.join("credentials.json"));
     for (k, v) in env {
         command.env(k, v);
     }
@@ -46,7 +56,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             url,
             "add",
             "weather",
@@ -77,7 +87,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
             "--metadata",
             r#"{"team":"storage"}"#,
         ],
-        &[("MREG_URL", url)],
+        &[("MREG_GATEWAY_URL", url)],
     )
     .await;
     assert!(!out.status.success(), "sse is refused until it is bridged");
@@ -98,12 +108,12 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
             "--metadata",
             r#"{"team":"storage"}"#,
         ],
-        &[("MREG_URL", url)],
+        &[("MREG_GATEWAY_URL", url)],
     )
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = run(&dir, &["servers", "--url", url, "list"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "list"], &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     let lines: Vec<&str> = table.lines().collect();
@@ -119,7 +129,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
 
     let out = run(
         &dir,
-        &["servers", "--url", url, "--json", "get", "files"],
+        &["servers", "--gateway", url, "--json", "get", "files"],
         &[],
     )
     .await;
@@ -130,7 +140,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             url,
             "update",
             "weather",
@@ -144,7 +154,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
     )
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&dir, &["servers", "--url", url, "get", "weather"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "get", "weather"], &[]).await;
     let shown = stdout(&out);
     assert!(shown.contains("status:        deprecated"), "{shown}");
     assert!(
@@ -158,7 +168,15 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
 
     let out = run(
         &dir,
-        &["servers", "--url", url, "--json", "list", "-q", "forecast"],
+        &[
+            "servers",
+            "--gateway",
+            url,
+            "--json",
+            "list",
+            "-q",
+            "forecast",
+        ],
         &[],
     )
     .await;
@@ -169,7 +187,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             url,
             "add",
             "weather",
@@ -186,7 +204,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
     );
     let out = run(
         &dir,
-        &["servers", "--url", url, "add", "Bad", "ftp://x"],
+        &["servers", "--gateway", url, "add", "Bad", "ftp://x"],
         &[],
     )
     .await;
@@ -196,7 +214,12 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         "{}",
         stderr(&out)
     );
-    let out = run(&dir, &["servers", "--url", url, "update", "weather"], &[]).await;
+    let out = run(
+        &dir,
+        &["servers", "--gateway", url, "update", "weather"],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("nothing to change"),
@@ -204,9 +227,9 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         stderr(&out)
     );
 
-    let out = run(&dir, &["servers", "--url", url, "rm", "weather"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "rm", "weather"], &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&dir, &["servers", "--url", url, "rm", "weather"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "rm", "weather"], &[]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("server 'weather' not found (HTTP 404"),
@@ -261,7 +284,7 @@ async fn an_unreachable_gateway_is_reported_with_its_own_exit_code() {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             &format!("http://127.0.0.1:{port}"),
             "list",
         ],
@@ -468,7 +491,7 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
     let dir = TempDir::new();
     let url = app.base.as_str();
     let servers = |args: &[&str]| {
-        let mut all = vec!["servers", "--url", url];
+        let mut all = vec!["servers", "--gateway", url];
         all.extend_from_slice(args);
         all.into_iter().map(str::to_owned).collect::<Vec<String>>()
     };
@@ -566,7 +589,7 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
 
     let out = run(
         &dir,
-        &["tools", "--url", url, "search", "echo", "TEXT"],
+        &["tools", "--gateway", url, "search", "echo", "TEXT"],
         &[],
     )
     .await;
@@ -582,7 +605,7 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
     );
     let out = run(
         &dir,
-        &["tools", "--url", url, "search", "no-such-words"],
+        &["tools", "--gateway", url, "search", "no-such-words"],
         &[],
     )
     .await;
@@ -641,5 +664,227 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
     ] {
         assert!(shown.contains(expected), "{expected} missing: {shown}");
     }
+    app.stop().await;
+}
+
+/// Lines of `out`'s stderr that are deprecation notes.
+fn notes(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains("deprecated"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn client_commands_find_the_gateway_through_the_same_configuration_as_serve() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("up", serde_json::json!({ "url": upstream.url }))
+        .await;
+    let (api_port, mcp_port) = (app.addr.port(), app.mcp_addr.port());
+
+    // A project directory whose .env sets the ports: no flag needed, REST or MCP.
+    let project = TempDir::new();
+    std::fs::write(
+        project.0.join(".env"),
+        format!("MREG_API_PORT={api_port}\nFASTMCP_SERVER_PORT={mcp_port}\n"),
+    )
+    .expect("write .env");
+    let out = run(&project, &["servers", "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("up "), "{}", stdout(&out));
+    assert!(notes(&out).is_empty(), "{}", stderr(&out));
+    let out = run(&project, &["call", "get_server", "name=up"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("up (active"), "{}", stdout(&out));
+    let out = run(
+        &project,
+        &["call", "--server", "up", "echo", "text=through the gateway"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("through the gateway"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The same from a TOML file, named by --config or MREG_CONFIG.
+    let elsewhere = TempDir::new();
+    std::fs::write(
+        elsewhere.0.join("gw.toml"),
+        format!("[api]\nport = {api_port}\n[mcp]\nport = {mcp_port}\n"),
+    )
+    .expect("write toml");
+    let out = run(
+        &elsewhere,
+        &["servers", "--config", "gw.toml", "check", "up"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &elsewhere,
+        &["tools", "--config", "gw.toml", "search", "echo"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(" echo "), "{}", stdout(&out));
+    let out = run(
+        &elsewhere,
+        &["servers", "get", "up"],
+        &[("MREG_CONFIG", "gw.toml")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // One name for the gateway: --gateway or MREG_GATEWAY_URL (the REST API); MCP commands
+    // learn the MCP listener from it.
+    let empty = TempDir::new();
+    let out = run(
+        &empty,
+        &["call", "--gateway", &app.base, "list_servers", "query=up"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 server(s)"), "{}", stdout(&out));
+    let out = run(
+        &empty,
+        &["servers", "get", "up"],
+        &[("MREG_GATEWAY_URL", &app.base)],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (status, discovery) = app.get("/.well-known/mreg").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(
+        discovery["mcp_url"],
+        format!("http://{}", app.mcp_addr).as_str()
+    );
+
+    // The old names still work, each with one line saying so.
+    let mcp_endpoint = format!("http://{}/mcp", app.mcp_addr);
+    for (args, env, old) in [
+        (
+            vec!["servers", "--url", app.base.as_str(), "list"],
+            vec![],
+            "--url is deprecated; use --gateway",
+        ),
+        (
+            vec!["servers", "list"],
+            vec![("MREG_URL", app.base.as_str())],
+            "MREG_URL is deprecated; use MREG_GATEWAY_URL",
+        ),
+        (
+            vec!["call", "list_servers"],
+            vec![("MREG_MCP_ENDPOINT", mcp_endpoint.as_str())],
+            "MREG_MCP_ENDPOINT is deprecated; use MREG_GATEWAY_URL",
+        ),
+        (
+            vec!["call", "--endpoint", mcp_endpoint.as_str(), "list_servers"],
+            vec![],
+            "--endpoint is deprecated",
+        ),
+    ] {
+        let out = run(&empty, &args, &env).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let notes = notes(&out);
+        assert_eq!(notes.len(), 1, "{args:?}: {}", stderr(&out));
+        assert!(notes[0].contains(old), "{args:?}: {notes:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn call_passes_plain_values_as_text_and_colon_equals_values_as_json() {
+    let app = TestApp::spawn().await;
+    let dir = TempDir::new();
+    let gateway = app.base.as_str();
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            gateway,
+            "register_server",
+            "name=numbers",
+            "url=https://numbers.example.com/mcp",
+            "description=2024",
+            "tags:=[\"geo\", \"2024\"]",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, server) = app.get("/api/v1/servers/numbers").await;
+    assert_eq!(
+        server["description"], "2024",
+        "a number-like value stays text"
+    );
+    assert_eq!(server["tags"], serde_json::json!(["2024", "geo"]));
+
+    // Bad JSON after := is refused before anything is sent.
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            gateway,
+            "register_server",
+            "name=broken",
+            "url=https://broken.example.com/mcp",
+            "tags:=[geo",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("argument 'tags': '[geo' is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let (status, _) = app.get("/api/v1/servers/broken").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "nothing registered");
+
+    // Failures are told in words, never in the SDK's type names.
+    let out = run(
+        &dir,
+        &["call", "--gateway", gateway, "get_server", "name:=5"],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let unreachable = run(
+        &dir,
+        &[
+            "call",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}/mcp"),
+            "list_servers",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(unreachable.status.code(), Some(69));
+    for failed in [&out, &unreachable] {
+        let err = stderr(failed);
+        assert!(err.contains("mreg: "), "{err}");
+        for rust in ["rmcp::", "Transport [", "Error {", "Some(", "::"] {
+            assert!(!err.contains(rust), "{rust} in {err}");
+        }
+    }
+    assert!(
+        stderr(&unreachable).contains("cannot open an MCP session at"),
+        "{}",
+        stderr(&unreachable)
+    );
     app.stop().await;
 }

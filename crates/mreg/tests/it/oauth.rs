@@ -1582,14 +1582,15 @@ async fn mreg_login_signs_in_from_the_terminal_and_client_commands_use_the_token
         command
             .args(args)
             .env("MREG_CREDENTIALS", &credentials)
-            .env("MREG_URL", s.app.base.as_str())
+            .env("MREG_GATEWAY_URL", s.app.base.as_str())
             .env_remove("MREG_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         command
     };
-    let mut login = mreg(&["login", "--no-browser", "--url", &s.mcp, "--timeout", "60"])
+    // The gateway is named once (its REST API); login finds the issuer from it.
+    let mut login = mreg(&["login", "--no-browser", "--timeout", "60"])
         .spawn()
         .expect("mreg login starts");
     let mut stderr = BufReader::new(login.stderr.take().expect("stderr")).lines();
