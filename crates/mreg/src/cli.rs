@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, ConfigError, EXIT_CONFIG};
 use crate::{app, client, store, telemetry};
 
-/// mreg: the MCP Registry Gateway.
+/// The MCP Registry Gateway.
 ///
 /// Keeps a registry of MCP servers and serves it over a REST API (default
 /// http://127.0.0.1:8000, docs at /docs) and as an MCP gateway (http://127.0.0.1:8001/mcp with
@@ -58,6 +58,19 @@ pub enum Command {
     /// configured database).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script, e.g. `mreg completions bash > ~/.local/share/bash-completion/completions/mreg`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print mreg's manual page (roff: `mreg man | man -l -`), or write one page per command
+    /// into a directory.
+    Man {
+        /// Write mreg.1, mreg-servers.1, mreg-servers-add.1, … into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `mreg audit`.
@@ -204,6 +217,12 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Logout => return finish(crate::login::logout().await),
         Command::CheckConfig => return check_config(file),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "mreg", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => return finish(manual(dir.as_deref())),
         Command::Serve => (true, config::load(file).and_then(|raw| raw.parse())),
         Command::Migrate => (false, config::load(file).and_then(|raw| raw.parse())),
     };
@@ -223,6 +242,26 @@ async fn dispatch(cli: Cli) -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("mreg: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the manual page of `mreg`, or writes one page per command into `dir`.
+fn manual(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let command = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .map_err(|e| format!("cannot write the manual pages into {}: {e}", dir.display()))
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut std::io::stdout(), &page).map_err(|e| e.to_string())
         }
     }
 }

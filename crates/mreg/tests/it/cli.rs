@@ -888,3 +888,55 @@ async fn call_passes_plain_values_as_text_and_colon_equals_values_as_json() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn completions_and_manual_pages_are_generated_from_the_command_definition() {
+    let dir = TempDir::new();
+    for (shell, marker) in [
+        ("bash", "_mreg()"),
+        ("zsh", "#compdef mreg"),
+        ("fish", "complete -c mreg"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[mreg]"),
+    ] {
+        let out = run(&dir, &["completions", shell], &[]).await;
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("--gateway") && script.contains("check"),
+            "{shell} completes the current commands"
+        );
+    }
+    let out = run(&dir, &["completions", "bash"], &[]).await;
+    std::fs::write(dir.0.join("mreg.bash"), &out.stdout).expect("write");
+    if let Ok(check) = Command::new("bash")
+        .arg("-n")
+        .arg(dir.0.join("mreg.bash"))
+        .output()
+    {
+        assert!(check.status.success(), "{}", stderr(&check));
+    }
+    let out = run(&dir, &["completions", "tcsh"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'tcsh'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = run(&dir, &["man"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH mreg 1"), "{page}");
+    assert!(page.contains("mreg \\- The MCP Registry Gateway"), "{page}");
+    assert!(page.contains("mreg\\-servers(1)"), "{page}");
+
+    let out = run(&dir, &["man", "--dir", "pages"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let check = std::fs::read_to_string(dir.0.join("pages/mreg-servers-check.1"))
+        .expect("a page per command");
+    assert!(check.contains("Probe a server now"), "{check}");
+    assert!(dir.0.join("pages/mreg-tools-search.1").exists());
+}
