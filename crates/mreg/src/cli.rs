@@ -54,6 +54,8 @@ pub enum Command {
     Whoami(ClientArgs),
     /// Call one of the gateway's MCP tools: `mreg call list_servers tag=prod`.
     Call(client::CallArgs),
+    /// Print a ready-to-paste MCP client configuration for the gateway's tools or one server.
+    McpConfig(Box<client::McpConfigArgs>),
     /// Read the audit log (`list`, through a gateway) or check its hash chain (`verify`, in the
     /// configured database).
     #[command(subcommand)]
@@ -195,6 +197,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Whoami(mut args) => {
             args.gateway.config = cli.config;
             return client::whoami(args).await;
+        }
+        Command::McpConfig(mut args) => {
+            args.rest.gateway.config = cli.config;
+            return client::mcp_config(*args).await;
         }
         Command::Call(mut args) => {
             args.gateway.config = cli.config;

@@ -6,6 +6,7 @@
 mod audit;
 mod call;
 pub mod gateway;
+mod mcp_config;
 mod servers;
 mod tools;
 
@@ -19,6 +20,7 @@ use crate::cli::ClientArgs;
 pub use audit::{AuditListArgs, audit_list};
 pub use call::{CallArgs, call};
 pub use gateway::Gateway;
+pub use mcp_config::{McpConfigArgs, mcp_config};
 pub use servers::{ServersArgs, run};
 pub use tools::{ToolsArgs, tools};
 

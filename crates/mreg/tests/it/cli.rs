@@ -940,3 +940,92 @@ async fn completions_and_manual_pages_are_generated_from_the_command_definition(
     assert!(check.contains("Probe a server now"), "{check}");
     assert!(dir.0.join("pages/mreg-tools-search.1").exists());
 }
+
+#[tokio::test]
+async fn mcp_config_prints_a_configuration_that_an_mcp_client_can_use() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("up", serde_json::json!({ "url": upstream.url }))
+        .await;
+    let dir = TempDir::new();
+    let gateway = app.base.as_str();
+    let config = |out: &Output| -> Value {
+        assert!(out.status.success(), "{}", stderr(out));
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    };
+
+    let out = run(&dir, &["mcp-config", "--gateway", gateway], &[]).await;
+    let claude = config(&out);
+    let own = format!("http://{}/mcp", app.mcp_addr);
+    assert_eq!(
+        claude,
+        serde_json::json!({ "mcpServers": { "mreg": { "type": "http", "url": own } } })
+    );
+    let out = run(
+        &dir,
+        &[
+            "mcp-config",
+            "--gateway",
+            gateway,
+            "--client",
+            "vscode",
+            "up",
+        ],
+        &[],
+    )
+    .await;
+    let vscode = config(&out);
+    let url = vscode["servers"]["up"]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert_eq!(url, format!("http://{}/servers/up/mcp", app.mcp_addr));
+    assert_eq!(vscode["servers"]["up"]["type"], "http");
+    let out = run(
+        &dir,
+        &[
+            "mcp-config",
+            "--gateway",
+            gateway,
+            "--client",
+            "cursor",
+            "up",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        config(&out),
+        serde_json::json!({ "mcpServers": { "up": { "url": url } } })
+    );
+
+    // The printed URLs work with the official SDK's client.
+    for endpoint in [&own, &url] {
+        let client =
+            crate::mcp_tools::connect(endpoint, rmcp::model::ProtocolVersion::V_2025_06_18).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        assert!(!tools.is_empty(), "{endpoint}");
+        let _ = client.cancel().await;
+    }
+
+    // A server that does not exist, or a name that cannot be one, prints no configuration.
+    let out = run(&dir, &["mcp-config", "--gateway", gateway, "nope"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("server 'nope' not found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&dir, &["mcp-config", "--gateway", gateway, "Bad_Name"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("name: contains 'B'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&dir, &["mcp-config", "--client", "emacs"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    app.stop().await;
+}
