@@ -359,22 +359,48 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     for (setting, value, source) in &rows {
         println!("{:width$}  {value:value_width$}  ({source})", setting.env);
     }
+    let present = config::lint::present();
+    for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
+        eprintln!("mreg: warning: {warning}");
+    }
     match raw.parse() {
         Ok(config) => {
             println!();
-            println!("database: {}", config.database.redacted());
+            println!("database:     {}", config.database.redacted());
             println!(
-                "cache:    {}",
+                "cache:        {}",
                 if config.redis_url.is_some() {
                     "redis"
                 } else {
                     "memory (in process)"
                 }
             );
-            println!("REST API: http://{}", config.api);
+            println!("auth:         {}", auth_mode(&config));
+            println!("REST API:     http://{}", config.api);
+            let mcp = config.public_url.as_ref().map_or_else(
+                || format!("http://{}", config.mcp),
+                |url| url.as_str().trim_end_matches('/').to_owned(),
+            );
+            println!("MCP endpoint: {mcp}/mcp (servers at {mcp}/servers/NAME/mcp)");
             ExitCode::SUCCESS
         }
         Err(e) => config_failure(&e),
+    }
+}
+
+/// The authentication mode in words: who signs callers in.
+fn auth_mode(config: &config::Config) -> String {
+    match (config.auth.mode, &config.auth.oidc) {
+        (config::AuthMode::None, _) => {
+            "none (every caller is an administrator; loopback only)".to_owned()
+        }
+        (config::AuthMode::OAuth, Some(oidc)) => {
+            format!("oauth, OpenID Connect provider {}", oidc.issuer)
+        }
+        (config::AuthMode::OAuth, None) => format!(
+            "oauth, Entra ID tenant {}",
+            config.azure.tenant_id.as_deref().unwrap_or("-")
+        ),
     }
 }
 

@@ -402,7 +402,10 @@ async fn check_config_shows_sources_and_hides_secrets() {
             && line("FASTMCP_SERVER_PORT").ends_with("(default)"),
         "{text}"
     );
-    assert!(text.contains("database: postgres://u:***@h/db"), "{text}");
+    assert!(
+        text.contains("database:     postgres://u:***@h/db"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -1028,4 +1031,117 @@ async fn mcp_config_prints_a_configuration_that_an_mcp_client_can_use() {
     let out = run(&dir, &["mcp-config", "--client", "emacs"], &[]).await;
     assert_eq!(out.status.code(), Some(2));
     app.stop().await;
+}
+
+#[tokio::test]
+async fn check_config_warns_about_variables_it_does_not_read_and_shows_auth_and_the_mcp_endpoint() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join(".env"), "MREG_API_PROT=9000\n").expect("write .env");
+    let out = run(
+        &dir,
+        &["check-config"],
+        &[
+            ("FASTMCP_LOG_LEVEL", "DEBUG"),
+            ("MREG_URL", "http://127.0.0.1:8000"),
+            ("FASTMCP_SERVER_PORT", "9101"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let warnings = stderr(&out);
+    for expected in [
+        "mreg: warning: MREG_API_PROT (.env): not an mreg setting, ignored (did you mean MREG_API_PORT?)",
+        "mreg: warning: FASTMCP_LOG_LEVEL (environment): a FastMCP setting mreg does not use",
+        "mreg: warning: MREG_URL (environment): deprecated; use MREG_GATEWAY_URL",
+    ] {
+        assert!(
+            warnings.contains(expected),
+            "{expected} missing: {warnings}"
+        );
+    }
+    assert!(
+        !warnings.contains("warning: FASTMCP_SERVER_PORT"),
+        "a setting is not warned about: {warnings}"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("auth:         none (every caller is an administrator; loopback only)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MCP endpoint: http://127.0.0.1:9101/mcp"),
+        "{text}"
+    );
+
+    let out = run(
+        &dir,
+        &["check-config"],
+        &[
+            ("AZURE_TENANT_ID", "08541b6e-646d-43de-a0eb-834e6713d6d5"),
+            ("AZURE_CLIENT_ID", "835f09b6-0f0f-40cc-85cb-f32c5829a149"),
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+            (
+                "MREG_ENCRYPTION_KEY",
+                "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=",
+            ),
+            ("MREG_PUBLIC_URL", "https://mreg.example.com"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("auth:         oauth, Entra ID tenant 08541b6e-646d-43de-a0eb-834e6713d6d5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MCP endpoint: https://mreg.example.com/mcp"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret") && !stderr(&out).contains("s3cret"));
+}
+
+#[tokio::test]
+async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_config() {
+    let dir = TempDir::new();
+    for (env, expected) in [
+        (
+            vec![("MREG_HEALTH_INTERVAL", "30")],
+            "MREG_HEALTH_INTERVAL: '30' needs a unit: write 30s, 30ms, 30m or 30h",
+        ),
+        (
+            vec![("AZURE_TENANT_ID", "08541b6e-646d-43de-a0eb-834e6713d6d5")],
+            "AZURE_CLIENT_ID and AZURE_CLIENT_SECRET: missing: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET are set together",
+        ),
+        (
+            vec![("MREG_OIDC_CLIENT_ID", "mreg")],
+            "MREG_OIDC_ISSUER and MREG_OIDC_CLIENT_SECRET: missing:",
+        ),
+        (
+            vec![("MREG_API_HOST", "0.0.0.0")],
+            "MREG_API_HOST: '0.0.0.0' is not a loopback address, and authentication is off",
+        ),
+        (
+            vec![("FASTMCP_SERVER_HOST", "0.0.0.0"), ("MREG_AUTH", "none")],
+            "FASTMCP_SERVER_HOST: '0.0.0.0' is not a loopback address",
+        ),
+    ] {
+        for command in ["serve", "check-config"] {
+            let out = run(&dir, &[command], &env).await;
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "{command} {env:?}: {}",
+                stderr(&out)
+            );
+            let err = stderr(&out);
+            let errors: Vec<&str> = err.lines().filter(|l| !l.contains("warning")).collect();
+            assert_eq!(errors.len(), 1, "{command} {env:?}: {err}");
+            assert!(errors[0].contains(expected), "{command}: {err}");
+        }
+        assert!(
+            !dir.0.join("mreg.db").exists(),
+            "nothing is created before the configuration is valid"
+        );
+    }
 }

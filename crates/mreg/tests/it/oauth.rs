@@ -1512,14 +1512,22 @@ async fn a_callback_on_another_origin_than_the_gateway_is_refused_at_start() {
 
 #[tokio::test]
 async fn without_authentication_only_loopback_binds_are_allowed() {
-    let dir = crate::support::TempDir::new();
-    let config =
-        crate::support::test_config(&dir, &[("MREG_AUTH", "none"), ("MREG_API_HOST", "0.0.0.0")]);
-    let error = mreg::app::start(config).await.err().expect("refused");
-    assert!(
-        error.to_string().contains("without authentication"),
-        "{error}"
-    );
+    // A configuration error, found before anything is bound (`mreg serve` and `check-config`
+    // exit 64 with it; see cli::a_public_listener_without_authentication_is_a_configuration_error).
+    for (host_var, host) in [
+        ("MREG_API_HOST", "0.0.0.0"),
+        ("FASTMCP_SERVER_HOST", "192.0.2.10"),
+    ] {
+        let error = mreg::config::RawConfig::collect(
+            None,
+            Vec::new(),
+            [("MREG_AUTH", "none"), (host_var, host)].map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .and_then(|raw| raw.parse())
+        .expect_err("refused");
+        assert_eq!(error.setting, host_var);
+        assert!(error.message.contains("authentication is off"), "{error}");
+    }
 }
 
 #[tokio::test]
