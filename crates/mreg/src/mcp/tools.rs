@@ -124,7 +124,8 @@ pub fn failure(error: domain::Error) -> CallToolResult {
             "internal error; the gateway's log has the details".to_owned()
         }
         domain::Error::Unavailable { ref source, .. } => {
-            tracing::warn!(error = %error, cause = ?source, "dependency unavailable");
+            let cause = source.as_deref().map(|s| crate::proxy::root_cause(s));
+            tracing::warn!(error = %error, cause = cause.as_deref(), "dependency unavailable");
             error.to_string()
         }
         other => other.to_string(),

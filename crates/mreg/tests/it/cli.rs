@@ -1145,3 +1145,102 @@ async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_con
         );
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_numbers_as_numbers_and_strings_quoted_once() {
+    let dir = TempDir::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    drop(listener);
+    let mut child = mreg(
+        &dir,
+        &["serve"],
+        &[
+            ("MREG_API_PORT", &port),
+            ("FASTMCP_SERVER_PORT", "0"),
+            ("MREG_LOG_FORMAT", "json"),
+            ("MREG_HEALTH_INTERVAL", "200ms"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "mreg serve answers /healthz");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down = format!(
+        "http://127.0.0.1:{}/mcp",
+        closed.local_addr().expect("addr").port()
+    );
+    drop(closed);
+    let created = client
+        .post(format!("{base}/api/v1/servers"))
+        .json(&serde_json::json!({ "name": "down", "url": down }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let log = tokio::task::spawn_blocking(move || {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let _ = child.wait();
+        err
+    })
+    .await
+    .expect("join");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let field = |message: &str, key: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .map(|l| l[key].clone())
+            .unwrap_or_else(|| panic!("no '{message}' line: {log}"))
+    };
+    assert_eq!(field("health monitor started", "interval_ms"), 200, "{log}");
+    assert_eq!(field("health changed", "server"), "down", "{log}");
+    assert!(field("shutting down: draining in-flight requests", "grace_secs").is_u64());
+    fn strings(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    lines.iter().for_each(|l| strings(l, &mut all));
+    for s in &all {
+        assert!(
+            !s.starts_with('"')
+                && !s.starts_with("Some(")
+                && !s.chars().all(|c| c.is_ascii_digit()),
+            "a value quoted twice, or a number as text: {s:?} in {log}"
+        );
+    }
+}

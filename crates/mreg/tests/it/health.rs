@@ -608,3 +608,98 @@ async fn a_servers_health_travels_with_it_through_rest_the_registry_api_and_the_
     let _ = client.cancel().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_tool() {
+    let app = spawn_monitored("200ms", &[]).await;
+    let upstream = Upstream::start(true).await;
+    app.register("metered", json!({ "url": upstream.url }))
+        .await;
+    wait_for(&app, "metered", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "healthy"
+    })
+    .await;
+    let client = connect(
+        &format!("http://{}/servers/metered/mcp", app.mcp_addr),
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+    )
+    .await;
+    for text in ["one", "two"] {
+        let echoed = call(&client, "echo", json!({ "text": text })).await;
+        assert_eq!(echoed.is_error, Some(false));
+    }
+    let _ = client.cancel().await;
+    let metrics = app.metrics().await;
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
+    };
+    assert!(
+        line(r#"mreg_server_health{server="metered",state="healthy"}"#).ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line(r#"mreg_server_health{server="metered",state="unhealthy"}"#).ends_with(" 0"),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            r#"mreg_server_calls_total{server="metered",method="tools/call",tool="echo",outcome="ok"}"#
+        )
+        .ends_with(" 2"),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            r#"mreg_server_call_duration_seconds_count{server="metered",method="tools/call",tool="echo"}"#
+        )
+        .ends_with(" 2"),
+        "{metrics}"
+    );
+    line(r#"mreg_server_calls_total{server="metered",method="initialize",tool="",outcome="ok"}"#);
+
+    // A server that is down: its calls fail, and the gauge follows the monitor.
+    upstream.kill();
+    wait_for(&app, "metered", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "unhealthy"
+    })
+    .await;
+    let response = app
+        .http
+        .post(format!("http://{}/servers/metered/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}}}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = app.metrics().await;
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
+    };
+    assert!(
+        line(r#"mreg_server_health{server="metered",state="unhealthy"}"#).ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line(r#"mreg_server_call_errors_total{server="metered",method="tools/call",tool="echo"}"#)
+            .ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            r#"mreg_server_calls_total{server="metered",method="tools/call",tool="echo",outcome="error"}"#
+        )
+        .ends_with(" 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
