@@ -188,6 +188,12 @@ impl RegistryTools {
 
 #[tool_router]
 impl RegistryTools {
+    /// The gateway's tools as `tools/list` describes them (name, description, argument schema),
+    /// for the API documentation.
+    pub fn catalog() -> Vec<rmcp::model::Tool> {
+        Self::tool_router().list_all()
+    }
+
     /// Tools over `state`.
     pub fn new(state: AppState) -> Self {
         Self {

@@ -2591,3 +2591,43 @@ async fn provider_id_tokens_are_not_accepted_as_access_tokens() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn with_authentication_on_the_api_documentation_lists_the_oauth_endpoints() {
+    let Some(s) = setup(&[]).await else { return };
+    let doc: Value = s
+        .app
+        .http
+        .get(s.app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for (path, method) in [
+        ("/.well-known/oauth-protected-resource/mcp", "get"),
+        ("/.well-known/oauth-authorization-server", "get"),
+        ("/.well-known/jwks.json", "get"),
+        ("/register", "post"),
+        ("/authorize", "get"),
+        ("/auth/callback", "get"),
+        ("/token", "post"),
+        ("/revoke", "post"),
+    ] {
+        assert_eq!(
+            doc["paths"][path][method]["tags"][0], "OAuth (port 8001)",
+            "{path}: {}",
+            doc["paths"][path]
+        );
+        assert_eq!(doc["paths"][path]["servers"][0]["url"], s.mcp.as_str());
+        // Each documented endpoint is really there, on the MCP listener.
+        let url = format!("{}{path}", s.mcp);
+        let response = match method {
+            "get" => reqwest::Client::new().get(&url).send().await,
+            _ => reqwest::Client::new().post(&url).send().await,
+        }
+        .expect("answered");
+        assert_ne!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
