@@ -84,6 +84,11 @@ pub fn checked(raw: &str, what: &str) -> Result<String, Failure> {
 }
 
 impl Gateway {
+    /// A gateway named by the URL of its REST API; its MCP listener is asked of it.
+    fn named(api: String) -> Self {
+        Self { api, mcp: None }
+    }
+
     /// The gateway named by `flag` (`--gateway`), else `old_flag` (`--url`, deprecated), else
     /// `MREG_GATEWAY_URL`, else `MREG_URL` (deprecated), else the configuration's listeners.
     pub fn resolve(
@@ -91,13 +96,15 @@ impl Gateway {
         old_flag: Option<&str>,
         file: Option<&Path>,
     ) -> Result<Self, Failure> {
-        let raw = config::load(file).map_err(|e| config_failure(&e))?;
-        let named = if let Some(url) = flag {
-            Some(checked(url, "--gateway")?)
-        } else if let Some(url) = old_flag {
+        if let Some(url) = flag {
+            return Ok(Self::named(checked(url, "--gateway")?));
+        }
+        if let Some(url) = old_flag {
             deprecated("--url", "--gateway");
-            Some(checked(url, "--url")?)
-        } else if let Some(url) = value(&raw, "MREG_GATEWAY_URL") {
+            return Ok(Self::named(checked(url, "--url")?));
+        }
+        let raw = config::load(file).map_err(|e| config_failure(&e))?;
+        let named = if let Some(url) = value(&raw, "MREG_GATEWAY_URL") {
             Some(checked(url, "MREG_GATEWAY_URL")?)
         } else if let Some(url) = env("MREG_URL") {
             deprecated("MREG_URL", "MREG_GATEWAY_URL");
@@ -106,7 +113,7 @@ impl Gateway {
             None
         };
         if let Some(api) = named {
-            return Ok(Self { api, mcp: None });
+            return Ok(Self::named(api));
         }
         let api = local_url(&raw, "MREG_API_HOST", "MREG_API_PORT")?;
         let mcp = match value(&raw, "MREG_PUBLIC_URL") {

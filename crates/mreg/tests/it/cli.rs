@@ -769,6 +769,20 @@ async fn client_commands_find_the_gateway_through_the_same_configuration_as_serv
         format!("http://{}", app.mcp_addr).as_str()
     );
 
+    // A project configuration that names no reachable port is a configuration error (64);
+    // naming the gateway needs no configuration.
+    let broken = TempDir::new();
+    std::fs::write(broken.0.join(".env"), "MREG_API_PORT=http\n").expect("write .env");
+    let out = run(&broken, &["servers", "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MREG_API_PORT: 'http'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&broken, &["servers", "--gateway", &app.base, "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // The old names still work, each with one line saying so.
     let mcp_endpoint = format!("http://{}/mcp", app.mcp_addr);
     for (args, env, old) in [
