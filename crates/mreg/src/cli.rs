@@ -93,7 +93,7 @@ pub enum AuditCommand {
 /// How a client command names the gateway (see [`client::Gateway`]).
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
-    /// The gateway's REST API, e.g. https://mreg.example.com:8000 [default: MREG_GATEWAY_URL,
+    /// The gateway's REST API, e.g. `https://mreg.example.com:8000` [default: MREG_GATEWAY_URL,
     /// else the listeners of this directory's configuration, as `mreg serve` reads it].
     #[arg(long, global = true, value_name = "URL")]
     pub gateway: Option<String>,

@@ -48,7 +48,7 @@ impl std::fmt::Debug for Credentials {
 /// `mreg login`.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// The gateway's REST API, e.g. https://mreg.example.com:8000 [default: MREG_GATEWAY_URL,
+    /// The gateway's REST API, e.g. `https://mreg.example.com:8000` [default: MREG_GATEWAY_URL,
     /// else the listeners of this directory's configuration]; it names its MCP listener, the
     /// OAuth issuer.
     #[arg(long, value_name = "URL")]
