@@ -32,6 +32,12 @@ enum ServersCommand {
         /// Only servers whose name, description or tags contain this text.
         #[arg(short, long)]
         query: Option<String>,
+        /// Only servers in this health (healthy, degraded, unhealthy, unknown).
+        #[arg(long)]
+        health: Option<String>,
+        /// Order: name (default) or health (healthiest first).
+        #[arg(long)]
+        sort: Option<String>,
         /// Page size.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -203,6 +209,8 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             tag,
             status,
             query,
+            health,
+            sort,
             limit,
             all,
         } => {
@@ -215,6 +223,8 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
                     ("tag", &tag),
                     ("status", &status),
                     ("q", &query),
+                    ("health", &health),
+                    ("sort", &sort),
                     ("cursor", &cursor),
                 ] {
                     if let Some(value) = value {

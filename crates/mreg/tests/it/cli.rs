@@ -582,6 +582,15 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
         "{}",
         stdout(&out)
     );
+    let out = run_servers(servers(&["list", "--health", "healthy"])).await;
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    let out = run_servers(servers(&["list", "--health", "sick"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("health: unknown health 'sick'"),
+        "{}",
+        stderr(&out)
+    );
     let out = run_servers(servers(&["get", "up"])).await;
     assert!(
         stdout(&out).contains("health:        healthy since "),
@@ -646,6 +655,14 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
         "{}",
         stderr(&out)
     );
+    let out = run_servers(servers(&["list", "--sort", "health"])).await;
+    let sorted = stdout(&out);
+    let names: Vec<&str> = sorted
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["up", "down"], "healthiest first: {sorted}");
 
     // update: new settings, headers cleared.
     let out = run_servers(servers(&[
