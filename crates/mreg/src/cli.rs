@@ -237,6 +237,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     telemetry::init(&config.log);
+    // A mistyped variable is otherwise silently ignored (its default used).
+    let present = config::lint::present();
+    for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
+        tracing::warn!("{warning}");
+    }
     let outcome = if serving {
         serve(config).await
     } else {

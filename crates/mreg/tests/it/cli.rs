@@ -1191,6 +1191,7 @@ async fn json_logs_carry_numbers_as_numbers_and_strings_quoted_once() {
             ("FASTMCP_SERVER_PORT", "0"),
             ("MREG_LOG_FORMAT", "json"),
             ("MREG_HEALTH_INTERVAL", "200ms"),
+            ("MREG_HEALTH_INTERVALL", "1s"),
         ],
     )
     .stdout(Stdio::null())
@@ -1255,6 +1256,12 @@ async fn json_logs_carry_numbers_as_numbers_and_strings_quoted_once() {
     };
     assert_eq!(field("health monitor started", "interval_ms"), 200, "{log}");
     assert_eq!(field("health changed", "server"), "down", "{log}");
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["message"]
+                == "MREG_HEALTH_INTERVALL (environment): not an mreg setting, ignored (did you mean MREG_HEALTH_INTERVAL?)"),
+        "serve warns about a mistyped variable too: {log}"
+    );
     assert!(field("shutting down: draining in-flight requests", "grace_secs").is_u64());
     fn strings(value: &Value, out: &mut Vec<String>) {
         match value {
