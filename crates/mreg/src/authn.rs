@@ -298,7 +298,15 @@ where
         let (request_id, operation) = audit_names(&request, route);
         match state.audit.open(&principal, &request_id, operation).await {
             Ok(mut entry) => {
-                entry.target(None, server_in_path(request.uri().path()));
+                let server = server_in_path(request.uri().path());
+                entry.target(None, server);
+                // A refused MCP message keeps its JSON-RPC method (and tool) in the row.
+                if let Some(crate::mcp::edge::Peeked(Ok(call))) = request.extensions().get() {
+                    entry.operation(&call.method);
+                    if call.method == "tools/call" {
+                        entry.target(call.name.as_deref(), server);
+                    }
+                }
                 entry.refused(&refusal);
             }
             Err(e) => return audit_unavailable(&e),

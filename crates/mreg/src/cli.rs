@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, ConfigError, EXIT_CONFIG};
 use crate::{app, client, store, telemetry};
 
-/// mreg: the MCP Registry Gateway.
+/// The MCP Registry Gateway.
 ///
 /// Keeps a registry of MCP servers and serves it over a REST API (default
 /// http://127.0.0.1:8000, docs at /docs) and as an MCP gateway (http://127.0.0.1:8001/mcp with
@@ -23,7 +23,8 @@ use crate::{app, client, store, telemetry};
 #[derive(Debug, Parser)]
 #[command(name = "mreg", version, propagate_version = true)]
 pub struct Cli {
-    /// TOML configuration file.
+    /// TOML configuration file [default: MREG_CONFIG]; client commands read it too, to find the
+    /// gateway.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -43,6 +44,8 @@ pub enum Command {
     CheckConfig,
     /// Manage servers in a running gateway's registry.
     Servers(Box<client::ServersArgs>),
+    /// Search the tools of the registered servers.
+    Tools(Box<client::ToolsArgs>),
     /// Sign in to a gateway (browser, OAuth with PKCE); later commands use the saved token.
     Login(crate::login::LoginArgs),
     /// Revoke the saved login and forget it.
@@ -51,10 +54,25 @@ pub enum Command {
     Whoami(ClientArgs),
     /// Call one of the gateway's MCP tools: `mreg call list_servers tag=prod`.
     Call(client::CallArgs),
+    /// Print a ready-to-paste MCP client configuration for the gateway's tools or one server.
+    McpConfig(Box<client::McpConfigArgs>),
     /// Read the audit log (`list`, through a gateway) or check its hash chain (`verify`, in the
     /// configured database).
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Print a shell completion script, e.g. `mreg completions bash > ~/.local/share/bash-completion/completions/mreg`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print mreg's manual page (roff: `mreg man | man -l -`), or write one page per command
+    /// into a directory.
+    Man {
+        /// Write mreg.1, mreg-servers.1, mreg-servers-add.1, … into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `mreg audit`.
@@ -72,17 +90,40 @@ pub enum AuditCommand {
     },
 }
 
-/// Options shared by every client command.
+/// How a client command names the gateway (see [`client::Gateway`]).
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// The gateway's REST API, e.g. `https://mreg.example.com:8000` [default: MREG_GATEWAY_URL,
+    /// else the listeners of this directory's configuration, as `mreg serve` reads it].
+    #[arg(long, global = true, value_name = "URL")]
+    pub gateway: Option<String>,
+
+    /// Old name of --gateway.
+    #[arg(long, global = true, value_name = "URL", hide = true)]
+    pub url: Option<String>,
+
+    /// The configuration file (`--config`), set by the dispatcher.
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    /// The gateway these arguments (and the configuration) name.
+    pub fn resolve(&self) -> Result<client::Gateway, client::Failure> {
+        client::Gateway::resolve(
+            self.gateway.as_deref(),
+            self.url.as_deref(),
+            self.config.as_deref(),
+        )
+    }
+}
+
+/// Options shared by every client command of the REST API.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Base URL of the gateway's REST API.
-    #[arg(
-        long,
-        global = true,
-        env = "MREG_URL",
-        default_value = "http://127.0.0.1:8000"
-    )]
-    pub url: String,
+    /// Which gateway.
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
@@ -145,10 +186,30 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 async fn dispatch(cli: Cli) -> ExitCode {
     let file = cli.config.as_deref();
     let (serving, config) = match cli.command {
-        Command::Servers(args) => return client::run(*args).await,
-        Command::Whoami(args) => return client::whoami(args).await,
-        Command::Call(args) => return client::call(args).await,
-        Command::Audit(AuditCommand::List(args)) => return client::audit_list(*args).await,
+        Command::Servers(mut args) => {
+            args.client.gateway.config = cli.config;
+            return client::run(*args).await;
+        }
+        Command::Tools(mut args) => {
+            args.client.gateway.config = cli.config;
+            return client::tools(*args).await;
+        }
+        Command::Whoami(mut args) => {
+            args.gateway.config = cli.config;
+            return client::whoami(args).await;
+        }
+        Command::McpConfig(mut args) => {
+            args.rest.gateway.config = cli.config;
+            return client::mcp_config(*args).await;
+        }
+        Command::Call(mut args) => {
+            args.gateway.config = cli.config;
+            return client::call(args).await;
+        }
+        Command::Audit(AuditCommand::List(mut args)) => {
+            args.client.gateway.config = cli.config;
+            return client::audit_list(*args).await;
+        }
         Command::Audit(AuditCommand::Verify { json }) => {
             let config = match config::load(file).and_then(|raw| raw.parse()) {
                 Ok(config) => config,
@@ -156,9 +217,18 @@ async fn dispatch(cli: Cli) -> ExitCode {
             };
             return audit_verify(&config, json).await;
         }
-        Command::Login(args) => return finish(crate::login::login(args).await),
+        Command::Login(mut args) => {
+            args.config = cli.config;
+            return finish(crate::login::login(args).await);
+        }
         Command::Logout => return finish(crate::login::logout().await),
         Command::CheckConfig => return check_config(file),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "mreg", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => return finish(manual(dir.as_deref())),
         Command::Serve => (true, config::load(file).and_then(|raw| raw.parse())),
         Command::Migrate => (false, config::load(file).and_then(|raw| raw.parse())),
     };
@@ -167,6 +237,11 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Err(e) => return config_failure(&e),
     };
     telemetry::init(&config.log);
+    // A mistyped variable is otherwise silently ignored (its default used).
+    let present = config::lint::present();
+    for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
+        tracing::warn!("{warning}");
+    }
     let outcome = if serving {
         serve(config).await
     } else {
@@ -178,6 +253,26 @@ async fn dispatch(cli: Cli) -> ExitCode {
             tracing::error!("{e:#}");
             eprintln!("mreg: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the manual page of `mreg`, or writes one page per command into `dir`.
+fn manual(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let command = <Cli as clap::CommandFactory>::command();
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .map_err(|e| format!("cannot write the manual pages into {}: {e}", dir.display()))
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command)
+                .render(&mut page)
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut std::io::stdout(), &page).map_err(|e| e.to_string())
         }
     }
 }
@@ -269,22 +364,48 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     for (setting, value, source) in &rows {
         println!("{:width$}  {value:value_width$}  ({source})", setting.env);
     }
+    let present = config::lint::present();
+    for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
+        eprintln!("mreg: warning: {warning}");
+    }
     match raw.parse() {
         Ok(config) => {
             println!();
-            println!("database: {}", config.database.redacted());
+            println!("database:     {}", config.database.redacted());
             println!(
-                "cache:    {}",
+                "cache:        {}",
                 if config.redis_url.is_some() {
                     "redis"
                 } else {
                     "memory (in process)"
                 }
             );
-            println!("REST API: http://{}", config.api);
+            println!("auth:         {}", auth_mode(&config));
+            println!("REST API:     http://{}", config.api);
+            let mcp = config.public_url.as_ref().map_or_else(
+                || format!("http://{}", config.mcp),
+                |url| url.as_str().trim_end_matches('/').to_owned(),
+            );
+            println!("MCP endpoint: {mcp}/mcp (servers at {mcp}/servers/NAME/mcp)");
             ExitCode::SUCCESS
         }
         Err(e) => config_failure(&e),
+    }
+}
+
+/// The authentication mode in words: who signs callers in.
+fn auth_mode(config: &config::Config) -> String {
+    match (config.auth.mode, &config.auth.oidc) {
+        (config::AuthMode::None, _) => {
+            "none (every caller is an administrator; loopback only)".to_owned()
+        }
+        (config::AuthMode::OAuth, Some(oidc)) => {
+            format!("oauth, OpenID Connect provider {}", oidc.issuer)
+        }
+        (config::AuthMode::OAuth, None) => format!(
+            "oauth, Entra ID tenant {}",
+            config.azure.tenant_id.as_deref().unwrap_or("-")
+        ),
     }
 }
 

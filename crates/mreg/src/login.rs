@@ -48,9 +48,17 @@ impl std::fmt::Debug for Credentials {
 /// `mreg login`.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
-    /// The gateway's MCP listener (its OAuth issuer).
-    #[arg(long, env = "MREG_MCP_URL", default_value = "http://127.0.0.1:8001")]
-    pub url: String,
+    /// The gateway's REST API, e.g. `https://mreg.example.com:8000` [default: MREG_GATEWAY_URL,
+    /// else the listeners of this directory's configuration]; it names its MCP listener, the
+    /// OAuth issuer.
+    #[arg(long, value_name = "URL")]
+    pub gateway: Option<String>,
+    /// Old way to name the MCP listener (the issuer) directly; use --gateway.
+    #[arg(long, value_name = "URL", hide = true)]
+    pub url: Option<String>,
+    /// The configuration file (`--config`), set by the dispatcher.
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
     /// Print the sign-in URL instead of opening a browser.
     #[arg(long)]
     pub no_browser: bool,
@@ -204,10 +212,33 @@ fn check_answer(
     }
 }
 
+/// The MCP listener to sign in to: named directly by the deprecated `--url`/`MREG_MCP_URL`, else
+/// by the gateway `--gateway` or the configuration names.
+async fn issuer(args: &LoginArgs) -> Result<String, String> {
+    use crate::client::gateway::{checked, deprecated};
+    let fail = |f: crate::client::Failure| f.message().to_owned();
+    if let Some(url) = &args.url {
+        deprecated("--url", "--gateway");
+        return checked(url, "--url").map_err(fail);
+    }
+    if args.gateway.is_none()
+        && std::env::var_os("MREG_GATEWAY_URL").is_none()
+        && let Ok(url) = std::env::var("MREG_MCP_URL")
+        && !url.trim().is_empty()
+    {
+        deprecated("MREG_MCP_URL", "MREG_GATEWAY_URL");
+        return checked(&url, "MREG_MCP_URL").map_err(fail);
+    }
+    crate::client::Gateway::resolve(args.gateway.as_deref(), None, args.config.as_deref())
+        .map_err(fail)?
+        .mcp_url()
+        .await
+        .map_err(fail)
+}
+
 /// Runs `mreg login`.
 pub async fn login(args: LoginArgs) -> Result<(), String> {
-    let issuer = args.url.trim_end_matches('/').to_owned();
-    url::Url::parse(&issuer).map_err(|e| format!("--url {issuer} is not a URL: {e}"))?;
+    let issuer = issuer(&args).await?;
     let http = http();
     let unreachable = |e: reqwest::Error| format!("cannot reach the gateway at {issuer}: {e}");
     let meta = json_of(
@@ -220,7 +251,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     .map_err(|e| format!("{issuer} has no OAuth metadata ({e}); is authentication on?"))?;
     if meta["issuer"].as_str() != Some(issuer.as_str()) {
         return Err(format!(
-            "the gateway names its issuer {}, not {issuer}; use that as --url",
+            "the gateway names its issuer {}, not {issuer}; set MREG_PUBLIC_URL on the gateway to the URL clients reach it at",
             meta["issuer"]
         ));
     }

@@ -385,6 +385,7 @@ impl Auditor {
         Ok(Entry {
             permit: Some(Place::Reserved(permit)),
             inner: Some(inner.clone()),
+            observer: None,
             started: Instant::now(),
             event: AuditEvent {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -415,6 +416,8 @@ pub struct Entry {
     inner: Option<Arc<Inner>>,
     started: Instant,
     event: AuditEvent,
+    /// Told the outcome and duration when the entry completes, also with auditing off.
+    observer: Option<Observer>,
 }
 
 /// Where an entry's event goes when it completes.
@@ -424,6 +427,9 @@ enum Place {
     /// None reserved (a stream, see [`Entry::detach`]): the event waits for one when it completes.
     Detached(mpsc::Sender<AuditEvent>),
 }
+
+/// See [`Entry::observe`].
+type Observer = Box<dyn FnOnce(&str, std::time::Duration) + Send>;
 
 impl Entry {
     /// Gives back the entry's place in the queue, for an operation that may last long (a
@@ -439,17 +445,37 @@ impl Entry {
         Self {
             permit: None,
             inner: None,
+            observer: None,
             started: Instant::now(),
             event: blank(),
         }
     }
 
-    /// Names the tool and server addressed.
+    /// Names the tool and server addressed (kept with auditing off too, for [`Entry::tool`]).
     pub fn target(&mut self, tool: Option<&str>, server: Option<&str>) -> &mut Self {
-        if self.permit.is_some() {
-            self.event.tool = tool.map(str::to_owned);
-            self.event.server = server.map(str::to_owned);
-        }
+        self.event.tool = tool.map(str::to_owned);
+        self.event.server = server.map(str::to_owned);
+        self
+    }
+
+    /// The tool addressed, once known.
+    pub fn tool(&self) -> Option<&str> {
+        self.event.tool.as_deref()
+    }
+
+    /// The operation (for MCP traffic: the JSON-RPC method, once read).
+    pub fn operation_name(&self) -> &str {
+        &self.event.operation
+    }
+
+    /// Calls `observer` with the outcome (`ok`, `error`, `cancelled`) and the duration when the
+    /// entry completes, whether or not auditing is on: the per-server metrics hang off it, so
+    /// they count exactly what the audit log records.
+    pub fn observe(
+        &mut self,
+        observer: impl FnOnce(&str, std::time::Duration) + Send + 'static,
+    ) -> &mut Self {
+        self.observer = Some(Box::new(observer));
         self
     }
 
@@ -482,9 +508,7 @@ impl Entry {
 
     /// Renames the operation.
     pub fn operation(&mut self, operation: &str) -> &mut Self {
-        if self.permit.is_some() {
-            operation.clone_into(&mut self.event.operation);
-        }
+        operation.clone_into(&mut self.event.operation);
         self
     }
 
@@ -533,6 +557,9 @@ impl Entry {
     }
 
     fn complete(&mut self, outcome: &str, error: Option<String>) {
+        if let Some(observer) = self.observer.take() {
+            observer(outcome, self.started.elapsed());
+        }
         let Some(permit) = self.permit.take() else {
             return;
         };
@@ -572,7 +599,7 @@ impl Entry {
 
 impl Drop for Entry {
     fn drop(&mut self) {
-        if self.permit.is_some() {
+        if self.permit.is_some() || self.observer.is_some() {
             let shutdown = self
                 .inner
                 .as_ref()

@@ -6,6 +6,7 @@
 //! `mreg check-config` can say), then parses each one. The first bad value stops start-up with
 //! one line naming the setting; nothing is bound before that.
 
+pub mod lint;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -545,6 +546,22 @@ impl Parser<'_> {
                 "is required with authentication on (or MREG_ENCRYPTION_KEY_FILE): the key seals the token-signing keys, and one generated into the database would open for anyone who can read it; make one with `openssl rand -base64 32` and keep it outside the database",
             ));
         }
+        if config.auth.mode == AuthMode::None {
+            for (listen, env) in [
+                (&config.api, "MREG_API_HOST"),
+                (&config.mcp, "FASTMCP_SERVER_HOST"),
+            ] {
+                if !listen.is_loopback() {
+                    return Err(self.error(
+                        env,
+                        format!(
+                            "'{}' is not a loopback address, and authentication is off (MREG_AUTH=none, or no identity provider): bind to 127.0.0.1, or configure an identity provider (AZURE_* or MREG_OIDC_*)",
+                            listen.host
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -853,18 +870,19 @@ impl Parser<'_> {
         let client_secret = self.parse("AZURE_CLIENT_SECRET", |v| {
             Ok(SecretString::from(v.to_owned()))
         })?;
-        let any = tenant_id.is_some() || client_id.is_some() || client_secret.is_some();
-        for (env, set) in [
+        let missing: Vec<&str> = [
             ("AZURE_TENANT_ID", tenant_id.is_some()),
             ("AZURE_CLIENT_ID", client_id.is_some()),
             ("AZURE_CLIENT_SECRET", client_secret.is_some()),
-        ] {
-            if any && !set {
-                return Err(self.error(
-                    env,
-                    "must be set when any of AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET is",
-                ));
-            }
+        ]
+        .into_iter()
+        .filter_map(|(env, set)| (!set).then_some(env))
+        .collect();
+        if !missing.is_empty() && missing.len() < 3 {
+            return Err(missing_together(
+                &missing,
+                "AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET",
+            ));
         }
         Ok(AzureConfig {
             tenant_id: tenant_id.clone(),
@@ -941,17 +959,18 @@ impl Parser<'_> {
                 client_id,
                 client_secret,
             }),
-            (issuer, client_id, _) => {
-                let missing = if issuer.is_none() {
-                    "MREG_OIDC_ISSUER"
-                } else if client_id.is_none() {
-                    "MREG_OIDC_CLIENT_ID"
-                } else {
-                    "MREG_OIDC_CLIENT_SECRET"
-                };
-                return Err(self.error(
-                    missing,
-                    "must be set when any of MREG_OIDC_ISSUER, MREG_OIDC_CLIENT_ID, MREG_OIDC_CLIENT_SECRET is",
+            (issuer, client_id, client_secret) => {
+                let missing: Vec<&str> = [
+                    ("MREG_OIDC_ISSUER", issuer.is_some()),
+                    ("MREG_OIDC_CLIENT_ID", client_id.is_some()),
+                    ("MREG_OIDC_CLIENT_SECRET", client_secret.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(env, set)| (!set).then_some(env))
+                .collect();
+                return Err(missing_together(
+                    &missing,
+                    "MREG_OIDC_ISSUER, MREG_OIDC_CLIENT_ID and MREG_OIDC_CLIENT_SECRET",
                 ));
             }
         };
@@ -1037,11 +1056,31 @@ fn parse_host(v: &str) -> Result<String, String> {
     }
 }
 
-/// A duration like `30s`, `500ms`, `2m`, `1h` or a bare number of seconds, within bounds.
+/// Settings that must be set together, some of which are missing: one error naming each.
+fn missing_together(missing: &[&str], group: &str) -> ConfigError {
+    let (last, rest) = missing.split_last().unwrap_or((&"", &[]));
+    let named = if rest.is_empty() {
+        (*last).to_owned()
+    } else {
+        format!("{} and {last}", rest.join(", "))
+    };
+    ConfigError {
+        setting: named,
+        origin: None,
+        message: format!("missing: {group} are set together, or none of them"),
+    }
+}
+
+/// A duration with its unit: `30s`, `500ms`, `2m` or `1h`, within bounds. A bare number is
+/// refused: `30` could mean seconds or milliseconds, and a wrong guess is off by 1000.
 pub fn parse_duration(v: &str, min: Duration, max: Duration) -> Result<Duration, String> {
     let (number, unit) = match v.find(|c: char| !c.is_ascii_digit() && c != '.') {
         Some(i) => v.split_at(i),
-        None => (v, "s"),
+        None => {
+            return Err(format!(
+                "'{v}' needs a unit: write {v}s, {v}ms, {v}m or {v}h"
+            ));
+        }
     };
     let amount: f64 = number
         .parse()

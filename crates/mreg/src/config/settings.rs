@@ -505,6 +505,13 @@ pub const SETTINGS: &[Setting] = &[
         false,
         "Clock skew (seconds) tolerated when checking token times.",
     ),
+    s(
+        "MREG_GATEWAY_URL",
+        "client.gateway_url",
+        None,
+        false,
+        "Where client commands (mreg servers, tools, call, login, mcp-config, …) reach the gateway's REST API; unset: http://MREG_API_HOST:MREG_API_PORT of this configuration. Not used by mreg serve.",
+    ),
 ];
 
 /// The setting whose environment variable is `env`.

@@ -178,7 +178,7 @@ fn sources_rise_from_default_to_file_to_dotenv_to_environment() {
     let mut file = tempfile();
     writeln!(
         file.1,
-        "[api]\nport = 9000\nhost = \"0.0.0.0\"\n[oauth]\nscopes = [\"openid\", \"email\"]\n[log]\nformat = \"json\""
+        "[api]\nport = 9000\nhost = \"127.0.0.2\"\n[oauth]\nscopes = [\"openid\", \"email\"]\n[log]\nformat = \"json\""
     )
     .expect("write");
     let raw = RawConfig::collect(
@@ -189,7 +189,7 @@ fn sources_rise_from_default_to_file_to_dotenv_to_environment() {
     .expect("collect");
     let config = raw.parse().expect("valid");
     assert_eq!(config.api.port, 9200);
-    assert_eq!(config.api.host, "0.0.0.0");
+    assert_eq!(config.api.host, "127.0.0.2");
     assert_eq!(config.log.format, LogFormat::Text);
     assert_eq!(config.azure.scopes, ["openid", "email"]);
     let described: BTreeMap<_, _> = raw
@@ -282,7 +282,11 @@ fn the_readme_documents_every_setting_with_its_default() {
 fn durations_take_units_and_bounds() {
     let (min, max) = (Duration::from_millis(100), Duration::from_secs(3600));
     assert_eq!(parse_duration("30s", min, max), Ok(Duration::from_secs(30)));
-    assert_eq!(parse_duration("30", min, max), Ok(Duration::from_secs(30)));
+    assert_eq!(
+        parse_duration("30", min, max),
+        Err("'30' needs a unit: write 30s, 30ms, 30m or 30h".to_owned()),
+        "a bare number is ambiguous"
+    );
     assert_eq!(
         parse_duration("500ms", min, max),
         Ok(Duration::from_millis(500))

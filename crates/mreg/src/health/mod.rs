@@ -9,6 +9,7 @@
 //! unhealthy server away at once (a circuit breaker) instead of making each wait for a timeout.
 
 pub mod probe;
+pub mod summary;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -155,6 +156,9 @@ pub async fn check_now(state: &AppState, server: &Server) -> Result<Health> {
         state.stores.catalog.replace_tools(server.id, tools).await?;
     }
     state.health_board.set(server.id, health.status);
+    state
+        .metrics
+        .server_health(server.name.as_str(), health.status.as_str());
     if before != health.status {
         tracing::info!(server = %server.name, from = before.as_str(), to = health.status.as_str(), "health changed");
     }
@@ -177,7 +181,7 @@ async fn run(state: AppState, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(
-        interval_ms = config.interval.as_millis(),
+        interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX),
         "health monitor started"
     );
     loop {

@@ -14,6 +14,7 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::rest::servers::ServerView;
 use crate::rest::{AppState, cursor};
 
 /// The gateway's MCP server: one instance per session (or per stateless request), sharing
@@ -123,7 +124,8 @@ pub fn failure(error: domain::Error) -> CallToolResult {
             "internal error; the gateway's log has the details".to_owned()
         }
         domain::Error::Unavailable { ref source, .. } => {
-            tracing::warn!(error = %error, cause = ?source, "dependency unavailable");
+            let cause = source.as_deref().map(|s| crate::proxy::root_cause(s));
+            tracing::warn!(error = %error, cause = cause.as_deref(), "dependency unavailable");
             error.to_string()
         }
         other => other.to_string(),
@@ -153,6 +155,17 @@ fn describe(server: &Server) -> String {
     line
 }
 
+/// One line about a server with its health and its endpoint on the gateway.
+fn describe_view(view: &ServerView) -> String {
+    format!(
+        "{}; health {} ({}); reach it at {}",
+        describe(&view.server),
+        view.health.state.as_str(),
+        view.health.reason,
+        view.gateway_url
+    )
+}
+
 /// A refusal as a JSON-RPC error: what is missing, or when to retry (`data.retry_after_ms`).
 fn policy_error(state: &AppState, refusal: &crate::policy::Refusal) -> ErrorData {
     state.metrics.refused(refusal.reason());
@@ -175,6 +188,12 @@ impl RegistryTools {
 
 #[tool_router]
 impl RegistryTools {
+    /// The gateway's tools as `tools/list` describes them (name, description, argument schema),
+    /// for the API documentation.
+    pub fn catalog() -> Vec<rmcp::model::Tool> {
+        Self::tool_router().list_all()
+    }
+
     /// Tools over `state`.
     pub fn new(state: AppState) -> Self {
         Self {
@@ -277,20 +296,21 @@ impl RegistryTools {
                 query.visibility = crate::policy::visibility(&self.state, &caller);
                 let page = self.state.registry.list(&query).await?;
                 let next_cursor = cursor::next(&page, query.sort);
-                let mut text = if page.items.is_empty() {
+                let views = ServerView::all(&self.state, page.items).await?;
+                let mut text = if views.is_empty() {
                     "No servers match.".to_owned()
                 } else {
-                    format!("{} server(s):", page.items.len())
+                    format!("{} server(s):", views.len())
                 };
-                for server in &page.items {
-                    text.push_str(&format!("\n- {}", describe(server)));
+                for view in &views {
+                    text.push_str(&format!("\n- {}", describe_view(view)));
                 }
                 if next_cursor.is_some() {
                     text.push_str("\nMore servers follow; pass next_cursor as cursor.");
                 }
                 Ok(success(
                     text,
-                    &json!({ "servers": page.items, "next_cursor": next_cursor }),
+                    &json!({ "servers": views, "next_cursor": next_cursor }),
                 ))
             }
             .await,
@@ -440,7 +460,8 @@ impl RegistryTools {
         outcome(
             async {
                 let server = self.visible_server(&parts, &args.name).await?;
-                Ok(success(describe(&server), &server))
+                let view = ServerView::of(&self.state, server).await?;
+                Ok(success(describe_view(&view), &view))
             }
             .await,
         )

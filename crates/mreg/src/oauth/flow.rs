@@ -523,7 +523,7 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
     {
         return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
     }
-    tracing::info!(client_id = %client.client_id, name = ?client.client_name, "client registered");
+    tracing::info!(client_id = %client.client_id, name = client.client_name.as_deref(), "client registered");
     let mut response = (StatusCode::CREATED, Json(&client)).into_response();
     response
         .headers_mut()
@@ -953,7 +953,7 @@ pub async fn callback(
             "the user could not be confirmed with Microsoft Graph",
         );
     }
-    tracing::info!(subject = %identity.subject, tenant = ?identity.tid, client_id = %txn.client_id, "user signed in");
+    tracing::info!(subject = %identity.subject, tenant = identity.tid.as_deref(), client_id = %txn.client_id, "user signed in");
     let actor = identity.principal(txn.scopes.clone(), Some(txn.client_id.clone()));
     let code = random_token(32);
     let grant = CodeGrant {

@@ -295,6 +295,14 @@ impl OAuth {
     }
 }
 
+impl OAuth {
+    /// The path of the sign-in callback (`/auth/callback` unless `OAUTH_CALLBACK_URL` says
+    /// otherwise).
+    pub fn callback_path(&self) -> &str {
+        self.callback.path()
+    }
+}
+
 /// The authorization server's routes (all public: they are how one gets a token).
 pub fn router(oauth: Arc<OAuth>) -> Router {
     let callback_path = oauth.callback.path().to_owned();

@@ -132,6 +132,15 @@ pub async fn handle(
     };
     entry.target(None, Some(&name));
     let response = proxy(&state, &caller, &name, request, &mut entry).await;
+    // The per-server metrics count what the audit row records, when it is completed.
+    let (metrics, method, tool) = (
+        state.metrics.clone(),
+        entry.operation_name().to_owned(),
+        entry.tool().map(str::to_owned),
+    );
+    entry.observe(move |outcome, elapsed| {
+        metrics.server_call(&name, &method, tool.as_deref(), outcome, elapsed);
+    });
     let failure = response.extensions().get::<rpc::Failure>();
     if let (None, Some(outcome)) = (failure, response.extensions().get::<rpc::StreamOutcome>()) {
         // A streamed answer: the row is completed when the stream ends (or cancelled, when the
@@ -152,6 +161,14 @@ pub async fn handle(
         None => Err(format!("HTTP {}", response.status().as_u16())),
     });
     response
+}
+
+/// Names an audit row after the message's JSON-RPC method (and tool, for `tools/call`).
+fn name_entry(entry: &mut crate::audit::Entry, call: &McpCall, server: &str) {
+    entry.operation(&call.method);
+    if call.method == "tools/call" {
+        entry.target(call.name.as_deref(), Some(server));
+    }
 }
 
 /// The arguments of the audited call(s) in a message: `params.arguments` of a `tools/call` or
@@ -190,6 +207,11 @@ async fn proxy(
     entry: &mut crate::audit::Entry,
 ) -> Response {
     let (mut parts, body) = request.into_parts();
+    // What the edge read of the message names the row from the start, so that a request refused
+    // before it is forwarded (unknown, disabled or unhealthy server) keeps its JSON-RPC method.
+    if let Some(crate::mcp::edge::Peeked(Ok(call))) = parts.extensions.get() {
+        name_entry(entry, call, name);
+    }
     let route = match state.registry.route(name).await {
         Ok(route) => route,
         Err(domain::Error::NotFound { .. }) => {
@@ -272,10 +294,7 @@ async fn proxy(
         }
     };
 
-    entry.operation(&call.method);
-    if call.method == "tools/call" {
-        entry.target(call.name.as_deref(), Some(name));
-    }
+    name_entry(entry, &call, name);
     if state.audit.is_on()
         && let Some(arguments) = call_arguments(&call)
     {

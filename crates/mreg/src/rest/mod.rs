@@ -7,6 +7,7 @@ pub mod cursor;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod mcp_docs;
 pub mod ops;
 pub mod registry_v0;
 pub mod request_id;
@@ -89,7 +90,7 @@ pub struct Shared {
 #[openapi(
     info(
         title = "mreg",
-        description = "MCP Registry Gateway: registry management, the official MCP registry API, and operations endpoints.",
+        description = "MCP Registry Gateway: registry management, the official MCP registry API, operations endpoints, and (on the MCP listener) the MCP gateway with its tools and the OAuth endpoints.",
         license(name = "Apache-2.0")
     ),
     tags(
@@ -119,13 +120,20 @@ pub fn router(state: AppState) -> Router {
     let mut document = document;
     document.merge(ops_document);
     document_common_errors(&mut document);
+    // The MCP listener is documented too, on the same page.
+    let mut document = serde_json::to_value(&document).unwrap_or_default();
+    mcp_docs::extend(
+        &mut document,
+        &state.gateway_url,
+        state.oauth.as_ref().map(|o| o.callback_path()),
+    );
     let max_body = state.config.max_body_bytes;
     let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.api.host);
     let metrics = state.metrics.clone();
     Router::new()
         .merge(api.layer(crate::authn::AuthLayer::new(state.clone())))
         .merge(ops)
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document))
         .fallback(|| async { ApiError::no_route() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

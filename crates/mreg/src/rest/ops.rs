@@ -1,5 +1,6 @@
-//! Operational endpoints: liveness, readiness and metrics. They sit outside authentication so
-//! that load balancers and scrapers need no token.
+//! Operational endpoints: liveness, readiness, metrics, and where the gateway's MCP listener is.
+//! They sit outside authentication so that load balancers, scrapers and a client that has not
+//! signed in yet need no token.
 
 use std::time::Duration;
 
@@ -24,6 +25,33 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
+        .routes(routes!(discovery))
+}
+
+/// Where the gateway's MCP listener is, for clients that were given the REST API's URL (`mreg`
+/// client commands given `--gateway`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Discovery {
+    /// The MCP listener as clients reach it (`MREG_PUBLIC_URL`, else its address): the OAuth
+    /// issuer, and the base of `/mcp` and `/servers/NAME/mcp`.
+    #[schema(example = "http://127.0.0.1:8001")]
+    pub mcp_url: String,
+    /// The gateway's own MCP server (the registry tools).
+    #[schema(example = "http://127.0.0.1:8001/mcp")]
+    pub mcp_endpoint: String,
+    /// mreg's version.
+    pub version: &'static str,
+}
+
+/// Where the gateway's MCP listener is.
+#[utoipa::path(get, path = "/.well-known/mreg", tag = "operations",
+    responses((status = 200, description = "The MCP listener's URLs", body = Discovery)))]
+async fn discovery(State(state): State<AppState>) -> axum::Json<Discovery> {
+    axum::Json(Discovery {
+        mcp_url: state.gateway_url.clone(),
+        mcp_endpoint: format!("{}/mcp", state.gateway_url),
+        version: env!("CARGO_PKG_VERSION"),
+    })
 }
 
 /// Liveness answer (`Liveness` in the document: `Health` is a server's health).

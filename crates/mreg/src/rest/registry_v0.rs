@@ -1,6 +1,7 @@
 //! The official MCP registry API (`/v0.1`), read-only, served from the same rows as
 //! `/api/v1/servers`. Names are presented as `{MREG_REGISTRY_NAMESPACE}/{name}`, as `server.json`
-//! requires; mreg's own fields (tags, owner, tenant, status, metadata) travel under `_meta`.
+//! requires; mreg's own fields (tags, owner, tenant, status, metadata, health) travel under
+//! `_meta`.
 
 use axum::extract::State;
 use domain::{Server, ServerQuery, ServerStatus};
@@ -17,6 +18,7 @@ use super::cursor;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Path, Query};
 use crate::authn::Caller;
+use crate::health::summary::{summaries, summary};
 
 /// The `server.json` schema the documents follow.
 pub const SCHEMA_URL: &str =
@@ -90,7 +92,12 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// The official registry's view of a server: `{ server, _meta }`. Its remote is the server's
 /// endpoint on the gateway (`{gateway}/servers/NAME/mcp`): a client that discovers servers here
 /// reaches them through the gateway, never around it.
-pub fn server_response(namespace: &str, gateway: &str, s: &Server) -> Value {
+pub fn server_response(
+    namespace: &str,
+    gateway: &str,
+    s: &Server,
+    health: &crate::health::summary::HealthSummary,
+) -> Value {
     let mut description: String = s.description.chars().take(MAX_DESCRIPTION).collect();
     if description.is_empty() {
         description = s.name.to_string();
@@ -132,6 +139,7 @@ pub fn server_response(namespace: &str, gateway: &str, s: &Server) -> Value {
                 "tenant": s.tenant,
                 "metadata": s.metadata,
                 "revision": s.revision,
+                "health": health,
             },
         },
     })
@@ -190,6 +198,7 @@ async fn list(
     query.visibility = crate::policy::visibility(&state, &caller);
     let page = state.registry.list(&query).await?;
     let namespace = &state.config.registry_namespace;
+    let healths = summaries(&state, &page.items).await?;
     Ok(axum::Json(ServerListResponse {
         metadata: ListMetadata {
             count: page.items.len(),
@@ -198,7 +207,8 @@ async fn list(
         servers: page
             .items
             .iter()
-            .map(|s| server_response(namespace, &state.gateway_url, s))
+            .zip(&healths)
+            .map(|(s, health)| server_response(namespace, &state.gateway_url, s, health))
             .collect(),
     }))
 }
@@ -227,8 +237,14 @@ async fn versions(
             &crate::policy::visibility(&state, &caller),
         )
         .await?;
+    let health = summary(&state, &server).await?;
     Ok(axum::Json(ServerListResponse {
-        servers: vec![server_response(namespace, &state.gateway_url, &server)],
+        servers: vec![server_response(
+            namespace,
+            &state.gateway_url,
+            &server,
+            &health,
+        )],
         metadata: ListMetadata {
             count: 1,
             next_cursor: None,
@@ -270,9 +286,11 @@ async fn version(
         ))
         .into());
     }
+    let health = summary(&state, &server).await?;
     Ok(axum::Json(server_response(
         namespace,
         &state.gateway_url,
         &server,
+        &health,
     )))
 }

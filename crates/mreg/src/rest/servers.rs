@@ -15,6 +15,7 @@ use super::cursor;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Path, Query};
 use crate::authn::Caller;
+use crate::health::summary::HealthSummary;
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -53,11 +54,52 @@ pub struct ListParams {
     sort: Option<String>,
 }
 
+/// A server as the API shows it: the registration, where callers reach it through the
+/// gateway, and its health in short.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerView {
+    /// The registration.
+    #[serde(flatten)]
+    pub server: Server,
+    /// The server's endpoint on the gateway (`{gateway}/servers/NAME/mcp`): where MCP clients
+    /// reach it.
+    #[schema(example = "http://127.0.0.1:8001/servers/weather/mcp")]
+    pub gateway_url: String,
+    /// Its health now.
+    pub health: HealthSummary,
+}
+
+impl ServerView {
+    /// The view of `server`, with its health read from the store.
+    pub async fn of(state: &AppState, server: Server) -> domain::Result<Self> {
+        let health = crate::health::summary::summary(state, &server).await?;
+        Ok(Self::with(state, server, health))
+    }
+
+    /// The views of `servers`, in the same order.
+    pub async fn all(state: &AppState, servers: Vec<Server>) -> domain::Result<Vec<Self>> {
+        let healths = crate::health::summary::summaries(state, &servers).await?;
+        Ok(servers
+            .into_iter()
+            .zip(healths)
+            .map(|(server, health)| Self::with(state, server, health))
+            .collect())
+    }
+
+    fn with(state: &AppState, server: Server, health: HealthSummary) -> Self {
+        Self {
+            gateway_url: format!("{}/servers/{}/mcp", state.gateway_url, server.name),
+            server,
+            health,
+        }
+    }
+}
+
 /// One page of servers.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ServerList {
     /// The servers, in name order.
-    pub servers: Vec<Server>,
+    pub servers: Vec<ServerView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
@@ -70,7 +112,7 @@ pub struct ServerList {
     tag = "servers",
     request_body = ServerDraft,
     responses(
-        (status = 201, description = "Registered", body = Server),
+        (status = 201, description = "Registered", body = ServerView),
         (status = 409, description = "A server with this name exists", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "A field is invalid", body = ErrorBody),
@@ -86,7 +128,11 @@ async fn create_server(
     if let Ok(location) = HeaderValue::from_str(&format!("/api/v1/servers/{}", server.name)) {
         headers.insert(header::LOCATION, location);
     }
-    Ok((StatusCode::CREATED, headers, axum::Json(server)))
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        axum::Json(ServerView::of(&state, server).await?),
+    ))
 }
 
 /// List servers, filtered and paged.
@@ -127,7 +173,7 @@ async fn list_servers(
     let page = state.registry.list(&query).await?;
     let next_cursor = cursor::next(&page, query.sort);
     Ok(axum::Json(ServerList {
-        servers: page.items,
+        servers: ServerView::all(&state, page.items).await?,
         next_cursor,
     }))
 }
@@ -139,7 +185,7 @@ async fn list_servers(
     tag = "servers",
     params(("name" = String, Path, description = "Server name")),
     responses(
-        (status = 200, description = "The server", body = Server),
+        (status = 200, description = "The server", body = ServerView),
         (status = 404, description = "No such server", body = ErrorBody),
     )
 )]
@@ -147,11 +193,10 @@ async fn get_server(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(name): Path<String>,
-) -> Result<axum::Json<Server>, ApiError> {
+) -> Result<axum::Json<ServerView>, ApiError> {
     let visibility = crate::policy::visibility(&state, &caller);
-    Ok(axum::Json(
-        state.registry.get_visible(&name, &visibility).await?,
-    ))
+    let server = state.registry.get_visible(&name, &visibility).await?;
+    Ok(axum::Json(ServerView::of(&state, server).await?))
 }
 
 /// Change some fields of a server; absent fields stay, `null` clears optional ones.
@@ -162,7 +207,7 @@ async fn get_server(
     params(("name" = String, Path, description = "Server name")),
     request_body = ServerPatch,
     responses(
-        (status = 200, description = "The changed server", body = Server),
+        (status = 200, description = "The changed server", body = ServerView),
         (status = 404, description = "No such server", body = ErrorBody),
         (status = 422, description = "A field is invalid", body = ErrorBody),
     )
@@ -172,18 +217,17 @@ async fn update_server(
     Caller(caller): Caller,
     Path(name): Path<String>,
     Body(patch): Body<ServerPatch>,
-) -> Result<axum::Json<Server>, ApiError> {
-    Ok(axum::Json(
-        state
-            .registry
-            .update(
-                &caller,
-                &crate::policy::visibility(&state, &caller),
-                &name,
-                patch,
-            )
-            .await?,
-    ))
+) -> Result<axum::Json<ServerView>, ApiError> {
+    let server = state
+        .registry
+        .update(
+            &caller,
+            &crate::policy::visibility(&state, &caller),
+            &name,
+            patch,
+        )
+        .await?;
+    Ok(axum::Json(ServerView::of(&state, server).await?))
 }
 
 /// Remove a server.

@@ -598,6 +598,23 @@ async fn the_openapi_document_is_generated_and_the_docs_page_works_offline() {
     }
     assert!(doc["paths"]["/api/v1/servers"]["post"]["responses"]["409"].is_object());
     assert!(doc["components"]["schemas"]["ServerDraft"].is_object());
+    let summary = &doc["components"]["schemas"]["HealthSummary"];
+    for field in ["state", "since", "last_probe", "reason"] {
+        assert!(
+            summary["properties"][field].is_object(),
+            "HealthSummary.{field}: {summary}"
+        );
+    }
+    let view = doc["components"]["schemas"]["ServerView"].to_string();
+    assert!(
+        view.contains("#/components/schemas/HealthSummary") && view.contains("gateway_url"),
+        "every server representation documents its health: {view}"
+    );
+    let listed = doc["components"]["schemas"]["ServerList"].to_string();
+    assert!(
+        listed.contains("#/components/schemas/ServerView"),
+        "{listed}"
+    );
 
     let page = app.http.get(app.url("/docs/")).send().await.expect("docs");
     assert_eq!(page.status(), StatusCode::OK);
@@ -846,4 +863,68 @@ async fn slow_headers_and_idle_connections_are_closed_but_long_answers_are_not()
     assert_eq!(counted.structured_content, Some(json!({"count": 4})));
     let slept = crate::mcp_tools::call(&client, "hang", json!({"secs": 2})).await;
     assert_eq!(slept.structured_content, Some(json!({"slept": 2})));
+}
+
+#[tokio::test]
+async fn the_api_documentation_covers_the_mcp_listener_and_the_gateway_tools() {
+    let app = TestApp::spawn().await;
+    let (status, doc) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    let mcp = format!("http://{}", app.mcp_addr);
+    for path in ["/mcp", "/servers/{name}/mcp"] {
+        let item = &doc["paths"][path];
+        assert_eq!(item["servers"][0]["url"], mcp.as_str(), "{path}: {item}");
+        for method in ["post", "get", "delete"] {
+            assert_eq!(
+                item[method]["tags"][0], "MCP gateway (port 8001)",
+                "{path} {method}"
+            );
+        }
+    }
+    assert!(
+        doc["tags"]
+            .as_array()
+            .expect("tags")
+            .iter()
+            .any(|t| t["name"] == "MCP gateway (port 8001)")
+    );
+    // Every tool `tools/list` shows is documented with the schema of its arguments.
+    let client = crate::mcp_tools::connect(
+        &format!("{mcp}/mcp"),
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+    )
+    .await;
+    let tools = client.list_all_tools().await.expect("tools/list");
+    let _ = client.cancel().await;
+    assert!(tools.len() >= 7, "{tools:?}");
+    let description = doc["paths"]["/mcp"]["post"]["description"]
+        .as_str()
+        .expect("description")
+        .to_owned();
+    for tool in &tools {
+        let name = tool.name.as_ref();
+        let documented = &doc["components"]["schemas"][format!("tool.{name}.arguments")];
+        let mut listed = Value::Object((*tool.input_schema).clone());
+        if let Some(object) = listed.as_object_mut() {
+            object.remove("$schema");
+        }
+        assert_eq!(documented, &listed, "{name}");
+        assert!(description.contains(&format!("`{name}`")), "{description}");
+        assert!(
+            doc["paths"]["/mcp"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+                ["oneOf"]
+                .to_string()
+                .contains(&format!("tool.{name}.call")),
+            "{name}"
+        );
+    }
+    assert!(
+        doc["components"]["schemas"]["tool.register_server.arguments"]["properties"]["url"]
+            .is_object()
+    );
+    assert!(
+        doc["paths"]["/token"].is_null(),
+        "no OAuth endpoints without authentication"
+    );
+    app.stop().await;
 }

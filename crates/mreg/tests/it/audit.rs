@@ -1289,3 +1289,53 @@ async fn a_killed_gateway_loses_no_audit_row_of_an_answered_change() {
         answered.len()
     );
 }
+
+/// Refusals by the rate limit keep the method too: see
+/// `policy::a_budget_counts_json_rpc_requests_only`, which needs authentication on.
+#[tokio::test]
+async fn refused_mcp_requests_keep_their_json_rpc_method_in_the_audit_log() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("off", json!({ "url": upstream.url, "status": "disabled" }))
+        .await;
+    let echo = |id: usize| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}}})
+    };
+    assert_eq!(
+        proxy_post(&app, "nope", "refused-unknown", echo(1)).await,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        proxy_post(&app, "off", "refused-disabled", echo(2)).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let rows = until(
+        |rows| {
+            rows.iter()
+                .any(|r| r.event.request_id == "refused-disabled")
+        },
+        || sqlite_rows(&app.dir.0),
+    )
+    .await;
+    for (request_id, server, decision) in [
+        ("refused-unknown", "nope", "allow"),
+        ("refused-disabled", "off", "allow"),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r.event.request_id == request_id)
+            .unwrap_or_else(|| panic!("no row for {request_id}"));
+        assert_eq!(row.event.operation, "tools/call", "{request_id}: {row:?}");
+        assert_eq!(row.event.tool.as_deref(), Some("echo"), "{request_id}");
+        assert_eq!(row.event.server.as_deref(), Some(server), "{request_id}");
+        assert_eq!(row.event.decision, decision, "{request_id}");
+        assert_eq!(row.event.outcome, "error", "{request_id}");
+    }
+    assert_eq!(
+        upstream.count("POST tools/call"),
+        0,
+        "nothing refused reached the server"
+    );
+    app.stop().await;
+}

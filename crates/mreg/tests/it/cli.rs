@@ -9,14 +9,24 @@ use serde_json::Value;
 
 use crate::support::{TempDir, TestApp, TestDb, redis_available};
 
-/// `mreg` with `args`, run in `dir` with none of mreg's variables inherited, plus `env`.
+/// `mreg` with `args`, run in `dir` with none of mreg's variables inherited, plus `env`. Saved
+/// logins are kept apart (`MREG_CREDENTIALS` in `dir`).
 fn mreg(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_mreg"));
     command.args(args).current_dir(&dir.0).stdin(Stdio::null());
     for setting in SETTINGS {
         command.env_remove(setting.env);
     }
-    command.env_remove("MREG_CONFIG").env_remove("MREG_URL");
+    for old in [
+        "MREG_CONFIG",
+        "MREG_URL",
+        "MREG_MCP_URL",
+        "MREG_MCP_ENDPOINT",
+        "MREG_TOKEN",
+    ] {
+        command.env_remove(old);
+    }
+    command.env("MREG_CREDENTIALS", dir.0.join("credentials.json"));
     for (k, v) in env {
         command.env(k, v);
     }
@@ -46,7 +56,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             url,
             "add",
             "weather",
@@ -77,7 +87,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
             "--metadata",
             r#"{"team":"storage"}"#,
         ],
-        &[("MREG_URL", url)],
+        &[("MREG_GATEWAY_URL", url)],
     )
     .await;
     assert!(!out.status.success(), "sse is refused until it is bridged");
@@ -98,12 +108,12 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
             "--metadata",
             r#"{"team":"storage"}"#,
         ],
-        &[("MREG_URL", url)],
+        &[("MREG_GATEWAY_URL", url)],
     )
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
 
-    let out = run(&dir, &["servers", "--url", url, "list"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "list"], &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     let lines: Vec<&str> = table.lines().collect();
@@ -119,7 +129,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
 
     let out = run(
         &dir,
-        &["servers", "--url", url, "--json", "get", "files"],
+        &["servers", "--gateway", url, "--json", "get", "files"],
         &[],
     )
     .await;
@@ -130,7 +140,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             url,
             "update",
             "weather",
@@ -144,7 +154,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
     )
     .await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&dir, &["servers", "--url", url, "get", "weather"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "get", "weather"], &[]).await;
     let shown = stdout(&out);
     assert!(shown.contains("status:        deprecated"), "{shown}");
     assert!(
@@ -158,7 +168,15 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
 
     let out = run(
         &dir,
-        &["servers", "--url", url, "--json", "list", "-q", "forecast"],
+        &[
+            "servers",
+            "--gateway",
+            url,
+            "--json",
+            "list",
+            "-q",
+            "forecast",
+        ],
         &[],
     )
     .await;
@@ -169,7 +187,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             url,
             "add",
             "weather",
@@ -186,7 +204,7 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
     );
     let out = run(
         &dir,
-        &["servers", "--url", url, "add", "Bad", "ftp://x"],
+        &["servers", "--gateway", url, "add", "Bad", "ftp://x"],
         &[],
     )
     .await;
@@ -196,7 +214,12 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         "{}",
         stderr(&out)
     );
-    let out = run(&dir, &["servers", "--url", url, "update", "weather"], &[]).await;
+    let out = run(
+        &dir,
+        &["servers", "--gateway", url, "update", "weather"],
+        &[],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("nothing to change"),
@@ -204,9 +227,9 @@ async fn client_commands_manage_the_registry(app: &TestApp) {
         stderr(&out)
     );
 
-    let out = run(&dir, &["servers", "--url", url, "rm", "weather"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "rm", "weather"], &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = run(&dir, &["servers", "--url", url, "rm", "weather"], &[]).await;
+    let out = run(&dir, &["servers", "--gateway", url, "rm", "weather"], &[]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("server 'weather' not found (HTTP 404"),
@@ -261,7 +284,7 @@ async fn an_unreachable_gateway_is_reported_with_its_own_exit_code() {
         &dir,
         &[
             "servers",
-            "--url",
+            "--gateway",
             &format!("http://127.0.0.1:{port}"),
             "list",
         ],
@@ -379,7 +402,10 @@ async fn check_config_shows_sources_and_hides_secrets() {
             && line("FASTMCP_SERVER_PORT").ends_with("(default)"),
         "{text}"
     );
-    assert!(text.contains("database: postgres://u:***@h/db"), "{text}");
+    assert!(
+        text.contains("database:     postgres://u:***@h/db"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -459,4 +485,800 @@ async fn audit_verify_never_creates_a_database() {
         !dir.0.join("mreg.db").exists(),
         "the wrong directory stays as it was"
     );
+}
+
+#[tokio::test]
+async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_on_demand() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    let dir = TempDir::new();
+    let url = app.base.as_str();
+    let servers = |args: &[&str]| {
+        let mut all = vec!["servers", "--gateway", url];
+        all.extend_from_slice(args);
+        all.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+    let run_servers = |args: Vec<String>| {
+        let dir = &dir;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run(dir, &args, &[]).await
+        }
+    };
+
+    // A malformed header is refused before anything is sent, and never echoed.
+    let out = run_servers(servers(&[
+        "add",
+        "up",
+        &upstream.url,
+        "--header",
+        "s3cret-without-a-name",
+    ]))
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--header expects NAME=VALUE"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("s3cret"), "{}", stderr(&out));
+    let (status, _) = app.get("/api/v1/servers/up").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "nothing registered");
+
+    let out = run_servers(servers(&[
+        "add",
+        "up",
+        &upstream.url,
+        "--header",
+        "x-api-key=s3cret",
+        "--timeout",
+        "12",
+        "--shared",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("s3cret"));
+
+    let out = run_servers(servers(&["list"])).await;
+    let table = stdout(&out);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("HEALTH"),
+        "{table}"
+    );
+    assert!(lines[1].contains(" unknown "), "not probed yet: {table}");
+
+    let out = run_servers(servers(&["get", "up"])).await;
+    let shown = stdout(&out);
+    let gateway_url = format!("http://{}/servers/up/mcp", app.mcp_addr);
+    for expected in [
+        "health:        unknown since ".to_owned(),
+        "the health monitor is off".to_owned(),
+        format!("gateway url:   {gateway_url}"),
+        "timeout:       12 s".to_owned(),
+        "shared:        yes".to_owned(),
+        "credentials:   stored (never shown)".to_owned(),
+    ] {
+        assert!(shown.contains(&expected), "{expected} missing: {shown}");
+    }
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let out = run_servers(servers(&["--json", "get", "up"])).await;
+    assert!(!stdout(&out).contains("s3cret"), "{}", stdout(&out));
+
+    // Probe now: healthy, exit 0; the list and the catalog follow.
+    let out = run_servers(servers(&["check", "up"])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("up: healthy; probe ok in "),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_servers(servers(&["list"])).await;
+    assert!(
+        stdout(&out)
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" healthy ")),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_servers(servers(&["list", "--health", "healthy"])).await;
+    assert_eq!(stdout(&out).lines().count(), 2, "{}", stdout(&out));
+    let out = run_servers(servers(&["list", "--health", "sick"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("health: unknown health 'sick'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_servers(servers(&["get", "up"])).await;
+    assert!(
+        stdout(&out).contains("health:        healthy since "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("last probe:"), "{}", stdout(&out));
+
+    let out = run(
+        &dir,
+        &["tools", "--gateway", url, "search", "echo", "TEXT"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found = stdout(&out);
+    assert!(found.starts_with("SERVER"), "{found}");
+    assert!(
+        found.lines().any(|l| l.starts_with("up ")
+            && l.contains(" echo ")
+            && l.contains(" healthy ")
+            && l.ends_with("Echo the text back")),
+        "{found}"
+    );
+    let out = run(
+        &dir,
+        &["tools", "--gateway", url, "search", "no-such-words"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no tools match"), "{}", stdout(&out));
+
+    // The stored header reaches the server through the gateway.
+    let client =
+        crate::mcp_tools::connect(&gateway_url, rmcp::model::ProtocolVersion::V_2025_06_18).await;
+    let seen = crate::mcp_tools::call(&client, "whoami", serde_json::json!({})).await;
+    assert_eq!(
+        seen.structured_content
+            .as_ref()
+            .map(|v| v["api_key"].clone()),
+        Some(Value::from("s3cret"))
+    );
+    let _ = client.cancel().await;
+
+    // A server that is down fails the check.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let down_url = format!("http://127.0.0.1:{port}/mcp");
+    let out = run_servers(servers(&["add", "down", &down_url])).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_servers(servers(&["check", "down"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("down: degraded; probe refused in "),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("down is not healthy"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_servers(servers(&["list", "--sort", "health"])).await;
+    let sorted = stdout(&out);
+    let names: Vec<&str> = sorted
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names, ["up", "down"], "healthiest first: {sorted}");
+
+    // update: new settings, headers cleared.
+    let out = run_servers(servers(&[
+        "update",
+        "up",
+        "--timeout",
+        "20",
+        "--shared=false",
+        "--clear-headers",
+    ]))
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_servers(servers(&["get", "up"])).await;
+    let shown = stdout(&out);
+    for expected in [
+        "timeout:       20 s",
+        "shared:        no",
+        "credentials:   none",
+    ] {
+        assert!(shown.contains(expected), "{expected} missing: {shown}");
+    }
+    app.stop().await;
+}
+
+/// Lines of `out`'s stderr that are deprecation notes.
+fn notes(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| l.contains("deprecated"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn client_commands_find_the_gateway_through_the_same_configuration_as_serve() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("up", serde_json::json!({ "url": upstream.url }))
+        .await;
+    let (api_port, mcp_port) = (app.addr.port(), app.mcp_addr.port());
+
+    // A project directory whose .env sets the ports: no flag needed, REST or MCP.
+    let project = TempDir::new();
+    std::fs::write(
+        project.0.join(".env"),
+        format!("MREG_API_PORT={api_port}\nFASTMCP_SERVER_PORT={mcp_port}\n"),
+    )
+    .expect("write .env");
+    let out = run(&project, &["servers", "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("up "), "{}", stdout(&out));
+    assert!(notes(&out).is_empty(), "{}", stderr(&out));
+    let out = run(&project, &["call", "get_server", "name=up"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("up (active"), "{}", stdout(&out));
+    let out = run(
+        &project,
+        &["call", "--server", "up", "echo", "text=through the gateway"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("through the gateway"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The same from a TOML file, named by --config or MREG_CONFIG.
+    let elsewhere = TempDir::new();
+    std::fs::write(
+        elsewhere.0.join("gw.toml"),
+        format!("[api]\nport = {api_port}\n[mcp]\nport = {mcp_port}\n"),
+    )
+    .expect("write toml");
+    let out = run(
+        &elsewhere,
+        &["servers", "--config", "gw.toml", "check", "up"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(
+        &elsewhere,
+        &["tools", "--config", "gw.toml", "search", "echo"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(" echo "), "{}", stdout(&out));
+    let out = run(
+        &elsewhere,
+        &["servers", "get", "up"],
+        &[("MREG_CONFIG", "gw.toml")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // One name for the gateway: --gateway or MREG_GATEWAY_URL (the REST API); MCP commands
+    // learn the MCP listener from it.
+    let empty = TempDir::new();
+    let out = run(
+        &empty,
+        &["call", "--gateway", &app.base, "list_servers", "query=up"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 server(s)"), "{}", stdout(&out));
+    let out = run(
+        &empty,
+        &["servers", "get", "up"],
+        &[("MREG_GATEWAY_URL", &app.base)],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (status, discovery) = app.get("/.well-known/mreg").await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(
+        discovery["mcp_url"],
+        format!("http://{}", app.mcp_addr).as_str()
+    );
+
+    // A project configuration that names no reachable port is a configuration error (64);
+    // naming the gateway needs no configuration.
+    let broken = TempDir::new();
+    std::fs::write(broken.0.join(".env"), "MREG_API_PORT=http\n").expect("write .env");
+    let out = run(&broken, &["servers", "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("MREG_API_PORT: 'http'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&broken, &["servers", "--gateway", &app.base, "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The old names still work, each with one line saying so.
+    let mcp_endpoint = format!("http://{}/mcp", app.mcp_addr);
+    for (args, env, old) in [
+        (
+            vec!["servers", "--url", app.base.as_str(), "list"],
+            vec![],
+            "--url is deprecated; use --gateway",
+        ),
+        (
+            vec!["servers", "list"],
+            vec![("MREG_URL", app.base.as_str())],
+            "MREG_URL is deprecated; use MREG_GATEWAY_URL",
+        ),
+        (
+            vec!["call", "list_servers"],
+            vec![("MREG_MCP_ENDPOINT", mcp_endpoint.as_str())],
+            "MREG_MCP_ENDPOINT is deprecated; use MREG_GATEWAY_URL",
+        ),
+        (
+            vec!["call", "--endpoint", mcp_endpoint.as_str(), "list_servers"],
+            vec![],
+            "--endpoint is deprecated",
+        ),
+    ] {
+        let out = run(&empty, &args, &env).await;
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let notes = notes(&out);
+        assert_eq!(notes.len(), 1, "{args:?}: {}", stderr(&out));
+        assert!(notes[0].contains(old), "{args:?}: {notes:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn call_passes_plain_values_as_text_and_colon_equals_values_as_json() {
+    let app = TestApp::spawn().await;
+    let dir = TempDir::new();
+    let gateway = app.base.as_str();
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            gateway,
+            "register_server",
+            "name=numbers",
+            "url=https://numbers.example.com/mcp",
+            "description=2024",
+            "tags:=[\"geo\", \"2024\"]",
+        ],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (_, server) = app.get("/api/v1/servers/numbers").await;
+    assert_eq!(
+        server["description"], "2024",
+        "a number-like value stays text"
+    );
+    assert_eq!(server["tags"], serde_json::json!(["2024", "geo"]));
+
+    // Bad JSON after := is refused before anything is sent.
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            gateway,
+            "register_server",
+            "name=broken",
+            "url=https://broken.example.com/mcp",
+            "tags:=[geo",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("argument 'tags': '[geo' is not JSON"),
+        "{}",
+        stderr(&out)
+    );
+    let (status, _) = app.get("/api/v1/servers/broken").await;
+    assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "nothing registered");
+
+    // Failures are told in words, never in the SDK's type names.
+    let out = run(
+        &dir,
+        &["call", "--gateway", gateway, "get_server", "name:=5"],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success());
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let unreachable = run(
+        &dir,
+        &[
+            "call",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}/mcp"),
+            "list_servers",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(unreachable.status.code(), Some(69));
+    for failed in [&out, &unreachable] {
+        let err = stderr(failed);
+        assert!(err.contains("mreg: "), "{err}");
+        for rust in ["rmcp::", "Transport [", "Error {", "Some(", "::"] {
+            assert!(!err.contains(rust), "{rust} in {err}");
+        }
+    }
+    assert!(
+        stderr(&unreachable).contains("cannot open an MCP session at"),
+        "{}",
+        stderr(&unreachable)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn completions_and_manual_pages_are_generated_from_the_command_definition() {
+    let dir = TempDir::new();
+    for (shell, marker) in [
+        ("bash", "_mreg()"),
+        ("zsh", "#compdef mreg"),
+        ("fish", "complete -c mreg"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[mreg]"),
+    ] {
+        let out = run(&dir, &["completions", shell], &[]).await;
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("--gateway") && script.contains("check"),
+            "{shell} completes the current commands"
+        );
+    }
+    let out = run(&dir, &["completions", "bash"], &[]).await;
+    std::fs::write(dir.0.join("mreg.bash"), &out.stdout).expect("write");
+    if let Ok(check) = Command::new("bash")
+        .arg("-n")
+        .arg(dir.0.join("mreg.bash"))
+        .output()
+    {
+        assert!(check.status.success(), "{}", stderr(&check));
+    }
+    let out = run(&dir, &["completions", "tcsh"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid value 'tcsh'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = run(&dir, &["man"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&out);
+    assert!(page.contains(".TH mreg 1"), "{page}");
+    assert!(page.contains("mreg \\- The MCP Registry Gateway"), "{page}");
+    assert!(page.contains("mreg\\-servers(1)"), "{page}");
+
+    let out = run(&dir, &["man", "--dir", "pages"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let check = std::fs::read_to_string(dir.0.join("pages/mreg-servers-check.1"))
+        .expect("a page per command");
+    assert!(check.contains("Probe a server now"), "{check}");
+    assert!(dir.0.join("pages/mreg-tools-search.1").exists());
+}
+
+#[tokio::test]
+async fn mcp_config_prints_a_configuration_that_an_mcp_client_can_use() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("up", serde_json::json!({ "url": upstream.url }))
+        .await;
+    let dir = TempDir::new();
+    let gateway = app.base.as_str();
+    let config = |out: &Output| -> Value {
+        assert!(out.status.success(), "{}", stderr(out));
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    };
+
+    let out = run(&dir, &["mcp-config", "--gateway", gateway], &[]).await;
+    let claude = config(&out);
+    let own = format!("http://{}/mcp", app.mcp_addr);
+    assert_eq!(
+        claude,
+        serde_json::json!({ "mcpServers": { "mreg": { "type": "http", "url": own } } })
+    );
+    let out = run(
+        &dir,
+        &[
+            "mcp-config",
+            "--gateway",
+            gateway,
+            "--client",
+            "vscode",
+            "up",
+        ],
+        &[],
+    )
+    .await;
+    let vscode = config(&out);
+    let url = vscode["servers"]["up"]["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert_eq!(url, format!("http://{}/servers/up/mcp", app.mcp_addr));
+    assert_eq!(vscode["servers"]["up"]["type"], "http");
+    let out = run(
+        &dir,
+        &[
+            "mcp-config",
+            "--gateway",
+            gateway,
+            "--client",
+            "cursor",
+            "up",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        config(&out),
+        serde_json::json!({ "mcpServers": { "up": { "url": url } } })
+    );
+
+    // The printed URLs work with the official SDK's client.
+    for endpoint in [&own, &url] {
+        let client =
+            crate::mcp_tools::connect(endpoint, rmcp::model::ProtocolVersion::V_2025_06_18).await;
+        let tools = client.list_all_tools().await.expect("tools/list");
+        assert!(!tools.is_empty(), "{endpoint}");
+        let _ = client.cancel().await;
+    }
+
+    // A server that does not exist, or a name that cannot be one, prints no configuration.
+    let out = run(&dir, &["mcp-config", "--gateway", gateway, "nope"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("server 'nope' not found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&dir, &["mcp-config", "--gateway", gateway, "Bad_Name"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("name: contains 'B'"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&dir, &["mcp-config", "--client", "emacs"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn check_config_warns_about_variables_it_does_not_read_and_shows_auth_and_the_mcp_endpoint() {
+    let dir = TempDir::new();
+    std::fs::write(dir.0.join(".env"), "MREG_API_PROT=9000\n").expect("write .env");
+    let out = run(
+        &dir,
+        &["check-config"],
+        &[
+            ("FASTMCP_LOG_LEVEL", "DEBUG"),
+            ("MREG_URL", "http://127.0.0.1:8000"),
+            ("FASTMCP_SERVER_PORT", "9101"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let warnings = stderr(&out);
+    for expected in [
+        "mreg: warning: MREG_API_PROT (.env): not an mreg setting, ignored (did you mean MREG_API_PORT?)",
+        "mreg: warning: FASTMCP_LOG_LEVEL (environment): a FastMCP setting mreg does not use",
+        "mreg: warning: MREG_URL (environment): deprecated; use MREG_GATEWAY_URL",
+    ] {
+        assert!(
+            warnings.contains(expected),
+            "{expected} missing: {warnings}"
+        );
+    }
+    assert!(
+        !warnings.contains("warning: FASTMCP_SERVER_PORT"),
+        "a setting is not warned about: {warnings}"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("auth:         none (every caller is an administrator; loopback only)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MCP endpoint: http://127.0.0.1:9101/mcp"),
+        "{text}"
+    );
+
+    let out = run(
+        &dir,
+        &["check-config"],
+        &[
+            ("AZURE_TENANT_ID", "08541b6e-646d-43de-a0eb-834e6713d6d5"),
+            ("AZURE_CLIENT_ID", "835f09b6-0f0f-40cc-85cb-f32c5829a149"),
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+            (
+                "MREG_ENCRYPTION_KEY",
+                "a2V5LXNlY3JldC1rZXktc2VjcmV0LWtleS1zZWNyZXQ=",
+            ),
+            ("MREG_PUBLIC_URL", "https://mreg.example.com"),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("auth:         oauth, Entra ID tenant 08541b6e-646d-43de-a0eb-834e6713d6d5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("MCP endpoint: https://mreg.example.com/mcp"),
+        "{text}"
+    );
+    assert!(!text.contains("s3cret") && !stderr(&out).contains("s3cret"));
+}
+
+#[tokio::test]
+async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_config() {
+    let dir = TempDir::new();
+    for (env, expected) in [
+        (
+            vec![("MREG_HEALTH_INTERVAL", "30")],
+            "MREG_HEALTH_INTERVAL: '30' needs a unit: write 30s, 30ms, 30m or 30h",
+        ),
+        (
+            vec![("AZURE_TENANT_ID", "08541b6e-646d-43de-a0eb-834e6713d6d5")],
+            "AZURE_CLIENT_ID and AZURE_CLIENT_SECRET: missing: AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET are set together",
+        ),
+        (
+            vec![("MREG_OIDC_CLIENT_ID", "mreg")],
+            "MREG_OIDC_ISSUER and MREG_OIDC_CLIENT_SECRET: missing:",
+        ),
+        (
+            vec![("MREG_API_HOST", "0.0.0.0")],
+            "MREG_API_HOST: '0.0.0.0' is not a loopback address, and authentication is off",
+        ),
+        (
+            vec![("FASTMCP_SERVER_HOST", "0.0.0.0"), ("MREG_AUTH", "none")],
+            "FASTMCP_SERVER_HOST: '0.0.0.0' is not a loopback address",
+        ),
+    ] {
+        for command in ["serve", "check-config"] {
+            let out = run(&dir, &[command], &env).await;
+            assert_eq!(
+                out.status.code(),
+                Some(64),
+                "{command} {env:?}: {}",
+                stderr(&out)
+            );
+            let err = stderr(&out);
+            let errors: Vec<&str> = err.lines().filter(|l| !l.contains("warning")).collect();
+            assert_eq!(errors.len(), 1, "{command} {env:?}: {err}");
+            assert!(errors[0].contains(expected), "{command}: {err}");
+        }
+        assert!(
+            !dir.0.join("mreg.db").exists(),
+            "nothing is created before the configuration is valid"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_logs_carry_numbers_as_numbers_and_strings_quoted_once() {
+    let dir = TempDir::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    drop(listener);
+    let mut child = mreg(
+        &dir,
+        &["serve"],
+        &[
+            ("MREG_API_PORT", &port),
+            ("FASTMCP_SERVER_PORT", "0"),
+            ("MREG_LOG_FORMAT", "json"),
+            ("MREG_HEALTH_INTERVAL", "200ms"),
+            ("MREG_HEALTH_INTERVALL", "1s"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(up, "mreg serve answers /healthz");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let down = format!(
+        "http://127.0.0.1:{}/mcp",
+        closed.local_addr().expect("addr").port()
+    );
+    drop(closed);
+    let created = client
+        .post(format!("{base}/api/v1/servers"))
+        .json(&serde_json::json!({ "name": "down", "url": down }))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let log = tokio::task::spawn_blocking(move || {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let _ = child.wait();
+        err
+    })
+    .await
+    .expect("join");
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let field = |message: &str, key: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .map(|l| l[key].clone())
+            .unwrap_or_else(|| panic!("no '{message}' line: {log}"))
+    };
+    assert_eq!(field("health monitor started", "interval_ms"), 200, "{log}");
+    assert_eq!(field("health changed", "server"), "down", "{log}");
+    assert!(
+        lines.iter().any(|l| l["level"] == "WARN"
+            && l["message"]
+                == "MREG_HEALTH_INTERVALL (environment): not an mreg setting, ignored (did you mean MREG_HEALTH_INTERVAL?)"),
+        "serve warns about a mistyped variable too: {log}"
+    );
+    assert!(field("shutting down: draining in-flight requests", "grace_secs").is_u64());
+    fn strings(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    lines.iter().for_each(|l| strings(l, &mut all));
+    for s in &all {
+        assert!(
+            !s.starts_with('"')
+                && !s.starts_with("Some(")
+                && !s.chars().all(|c| c.is_ascii_digit()),
+            "a value quoted twice, or a number as text: {s:?} in {log}"
+        );
+    }
 }

@@ -516,3 +516,190 @@ async fn traffic_to_an_unhealthy_server_that_came_back_probes_it_and_goes_throug
     assert_eq!(report["current"]["status"], "healthy", "{report}");
     app.stop().await;
 }
+
+/// The `health` object of a server as REST shows it.
+async fn rest_health(app: &TestApp, name: &str) -> Value {
+    let (status, server) = app.get(&format!("/api/v1/servers/{name}")).await;
+    assert_eq!(status, StatusCode::OK, "{server}");
+    server["health"].clone()
+}
+
+#[tokio::test]
+async fn a_servers_health_travels_with_it_through_rest_the_registry_api_and_the_mcp_tools() {
+    let app = spawn_monitored("200ms", &[]).await;
+    let upstream = Upstream::start(true).await;
+    let created = app.register("flaky", json!({ "url": upstream.url })).await;
+    assert!(
+        ["unknown", "healthy"].contains(&created["health"]["state"].as_str().unwrap_or("")),
+        "a new server carries its health from the start: {created}"
+    );
+    let gateway_url = format!("http://{}/servers/flaky/mcp", app.mcp_addr);
+    assert_eq!(created["gateway_url"], gateway_url.as_str(), "{created}");
+    wait_for(&app, "flaky", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "healthy"
+    })
+    .await;
+
+    let health = rest_health(&app, "flaky").await;
+    assert_eq!(health["state"], "healthy", "{health}");
+    assert_eq!(health["reason"], "answered as an MCP server", "{health}");
+    assert_eq!(health["last_probe"]["outcome"], "ok", "{health}");
+    assert!(health["last_probe"]["latency_ms"].is_u64(), "{health}");
+    let healthy_since = health["since"].as_str().expect("since").to_owned();
+    let (_, list) = app.get("/api/v1/servers").await;
+    assert_eq!(list["servers"][0]["health"]["state"], "healthy", "{list}");
+    assert_eq!(list["servers"][0]["gateway_url"], gateway_url.as_str());
+    let (_, official) = app.get("/v0.1/servers").await;
+    assert_eq!(
+        official["servers"][0]["_meta"]["io.github.mreg/server"]["health"]["state"], "healthy",
+        "{official}"
+    );
+
+    let client = connect(
+        &format!("http://{}/mcp", app.mcp_addr),
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+    )
+    .await;
+    let listed = call(&client, "list_servers", json!({})).await;
+    let structured = listed.structured_content.clone().expect("structured");
+    assert_eq!(structured["servers"][0]["health"]["state"], "healthy");
+    assert!(
+        text(&listed).contains("health healthy"),
+        "{}",
+        text(&listed)
+    );
+    let got = call(&client, "get_server", json!({ "name": "flaky" })).await;
+    let structured = got.structured_content.clone().expect("structured");
+    assert_eq!(structured["health"]["state"], "healthy", "{structured}");
+    assert_eq!(structured["gateway_url"], gateway_url.as_str());
+    assert!(text(&got).contains(&gateway_url), "{}", text(&got));
+
+    upstream.kill();
+    let report = wait_for(&app, "flaky", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "unhealthy"
+    })
+    .await;
+    let health = rest_health(&app, "flaky").await;
+    assert_eq!(health["state"], "unhealthy", "{health}");
+    assert_eq!(health["last_probe"]["outcome"], "refused", "{health}");
+    assert!(
+        health["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("failed probe(s) in a row")),
+        "{health}"
+    );
+    // Unhealthy since the second failure in a row (MREG_HEALTH_UNHEALTHY_AFTER=2).
+    let failures: Vec<&Value> = report["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .take_while(|c| c["outcome"] != "ok")
+        .collect();
+    let second = failures[failures.len() - 2]["checked_at"].clone();
+    assert_eq!(health["since"], second, "{health} {report}");
+    let parse = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .expect("RFC 3339")
+    };
+    assert!(
+        parse(health["since"].as_str().unwrap_or("")) > parse(&healthy_since),
+        "{health}"
+    );
+    let _ = client.cancel().await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_tool() {
+    let app = spawn_monitored("200ms", &[]).await;
+    let upstream = Upstream::start(true).await;
+    app.register("metered", json!({ "url": upstream.url }))
+        .await;
+    wait_for(&app, "metered", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "healthy"
+    })
+    .await;
+    let client = connect(
+        &format!("http://{}/servers/metered/mcp", app.mcp_addr),
+        rmcp::model::ProtocolVersion::V_2025_06_18,
+    )
+    .await;
+    for text in ["one", "two"] {
+        let echoed = call(&client, "echo", json!({ "text": text })).await;
+        assert_eq!(echoed.is_error, Some(false));
+    }
+    let _ = client.cancel().await;
+    let metrics = app.metrics().await;
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
+    };
+    assert!(
+        line(r#"mreg_server_health{server="metered",state="healthy"}"#).ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line(r#"mreg_server_health{server="metered",state="unhealthy"}"#).ends_with(" 0"),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            r#"mreg_server_calls_total{server="metered",method="tools/call",tool="echo",outcome="ok"}"#
+        )
+        .ends_with(" 2"),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            r#"mreg_server_call_duration_seconds_count{server="metered",method="tools/call",tool="echo"}"#
+        )
+        .ends_with(" 2"),
+        "{metrics}"
+    );
+    line(r#"mreg_server_calls_total{server="metered",method="initialize",tool="",outcome="ok"}"#);
+
+    // A server that is down: its calls fail, and the gauge follows the monitor.
+    upstream.kill();
+    wait_for(&app, "metered", Duration::from_secs(10), |r| {
+        r["current"]["status"] == "unhealthy"
+    })
+    .await;
+    let response = app
+        .http
+        .post(format!("http://{}/servers/metered/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "x"}}}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let metrics = app.metrics().await;
+    let line = |prefix: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
+    };
+    assert!(
+        line(r#"mreg_server_health{server="metered",state="unhealthy"}"#).ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line(r#"mreg_server_call_errors_total{server="metered",method="tools/call",tool="echo"}"#)
+            .ends_with(" 1"),
+        "{metrics}"
+    );
+    assert!(
+        line(
+            r#"mreg_server_calls_total{server="metered",method="tools/call",tool="echo",outcome="error"}"#
+        )
+        .ends_with(" 1"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -364,3 +364,49 @@ pub(crate) async fn py_client(
         .args(["--url", url, "--timeout", "20"]);
     run_client(client, options, command).await
 }
+
+#[tokio::test]
+async fn the_sdk_clients_see_each_servers_health_and_gateway_url_in_the_registry_tools() {
+    if !peers_available() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("probed", json!({ "url": upstream.url })).await;
+    let (status, _) = app
+        .post("/api/v1/servers/probed/health/check", json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let url = format!("http://{}/mcp", app.mcp_addr);
+    let gateway_url = format!("http://{}/servers/probed/mcp", app.mcp_addr);
+    let mut answers = vec![
+        ts_client(&url, &[], &["call", "list_servers", "{}"]).await,
+        ts_client(&url, &[], &["call", "get_server", r#"{"name":"probed"}"#]).await,
+    ];
+    if let Some(python) = python_peers() {
+        answers.push(py_client(&python, &url, &[], &["call", "list_servers", "{}"]).await);
+        answers.push(
+            py_client(
+                &python,
+                &url,
+                &[],
+                &["call", "get_server", r#"{"name":"probed"}"#],
+            )
+            .await,
+        );
+    }
+    for (ok, answer) in answers {
+        assert!(ok, "{answer}");
+        let structured = &answer["structuredContent"];
+        let server = if structured["servers"].is_array() {
+            &structured["servers"][0]
+        } else {
+            structured
+        };
+        assert_eq!(server["health"]["state"], "healthy", "{answer}");
+        assert_eq!(server["health"]["last_probe"]["outcome"], "ok", "{answer}");
+        assert!(server["health"]["since"].is_string(), "{answer}");
+        assert_eq!(server["gateway_url"], gateway_url.as_str(), "{answer}");
+    }
+    app.stop().await;
+}

@@ -1512,14 +1512,22 @@ async fn a_callback_on_another_origin_than_the_gateway_is_refused_at_start() {
 
 #[tokio::test]
 async fn without_authentication_only_loopback_binds_are_allowed() {
-    let dir = crate::support::TempDir::new();
-    let config =
-        crate::support::test_config(&dir, &[("MREG_AUTH", "none"), ("MREG_API_HOST", "0.0.0.0")]);
-    let error = mreg::app::start(config).await.err().expect("refused");
-    assert!(
-        error.to_string().contains("without authentication"),
-        "{error}"
-    );
+    // A configuration error, found before anything is bound (`mreg serve` and `check-config`
+    // exit 64 with it; see cli::a_public_listener_without_authentication_is_a_configuration_error).
+    for (host_var, host) in [
+        ("MREG_API_HOST", "0.0.0.0"),
+        ("FASTMCP_SERVER_HOST", "192.0.2.10"),
+    ] {
+        let error = mreg::config::RawConfig::collect(
+            None,
+            Vec::new(),
+            [("MREG_AUTH", "none"), (host_var, host)].map(|(k, v)| (k.to_owned(), v.to_owned())),
+        )
+        .and_then(|raw| raw.parse())
+        .expect_err("refused");
+        assert_eq!(error.setting, host_var);
+        assert!(error.message.contains("authentication is off"), "{error}");
+    }
 }
 
 #[tokio::test]
@@ -1582,14 +1590,15 @@ async fn mreg_login_signs_in_from_the_terminal_and_client_commands_use_the_token
         command
             .args(args)
             .env("MREG_CREDENTIALS", &credentials)
-            .env("MREG_URL", s.app.base.as_str())
+            .env("MREG_GATEWAY_URL", s.app.base.as_str())
             .env_remove("MREG_TOKEN")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         command
     };
-    let mut login = mreg(&["login", "--no-browser", "--url", &s.mcp, "--timeout", "60"])
+    // The gateway is named once (its REST API); login finds the issuer from it.
+    let mut login = mreg(&["login", "--no-browser", "--timeout", "60"])
         .spawn()
         .expect("mreg login starts");
     let mut stderr = BufReader::new(login.stderr.take().expect("stderr")).lines();
@@ -2643,4 +2652,44 @@ async fn provider_id_tokens_are_not_accepted_as_access_tokens() {
         whoami(&s.app, &s.idp.sign(delegated).await).await.0,
         StatusCode::OK
     );
+}
+
+#[tokio::test]
+async fn with_authentication_on_the_api_documentation_lists_the_oauth_endpoints() {
+    let Some(s) = setup(&[]).await else { return };
+    let doc: Value = s
+        .app
+        .http
+        .get(s.app.url("/openapi.json"))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    for (path, method) in [
+        ("/.well-known/oauth-protected-resource/mcp", "get"),
+        ("/.well-known/oauth-authorization-server", "get"),
+        ("/.well-known/jwks.json", "get"),
+        ("/register", "post"),
+        ("/authorize", "get"),
+        ("/auth/callback", "get"),
+        ("/token", "post"),
+        ("/revoke", "post"),
+    ] {
+        assert_eq!(
+            doc["paths"][path][method]["tags"][0], "OAuth (port 8001)",
+            "{path}: {}",
+            doc["paths"][path]
+        );
+        assert_eq!(doc["paths"][path]["servers"][0]["url"], s.mcp.as_str());
+        // Each documented endpoint is really there, on the MCP listener.
+        let url = format!("{}{path}", s.mcp);
+        let response = match method {
+            "get" => reqwest::Client::new().get(&url).send().await,
+            _ => reqwest::Client::new().post(&url).send().await,
+        }
+        .expect("answered");
+        assert_ne!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
 }

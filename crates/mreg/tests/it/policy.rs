@@ -1255,7 +1255,44 @@ async fn a_budget_counts_json_rpc_requests_only() {
         .as_u64()
         .expect("retry_after_ms");
     assert!((1..=15_000).contains(&wait), "{wait}");
+    let refused_call = mcp_post(
+        &url,
+        Some(&c.bob),
+        None,
+        &rpc_request(10, "tools/call", echo.clone()),
+    )
+    .await;
+    assert_eq!(refused_call.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(upstream.count("POST tools/call"), calls_before);
+    // The refusals' audit rows keep the JSON-RPC method (and tool), not just the route.
+    let rows = crate::audit::until(
+        |rows| {
+            rows.iter()
+                .filter(|r| r.event.decision == "rate_limited")
+                .count()
+                >= 2
+        },
+        || crate::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
+    let limited: Vec<_> = rows
+        .iter()
+        .filter(|r| r.event.decision == "rate_limited" && r.event.actor_subject == BOB_OID)
+        .map(|r| {
+            (
+                r.event.operation.as_str(),
+                r.event.tool.as_deref(),
+                r.event.server.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        limited,
+        [
+            ("initialize", None, Some("echo")),
+            ("tools/call", Some("echo"), Some("echo")),
+        ]
+    );
 }
 
 /// The refusals an SDK user meets, each named in what the SDK shows: `(who, server, command,

@@ -1,0 +1,220 @@
+//! The client commands (`mreg servers …`, `mreg tools …`, `mreg call`, `mreg whoami`,
+//! `mreg audit list`): clients of a running gateway. They print tables for people and JSON
+//! (`--json`) for scripts, and turn the server's error body into one readable line. One file per
+//! command family; this one holds the HTTP client and the output helpers they share.
+
+mod audit;
+mod call;
+pub mod gateway;
+mod mcp_config;
+mod servers;
+mod tools;
+
+use std::process::ExitCode;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::cli::ClientArgs;
+
+pub use audit::{AuditListArgs, audit_list};
+pub use call::{CallArgs, call};
+pub use gateway::Gateway;
+pub use mcp_config::{McpConfigArgs, mcp_config};
+pub use servers::{ServersArgs, run};
+pub use tools::{ToolsArgs, tools};
+
+/// Exit code when the gateway cannot be reached (`EX_UNAVAILABLE`).
+const EXIT_UNREACHABLE: u8 = 69;
+
+/// A failed client command: what to print and the exit code.
+pub struct Failure {
+    message: String,
+    code: u8,
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (exit {})", self.message, self.code)
+    }
+}
+
+impl Failure {
+    /// What to print.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The exit code.
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self { message, code: 1 }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client of the gateway's REST API that `args` name, with the explicit or saved token.
+    async fn new(args: &ClientArgs) -> Result<Self, Failure> {
+        let base = args.gateway.resolve()?.api;
+        Ok(Self {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .map_err(|e| e.to_string())?,
+            base,
+            token: token(args).await?,
+        })
+    }
+}
+
+/// The bearer token: `--token`/`MREG_TOKEN`, else the one `mreg login` saved (refreshed).
+async fn token(args: &ClientArgs) -> Result<Option<String>, Failure> {
+    match &args.token {
+        Some(token) => Ok(Some(token.0.clone())),
+        None => Ok(crate::login::bearer().await?),
+    }
+}
+
+impl Client {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), Failure> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| Failure {
+            message: format!(
+                "cannot reach mreg at {} ({}); is `mreg serve` running there?",
+                self.base,
+                crate::proxy::root_cause(&e)
+            ),
+            code: EXIT_UNREACHABLE,
+        })?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok((status, value));
+        }
+        let message = value
+            .get("message")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("HTTP {status}"), str::to_owned);
+        let request_id = value
+            .get("request_id")
+            .and_then(Value::as_str)
+            .map(|id| format!(", request id {id}"))
+            .unwrap_or_default();
+        Err(Failure::from(format!(
+            "{message} (HTTP {}{request_id})",
+            status.as_u16()
+        )))
+    }
+}
+
+/// Runs `mreg whoami`.
+pub async fn whoami(args: ClientArgs) -> ExitCode {
+    let outcome = async {
+        let client = Client::new(&args).await?;
+        let (_, me) = client.call(Method::GET, "/api/v1/whoami", None).await?;
+        if args.json {
+            print_json(&me);
+        } else {
+            for (label, key) in [
+                ("subject", "subject"),
+                ("email", "email"),
+                ("name", "name"),
+                ("tenant", "tenant"),
+                ("roles", "roles"),
+                ("scopes", "scopes"),
+                ("client", "client_id"),
+            ] {
+                println!("{label:8} {}", text(&me[key]));
+            }
+        }
+        Ok::<(), Failure>(())
+    };
+    exit(outcome.await)
+}
+
+fn exit(outcome: Result<(), Failure>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("mreg: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn segment(name: &str) -> String {
+    url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+/// Prints `rows` under the upper-cased `columns`, each column as wide as its widest cell.
+fn print_rows(columns: &[&str], rows: Vec<Vec<String>>) {
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(c.len())
+        })
+        .collect();
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:width$}  ", width = widths[i]));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in rows {
+        line(row);
+    }
+}
