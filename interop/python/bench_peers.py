@@ -6,15 +6,18 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
     fastmcp   interop/python/server.py: FastMCP, stateful sessions, SSE answers
     ts-sse    interop/server.mjs: TypeScript SDK, stateful sessions, SSE answers
     ts-json   interop/server.mjs --stateless: TypeScript SDK, no sessions, JSON answers
-  (an rmcp stateless server would need a Rust build and is left out; `--upstream-cmd` adds
-  any other server that prints `LISTENING <port>` and serves `echo` at /mcp.)
+    rmcp-json crates/mreg/examples/rmcp_upstream.rs: rmcp (Rust SDK), no sessions, JSON answers
+    rmcp-sse  the same with --stateful: sessions, SSE answers
+  (`--upstream-cmd` adds any other server that prints `LISTENING <port>` and serves `echo` at
+  /mcp.)
 * Targets, for each upstream:
     direct    the upstream itself
     mreg-off  mreg's /servers/{name}/mcp with the policy chain off (MREG_AUTH=none, MREG_AUDIT=false)
     mreg-on   the same with the chain on: an Entra-style app token (roles ["admin"], client
               credentials from interop/idp.mjs) validated per request, roles from a policy file
               (server and tool rules), GCRA rate limits at 1,000,000 a minute (on, never hit),
-              and the audit log written to SQLite in a temporary directory
+              and the audit log; both mreg instances store in a scratch PostgreSQL database
+              each (--database URL, or sqlite), whose server processes' CPU is reported too
     fastmcp-proxy  FastMCP's own proxy (interop/python/proxy.py --upstream URL), behind its
               JWTVerifier checking the same token (unless --no-proxy-auth)
   Both mreg instances run the same binary ($MREG_BIN) with health checks off.
@@ -76,10 +79,15 @@ UPSTREAMS = {
     "ts-sse": ("TypeScript SDK, stateful, SSE", ["node", str(INTEROP / "server.mjs")]),
     "ts-json": ("TypeScript SDK, stateless, JSON", ["node", str(INTEROP / "server.mjs"), "--stateless"]),
 }
+# The rmcp (Rust SDK) server of crates/mreg/examples/rmcp_upstream.rs, built by scripts/bench-peers.
+RMCP_BIN = os.environ.get("RMCP_UPSTREAM_BIN", str(REPO / "target/release/examples/rmcp_upstream"))
+if os.access(RMCP_BIN, os.X_OK):
+    UPSTREAMS["rmcp-json"] = ("rmcp (Rust SDK), stateless, JSON", [RMCP_BIN])
+    UPSTREAMS["rmcp-sse"] = ("rmcp (Rust SDK), stateful, SSE", [RMCP_BIN, "--stateful"])
 TARGETS = ["direct", "mreg-off", "mreg-on", "fastmcp-proxy"]
-SKIPPED = [{"what": "rmcp stateless upstream",
-            "why": "needs a Rust build of a server binary (crates/mreg/tests/it/upstream.rs is "
-                   "test code); add one with --upstream-cmd NAME=COMMAND"}]
+SKIPPED = [] if "rmcp-json" in UPSTREAMS else [
+    {"what": "rmcp upstreams", "why": f"no binary at {RMCP_BIN} (scripts/bench-peers builds it: "
+                                      "cargo build --release --example rmcp_upstream)"}]
 
 
 def log(message: str) -> None:
@@ -111,6 +119,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--py-mode", default="legacy",
                         help="client.py --mode (default legacy: the 2025-11-25 handshake, as the others)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the directory of process logs")
+    parser.add_argument("--database", default=os.environ.get(
+                            "MREG_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
+                        help="PostgreSQL both mreg instances store in (a scratch database each is "
+                             "created there and dropped); 'sqlite' for the embedded default")
     args = parser.parse_args()
     quick = args.quick
     for name, full, short in (("calls", 200, 50), ("warmup", 20, 5), ("seconds", 10, 2), ("wrk_warmup", 2, 1)):
@@ -315,6 +327,7 @@ class Bench:
         self.mreg: dict[str, dict] = {}
         self.errors: list[str] = []
         self.notes: list[str] = []
+        self.databases: list[str] = []
 
     # ---- the processes --------------------------------------------------------------------
 
@@ -341,6 +354,36 @@ class Bench:
             raise RuntimeError(f"client-credentials token from idp.mjs: HTTP {status} {body[:300]}")
         self.token = json.loads(body)["access_token"]
 
+    def scratch_database(self, label: str) -> str | None:
+        """A fresh PostgreSQL database for `label` (dropped at the end), or None for SQLite."""
+        if self.args.database == "sqlite":
+            return None
+        name = f"mreg_bench_{label.replace('-', '_')}_{os.urandom(4).hex()}"
+        done = subprocess.run(["psql", self.args.database, "-qAtc", f"CREATE DATABASE {name}"],
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"cannot create database {name}: {done.stderr.strip()}")
+        self.databases.append(name)
+        base = self.args.database.rsplit("/", 1)[0]
+        return f"{base}/{name}"
+
+    def drop_databases(self) -> None:
+        for name in self.databases:
+            subprocess.run(["psql", self.args.database, "-qAtc",
+                            f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                           capture_output=True, text=True, timeout=60)
+
+    def backend_pids(self, label: str) -> list[int]:
+        """The PostgreSQL server processes serving `label`'s connections."""
+        url = self.mreg.get(label, {}).get("database")
+        if not url:
+            return []
+        name = url.rsplit("/", 1)[1]
+        done = subprocess.run(["psql", self.args.database, "-qAtc",
+                               f"SELECT pid FROM pg_stat_activity WHERE datname = '{name}'"],
+                              capture_output=True, text=True, timeout=30)
+        return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
+
     def start_mreg(self, label: str, chain: bool, upstreams: list[str]) -> None:
         data = self.scratch / label
         data.mkdir()
@@ -348,6 +391,9 @@ class Bench:
             "MREG_API_PORT": "0", "FASTMCP_SERVER_PORT": "0", "MREG_LOG": "warn,mreg::app=info",
             "MREG_LOG_FORMAT": "json", "MREG_HEALTH_ENABLED": "false", "MREG_DATA_DIR": str(data),
         }
+        database = self.scratch_database(label)
+        if database:
+            env["MREG_DATABASE_URL"] = database
         if chain:
             policy = data / "policy.toml"
             rules = ['[servers."*"]', 'roles = ["admin"]']
@@ -371,7 +417,7 @@ class Bench:
         found = self.procs.wait_for_log(label, proc, ["REST API listening", "MCP listener listening"])
         self.mreg[label] = {"api": found["REST API listening"]["addr"],
                             "mcp": found["MCP listener listening"]["addr"], "chain": chain,
-                            "pid": proc.pid}
+                            "pid": proc.pid, "database": database}
 
     def register(self, label: str, name: str, url: str) -> str:
         instance = self.mreg[label]
@@ -441,19 +487,23 @@ class Bench:
             result = {"error": f"exit {done.returncode}"}
         return result
 
-    def wrk(self, session: Session, connections: int, seconds: int, pid: int | None = None) -> dict:
+    def wrk(self, session: Session, connections: int, seconds: int, pid: int | None = None,
+            label: str | None = None) -> dict:
         cmd = ["wrk", "-t", str(max(1, min(self.args.threads, connections))), "-c", str(connections),
                "-d", f"{seconds}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
         for header in session.headers:
             cmd += ["-H", header]
         cmd.append(session.url)
         env = os.environ | {"MCP_TOOL": TOOL, "MCP_ARGS": TOOL_ARGS}
+        backends = self.backend_pids(label) if label else []
+        pg_before = [process_cpu_seconds(p) for p in backends]
         cpu_before = process_cpu_seconds(pid)
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
         except subprocess.TimeoutExpired:
             return {"error": "wrk did not finish"}
         cpu_after = process_cpu_seconds(pid)
+        pg_after = [process_cpu_seconds(p) for p in backends]
         result = {"error": f"wrk exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}"}
         for line in done.stdout.splitlines():
             if line.startswith("WRK_RESULT "):
@@ -468,6 +518,11 @@ class Bench:
                     # The gateway process's own CPU (user + system) per answered call.
                     result["process_cpu_ms_per_call"] = round(
                         (cpu_after - cpu_before) * 1000 / result["requests"], 4)
+                # PostgreSQL's own CPU for this instance (its backends), per answered call: with
+                # the chain on, the cost of one audit row in the database.
+                pg = [a - b for a, b in zip(pg_after, pg_before) if a is not None and b is not None]
+                if backends and result["requests"]:
+                    result["postgres_cpu_ms_per_call"] = round(sum(pg) * 1000 / result["requests"], 4)
         # Requests still queued when wrk stopped would load the next target: wait until this
         # one answers a call again (its backlog drained) before going on.
         try:
@@ -508,7 +563,8 @@ class Bench:
                         self.wrk(sessions[target], connections, args.wrk_warmup)
                         continue
                     pid = self.mreg.get(target, {}).get("pid")
-                    result = self.wrk(sessions[target], connections, args.seconds, pid)
+                    result = self.wrk(sessions[target], connections, args.seconds, pid,
+                                      target if target in self.mreg else None)
                     results[target]["wrk"][str(connections)] = result
                     self.report(where, f"wrk c={connections}", result)
         finally:
@@ -590,7 +646,8 @@ class Bench:
                 "protocol": PROTOCOL, "python_client_mode": args.py_mode,
                 "fastmcp_proxy_auth": self.proxy_auth and "fastmcp-proxy" in wants,
                 "mreg_on": "MREG_AUTH=oauth (idp.mjs app token, roles [admin]), policy file with "
-                           "server and tool roles, MREG_RATE_LIMIT_PER_MINUTE=1000000, audit to SQLite",
+                           "server and tool roles, MREG_RATE_LIMIT_PER_MINUTE=1000000, audit log on"
+                           + (" (SQLite)" if args.database == "sqlite" else " (PostgreSQL)"),
                 "mreg_off": "MREG_AUTH=none, MREG_AUDIT=false",
             },
             "environment": environment(self.mreg_bin, load_before),
@@ -707,6 +764,7 @@ def main() -> int:
         return 1
     finally:
         bench.procs.stop_all()
+        bench.drop_databases()
         if keep:
             log(f"process logs kept in {scratch}")
         else:
@@ -737,11 +795,22 @@ def main() -> int:
         for connections, point in row.get("wrk", {}).items():
             if "process_cpu_ms_per_call" in point:
                 cpu.setdefault((row["upstream"], connections), {})[row["target"]] = point["process_cpu_ms_per_call"]
+    pg = {}
+    for row in report["results"]:
+        for connections, point in row.get("wrk", {}).items():
+            if "postgres_cpu_ms_per_call" in point:
+                pg.setdefault((row["upstream"], connections), {})[row["target"]] = point["postgres_cpu_ms_per_call"]
     for (upstream, connections), figures in sorted(cpu.items()):
         if "mreg-on" in figures and "mreg-off" in figures and figures["mreg-off"] > 0:
+            extra = ""
+            if "mreg-on" in pg.get((upstream, connections), {}):
+                on_pg = pg[(upstream, connections)]["mreg-on"]
+                off_pg = pg[(upstream, connections)].get("mreg-off", 0.0)
+                extra = (f"; PostgreSQL CPU per call (one audit row) {on_pg:.3f} ms, "
+                         f"chain off {off_pg:.3f} ms")
             print(f"mreg process CPU per call, {upstream} c={connections}: chain on "
                   f"{figures['mreg-on']:.3f} ms, off {figures['mreg-off']:.3f} ms, "
-                  f"on/off {figures['mreg-on'] / figures['mreg-off']:.2f}")
+                  f"on/off {figures['mreg-on'] / figures['mreg-off']:.2f}{extra}")
     for skipped in report["skipped"]:
         print(f"not measured: {skipped['what']} ({skipped['why']})")
     for note in report["notes"]:
