@@ -285,6 +285,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a connection may take to send a request's headers (`MREG_HEADER_TIMEOUT`).
     pub header_timeout: Duration,
+    /// How long an event stream may stay quiet before a comment keeps it alive
+    /// (`MREG_SSE_KEEPALIVE`).
+    pub sse_keepalive: Duration,
     /// Largest accepted REST request body.
     pub max_body_bytes: usize,
     /// Entra ID.
@@ -705,6 +708,9 @@ impl Parser<'_> {
             })?,
             shutdown_grace: self.seconds("MREG_SHUTDOWN_GRACE_SECS", 3600)?,
             header_timeout: self.required("MREG_HEADER_TIMEOUT", |v| {
+                parse_duration(v, Duration::from_secs(1), Duration::from_secs(3600))
+            })?,
+            sse_keepalive: self.required("MREG_SSE_KEEPALIVE", |v| {
                 parse_duration(v, Duration::from_secs(1), Duration::from_secs(3600))
             })?,
             max_body_bytes: self.required("MREG_MAX_BODY_BYTES", |v| match v.parse::<usize>() {

@@ -219,6 +219,13 @@ pub const SETTINGS: &[Setting] = &[
         "How long a connection (either listener) may take to send a request's headers, counted from when it opened or its previous answer ended: slow senders and idle keep-alive connections are closed after it. Streamed answers are not affected.",
     ),
     s(
+        "MREG_SSE_KEEPALIVE",
+        "mcp.sse_keepalive",
+        Some("15s"),
+        false,
+        "An event stream on the MCP listener (the gateway's own or a proxied server's) that stays quiet this long gets a comment line between events, so proxies and load balancers in front of mreg do not cut it.",
+    ),
+    s(
         "MREG_MAX_BODY_BYTES",
         "api.max_body_bytes",
         Some("65536"),

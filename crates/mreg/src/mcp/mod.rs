@@ -4,6 +4,7 @@
 //! the stateless 2026-07-28 protocol (`server/discover`) are answered without one.
 
 pub mod edge;
+mod streams;
 pub mod tools;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub const MAX_MCP_BODY_BYTES: usize = 4 * 1024 * 1024;
 pub fn router(state: AppState, sessions: CancellationToken, shutdown: CancellationToken) -> Router {
     let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.mcp.host);
     let state_cors = state.config.cors_origins.clone();
+    let state_keepalive = state.config.sse_keepalive;
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts.names())
         .with_sse_keep_alive(Some(Duration::from_secs(15)))
@@ -68,37 +70,14 @@ pub fn router(state: AppState, sessions: CancellationToken, shutdown: Cancellati
     }
     router
         .layer(axum::middleware::from_fn_with_state(
-            shutdown,
-            end_streams_on_shutdown,
+            streams::Streams {
+                shutdown,
+                keepalive: state_keepalive,
+            },
+            streams::care,
         ))
         .layer(cors(&state_cors))
         .layer(crate::guard::GuardLayer::new(hosts))
-}
-
-/// Ends the body of a `GET` answered with an event stream when `shutdown` is cancelled: such a
-/// stream carries server-initiated messages and has no end of its own, and clients reconnect.
-async fn end_streams_on_shutdown(
-    axum::extract::State(shutdown): axum::extract::State<CancellationToken>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use futures_util::StreamExt;
-
-    let get = request.method() == axum::http::Method::GET;
-    let response = next.run(request).await;
-    let streaming = response
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !(get && streaming) {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let body = body
-        .into_data_stream()
-        .take_until(shutdown.cancelled_owned());
-    axum::response::Response::from_parts(parts, axum::body::Body::from_stream(body))
 }
 
 /// CORS for MCP clients running in a browser page of an origin on `MREG_CORS_ORIGINS`: preflights

@@ -1033,3 +1033,37 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
         "{calls:?}"
     );
 }
+
+/// A proxied event stream that stays quiet gets a comment line every `MREG_SSE_KEEPALIVE`, so
+/// that proxies in front of mreg do not cut it; the events themselves pass untouched.
+#[tokio::test]
+async fn quiet_event_streams_are_kept_alive_with_comments() {
+    let app = TestApp::spawn_with(&[("MREG_SSE_KEEPALIVE", "1s")]).await;
+    let upstream = Upstream::start(true).await;
+    app.register("quiet", json!({ "url": upstream.url })).await;
+    let session = open_session(&app, "quiet").await;
+    let mut stream = app
+        .http
+        .get(format!("http://{}/servers/quiet/mcp", app.mcp_addr))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("a GET stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let started = Instant::now();
+    let mut received = String::new();
+    while started.elapsed() < Duration::from_millis(2_600) {
+        match tokio::time::timeout(Duration::from_millis(200), stream.chunk()).await {
+            Ok(Ok(Some(chunk))) => received.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(_) => break,
+            Err(_) => {}
+        }
+    }
+    let comments = received.matches(": keep-alive\n\n").count();
+    assert!(
+        (2..=3).contains(&comments),
+        "one comment a second of quiet: {received:?}"
+    );
+}
