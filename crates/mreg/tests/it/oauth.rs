@@ -2381,19 +2381,11 @@ async fn a_revoked_grant_takes_its_cached_access_tokens_with_it() {
 /// which decides revocation; the cache holds only a copy), and a revoked grant stays revoked.
 #[tokio::test]
 async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
-    let Some(redis) = crate::support::redis_available().await else {
+    let Some(crate::support::RedisBehindProxy { proxy, url, prefix }) =
+        crate::support::RedisBehindProxy::start().await
+    else {
         return;
     };
-    let target: std::net::SocketAddr = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .parse()
-        .expect("a socket address");
-    let proxy = crate::support::ChaosProxy::start(target).await;
-    let url = format!("redis://{}", proxy.addr);
-    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
     let Some(s) = setup(&[
         ("MREG_REDIS_URL", url.as_str()),
         ("MREG_REDIS_PREFIX", prefix.as_str()),

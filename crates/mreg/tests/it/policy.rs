@@ -13,7 +13,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use serde_json::{Value, json};
 
 use crate::oauth::{ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, whoami};
-use crate::support::{ChaosProxy, TempDir, TestApp, redis_available};
+use crate::support::{RedisBehindProxy, TempDir, TestApp, redis_available};
 use crate::upstream::Upstream;
 
 /// Tokens for an admin (alice), a user (bob) and someone without roles (carol): delegated
@@ -691,19 +691,9 @@ async fn two_instances_on_one_redis_share_one_budget() {
 
 #[tokio::test]
 async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
-    let Some(redis) = redis_available().await else {
+    let Some(RedisBehindProxy { proxy, url, prefix }) = RedisBehindProxy::start().await else {
         return;
     };
-    let target: std::net::SocketAddr = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .parse()
-        .expect("a socket address");
-    let proxy = ChaosProxy::start(target).await;
-    let url = format!("redis://{}", proxy.addr);
-    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
     let Some(s) = setup(&[
         ("MREG_RATE_LIMIT_PER_MINUTE", "5"),
         ("MREG_REDIS_URL", url.as_str()),
@@ -751,19 +741,9 @@ async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
 /// connections are already live again (no request fails on a stale one).
 #[tokio::test]
 async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
-    let Some(redis) = redis_available().await else {
+    let Some(RedisBehindProxy { proxy, url, prefix }) = RedisBehindProxy::start().await else {
         return;
     };
-    let target: std::net::SocketAddr = redis
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .expect("host:port")
-        .parse()
-        .expect("a socket address");
-    let proxy = ChaosProxy::start(target).await;
-    let url = format!("redis://{}", proxy.addr);
-    let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
     let Some(s) = setup(&[
         ("MREG_RATE_LIMIT_PER_MINUTE", "100000"),
         ("MREG_REDIS_URL", url.as_str()),

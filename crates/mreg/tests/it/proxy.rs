@@ -72,6 +72,21 @@ async fn open_session(app: &TestApp, server: &str) -> String {
     session
 }
 
+/// Opens the server-to-client event stream (`GET`) of a session through the gateway.
+async fn open_stream(app: &TestApp, server: &str, session: &str) -> reqwest::Response {
+    let stream = app
+        .http
+        .get(format!("http://{}/servers/{server}/mcp", app.mcp_addr))
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("a GET stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    stream
+}
+
 /// The audit row of the call of `tool` (waits for the writer, at most 15 s).
 async fn audit_row_of(app: &TestApp, tool: &str) -> mreg::store::audit::AuditRecord {
     let of_tool = |r: &mreg::store::audit::AuditRecord| r.event.tool.as_deref() == Some(tool);
@@ -958,16 +973,7 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
     let upstream = Upstream::start(true).await;
     app.register("slow", json!({ "url": upstream.url })).await;
     let session = open_session(&app, "slow").await;
-    let stream = app
-        .http
-        .get(format!("http://{}/servers/slow/mcp", app.mcp_addr))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .await
-        .expect("a GET stream");
-    assert_eq!(stream.status(), StatusCode::OK);
+    let stream = open_stream(&app, "slow", &session).await;
 
     let client = std::sync::Arc::new(
         connect(
@@ -1042,16 +1048,7 @@ async fn quiet_event_streams_are_kept_alive_with_comments() {
     let upstream = Upstream::start(true).await;
     app.register("quiet", json!({ "url": upstream.url })).await;
     let session = open_session(&app, "quiet").await;
-    let mut stream = app
-        .http
-        .get(format!("http://{}/servers/quiet/mcp", app.mcp_addr))
-        .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .send()
-        .await
-        .expect("a GET stream");
-    assert_eq!(stream.status(), StatusCode::OK);
+    let mut stream = open_stream(&app, "quiet", &session).await;
     let started = Instant::now();
     let mut received = String::new();
     while started.elapsed() < Duration::from_millis(2_600) {

@@ -330,6 +330,36 @@ pub fn assert_error(body: &Value, code: &str) {
     );
 }
 
+/// The local Redis behind a [`ChaosProxy`], with a key prefix of its own.
+pub struct RedisBehindProxy {
+    /// The proxy, to cut, partition and restore.
+    pub proxy: ChaosProxy,
+    /// `redis://` URL of the proxy.
+    pub url: String,
+    /// A fresh `MREG_REDIS_PREFIX`.
+    pub prefix: String,
+}
+
+impl RedisBehindProxy {
+    /// Starts the proxy, or `None` when Redis is not available (the test is skipped, loudly).
+    pub async fn start() -> Option<Self> {
+        let redis = redis_available().await?;
+        let target: SocketAddr = redis
+            .trim_start_matches("redis://")
+            .split('/')
+            .next()
+            .expect("host:port")
+            .parse()
+            .expect("a socket address");
+        let proxy = ChaosProxy::start(target).await;
+        Some(Self {
+            url: format!("redis://{}", proxy.addr),
+            prefix: format!("mreg-test-{}:", uuid::Uuid::new_v4().simple()),
+            proxy,
+        })
+    }
+}
+
 /// A TCP proxy in front of `target` that a test can cut (closing every connection and refusing
 /// new ones), partition (holding every connection open and silent, and new ones too, as a
 /// network that drops packets does) and restore.
