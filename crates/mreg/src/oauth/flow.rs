@@ -447,16 +447,45 @@ impl OAuth {
 
     /// Revokes grant `id`: its refresh token is refused from now on, and so are the access
     /// tokens issued from it (their `gid`), through a marker in the shared cache that lives as
-    /// long as any of them can.
-    async fn end_grant(&self, id: &str, now: i64) {
+    /// long as any of them can; and in the database, which decides while the cache is down.
+    /// Returns whether the database recorded it.
+    async fn end_grant(&self, id: &str, now: i64) -> bool {
         let ttl = self.access_ttl + self.skew + std::time::Duration::from_secs(60);
-        if let Err(e) = self.cache.set(&grant_revoked_key(id), b"1", ttl).await {
-            tracing::error!(error = %e, grant = %id, "cannot mark the grant revoked; its access tokens stay valid until they expire");
-        }
-        if let Err(e) = self.store.revoke_grant(id, now).await {
-            tracing::error!(error = %e, grant = %id, "cannot revoke the grant in the database");
+        mark_until_done(self.cache.clone(), grant_revoked_key(id), ttl).await;
+        match self.store.revoke_grant(id, now).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, grant = %id, "cannot revoke the grant in the database");
+                false
+            }
         }
     }
+}
+
+/// Sets the revocation marker `key` in the cache for `ttl`. When the cache does not answer, keeps
+/// trying in the background (every second, for as long as the marker would live), so that once
+/// it is back every replica sees the revocation — meanwhile the database decides. Returns
+/// whether the marker was set at once.
+async fn mark_until_done(
+    cache: Arc<dyn domain::Cache>,
+    key: String,
+    ttl: std::time::Duration,
+) -> bool {
+    if cache.set(&key, b"1", ttl).await.is_ok() {
+        return true;
+    }
+    tracing::warn!("the cache does not answer: a revocation marker is set once it is back");
+    let until = std::time::Instant::now() + ttl;
+    tokio::spawn(async move {
+        while std::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || cache.set(&key, b"1", left).await.is_ok() {
+                return;
+            }
+        }
+    });
+    false
 }
 
 // ---------------------------------------------------------------- /register
@@ -1480,15 +1509,32 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
     {
         let left = (claims.exp - now).max(0) as u64 + oauth.skew.as_secs() + 1;
         let ttl = std::time::Duration::from_secs(left);
-        let _ = oauth
-            .cache
-            .set(&format!("oauth:revoked:{}", claims.jti), b"1", ttl)
-            .await;
+        let marked = mark_until_done(
+            oauth.cache.clone(),
+            format!("oauth:revoked:{}", claims.jti),
+            ttl,
+        )
+        .await;
         let _ = oauth
             .cache
             .delete(&format!("auth:token:{}", sha256_hex(token)))
             .await;
-        tracing::info!(jti = %claims.jti, client_id, "access token revoked");
+        // The grant it was issued from ends too (RFC 7009 §2.1 allows it): the database keeps
+        // that decision, so the token stays refused while the cache is down, where its own
+        // marker lives.
+        let ended = match claims.gid.as_deref() {
+            Some(grant) => oauth.end_grant(grant, now).await,
+            None => false,
+        };
+        if !marked && !ended {
+            // Nothing was recorded: say so (RFC 7009 §2.2.1) rather than answer 200.
+            return token_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the revocation cannot be recorded now; try again",
+            );
+        }
+        tracing::info!(jti = %claims.jti, client_id, "access token revoked, and its grant");
     }
     let mut response = StatusCode::OK.into_response();
     response

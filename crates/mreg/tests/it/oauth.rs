@@ -2399,8 +2399,33 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
     let kept = kept["access_token"].as_str().expect("access").to_owned();
     let revoked = flow.tokens("bob").await;
     let revoked_access = revoked["access_token"].as_str().expect("access").to_owned();
-    assert_eq!(whoami(&s.app, &kept).await.0, StatusCode::OK);
-    assert_eq!(whoami(&s.app, &revoked_access).await.0, StatusCode::OK);
+    // An access token revoked by itself (its jti is marked in the cache alone, and its grant
+    // ends in the database), and one revoked while the cache is down.
+    let by_itself = flow.tokens("bob").await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    let during = flow.tokens("bob").await["access_token"]
+        .as_str()
+        .expect("access")
+        .to_owned();
+    for token in [&kept, &revoked_access, &by_itself, &during] {
+        assert_eq!(whoami(&s.app, token).await.0, StatusCode::OK);
+    }
+    let revoke = |token: String| {
+        let http = flow.http.clone();
+        let url = format!("{}/revoke", s.mcp);
+        let client_id = flow.client_id.clone();
+        async move {
+            http.post(url)
+                .form(&[("token", token.as_str()), ("client_id", client_id.as_str())])
+                .send()
+                .await
+                .expect("revoke")
+                .status()
+        }
+    };
+    assert_eq!(revoke(by_itself.clone()).await, StatusCode::OK);
     let reply = flow
         .http
         .post(format!("{}/revoke", s.mcp))
@@ -2414,10 +2439,18 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
     assert_eq!(reply.status(), StatusCode::OK);
 
     proxy.cut();
+    assert_eq!(
+        revoke(during.clone()).await,
+        StatusCode::OK,
+        "recorded in the database"
+    );
     for _ in 0..3 {
         let (status, _, body) = whoami(&s.app, &kept).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["subject"], ALICE_OID, "{body}");
+        for token in [&by_itself, &during] {
+            assert_eq!(whoami(&s.app, token).await.0, StatusCode::UNAUTHORIZED);
+        }
         let (status, headers, _) = whoami(&s.app, &revoked_access).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(
@@ -2429,6 +2462,21 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
         );
     }
     proxy.restore();
+    // Once the cache answers again (its markers decide again, on every replica), the tokens
+    // revoked while it was down stay refused: their markers were set when it came back.
+    let back = std::time::Instant::now();
+    while s.app.get("/readyz").await.0 != StatusCode::OK {
+        assert!(
+            back.elapsed() < std::time::Duration::from_secs(5),
+            "Redis is back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    for token in [&by_itself, &during] {
+        assert_eq!(whoami(&s.app, token).await.0, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(whoami(&s.app, &kept).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
