@@ -65,9 +65,10 @@ async fn bind(
 /// Serves `router` on `listener` until `token` is cancelled, then drains for at most `grace`.
 ///
 /// A connection must send each request's headers within `header_timeout`, counted from when it
-/// opened or its previous answer ended: a client that trickles headers (slowloris) or keeps an
-/// idle keep-alive connection open is disconnected then, so held connections are bounded by
-/// time, not only by the file-descriptor limit. A streamed answer (SSE) is not affected.
+/// opened or its previous answer ended, and no gap between the bytes of a request body may be
+/// longer: a client that trickles headers or a body (slowloris) or keeps an idle keep-alive
+/// connection open is disconnected then, so held connections are bounded by time, not only by
+/// the file-descriptor limit. A streamed answer (SSE) is not affected.
 async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -79,6 +80,11 @@ async fn serve(
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
+    // A request body must keep coming too: no gap between its bytes longer than the same limit
+    // (a client that sends headers and then trickles, or stops, its body is cut off).
+    let router = router.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+        header_timeout,
+    ));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -216,7 +216,7 @@ pub const SETTINGS: &[Setting] = &[
         "api.header_timeout",
         Some("20s"),
         false,
-        "How long a connection (either listener) may take to send a request's headers, counted from when it opened or its previous answer ended: slow senders and idle keep-alive connections are closed after it. Streamed answers are not affected.",
+        "How long a connection (either listener) may take to send a request's headers, counted from when it opened or its previous answer ended, and the longest gap between the bytes of a request body: slow senders and idle keep-alive connections are closed after it. Streamed answers are not affected.",
     ),
     s(
         "MREG_SSE_KEEPALIVE",

@@ -850,6 +850,39 @@ async fn slow_headers_and_idle_connections_are_closed_but_long_answers_are_not()
         assert!(idle.elapsed() >= Duration::from_millis(900), "{addr}");
     }
 
+    // Headers, then a body that never comes: answered (not run) and closed after the limit.
+    for (addr, path) in [
+        (app.addr, "/api/v1/servers"),
+        (app.mcp_addr, "/mcp"),
+        (app.mcp_addr, "/servers/none/mcp"),
+    ] {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        tcp.write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                 Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{{"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+            .await
+            .expect("closed within 5 s")
+            .ok();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(900), "{path}: {took:?}");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 4"),
+            "{path}: {answer}"
+        );
+    }
+    let (_, listed) = app.get("/api/v1/servers").await;
+    assert_eq!(listed["servers"], json!([]), "nothing ran");
+
     // A proxied tool call answering over SSE for about 2.4 s, with progress on the way, and a
     // tool that sleeps 2 s: both complete.
     let upstream = crate::upstream::Upstream::start(true).await;
