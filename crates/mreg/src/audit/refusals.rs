@@ -1,7 +1,7 @@
 //! Repeated rate-limit refusals of one caller, folded into one row per window. A client that
 //! keeps retrying past its budget would otherwise write a row per refusal — 116,000 in a minute
-//! grew a SQLite file by 70 MB. The first refusal of a caller (and operation) in a window is
-//! written as it is;
+//! grew a SQLite file by 70 MB. The first refusal of a caller for an operation (server, tool) in
+//! a window is written as it is;
 //! the next ones in that window are counted, and when the window ends (or mreg stops) one more
 //! row records how many there were and between which times. Nothing is dropped: every refusal is
 //! in a row or in a count.
@@ -60,12 +60,16 @@ impl Refusals {
         if self.window.is_zero() || event.decision != decision::RATE_LIMITED {
             return true;
         }
+        // What was asked for is part of the key: refusals of other servers or tools are rows
+        // of their own, so the log still shows everything a caller went after.
         let key = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}",
+            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
             event.actor_tenant.as_deref().unwrap_or_default(),
             event.actor_subject,
             event.actor_client_id.as_deref().unwrap_or_default(),
-            event.operation
+            event.operation,
+            event.server.as_deref().unwrap_or_default(),
+            event.tool.as_deref().unwrap_or_default(),
         );
         let now = Instant::now();
         let mut open = self.lock();
@@ -187,6 +191,9 @@ mod tests {
         for at in 3..10 {
             assert!(!refusals.write(&refusal("a", at)));
         }
+        let mut other_tool = refusal("a", 10);
+        other_tool.tool = Some("delete_everything".to_owned());
+        assert!(refusals.write(&other_tool), "another tool is a row of its own");
         let mut allowed = refusal("a", 11);
         allowed.decision = decision::ALLOW.to_owned();
         assert!(refusals.write(&allowed), "only refusals are folded");
