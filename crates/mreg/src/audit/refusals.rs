@@ -193,7 +193,10 @@ mod tests {
         }
         let mut other_tool = refusal("a", 10);
         other_tool.tool = Some("delete_everything".to_owned());
-        assert!(refusals.write(&other_tool), "another tool is a row of its own");
+        assert!(
+            refusals.write(&other_tool),
+            "another tool is a row of its own"
+        );
         let mut allowed = refusal("a", 11);
         allowed.decision = decision::ALLOW.to_owned();
         assert!(refusals.write(&allowed), "only refusals are folded");

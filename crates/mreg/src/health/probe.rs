@@ -343,6 +343,44 @@ fn sse_answer(text: &str, id: &Value) -> Option<Value> {
         .find(|m| rpc::is_response_to(m, id))
 }
 
+/// Text an upstream chose (an error it answered), as mreg may show it to anyone who may see the
+/// server: a stored credential value it repeats (servers often echo a rejected key) is masked,
+/// and control characters — terminal escape sequences among them — become `\u{fffd}`.
+fn upstream_text(text: &str, credentials: Option<&UpstreamHeaders>) -> String {
+    let mut text = text.to_owned();
+    for (_, value) in credentials.into_iter().flat_map(UpstreamHeaders::iter) {
+        // Also the value without a scheme word (`Bearer sk-…` echoed as `sk-…`).
+        let secret = value.rsplit(' ').next().unwrap_or(value);
+        for needle in [value, secret] {
+            if needle.len() >= 4 {
+                text = text.replace(needle, "[redacted]");
+            }
+        }
+    }
+    printable(&text)
+}
+
+/// `text` with control characters (but for tab and newline) replaced by `\u{fffd}`.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A tool as its server describes it, with no control characters in the text people read.
+fn printable_tool(mut tool: ToolInfo) -> ToolInfo {
+    tool.name = printable(&tool.name);
+    tool.title = tool.title.as_deref().map(printable);
+    tool.description = printable(&tool.description);
+    tool
+}
+
 /// Probes `server` within `timeout`.
 pub async fn probe(
     http: &reqwest::Client,
@@ -364,11 +402,11 @@ pub async fn probe(
             detail: None,
             latency,
             protocol_version: Some(version),
-            tools,
+            tools: tools.map(|tools| tools.into_iter().map(printable_tool).collect()),
         },
         Ok(Err(failure)) => ProbeReport {
             outcome: failure.outcome,
-            detail: Some(failure.detail),
+            detail: Some(upstream_text(&failure.detail, credentials)),
             latency,
             protocol_version: None,
             tools: None,
@@ -386,6 +424,35 @@ pub async fn probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_text_masks_stored_credentials_and_control_characters() {
+        let headers = UpstreamHeaders::parse(
+            [
+                ("x-api-key".to_owned(), "sk-live-123456".to_owned()),
+                ("authorization".to_owned(), "Bearer tok-abcdef".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        )
+        .expect("headers");
+        let text = "invalid API key 'sk-live-123456', token tok-abcdef\u{1b}[2J\u{7}\r";
+        let shown = upstream_text(text, Some(&headers));
+        assert!(
+            !shown.contains("sk-live") && !shown.contains("tok-abcdef"),
+            "{shown}"
+        );
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown:?}");
+        assert!(shown.contains("invalid API key '[redacted]'"), "{shown}");
+        let tool = printable_tool(ToolInfo {
+            name: "t".to_owned(),
+            title: Some("\u{1b}]52;c;x\u{7}".to_owned()),
+            description: "ok\u{1b}[2J".to_owned(),
+            input_schema: json!({}),
+        });
+        assert!(!tool.description.contains('\u{1b}'));
+        assert!(!tool.title.unwrap_or_default().contains('\u{1b}'));
+    }
 
     #[test]
     fn the_answer_is_found_among_other_events() {
