@@ -199,6 +199,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         (crate::audit::Auditor::off(), None)
     };
     let metrics = Metrics::new();
+    // Server names are private to their tenant with authentication on; `/metrics` answers anyone.
+    metrics.per_server(
+        config
+            .metrics_per_server
+            .unwrap_or(config.auth.mode == AuthMode::None),
+    );
     let limits = Arc::new(crate::policy::limits::Limits::default());
     let oauth = match (
         auth,

@@ -94,6 +94,8 @@ pub struct Metrics {
     server_errors: Family<CallLabels, Counter>,
     server_latency: Family<CallLabels, Histogram>,
     seen: Arc<Mutex<Seen>>,
+    /// Whether per-server series are kept (see [`Metrics::per_server`]).
+    per_server: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Default for Metrics {
@@ -167,6 +169,7 @@ impl Metrics {
             server_errors,
             server_latency,
             seen: Arc::new(Mutex::new(Seen::default())),
+            per_server: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }
 
@@ -205,8 +208,33 @@ impl Metrics {
         (server, tool)
     }
 
+    /// Whether per-server series (health, calls, errors, latency by server and tool) are kept.
+    /// Server names are private to their tenant with authentication on, and `/metrics` answers
+    /// anyone: then they are off unless the operator says otherwise (`MREG_METRICS_PER_SERVER`).
+    pub fn per_server(&self, on: bool) {
+        self.per_server
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn keeps_servers(&self) -> bool {
+        self.per_server.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops the health series of a deleted server.
+    pub fn forget_server(&self, server: &str) {
+        for state in ["healthy", "degraded", "unhealthy", "unknown"] {
+            self.server_health.remove(&HealthLabels {
+                server: server.to_owned(),
+                state,
+            });
+        }
+    }
+
     /// Records the health `state` (`healthy`, `degraded`, `unhealthy`, `unknown`) of `server`.
     pub fn server_health(&self, server: &str, state: &'static str) {
+        if !self.keeps_servers() {
+            return;
+        }
         let (server, _) = self.bounded(server, None);
         for candidate in ["healthy", "degraded", "unhealthy", "unknown"] {
             self.server_health
@@ -228,6 +256,9 @@ impl Metrics {
         outcome: &str,
         elapsed: Duration,
     ) {
+        if !self.keeps_servers() {
+            return;
+        }
         let (server, tool) = self.bounded(server, tool);
         let method = METHODS.iter().find(|m| **m == method).copied().unwrap_or(
             if method.starts_with("notifications/") {

@@ -285,6 +285,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a connection may take to send a request's headers (`MREG_HEADER_TIMEOUT`).
     pub header_timeout: Duration,
+    /// Whether `/metrics` has per-server series (`MREG_METRICS_PER_SERVER`); unset: only with
+    /// authentication off.
+    pub metrics_per_server: Option<bool>,
     /// How long an event stream may stay quiet before a comment keeps it alive
     /// (`MREG_SSE_KEEPALIVE`).
     pub sse_keepalive: Duration,
@@ -710,6 +713,7 @@ impl Parser<'_> {
             header_timeout: self.required("MREG_HEADER_TIMEOUT", |v| {
                 parse_duration(v, Duration::from_secs(1), Duration::from_secs(3600))
             })?,
+            metrics_per_server: self.parse("MREG_METRICS_PER_SERVER", parse_bool)?,
             sse_keepalive: self.required("MREG_SSE_KEEPALIVE", |v| {
                 parse_duration(v, Duration::from_secs(1), Duration::from_secs(3600))
             })?,

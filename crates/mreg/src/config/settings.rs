@@ -219,6 +219,13 @@ pub const SETTINGS: &[Setting] = &[
         "How long a connection (either listener) may take to send a request's headers, counted from when it opened or its previous answer ended, and the longest gap between the bytes of a request body: slow senders and idle keep-alive connections are closed after it. Streamed answers are not affected.",
     ),
     s(
+        "MREG_METRICS_PER_SERVER",
+        "metrics.per_server",
+        None,
+        false,
+        "Whether /metrics has per-server series (health, calls, errors, latency by server and tool). Unset: only with authentication off — with it on, server names are private to their tenant and /metrics answers anyone.",
+    ),
+    s(
         "MREG_SSE_KEEPALIVE",
         "mcp.sse_keepalive",
         Some("15s"),

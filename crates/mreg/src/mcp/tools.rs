@@ -248,6 +248,7 @@ impl RegistryTools {
                     .registry
                     .delete(&caller, &visibility, &args.name)
                     .await?;
+                self.state.metrics.forget_server(&args.name);
                 Ok(success(
                     format!("Removed server '{}'", args.name),
                     &json!({ "deleted": args.name }),

@@ -132,15 +132,18 @@ pub async fn handle(
     };
     entry.target(None, Some(&name));
     let response = proxy(&state, &caller, &name, request, &mut entry).await;
-    // The per-server metrics count what the audit row records, when it is completed.
-    let (metrics, method, tool) = (
-        state.metrics.clone(),
-        entry.operation_name().to_owned(),
-        entry.tool().map(str::to_owned),
-    );
-    entry.observe(move |outcome, elapsed| {
-        metrics.server_call(&name, &method, tool.as_deref(), outcome, elapsed);
-    });
+    // The per-server metrics count what the audit row records, when it is completed — for
+    // registered servers the caller may see only: a name nobody registered makes no series.
+    if response.extensions().get::<Known>().is_some() {
+        let (metrics, method, tool) = (
+            state.metrics.clone(),
+            entry.operation_name().to_owned(),
+            entry.tool().map(str::to_owned),
+        );
+        entry.observe(move |outcome, elapsed| {
+            metrics.server_call(&name, &method, tool.as_deref(), outcome, elapsed);
+        });
+    }
     let failure = response.extensions().get::<rpc::Failure>();
     if let (None, Some(outcome)) = (failure, response.extensions().get::<rpc::StreamOutcome>()) {
         // A streamed answer: the row is completed when the stream ends (or cancelled, when the
@@ -206,7 +209,7 @@ async fn proxy(
     request: Request,
     entry: &mut crate::audit::Entry,
 ) -> Response {
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     // What the edge read of the message names the row from the start, so that a request refused
     // before it is forwarded (unknown, disabled or unhealthy server) keeps its JSON-RPC method.
     if let Some(crate::mcp::edge::Peeked(Ok(call))) = parts.extensions.get() {
@@ -232,8 +235,7 @@ async fn proxy(
             );
         }
     };
-    let server = &route.server;
-    if !crate::policy::visibility(state, caller).allows(server) {
+    if !crate::policy::visibility(state, caller).allows(&route.server) {
         return rpc::error(
             StatusCode::NOT_FOUND,
             None,
@@ -241,6 +243,27 @@ async fn proxy(
             format!("no server named '{name}' is registered"),
         );
     }
+    // From here on the server is one the caller may see: its calls are counted per server.
+    let mut response = forward_to(state, caller, name, parts, body, entry, &route).await;
+    response.extensions_mut().insert(Known);
+    response
+}
+
+/// A response about a registered server the caller may see (see [`handle`]).
+#[derive(Clone, Copy)]
+struct Known;
+
+/// The rest of [`proxy`], once the server is known and visible.
+async fn forward_to(
+    state: &AppState,
+    caller: &std::sync::Arc<domain::Principal>,
+    name: &str,
+    mut parts: axum::http::request::Parts,
+    body: Body,
+    entry: &mut crate::audit::Entry,
+    route: &domain::Route,
+) -> Response {
+    let server = &route.server;
     if let Err(e) = crate::health::ensure_reachable(state, server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,

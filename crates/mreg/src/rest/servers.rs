@@ -250,5 +250,6 @@ async fn delete_server(
         .registry
         .delete(&caller, &crate::policy::visibility(&state, &caller), &name)
         .await?;
+    state.metrics.forget_server(&name);
     Ok(StatusCode::NO_CONTENT)
 }

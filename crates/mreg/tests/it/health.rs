@@ -701,5 +701,29 @@ async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_t
         .ends_with(" 1"),
         "{metrics}"
     );
+
+    // A name nobody registered makes no series, whoever calls it; a deleted server's health
+    // series goes with it.
+    let unknown = app
+        .http
+        .post(format!("http://{}/servers/nosuch/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "secret_tool", "arguments": {}}}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+    let (status, _) = app.delete("/api/v1/servers/metered").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let metrics = app.metrics().await;
+    assert!(
+        !metrics.contains(r#"server="nosuch""#) && !metrics.contains("secret_tool"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"mreg_server_health{server="metered""#),
+        "{metrics}"
+    );
     app.stop().await;
 }

@@ -900,6 +900,11 @@ async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "the probe fills the tool catalog");
+    // /metrics answers anyone: with authentication on it names no server (names are private
+    // to their tenant) unless the operator asks for per-server series.
+    let metrics = s.app.metrics().await;
+    assert!(metrics.contains("mreg_http_requests"), "{metrics}");
+    assert!(!metrics.contains("contoso-only"), "{metrics}");
 
     // The other tenant's admin sees nothing of it, through any API.
     let (_, _, list) = rest(&s.app, reqwest::Method::GET, "/api/v1/servers", &dave, None).await;
