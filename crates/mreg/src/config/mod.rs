@@ -552,6 +552,22 @@ impl Parser<'_> {
                 "is required with authentication on (or MREG_ENCRYPTION_KEY_FILE): the key seals the token-signing keys, and one generated into the database would open for anyone who can read it; make one with `openssl rand -base64 32` and keep it outside the database",
             ));
         }
+        if config.auth.mode == AuthMode::OAuth
+            && config.public_url.is_none()
+            && config
+                .mcp
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+        {
+            return Err(self.error(
+                "MREG_PUBLIC_URL",
+                format!(
+                    "is required when the MCP listener binds every address ('{}') with authentication on: clients, the sign-in redirect and the token issuer need the address they reach mreg at (e.g. https://mreg.example.com), not http://{}:{}",
+                    config.mcp.host, config.mcp.host, config.mcp.port
+                ),
+            ));
+        }
         if config.auth.mode == AuthMode::None {
             for (listen, env) in [
                 (&config.api, "MREG_API_HOST"),

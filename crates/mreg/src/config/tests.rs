@@ -359,3 +359,25 @@ fn provider_and_public_urls_need_https_off_loopback() {
     assert!(oidc("https://idp.example.com/realms/x").is_ok());
     assert!(oidc("http://127.0.0.1:9000/realms/x").is_ok());
 }
+
+#[test]
+fn a_wildcard_bind_with_authentication_needs_the_public_url() {
+    let client = "835f09b6-0f0f-40cc-85cb-f32c5829a149";
+    let entra = [
+        ("AZURE_TENANT_ID", "9188040d-6c67-4c5b-b112-36a304b66dad"),
+        ("AZURE_CLIENT_ID", client),
+        ("AZURE_CLIENT_SECRET", "s3cret"),
+        ("MREG_ENCRYPTION_KEY", TEST_KEY),
+    ];
+    let mut settings = entra.to_vec();
+    settings.push(("FASTMCP_SERVER_HOST", "0.0.0.0"));
+    let err = parse(&settings).expect_err("clients would be sent to 0.0.0.0");
+    assert_eq!(err.setting, "MREG_PUBLIC_URL");
+    assert!(err.to_string().contains("0.0.0.0"), "{err}");
+    settings.push(("MREG_PUBLIC_URL", "https://mreg.example.com"));
+    let config = parse(&settings).expect("with the public URL");
+    assert_eq!(
+        config.public_url.map(|u| u.to_string()),
+        Some("https://mreg.example.com/".to_owned())
+    );
+}
