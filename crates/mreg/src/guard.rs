@@ -56,8 +56,36 @@ impl Hosts {
         self.0.contains(&host)
     }
 
-    /// Why `headers` are refused, if they are.
-    fn refuses(&self, headers: &HeaderMap) -> Option<String> {
+    /// Why a request is refused, if it is, and with which status: 400 for a request that names
+    /// its host or origin more than once (RFC 9112 §3.2: which one would count is ambiguous),
+    /// 403 for a foreign one.
+    fn refuses(&self, uri: &axum::http::Uri, headers: &HeaderMap) -> Option<(StatusCode, String)> {
+        for name in [header::HOST, header::ORIGIN] {
+            if headers.get_all(&name).iter().nth(1).is_some() {
+                return Some((
+                    StatusCode::BAD_REQUEST,
+                    format!("the request has more than one {name} header"),
+                ));
+            }
+        }
+        // A request target in absolute form names the host that counts (RFC 9112 §3.2.2).
+        if let Some(authority) = uri.authority()
+            && !self.allows(host_of_authority(authority.as_str()))
+        {
+            return Some((
+                StatusCode::FORBIDDEN,
+                format!(
+                    "'{}' is not a name of this gateway (set MREG_PUBLIC_URL or MREG_ALLOWED_HOSTS)",
+                    printable(authority.as_str())
+                ),
+            ));
+        }
+        self.refuses_headers(headers)
+            .map(|why| (StatusCode::FORBIDDEN, why))
+    }
+
+    /// Why `headers` (`Host`, `Origin`) are refused, if they are.
+    fn refuses_headers(&self, headers: &HeaderMap) -> Option<String> {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         match host {
             None => return Some("the request names no Host".to_owned()),
@@ -156,27 +184,33 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        match self.hosts.refuses(request.headers()) {
+        match self.hosts.refuses(request.uri(), request.headers()) {
             None => Either::Left(self.inner.call(request)),
-            Some(why) => {
+            Some((status, why)) => {
                 tracing::info!(reason = %why, path = %request.uri().path(), "request refused by the host guard");
-                Either::Right(ready(Ok(refusal(request.uri().path(), why))))
+                Either::Right(ready(Ok(refusal(request.uri().path(), status, why))))
             }
         }
     }
 }
 
-/// 403, as a JSON-RPC error on the MCP routes and as the REST error elsewhere.
-fn refusal(path: &str, why: String) -> Response {
+/// A refusal (`status`), as a JSON-RPC error on the MCP routes and as the REST error elsewhere.
+fn refusal(path: &str, status: StatusCode, why: String) -> Response {
+    let forbidden = status == StatusCode::FORBIDDEN;
     if path == "/mcp" || path.starts_with("/mcp/") || path.starts_with("/servers/") {
-        return crate::proxy::rpc::error(
-            StatusCode::FORBIDDEN,
-            None,
-            crate::proxy::rpc::FORBIDDEN,
-            why,
-        );
+        let code = if forbidden {
+            crate::proxy::rpc::FORBIDDEN
+        } else {
+            crate::proxy::rpc::INVALID_REQUEST
+        };
+        return crate::proxy::rpc::error(status, None, code, why);
     }
-    crate::rest::error::ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response()
+    let error = if forbidden {
+        "forbidden"
+    } else {
+        "bad_request"
+    };
+    crate::rest::error::ApiError::new(status, error, why).into_response()
 }
 
 #[cfg(test)]
@@ -212,7 +246,7 @@ mod tests {
         ] {
             let mut map = HeaderMap::new();
             map.insert(header::HOST, HeaderValue::from_str(host).expect("value"));
-            assert_eq!(hosts().refuses(&map), None, "{host}");
+            assert_eq!(hosts().refuses_headers(&map), None, "{host}");
         }
     }
 
@@ -229,10 +263,10 @@ mod tests {
             headers(&[("host", "127.0.0.1:8000"), ("origin", "null")]),
             headers(&[("host", "127.0.0.1:8000"), ("origin", "file://localhost")]),
         ] {
-            assert!(hosts().refuses(&refused).is_some(), "{refused:?}");
+            assert!(hosts().refuses_headers(&refused).is_some(), "{refused:?}");
         }
         assert_eq!(
-            hosts().refuses(&headers(&[
+            hosts().refuses_headers(&headers(&[
                 ("host", "127.0.0.1:8000"),
                 ("origin", "http://localhost:6274")
             ])),
@@ -240,7 +274,7 @@ mod tests {
             "a page served from loopback (a local inspector) may call"
         );
         assert_eq!(
-            hosts().refuses(&headers(&[
+            hosts().refuses_headers(&headers(&[
                 ("host", "gw.example.com"),
                 ("origin", "https://inspector.example.com")
             ])),
@@ -249,11 +283,41 @@ mod tests {
         );
         assert!(
             hosts()
-                .refuses(&headers(&[
+                .refuses_headers(&headers(&[
                     ("host", "gw.example.com"),
                     ("origin", "https://inspector.example.com.evil.net")
                 ]))
                 .is_some()
         );
+    }
+
+    #[test]
+    fn two_hosts_or_origins_are_a_bad_request_and_an_absolute_target_must_be_ours() {
+        let root: axum::http::Uri = "/healthz".parse().expect("uri");
+        let mut two = HeaderMap::new();
+        two.append(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        two.append(header::HOST, HeaderValue::from_static("evil.example"));
+        let (status, why) = hosts().refuses(&root, &two).expect("refused");
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(why.contains("more than one host"), "{why}");
+        let mut origins = headers(&[("host", "127.0.0.1")]);
+        origins.append(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1"));
+        origins.append(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert_eq!(
+            hosts().refuses(&root, &origins).map(|r| r.0),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let ours = headers(&[("host", "127.0.0.1")]);
+        let foreign: axum::http::Uri = "http://evil.example/healthz".parse().expect("uri");
+        assert_eq!(
+            hosts().refuses(&foreign, &ours).map(|r| r.0),
+            Some(StatusCode::FORBIDDEN)
+        );
+        let own: axum::http::Uri = "http://gw.example.com/healthz".parse().expect("uri");
+        assert_eq!(hosts().refuses(&own, &ours), None);
+        assert_eq!(hosts().refuses(&root, &ours), None);
     }
 }

@@ -739,6 +739,28 @@ async fn foreign_hosts_and_origins_are_refused_on_every_listener_and_route() {
             "{host} {origin:?}"
         );
     }
+    // Raw requests a browser cannot send but a proxy in front might pass: two Host headers
+    // (400), or an absolute request target naming another host (403), on both listeners.
+    for addr in [app.addr, app.mcp_addr] {
+        for (raw, status) in [
+            (
+                "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+                "HTTP/1.1 400",
+            ),
+            (
+                "GET http://evil.example/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+                "HTTP/1.1 403",
+            ),
+        ] {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            tcp.write_all(raw.as_bytes()).await.expect("write");
+            let mut answer = vec![0_u8; 1024];
+            let n = tcp.read(&mut answer).await.expect("read");
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with(status), "{addr} {raw:?}: {answer}");
+        }
+    }
     app.stop().await;
 }
 
