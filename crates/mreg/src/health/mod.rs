@@ -33,6 +33,8 @@ pub struct HealthBoard {
     statuses: Arc<RwLock<HashMap<Uuid, HealthStatus>>>,
     /// When traffic last made this instance probe an unhealthy server.
     retried: Arc<std::sync::Mutex<HashMap<Uuid, std::time::Instant>>>,
+    /// One lock per server for probes callers ask for: concurrent requests share one probe.
+    on_demand: Arc<std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 /// How often traffic to an unhealthy server may trigger a probe of it.
@@ -51,6 +53,19 @@ impl HealthBoard {
         if let Ok(mut map) = self.statuses.write() {
             map.insert(server, status);
         }
+    }
+
+    /// The lock of the probes callers ask for on `server` (`POST …/health/check`): whoever
+    /// takes it at once probes; whoever finds it taken waits for that probe and shares its
+    /// result, so a burst of requests makes one probe, not one each.
+    pub fn on_demand(&self, server: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let Ok(mut locks) = self.on_demand.lock() else {
+            return Arc::new(tokio::sync::Mutex::new(()));
+        };
+        if locks.len() > 10_000 {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        locks.entry(server).or_default().clone()
     }
 
     /// Whether traffic may trigger a probe of `server` now (at most every [`RETRY_EVERY`]).

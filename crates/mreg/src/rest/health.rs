@@ -88,7 +88,22 @@ async fn check_server(
 ) -> Result<axum::Json<HealthReport>, ApiError> {
     let visibility = crate::policy::visibility(&state, &caller);
     let server = state.registry.get_visible(&name, &visibility).await?;
-    health::check_now(&state, &server).await?;
+    if server.status == domain::ServerStatus::Disabled {
+        return Err(domain::Error::invalid(
+            "status",
+            format!("server '{name}' is disabled, so it is not probed; enable it first"),
+        )
+        .into());
+    }
+    // One probe per server at a time, however many callers ask at once: those who find one
+    // running wait for it and get its result.
+    let lock = state.health_board.on_demand(server.id);
+    match lock.try_lock() {
+        Ok(_probing) => {
+            health::check_now(&state, &server).await?;
+        }
+        Err(_) => drop(lock.lock().await),
+    }
     Ok(axum::Json(health::report(&state, &server, 24).await?))
 }
 

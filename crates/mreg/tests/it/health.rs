@@ -727,3 +727,69 @@ async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_t
     );
     app.stop().await;
 }
+
+/// Probes on demand: a burst of concurrent `POST …/health/check` makes one probe (the others wait
+/// for it and share its result), and a disabled server is not probed at all.
+#[tokio::test]
+async fn a_burst_of_checks_makes_one_probe_and_a_disabled_server_none() {
+    let app = std::sync::Arc::new(TestApp::spawn_with(&[("MREG_HEALTH_ENABLED", "false")]).await);
+    let upstream = Upstream::start(false).await;
+    app.register("burst", json!({ "url": upstream.url })).await;
+    let mut checks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let app = app.clone();
+        checks.spawn(async move {
+            app.post("/api/v1/servers/burst/health/check", json!({}))
+                .await
+                .0
+        });
+    }
+    while let Some(status) = checks.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::OK);
+    }
+    // Every request a probe makes (discover or initialize, then tools/list) is a POST.
+    let posts = || -> usize {
+        upstream
+            .requests
+            .lock()
+            .map(|counts| {
+                counts
+                    .iter()
+                    .filter(|(key, _)| key.starts_with("POST"))
+                    .map(|(_, n)| *n)
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let one = {
+        let before = posts();
+        let (status, _) = app
+            .post("/api/v1/servers/burst/health/check", json!({}))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        posts() - before
+    };
+    let probes = (posts() - one) / one.max(1);
+    assert!(
+        (1..=6).contains(&probes),
+        "20 concurrent checks made {probes} probes ({one} requests each)"
+    );
+
+    let (status, body) = app
+        .patch("/api/v1/servers/burst", json!({ "status": "disabled" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = posts();
+    let (status, body) = app
+        .post("/api/v1/servers/burst/health/check", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disabled")),
+        "{body}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(posts(), before, "no request reached the disabled server");
+}
