@@ -328,7 +328,9 @@ impl Egress {
         };
         for addr in addrs {
             if let Some(why) = self.refuses(addr, Some(name)) {
-                return Err(format!("{name} resolves to {why}"));
+                return Err(format!(
+                    "{name} resolves to an address mreg may not use: {why}"
+                ));
             }
         }
         Ok(())
@@ -377,7 +379,7 @@ impl GuardedResolver {
         match (admitted.is_empty(), refused) {
             (true, Some(why)) => Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
-                format!("egress refused: {name} resolves to {why}"),
+                format!("egress refused: {name} resolves to an address mreg may not use: {why}"),
             )),
             _ => Ok(admitted),
         }

@@ -1121,7 +1121,11 @@ pub fn parse_duration(v: &str, min: Duration, max: Duration) -> Result<Duration,
     let duration = Duration::try_from_secs_f64(seconds)
         .map_err(|_| format!("'{v}' is not a duration such as 30s, 500ms or 2m"))?;
     if duration < min || duration > max {
-        return Err(format!("'{v}' must be between {min:?} and {max:?}"));
+        return Err(if min.is_zero() {
+            format!("'{v}' must be at most {max:?}")
+        } else {
+            format!("'{v}' must be between {min:?} and {max:?}")
+        });
     }
     Ok(duration)
 }
