@@ -528,6 +528,20 @@ where
             ),
         ));
     }
+    // A redirect is not followed (the registered URL is the one vetted for egress), nor relayed
+    // (its Location is the upstream's business): the caller learns where it pointed.
+    if status.is_redirection() {
+        let location = response
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| "nowhere".to_owned(), |l| clipped(l, 200));
+        return Err(refuse(format!(
+            "answered HTTP {} (a redirect to {}); redirects are not followed: register the URL it points to",
+            status.as_u16(),
+            location
+        )));
+    }
     let known = json || sse;
     if !known && !empty && status.is_client_error() {
         // A refusal (a session that is gone, a GET the server does not stream) keeps its

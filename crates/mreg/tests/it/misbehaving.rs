@@ -28,6 +28,11 @@ async fn answer(Path(mode): Path<String>, body: axum::Json<Value>) -> Response {
         )
             .into_response(),
         "plain" => ([("content-type", "text/plain")], "hello").into_response(),
+        "redirect" => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", "http://169.254.169.254/latest/meta-data/")],
+        )
+            .into_response(),
         "bigjson" => axum::Json(json!({ "jsonrpc": "2.0", "id": id,
             "result": { "text": "x".repeat(10 * 1024 * 1024) } }))
         .into_response(),
@@ -107,6 +112,7 @@ async fn app_with_every_mode() -> TestApp {
         "garbage",
         "html500",
         "plain",
+        "redirect",
         "bigjson",
         "bigsse",
         "noseparator",
@@ -135,6 +141,7 @@ async fn garbage_html_and_plain_text_become_json_rpc_errors_naming_the_server() 
         ("garbage", "a body that is not JSON"),
         ("html500", "answered HTTP 500 with text/html"),
         ("plain", "answered HTTP 200 with text/plain"),
+        ("redirect", "redirects are not followed"),
     ] {
         let (status, text, _) = call(&app, server).await;
         assert_eq!(status, StatusCode::BAD_GATEWAY, "{server}: {text}");
