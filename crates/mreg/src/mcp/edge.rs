@@ -248,15 +248,25 @@ async fn as_json_rpc(response: Response, id: Option<&Value>) -> Response {
     {
         data["retry_after_ms"] = json!(secs.saturating_mul(1000));
     }
-    let text = if text.is_empty() {
+    // An empty 404 is the router's: no endpoint at this path (not an unknown session).
+    let no_endpoint = status == StatusCode::NOT_FOUND && bytes.is_empty();
+    let text = if no_endpoint {
+        "no MCP endpoint at this path: the gateway's is /mcp, a server's /servers/NAME/mcp"
+            .to_owned()
+    } else if text.is_empty() {
         status.canonical_reason().unwrap_or("error").to_owned()
     } else {
         text
     };
+    let code = if no_endpoint {
+        rpc::INVALID_REQUEST
+    } else {
+        code_of(status)
+    };
     let message = json!({
         "jsonrpc": "2.0",
         "id": id.cloned().unwrap_or(Value::Null),
-        "error": { "code": code_of(status), "message": text, "data": data },
+        "error": { "code": code, "message": text, "data": data },
     });
     parts.extensions.insert(rpc::Failure(
         message["error"]["message"]

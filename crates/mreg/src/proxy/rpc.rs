@@ -377,9 +377,12 @@ pub fn error_with_data(
     let message = message.into();
     let failure = Failure(message.clone());
     let mut error = json!({ "code": code, "message": message });
-    if let Some(data) = data {
-        error["data"] = data;
+    // Every error of the gateway says its HTTP status in `data`, as the edge's do.
+    let mut data = data.unwrap_or_else(|| json!({}));
+    if data.is_object() && data.get("status").is_none() {
+        data["status"] = json!(status.as_u16());
     }
+    error["data"] = data;
     let body = json!({
         "jsonrpc": "2.0",
         "id": id.cloned().unwrap_or(Value::Null),

@@ -1086,3 +1086,39 @@ async fn quiet_event_streams_are_kept_alive_with_comments() {
         "one comment a second of quiet: {received:?}"
     );
 }
+
+/// Every error of the MCP listener says its HTTP status in `data`; a path with no endpoint is
+/// an invalid request naming the endpoints, not an unknown session.
+#[tokio::test]
+async fn errors_carry_their_status_and_unknown_paths_name_the_endpoints() {
+    let app = TestApp::spawn().await;
+    let call = json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" });
+    for (path, status, code, says) in [
+        ("/nope", 404, -32600, "no MCP endpoint at this path"),
+        (
+            "/servers/nosuch/mcp",
+            404,
+            -32600,
+            "no server named 'nosuch'",
+        ),
+    ] {
+        let reply = app
+            .http
+            .post(format!("http://{}{path}", app.mcp_addr))
+            .header("accept", ACCEPT)
+            .json(&call)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(reply.status().as_u16(), status, "{path}");
+        let body: Value = reply.json().await.expect("a JSON-RPC error");
+        assert_eq!(body["error"]["code"], code, "{path}: {body}");
+        assert_eq!(body["error"]["data"]["status"], status, "{path}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(says)),
+            "{path}: {body}"
+        );
+    }
+}
