@@ -142,10 +142,7 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
 
     let arguments = parse_arguments(&args.arguments)?;
     let endpoint = endpoint(&args).await?;
-    let token = match &args.token {
-        Some(t) => Some(t.0.clone()),
-        None => crate::login::bearer().await?,
-    };
+    let token = super::token(args.token.as_ref(), &endpoint).await?;
     let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.as_str());
     if let Some(token) = token {
         config = config.auth_header(token);

@@ -67,22 +67,27 @@ impl Client {
     /// A client of the gateway's REST API that `args` name, with the explicit or saved token.
     async fn new(args: &ClientArgs) -> Result<Self, Failure> {
         let base = args.gateway.resolve()?.api;
+        let token = token(args.token.as_ref(), &base).await?;
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .map_err(|e| e.to_string())?,
             base,
-            token: token(args).await?,
+            token,
         })
     }
 }
 
-/// The bearer token: `--token`/`MREG_TOKEN`, else the one `mreg login` saved (refreshed).
-async fn token(args: &ClientArgs) -> Result<Option<String>, Failure> {
-    match &args.token {
+/// The bearer token for requests to `target`: `--token`/`MREG_TOKEN` as given, else the one
+/// `mreg login` saved (refreshed) when `target` is on the gateway it belongs to.
+async fn token(
+    explicit: Option<&crate::cli::BearerToken>,
+    target: &str,
+) -> Result<Option<String>, Failure> {
+    match explicit {
         Some(token) => Ok(Some(token.0.clone())),
-        None => Ok(crate::login::bearer().await?),
+        None => Ok(crate::login::bearer(target).await?),
     }
 }
 

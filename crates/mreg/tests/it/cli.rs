@@ -1282,3 +1282,198 @@ async fn json_logs_carry_numbers_as_numbers_and_strings_quoted_once() {
         );
     }
 }
+
+/// What [`FakeGateway`] received: each request's path and `Authorization` header.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// A stand-in gateway on port 0 for what the real one cannot be made to do (be someone else's
+/// server, answer hostile text): it answers `GET /.well-known/mreg` with itself as the MCP
+/// listener and every other path with the canned JSON given for it (404 otherwise), and records
+/// each request's path and `Authorization` header.
+struct FakeGateway {
+    base: String,
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeGateway {
+    async fn start(routes: Vec<(&'static str, u16, Value)>) -> Self {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        type Shared = (
+            Seen,
+            std::sync::Arc<Vec<(&'static str, u16, Value)>>,
+            String,
+        );
+        async fn answer(
+            State((seen, routes, base)): State<Shared>,
+            request: Request,
+        ) -> impl IntoResponse {
+            let path = request.uri().path().to_owned();
+            let auth = request
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+            seen.lock().expect("lock").push((path.clone(), auth));
+            if path == "/.well-known/mreg" {
+                return (
+                    reqwest::StatusCode::OK,
+                    axum::Json(serde_json::json!({ "mcp_url": base })),
+                );
+            }
+            match routes.iter().find(|(p, _, _)| *p == path) {
+                Some((_, status, body)) => (
+                    reqwest::StatusCode::from_u16(*status).expect("status"),
+                    axum::Json(body.clone()),
+                ),
+                None => (
+                    reqwest::StatusCode::NOT_FOUND,
+                    axum::Json(
+                        serde_json::json!({ "error": "not_found", "message": "no such route" }),
+                    ),
+                ),
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = std::sync::Arc::default();
+        let router = axum::Router::new().fallback(answer).with_state((
+            std::sync::Arc::clone(&seen),
+            std::sync::Arc::new(routes),
+            base.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { base, seen, task }
+    }
+
+    /// The `Authorization` headers received so far, one per request.
+    fn authorizations(&self) -> Vec<Option<String>> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, auth)| auth.clone())
+            .collect()
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Writes a saved login as `mreg login` would, for the issuer `issuer` and (unless `None`, as
+/// older versions saved it) the REST API `gateway`.
+fn save_login(dir: &TempDir, issuer: &str, gateway: Option<&str>, token: &str) {
+    let mut saved = serde_json::json!({
+        "issuer": issuer,
+        "client_id": "cli",
+        "access_token": token,
+        "refresh_token": null,
+        "expires_at": time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+    });
+    if let Some(gateway) = gateway {
+        saved["gateway"] = Value::from(gateway);
+    }
+    std::fs::write(dir.0.join("credentials.json"), saved.to_string()).expect("save login");
+}
+
+#[tokio::test]
+async fn a_saved_login_is_sent_only_to_the_gateway_it_was_made_for() {
+    let empty_list = || {
+        vec![(
+            "/api/v1/servers",
+            200,
+            serde_json::json!({ "servers": [], "next_cursor": null }),
+        )]
+    };
+    let gateway = FakeGateway::start(empty_list()).await;
+    let issuer = FakeGateway::start(vec![]).await;
+    let stranger = FakeGateway::start(empty_list()).await;
+    let token = "saved-admin-token";
+    let bearer = Some(format!("Bearer {token}"));
+    let dir = TempDir::new();
+    save_login(&dir, &issuer.base, Some(&gateway.base), token);
+
+    // The gateway logged in to gets the token.
+    let out = run(&dir, &["servers", "--gateway", &gateway.base, "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gateway.authorizations(), std::slice::from_ref(&bearer));
+    assert!(!stderr(&out).contains("not sending"), "{}", stderr(&out));
+
+    // A cloned repository's .env names another server: it gets no token, and the user is told.
+    std::fs::write(
+        dir.0.join(".env"),
+        format!("MREG_GATEWAY_URL={}\n", stranger.base),
+    )
+    .expect("write .env");
+    let out = run(&dir, &["servers", "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "not sending your saved login to {}",
+            stranger.base
+        )) && err.contains(&gateway.base)
+            && err.contains("mreg login --gateway")
+            && err.contains("--token"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // `call` asks the stranger where its MCP listener is (itself): no token there either.
+    let out = run(&dir, &["call", "list_servers"], &[]).await;
+    assert!(!out.status.success(), "the stranger speaks no MCP");
+    assert!(stderr(&out).contains("not sending"), "{}", stderr(&out));
+    let seen = stranger.authorizations();
+    assert!(
+        seen.len() >= 3,
+        "list, discovery and MCP requests: {seen:?}"
+    );
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
+    assert!(!stdout(&out).contains(token) && !stderr(&out).contains(token));
+
+    // A token given explicitly is sent as given.
+    let out = run(
+        &dir,
+        &["servers", "list"],
+        &[("MREG_TOKEN", "explicit-token")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stranger
+            .authorizations()
+            .last()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("Bearer explicit-token")
+    );
+
+    // A login saved by an older version (no gateway recorded) goes to the issuer's origin only.
+    let old = TempDir::new();
+    save_login(&old, &issuer.base, None, token);
+    let out = run(&old, &["servers", "--gateway", &gateway.base, "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gateway.authorizations().last(), Some(&None));
+    assert!(stderr(&out).contains("not sending"), "{}", stderr(&out));
+    let out = run(
+        &old,
+        &[
+            "call",
+            "--endpoint",
+            &format!("{}/mcp", issuer.base),
+            "list_servers",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success(), "the stand-in speaks no MCP");
+    assert_eq!(issuer.authorizations().last(), Some(&bearer));
+    for fake in [gateway, issuer, stranger] {
+        fake.stop();
+    }
+}
