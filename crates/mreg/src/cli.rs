@@ -353,7 +353,20 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         Ok(raw) => raw,
         Err(e) => return config_failure(&e),
     };
-    let rows = raw.describe();
+    // A URL in any setting (MREG_GATEWAY_URL, MREG_PUBLIC_URL, …) may carry a password.
+    let rows: Vec<_> = raw
+        .describe()
+        .into_iter()
+        .map(|(setting, value, source)| {
+            let has_password = url::Url::parse(&value).is_ok_and(|u| u.password().is_some());
+            let value = if has_password {
+                config::redact_url(&value)
+            } else {
+                value
+            };
+            (setting, value, source)
+        })
+        .collect();
     let width = rows.iter().map(|(s, _, _)| s.env.len()).max().unwrap_or(0);
     let value_width = rows
         .iter()

@@ -286,8 +286,14 @@ async fn issuer(args: &LoginArgs) -> Result<(String, Option<String>), String> {
 /// Runs `mreg login`.
 pub async fn login(args: LoginArgs) -> Result<(), String> {
     let (issuer, gateway) = issuer(&args).await?;
+    let shown = crate::client::gateway::shown(&issuer);
     let http = http();
-    let unreachable = |e: reqwest::Error| format!("cannot reach the gateway at {issuer}: {e}");
+    let unreachable = |e: reqwest::Error| {
+        format!(
+            "cannot reach the gateway at {shown}: {}",
+            crate::proxy::root_cause(&e)
+        )
+    };
     let meta = json_of(
         http.get(format!("{issuer}/.well-known/oauth-authorization-server"))
             .send()
@@ -295,10 +301,10 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
             .map_err(unreachable)?,
     )
     .await
-    .map_err(|e| format!("{issuer} has no OAuth metadata ({e}); is authentication on?"))?;
+    .map_err(|e| format!("{shown} has no OAuth metadata ({e}); is authentication on?"))?;
     if meta["issuer"].as_str() != Some(issuer.as_str()) {
         return Err(format!(
-            "the gateway names its issuer {}, not {issuer}; set MREG_PUBLIC_URL on the gateway to the URL clients reach it at",
+            "the gateway names its issuer {}, not {shown}; set MREG_PUBLIC_URL on the gateway to the URL clients reach it at",
             meta["issuer"]
         ));
     }
@@ -403,7 +409,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     apply(&mut credentials, &tokens)?;
     let path = save(&credentials)?;
     eprintln!(
-        "Signed in to {issuer}; credentials saved in {}",
+        "Signed in to {shown}; credentials saved in {}",
         path.display()
     );
     Ok(())

@@ -154,7 +154,8 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
     );
     let client = info.serve(transport).await.map_err(|e| Failure {
         message: format!(
-            "cannot open an MCP session at {endpoint}: {}",
+            "cannot open an MCP session at {}: {}",
+            super::gateway::shown(&endpoint),
             session_failure(&e)
         ),
         code: EXIT_UNREACHABLE,

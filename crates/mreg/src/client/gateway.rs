@@ -71,15 +71,45 @@ fn local_url(raw: &RawConfig, host_var: &str, port_var: &str) -> Result<String, 
     }
 }
 
+/// `raw` (a URL the user gave) as it may be printed: a password in it replaced with `***`. Text
+/// that does not parse as a URL with a host loses everything before an `@` (after a scheme), as
+/// that may be a password too.
+pub fn shown(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) if url.has_host() => {
+            if url.password().is_none() {
+                return raw.to_owned();
+            }
+            let redacted = config::redact_url(raw);
+            if raw.ends_with('/') {
+                redacted
+            } else {
+                redacted.trim_end_matches('/').to_owned()
+            }
+        }
+        _ => match raw.rsplit_once('@') {
+            Some((before, after)) => {
+                let scheme = before.find("://").map_or("", |i| &before[..i + 3]);
+                format!("{scheme}***@{after}")
+            }
+            None => raw.to_owned(),
+        },
+    }
+}
+
 /// Checks a gateway URL given by `what` and returns it without a trailing slash.
 pub fn checked(raw: &str, what: &str) -> Result<String, Failure> {
     let base = raw.trim().trim_end_matches('/').to_owned();
     match url::Url::parse(&base) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(base),
         Ok(_) => Err(Failure::from(format!(
-            "{what} {base} is not an http(s) URL"
+            "{what} {} is not an http(s) URL",
+            shown(&base)
         ))),
-        Err(e) => Err(Failure::from(format!("{what} {base} is not a URL: {e}"))),
+        Err(e) => Err(Failure::from(format!(
+            "{what} {} is not a URL: {e}",
+            shown(&base)
+        ))),
     }
 }
 
@@ -136,7 +166,7 @@ impl Gateway {
         let unreachable = |why: String| Failure {
             message: format!(
                 "cannot ask the gateway at {} where its MCP listener is ({why}); is `mreg serve` running there?",
-                self.api
+                shown(&self.api)
             ),
             code: EXIT_UNREACHABLE,
         };
@@ -159,5 +189,23 @@ impl Gateway {
             .as_str()
             .ok_or_else(|| unreachable("the answer has no mcp_url".to_owned()))?;
         checked(mcp, "the gateway's mcp_url")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn a_password_never_survives_in_a_shown_url() {
+        assert_eq!(
+            shown("http://alice:pw@h:8000"),
+            "http://alice:***@h:8000",
+            "no slash added"
+        );
+        assert_eq!(shown("https://h:8000/"), "https://h:8000/");
+        assert_eq!(shown("alice:pw@h:8000"), "***@h:8000", "no scheme");
+        assert_eq!(shown("http://alice:pw@[::1"), "http://***@[::1");
+        assert_eq!(shown("127.0.0.1:8000"), "127.0.0.1:8000");
     }
 }

@@ -108,7 +108,7 @@ impl Client {
         let response = request.send().await.map_err(|e| Failure {
             message: format!(
                 "cannot reach mreg at {} ({}); is `mreg serve` running there?",
-                self.base,
+                gateway::shown(&self.base),
                 crate::proxy::root_cause(&e)
             ),
             code: EXIT_UNREACHABLE,

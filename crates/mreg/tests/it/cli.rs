@@ -1477,3 +1477,78 @@ async fn a_saved_login_is_sent_only_to_the_gateway_it_was_made_for() {
         fake.stop();
     }
 }
+
+#[tokio::test]
+async fn a_password_in_the_gateway_url_is_never_printed() {
+    let dir = TempDir::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let gateway = format!("http://alice:S3CRETPW@127.0.0.1:{port}");
+    let shown = format!("http://alice:***@127.0.0.1:{port}");
+
+    let mut outputs = Vec::new();
+    let out = run(&dir, &["check-config"], &[("MREG_GATEWAY_URL", &gateway)]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("MREG_GATEWAY_URL"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains(&shown), "{}", stdout(&out));
+
+    outputs.push(out);
+    let out = run(&dir, &["servers", "--gateway", &gateway, "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot reach mreg at {shown} (")),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    let out = run(
+        &dir,
+        &["call", "list_servers"],
+        &[("MREG_GATEWAY_URL", &gateway)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot ask the gateway at {shown} ")),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--endpoint",
+            &format!("{gateway}/mcp"),
+            "list_servers",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot open an MCP session at {shown}/mcp")),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    // Not a URL a client can use, password and all.
+    let bad = run(
+        &dir,
+        &["servers", "--gateway", "alice:S3CRETPW@127.0.0.1:1", "list"],
+        &[],
+    )
+    .await;
+    assert!(!bad.status.success());
+    outputs.push(bad);
+    for out in &outputs {
+        let (out_text, err_text) = (stdout(out), stderr(out));
+        assert!(!out_text.contains("S3CRETPW"), "{out_text}");
+        assert!(!err_text.contains("S3CRETPW"), "{err_text}");
+    }
+}
