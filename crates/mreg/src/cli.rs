@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::outln;
 use crate::config::{self, ConfigError, EXIT_CONFIG};
 use crate::{app, client, store, telemetry};
 
@@ -375,7 +376,7 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         .unwrap_or(0)
         .min(60);
     for (setting, value, source) in &rows {
-        println!("{:width$}  {value:value_width$}  ({source})", setting.env);
+        outln!("{:width$}  {value:value_width$}  ({source})", setting.env);
     }
     let present = config::lint::present();
     for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
@@ -383,9 +384,9 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     }
     match raw.parse() {
         Ok(config) => {
-            println!();
-            println!("database:     {}", config.database.redacted());
-            println!(
+            outln!();
+            outln!("database:     {}", config.database.redacted());
+            outln!(
                 "cache:        {}",
                 if config.redis_url.is_some() {
                     "redis"
@@ -393,14 +394,14 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
                     "memory (in process)"
                 }
             );
-            println!("auth:         {}", auth_mode(&config));
-            println!("REST API:     http://{}", config.api);
+            outln!("auth:         {}", auth_mode(&config));
+            outln!("REST API:     http://{}", config.api);
             let mcp = config.public_url.as_ref().map_or_else(
                 || format!("http://{}", config.mcp),
                 |url| url.as_str().trim_end_matches('/').to_owned(),
             );
-            println!("MCP endpoint: {mcp}/mcp (servers at {mcp}/servers/NAME/mcp)");
-            ExitCode::SUCCESS
+            outln!("MCP endpoint: {mcp}/mcp (servers at {mcp}/servers/NAME/mcp)");
+            client::exit(Ok(()))
         }
         Err(e) => config_failure(&e),
     }

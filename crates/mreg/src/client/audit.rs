@@ -82,7 +82,7 @@ pub async fn audit_list(args: AuditListArgs) -> ExitCode {
             return Ok::<(), Failure>(());
         }
         if entries.is_empty() {
-            println!("no audit entries");
+            outln!("no audit entries");
         }
         for e in &entries {
             let target = match (e["tool"].as_str(), e["server"].as_str()) {
@@ -107,7 +107,7 @@ pub async fn audit_list(args: AuditListArgs) -> ExitCode {
             if let Some(error) = e["error"].as_str() {
                 line.push_str(&format!("  ({error})"));
             }
-            println!("{line}");
+            outln!("{line}");
         }
         Ok(())
     };

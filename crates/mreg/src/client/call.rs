@@ -171,7 +171,7 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
     } else {
         for block in &result.content {
             if let Some(t) = block.as_text() {
-                println!("{}", t.text);
+                outln!("{}", t.text);
             }
         }
     }

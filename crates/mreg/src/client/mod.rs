@@ -3,6 +3,17 @@
 //! (`--json`) for scripts, and turn the server's error body into one readable line. One file per
 //! command family; this one holds the HTTP client and the output helpers they share.
 
+/// `println!` for client commands: see [`out`].
+macro_rules! outln {
+    () => {
+        $crate::client::out(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::client::out(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 mod audit;
 mod call;
 pub mod gateway;
@@ -10,7 +21,9 @@ mod mcp_config;
 mod servers;
 mod tools;
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -26,6 +39,32 @@ pub use tools::{ToolsArgs, tools};
 
 /// Exit code when the gateway cannot be reached (`EX_UNAVAILABLE`).
 const EXIT_UNREACHABLE: u8 = 69;
+/// Exit code when the output could not be written (`EX_IOERR`).
+const EXIT_OUTPUT: u8 = 74;
+
+/// Set once stdout is closed or failed: nothing more is written to it.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// Set when stdout failed for another reason than a reader that went away.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line of a client command's output. A reader that stopped reading
+/// (`mreg servers list | head -1`) is not an error: the rest of the output is dropped quietly and
+/// the command ends as it would have. Any other failure (a full disk) is reported once, and the
+/// command then exits 74. (`println!` panics in both cases, since Rust ignores SIGPIPE; `serve`
+/// relies on that, so the signal is left alone.)
+pub(crate) fn out(line: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("mreg: cannot write the output: {e}");
+        }
+    }
+}
 
 /// A failed client command: what to print and the exit code.
 pub struct Failure {
@@ -156,7 +195,7 @@ pub async fn whoami(args: ClientArgs) -> ExitCode {
                 ("scopes", "scopes"),
                 ("client", "client_id"),
             ] {
-                println!("{label:8} {}", text(&me[key]));
+                outln!("{label:8} {}", text(&me[key]));
             }
         }
         Ok::<(), Failure>(())
@@ -164,8 +203,10 @@ pub async fn whoami(args: ClientArgs) -> ExitCode {
     exit(outcome.await)
 }
 
-fn exit(outcome: Result<(), Failure>) -> ExitCode {
+/// The exit code of a client command that ended with `outcome`, its failure printed.
+pub(crate) fn exit(outcome: Result<(), Failure>) -> ExitCode {
     match outcome {
+        Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::from(EXIT_OUTPUT),
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("mreg: {}", failure.message);
@@ -179,7 +220,7 @@ fn segment(name: &str) -> String {
 }
 
 fn print_json(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -216,7 +257,7 @@ fn print_rows(columns: &[&str], rows: Vec<Vec<String>>) {
                 out.push_str(&format!("{cell:width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
     for row in rows {

@@ -249,7 +249,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             } else {
                 print_table(&servers);
                 if cursor.is_some() {
-                    println!("(more servers follow; use --all to list every page)");
+                    outln!("(more servers follow; use --all to list every page)");
                 }
             }
         }
@@ -278,7 +278,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             if json_output {
                 print_json(&server);
             } else {
-                println!("registered {}", server["name"].as_str().unwrap_or(&name));
+                outln!("registered {}", server["name"].as_str().unwrap_or(&name));
             }
         }
         ServersCommand::Update {
@@ -311,7 +311,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             if json_output {
                 print_json(&server);
             } else {
-                println!("updated {name}");
+                outln!("updated {name}");
             }
         }
         ServersCommand::Rm { name } => {
@@ -325,7 +325,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             if json_output {
                 print_json(&json!({ "deleted": name }));
             } else {
-                println!("removed {name}");
+                outln!("removed {name}");
             }
         }
         ServersCommand::Check { name } => {
@@ -349,7 +349,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
                         line.push_str(&format!(", protocol {version}"));
                     }
                 }
-                println!("{line}");
+                outln!("{line}");
             }
             if current["status"] != "healthy" {
                 return Err(Failure {
@@ -381,7 +381,7 @@ fn show(server: &Value, json_output: bool) {
         "updated_at",
         "id",
     ] {
-        println!("{:14} {}", format!("{key}:"), text(&server[key]));
+        outln!("{:14} {}", format!("{key}:"), text(&server[key]));
     }
     let health = &server["health"];
     let mut state = text(&health["state"]);
@@ -391,9 +391,9 @@ fn show(server: &Value, json_output: bool) {
     if let Some(reason) = health["reason"].as_str() {
         state.push_str(&format!(": {reason}"));
     }
-    println!("{:14} {state}", "health:");
+    outln!("{:14} {state}", "health:");
     if let Some(probe) = health["last_probe"].as_object() {
-        println!(
+        outln!(
             "{:14} {} {} in {} ms",
             "last probe:",
             text(&probe["at"]),
@@ -401,23 +401,23 @@ fn show(server: &Value, json_output: bool) {
             text(&probe["latency_ms"])
         );
     }
-    println!("{:14} {}", "gateway url:", text(&server["gateway_url"]));
+    outln!("{:14} {}", "gateway url:", text(&server["gateway_url"]));
     let timeout = server["timeout_secs"]
         .as_u64()
         .map_or_else(|| "30 s (default)".to_owned(), |t| format!("{t} s"));
-    println!("{:14} {timeout}", "timeout:");
-    println!("{:14} {}", "shared:", yes_no(&server["shared"]));
+    outln!("{:14} {timeout}", "timeout:");
+    outln!("{:14} {}", "shared:", yes_no(&server["shared"]));
     let credentials = if server["has_upstream_credentials"] == true {
         "stored (never shown)"
     } else {
         "none"
     };
-    println!("{:14} {credentials}", "credentials:");
+    outln!("{:14} {credentials}", "credentials:");
     if server["metadata"]
         .as_object()
         .is_some_and(|m| !m.is_empty())
     {
-        println!("{:14} {}", "metadata:", server["metadata"]);
+        outln!("{:14} {}", "metadata:", server["metadata"]);
     }
 }
 
@@ -427,7 +427,7 @@ fn yes_no(value: &Value) -> &'static str {
 
 fn print_table(servers: &[Value]) {
     if servers.is_empty() {
-        println!("no servers");
+        outln!("no servers");
         return;
     }
     let columns = ["name", "status", "health", "transport", "url", "tags"];

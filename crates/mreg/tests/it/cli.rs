@@ -1552,3 +1552,45 @@ async fn a_password_in_the_gateway_url_is_never_printed() {
         assert!(!err_text.contains("S3CRETPW"), "{err_text}");
     }
 }
+
+/// `mreg` with `args` whose reader closes its stdout before anything is printed, as
+/// `mreg … | head -1` does once it has its line.
+async fn run_with_stdout_closed(dir: &TempDir, args: &[&str]) -> Output {
+    let mut command = mreg(dir, args, &[]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn()?;
+        drop(child.stdout.take());
+        child.wait_with_output()
+    })
+    .await
+    .expect("join")
+    .expect("mreg runs")
+}
+
+#[tokio::test]
+async fn client_commands_end_quietly_when_their_reader_stops_reading() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("up", serde_json::json!({ "url": upstream.url }))
+        .await;
+    let dir = TempDir::new();
+    let gateway = app.base.as_str();
+    let out = run(&dir, &["servers", "--gateway", gateway, "check", "up"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for args in [
+        vec!["servers", "--gateway", gateway, "list"],
+        vec!["servers", "--gateway", gateway, "get", "up"],
+        vec!["tools", "--gateway", gateway, "search", "echo"],
+        vec!["servers", "--gateway", gateway, "--json", "list"],
+        vec!["check-config"],
+    ] {
+        let out = run_with_stdout_closed(&dir, &args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+    }
+    // The exit status still tells what happened.
+    let out = run_with_stdout_closed(&dir, &["servers", "--gateway", gateway, "get", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    app.stop().await;
+}
