@@ -1594,3 +1594,57 @@ async fn client_commands_end_quietly_when_their_reader_stops_reading() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_gateway_url_without_a_scheme_or_with_a_path_is_a_configuration_error_with_a_hint() {
+    let dir = TempDir::new();
+    for (args, hint) in [
+        (
+            vec!["servers", "--gateway", "127.0.0.1:18000", "list"],
+            "--gateway 127.0.0.1:18000 has no scheme; write http://127.0.0.1:18000",
+        ),
+        (
+            vec!["tools", "--gateway", "localhost:18000", "search", "x"],
+            "write http://localhost:18000",
+        ),
+        (
+            vec![
+                "servers",
+                "--gateway",
+                "http://127.0.0.1:18000/api/v1",
+                "list",
+            ],
+            "the gateway URL is the base of its REST API, without a path; write http://127.0.0.1:18000",
+        ),
+        (
+            vec![
+                "call",
+                "--gateway",
+                "http://127.0.0.1:18000/api/v1",
+                "list_servers",
+            ],
+            "without a path; write http://127.0.0.1:18000",
+        ),
+    ] {
+        let out = run(&dir, &args, &[]).await;
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(hint), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("relative URL without a base"), "{err}");
+    }
+    std::fs::write(
+        dir.0.join(".env"),
+        "MREG_GATEWAY_URL=http://127.0.0.1:18000/api/v1/\n",
+    )
+    .expect("write .env");
+    let out = run(&dir, &["servers", "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "MREG_GATEWAY_URL http://127.0.0.1:18000/api/v1: the gateway URL is the base"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
