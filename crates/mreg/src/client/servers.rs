@@ -9,6 +9,10 @@ use serde_json::{Map, Value, json};
 use super::{Client, Failure, print_json, print_rows, segment, text};
 use crate::cli::ClientArgs;
 
+/// Exit status of `servers check` when the server could not be checked at all, so that a
+/// script tells "unhealthy" (1) from "no such server" or "not allowed".
+const EXIT_NOT_CHECKED: u8 = 2;
+
 /// `mreg servers`.
 #[derive(Debug, Args)]
 pub struct ServersArgs {
@@ -81,8 +85,10 @@ enum ServersCommand {
         /// Server name.
         name: String,
     },
-    /// Probe a server now and show what was found. Exit status 0 when it is healthy, 1 when it
-    /// is not.
+    /// Probe a server now and show what was found. Exit status 0 when it is healthy; 1 when it
+    /// is not (degraded, unhealthy or unknown); 2 when it could not be checked (no such server,
+    /// or the gateway refused: not signed in, not allowed, …); 69 when the gateway cannot be
+    /// reached; 64 for a configuration error.
     Check {
         /// Server name.
         name: String,
@@ -330,7 +336,16 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
         }
         ServersCommand::Check { name } => {
             let path = format!("/api/v1/servers/{}/health/check", segment(&name));
-            let (_, report) = client.call(Method::POST, &path, None).await?;
+            let (_, report) = client
+                .call(Method::POST, &path, None)
+                .await
+                .map_err(|failure| match failure.code {
+                    1 => Failure {
+                        code: EXIT_NOT_CHECKED,
+                        ..failure
+                    },
+                    _ => failure,
+                })?;
             let current = &report["current"];
             if json_output {
                 print_json(&report);

@@ -1648,3 +1648,73 @@ async fn a_gateway_url_without_a_scheme_or_with_a_path_is_a_configuration_error_
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn servers_check_tells_unhealthy_from_unknown_or_refused_by_its_exit_status() {
+    let app = TestApp::spawn().await;
+    let dir = TempDir::new();
+    let out = run(
+        &dir,
+        &["servers", "--gateway", &app.base, "check", "nope"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("server 'nope' not found (HTTP 404"),
+        "{}",
+        stderr(&out)
+    );
+    app.stop().await;
+
+    let fake = FakeGateway::start(vec![
+        (
+            "/api/v1/servers/sick/health/check",
+            200,
+            serde_json::json!({ "current": { "status": "unhealthy" } }),
+        ),
+        (
+            "/api/v1/servers/secret/health/check",
+            403,
+            serde_json::json!({ "error": "forbidden", "message": "you may not check secret" }),
+        ),
+    ])
+    .await;
+    let out = run(
+        &dir,
+        &["servers", "--gateway", &fake.base, "check", "sick"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("sick: unhealthy"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("sick is not healthy"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &dir,
+        &["servers", "--gateway", &fake.base, "check", "secret"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("you may not check secret (HTTP 403"),
+        "{}",
+        stderr(&out)
+    );
+    fake.stop();
+
+    let out = run(&dir, &["servers", "check", "--help"], &[]).await;
+    assert!(
+        stdout(&out).contains("2 when it could not be checked"),
+        "{}",
+        stdout(&out)
+    );
+}
