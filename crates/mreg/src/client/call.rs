@@ -127,9 +127,10 @@ async fn endpoint(args: &CallArgs) -> Result<String, Failure> {
         deprecated("MREG_MCP_ENDPOINT", "MREG_GATEWAY_URL");
         return super::gateway::checked(&endpoint, "MREG_MCP_ENDPOINT");
     }
+    let server = args.server.as_deref().map(super::server_name).transpose()?;
     let base = args.gateway.resolve()?.mcp_url().await?;
-    Ok(match &args.server {
-        Some(server) => format!("{base}/servers/{}/mcp", super::segment(server)),
+    Ok(match server {
+        Some(server) => format!("{base}/servers/{}/mcp", super::segment(server.as_str())),
         None => format!("{base}/mcp"),
     })
 }

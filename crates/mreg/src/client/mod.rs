@@ -215,6 +215,18 @@ pub(crate) fn exit(outcome: Result<(), Failure>) -> ExitCode {
     }
 }
 
+/// Checks `raw` as a server name here, before it goes into a URL, so that a bad one is reported
+/// as the user typed it (in a path it would arrive encoded: `bad name` as `bad+name`).
+fn server_name(raw: &str) -> Result<domain::ServerName, Failure> {
+    domain::ServerName::parse(raw).map_err(|e| {
+        let why = match e {
+            domain::Error::Invalid { message, .. } => message,
+            other => other.to_string(),
+        };
+        Failure::from(format!("invalid server name '{raw}': {why}"))
+    })
+}
+
 fn segment(name: &str) -> String {
     url::form_urlencoded::byte_serialize(name.as_bytes()).collect()
 }

@@ -207,7 +207,32 @@ pub async fn run(args: ServersArgs) -> ExitCode {
     }
 }
 
+impl ServersCommand {
+    /// The server named in this command's URL path, if any (`add` sends its name in the body,
+    /// where the gateway reports a bad one as typed, with the other fields' problems).
+    fn name(&self) -> Option<&str> {
+        match self {
+            Self::List { .. } | Self::Add { .. } => None,
+            Self::Get { name }
+            | Self::Update { name, .. }
+            | Self::Rm { name }
+            | Self::Check { name } => Some(name),
+        }
+    }
+}
+
 async fn execute(args: ServersArgs) -> Result<(), Failure> {
+    if let Some(name) = args.command.name()
+        && let Err(failure) = super::server_name(name)
+    {
+        return Err(match args.command {
+            ServersCommand::Check { .. } => Failure {
+                code: EXIT_NOT_CHECKED,
+                ..failure
+            },
+            _ => failure,
+        });
+    }
     let client = Client::new(&args.client).await?;
     let json_output = args.client.json;
     match args.command {

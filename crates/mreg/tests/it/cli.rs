@@ -1718,3 +1718,47 @@ async fn servers_check_tells_unhealthy_from_unknown_or_refused_by_its_exit_statu
         stdout(&out)
     );
 }
+
+#[tokio::test]
+async fn a_bad_server_name_is_refused_as_typed_before_anything_is_sent() {
+    let fake = FakeGateway::start(vec![]).await;
+    let dir = TempDir::new();
+    for (args, code) in [
+        (vec!["get", "bad name"], 1),
+        (vec!["rm", "bad name"], 1),
+        (vec!["update", "bad name", "-d", "x"], 1),
+        (vec!["check", "bad name"], 2),
+    ] {
+        let mut all = vec!["servers", "--gateway", fake.base.as_str()];
+        all.extend_from_slice(&args);
+        let out = run(&dir, &all, &[]).await;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("invalid server name 'bad name': contains ' '"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("bad+name"), "{err}");
+    }
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            &fake.base,
+            "--server",
+            "bad name",
+            "echo",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid server name 'bad name'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fake.authorizations().is_empty(), "nothing was sent");
+    fake.stop();
+}
