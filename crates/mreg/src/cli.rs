@@ -173,6 +173,8 @@ fn finish(outcome: Result<(), String>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            // Login's errors quote the authorization server.
+            let message = client::printable(&message, client::Layout::OneLine);
             eprintln!("mreg: {message}");
             ExitCode::FAILURE
         }

@@ -56,6 +56,7 @@ pub(crate) fn out(line: std::fmt::Arguments<'_>) {
     if STDOUT_GONE.load(Ordering::Relaxed) {
         return;
     }
+    let line = printable(&line.to_string(), Layout::Keep);
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
         STDOUT_GONE.store(true, Ordering::Relaxed);
@@ -64,6 +65,42 @@ pub(crate) fn out(line: std::fmt::Arguments<'_>) {
             eprintln!("mreg: cannot write the output: {e}");
         }
     }
+}
+
+/// Whether [`printable`] keeps line breaks and tabs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `\n` and `\t` are kept (multi-line output such as a tool's text).
+    Keep,
+    /// Everything is on one line (a table cell, a field, an error message).
+    OneLine,
+}
+
+/// `text` safe to put on a terminal: every control character (ESC, BEL, CR, DEL, the C1 set,
+/// and with [`Layout::OneLine`] also `\n` and `\t`) and the bidirectional overrides are shown
+/// as escapes (`\x1b`, `\u{202e}`) instead of being acted on. Gateways and the upstream servers
+/// behind them choose much of what the commands print (descriptions, health reasons, error
+/// messages): unescaped, that text could clear the screen, forge output, set the clipboard
+/// (OSC 52) or hide a link (OSC 8).
+pub(crate) fn printable(text: &str, layout: Layout) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && !(layout == Layout::Keep && matches!(c, '\n' | '\t')))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !hidden(c) {
+            out.push(c);
+        } else if u32::from(c) <= 0xff {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        }
+    }
+    out
 }
 
 /// A failed client command: what to print and the exit code.
@@ -209,7 +246,7 @@ pub(crate) fn exit(outcome: Result<(), Failure>) -> ExitCode {
         Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::from(EXIT_OUTPUT),
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("mreg: {}", failure.message);
+            eprintln!("mreg: {}", printable(&failure.message, Layout::OneLine));
             ExitCode::from(failure.code)
         }
     }
@@ -240,7 +277,7 @@ fn print_json(value: &Value) {
 
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s, Layout::OneLine),
         Value::Null => "-".to_owned(),
         Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
@@ -249,6 +286,14 @@ fn text(value: &Value) -> String {
 
 /// Prints `rows` under the upper-cased `columns`, each column as wide as its widest cell.
 fn print_rows(columns: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| printable(cell, Layout::OneLine))
+                .collect()
+        })
+        .collect();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
@@ -274,5 +319,27 @@ fn print_rows(columns: &[&str], rows: Vec<Vec<String>>) {
     line(columns.iter().map(|c| c.to_uppercase()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Layout, printable};
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let hostile = "a\u{1b}[2Jb\u{7}c\rd\u{9b}e\u{202e}f\ng\th";
+        assert_eq!(
+            printable(hostile, Layout::OneLine),
+            "a\\x1b[2Jb\\x07c\\x0dd\\x9be\\u{202e}f\\x0ag\\x09h"
+        );
+        assert_eq!(
+            printable(hostile, Layout::Keep),
+            "a\\x1b[2Jb\\x07c\\x0dd\\x9be\\u{202e}f\ng\th"
+        );
+        assert_eq!(
+            printable("plain, ünïcode", Layout::OneLine),
+            "plain, ünïcode"
+        );
     }
 }

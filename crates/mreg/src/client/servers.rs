@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Client, Failure, print_json, print_rows, segment, text};
+use super::{Client, Failure, Layout, print_json, print_rows, printable, segment, text};
 use crate::cli::ClientArgs;
 
 /// Exit status of `servers check` when the server could not be checked at all, so that a
@@ -198,13 +198,7 @@ impl Fields {
 
 /// Runs a `mreg servers` command.
 pub async fn run(args: ServersArgs) -> ExitCode {
-    match execute(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("mreg: {}", failure.message);
-            ExitCode::from(failure.code)
-        }
-    }
+    super::exit(execute(args).await)
 }
 
 impl ServersCommand {
@@ -376,14 +370,16 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
                 print_json(&report);
             } else {
                 let mut line = format!("{name}: {}", text(&current["status"]));
-                if let Some(check) = current["last_check"].as_object() {
+                // Indexed as a `Value`, whose missing keys are null (a `Map` panics on them).
+                let check = &current["last_check"];
+                if check.is_object() {
                     line.push_str(&format!(
                         "; probe {} in {} ms",
                         text(&check["outcome"]),
                         text(&check["latency_ms"])
                     ));
                     if let Some(detail) = check["detail"].as_str() {
-                        line.push_str(&format!(" ({detail})"));
+                        line.push_str(&format!(" ({})", printable(detail, Layout::OneLine)));
                     }
                     if let Some(version) = check["protocol_version"].as_str() {
                         line.push_str(&format!(", protocol {version}"));
@@ -429,10 +425,11 @@ fn show(server: &Value, json_output: bool) {
         state.push_str(&format!(" since {since}"));
     }
     if let Some(reason) = health["reason"].as_str() {
-        state.push_str(&format!(": {reason}"));
+        state.push_str(&format!(": {}", printable(reason, Layout::OneLine)));
     }
     outln!("{:14} {state}", "health:");
-    if let Some(probe) = health["last_probe"].as_object() {
+    let probe = &health["last_probe"];
+    if probe.is_object() {
         outln!(
             "{:14} {} {} in {} ms",
             "last probe:",

@@ -1762,3 +1762,104 @@ async fn a_bad_server_name_is_refused_as_typed_before_anything_is_sent() {
     assert!(fake.authorizations().is_empty(), "nothing was sent");
     fake.stop();
 }
+
+#[tokio::test]
+async fn text_from_the_gateway_cannot_drive_the_terminal() {
+    let esc_bel = |s: &str| s.contains('\u{1b}') || s.contains('\u{7}') || s.contains('\r');
+    let fake = FakeGateway::start(vec![
+        (
+            "/api/v1/tools",
+            200,
+            serde_json::json!({ "tools": [{
+                "server": "evil",
+                "health": "healthy",
+                "tool": { "name": "wipe", "description": "\u{1b}[2Jcleared\u{7}" },
+            }] }),
+        ),
+        (
+            "/api/v1/servers/evil",
+            200,
+            serde_json::json!({
+                "name": "evil",
+                "description": "\u{1b}]8;;https://evil.example\u{7}docs\u{1b}]8;;\u{7}",
+                "health": { "state": "degraded", "reason": "\r\u{1b}]52;c;aGk=\u{7}all good" },
+            }),
+        ),
+        (
+            "/api/v1/servers/evil/health/check",
+            200,
+            serde_json::json!({ "current": { "status": "healthy", "last_check": {
+                "outcome": "ok", "latency_ms": 1, "detail": "\u{1b}[31mred\u{7}",
+            } } }),
+        ),
+        (
+            "/api/v1/servers/boom",
+            500,
+            serde_json::json!({ "error": "internal", "message": "\u{1b}[2Jfailed\u{7}" }),
+        ),
+    ])
+    .await;
+    let dir = TempDir::new();
+    let gateway = fake.base.as_str();
+    let out = run(
+        &dir,
+        &["tools", "--gateway", gateway, "search", "wipe"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\\x1b[2Jcleared\\x07"),
+        "{}",
+        stdout(&out)
+    );
+    let mut outputs = vec![out];
+    let out = run(&dir, &["servers", "--gateway", gateway, "get", "evil"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\\x0d\\x1b]52;c;aGk=\\x07all good"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("\\x1b]8;;https://evil.example\\x07docs"));
+    outputs.push(out);
+    let out = run(
+        &dir,
+        &["servers", "--gateway", gateway, "check", "evil"],
+        &[],
+    )
+    .await;
+    assert!(
+        stdout(&out).contains("(\\x1b[31mred\\x07)"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    outputs.push(out);
+    let out = run(&dir, &["servers", "--gateway", gateway, "get", "boom"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("mreg: \\x1b[2Jfailed\\x07 (HTTP 500"),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    // JSON output escapes in its own way, and stays JSON.
+    let out = run(
+        &dir,
+        &["tools", "--gateway", gateway, "--json", "search", "wipe"],
+        &[],
+    )
+    .await;
+    let found: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(
+        found["tools"][0]["tool"]["description"],
+        "\u{1b}[2Jcleared\u{7}"
+    );
+    outputs.push(out);
+    for out in &outputs {
+        assert!(!esc_bel(&stdout(out)), "{:?}", stdout(out));
+        assert!(!esc_bel(&stderr(out)), "{:?}", stderr(out));
+    }
+    fake.stop();
+}
