@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::client::outln;
 use crate::config::{self, ConfigError, EXIT_CONFIG};
 use crate::{app, client, store, telemetry};
 
@@ -172,6 +173,8 @@ fn finish(outcome: Result<(), String>) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
+            // Login's errors quote the authorization server.
+            let message = client::printable(&message, client::Layout::OneLine);
             eprintln!("mreg: {message}");
             ExitCode::FAILURE
         }
@@ -353,7 +356,20 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         Ok(raw) => raw,
         Err(e) => return config_failure(&e),
     };
-    let rows = raw.describe();
+    // A URL in any setting (MREG_GATEWAY_URL, MREG_PUBLIC_URL, …) may carry a password.
+    let rows: Vec<_> = raw
+        .describe()
+        .into_iter()
+        .map(|(setting, value, source)| {
+            let has_password = url::Url::parse(&value).is_ok_and(|u| u.password().is_some());
+            let value = if has_password {
+                config::redact_url(&value)
+            } else {
+                value
+            };
+            (setting, value, source)
+        })
+        .collect();
     let width = rows.iter().map(|(s, _, _)| s.env.len()).max().unwrap_or(0);
     let value_width = rows
         .iter()
@@ -362,7 +378,7 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
         .unwrap_or(0)
         .min(60);
     for (setting, value, source) in &rows {
-        println!("{:width$}  {value:value_width$}  ({source})", setting.env);
+        outln!("{:width$}  {value:value_width$}  ({source})", setting.env);
     }
     let present = config::lint::present();
     for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
@@ -370,9 +386,9 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     }
     match raw.parse() {
         Ok(config) => {
-            println!();
-            println!("database:     {}", config.database.redacted());
-            println!(
+            outln!();
+            outln!("database:     {}", config.database.redacted());
+            outln!(
                 "cache:        {}",
                 if config.redis_url.is_some() {
                     "redis"
@@ -380,14 +396,14 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
                     "memory (in process)"
                 }
             );
-            println!("auth:         {}", auth_mode(&config));
-            println!("REST API:     http://{}", config.api);
+            outln!("auth:         {}", auth_mode(&config));
+            outln!("REST API:     http://{}", config.api);
             let mcp = config.public_url.as_ref().map_or_else(
                 || format!("http://{}", config.mcp),
                 |url| url.as_str().trim_end_matches('/').to_owned(),
             );
-            println!("MCP endpoint: {mcp}/mcp (servers at {mcp}/servers/NAME/mcp)");
-            ExitCode::SUCCESS
+            outln!("MCP endpoint: {mcp}/mcp (servers at {mcp}/servers/NAME/mcp)");
+            client::exit(Ok(()))
         }
         Err(e) => config_failure(&e),
     }

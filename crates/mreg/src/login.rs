@@ -5,6 +5,11 @@
 //! (RFC 8252), waits for the redirect, and redeems the code. Tokens are kept in the user's
 //! config directory (`$XDG_CONFIG_HOME/mreg/credentials.json`, or `$MREG_CREDENTIALS`), readable by
 //! the user only, and refreshed when they are about to expire.
+//!
+//! A saved token is only ever sent to the gateway it was issued by: client commands find their
+//! gateway in `./.env` or a flag, and a cloned repository's `.env` can name anyone's server. So
+//! `login` records the REST API's origin beside the issuer, and [`bearer`] hands the token out
+//! only for requests to one of those two origins.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +30,11 @@ const REFRESH_MARGIN: i64 = 60;
 pub struct Credentials {
     /// The gateway's issuer (its MCP listener's public URL).
     pub issuer: String,
+    /// The origin of the gateway's REST API that `login` signed in through; absent in logins
+    /// saved by older versions (and by the deprecated `--url`), whose token is then sent to the
+    /// issuer's origin only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
     /// The client id `login` registered.
     pub client_id: String,
     /// Current access token.
@@ -39,6 +49,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("issuer", &self.issuer)
+            .field("gateway", &self.gateway)
             .field("client_id", &self.client_id)
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
@@ -141,12 +152,47 @@ async fn json_of(response: reqwest::Response) -> Result<Value, String> {
     Err(format!("{error}: {description} (HTTP {})", status.as_u16()))
 }
 
-/// A bearer token for client commands: the stored one, refreshed when it is about to expire.
-/// `None` when nobody has logged in.
-pub async fn bearer() -> Result<Option<String>, String> {
+/// The origin (scheme, host, port) of `url`, as `scheme://host[:port]`; `None` when it has none.
+fn origin(url: &str) -> Option<String> {
+    let origin = url::Url::parse(url).ok()?.origin();
+    origin.is_tuple().then(|| origin.ascii_serialization())
+}
+
+impl Credentials {
+    /// The origins this login's token may be sent to: the issuer's, and the REST API's when
+    /// `login` recorded it.
+    fn origins(&self) -> Vec<String> {
+        origin(&self.issuer)
+            .into_iter()
+            .chain(self.gateway.as_deref().and_then(origin))
+            .collect()
+    }
+
+    /// Why the token is not sent to `target`, in one line that says what to do instead.
+    fn refusal(&self, target: &str) -> String {
+        let target = origin(target).unwrap_or_else(|| "that address".to_owned());
+        let issuer = origin(&self.issuer).unwrap_or_else(|| "-".to_owned());
+        let owner = match self.gateway.as_deref().and_then(origin) {
+            Some(gateway) => format!("the gateway at {gateway} (issuer {issuer})"),
+            None => format!("the issuer {issuer} (a login saved without its gateway)"),
+        };
+        format!(
+            "note: not sending your saved login to {target}: it belongs to {owner}; to use {target}, run `mreg login --gateway URL` with that gateway's URL, or pass --token"
+        )
+    }
+}
+
+/// A bearer token for a client command's requests to `target`: the stored one, refreshed when it
+/// is about to expire. `None` when nobody has logged in, or when `target` is not on the gateway
+/// the login belongs to (then one line on stderr says so, and nothing is sent there).
+pub async fn bearer(target: &str) -> Result<Option<String>, String> {
     let Some(mut credentials) = load() else {
         return Ok(None);
     };
+    if !origin(target).is_some_and(|t| credentials.origins().contains(&t)) {
+        eprintln!("mreg: {}", credentials.refusal(target));
+        return Ok(None);
+    }
     if credentials.expires_at - REFRESH_MARGIN > now() {
         return Ok(Some(credentials.access_token));
     }
@@ -212,14 +258,15 @@ fn check_answer(
     }
 }
 
-/// The MCP listener to sign in to: named directly by the deprecated `--url`/`MREG_MCP_URL`, else
-/// by the gateway `--gateway` or the configuration names.
-async fn issuer(args: &LoginArgs) -> Result<String, String> {
+/// The MCP listener to sign in to, and the REST API it was found through: named directly by the
+/// deprecated `--url`/`MREG_MCP_URL` (no REST API then), else by the gateway `--gateway` or the
+/// configuration names.
+async fn issuer(args: &LoginArgs) -> Result<(String, Option<String>), String> {
     use crate::client::gateway::{checked, deprecated};
     let fail = |f: crate::client::Failure| f.message().to_owned();
     if let Some(url) = &args.url {
         deprecated("--url", "--gateway");
-        return checked(url, "--url").map_err(fail);
+        return Ok((checked(url, "--url").map_err(fail)?, None));
     }
     if args.gateway.is_none()
         && std::env::var_os("MREG_GATEWAY_URL").is_none()
@@ -227,20 +274,26 @@ async fn issuer(args: &LoginArgs) -> Result<String, String> {
         && !url.trim().is_empty()
     {
         deprecated("MREG_MCP_URL", "MREG_GATEWAY_URL");
-        return checked(&url, "MREG_MCP_URL").map_err(fail);
+        return Ok((checked(&url, "MREG_MCP_URL").map_err(fail)?, None));
     }
-    crate::client::Gateway::resolve(args.gateway.as_deref(), None, args.config.as_deref())
-        .map_err(fail)?
-        .mcp_url()
-        .await
-        .map_err(fail)
+    let gateway =
+        crate::client::Gateway::resolve(args.gateway.as_deref(), None, args.config.as_deref())
+            .map_err(fail)?;
+    let issuer = gateway.mcp_url().await.map_err(fail)?;
+    Ok((issuer, origin(&gateway.api)))
 }
 
 /// Runs `mreg login`.
 pub async fn login(args: LoginArgs) -> Result<(), String> {
-    let issuer = issuer(&args).await?;
+    let (issuer, gateway) = issuer(&args).await?;
+    let shown = crate::client::gateway::shown(&issuer);
     let http = http();
-    let unreachable = |e: reqwest::Error| format!("cannot reach the gateway at {issuer}: {e}");
+    let unreachable = |e: reqwest::Error| {
+        format!(
+            "cannot reach the gateway at {shown}: {}",
+            crate::proxy::root_cause(&e)
+        )
+    };
     let meta = json_of(
         http.get(format!("{issuer}/.well-known/oauth-authorization-server"))
             .send()
@@ -248,10 +301,10 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
             .map_err(unreachable)?,
     )
     .await
-    .map_err(|e| format!("{issuer} has no OAuth metadata ({e}); is authentication on?"))?;
+    .map_err(|e| format!("{shown} has no OAuth metadata ({e}); is authentication on?"))?;
     if meta["issuer"].as_str() != Some(issuer.as_str()) {
         return Err(format!(
-            "the gateway names its issuer {}, not {issuer}; set MREG_PUBLIC_URL on the gateway to the URL clients reach it at",
+            "the gateway names its issuer {}, not {shown}; set MREG_PUBLIC_URL on the gateway to the URL clients reach it at",
             meta["issuer"]
         ));
     }
@@ -347,6 +400,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     .map_err(|e| format!("the code could not be redeemed: {e}"))?;
     let mut credentials = Credentials {
         issuer: issuer.clone(),
+        gateway,
         client_id,
         access_token: String::new(),
         refresh_token: None,
@@ -355,7 +409,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     apply(&mut credentials, &tokens)?;
     let path = save(&credentials)?;
     eprintln!(
-        "Signed in to {issuer}; credentials saved in {}",
+        "Signed in to {shown}; credentials saved in {}",
         path.display()
     );
     Ok(())
@@ -461,6 +515,46 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    fn saved(gateway: Option<&str>) -> Credentials {
+        Credentials {
+            issuer: "https://mcp.example.com:8443".to_owned(),
+            gateway: gateway.map(str::to_owned),
+            client_id: "c".to_owned(),
+            access_token: "t".to_owned(),
+            refresh_token: None,
+            expires_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_login_belongs_to_its_issuer_and_its_rest_api_origins_only() {
+        let login = saved(Some("https://mreg.example.com"));
+        assert_eq!(
+            login.origins(),
+            ["https://mcp.example.com:8443", "https://mreg.example.com"]
+        );
+        for other in [
+            "http://mreg.example.com",
+            "https://mreg.example.com:8000",
+            "https://mreg.example.com.evil.example",
+        ] {
+            assert!(!login.origins().contains(&origin(other).expect("url")));
+        }
+        assert_eq!(
+            origin("https://alice:pw@mreg.example.com:443/api/v1/servers").as_deref(),
+            Some("https://mreg.example.com"),
+            "no path, no user, the default port implied"
+        );
+        let refusal = login.refusal("http://evil.example:9/api/v1/servers");
+        assert!(
+            refusal.contains("http://evil.example:9")
+                && refusal.contains("https://mreg.example.com")
+                && refusal.contains("mreg login --gateway"),
+            "{refusal}"
+        );
+        assert_eq!(saved(None).origins(), ["https://mcp.example.com:8443"]);
     }
 
     #[test]

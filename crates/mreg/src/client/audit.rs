@@ -6,7 +6,7 @@ use clap::Args;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{Client, Failure, exit, print_json, segment, text};
+use super::{Client, Failure, Layout, exit, print_json, printable, segment, text};
 use crate::cli::ClientArgs;
 
 /// `mreg audit list`.
@@ -82,7 +82,7 @@ pub async fn audit_list(args: AuditListArgs) -> ExitCode {
             return Ok::<(), Failure>(());
         }
         if entries.is_empty() {
-            println!("no audit entries");
+            outln!("no audit entries");
         }
         for e in &entries {
             let target = match (e["tool"].as_str(), e["server"].as_str()) {
@@ -98,16 +98,16 @@ pub async fn audit_list(args: AuditListArgs) -> ExitCode {
                 "{:>6}  {}  {}  {}  {}  {}  {}",
                 text(&e["seq"]),
                 text(&e["time"]),
-                who,
+                printable(who, Layout::OneLine),
                 text(&e["operation"]),
-                target,
+                printable(&target, Layout::OneLine),
                 text(&e["decision"]),
                 text(&e["outcome"]),
             );
             if let Some(error) = e["error"].as_str() {
-                line.push_str(&format!("  ({error})"));
+                line.push_str(&format!("  ({})", printable(error, Layout::OneLine)));
             }
-            println!("{line}");
+            outln!("{line}");
         }
         Ok(())
     };

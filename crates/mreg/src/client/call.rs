@@ -127,9 +127,10 @@ async fn endpoint(args: &CallArgs) -> Result<String, Failure> {
         deprecated("MREG_MCP_ENDPOINT", "MREG_GATEWAY_URL");
         return super::gateway::checked(&endpoint, "MREG_MCP_ENDPOINT");
     }
+    let server = args.server.as_deref().map(super::server_name).transpose()?;
     let base = args.gateway.resolve()?.mcp_url().await?;
-    Ok(match &args.server {
-        Some(server) => format!("{base}/servers/{}/mcp", super::segment(server)),
+    Ok(match server {
+        Some(server) => format!("{base}/servers/{}/mcp", super::segment(server.as_str())),
         None => format!("{base}/mcp"),
     })
 }
@@ -142,10 +143,7 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
 
     let arguments = parse_arguments(&args.arguments)?;
     let endpoint = endpoint(&args).await?;
-    let token = match &args.token {
-        Some(t) => Some(t.0.clone()),
-        None => crate::login::bearer().await?,
-    };
+    let token = super::token(args.token.as_ref(), &endpoint).await?;
     let mut config = StreamableHttpClientTransportConfig::with_uri(endpoint.as_str());
     if let Some(token) = token {
         config = config.auth_header(token);
@@ -157,7 +155,8 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
     );
     let client = info.serve(transport).await.map_err(|e| Failure {
         message: format!(
-            "cannot open an MCP session at {endpoint}: {}",
+            "cannot open an MCP session at {}: {}",
+            super::gateway::shown(&endpoint),
             session_failure(&e)
         ),
         code: EXIT_UNREACHABLE,
@@ -173,7 +172,7 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
     } else {
         for block in &result.content {
             if let Some(t) = block.as_text() {
-                println!("{}", t.text);
+                outln!("{}", t.text);
             }
         }
     }

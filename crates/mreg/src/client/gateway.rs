@@ -71,16 +71,75 @@ fn local_url(raw: &RawConfig, host_var: &str, port_var: &str) -> Result<String, 
     }
 }
 
-/// Checks a gateway URL given by `what` and returns it without a trailing slash.
+/// `raw` (a URL the user gave) as it may be printed: a password in it replaced with `***`. Text
+/// that does not parse as a URL with a host loses everything before an `@` (after a scheme), as
+/// that may be a password too.
+pub fn shown(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(url) if url.has_host() => {
+            if url.password().is_none() {
+                return raw.to_owned();
+            }
+            let redacted = config::redact_url(raw);
+            if raw.ends_with('/') {
+                redacted
+            } else {
+                redacted.trim_end_matches('/').to_owned()
+            }
+        }
+        _ => match raw.rsplit_once('@') {
+            Some((before, after)) => {
+                let scheme = before.find("://").map_or("", |i| &before[..i + 3]);
+                format!("{scheme}***@{after}")
+            }
+            None => raw.to_owned(),
+        },
+    }
+}
+
+/// Checks a URL given by `what` and returns it without a trailing slash; a bad one is a
+/// configuration error (exit 64).
 pub fn checked(raw: &str, what: &str) -> Result<String, Failure> {
     let base = raw.trim().trim_end_matches('/').to_owned();
+    let bad = |why: String| Failure {
+        message: format!("configuration error: {what} {} {why}", shown(&base)),
+        code: EXIT_CONFIG as u8,
+    };
+    if !base.contains("://") {
+        // `127.0.0.1:8000` is no URL at all, and `localhost:8000` one with the scheme `localhost`.
+        return Err(bad(format!(
+            "has no scheme; write http://{} (or https://…)",
+            shown(&base)
+        )));
+    }
     match url::Url::parse(&base) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some() => Ok(base),
-        Ok(_) => Err(Failure::from(format!(
-            "{what} {base} is not an http(s) URL"
-        ))),
-        Err(e) => Err(Failure::from(format!("{what} {base} is not a URL: {e}"))),
+        Ok(_) => Err(bad("is not an http(s) URL".to_owned())),
+        Err(e) => Err(bad(format!("is not a URL: {e}"))),
     }
+}
+
+/// Checks the URL of a gateway's REST API given by `what`: [`checked`], and the base alone,
+/// since client commands add `/api/v1/…` themselves.
+pub fn checked_gateway(raw: &str, what: &str) -> Result<String, Failure> {
+    let base = checked(raw, what)?;
+    let url = url::Url::parse(&base).map_err(|e| Failure::from(e.to_string()))?;
+    if url.path() == "/" && url.query().is_none() && url.fragment().is_none() {
+        return Ok(base);
+    }
+    let mut root = url;
+    root.set_path("");
+    root.set_query(None);
+    root.set_fragment(None);
+    let root = root.as_str().trim_end_matches('/').to_owned();
+    Err(Failure {
+        message: format!(
+            "configuration error: {what} {}: the gateway URL is the base of its REST API, without a path; write {}",
+            shown(&base),
+            shown(&root)
+        ),
+        code: EXIT_CONFIG as u8,
+    })
 }
 
 impl Gateway {
@@ -97,18 +156,18 @@ impl Gateway {
         file: Option<&Path>,
     ) -> Result<Self, Failure> {
         if let Some(url) = flag {
-            return Ok(Self::named(checked(url, "--gateway")?));
+            return Ok(Self::named(checked_gateway(url, "--gateway")?));
         }
         if let Some(url) = old_flag {
             deprecated("--url", "--gateway");
-            return Ok(Self::named(checked(url, "--url")?));
+            return Ok(Self::named(checked_gateway(url, "--url")?));
         }
         let raw = config::load(file).map_err(|e| config_failure(&e))?;
         let named = if let Some(url) = value(&raw, "MREG_GATEWAY_URL") {
-            Some(checked(url, "MREG_GATEWAY_URL")?)
+            Some(checked_gateway(url, "MREG_GATEWAY_URL")?)
         } else if let Some(url) = env("MREG_URL") {
             deprecated("MREG_URL", "MREG_GATEWAY_URL");
-            Some(checked(&url, "MREG_URL")?)
+            Some(checked_gateway(&url, "MREG_URL")?)
         } else {
             None
         };
@@ -136,7 +195,7 @@ impl Gateway {
         let unreachable = |why: String| Failure {
             message: format!(
                 "cannot ask the gateway at {} where its MCP listener is ({why}); is `mreg serve` running there?",
-                self.api
+                shown(&self.api)
             ),
             code: EXIT_UNREACHABLE,
         };
@@ -158,6 +217,49 @@ impl Gateway {
         let mcp = document["mcp_url"]
             .as_str()
             .ok_or_else(|| unreachable("the answer has no mcp_url".to_owned()))?;
+        // Not the user's configuration: the gateway's answer.
         checked(mcp, "the gateway's mcp_url")
+            .map_err(|f| Failure::from(f.message.replacen("configuration error: ", "", 1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn a_password_never_survives_in_a_shown_url() {
+        assert_eq!(
+            shown("http://alice:pw@h:8000"),
+            "http://alice:***@h:8000",
+            "no slash added"
+        );
+        assert_eq!(shown("https://h:8000/"), "https://h:8000/");
+        assert_eq!(shown("alice:pw@h:8000"), "***@h:8000", "no scheme");
+        assert_eq!(shown("http://alice:pw@[::1"), "http://***@[::1");
+        assert_eq!(shown("127.0.0.1:8000"), "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn a_gateway_is_named_by_the_base_url_of_its_rest_api() {
+        use super::checked_gateway;
+        assert_eq!(
+            checked_gateway(" https://h:8000/ ", "--gateway").expect("base"),
+            "https://h:8000"
+        );
+        for (raw, hint) in [
+            ("127.0.0.1:8000", "write http://127.0.0.1:8000"),
+            ("localhost:8000", "write http://localhost:8000"),
+            (
+                "http://h:8000/api/v1",
+                "without a path; write http://h:8000",
+            ),
+            ("https://h/?x=1", "without a path; write https://h"),
+            ("ftp://h", "is not an http(s) URL"),
+        ] {
+            let failure = checked_gateway(raw, "--gateway").expect_err(raw);
+            assert_eq!(failure.code(), 64, "{raw}");
+            assert!(failure.message().contains(hint), "{raw}: {failure:?}");
+        }
     }
 }

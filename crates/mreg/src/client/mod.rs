@@ -3,6 +3,17 @@
 //! (`--json`) for scripts, and turn the server's error body into one readable line. One file per
 //! command family; this one holds the HTTP client and the output helpers they share.
 
+/// `println!` for client commands: see [`out`].
+macro_rules! outln {
+    () => {
+        $crate::client::out(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::client::out(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 mod audit;
 mod call;
 pub mod gateway;
@@ -10,7 +21,9 @@ mod mcp_config;
 mod servers;
 mod tools;
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -26,6 +39,69 @@ pub use tools::{ToolsArgs, tools};
 
 /// Exit code when the gateway cannot be reached (`EX_UNAVAILABLE`).
 const EXIT_UNREACHABLE: u8 = 69;
+/// Exit code when the output could not be written (`EX_IOERR`).
+const EXIT_OUTPUT: u8 = 74;
+
+/// Set once stdout is closed or failed: nothing more is written to it.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+/// Set when stdout failed for another reason than a reader that went away.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line of a client command's output. A reader that stopped reading
+/// (`mreg servers list | head -1`) is not an error: the rest of the output is dropped quietly and
+/// the command ends as it would have. Any other failure (a full disk) is reported once, and the
+/// command then exits 74. (`println!` panics in both cases, since Rust ignores SIGPIPE; `serve`
+/// relies on that, so the signal is left alone.)
+pub(crate) fn out(line: std::fmt::Arguments<'_>) {
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let line = printable(&line.to_string(), Layout::Keep);
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        STDOUT_GONE.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
+            eprintln!("mreg: cannot write the output: {e}");
+        }
+    }
+}
+
+/// Whether [`printable`] keeps line breaks and tabs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `\n` and `\t` are kept (multi-line output such as a tool's text).
+    Keep,
+    /// Everything is on one line (a table cell, a field, an error message).
+    OneLine,
+}
+
+/// `text` safe to put on a terminal: every control character (ESC, BEL, CR, DEL, the C1 set,
+/// and with [`Layout::OneLine`] also `\n` and `\t`) and the bidirectional overrides are shown
+/// as escapes (`\x1b`, `\u{202e}`) instead of being acted on. Gateways and the upstream servers
+/// behind them choose much of what the commands print (descriptions, health reasons, error
+/// messages): unescaped, that text could clear the screen, forge output, set the clipboard
+/// (OSC 52) or hide a link (OSC 8).
+pub(crate) fn printable(text: &str, layout: Layout) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && !(layout == Layout::Keep && matches!(c, '\n' | '\t')))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(hidden) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !hidden(c) {
+            out.push(c);
+        } else if u32::from(c) <= 0xff {
+            out.push_str(&format!("\\x{:02x}", u32::from(c)));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        }
+    }
+    out
+}
 
 /// A failed client command: what to print and the exit code.
 pub struct Failure {
@@ -67,22 +143,27 @@ impl Client {
     /// A client of the gateway's REST API that `args` name, with the explicit or saved token.
     async fn new(args: &ClientArgs) -> Result<Self, Failure> {
         let base = args.gateway.resolve()?.api;
+        let token = token(args.token.as_ref(), &base).await?;
         Ok(Self {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .map_err(|e| e.to_string())?,
             base,
-            token: token(args).await?,
+            token,
         })
     }
 }
 
-/// The bearer token: `--token`/`MREG_TOKEN`, else the one `mreg login` saved (refreshed).
-async fn token(args: &ClientArgs) -> Result<Option<String>, Failure> {
-    match &args.token {
+/// The bearer token for requests to `target`: `--token`/`MREG_TOKEN` as given, else the one
+/// `mreg login` saved (refreshed) when `target` is on the gateway it belongs to.
+async fn token(
+    explicit: Option<&crate::cli::BearerToken>,
+    target: &str,
+) -> Result<Option<String>, Failure> {
+    match explicit {
         Some(token) => Ok(Some(token.0.clone())),
-        None => Ok(crate::login::bearer().await?),
+        None => Ok(crate::login::bearer(target).await?),
     }
 }
 
@@ -103,7 +184,7 @@ impl Client {
         let response = request.send().await.map_err(|e| Failure {
             message: format!(
                 "cannot reach mreg at {} ({}); is `mreg serve` running there?",
-                self.base,
+                gateway::shown(&self.base),
                 crate::proxy::root_cause(&e)
             ),
             code: EXIT_UNREACHABLE,
@@ -151,7 +232,7 @@ pub async fn whoami(args: ClientArgs) -> ExitCode {
                 ("scopes", "scopes"),
                 ("client", "client_id"),
             ] {
-                println!("{label:8} {}", text(&me[key]));
+                outln!("{label:8} {}", text(&me[key]));
             }
         }
         Ok::<(), Failure>(())
@@ -159,14 +240,28 @@ pub async fn whoami(args: ClientArgs) -> ExitCode {
     exit(outcome.await)
 }
 
-fn exit(outcome: Result<(), Failure>) -> ExitCode {
+/// The exit code of a client command that ended with `outcome`, its failure printed.
+pub(crate) fn exit(outcome: Result<(), Failure>) -> ExitCode {
     match outcome {
+        Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::from(EXIT_OUTPUT),
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("mreg: {}", failure.message);
+            eprintln!("mreg: {}", printable(&failure.message, Layout::OneLine));
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Checks `raw` as a server name here, before it goes into a URL, so that a bad one is reported
+/// as the user typed it (in a path it would arrive encoded: `bad name` as `bad+name`).
+fn server_name(raw: &str) -> Result<domain::ServerName, Failure> {
+    domain::ServerName::parse(raw).map_err(|e| {
+        let why = match e {
+            domain::Error::Invalid { message, .. } => message,
+            other => other.to_string(),
+        };
+        Failure::from(format!("invalid server name '{raw}': {why}"))
+    })
 }
 
 fn segment(name: &str) -> String {
@@ -174,7 +269,7 @@ fn segment(name: &str) -> String {
 }
 
 fn print_json(value: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
@@ -182,7 +277,7 @@ fn print_json(value: &Value) {
 
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s, Layout::OneLine),
         Value::Null => "-".to_owned(),
         Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(","),
         other => other.to_string(),
@@ -191,6 +286,14 @@ fn text(value: &Value) -> String {
 
 /// Prints `rows` under the upper-cased `columns`, each column as wide as its widest cell.
 fn print_rows(columns: &[&str], rows: Vec<Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|row| {
+            row.iter()
+                .map(|cell| printable(cell, Layout::OneLine))
+                .collect()
+        })
+        .collect();
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
@@ -211,10 +314,32 @@ fn print_rows(columns: &[&str], rows: Vec<Vec<String>>) {
                 out.push_str(&format!("{cell:width$}  ", width = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(columns.iter().map(|c| c.to_uppercase()).collect());
     for row in rows {
         line(row);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Layout, printable};
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let hostile = "a\u{1b}[2Jb\u{7}c\rd\u{9b}e\u{202e}f\ng\th";
+        assert_eq!(
+            printable(hostile, Layout::OneLine),
+            "a\\x1b[2Jb\\x07c\\x0dd\\x9be\\u{202e}f\\x0ag\\x09h"
+        );
+        assert_eq!(
+            printable(hostile, Layout::Keep),
+            "a\\x1b[2Jb\\x07c\\x0dd\\x9be\\u{202e}f\ng\th"
+        );
+        assert_eq!(
+            printable("plain, ünïcode", Layout::OneLine),
+            "plain, ünïcode"
+        );
     }
 }

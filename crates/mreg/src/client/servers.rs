@@ -6,8 +6,12 @@ use clap::{Args, Subcommand};
 use reqwest::Method;
 use serde_json::{Map, Value, json};
 
-use super::{Client, Failure, print_json, print_rows, segment, text};
+use super::{Client, Failure, Layout, print_json, print_rows, printable, segment, text};
 use crate::cli::ClientArgs;
+
+/// Exit status of `servers check` when the server could not be checked at all, so that a
+/// script tells "unhealthy" (1) from "no such server" or "not allowed".
+const EXIT_NOT_CHECKED: u8 = 2;
 
 /// `mreg servers`.
 #[derive(Debug, Args)]
@@ -81,8 +85,10 @@ enum ServersCommand {
         /// Server name.
         name: String,
     },
-    /// Probe a server now and show what was found. Exit status 0 when it is healthy, 1 when it
-    /// is not.
+    /// Probe a server now and show what was found. Exit status 0 when it is healthy; 1 when it
+    /// is not (degraded, unhealthy or unknown); 2 when it could not be checked (no such server,
+    /// or the gateway refused: not signed in, not allowed, …); 69 when the gateway cannot be
+    /// reached; 64 for a configuration error.
     Check {
         /// Server name.
         name: String,
@@ -192,16 +198,35 @@ impl Fields {
 
 /// Runs a `mreg servers` command.
 pub async fn run(args: ServersArgs) -> ExitCode {
-    match execute(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            eprintln!("mreg: {}", failure.message);
-            ExitCode::from(failure.code)
+    super::exit(execute(args).await)
+}
+
+impl ServersCommand {
+    /// The server named in this command's URL path, if any (`add` sends its name in the body,
+    /// where the gateway reports a bad one as typed, with the other fields' problems).
+    fn name(&self) -> Option<&str> {
+        match self {
+            Self::List { .. } | Self::Add { .. } => None,
+            Self::Get { name }
+            | Self::Update { name, .. }
+            | Self::Rm { name }
+            | Self::Check { name } => Some(name),
         }
     }
 }
 
 async fn execute(args: ServersArgs) -> Result<(), Failure> {
+    if let Some(name) = args.command.name()
+        && let Err(failure) = super::server_name(name)
+    {
+        return Err(match args.command {
+            ServersCommand::Check { .. } => Failure {
+                code: EXIT_NOT_CHECKED,
+                ..failure
+            },
+            _ => failure,
+        });
+    }
     let client = Client::new(&args.client).await?;
     let json_output = args.client.json;
     match args.command {
@@ -249,7 +274,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             } else {
                 print_table(&servers);
                 if cursor.is_some() {
-                    println!("(more servers follow; use --all to list every page)");
+                    outln!("(more servers follow; use --all to list every page)");
                 }
             }
         }
@@ -278,7 +303,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             if json_output {
                 print_json(&server);
             } else {
-                println!("registered {}", server["name"].as_str().unwrap_or(&name));
+                outln!("registered {}", server["name"].as_str().unwrap_or(&name));
             }
         }
         ServersCommand::Update {
@@ -311,7 +336,7 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             if json_output {
                 print_json(&server);
             } else {
-                println!("updated {name}");
+                outln!("updated {name}");
             }
         }
         ServersCommand::Rm { name } => {
@@ -325,31 +350,42 @@ async fn execute(args: ServersArgs) -> Result<(), Failure> {
             if json_output {
                 print_json(&json!({ "deleted": name }));
             } else {
-                println!("removed {name}");
+                outln!("removed {name}");
             }
         }
         ServersCommand::Check { name } => {
             let path = format!("/api/v1/servers/{}/health/check", segment(&name));
-            let (_, report) = client.call(Method::POST, &path, None).await?;
+            let (_, report) = client
+                .call(Method::POST, &path, None)
+                .await
+                .map_err(|failure| match failure.code {
+                    1 => Failure {
+                        code: EXIT_NOT_CHECKED,
+                        ..failure
+                    },
+                    _ => failure,
+                })?;
             let current = &report["current"];
             if json_output {
                 print_json(&report);
             } else {
                 let mut line = format!("{name}: {}", text(&current["status"]));
-                if let Some(check) = current["last_check"].as_object() {
+                // Indexed as a `Value`, whose missing keys are null (a `Map` panics on them).
+                let check = &current["last_check"];
+                if check.is_object() {
                     line.push_str(&format!(
                         "; probe {} in {} ms",
                         text(&check["outcome"]),
                         text(&check["latency_ms"])
                     ));
                     if let Some(detail) = check["detail"].as_str() {
-                        line.push_str(&format!(" ({detail})"));
+                        line.push_str(&format!(" ({})", printable(detail, Layout::OneLine)));
                     }
                     if let Some(version) = check["protocol_version"].as_str() {
                         line.push_str(&format!(", protocol {version}"));
                     }
                 }
-                println!("{line}");
+                outln!("{line}");
             }
             if current["status"] != "healthy" {
                 return Err(Failure {
@@ -381,7 +417,7 @@ fn show(server: &Value, json_output: bool) {
         "updated_at",
         "id",
     ] {
-        println!("{:14} {}", format!("{key}:"), text(&server[key]));
+        outln!("{:14} {}", format!("{key}:"), text(&server[key]));
     }
     let health = &server["health"];
     let mut state = text(&health["state"]);
@@ -389,11 +425,12 @@ fn show(server: &Value, json_output: bool) {
         state.push_str(&format!(" since {since}"));
     }
     if let Some(reason) = health["reason"].as_str() {
-        state.push_str(&format!(": {reason}"));
+        state.push_str(&format!(": {}", printable(reason, Layout::OneLine)));
     }
-    println!("{:14} {state}", "health:");
-    if let Some(probe) = health["last_probe"].as_object() {
-        println!(
+    outln!("{:14} {state}", "health:");
+    let probe = &health["last_probe"];
+    if probe.is_object() {
+        outln!(
             "{:14} {} {} in {} ms",
             "last probe:",
             text(&probe["at"]),
@@ -401,23 +438,23 @@ fn show(server: &Value, json_output: bool) {
             text(&probe["latency_ms"])
         );
     }
-    println!("{:14} {}", "gateway url:", text(&server["gateway_url"]));
+    outln!("{:14} {}", "gateway url:", text(&server["gateway_url"]));
     let timeout = server["timeout_secs"]
         .as_u64()
         .map_or_else(|| "30 s (default)".to_owned(), |t| format!("{t} s"));
-    println!("{:14} {timeout}", "timeout:");
-    println!("{:14} {}", "shared:", yes_no(&server["shared"]));
+    outln!("{:14} {timeout}", "timeout:");
+    outln!("{:14} {}", "shared:", yes_no(&server["shared"]));
     let credentials = if server["has_upstream_credentials"] == true {
         "stored (never shown)"
     } else {
         "none"
     };
-    println!("{:14} {credentials}", "credentials:");
+    outln!("{:14} {credentials}", "credentials:");
     if server["metadata"]
         .as_object()
         .is_some_and(|m| !m.is_empty())
     {
-        println!("{:14} {}", "metadata:", server["metadata"]);
+        outln!("{:14} {}", "metadata:", server["metadata"]);
     }
 }
 
@@ -427,7 +464,7 @@ fn yes_no(value: &Value) -> &'static str {
 
 fn print_table(servers: &[Value]) {
     if servers.is_empty() {
-        println!("no servers");
+        outln!("no servers");
         return;
     }
     let columns = ["name", "status", "health", "transport", "url", "tags"];

@@ -62,7 +62,7 @@ async fn execute(args: ToolsArgs) -> Result<(), Failure> {
             if args.client.json {
                 print_json(&found);
             } else if hits.is_empty() {
-                println!("no tools match '{}'", query.join(" "));
+                outln!("no tools match '{}'", query.join(" "));
             } else {
                 let rows = hits.iter().map(row).collect();
                 print_rows(&["server", "tool", "health", "description"], rows);

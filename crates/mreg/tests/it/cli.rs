@@ -1282,3 +1282,584 @@ async fn json_logs_carry_numbers_as_numbers_and_strings_quoted_once() {
         );
     }
 }
+
+/// What [`FakeGateway`] received: each request's path and `Authorization` header.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// A stand-in gateway on port 0 for what the real one cannot be made to do (be someone else's
+/// server, answer hostile text): it answers `GET /.well-known/mreg` with itself as the MCP
+/// listener and every other path with the canned JSON given for it (404 otherwise), and records
+/// each request's path and `Authorization` header.
+struct FakeGateway {
+    base: String,
+    seen: Seen,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeGateway {
+    async fn start(routes: Vec<(&'static str, u16, Value)>) -> Self {
+        use axum::extract::{Request, State};
+        use axum::response::IntoResponse;
+        type Shared = (
+            Seen,
+            std::sync::Arc<Vec<(&'static str, u16, Value)>>,
+            String,
+        );
+        async fn answer(
+            State((seen, routes, base)): State<Shared>,
+            request: Request,
+        ) -> impl IntoResponse {
+            let path = request.uri().path().to_owned();
+            let auth = request
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+            seen.lock().expect("lock").push((path.clone(), auth));
+            if path == "/.well-known/mreg" {
+                return (
+                    reqwest::StatusCode::OK,
+                    axum::Json(serde_json::json!({ "mcp_url": base })),
+                );
+            }
+            match routes.iter().find(|(p, _, _)| *p == path) {
+                Some((_, status, body)) => (
+                    reqwest::StatusCode::from_u16(*status).expect("status"),
+                    axum::Json(body.clone()),
+                ),
+                None => (
+                    reqwest::StatusCode::NOT_FOUND,
+                    axum::Json(
+                        serde_json::json!({ "error": "not_found", "message": "no such route" }),
+                    ),
+                ),
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = std::sync::Arc::default();
+        let router = axum::Router::new().fallback(answer).with_state((
+            std::sync::Arc::clone(&seen),
+            std::sync::Arc::new(routes),
+            base.clone(),
+        ));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Self { base, seen, task }
+    }
+
+    /// The `Authorization` headers received so far, one per request.
+    fn authorizations(&self) -> Vec<Option<String>> {
+        self.seen
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(_, auth)| auth.clone())
+            .collect()
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Writes a saved login as `mreg login` would, for the issuer `issuer` and (unless `None`, as
+/// older versions saved it) the REST API `gateway`.
+fn save_login(dir: &TempDir, issuer: &str, gateway: Option<&str>, token: &str) {
+    let mut saved = serde_json::json!({
+        "issuer": issuer,
+        "client_id": "cli",
+        "access_token": token,
+        "refresh_token": null,
+        "expires_at": time::OffsetDateTime::now_utc().unix_timestamp() + 3600,
+    });
+    if let Some(gateway) = gateway {
+        saved["gateway"] = Value::from(gateway);
+    }
+    std::fs::write(dir.0.join("credentials.json"), saved.to_string()).expect("save login");
+}
+
+#[tokio::test]
+async fn a_saved_login_is_sent_only_to_the_gateway_it_was_made_for() {
+    let empty_list = || {
+        vec![(
+            "/api/v1/servers",
+            200,
+            serde_json::json!({ "servers": [], "next_cursor": null }),
+        )]
+    };
+    let gateway = FakeGateway::start(empty_list()).await;
+    let issuer = FakeGateway::start(vec![]).await;
+    let stranger = FakeGateway::start(empty_list()).await;
+    let token = "saved-admin-token";
+    let bearer = Some(format!("Bearer {token}"));
+    let dir = TempDir::new();
+    save_login(&dir, &issuer.base, Some(&gateway.base), token);
+
+    // The gateway logged in to gets the token.
+    let out = run(&dir, &["servers", "--gateway", &gateway.base, "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gateway.authorizations(), std::slice::from_ref(&bearer));
+    assert!(!stderr(&out).contains("not sending"), "{}", stderr(&out));
+
+    // A cloned repository's .env names another server: it gets no token, and the user is told.
+    std::fs::write(
+        dir.0.join(".env"),
+        format!("MREG_GATEWAY_URL={}\n", stranger.base),
+    )
+    .expect("write .env");
+    let out = run(&dir, &["servers", "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "not sending your saved login to {}",
+            stranger.base
+        )) && err.contains(&gateway.base)
+            && err.contains("mreg login --gateway")
+            && err.contains("--token"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // `call` asks the stranger where its MCP listener is (itself): no token there either.
+    let out = run(&dir, &["call", "list_servers"], &[]).await;
+    assert!(!out.status.success(), "the stranger speaks no MCP");
+    assert!(stderr(&out).contains("not sending"), "{}", stderr(&out));
+    let seen = stranger.authorizations();
+    assert!(
+        seen.len() >= 3,
+        "list, discovery and MCP requests: {seen:?}"
+    );
+    assert!(seen.iter().all(Option::is_none), "{seen:?}");
+    assert!(!stdout(&out).contains(token) && !stderr(&out).contains(token));
+
+    // A token given explicitly is sent as given.
+    let out = run(
+        &dir,
+        &["servers", "list"],
+        &[("MREG_TOKEN", "explicit-token")],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stranger
+            .authorizations()
+            .last()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("Bearer explicit-token")
+    );
+
+    // A login saved by an older version (no gateway recorded) goes to the issuer's origin only.
+    let old = TempDir::new();
+    save_login(&old, &issuer.base, None, token);
+    let out = run(&old, &["servers", "--gateway", &gateway.base, "list"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(gateway.authorizations().last(), Some(&None));
+    assert!(stderr(&out).contains("not sending"), "{}", stderr(&out));
+    let out = run(
+        &old,
+        &[
+            "call",
+            "--endpoint",
+            &format!("{}/mcp", issuer.base),
+            "list_servers",
+        ],
+        &[],
+    )
+    .await;
+    assert!(!out.status.success(), "the stand-in speaks no MCP");
+    assert_eq!(issuer.authorizations().last(), Some(&bearer));
+    for fake in [gateway, issuer, stranger] {
+        fake.stop();
+    }
+}
+
+#[tokio::test]
+async fn a_password_in_the_gateway_url_is_never_printed() {
+    let dir = TempDir::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let gateway = format!("http://alice:S3CRETPW@127.0.0.1:{port}");
+    let shown = format!("http://alice:***@127.0.0.1:{port}");
+
+    let mut outputs = Vec::new();
+    let out = run(&dir, &["check-config"], &[("MREG_GATEWAY_URL", &gateway)]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out)
+        .lines()
+        .find(|l| l.starts_with("MREG_GATEWAY_URL"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains(&shown), "{}", stdout(&out));
+
+    outputs.push(out);
+    let out = run(&dir, &["servers", "--gateway", &gateway, "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot reach mreg at {shown} (")),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    let out = run(
+        &dir,
+        &["call", "list_servers"],
+        &[("MREG_GATEWAY_URL", &gateway)],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot ask the gateway at {shown} ")),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--endpoint",
+            &format!("{gateway}/mcp"),
+            "list_servers",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot open an MCP session at {shown}/mcp")),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    // Not a URL a client can use, password and all.
+    let bad = run(
+        &dir,
+        &["servers", "--gateway", "alice:S3CRETPW@127.0.0.1:1", "list"],
+        &[],
+    )
+    .await;
+    assert!(!bad.status.success());
+    outputs.push(bad);
+    for out in &outputs {
+        let (out_text, err_text) = (stdout(out), stderr(out));
+        assert!(!out_text.contains("S3CRETPW"), "{out_text}");
+        assert!(!err_text.contains("S3CRETPW"), "{err_text}");
+    }
+}
+
+/// `mreg` with `args` whose reader closes its stdout before anything is printed, as
+/// `mreg … | head -1` does once it has its line.
+async fn run_with_stdout_closed(dir: &TempDir, args: &[&str]) -> Output {
+    let mut command = mreg(dir, args, &[]);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn()?;
+        drop(child.stdout.take());
+        child.wait_with_output()
+    })
+    .await
+    .expect("join")
+    .expect("mreg runs")
+}
+
+#[tokio::test]
+async fn client_commands_end_quietly_when_their_reader_stops_reading() {
+    let app = TestApp::spawn().await;
+    let upstream = crate::upstream::Upstream::start(true).await;
+    app.register("up", serde_json::json!({ "url": upstream.url }))
+        .await;
+    let dir = TempDir::new();
+    let gateway = app.base.as_str();
+    let out = run(&dir, &["servers", "--gateway", gateway, "check", "up"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    for args in [
+        vec!["servers", "--gateway", gateway, "list"],
+        vec!["servers", "--gateway", gateway, "get", "up"],
+        vec!["tools", "--gateway", gateway, "search", "echo"],
+        vec!["servers", "--gateway", gateway, "--json", "list"],
+        vec!["check-config"],
+    ] {
+        let out = run_with_stdout_closed(&dir, &args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(out.stderr.is_empty(), "{args:?}: {}", stderr(&out));
+    }
+    // The exit status still tells what happened.
+    let out = run_with_stdout_closed(&dir, &["servers", "--gateway", gateway, "get", "nope"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_url_without_a_scheme_or_with_a_path_is_a_configuration_error_with_a_hint() {
+    let dir = TempDir::new();
+    for (args, hint) in [
+        (
+            vec!["servers", "--gateway", "127.0.0.1:18000", "list"],
+            "--gateway 127.0.0.1:18000 has no scheme; write http://127.0.0.1:18000",
+        ),
+        (
+            vec!["tools", "--gateway", "localhost:18000", "search", "x"],
+            "write http://localhost:18000",
+        ),
+        (
+            vec![
+                "servers",
+                "--gateway",
+                "http://127.0.0.1:18000/api/v1",
+                "list",
+            ],
+            "the gateway URL is the base of its REST API, without a path; write http://127.0.0.1:18000",
+        ),
+        (
+            vec![
+                "call",
+                "--gateway",
+                "http://127.0.0.1:18000/api/v1",
+                "list_servers",
+            ],
+            "without a path; write http://127.0.0.1:18000",
+        ),
+    ] {
+        let out = run(&dir, &args, &[]).await;
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains(hint), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(!err.contains("relative URL without a base"), "{err}");
+    }
+    std::fs::write(
+        dir.0.join(".env"),
+        "MREG_GATEWAY_URL=http://127.0.0.1:18000/api/v1/\n",
+    )
+    .expect("write .env");
+    let out = run(&dir, &["servers", "list"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "MREG_GATEWAY_URL http://127.0.0.1:18000/api/v1: the gateway URL is the base"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[tokio::test]
+async fn servers_check_tells_unhealthy_from_unknown_or_refused_by_its_exit_status() {
+    let app = TestApp::spawn().await;
+    let dir = TempDir::new();
+    let out = run(
+        &dir,
+        &["servers", "--gateway", &app.base, "check", "nope"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("server 'nope' not found (HTTP 404"),
+        "{}",
+        stderr(&out)
+    );
+    app.stop().await;
+
+    let fake = FakeGateway::start(vec![
+        (
+            "/api/v1/servers/sick/health/check",
+            200,
+            serde_json::json!({ "current": { "status": "unhealthy" } }),
+        ),
+        (
+            "/api/v1/servers/secret/health/check",
+            403,
+            serde_json::json!({ "error": "forbidden", "message": "you may not check secret" }),
+        ),
+    ])
+    .await;
+    let out = run(
+        &dir,
+        &["servers", "--gateway", &fake.base, "check", "sick"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("sick: unhealthy"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("sick is not healthy"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(
+        &dir,
+        &["servers", "--gateway", &fake.base, "check", "secret"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("you may not check secret (HTTP 403"),
+        "{}",
+        stderr(&out)
+    );
+    fake.stop();
+
+    let out = run(&dir, &["servers", "check", "--help"], &[]).await;
+    assert!(
+        stdout(&out).contains("2 when it could not be checked"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[tokio::test]
+async fn a_bad_server_name_is_refused_as_typed_before_anything_is_sent() {
+    let fake = FakeGateway::start(vec![]).await;
+    let dir = TempDir::new();
+    for (args, code) in [
+        (vec!["get", "bad name"], 1),
+        (vec!["rm", "bad name"], 1),
+        (vec!["update", "bad name", "-d", "x"], 1),
+        (vec!["check", "bad name"], 2),
+    ] {
+        let mut all = vec!["servers", "--gateway", fake.base.as_str()];
+        all.extend_from_slice(&args);
+        let out = run(&dir, &all, &[]).await;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("invalid server name 'bad name': contains ' '"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("bad+name"), "{err}");
+    }
+    let out = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            &fake.base,
+            "--server",
+            "bad name",
+            "echo",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid server name 'bad name'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fake.authorizations().is_empty(), "nothing was sent");
+    fake.stop();
+}
+
+#[tokio::test]
+async fn text_from_the_gateway_cannot_drive_the_terminal() {
+    let esc_bel = |s: &str| s.contains('\u{1b}') || s.contains('\u{7}') || s.contains('\r');
+    let fake = FakeGateway::start(vec![
+        (
+            "/api/v1/tools",
+            200,
+            serde_json::json!({ "tools": [{
+                "server": "evil",
+                "health": "healthy",
+                "tool": { "name": "wipe", "description": "\u{1b}[2Jcleared\u{7}" },
+            }] }),
+        ),
+        (
+            "/api/v1/servers/evil",
+            200,
+            serde_json::json!({
+                "name": "evil",
+                "description": "\u{1b}]8;;https://evil.example\u{7}docs\u{1b}]8;;\u{7}",
+                "health": { "state": "degraded", "reason": "\r\u{1b}]52;c;aGk=\u{7}all good" },
+            }),
+        ),
+        (
+            "/api/v1/servers/evil/health/check",
+            200,
+            serde_json::json!({ "current": { "status": "healthy", "last_check": {
+                "outcome": "ok", "latency_ms": 1, "detail": "\u{1b}[31mred\u{7}",
+            } } }),
+        ),
+        (
+            "/api/v1/servers/boom",
+            500,
+            serde_json::json!({ "error": "internal", "message": "\u{1b}[2Jfailed\u{7}" }),
+        ),
+    ])
+    .await;
+    let dir = TempDir::new();
+    let gateway = fake.base.as_str();
+    let out = run(
+        &dir,
+        &["tools", "--gateway", gateway, "search", "wipe"],
+        &[],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\\x1b[2Jcleared\\x07"),
+        "{}",
+        stdout(&out)
+    );
+    let mut outputs = vec![out];
+    let out = run(&dir, &["servers", "--gateway", gateway, "get", "evil"], &[]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("\\x0d\\x1b]52;c;aGk=\\x07all good"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stdout(&out).contains("\\x1b]8;;https://evil.example\\x07docs"));
+    outputs.push(out);
+    let out = run(
+        &dir,
+        &["servers", "--gateway", gateway, "check", "evil"],
+        &[],
+    )
+    .await;
+    assert!(
+        stdout(&out).contains("(\\x1b[31mred\\x07)"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    outputs.push(out);
+    let out = run(&dir, &["servers", "--gateway", gateway, "get", "boom"], &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("mreg: \\x1b[2Jfailed\\x07 (HTTP 500"),
+        "{}",
+        stderr(&out)
+    );
+    outputs.push(out);
+    // JSON output escapes in its own way, and stays JSON.
+    let out = run(
+        &dir,
+        &["tools", "--gateway", gateway, "--json", "search", "wipe"],
+        &[],
+    )
+    .await;
+    let found: Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(
+        found["tools"][0]["tool"]["description"],
+        "\u{1b}[2Jcleared\u{7}"
+    );
+    outputs.push(out);
+    for out in &outputs {
+        assert!(!esc_bel(&stdout(out)), "{:?}", stdout(out));
+        assert!(!esc_bel(&stderr(out)), "{:?}", stderr(out));
+    }
+    fake.stop();
+}
