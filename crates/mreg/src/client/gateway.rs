@@ -120,12 +120,19 @@ pub fn checked(raw: &str, what: &str) -> Result<String, Failure> {
 }
 
 /// Checks the URL of a gateway's REST API given by `what`: [`checked`], and the base alone,
-/// since client commands add `/api/v1/…` themselves.
+/// since client commands add `/api/v1/…` themselves. A path prefix (a gateway published under
+/// `https://host/mreg`) is kept; a path into the API itself (`/api/v1`, `/mcp`…) is refused.
 pub fn checked_gateway(raw: &str, what: &str) -> Result<String, Failure> {
     let base = checked(raw, what)?;
     let url = url::Url::parse(&base).map_err(|e| Failure::from(e.to_string()))?;
-    if url.path() == "/" && url.query().is_none() && url.fragment().is_none() {
-        return Ok(base);
+    let into_api = url.path_segments().into_iter().flatten().any(|segment| {
+        matches!(
+            segment,
+            "api" | "v0.1" | "mcp" | "servers" | "docs" | "openapi.json" | ".well-known"
+        )
+    });
+    if !into_api && url.query().is_none() && url.fragment().is_none() {
+        return Ok(base.trim_end_matches('/').to_owned());
     }
     let mut root = url;
     root.set_path("");
@@ -247,6 +254,10 @@ mod tests {
             checked_gateway(" https://h:8000/ ", "--gateway").expect("base"),
             "https://h:8000"
         );
+        assert_eq!(
+            checked_gateway("https://h/mreg/", "--gateway").expect("a prefix is kept"),
+            "https://h/mreg"
+        );
         for (raw, hint) in [
             ("127.0.0.1:8000", "write http://127.0.0.1:8000"),
             ("localhost:8000", "write http://localhost:8000"),
@@ -255,6 +266,7 @@ mod tests {
                 "without a path; write http://h:8000",
             ),
             ("https://h/?x=1", "without a path; write https://h"),
+            ("https://h/mreg/mcp", "without a path; write https://h"),
             ("ftp://h", "is not an http(s) URL"),
         ] {
             let failure = checked_gateway(raw, "--gateway").expect_err(raw);
