@@ -385,6 +385,9 @@ impl RawConfig {
                             redact_url(value)
                         } else if setting.secret {
                             "(set, hidden)".to_owned()
+                        } else if Url::parse(value).is_ok_and(|url| url.password().is_some()) {
+                            // Any other URL setting (MREG_GATEWAY_URL, MREG_PUBLIC_URL…).
+                            redact_url(value)
                         } else {
                             value.to_owned()
                         };

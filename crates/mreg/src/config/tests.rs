@@ -381,3 +381,27 @@ fn a_wildcard_bind_with_authentication_needs_the_public_url() {
         Some("https://mreg.example.com/".to_owned())
     );
 }
+
+#[test]
+fn check_config_hides_the_password_of_any_url_setting() {
+    let raw = RawConfig::collect(
+        None,
+        Vec::new(),
+        env(&[
+            ("MREG_GATEWAY_URL", "http://alice:S3CRETPW@127.0.0.1:8000"),
+            ("MREG_PUBLIC_URL", "https://bob:hunter2@mreg.example.com"),
+        ]),
+    )
+    .expect("collected");
+    let shown: Vec<String> = raw
+        .describe()
+        .into_iter()
+        .map(|(_, value, _)| value)
+        .collect();
+    let all = shown.join("\n");
+    assert!(
+        !all.contains("S3CRETPW") && !all.contains("hunter2"),
+        "{all}"
+    );
+    assert!(all.contains("http://alice:***@127.0.0.1:8000"), "{all}");
+}

@@ -112,7 +112,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         "cache_backend": state.cache_backend,
         "rate_limits": if state.oauth.is_none() {
             "off (no authentication)"
-        } else if state.limits.degraded() {
+        // Limits fall back to this instance's memory while the cache does not answer, and are
+        // shared again with the first decision after it does: what the check just saw decides.
+        } else if state.limits.degraded() && cache.is_err() {
             "per instance: the cache is unreachable"
         } else if state.cache_backend == "redis" {
             "shared (redis)"
