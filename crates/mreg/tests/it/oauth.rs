@@ -499,6 +499,17 @@ impl<'a> Flow<'a> {
         .await
     }
 
+    /// Revokes `token` as this client (RFC 7009); returns the status.
+    async fn revoke(&self, token: &str) -> StatusCode {
+        self.http
+            .post(format!("{}/revoke", self.s.mcp))
+            .form(&[("token", token), ("client_id", self.client_id.as_str())])
+            .send()
+            .await
+            .expect("revoke")
+            .status()
+    }
+
     /// Signs `user` in and returns the token response.
     async fn tokens(&mut self, user: &str) -> Value {
         let code = self.code(user).await;
@@ -742,26 +753,13 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
     let fresh = flow.tokens("bob").await;
     let access = fresh["access_token"].as_str().expect("access");
     assert_eq!(whoami(&s.app, access).await.0, StatusCode::OK);
-    let revoke = |token: String| {
-        let http = flow.http.clone();
-        let url = format!("{}/revoke", s.mcp);
-        let client_id = flow.client_id.clone();
-        async move {
-            http.post(url)
-                .form(&[("token", token.as_str()), ("client_id", client_id.as_str())])
-                .send()
-                .await
-                .expect("revoke")
-                .status()
-        }
-    };
-    assert_eq!(revoke(access.to_owned()).await, StatusCode::OK);
+    assert_eq!(flow.revoke(access).await, StatusCode::OK);
     assert_eq!(whoami(&s.app, access).await.0, StatusCode::UNAUTHORIZED);
     let refresh = fresh["refresh_token"].as_str().expect("refresh").to_owned();
-    assert_eq!(revoke(refresh.clone()).await, StatusCode::OK);
+    assert_eq!(flow.revoke(&refresh).await, StatusCode::OK);
     assert_eq!(flow.refresh(&refresh).await.0, StatusCode::BAD_REQUEST);
     assert_eq!(
-        revoke("unknown".to_owned()).await,
+        flow.revoke("unknown").await,
         StatusCode::OK,
         "unknown tokens are fine"
     );
@@ -2412,20 +2410,7 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
     for token in [&kept, &revoked_access, &by_itself, &during] {
         assert_eq!(whoami(&s.app, token).await.0, StatusCode::OK);
     }
-    let revoke = |token: String| {
-        let http = flow.http.clone();
-        let url = format!("{}/revoke", s.mcp);
-        let client_id = flow.client_id.clone();
-        async move {
-            http.post(url)
-                .form(&[("token", token.as_str()), ("client_id", client_id.as_str())])
-                .send()
-                .await
-                .expect("revoke")
-                .status()
-        }
-    };
-    assert_eq!(revoke(by_itself.clone()).await, StatusCode::OK);
+    assert_eq!(flow.revoke(&by_itself).await, StatusCode::OK);
     let reply = flow
         .http
         .post(format!("{}/revoke", s.mcp))
@@ -2440,7 +2425,7 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
 
     proxy.cut();
     assert_eq!(
-        revoke(during.clone()).await,
+        flow.revoke(&during).await,
         StatusCode::OK,
         "recorded in the database"
     );
