@@ -216,7 +216,9 @@ impl Metrics {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn keeps_servers(&self) -> bool {
+    /// Whether per-server series are kept (see [`Metrics::per_server`]): callers skip the work of
+    /// labelling a call when they are not.
+    pub fn keeps_servers(&self) -> bool {
         self.per_server.load(std::sync::atomic::Ordering::Relaxed)
     }
 

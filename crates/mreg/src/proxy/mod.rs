@@ -134,7 +134,8 @@ pub async fn handle(
     let response = proxy(&state, &caller, &name, request, &mut entry).await;
     // The per-server metrics count what the audit row records, when it is completed — for
     // registered servers the caller may see only: a name nobody registered makes no series.
-    if response.extensions().get::<Known>().is_some() {
+    // Nothing is allocated for it when the series are off (authentication on, by default).
+    if state.metrics.keeps_servers() && response.extensions().get::<Known>().is_some() {
         let (metrics, method, tool) = (
             state.metrics.clone(),
             entry.operation_name().to_owned(),

@@ -630,13 +630,7 @@ async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_t
     }
     let _ = client.cancel().await;
     let metrics = app.metrics().await;
-    let line = |prefix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
-    };
+    let line = |prefix: &str| metric_line(&metrics, prefix);
     assert!(
         line(r#"mreg_server_health{server="metered",state="healthy"}"#).ends_with(" 1"),
         "{metrics}"
@@ -678,13 +672,7 @@ async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_t
         .expect("answered");
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     let metrics = app.metrics().await;
-    let line = |prefix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .map(str::to_owned)
-            .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
-    };
+    let line = |prefix: &str| metric_line(&metrics, prefix);
     assert!(
         line(r#"mreg_server_health{server="metered",state="unhealthy"}"#).ends_with(" 1"),
         "{metrics}"
@@ -792,4 +780,13 @@ async fn a_burst_of_checks_makes_one_probe_and_a_disabled_server_none() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(posts(), before, "no request reached the disabled server");
+}
+
+/// The line of `metrics` that starts with `prefix` (a series and its labels).
+fn metric_line(metrics: &str, prefix: &str) -> String {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{prefix} missing: {metrics}"))
 }
