@@ -7,7 +7,10 @@
 --     http://127.0.0.1:PORT/mcp
 --
 -- The session (initialize, then notifications/initialized) is the caller's job, done with curl
--- by scripts/bench-peers; a stateless upstream needs no Mcp-Session-Id. Every request gets its
+-- by scripts/bench-peers; a stateless upstream needs no Mcp-Session-Id. A client of the
+-- stateless 2026-07-28 protocol has no session either: MCP_META (a JSON object) is then sent as
+-- the call's `params._meta` (protocol version and client capabilities), with the
+-- Mcp-Protocol-Version, Mcp-Method and Mcp-Name headers given to wrk. Every request gets its
 -- own JSON-RPC id (thread number * 1e9 + counter): stateful servers route answers by id, so
 -- concurrent requests sharing one id in one session would get each other's answers.
 --
@@ -17,6 +20,8 @@
 
 local tool = os.getenv("MCP_TOOL") or "echo"
 local arguments = os.getenv("MCP_ARGS") or '{"text":"ping"}'
+local meta = os.getenv("MCP_META")
+local meta_field = (meta and meta ~= "") and (',"_meta":' .. meta) or ""
 local threads = {}
 
 function setup(thread)
@@ -32,8 +37,8 @@ end
 function request()
   sent = sent + 1
   local body = string.format(
-    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s}}',
-    thread_number * 1000000000 + sent, tool, arguments)
+    '{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"%s","arguments":%s%s}}',
+    thread_number * 1000000000 + sent, tool, arguments, meta_field)
   return wrk.format("POST", nil, nil, body)
 end
 

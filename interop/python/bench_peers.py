@@ -123,6 +123,11 @@ def parse_args() -> argparse.Namespace:
                             "MREG_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres"),
                         help="PostgreSQL both mreg instances store in (a scratch database each is "
                              "created there and dropped); 'sqlite' for the embedded default")
+    parser.add_argument("--own", choices=["yes", "no", "only"], default="yes",
+                        help="also (yes), not (no) or only (only) measure mreg's own /mcp tools "
+                             "against a FastMCP server behind its JWTVerifier (default yes)")
+    parser.add_argument("--own-connections", default="16,64",
+                        help="wrk connection counts of the own-tools measurement (default 16,64)")
     args = parser.parse_args()
     quick = args.quick
     for name, full, short in (("calls", 200, 50), ("warmup", 20, 5), ("seconds", 10, 2), ("wrk_warmup", 2, 1)):
@@ -131,7 +136,8 @@ def parse_args() -> argparse.Namespace:
     if args.calls < 1 or args.warmup < 0 or args.seconds < 1 or args.wrk_warmup < 0:
         parser.error("--calls and --seconds must be at least 1, warm-ups at least 0")
     args.connections = [int(c) for c in args.connections.split(",") if c]
-    args.upstreams = [u for u in args.upstreams.split(",") if u]
+    args.own_connections = [int(c) for c in args.own_connections.split(",") if c]
+    args.upstreams = [u for u in args.upstreams.split(",") if u] if args.own != "only" else []
     for name in args.upstreams:
         if name not in UPSTREAMS:
             parser.error(f"unknown upstream {name!r}")
@@ -251,15 +257,35 @@ class Http:
         return int(done.stdout), response_headers, self.body.read_text(errors="replace")
 
 
-class Session:
-    """An MCP session (or, for a stateless server, just the headers) opened with curl, for wrk."""
+STATELESS = "2026-07-28"
 
-    def __init__(self, http: Http, url: str, auth: list[str]):
-        self.http, self.url = http, url
+
+class Session:
+    """An MCP session (or, for a stateless server, just the headers) opened with curl, for wrk.
+
+    With `stateless`, no session at all: the client speaks the stateless 2026-07-28 protocol,
+    whose every request carries the protocol version and client capabilities in `params._meta`
+    and the Mcp-Protocol-Version, Mcp-Method and Mcp-Name headers."""
+
+    def __init__(self, http: Http, url: str, auth: list[str], tool: str = TOOL,
+                 arguments: str = TOOL_ARGS, stateless: bool = False):
+        self.http, self.url, self.tool, self.arguments = http, url, tool, arguments
+        base = [ACCEPT, CONTENT_TYPE, *auth]
+        self.id, self.meta = None, None
+        if stateless:
+            self.protocol = STATELESS
+            self.meta = json.dumps({"io.modelcontextprotocol/protocolVersion": STATELESS,
+                                    "io.modelcontextprotocol/clientCapabilities": {},
+                                    "io.modelcontextprotocol/clientInfo":
+                                        {"name": "bench-peers", "version": "1"}},
+                                   separators=(",", ":"))
+            self.headers = base + [f"Mcp-Protocol-Version: {STATELESS}",
+                                   "Mcp-Method: tools/call", f"Mcp-Name: {tool}"]
+            self.call()
+            return
         initialize = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": PROTOCOL, "capabilities": {},
             "clientInfo": {"name": "bench-peers", "version": "1"}}})
-        base = [ACCEPT, CONTENT_TYPE, *auth]
         status, head, body = http.request("POST", url, base, initialize)
         if status != 200 or '"result"' not in body:
             raise RuntimeError(f"initialize at {url}: HTTP {status} {body[:300]}")
@@ -274,11 +300,17 @@ class Session:
             raise RuntimeError(f"notifications/initialized at {url}: HTTP {status} {body[:300]}")
         self.call()
 
+    def wrk_env(self) -> dict[str, str]:
+        """What interop/wrk-tools-call.lua reads: the tool, its arguments, the `_meta`."""
+        return {"MCP_TOOL": self.tool, "MCP_ARGS": self.arguments, "MCP_META": self.meta or ""}
+
     def call(self, timeout: float = 15) -> float:
         """One tools/call in this session; returns its seconds."""
         started = time.monotonic()
-        call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                           "params": {"name": TOOL, "arguments": json.loads(TOOL_ARGS)}})
+        params = {"name": self.tool, "arguments": json.loads(self.arguments)}
+        if self.meta:
+            params["_meta"] = json.loads(self.meta)
+        call = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params})
         status, _, body = self.http.request("POST", self.url, self.headers, call, timeout)
         if status != 200 or '"result"' not in body or re.search(r'"isError"\s*:\s*true', body):
             raise RuntimeError(f"tools/call at {self.url}: HTTP {status} {body[:300]}")
@@ -384,14 +416,15 @@ class Bench:
                               capture_output=True, text=True, timeout=30)
         return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
 
-    def start_mreg(self, label: str, chain: bool, upstreams: list[str]) -> None:
+    def start_mreg(self, label: str, chain: bool, upstreams: list[str], embedded: bool = False) -> None:
+        """mreg `serve` as `label`; `embedded` keeps its store in the embedded SQLite default."""
         data = self.scratch / label
         data.mkdir()
         env = clean_environment() | {
             "MREG_API_PORT": "0", "FASTMCP_SERVER_PORT": "0", "MREG_LOG": "warn,mreg::app=info",
             "MREG_LOG_FORMAT": "json", "MREG_HEALTH_ENABLED": "false", "MREG_DATA_DIR": str(data),
         }
-        database = self.scratch_database(label)
+        database = None if embedded else self.scratch_database(label)
         if database:
             env["MREG_DATABASE_URL"] = database
         if chain:
@@ -458,7 +491,8 @@ class Bench:
 
     def auth(self, label: str) -> list[str]:
         """The Authorization header a target needs."""
-        needs = (label == "mreg-on") or (label == "fastmcp-proxy" and self.proxy_auth)
+        needs = label in ("mreg-on", "mreg-own", "fastmcp-jwt") or (
+            label == "fastmcp-proxy" and self.proxy_auth)
         return [f"Authorization: Bearer {self.token}"] if needs else []
 
     # ---- the measurements -----------------------------------------------------------------
@@ -488,13 +522,14 @@ class Bench:
         return result
 
     def wrk(self, session: Session, connections: int, seconds: int, pid: int | None = None,
-            label: str | None = None) -> dict:
-        cmd = ["wrk", "-t", str(max(1, min(self.args.threads, connections))), "-c", str(connections),
+            label: str | None = None, threads: int | None = None) -> dict:
+        threads = threads or self.args.threads
+        cmd = ["wrk", "-t", str(max(1, min(threads, connections))), "-c", str(connections),
                "-d", f"{seconds}s", "--timeout", "10s", "-s", str(WRK_SCRIPT)]
         for header in session.headers:
             cmd += ["-H", header]
         cmd.append(session.url)
-        env = os.environ | {"MCP_TOOL": TOOL, "MCP_ARGS": TOOL_ARGS}
+        env = os.environ | session.wrk_env()
         backends = self.backend_pids(label) if label else []
         pg_before = [process_cpu_seconds(p) for p in backends]
         cpu_before = process_cpu_seconds(pid)
@@ -530,6 +565,68 @@ class Bench:
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             result.setdefault("warning", f"no answer after the run: {exc}")
         return result
+
+    def measure_own(self) -> list[dict]:
+        """mreg's own MCP server against a FastMCP server doing the same job, both authenticated.
+
+        mreg: `/mcp` `tools/call list_servers` (five registered servers) with the chain on (the
+        idp.mjs app token checked per request, roles, rate limit, one audit row per call in the
+        embedded SQLite). FastMCP: server.py's `echo` behind its JWTVerifier checking the same
+        token. Each with a client in a session (2025-11-25 handshake) and a stateless 2026-07-28
+        client (no session; protocol metadata in every request), wrk with one thread at each of
+        --own-connections, the targets taking turns."""
+        self.start_mreg("mreg-own", True, [], embedded=True)
+        instance = self.mreg["mreg-own"]
+        log(f"mreg-own: REST {instance['api']}, MCP {instance['mcp']} (embedded SQLite)")
+        server = [sys.executable, str(PYTHON_PEERS / "server.py"),
+                  "--jwt-public-key-file", str(self.public_key_file()), "--audience", AUDIENCE,
+                  "--issuer", f"{self.authority}/{TENANT}/v2.0"]
+        proc = self.procs.start("fastmcp-jwt", server)
+        line = self.procs.first_line("fastmcp-jwt", proc)
+        fastmcp = f"http://127.0.0.1:{int(line.split()[1])}/mcp"
+        log(f"fastmcp-jwt: {fastmcp}")
+        for number in range(1, 6):
+            self.register("mreg-own", f"own-{number}", fastmcp)
+        targets = {"mreg-own": (f"http://{instance['mcp']}/mcp", "list_servers", "{}"),
+                   "fastmcp-jwt": (fastmcp, TOOL, TOOL_ARGS)}
+        rows = []
+        for kind in ("session", "stateless"):
+            results = {t: {"target": t, "client": kind, "tool": tool, "wrk": {}}
+                       for t, (_, tool, _) in targets.items()}
+            sessions = {}
+            for target, (url, tool, arguments) in targets.items():
+                try:
+                    sessions[target] = Session(self.http, url, self.auth(target), tool, arguments,
+                                               stateless=kind == "stateless")
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    results[target]["wrk_error"] = str(exc)
+                    self.fail(f"own tools: {target} ({kind}): {exc}")
+            steps = ([("warmup", max(self.args.own_connections))] if self.args.wrk_warmup else [])
+            steps += [("wrk", c) for c in self.args.own_connections]
+            for number, (step, connections) in enumerate(steps):
+                order = list(sessions) if number % 2 == 0 else list(reversed(sessions))
+                for target in order:
+                    if step == "warmup":
+                        self.wrk(sessions[target], connections, self.args.wrk_warmup, threads=1)
+                        continue
+                    pid = self.mreg.get(target, {}).get("pid")
+                    if target == "fastmcp-jwt":
+                        pid = proc.pid
+                    result = self.wrk(sessions[target], connections, self.args.seconds, pid,
+                                      threads=1)
+                    results[target]["wrk"][str(connections)] = result
+                    self.report(f"own tools: {target} ({kind})", f"wrk c={connections}", result)
+            for session in sessions.values():
+                session.close()
+            mine, theirs = results["mreg-own"], results["fastmcp-jwt"]
+            mine["vs_fastmcp"] = {}
+            for c in self.args.own_connections:
+                a = mine["wrk"].get(str(c), {}).get("rps")
+                b = theirs["wrk"].get(str(c), {}).get("rps")
+                if a and b:
+                    mine["vs_fastmcp"][str(c)] = round(a / b, 2)
+            rows += [mine, theirs]
+        return rows
 
     def measure(self, upstream: str, targets: dict[str, str]) -> dict[str, dict]:
         """Every measurement on every target of one upstream, the targets taking turns."""
@@ -619,13 +716,15 @@ class Bench:
         for name in args.upstreams:
             upstream_urls[name] = self.start_upstream(name)
             log(f"upstream {name}: {upstream_urls[name]}")
-        if "mreg-on" in wants or ("fastmcp-proxy" in wants and self.proxy_auth):
+        own = args.own != "no"
+        if "mreg-on" in wants or own or ("fastmcp-proxy" in wants and self.proxy_auth):
             self.start_identity_provider()
             log(f"identity provider: {self.authority}")
         for label, chain in (("mreg-off", False), ("mreg-on", True)):
-            if label in wants:
+            if label in wants and args.upstreams:
                 self.start_mreg(label, chain, args.upstreams)
                 log(f"{label}: REST {self.mreg[label]['api']}, MCP {self.mreg[label]['mcp']}")
+        own_rows = self.measure_own() if own else []
         rows = []
         for name in args.upstreams:
             targets = {"direct": upstream_urls[name]}
@@ -653,6 +752,7 @@ class Bench:
             "environment": environment(self.mreg_bin, load_before),
             "upstreams": {n: UPSTREAMS[n][0] for n in args.upstreams},
             "results": rows,
+            "own_tools": own_rows,
             "audit": audit,
             "skipped": SKIPPED,
             "errors": self.errors,
@@ -811,6 +911,20 @@ def main() -> int:
             print(f"mreg process CPU per call, {upstream} c={connections}: chain on "
                   f"{figures['mreg-on']:.3f} ms, off {figures['mreg-off']:.3f} ms, "
                   f"on/off {figures['mreg-on'] / figures['mreg-off']:.2f}{extra}")
+    if report["own_tools"]:
+        print("\nmreg's own /mcp (tools/call list_servers, chain on, audit to the embedded SQLite) "
+              "against a FastMCP server (echo behind its JWTVerifier), same token; wrk, 1 thread, "
+              f"{settings['wrk_seconds']} s per point:")
+        for row in report["own_tools"]:
+            points = []
+            for c, point in row["wrk"].items():
+                text = "err" if "error" in point else f"{point.get('rps', 0):.0f} req/s"
+                if "process_cpu_ms_per_call" in point:
+                    text += f" ({point['process_cpu_ms_per_call']:.3f} ms CPU/call)"
+                points.append(f"c{c} {text}")
+            ratio = ", ".join(f"c{c} {r:.1f}x" for c, r in row.get("vs_fastmcp", {}).items())
+            print(f"  {row['target']:<12} {row['client']:<10} " + "; ".join(points)
+                  + (f"  -> {ratio} FastMCP's" if ratio else ""))
     for skipped in report["skipped"]:
         print(f"not measured: {skipped['what']} ({skipped['why']})")
     for note in report["notes"]:

@@ -162,6 +162,11 @@ pub struct Health {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub next_check_at: OffsetDateTime,
+    /// When it entered its status: the probe that changed it. Absent until a probe changes the
+    /// status (never probed), and for a status recorded before mreg kept this.
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub status_since: Option<OffsetDateTime>,
 }
 
 /// How probes turn into status and schedule.
@@ -185,6 +190,7 @@ impl Health {
             last_check: None,
             last_ok_at: None,
             next_check_at: now,
+            status_since: None,
         }
     }
 
@@ -192,6 +198,7 @@ impl Health {
     /// servers over time (±10 % of the wait).
     pub fn record(&mut self, check: HealthCheck, policy: &HealthPolicy, jitter: f64) {
         let now = check.checked_at;
+        let before = self.status;
         if check.outcome.is_up() {
             self.consecutive_failures = 0;
             self.status = HealthStatus::Healthy;
@@ -203,6 +210,9 @@ impl Health {
             } else {
                 HealthStatus::Degraded
             };
+        }
+        if self.status != before {
+            self.status_since = Some(now);
         }
         let wait = next_wait(policy, self.consecutive_failures);
         let jittered = wait.mul_f64(1.0 + 0.1 * jitter.clamp(-1.0, 1.0));

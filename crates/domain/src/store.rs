@@ -136,6 +136,9 @@ pub trait HealthStore: Send + Sync + 'static {
     /// The current health of a server, if it was ever probed.
     async fn health(&self, server_id: Uuid) -> Result<Option<Health>>;
 
+    /// The current health of each of `server_ids` that has one, in one query (any order).
+    async fn healths(&self, server_ids: &[Uuid]) -> Result<Vec<Health>>;
+
     /// Stores `health` as current, appends its last check to the history, ends any lease.
     async fn record(&self, health: &Health) -> Result<()>;
 

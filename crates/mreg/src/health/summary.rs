@@ -2,11 +2,13 @@
 //! (REST, the `list_servers`/`get_server` tools, `/v0.1` `_meta`, the CLI's HEALTH column):
 //! where it stands, since when, what the last probe found, and why, in one small object.
 //!
-//! The store keeps the current status and the probe history, not the moment the status last
-//! changed, so `since` is read off the newest probes: the run of failures of a degraded or
-//! unhealthy server is exactly its `consecutive_failures` newest probes; a healthy server's run
-//! is scanned back at most [`SINCE_SCAN`] probes, and a run longer than that reports the oldest
-//! probe scanned (the server has been healthy at least since then).
+//! The store keeps the moment a probe changed the status (`status_since`). For a status recorded
+//! before that was kept, `since` is read off the newest probes: the run of failures of a degraded
+//! or unhealthy server is exactly its `consecutive_failures` newest probes; a healthy server's
+//! run is scanned back at most [`SINCE_SCAN`] probes, and a run longer than that reports the
+//! oldest probe scanned (the server has been healthy at least since then).
+
+use std::collections::HashMap;
 
 use domain::{Health, HealthCheck, HealthStatus, Outcome, Result, Server};
 use futures_util::future::try_join_all;
@@ -27,7 +29,8 @@ pub struct HealthSummary {
     /// Where it stands: healthy, degraded, unhealthy or unknown (not probed yet).
     pub state: HealthStatus,
     /// When it entered this state (for a server never probed: when it was registered). For a
-    /// server healthy for longer than its 100 newest probes: the oldest of them.
+    /// status recorded before mreg kept its start, and a server healthy for longer than its
+    /// 100 newest probes: the oldest of them.
     #[serde(with = "time::serde::rfc3339::option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub since: Option<OffsetDateTime>,
@@ -53,16 +56,46 @@ pub struct LastProbe {
 /// The health summary of `server`.
 pub async fn summary(state: &AppState, server: &Server) -> Result<HealthSummary> {
     let health = state.stores.health.health(server.id).await?;
-    let since = match &health {
-        Some(health) if health.status != HealthStatus::Unknown => since(state, health).await?,
-        _ => Some(server.created_at),
-    };
-    Ok(summarize(state, health.as_ref(), since))
+    summary_of(state, server, health.as_ref()).await
 }
 
-/// The health summaries of `servers`, in the same order.
+/// The health summaries of `servers`, in the same order: one query for their health, and none
+/// for their history unless a status was recorded before its start was kept.
 pub async fn summaries(state: &AppState, servers: &[Server]) -> Result<Vec<HealthSummary>> {
-    try_join_all(servers.iter().map(|server| summary(state, server))).await
+    let ids: Vec<_> = servers.iter().map(|s| s.id).collect();
+    let mut healths: HashMap<_, _> = state
+        .stores
+        .health
+        .healths(&ids)
+        .await?
+        .into_iter()
+        .map(|h| (h.server_id, h))
+        .collect();
+    try_join_all(
+        servers
+            .iter()
+            .map(|server| {
+                let health = healths.remove(&server.id);
+                async move { summary_of(state, server, health.as_ref()).await }
+            })
+            .collect::<Vec<_>>(),
+    )
+    .await
+}
+
+async fn summary_of(
+    state: &AppState,
+    server: &Server,
+    health: Option<&Health>,
+) -> Result<HealthSummary> {
+    let since = match health {
+        Some(health) if health.status != HealthStatus::Unknown => match health.status_since {
+            Some(at) => Some(at),
+            None => since(state, health).await?,
+        },
+        _ => Some(server.created_at),
+    };
+    Ok(summarize(state, health, since))
 }
 
 /// When the run of probes that put `health` in its state began.

@@ -36,8 +36,9 @@ pub fn router(state: AppState, sessions: CancellationToken, shutdown: Cancellati
         .with_cancellation_token(sessions);
     let metrics = state.metrics.clone();
     let for_tools = state.clone();
+    let tool_router = RegistryTools::router();
     let tools = StreamableHttpService::new(
-        move || Ok(RegistryTools::new(for_tools.clone())),
+        move || Ok(RegistryTools::new(for_tools.clone(), tool_router.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );

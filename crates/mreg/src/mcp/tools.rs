@@ -22,7 +22,10 @@ use crate::rest::{AppState, cursor};
 #[derive(Clone)]
 pub struct RegistryTools {
     state: AppState,
-    tool_router: ToolRouter<Self>,
+    /// Built once ([`RegistryTools::router`]) and shared: a stateless request gets an instance
+    /// of its own, and building the router (a map of the tools and their schemas) per request
+    /// cost a few percent of each call.
+    tool_router: Arc<ToolRouter<Self>>,
 }
 
 /// Arguments of `register_server`.
@@ -194,11 +197,16 @@ impl RegistryTools {
         Self::tool_router().list_all()
     }
 
-    /// Tools over `state`.
-    pub fn new(state: AppState) -> Self {
+    /// The tools, to be shared by every instance ([`RegistryTools::new`]).
+    pub fn router() -> Arc<ToolRouter<Self>> {
+        Arc::new(Self::tool_router())
+    }
+
+    /// Tools over `state`, dispatched by `router` (from [`RegistryTools::router`]).
+    pub fn new(state: AppState, router: Arc<ToolRouter<Self>>) -> Self {
         Self {
             state,
-            tool_router: Self::tool_router(),
+            tool_router: router,
         }
     }
 

@@ -100,6 +100,7 @@ bounded!(HealthStore {
         claim_due(owner: &str, now: OffsetDateTime, lease: Duration, limit: u32)
             -> Vec<(Uuid, ServerName)>;
         health(server_id: Uuid) -> Option<Health>;
+        healths(server_ids: &[Uuid]) -> Vec<Health>;
         record(health: &Health) -> ();
         history(server_id: Uuid, since: OffsetDateTime, limit: u32) -> Vec<HealthCheck>;
         changed_since(since: OffsetDateTime) -> Vec<(Uuid, HealthStatus)>;

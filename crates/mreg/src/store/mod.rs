@@ -187,6 +187,46 @@ fn like_pattern(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// Every SQL file of a backend's migrations directory is embedded, in order, under the
+    /// version its name starts with: a file added but not listed would never run.
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for (backend, embedded) in [
+            ("sqlite", super::sqlite::MIGRATIONS),
+            ("postgres", super::postgres::MIGRATIONS),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let mut files: Vec<(i64, String)> = std::fs::read_dir(&dir)
+                .expect("migrations directory")
+                .map(|entry| {
+                    let name = entry
+                        .expect("entry")
+                        .file_name()
+                        .into_string()
+                        .expect("utf-8");
+                    let version = name
+                        .split('_')
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or_else(|| panic!("{backend}/{name}: no version prefix"));
+                    let sql = std::fs::read_to_string(dir.join(&name)).expect("read");
+                    (version, sql)
+                })
+                .collect();
+            files.sort();
+            let listed: Vec<(i64, String)> = embedded
+                .iter()
+                .map(|(version, _, sql)| (*version, (*sql).to_owned()))
+                .collect();
+            assert_eq!(
+                listed, files,
+                "{backend}: embedded migrations differ from the files"
+            );
+        }
+    }
+
     #[test]
     fn data_errors_keep_their_sqlstate() {
         let e = super::data_error("audit", "22021", "invalid byte sequence");

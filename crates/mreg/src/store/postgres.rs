@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "servers",
@@ -49,6 +49,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "audit",
         include_str!("../../migrations/postgres/0006_audit.sql"),
+    ),
+    (
+        7,
+        "audit actor index",
+        include_str!("../../migrations/postgres/0007_audit_actor_index.sql"),
+    ),
+    (
+        8,
+        "health since",
+        include_str!("../../migrations/postgres/0008_health_since.sql"),
     ),
 ];
 

@@ -51,6 +51,7 @@ fn health_from_row(row: &PgRow) -> Result<Health> {
         last_check,
         last_ok_at: col(row, "last_ok_at")?,
         next_check_at: next,
+        status_since: col(row, "status_since")?,
     })
 }
 
@@ -103,6 +104,21 @@ impl HealthStore for PgStore {
         row.as_ref().map(health_from_row).transpose()
     }
 
+    async fn healths(&self, server_ids: &[Uuid]) -> Result<Vec<Health>> {
+        if server_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT *, CASE WHEN isfinite(next_check_at) THEN next_check_at END AS next_check_at_finite \
+             FROM server_health WHERE server_id = ANY($1)",
+        )
+        .bind(server_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("server health"))?;
+        rows.iter().map(health_from_row).collect()
+    }
+
     async fn record(&self, health: &Health) -> Result<()> {
         let Some(check) = &health.last_check else {
             return Ok(());
@@ -112,8 +128,8 @@ impl HealthStore for PgStore {
         let updated = sqlx::query(
             "UPDATE server_health SET status = $1, consecutive_failures = $2, last_checked_at = $3, \
              last_outcome = $4, last_detail = $5, last_latency_ms = $6, last_protocol_version = $7, \
-             last_checked_by = $8, last_ok_at = $9, next_check_at = $10, lease_owner = NULL, \
-             lease_until = NULL WHERE server_id = $11",
+             last_checked_by = $8, last_ok_at = $9, next_check_at = $10, status_since = $11, \
+             lease_owner = NULL, lease_until = NULL WHERE server_id = $12",
         )
         .bind(health.status.as_str())
         .bind(i32::try_from(health.consecutive_failures).unwrap_or(i32::MAX))
@@ -125,6 +141,7 @@ impl HealthStore for PgStore {
         .bind(check.checked_by.clone())
         .bind(health.last_ok_at)
         .bind(health.next_check_at)
+        .bind(health.status_since)
         .bind(health.server_id)
         .execute(&mut *tx)
         .await

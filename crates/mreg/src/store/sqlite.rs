@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
         "servers",
@@ -50,6 +50,16 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "audit",
         include_str!("../../migrations/sqlite/0006_audit.sql"),
+    ),
+    (
+        7,
+        "audit actor index",
+        include_str!("../../migrations/sqlite/0007_audit_actor_index.sql"),
+    ),
+    (
+        8,
+        "health since",
+        include_str!("../../migrations/sqlite/0008_health_since.sql"),
     ),
 ];
 
@@ -229,8 +239,10 @@ impl ServerStore for SqliteStore {
                 .push_bind(after.as_str().to_owned());
         }
         push_filters(&mut sql, query);
-        sql.push(" ORDER BY name LIMIT ")
-            .push_bind(i64::from(query.limit));
+        // The limit is written into the statement, not bound: SQLite plans with the value of a
+        // bound LIMIT, so binding it again (each execution of the cached statement) made it
+        // prepare the statement anew every time.
+        sql.push(format!(" ORDER BY name LIMIT {}", query.limit));
         let rows = sql
             .build()
             .fetch_all(&self.pool)
@@ -255,8 +267,10 @@ impl ServerStore for SqliteStore {
                 .push_bind(after.as_str().to_owned())
                 .push(")");
         }
-        sql.push(" ORDER BY health_rank, name LIMIT ")
-            .push_bind(i64::from(query.limit));
+        // The limit is written into the statement, not bound: SQLite plans with the value of a
+        // bound LIMIT, so binding it again (each execution of the cached statement) made it
+        // prepare the statement anew every time.
+        sql.push(format!(" ORDER BY health_rank, name LIMIT {}", query.limit));
         let rows = sql
             .build()
             .fetch_all(&self.pool)

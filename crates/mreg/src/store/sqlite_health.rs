@@ -55,6 +55,7 @@ fn health_from_row(row: &SqliteRow) -> Result<Health> {
             row.try_get::<i64, _>("next_check_at")
                 .map_err(|e| corrupt("next_check_at", e))?,
         )?,
+        status_since: get_int("status_since")?.map(from_micros).transpose()?,
     })
 }
 
@@ -103,6 +104,25 @@ impl HealthStore for SqliteStore {
         row.as_ref().map(health_from_row).transpose()
     }
 
+    async fn healths(&self, server_ids: &[Uuid]) -> Result<Vec<Health>> {
+        if server_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql =
+            QueryBuilder::<Sqlite>::new("SELECT * FROM server_health WHERE server_id IN (");
+        let mut ids = sql.separated(", ");
+        for id in server_ids {
+            ids.push_bind(id.to_string());
+        }
+        sql.push(")");
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("server health"))?;
+        rows.iter().map(health_from_row).collect()
+    }
+
     async fn record(&self, health: &Health) -> Result<()> {
         let Some(check) = &health.last_check else {
             return Ok(());
@@ -112,8 +132,8 @@ impl HealthStore for SqliteStore {
         let updated = sqlx::query(
             "UPDATE server_health SET status = ?, consecutive_failures = ?, last_checked_at = ?, \
              last_outcome = ?, last_detail = ?, last_latency_ms = ?, last_protocol_version = ?, \
-             last_checked_by = ?, last_ok_at = ?, next_check_at = ?, lease_owner = NULL, \
-             lease_until = NULL WHERE server_id = ?",
+             last_checked_by = ?, last_ok_at = ?, next_check_at = ?, status_since = ?, \
+             lease_owner = NULL, lease_until = NULL WHERE server_id = ?",
         )
         .bind(health.status.as_str())
         .bind(i64::from(health.consecutive_failures))
@@ -125,6 +145,7 @@ impl HealthStore for SqliteStore {
         .bind(check.checked_by.clone())
         .bind(health.last_ok_at.map(micros))
         .bind(micros(health.next_check_at))
+        .bind(health.status_since.map(micros))
         .bind(health.server_id.to_string())
         .execute(&mut *tx)
         .await
@@ -287,8 +308,10 @@ impl CatalogStore for SqliteStore {
             }
             sql.push(") DESC");
         }
-        sql.push(", s.name, t.name LIMIT ")
-            .push_bind(i64::from(query.limit));
+        // The limit is written into the statement, not bound: SQLite plans with the value of a
+        // bound LIMIT, so binding it again (each execution of the cached statement) made it
+        // prepare the statement anew every time.
+        sql.push(format!(", s.name, t.name LIMIT {}", query.limit));
         let rows = sql
             .build()
             .fetch_all(&self.pool)

@@ -453,18 +453,71 @@ async fn health_is_recorded_with_history_changes_and_pruning(
             let stored = health.health(s.id).await.expect("health").expect("row");
             assert_eq!(stored.status, HealthStatus::Unhealthy);
             assert_eq!(stored.consecutive_failures, 2);
+            assert_eq!(
+                stored.status_since,
+                state.last_check.as_ref().map(|c| c.checked_at),
+                "unhealthy since the probe that made it so"
+            );
+        }
+        if minute == 1 {
+            // A second failure keeps the status (degraded → unhealthy changes it, see above);
+            // here the first failure changed healthy to degraded.
+            let stored = health.health(s.id).await.expect("health").expect("row");
+            assert_eq!(stored.status, HealthStatus::Degraded);
+            assert_eq!(stored.status_since, state.status_since);
         }
     }
     let stored = health.health(s.id).await.expect("health").expect("row");
     assert_eq!(stored, state, "the current health reads back as recorded");
+    let since = stored
+        .status_since
+        .expect("a status that changed has a start");
+    state.record(
+        probe(start + time::Duration::minutes(4), Outcome::Ok, "me"),
+        &policy(),
+        0.0,
+    );
+    health.record(&state).await.expect("record");
+    let stored = health.health(s.id).await.expect("health").expect("row");
+    assert_eq!(
+        stored.status_since,
+        Some(since),
+        "healthy again: it stays healthy since the probe that recovered it"
+    );
+    let quiet = server("never-probed", "", &[], ServerStatus::Active);
+    store.insert(&quiet, None).await.expect("insert");
+    let mut both = health
+        .healths(&[quiet.id, s.id, uuid::Uuid::now_v7()])
+        .await
+        .expect("healths");
+    both.sort_by_key(|h| h.server_id != s.id);
+    assert_eq!(
+        both.first(),
+        Some(&stored),
+        "healths reads what health reads"
+    );
+    assert!(
+        both.iter()
+            .skip(1)
+            .all(|h| h.server_id == quiet.id && h.status == HealthStatus::Unknown),
+        "a server never probed has an unknown row or none; an unknown id none: {both:?}"
+    );
+    assert!(health.healths(&[]).await.expect("none").is_empty());
+    store.delete(&quiet.name).await.expect("delete");
     let history = health.history(s.id, start, 10).await.expect("history");
     let outcomes: Vec<Outcome> = history.iter().map(|c| c.outcome).collect();
     assert_eq!(
         outcomes,
-        [Outcome::Ok, Outcome::Timeout, Outcome::Refused, Outcome::Ok],
+        [
+            Outcome::Ok,
+            Outcome::Ok,
+            Outcome::Timeout,
+            Outcome::Refused,
+            Outcome::Ok
+        ],
         "newest first"
     );
-    assert_eq!(history[1].detail.as_deref(), Some("connection refused"));
+    assert_eq!(history[2].detail.as_deref(), Some("connection refused"));
     assert_eq!(
         health.history(s.id, start, 2).await.expect("limited").len(),
         2
@@ -494,7 +547,7 @@ async fn health_is_recorded_with_history_changes_and_pruning(
             .await
             .expect("history")
             .len(),
-        1
+        2
     );
     store.delete(&s.name).await.expect("delete");
     assert_eq!(
