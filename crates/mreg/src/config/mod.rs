@@ -7,6 +7,7 @@
 //! one line naming the setting; nothing is bound before that.
 
 pub mod lint;
+pub mod policy;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -298,7 +299,7 @@ pub struct Config {
     /// Authentication.
     pub auth: AuthConfig,
     /// Roles and rate limits (the seed mapping, or the policy file's).
-    pub policy: crate::policy::Policy,
+    pub policy: policy::Policy,
     /// Health monitor.
     pub health: HealthConfig,
     /// Audit log.
@@ -749,7 +750,7 @@ impl Parser<'_> {
                         _ => Err(format!("'{v}' is not a number from 1 to 1000000")),
                     })?;
                 let file = self.parse("MREG_POLICY_FILE", |v| Ok(PathBuf::from(v)))?;
-                crate::policy::Policy::load(file.as_deref(), per_minute)
+                policy::Policy::load(file.as_deref(), per_minute)
                     .map_err(|e| self.error("MREG_POLICY_FILE", e))?
             },
             health: HealthConfig {

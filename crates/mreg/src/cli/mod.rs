@@ -1,14 +1,17 @@
 //! The command line: `mreg serve`, `mreg migrate`, `mreg check-config`, and the client commands
 //! (`mreg servers …`) that talk to a running gateway.
 
+pub mod client;
+pub mod login;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::outln;
 use crate::config::{self, ConfigError, EXIT_CONFIG};
-use crate::{app, client, store, telemetry};
+use crate::{app, store, telemetry};
+use client::outln;
 
 /// The MCP Registry Gateway.
 ///
@@ -48,7 +51,7 @@ pub enum Command {
     /// Search the tools of the registered servers.
     Tools(Box<client::ToolsArgs>),
     /// Sign in to a gateway (browser, OAuth with PKCE); later commands use the saved token.
-    Login(crate::login::LoginArgs),
+    Login(crate::cli::login::LoginArgs),
     /// Revoke the saved login and forget it.
     Logout,
     /// Show who the gateway thinks you are.
@@ -222,9 +225,9 @@ async fn dispatch(cli: Cli) -> ExitCode {
         }
         Command::Login(mut args) => {
             args.config = cli.config;
-            return finish(crate::login::login(args).await);
+            return finish(crate::cli::login::login(args).await);
         }
-        Command::Logout => return finish(crate::login::logout().await),
+        Command::Logout => return finish(crate::cli::login::logout().await),
         Command::CheckConfig => return check_config(file),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

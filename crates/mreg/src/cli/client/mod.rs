@@ -6,10 +6,10 @@
 /// `println!` for client commands: see [`out`].
 macro_rules! outln {
     () => {
-        $crate::client::out(format_args!(""))
+        $crate::cli::client::out(format_args!(""))
     };
     ($($arg:tt)*) => {
-        $crate::client::out(format_args!($($arg)*))
+        $crate::cli::client::out(format_args!($($arg)*))
     };
 }
 pub(crate) use outln;
@@ -163,7 +163,7 @@ async fn token(
 ) -> Result<Option<String>, Failure> {
     match explicit {
         Some(token) => Ok(Some(token.0.clone())),
-        None => Ok(crate::login::bearer(target).await?),
+        None => Ok(crate::cli::login::bearer(target).await?),
     }
 }
 

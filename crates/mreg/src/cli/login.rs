@@ -262,8 +262,8 @@ fn check_answer(
 /// deprecated `--url`/`MREG_MCP_URL` (no REST API then), else by the gateway `--gateway` or the
 /// configuration names.
 async fn issuer(args: &LoginArgs) -> Result<(String, Option<String>), String> {
-    use crate::client::gateway::{checked, deprecated};
-    let fail = |f: crate::client::Failure| f.message().to_owned();
+    use crate::cli::client::gateway::{checked, deprecated};
+    let fail = |f: crate::cli::client::Failure| f.message().to_owned();
     if let Some(url) = &args.url {
         deprecated("--url", "--gateway");
         return Ok((checked(url, "--url").map_err(fail)?, None));
@@ -277,7 +277,7 @@ async fn issuer(args: &LoginArgs) -> Result<(String, Option<String>), String> {
         return Ok((checked(&url, "MREG_MCP_URL").map_err(fail)?, None));
     }
     let gateway =
-        crate::client::Gateway::resolve(args.gateway.as_deref(), None, args.config.as_deref())
+        crate::cli::client::Gateway::resolve(args.gateway.as_deref(), None, args.config.as_deref())
             .map_err(fail)?;
     let issuer = gateway.mcp_url().await.map_err(fail)?;
     Ok((issuer, origin(&gateway.api)))
@@ -286,7 +286,7 @@ async fn issuer(args: &LoginArgs) -> Result<(String, Option<String>), String> {
 /// Runs `mreg login`.
 pub async fn login(args: LoginArgs) -> Result<(), String> {
     let (issuer, gateway) = issuer(&args).await?;
-    let shown = crate::client::gateway::shown(&issuer);
+    let shown = crate::cli::client::gateway::shown(&issuer);
     let http = http();
     let unreachable = |e: reqwest::Error| {
         format!(

@@ -1,0 +1,405 @@
+//! The policy model: who may call which tool, REST operation and registered server, and with
+//! what rate-limit budget; the seed document's mapping, overridden by a TOML policy file
+//! (`MREG_POLICY_FILE`; its format is in [`crate::policy`], which applies these rules to each
+//! request). Plain data and decisions over a [`Principal`], read once with the configuration.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use domain::Principal;
+use serde::Deserialize;
+
+/// The name of the `[servers."*"]` rule: what applies to a server without a rule of its own.
+pub const DEFAULT_SERVER_RULE: &str = "*";
+
+/// Roles that grant one thing (any of them suffices; empty: anyone authenticated).
+pub type Roles = Vec<String>;
+
+/// Access rules of one registered server.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerRule {
+    /// Who may use the server at all (absent: anyone).
+    #[serde(default)]
+    pub roles: Option<Roles>,
+    /// Per-tool roles for `tools/call`; `tools/list` shows only what the caller may call.
+    #[serde(default)]
+    pub tools: BTreeMap<String, Roles>,
+}
+
+/// Rate-limit budgets, in requests per minute.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Budget of a principal (and of a principal for one tool) unless overridden.
+    #[serde(default)]
+    pub per_minute: Option<u32>,
+    /// Per-role budgets of a principal.
+    #[serde(default)]
+    pub roles: BTreeMap<String, u32>,
+    /// Per-tool budgets of a principal × tool.
+    #[serde(default)]
+    pub tools: BTreeMap<String, u32>,
+}
+
+/// The policy file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    #[serde(default)]
+    tools: BTreeMap<String, Roles>,
+    #[serde(default)]
+    rest: BTreeMap<String, Roles>,
+    #[serde(default)]
+    servers: BTreeMap<String, ServerRule>,
+    #[serde(default)]
+    rate_limits: RateLimits,
+    #[serde(default)]
+    audit: AuditPolicy,
+}
+
+/// The policy file's `[audit]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditPolicy {
+    /// Argument keys to mask besides the defaults (matched like them: case and `_`/`-` ignored,
+    /// anywhere in the key).
+    #[serde(default)]
+    redact: Vec<String>,
+}
+
+/// The effective policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    tools: BTreeMap<String, Roles>,
+    rest: BTreeMap<String, Roles>,
+    servers: BTreeMap<String, ServerRule>,
+    per_minute: u32,
+    role_limits: BTreeMap<String, u32>,
+    tool_limits: BTreeMap<String, u32>,
+    /// Argument keys the audit log masks besides its defaults.
+    pub redact: Vec<String>,
+}
+
+/// A refusal: what was asked and which roles would have allowed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// What was refused (`register_server`, `POST /api/v1/servers`, `server payroll`, …).
+    pub what: String,
+    /// Roles that would have allowed it.
+    pub required: Roles,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requires the role {}",
+            self.what,
+            self.required.join(" or ")
+        )
+    }
+}
+
+fn roles(list: &[&str]) -> Roles {
+    list.iter().map(|r| (*r).to_owned()).collect()
+}
+
+fn allowed(principal: &Principal, required: &[String]) -> bool {
+    required.is_empty() || required.iter().any(|r| principal.roles.contains(r))
+}
+
+impl Policy {
+    /// The seed document's mapping, with `per_minute` as every budget.
+    pub fn seed(per_minute: u32) -> Self {
+        let admin = roles(&["admin"]);
+        let user = roles(&["user", "admin"]);
+        let tools = [
+            ("register_server", admin.clone()),
+            ("delete_server", admin.clone()),
+            ("proxy_request", user.clone()),
+            ("get_server_health", user.clone()),
+        ];
+        let rest = [
+            ("POST /api/v1/servers", admin.clone()),
+            ("PATCH /api/v1/servers/{name}", admin.clone()),
+            ("DELETE /api/v1/servers/{name}", admin.clone()),
+            ("GET /api/v1/audit", admin),
+            ("GET /api/v1/servers/{name}/health", user.clone()),
+            ("POST /api/v1/servers/{name}/health/check", user),
+        ];
+        Self {
+            tools: tools.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            rest: rest.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            servers: BTreeMap::new(),
+            per_minute,
+            role_limits: BTreeMap::new(),
+            tool_limits: BTreeMap::new(),
+            redact: Vec::new(),
+        }
+    }
+
+    /// The seed mapping overridden by the policy file at `path`.
+    pub fn load(path: Option<&Path>, per_minute: u32) -> Result<Self, String> {
+        let mut policy = Self::seed(per_minute);
+        let Some(path) = path else {
+            return Ok(policy);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        policy
+            .apply(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(policy)
+    }
+
+    fn apply(&mut self, text: &str) -> Result<(), String> {
+        let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        for key in file.rest.keys() {
+            let ok = key.split_once(' ').is_some_and(|(m, p)| {
+                matches!(m, "GET" | "POST" | "PUT" | "PATCH" | "DELETE") && p.starts_with('/')
+            });
+            if !ok {
+                return Err(format!(
+                    "rest key '{key}' is not 'METHOD /path' (e.g. \"DELETE /api/v1/servers/{{name}}\")"
+                ));
+            }
+        }
+        if let Some(zero) = file
+            .rate_limits
+            .roles
+            .iter()
+            .chain(&file.rate_limits.tools)
+            .find(|(_, n)| **n == 0)
+        {
+            return Err(format!("rate limit for '{}' must be at least 1", zero.0));
+        }
+        self.tools.extend(file.tools);
+        self.rest.extend(file.rest);
+        self.servers = file.servers;
+        if let Some(n) = file.rate_limits.per_minute {
+            if n == 0 {
+                return Err("rate_limits.per_minute must be at least 1".to_owned());
+            }
+            self.per_minute = n;
+        }
+        self.role_limits = file.rate_limits.roles;
+        self.tool_limits = file.rate_limits.tools;
+        self.redact = file.audit.redact;
+        Ok(())
+    }
+
+    /// May `principal` call the gateway tool `tool`?
+    pub fn tool(&self, principal: &Principal, tool: &str) -> Result<(), Denial> {
+        match self.tools.get(tool) {
+            Some(required) if !allowed(principal, required) => Err(Denial {
+                what: tool.to_owned(),
+                required: required.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// May `principal` use the REST operation `method route`? `HEAD` is decided as `GET`: it
+    /// answers the same status and length, so it may not be open where `GET` is not.
+    pub fn rest(&self, principal: &Principal, method: &str, route: &str) -> Result<(), Denial> {
+        let method = if method == "HEAD" { "GET" } else { method };
+        let key = format!("{method} {route}");
+        match self.rest.get(&key) {
+            Some(required) if !allowed(principal, required) => Err(Denial {
+                what: key,
+                required: required.clone(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// May `principal` use `server` through the gateway, and call `tool` there when given?
+    /// The server's own rule decides, else the `[servers."*"]` default, else the roles of
+    /// `proxy_request` (the same capability through the gateway's own tool): `/servers/NAME/mcp`
+    /// and `proxy_request` admit exactly the same callers.
+    pub fn server(
+        &self,
+        principal: &Principal,
+        server: &str,
+        tool: Option<&str>,
+    ) -> Result<(), Denial> {
+        let own = self.servers.get(server);
+        let default = self.servers.get(DEFAULT_SERVER_RULE);
+        let required = own
+            .and_then(|r| r.roles.as_ref())
+            .or_else(|| default.and_then(|r| r.roles.as_ref()))
+            .or_else(|| self.tools.get("proxy_request"));
+        if let Some(required) = required
+            && !allowed(principal, required)
+        {
+            return Err(Denial {
+                what: format!("server '{server}'"),
+                required: required.clone(),
+            });
+        }
+        if let Some(tool) = tool
+            && let Some(required) = own
+                .and_then(|r| r.tools.get(tool))
+                .or_else(|| default.and_then(|r| r.tools.get(tool)))
+            && !allowed(principal, required)
+        {
+            return Err(Denial {
+                what: format!("tool '{tool}' of server '{server}'"),
+                required: required.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `server` has per-tool rules, its own or the default's (its `tools/list` answers
+    /// must be filtered).
+    pub fn filters_tools(&self, server: &str) -> bool {
+        [server, DEFAULT_SERVER_RULE]
+            .iter()
+            .filter_map(|name| self.servers.get(*name))
+            .any(|r| !r.tools.is_empty())
+    }
+
+    /// The per-minute budget of `principal`: the highest of its roles', else the default.
+    pub fn principal_budget(&self, principal: &Principal) -> u32 {
+        principal
+            .roles
+            .iter()
+            .filter_map(|r| self.role_limits.get(r).copied())
+            .max()
+            .unwrap_or(self.per_minute)
+    }
+
+    /// The per-minute budget of one principal for `tool`.
+    pub fn tool_budget(&self, tool: &str) -> u32 {
+        self.tool_limits
+            .get(tool)
+            .copied()
+            .unwrap_or(self.per_minute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            #[test]
+            fn any_policy_file_is_taken_or_refused_without_panicking(text in any::<String>()) {
+                let _ = Policy::seed(100).apply(&text);
+            }
+        }
+    }
+
+    fn who(roles: &[&str]) -> Principal {
+        Principal {
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            ..Principal::anonymous()
+        }
+    }
+
+    #[test]
+    fn the_seed_mapping_is_the_default() {
+        let policy = Policy::seed(100);
+        assert!(policy.tool(&who(&["admin"]), "register_server").is_ok());
+        let denial = policy
+            .tool(&who(&["user"]), "register_server")
+            .expect_err("users cannot register");
+        assert_eq!(
+            denial.to_string(),
+            "register_server requires the role admin"
+        );
+        assert!(policy.tool(&who(&["user"]), "proxy_request").is_ok());
+        assert!(policy.tool(&who(&[]), "proxy_request").is_err());
+        assert!(
+            policy.tool(&who(&[]), "list_servers").is_ok(),
+            "unlisted tools are open"
+        );
+        assert!(
+            policy
+                .rest(&who(&["user"]), "POST", "/api/v1/servers")
+                .is_err()
+        );
+        assert!(
+            policy
+                .rest(&who(&["user"]), "GET", "/api/v1/servers")
+                .is_ok()
+        );
+        assert!(
+            policy
+                .rest(&who(&["user"]), "HEAD", "/api/v1/audit")
+                .is_err(),
+            "HEAD is decided as GET"
+        );
+        assert!(policy.server(&who(&[]), "weather", None).is_err());
+        assert!(
+            policy.server(&who(&["user"]), "weather", None).is_ok(),
+            "servers default to the roles of proxy_request"
+        );
+    }
+
+    #[test]
+    fn a_policy_file_overrides_tools_rest_servers_and_budgets() {
+        let mut policy = Policy::seed(100);
+        policy
+            .apply(
+                r#"
+                [tools]
+                register_server = ["operator"]
+                [rest]
+                "GET /api/v1/servers" = ["reader"]
+                [servers.payroll]
+                roles = ["finance"]
+                tools = { run = ["finance-admin"] }
+                [rate_limits]
+                per_minute = 10
+                roles = { admin = 1000, user = 50 }
+                tools = { "payroll/run" = 2 }
+                "#,
+            )
+            .expect("valid");
+        assert!(policy.tool(&who(&["operator"]), "register_server").is_ok());
+        assert!(policy.tool(&who(&["admin"]), "register_server").is_err());
+        assert!(
+            policy.tool(&who(&["user"]), "delete_server").is_err(),
+            "seed entries stay"
+        );
+        assert!(policy.rest(&who(&[]), "GET", "/api/v1/servers").is_err());
+        assert!(policy.server(&who(&["user"]), "payroll", None).is_err());
+        assert!(
+            policy
+                .server(&who(&["finance"]), "payroll", Some("list"))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .server(&who(&["finance"]), "payroll", Some("run"))
+                .is_err()
+        );
+        assert!(
+            policy
+                .server(&who(&["user"]), "weather", Some("run"))
+                .is_ok()
+        );
+        assert!(policy.filters_tools("payroll") && !policy.filters_tools("weather"));
+        assert_eq!(policy.principal_budget(&who(&["user", "admin"])), 1000);
+        assert_eq!(policy.principal_budget(&who(&["guest"])), 10);
+        assert_eq!(policy.tool_budget("payroll/run"), 2);
+        assert_eq!(policy.tool_budget("proxy_request"), 10);
+        for bad in [
+            "[tools]\nx = \"admin\"",
+            "[rest]\n\"/api\" = [\"admin\"]",
+            "[rate_limits]\nper_minute = 0",
+            "[unknown]\nx = 1",
+        ] {
+            assert!(Policy::seed(1).apply(bad).is_err(), "{bad}");
+        }
+    }
+}
