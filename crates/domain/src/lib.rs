@@ -4,6 +4,7 @@
 //! Nothing here knows about HTTP, SQL or Redis. Values that carry rules (a server name, a URL, a
 //! tag) can only be built by parsing, so that code holding one never has to check it again.
 
+pub mod audit;
 pub mod cache;
 pub mod error;
 pub mod health;
@@ -11,6 +12,7 @@ pub mod principal;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod text;
 pub mod upstream;
 
 pub use cache::Cache;

@@ -199,11 +199,11 @@ fn refusal(path: &str, status: StatusCode, why: String) -> Response {
     let forbidden = status == StatusCode::FORBIDDEN;
     if path == "/mcp" || path.starts_with("/mcp/") || path.starts_with("/servers/") {
         let code = if forbidden {
-            crate::proxy::rpc::FORBIDDEN
+            crate::jsonrpc::FORBIDDEN
         } else {
-            crate::proxy::rpc::INVALID_REQUEST
+            crate::jsonrpc::INVALID_REQUEST
         };
-        return crate::proxy::rpc::error(status, None, code, why);
+        return crate::jsonrpc::error(status, None, code, why);
     }
     let error = if forbidden {
         "forbidden"

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod egress;
 pub mod guard;
 pub mod health;
+pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;

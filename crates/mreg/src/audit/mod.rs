@@ -18,201 +18,24 @@ use std::time::Instant;
 /// Most characters of an audit row's `error`.
 const MAX_ERROR_CHARS: usize = 4096;
 
-use aws_lc_rs::digest;
 use domain::Principal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::policy::Refusal;
-use crate::store::audit::{AuditRecord, AuditStore};
+use crate::config::policy::Refusal;
+use crate::store::audit::AuditStore;
 
-/// The `prev_hash` of the first row ever written.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use domain::audit::{
+    AuditEvent, AuditRecord, GENESIS, NUL_REPLACEMENT, chain, decision, outcome, sanitise,
+    sanitise_json,
+};
 
 /// Longest a request waits for a place in a full audit queue while the writer catches up.
 pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Arguments longer than this (as JSON) are not kept, only their size.
 const MAX_ARGUMENTS_BYTES: usize = 16 * 1024;
-
-/// What the policy chain decided.
-pub mod decision {
-    /// Admitted.
-    pub const ALLOW: &str = "allow";
-    /// Refused: a role is missing.
-    pub const DENY: &str = "deny";
-    /// Refused: over the rate limit.
-    pub const RATE_LIMITED: &str = "rate_limited";
-}
-
-/// How an admitted operation ended.
-pub mod outcome {
-    /// It succeeded.
-    pub const OK: &str = "ok";
-    /// It failed (the row's `error` says why), or it was refused.
-    pub const ERROR: &str = "error";
-    /// The caller went away before it ended.
-    pub const CANCELLED: &str = "cancelled";
-}
-
-/// One audited operation, as queued, spooled and stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// Unique id (UUID v7); the database keeps one row per id.
-    pub id: String,
-    /// When the operation started, in microseconds since the Unix epoch.
-    pub at_us: i64,
-    /// The request id (`x-request-id`), `-` when there is none.
-    pub request_id: String,
-    /// Subject (Entra object id) of the caller.
-    pub actor_subject: String,
-    /// The caller's email, when known.
-    pub actor_email: Option<String>,
-    /// The caller's tenant, when known.
-    pub actor_tenant: Option<String>,
-    /// The OAuth client the caller used, when known.
-    pub actor_client_id: Option<String>,
-    /// What was done: a gateway tool's name, an MCP method, `METHOD /route`, `oauth.token`, …
-    pub operation: String,
-    /// The tool called, when one was.
-    pub tool: Option<String>,
-    /// The registered server addressed, when one was.
-    pub server: Option<String>,
-    /// The arguments, as redacted JSON.
-    pub arguments: Option<String>,
-    /// [`decision`]: allow, deny or `rate_limited`.
-    pub decision: String,
-    /// [`outcome`]: ok, error or cancelled.
-    pub outcome: String,
-    /// Why it failed or was refused.
-    pub error: Option<String>,
-    /// How long it took, in microseconds.
-    pub duration_us: i64,
-}
-
-/// What a NUL character (U+0000) in an audited text becomes: U+FFFD, the replacement character.
-///
-/// PostgreSQL cannot store U+0000 in `text` (nor `\u0000` in `jsonb`): one such row would make
-/// every batch holding it fail. So every text of an event, and every string (and key) inside its
-/// JSON arguments, has its NULs replaced by this character before the event is queued, i.e.
-/// before it is hashed, spooled or stored: the chain covers exactly what is stored. U+FFFD (rather
-/// than an escape such as `\u0000`) keeps the replacement visibly not part of the original and
-/// cannot be confused with text the caller sent.
-pub const NUL_REPLACEMENT: char = '\u{FFFD}';
-
-/// `text` with every NUL replaced by [`NUL_REPLACEMENT`]; borrowed when it has none.
-pub fn sanitise(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\0') {
-        std::borrow::Cow::Owned(text.replace('\0', NUL_REPLACEMENT.encode_utf8(&mut [0; 4])))
-    } else {
-        std::borrow::Cow::Borrowed(text)
-    }
-}
-
-/// Replaces the NULs of `text` in place (no allocation when it has none).
-fn sanitise_in_place(text: &mut String) {
-    if let std::borrow::Cow::Owned(clean) = sanitise(text) {
-        *text = clean;
-    }
-}
-
-/// Replaces the NULs of every string and key inside `value`.
-fn sanitise_json(value: &mut Value) {
-    match value {
-        Value::String(text) => sanitise_in_place(text),
-        Value::Array(items) => items.iter_mut().for_each(sanitise_json),
-        Value::Object(map) => {
-            if map.keys().any(|k| k.contains('\0')) {
-                *map = std::mem::take(map)
-                    .into_iter()
-                    .map(|(k, v)| (sanitise(&k).into_owned(), v))
-                    .collect();
-            }
-            map.values_mut().for_each(sanitise_json);
-        }
-        _ => {}
-    }
-}
-
-impl AuditEvent {
-    /// Replaces every NUL in the event's texts by [`NUL_REPLACEMENT`] (see there why), including
-    /// the strings inside its JSON arguments. Idempotent.
-    pub fn sanitise(&mut self) {
-        for text in [
-            &mut self.id,
-            &mut self.request_id,
-            &mut self.actor_subject,
-            &mut self.operation,
-            &mut self.decision,
-            &mut self.outcome,
-        ] {
-            sanitise_in_place(text);
-        }
-        for text in [
-            &mut self.actor_email,
-            &mut self.actor_tenant,
-            &mut self.actor_client_id,
-            &mut self.tool,
-            &mut self.server,
-            &mut self.error,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            sanitise_in_place(text);
-        }
-        // serde_json writes a NUL inside a string as the escape `\u0000`, so the text itself
-        // rarely holds one; the strings it encodes are cleaned by re-encoding (only when needed).
-        if let Some(arguments) = &mut self.arguments {
-            sanitise_in_place(arguments);
-            if arguments.contains("\\u0000")
-                && let Ok(mut value) = serde_json::from_str::<Value>(arguments)
-            {
-                sanitise_json(&mut value);
-                *arguments = value.to_string();
-            }
-        }
-    }
-
-    /// The hash of this event as row `seq` following a row whose hash is `prev_hash`.
-    pub fn chain_hash(&self, seq: i64, prev_hash: &str) -> String {
-        #[derive(Serialize)]
-        struct Canonical<'a> {
-            seq: i64,
-            prev_hash: &'a str,
-            event: &'a AuditEvent,
-        }
-        let bytes = serde_json::to_vec(&Canonical {
-            seq,
-            prev_hash,
-            event: self,
-        })
-        .unwrap_or_default();
-        crate::crypto::hex(digest::digest(&digest::SHA256, &bytes).as_ref())
-    }
-}
-
-/// Chains `events` after the row `(seq, hash)`, in order.
-pub fn chain<'a>(
-    events: impl IntoIterator<Item = &'a AuditEvent>,
-    mut seq: i64,
-    mut hash: String,
-) -> Vec<AuditRecord> {
-    events
-        .into_iter()
-        .map(|event| {
-            seq += 1;
-            let next = event.chain_hash(seq, &hash);
-            AuditRecord {
-                seq,
-                prev_hash: std::mem::replace(&mut hash, next.clone()),
-                hash: next,
-                event: event.clone(),
-            }
-        })
-        .collect()
-}
 
 /// The audit log cannot take another entry: the request must not run.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -565,7 +388,7 @@ impl Entry {
         };
         outcome.clone_into(&mut self.event.outcome);
         // Bounded like the arguments: the text of an error may come from an upstream.
-        self.event.error = error.map(|e| crate::proxy::clipped(&e, MAX_ERROR_CHARS));
+        self.event.error = error.map(|e| domain::text::clipped(&e, MAX_ERROR_CHARS));
         self.event.duration_us = self.started.elapsed().as_micros() as i64;
         let mut event = std::mem::replace(&mut self.event, blank());
         if let Some(inner) = &self.inner

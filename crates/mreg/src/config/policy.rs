@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use domain::Principal;
 use serde::Deserialize;
@@ -277,6 +278,44 @@ impl Policy {
             .get(tool)
             .copied()
             .unwrap_or(self.per_minute)
+    }
+}
+
+/// A refusal by the chain.
+#[derive(Debug)]
+pub enum Refusal {
+    /// A role is missing.
+    Denied(Denial),
+    /// Over budget; retry after this long.
+    Limited(Duration),
+}
+
+impl Refusal {
+    /// The message a person reads.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Denied(d) => format!("access denied: {d}"),
+            Self::Limited(wait) => format!(
+                "rate limit exceeded; retry in {:.1} s",
+                wait.as_secs_f64().max(0.1)
+            ),
+        }
+    }
+
+    /// The label it is counted under in `mreg_policy_refusals_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Denied(_) => "denied",
+            Self::Limited(_) => "rate_limited",
+        }
+    }
+
+    /// Seconds to wait, rounded up, for `Retry-After`.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Self::Limited(wait) => Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+            Self::Denied(_) => None,
+        }
     }
 }
 

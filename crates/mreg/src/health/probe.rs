@@ -12,7 +12,7 @@ use domain::{Outcome, Server, ToolInfo};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::proxy::rpc;
+use crate::jsonrpc as rpc;
 
 /// The newest protocol, probed with `server/discover`.
 pub const STATELESS_VERSION: &str = "2026-07-28";

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 
 use super::MAX_MCP_BODY_BYTES;
-use crate::proxy::rpc::{self, McpCall};
+use crate::jsonrpc::{self as rpc, McpCall};
 
 /// Largest error body of an inner answer that is read to be rewritten.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;

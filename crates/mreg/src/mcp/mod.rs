@@ -141,10 +141,10 @@ async fn bind_session(
                 request.headers_mut().insert(SESSION_HEADER, raw);
             }
             None => {
-                return crate::proxy::rpc::error(
+                return crate::jsonrpc::error(
                     axum::http::StatusCode::NOT_FOUND,
                     None,
-                    crate::proxy::rpc::SESSION_NOT_FOUND,
+                    crate::jsonrpc::SESSION_NOT_FOUND,
                     "session not found; start a new session with initialize",
                 );
             }

@@ -172,7 +172,7 @@ fn describe_view(view: &ServerView) -> String {
 /// A refusal as a JSON-RPC error: what is missing, or when to retry (`data.retry_after_ms`).
 fn policy_error(state: &AppState, refusal: &crate::policy::Refusal) -> ErrorData {
     state.metrics.refused(refusal.reason());
-    let (code, data) = refusal.rpc_error();
+    let (code, data) = crate::policy::rpc_error(refusal);
     ErrorData::new(rmcp::model::ErrorCode(code as i32), refusal.message(), data)
 }
 

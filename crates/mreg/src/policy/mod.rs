@@ -39,67 +39,27 @@
 
 pub mod limits;
 
-use std::time::Duration;
-
 use axum::response::{IntoResponse, Response};
 use domain::Principal;
 
 pub use crate::config::policy::{
-    DEFAULT_SERVER_RULE, Denial, Policy, RateLimits, Roles, ServerRule,
+    DEFAULT_SERVER_RULE, Denial, Policy, RateLimits, Refusal, Roles, ServerRule,
 };
 use crate::rest::AppState;
 use crate::rest::error::ApiError;
 
-/// A refusal by the chain.
-#[derive(Debug)]
-pub enum Refusal {
-    /// A role is missing.
-    Denied(Denial),
-    /// Over budget; retry after this long.
-    Limited(Duration),
-}
-
-impl Refusal {
-    /// The message a person reads.
-    pub fn message(&self) -> String {
-        match self {
-            Self::Denied(d) => format!("access denied: {d}"),
-            Self::Limited(wait) => format!(
-                "rate limit exceeded; retry in {:.1} s",
-                wait.as_secs_f64().max(0.1)
-            ),
-        }
-    }
-
-    /// The label it is counted under in `mreg_policy_refusals_total`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Denied(_) => "denied",
-            Self::Limited(_) => "rate_limited",
-        }
-    }
-
-    /// The JSON-RPC error code and data an MCP caller gets: forbidden (`data.required_roles`),
-    /// or rate limited (`data.retry_after_ms`).
-    pub fn rpc_error(&self) -> (i64, Option<serde_json::Value>) {
-        match self {
-            Self::Denied(denial) => (
-                crate::proxy::rpc::FORBIDDEN,
-                Some(serde_json::json!({ "required_roles": denial.required })),
-            ),
-            Self::Limited(wait) => (
-                crate::proxy::rpc::RATE_LIMITED,
-                Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
-            ),
-        }
-    }
-
-    /// Seconds to wait, rounded up, for `Retry-After`.
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            Self::Limited(wait) => Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
-            Self::Denied(_) => None,
-        }
+/// The JSON-RPC error code and data an MCP caller gets for `refusal`: forbidden
+/// (`data.required_roles`), or rate limited (`data.retry_after_ms`).
+pub fn rpc_error(refusal: &Refusal) -> (i64, Option<serde_json::Value>) {
+    match refusal {
+        Refusal::Denied(denial) => (
+            crate::jsonrpc::FORBIDDEN,
+            Some(serde_json::json!({ "required_roles": denial.required })),
+        ),
+        Refusal::Limited(wait) => (
+            crate::jsonrpc::RATE_LIMITED,
+            Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
+        ),
     }
 }
 

@@ -10,7 +10,6 @@
 
 pub mod client;
 pub mod forward;
-pub mod rpc;
 pub mod session;
 mod stream;
 
@@ -24,9 +23,9 @@ use domain::Server;
 use http_body_util::BodyExt;
 
 use crate::authn::Caller;
+use crate::jsonrpc::{self as rpc, McpCall};
 use crate::mcp::MAX_MCP_BODY_BYTES;
 use crate::rest::AppState;
-use rpc::McpCall;
 
 /// Request headers passed on to the upstream (besides `mcp-param-*`).
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
@@ -90,13 +89,7 @@ pub fn timeout_of(server: &Server) -> Duration {
 /// answer of the wrong shape must not become a 10 MB error.
 pub const MAX_UPSTREAM_TEXT_CHARS: usize = 1024;
 
-/// `text`, cut to `max` characters with a note of how long it was.
-pub fn clipped(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        None => text.to_owned(),
-        Some((end, _)) => format!("{}… ({} bytes in all)", &text[..end], text.len()),
-    }
-}
+pub use domain::text::clipped;
 
 /// Describes a client error by its innermost cause ("Connection refused (os error 111)"),
 /// clipped to [`MAX_UPSTREAM_TEXT_CHARS`].
@@ -329,7 +322,7 @@ async fn forward_to(
         // A refused tool call is an error answer inside the session; a refused server or a
         // spent budget is an HTTP status (403, or 429 with Retry-After).
         state.metrics.refused(refusal.reason());
-        let (code, data) = refusal.rpc_error();
+        let (code, data) = crate::policy::rpc_error(&refusal);
         let status = match (&refusal, call.method == "tools/call") {
             (_, true) => StatusCode::OK,
             (crate::policy::Refusal::Denied(_), false) => StatusCode::FORBIDDEN,

@@ -10,20 +10,8 @@ use domain::Result;
 use sqlx::Row;
 
 use super::db_error;
-use crate::audit::{AuditEvent, GENESIS, chain};
-
-/// One stored row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditRecord {
-    /// Position in the chain, from 1, without gaps.
-    pub seq: i64,
-    /// Hash of the row before (or of the checkpoint, or [`GENESIS`]).
-    pub prev_hash: String,
-    /// Hash of this row (see [`AuditEvent::chain_hash`]).
-    pub hash: String,
-    /// The event.
-    pub event: AuditEvent,
-}
+pub use domain::audit::AuditRecord;
+use domain::audit::{AuditEvent, GENESIS, chain};
 
 /// Which rows to list, newest first.
 #[derive(Debug, Clone, Default)]

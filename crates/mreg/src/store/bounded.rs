@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::audit::{AuditFilter, AuditRecord, AuditStore};
 use super::auth::{AuthStore, GrantRow, Rotation};
-use crate::audit::AuditEvent;
+use domain::audit::AuditEvent;
 
 /// A store whose every call ends within a time limit.
 #[derive(Clone)]
