@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Result};
+use crate::health::{Health, HealthStatus};
 use crate::principal::Principal;
 use crate::server::{
     Page, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort, Visibility,
@@ -212,6 +213,33 @@ impl Registry {
             items,
             next_after,
             next_rank,
+        })
+    }
+
+    /// Like [`Registry::list`], each server with its current health (`None`: never recorded),
+    /// read in the same query.
+    pub async fn list_with_health(
+        &self,
+        query: &ServerQuery,
+    ) -> Result<Page<(Server, Option<Health>)>> {
+        let mut probe = query.clone();
+        probe.limit = query.limit.saturating_add(1);
+        let limit = query.limit as usize;
+        let mut items = self.store.list_with_health(&probe).await?;
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let last = more.then(|| items.last()).flatten();
+        Ok(Page {
+            next_after: last.map(|(s, _)| s.name.clone()),
+            next_rank: match query.sort {
+                ServerSort::Health => last.map(|(_, h)| {
+                    h.as_ref()
+                        .map_or(HealthStatus::Unknown, |h| h.status)
+                        .rank()
+                }),
+                ServerSort::Name => None,
+            },
+            items,
         })
     }
 

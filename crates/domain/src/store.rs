@@ -39,6 +39,11 @@ pub trait ServerStore: Send + Sync + 'static {
     /// after (`query.after_rank`, `query.after`), at most `query.limit` of them.
     async fn list_by_health(&self, query: &ServerQuery) -> Result<Vec<(Server, HealthStatus)>>;
 
+    /// The page [`ServerStore::list`] (or, with `query.sort` by health,
+    /// [`ServerStore::list_by_health`]) returns, each server with its current health (`None`:
+    /// none recorded), in one query.
+    async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>>;
+
     /// Replaces every mutable field of the stored server with the same id, provided its stored
     /// revision is still `expected_revision`. Returns false when it is not (changed or deleted
     /// meanwhile).
@@ -135,9 +140,6 @@ pub trait HealthStore: Send + Sync + 'static {
 
     /// The current health of a server, if it was ever probed.
     async fn health(&self, server_id: Uuid) -> Result<Option<Health>>;
-
-    /// The current health of each of `server_ids` that has one, in one query (any order).
-    async fn healths(&self, server_ids: &[Uuid]) -> Result<Vec<Health>>;
 
     /// Stores `health` as current, appends its last check to the history, ends any lease.
     async fn record(&self, health: &Health) -> Result<()>;

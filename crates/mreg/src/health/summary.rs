@@ -8,8 +8,6 @@
 //! run is scanned back at most [`SINCE_SCAN`] probes, and a run longer than that reports the
 //! oldest probe scanned (the server has been healthy at least since then).
 
-use std::collections::HashMap;
-
 use domain::{Health, HealthCheck, HealthStatus, Outcome, Result, Server};
 use futures_util::future::try_join_all;
 use serde::Serialize;
@@ -59,26 +57,16 @@ pub async fn summary(state: &AppState, server: &Server) -> Result<HealthSummary>
     summary_of(state, server, health.as_ref()).await
 }
 
-/// The health summaries of `servers`, in the same order: one query for their health, and none
-/// for their history unless a status was recorded before its start was kept.
-pub async fn summaries(state: &AppState, servers: &[Server]) -> Result<Vec<HealthSummary>> {
-    let ids: Vec<_> = servers.iter().map(|s| s.id).collect();
-    let mut healths: HashMap<_, _> = state
-        .stores
-        .health
-        .healths(&ids)
-        .await?
-        .into_iter()
-        .map(|h| (h.server_id, h))
-        .collect();
+/// The health summaries of servers whose health was read with them
+/// ([`domain::Registry::list_with_health`]), in the same order.
+pub async fn summaries_of(
+    state: &AppState,
+    servers: &[(Server, Option<Health>)],
+) -> Result<Vec<HealthSummary>> {
     try_join_all(
         servers
             .iter()
-            .map(|server| {
-                let health = healths.remove(&server.id);
-                async move { summary_of(state, server, health.as_ref()).await }
-            })
-            .collect::<Vec<_>>(),
+            .map(|(server, health)| summary_of(state, server, health.as_ref())),
     )
     .await
 }

@@ -303,9 +303,9 @@ impl RegistryTools {
                     .map(|h| domain::HealthStatus::parse_field(h, "health"))
                     .transpose()?;
                 query.visibility = crate::policy::visibility(&self.state, &caller);
-                let page = self.state.registry.list(&query).await?;
+                let page = self.state.registry.list_with_health(&query).await?;
                 let next_cursor = cursor::next(&page, query.sort);
-                let views = ServerView::all(&self.state, page.items).await?;
+                let views = ServerView::all_with_health(&self.state, page.items).await?;
                 let mut text = if views.is_empty() {
                     "No servers match.".to_owned()
                 } else {

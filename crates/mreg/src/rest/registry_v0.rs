@@ -18,7 +18,7 @@ use super::cursor;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Path, Query};
 use crate::authn::Caller;
-use crate::health::summary::{summaries, summary};
+use crate::health::summary::{summaries_of, summary};
 
 /// The `server.json` schema the documents follow.
 pub const SCHEMA_URL: &str =
@@ -196,9 +196,9 @@ async fn list(
         })
         .transpose()?;
     query.visibility = crate::policy::visibility(&state, &caller);
-    let page = state.registry.list(&query).await?;
+    let page = state.registry.list_with_health(&query).await?;
     let namespace = &state.config.registry_namespace;
-    let healths = summaries(&state, &page.items).await?;
+    let healths = summaries_of(&state, &page.items).await?;
     Ok(axum::Json(ServerListResponse {
         metadata: ListMetadata {
             count: page.items.len(),
@@ -208,7 +208,7 @@ async fn list(
             .items
             .iter()
             .zip(&healths)
-            .map(|(s, health)| server_response(namespace, &state.gateway_url, s, health))
+            .map(|((s, _), health)| server_response(namespace, &state.gateway_url, s, health))
             .collect(),
     }))
 }

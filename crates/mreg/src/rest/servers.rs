@@ -76,13 +76,16 @@ impl ServerView {
         Ok(Self::with(state, server, health))
     }
 
-    /// The views of `servers`, in the same order.
-    pub async fn all(state: &AppState, servers: Vec<Server>) -> domain::Result<Vec<Self>> {
-        let healths = crate::health::summary::summaries(state, &servers).await?;
+    /// The views of servers read with their health ([`domain::Registry::list_with_health`]).
+    pub async fn all_with_health(
+        state: &AppState,
+        servers: Vec<(Server, Option<domain::Health>)>,
+    ) -> domain::Result<Vec<Self>> {
+        let healths = crate::health::summary::summaries_of(state, &servers).await?;
         Ok(servers
             .into_iter()
             .zip(healths)
-            .map(|(server, health)| Self::with(state, server, health))
+            .map(|((server, _), health)| Self::with(state, server, health))
             .collect())
     }
 
@@ -170,10 +173,10 @@ async fn list_servers(
         .map(|h| domain::HealthStatus::parse_field(h, "health"))
         .transpose()?;
     query.visibility = crate::policy::visibility(&state, &caller);
-    let page = state.registry.list(&query).await?;
+    let page = state.registry.list_with_health(&query).await?;
     let next_cursor = cursor::next(&page, query.sort);
     Ok(axum::Json(ServerList {
-        servers: ServerView::all(&state, page.items).await?,
+        servers: ServerView::all_with_health(&state, page.items).await?,
         next_cursor,
     }))
 }

@@ -82,6 +82,7 @@ bounded!(ServerStore {
         get(name: &ServerName) -> Option<Server>;
         list(query: &ServerQuery) -> Vec<Server>;
         list_by_health(query: &ServerQuery) -> Vec<(Server, HealthStatus)>;
+        list_with_health(query: &ServerQuery) -> Vec<(Server, Option<Health>)>;
         update(server: &Server, expected_revision: i64, credentials: Credentials<'_>) -> bool;
         credentials(id: Uuid) -> Option<Vec<u8>>;
         delete(name: &ServerName) -> bool;
@@ -100,7 +101,6 @@ bounded!(HealthStore {
         claim_due(owner: &str, now: OffsetDateTime, lease: Duration, limit: u32)
             -> Vec<(Uuid, ServerName)>;
         health(server_id: Uuid) -> Option<Health>;
-        healths(server_ids: &[Uuid]) -> Vec<Health>;
         record(health: &Health) -> ();
         history(server_id: Uuid, since: OffsetDateTime, limit: u32) -> Vec<HealthCheck>;
         changed_since(since: OffsetDateTime) -> Vec<(Uuid, HealthStatus)>;

@@ -3,8 +3,8 @@
 
 use async_trait::async_trait;
 use domain::{
-    Credentials, Error, HealthStatus, Result, SecretStore, Server, ServerName, ServerQuery,
-    ServerStatus, ServerStore, ServerUrl, Transport, Visibility,
+    Credentials, Error, Health, HealthStatus, Result, SecretStore, Server, ServerName, ServerQuery,
+    ServerSort, ServerStatus, ServerStore, ServerUrl, Transport, Visibility,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -243,15 +243,8 @@ impl ServerStore for PgStore {
     }
 
     async fn list(&self, query: &ServerQuery) -> Result<Vec<Server>> {
-        let mut sql =
-            QueryBuilder::<Postgres>::new(format!("SELECT {COLUMNS} FROM servers WHERE true"));
-        if let Some(after) = &query.after {
-            sql.push(" AND name > ")
-                .push_bind(after.as_str().to_owned());
-        }
-        push_filters(&mut sql, query);
-        sql.push(" ORDER BY name LIMIT ")
-            .push_bind(i64::from(query.limit));
+        let mut sql = QueryBuilder::<Postgres>::new("");
+        push_page(&mut sql, query);
         let rows = sql
             .build()
             .fetch_all(&self.pool)
@@ -261,23 +254,8 @@ impl ServerStore for PgStore {
     }
 
     async fn list_by_health(&self, query: &ServerQuery) -> Result<Vec<(Server, HealthStatus)>> {
-        let mut sql = QueryBuilder::<Postgres>::new(format!(
-            "SELECT * FROM (SELECT *, CASE health WHEN 'healthy' THEN 0 WHEN 'degraded' THEN 1 \
-             WHEN 'unknown' THEN 2 ELSE 3 END AS health_rank FROM (SELECT {COLUMNS}, \
-             COALESCE((SELECT h.status FROM server_health h WHERE h.server_id = servers.id), \
-             'unknown') AS health FROM servers WHERE true"
-        ));
-        push_filters(&mut sql, query);
-        sql.push(") AS inner_servers) AS ranked");
-        if let (Some(after), Some(rank)) = (&query.after, query.after_rank) {
-            sql.push(" WHERE (health_rank, name) > (")
-                .push_bind(i32::from(rank))
-                .push(", ")
-                .push_bind(after.as_str().to_owned())
-                .push(")");
-        }
-        sql.push(" ORDER BY health_rank, name LIMIT ")
-            .push_bind(i64::from(query.limit));
+        let mut sql = QueryBuilder::<Postgres>::new("");
+        push_page_by_health(&mut sql, query);
         let rows = sql
             .build()
             .fetch_all(&self.pool)
@@ -289,6 +267,39 @@ impl ServerStore for PgStore {
                 let health = HealthStatus::parse_field(&health, "health")
                     .map_err(|e| corrupt("health", e))?;
                 Ok((server_from_row(row)?, health))
+            })
+            .collect()
+    }
+
+    async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>> {
+        let mut sql = QueryBuilder::<Postgres>::new(format!(
+            "SELECT page.*, {} FROM (",
+            super::postgres_health::PREFIXED_COLUMNS
+        ));
+        let order = match query.sort {
+            ServerSort::Name => {
+                push_page(&mut sql, query);
+                "page.name"
+            }
+            ServerSort::Health => {
+                push_page_by_health(&mut sql, query);
+                "page.health_rank, page.name"
+            }
+        };
+        sql.push(format!(
+            ") AS page LEFT JOIN server_health h ON h.server_id = page.id ORDER BY {order}"
+        ));
+        let rows = sql
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("servers"))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    server_from_row(row)?,
+                    super::postgres_health::prefixed_health_from_row(row)?,
+                ))
             })
             .collect()
     }
@@ -382,6 +393,40 @@ impl SecretStore for PgStore {
 }
 
 /// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
+/// Pushes the query of one page of servers in name order (see [`ServerStore::list`]).
+fn push_page(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
+    sql.push(format!("SELECT {COLUMNS} FROM servers WHERE true"));
+    if let Some(after) = &query.after {
+        sql.push(" AND name > ")
+            .push_bind(after.as_str().to_owned());
+    }
+    push_filters(sql, query);
+    sql.push(" ORDER BY name LIMIT ")
+        .push_bind(i64::from(query.limit));
+}
+
+/// Pushes the query of one page of servers healthiest first (see
+/// [`ServerStore::list_by_health`]); each row has the columns `health` and `health_rank`.
+fn push_page_by_health(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
+    sql.push(format!(
+        "SELECT * FROM (SELECT *, CASE health WHEN 'healthy' THEN 0 WHEN 'degraded' THEN 1 \
+             WHEN 'unknown' THEN 2 ELSE 3 END AS health_rank FROM (SELECT {COLUMNS}, \
+             COALESCE((SELECT h.status FROM server_health h WHERE h.server_id = servers.id), \
+             'unknown') AS health FROM servers WHERE true"
+    ));
+    push_filters(sql, query);
+    sql.push(") AS inner_servers) AS ranked");
+    if let (Some(after), Some(rank)) = (&query.after, query.after_rank) {
+        sql.push(" WHERE (health_rank, name) > (")
+            .push_bind(i32::from(rank))
+            .push(", ")
+            .push_bind(after.as_str().to_owned())
+            .push(")");
+    }
+    sql.push(" ORDER BY health_rank, name LIMIT ")
+        .push_bind(i64::from(query.limit));
+}
+
 fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
     push_visibility(sql, &query.visibility, "");
     if let Some(tag) = &query.tag {

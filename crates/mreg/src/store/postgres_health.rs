@@ -26,32 +26,58 @@ fn millis(value: Option<i64>) -> u64 {
     value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
 }
 
+/// The columns of `server_health` a page of servers joins (as `h`), each named `h_COLUMN`.
+pub(super) const PREFIXED_COLUMNS: &str = "h.server_id AS h_server_id, h.status AS h_status, \
+    h.consecutive_failures AS h_consecutive_failures, h.last_checked_at AS h_last_checked_at, \
+    h.last_outcome AS h_last_outcome, h.last_detail AS h_last_detail, \
+    h.last_latency_ms AS h_last_latency_ms, h.last_protocol_version AS h_last_protocol_version, \
+    h.last_checked_by AS h_last_checked_by, h.last_ok_at AS h_last_ok_at, \
+    CASE WHEN isfinite(h.next_check_at) THEN h.next_check_at END AS h_next_check_at_finite, \
+    h.status_since AS h_status_since";
+
 fn health_from_row(row: &PgRow) -> Result<Health> {
-    let status: String = col(row, "status")?;
+    health_from_columns(row, "")
+}
+
+/// The health a page of servers joined ([`PREFIXED_COLUMNS`]); `None` when there is none.
+pub(super) fn prefixed_health_from_row(row: &PgRow) -> Result<Option<Health>> {
+    let id: Option<Uuid> = col(row, "h_server_id")?;
+    id.map(|_| health_from_columns(row, "h_")).transpose()
+}
+
+/// A health row whose columns are named `{prefix}COLUMN`.
+fn health_from_columns(row: &PgRow, prefix: &str) -> Result<Health> {
+    let name = |c: &str| format!("{prefix}{c}");
+    let status: Option<String> = col(row, &name("status"))?;
     let last_check = match (
-        col::<Option<OffsetDateTime>>(row, "last_checked_at")?,
-        col::<Option<String>>(row, "last_outcome")?,
+        col::<Option<OffsetDateTime>>(row, &name("last_checked_at"))?,
+        col::<Option<String>>(row, &name("last_outcome"))?,
     ) {
         (Some(at), Some(outcome)) => Some(HealthCheck {
             checked_at: at,
             outcome: Outcome::parse(&outcome)?,
-            detail: col(row, "last_detail")?,
-            latency_ms: millis(col(row, "last_latency_ms")?),
-            protocol_version: col(row, "last_protocol_version")?,
-            checked_by: col::<Option<String>>(row, "last_checked_by")?.unwrap_or_default(),
+            detail: col(row, &name("last_detail"))?,
+            latency_ms: millis(col(row, &name("last_latency_ms"))?),
+            protocol_version: col(row, &name("last_protocol_version"))?,
+            checked_by: col::<Option<String>>(row, &name("last_checked_by"))?.unwrap_or_default(),
         }),
         _ => None,
     };
-    let next: OffsetDateTime = col::<Option<OffsetDateTime>>(row, "next_check_at_finite")?
+    let next: OffsetDateTime = col::<Option<OffsetDateTime>>(row, &name("next_check_at_finite"))?
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let server_id: Option<Uuid> = col(row, &name("server_id"))?;
     Ok(Health {
-        server_id: col(row, "server_id")?,
-        status: HealthStatus::parse_field(&status, "status").map_err(|e| corrupt("status", e))?,
-        consecutive_failures: u32::try_from(col::<i32>(row, "consecutive_failures")?).unwrap_or(0),
+        server_id: server_id.unwrap_or_default(),
+        status: HealthStatus::parse_field(status.as_deref().unwrap_or_default(), "status")
+            .map_err(|e| corrupt("status", e))?,
+        consecutive_failures: u32::try_from(
+            col::<Option<i32>>(row, &name("consecutive_failures"))?.unwrap_or(0),
+        )
+        .unwrap_or(0),
         last_check,
-        last_ok_at: col(row, "last_ok_at")?,
+        last_ok_at: col(row, &name("last_ok_at"))?,
         next_check_at: next,
-        status_since: col(row, "status_since")?,
+        status_since: col(row, &name("status_since"))?,
     })
 }
 
@@ -102,21 +128,6 @@ impl HealthStore for PgStore {
         .await
         .map_err(db_error("server health"))?;
         row.as_ref().map(health_from_row).transpose()
-    }
-
-    async fn healths(&self, server_ids: &[Uuid]) -> Result<Vec<Health>> {
-        if server_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(
-            "SELECT *, CASE WHEN isfinite(next_check_at) THEN next_check_at END AS next_check_at_finite \
-             FROM server_health WHERE server_id = ANY($1)",
-        )
-        .bind(server_ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error("server health"))?;
-        rows.iter().map(health_from_row).collect()
     }
 
     async fn record(&self, health: &Health) -> Result<()> {

@@ -23,13 +23,38 @@ fn millis(value: Option<i64>) -> u64 {
     value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
 }
 
+/// The columns of `server_health` a page of servers joins (as `h`), each named `h_COLUMN`.
+pub(super) const PREFIXED_COLUMNS: &str = "h.server_id AS h_server_id, h.status AS h_status, \
+    h.consecutive_failures AS h_consecutive_failures, h.last_checked_at AS h_last_checked_at, \
+    h.last_outcome AS h_last_outcome, h.last_detail AS h_last_detail, \
+    h.last_latency_ms AS h_last_latency_ms, h.last_protocol_version AS h_last_protocol_version, \
+    h.last_checked_by AS h_last_checked_by, h.last_ok_at AS h_last_ok_at, \
+    h.next_check_at AS h_next_check_at, h.status_since AS h_status_since";
+
 fn health_from_row(row: &SqliteRow) -> Result<Health> {
+    health_from_columns(row, "")
+}
+
+/// The health a page of servers joined ([`PREFIXED_COLUMNS`]); `None` when there is none.
+pub(super) fn prefixed_health_from_row(row: &SqliteRow) -> Result<Option<Health>> {
+    let id: Option<String> = row
+        .try_get("h_server_id")
+        .map_err(|e| corrupt("h_server_id", e))?;
+    id.map(|_| health_from_columns(row, "h_")).transpose()
+}
+
+/// A health row whose columns are named `{prefix}COLUMN`.
+fn health_from_columns(row: &SqliteRow, prefix: &str) -> Result<Health> {
+    let name = |c: &str| format!("{prefix}{c}");
     let get_opt = |c: &str| {
-        row.try_get::<Option<String>, _>(c)
+        row.try_get::<Option<String>, _>(name(c).as_str())
             .map_err(|e| corrupt(c, e))
     };
-    let get_int = |c: &str| row.try_get::<Option<i64>, _>(c).map_err(|e| corrupt(c, e));
-    let status: String = row.try_get("status").map_err(|e| corrupt("status", e))?;
+    let get_int = |c: &str| {
+        row.try_get::<Option<i64>, _>(name(c).as_str())
+            .map_err(|e| corrupt(c, e))
+    };
+    let status = get_opt("status")?.unwrap_or_default();
     let last_check = match (get_int("last_checked_at")?, get_opt("last_outcome")?) {
         (Some(at), Some(outcome)) => Some(HealthCheck {
             checked_at: from_micros(at)?,
@@ -41,20 +66,15 @@ fn health_from_row(row: &SqliteRow) -> Result<Health> {
         }),
         _ => None,
     };
+    let server_id = get_opt("server_id")?.unwrap_or_default();
     Ok(Health {
-        server_id: uuid(row, "server_id")?,
+        server_id: Uuid::parse_str(&server_id).map_err(|e| corrupt("server_id", e))?,
         status: HealthStatus::parse_field(&status, "status").map_err(|e| corrupt("status", e))?,
-        consecutive_failures: u32::try_from(
-            row.try_get::<i64, _>("consecutive_failures")
-                .map_err(|e| corrupt("consecutive_failures", e))?,
-        )
-        .unwrap_or(u32::MAX),
+        consecutive_failures: u32::try_from(get_int("consecutive_failures")?.unwrap_or(0))
+            .unwrap_or(u32::MAX),
         last_check,
         last_ok_at: get_int("last_ok_at")?.map(from_micros).transpose()?,
-        next_check_at: from_micros(
-            row.try_get::<i64, _>("next_check_at")
-                .map_err(|e| corrupt("next_check_at", e))?,
-        )?,
+        next_check_at: from_micros(get_int("next_check_at")?.unwrap_or(0))?,
         status_since: get_int("status_since")?.map(from_micros).transpose()?,
     })
 }
@@ -102,25 +122,6 @@ impl HealthStore for SqliteStore {
             .await
             .map_err(db_error("server health"))?;
         row.as_ref().map(health_from_row).transpose()
-    }
-
-    async fn healths(&self, server_ids: &[Uuid]) -> Result<Vec<Health>> {
-        if server_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut sql =
-            QueryBuilder::<Sqlite>::new("SELECT * FROM server_health WHERE server_id IN (");
-        let mut ids = sql.separated(", ");
-        for id in server_ids {
-            ids.push_bind(id.to_string());
-        }
-        sql.push(")");
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("server health"))?;
-        rows.iter().map(health_from_row).collect()
     }
 
     async fn record(&self, health: &Health) -> Result<()> {

@@ -486,23 +486,39 @@ async fn health_is_recorded_with_history_changes_and_pruning(
     );
     let quiet = server("never-probed", "", &[], ServerStatus::Active);
     store.insert(&quiet, None).await.expect("insert");
-    let mut both = health
-        .healths(&[quiet.id, s.id, uuid::Uuid::now_v7()])
-        .await
-        .expect("healths");
-    both.sort_by_key(|h| h.server_id != s.id);
-    assert_eq!(
-        both.first(),
-        Some(&stored),
-        "healths reads what health reads"
-    );
-    assert!(
-        both.iter()
-            .skip(1)
-            .all(|h| h.server_id == quiet.id && h.status == HealthStatus::Unknown),
-        "a server never probed has an unknown row or none; an unknown id none: {both:?}"
-    );
-    assert!(health.healths(&[]).await.expect("none").is_empty());
+    for sort in [domain::ServerSort::Name, domain::ServerSort::Health] {
+        let page = store
+            .list_with_health(&ServerQuery {
+                sort,
+                ..ServerQuery::default()
+            })
+            .await
+            .expect("list with health");
+        let names: Vec<&str> = page.iter().map(|(s, _)| s.name.as_str()).collect();
+        let expected = match sort {
+            domain::ServerSort::Name => ["never-probed", "watched"],
+            domain::ServerSort::Health => ["watched", "never-probed"],
+        };
+        assert_eq!(
+            names, expected,
+            "{sort:?}: the order of list / list_by_health"
+        );
+        let of = |name: &str| {
+            page.iter()
+                .find(|(s, _)| s.name.as_str() == name)
+                .map(|(_, h)| h.clone())
+        };
+        assert_eq!(
+            of("watched"),
+            Some(Some(stored.clone())),
+            "{sort:?}: a page reads each server's health as health() does"
+        );
+        assert!(
+            matches!(of("never-probed"), Some(None))
+                || matches!(of("never-probed"), Some(Some(ref h)) if h.status == HealthStatus::Unknown),
+            "{sort:?}: a server never probed has no health or an unknown one: {page:?}"
+        );
+    }
     store.delete(&quiet.name).await.expect("delete");
     let history = health.history(s.id, start, 10).await.expect("history");
     let outcomes: Vec<Outcome> = history.iter().map(|c| c.outcome).collect();
