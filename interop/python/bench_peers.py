@@ -28,6 +28,11 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
                 in one session opened with curl (interop/wrk-tools-call.lua)
   The SDK clients give p50/p99 after a warm-up and the p50 mreg adds over going direct; wrk
   gives requests per second and the ratios mreg/direct and mreg/FastMCP proxy.
+* Own tools (--own yes|no|only): mreg's own /mcp `tools/call list_servers` (a third mreg, chain
+  on, embedded SQLite, five registered servers) against server.py's `echo` behind FastMCP's
+  JWTVerifier checking the same token, with a sessionful client and a stateless 2026-07-28 one
+  (no session: protocol metadata in each request's `_meta`), wrk with one thread at each of
+  --own-connections; the ratio mreg/FastMCP and each process's CPU per call.
 
 The targets take turns: each measurement (Python, TS, wrk warm-up, wrk per connection count)
 runs on every target of an upstream before the next, in alternating order; after each wrk run

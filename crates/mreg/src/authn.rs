@@ -24,10 +24,10 @@ use futures_util::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::http::error::ApiError;
 use crate::oauth::upstream::Kind;
 use crate::oauth::{Identity, OAuth, grant_revoked_key, sha256_hex};
 use crate::rest::AppState;
-use crate::rest::error::ApiError;
 
 /// The authenticated caller of a request. Shared, not copied: every request of one caller points
 /// at the same principal.
@@ -335,7 +335,7 @@ where
         Err(e) if !crate::mcp::edge::too_large(&e) => {
             let message = format!(
                 "the request body cannot be read: {}",
-                crate::proxy::root_cause(&e)
+                domain::text::root_cause(&e)
             );
             entry.finish(Err(message.clone()));
             return ApiError::new(axum::http::StatusCode::BAD_REQUEST, "bad_request", message)
@@ -390,7 +390,7 @@ where
 
 /// The request id and the operation (`METHOD /route`) of a request, for its audit row.
 fn audit_names(request: &Request, route: Option<&str>) -> (String, String) {
-    let request_id = crate::rest::request_id::of(request.extensions()).to_owned();
+    let request_id = crate::http::request_id::of(request.extensions()).to_owned();
     let operation = format!(
         "{} {}",
         request.method(),

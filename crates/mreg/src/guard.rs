@@ -210,7 +210,7 @@ fn refusal(path: &str, status: StatusCode, why: String) -> Response {
     } else {
         "bad_request"
     };
-    crate::rest::error::ApiError::new(status, error, why).into_response()
+    crate::http::error::ApiError::new(status, error, why).into_response()
 }
 
 #[cfg(test)]

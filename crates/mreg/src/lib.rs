@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod egress;
 pub mod guard;
 pub mod health;
+pub mod http;
 pub mod jsonrpc;
 pub mod mcp;
 pub mod metrics;

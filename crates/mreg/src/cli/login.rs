@@ -291,7 +291,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     let unreachable = |e: reqwest::Error| {
         format!(
             "cannot reach the gateway at {shown}: {}",
-            crate::proxy::root_cause(&e)
+            domain::text::root_cause(&e)
         )
     };
     let meta = json_of(

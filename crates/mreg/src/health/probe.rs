@@ -73,7 +73,7 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn classify(e: &reqwest::Error) -> Failure {
-    let cause = crate::proxy::root_cause(e);
+    let cause = domain::text::root_cause(e);
     let lower = cause.to_lowercase();
     let outcome = if e.is_timeout() {
         Outcome::Timeout

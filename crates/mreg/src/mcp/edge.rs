@@ -141,7 +141,7 @@ where
                     rpc::INVALID_REQUEST,
                     format!(
                         "the request body cannot be read: {}",
-                        crate::proxy::root_cause(&e)
+                        domain::text::root_cause(&e)
                     ),
                 );
             }

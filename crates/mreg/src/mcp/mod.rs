@@ -16,7 +16,8 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
-use crate::rest::{AppState, request_id};
+use crate::http::request_id;
+use crate::rest::AppState;
 use tools::RegistryTools;
 
 /// Largest MCP request body accepted.

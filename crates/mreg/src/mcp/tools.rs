@@ -127,7 +127,7 @@ pub fn failure(error: domain::Error) -> CallToolResult {
             "internal error; the gateway's log has the details".to_owned()
         }
         domain::Error::Unavailable { ref source, .. } => {
-            let cause = source.as_deref().map(|s| crate::proxy::root_cause(s));
+            let cause = source.as_deref().map(|s| domain::text::root_cause(s));
             tracing::warn!(error = %error, cause = cause.as_deref(), "dependency unavailable");
             error.to_string()
         }
@@ -495,7 +495,7 @@ impl ServerHandler for RegistryTools {
                 None,
             ));
         };
-        let request_id = parts.map_or("-", |parts| crate::rest::request_id::of(&parts.extensions));
+        let request_id = parts.map_or("-", |parts| crate::http::request_id::of(&parts.extensions));
         let mut entry = self
             .state
             .audit

@@ -101,7 +101,7 @@ pub async fn fetch(
         .map_err(|e| {
             refuse(format!(
                 "cannot fetch the client's metadata: {}",
-                crate::proxy::root_cause(&e)
+                domain::text::root_cause(&e)
             ))
         })?;
     if response.status() != reqwest::StatusCode::OK {

@@ -202,7 +202,7 @@ pub async fn limited(
     let Err(refusal) = oauth.admit_address(oauth.address_of(&request)).await else {
         return next.run(request).await;
     };
-    let request_id = crate::rest::request_id::of(request.extensions()).to_owned();
+    let request_id = crate::http::request_id::of(request.extensions()).to_owned();
     let operation = match request.uri().path() {
         "/consent" => "oauth.consent",
         _ => "oauth.authorize",
@@ -247,7 +247,7 @@ pub async fn audited(
         "/revoke" => "oauth.revoke",
         _ => "oauth.login",
     };
-    let request_id = crate::rest::request_id::of(request.extensions()).to_owned();
+    let request_id = crate::http::request_id::of(request.extensions()).to_owned();
     let mut entry = match oauth
         .audit
         .open(&unauthenticated(), &request_id, operation)

@@ -45,8 +45,8 @@ use domain::Principal;
 pub use crate::config::policy::{
     DEFAULT_SERVER_RULE, Denial, Policy, RateLimits, Refusal, Roles, ServerRule,
 };
+use crate::http::error::ApiError;
 use crate::rest::AppState;
-use crate::rest::error::ApiError;
 
 /// The JSON-RPC error code and data an MCP caller gets for `refusal`: forbidden
 /// (`data.required_roles`), or rate limited (`data.retry_after_ms`).

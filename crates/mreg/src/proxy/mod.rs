@@ -84,22 +84,7 @@ pub fn timeout_of(server: &Server) -> Duration {
     ))
 }
 
-/// Most characters of upstream-derived text (an error's cause, an upstream's message) the
-/// gateway puts into an answer or an audit row: an upstream controls that text, and a 10 MB
-/// answer of the wrong shape must not become a 10 MB error.
-pub const MAX_UPSTREAM_TEXT_CHARS: usize = 1024;
-
-pub use domain::text::clipped;
-
-/// Describes a client error by its innermost cause ("Connection refused (os error 111)"),
-/// clipped to [`MAX_UPSTREAM_TEXT_CHARS`].
-pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    clipped(&cause.to_string(), MAX_UPSTREAM_TEXT_CHARS)
-}
+pub use domain::text::{MAX_UPSTREAM_TEXT_CHARS, clipped, root_cause};
 
 /// Handles one request to `/servers/{name}/mcp`: one audit row each, opened before anything
 /// else (when the audit log cannot take it, the request is refused). The row is completed when
@@ -111,7 +96,7 @@ pub async fn handle(
     Path(name): Path<String>,
     request: Request,
 ) -> Response {
-    let request_id = crate::rest::request_id::of(request.extensions());
+    let request_id = crate::http::request_id::of(request.extensions());
     let mut entry = match state.audit.open(&caller, request_id, "mcp").await {
         Ok(entry) => entry,
         Err(e) => {

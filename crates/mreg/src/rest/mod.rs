@@ -2,15 +2,15 @@
 //! operations endpoints, and the OpenAPI document with its docs page. Every route is declared
 //! with its OpenAPI description, so the document is generated from the code that serves it.
 
+pub use crate::http::{error, request_id};
+
 pub mod audit;
 pub mod cursor;
-pub mod error;
 pub mod extract;
 pub mod health;
 pub mod mcp_docs;
 pub mod ops;
 pub mod registry_v0;
-pub mod request_id;
 pub mod servers;
 pub mod whoami;
 

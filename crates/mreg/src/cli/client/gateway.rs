@@ -213,7 +213,7 @@ impl Gateway {
             .get(&url)
             .send()
             .await
-            .map_err(|e| unreachable(crate::proxy::root_cause(&e)))?;
+            .map_err(|e| unreachable(domain::text::root_cause(&e)))?;
         if !response.status().is_success() {
             return Err(unreachable(format!("HTTP {}", response.status().as_u16())));
         }

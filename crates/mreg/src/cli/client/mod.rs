@@ -185,7 +185,7 @@ impl Client {
             message: format!(
                 "cannot reach mreg at {} ({}); is `mreg serve` running there?",
                 gateway::shown(&self.base),
-                crate::proxy::root_cause(&e)
+                domain::text::root_cause(&e)
             ),
             code: EXIT_UNREACHABLE,
         })?;

@@ -108,7 +108,7 @@ impl From<domain::Error> for ApiError {
             E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
             E::RateLimited { retry_after } => Self::rate_limited(message, retry_after),
             E::Unavailable { ref source, .. } => {
-                let cause = source.as_deref().map(|s| crate::proxy::root_cause(s));
+                let cause = source.as_deref().map(|s| domain::text::root_cause(s));
                 tracing::warn!(error = %e, cause = cause.as_deref(), "dependency unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
             }
