@@ -548,21 +548,25 @@ class Bench:
         for line in done.stdout.splitlines():
             if line.startswith("WRK_RESULT "):
                 result = json.loads(line.removeprefix("WRK_RESULT "))
+                # Only answered calls count: wrk's `requests` includes refusals and errors,
+                # which a gateway refusing everything would answer fastest of all.
+                result["answered"] = max(0, result["requests"] - result["bad"])
+                result["rps"] = round(result["answered"] / max(result["duration_s"], 1e-9), 1)
                 failed = result["bad"] + sum(result["errors"].values())
                 if failed:
                     result["warning"] = f"{failed} failed responses or socket errors"
                 elif result["requests"] == 0:  # a slow target, not a failure: say so in the notes
                     result["note"] = (f"no call answered within the {seconds} s run "
                                       f"(at {connections} connections; try a longer --seconds)")
-                if cpu_before is not None and cpu_after is not None and result["requests"]:
+                if cpu_before is not None and cpu_after is not None and result["answered"]:
                     # The gateway process's own CPU (user + system) per answered call.
                     result["process_cpu_ms_per_call"] = round(
-                        (cpu_after - cpu_before) * 1000 / result["requests"], 4)
+                        (cpu_after - cpu_before) * 1000 / result["answered"], 4)
                 # PostgreSQL's own CPU for this instance (its backends), per answered call: with
                 # the chain on, the cost of one audit row in the database.
                 pg = [a - b for a, b in zip(pg_after, pg_before) if a is not None and b is not None]
-                if backends and result["requests"]:
-                    result["postgres_cpu_ms_per_call"] = round(sum(pg) * 1000 / result["requests"], 4)
+                if backends and result["answered"]:
+                    result["postgres_cpu_ms_per_call"] = round(sum(pg) * 1000 / result["answered"], 4)
         # Requests still queued when wrk stopped would load the next target: wait until this
         # one answers a call again (its backlog drained) before going on.
         try:
@@ -626,8 +630,10 @@ class Bench:
             mine, theirs = results["mreg-own"], results["fastmcp-jwt"]
             mine["vs_fastmcp"] = {}
             for c in self.args.own_connections:
-                a = mine["wrk"].get(str(c), {}).get("rps")
-                b = theirs["wrk"].get(str(c), {}).get("rps")
+                a_point, b_point = mine["wrk"].get(str(c), {}), theirs["wrk"].get(str(c), {})
+                if "warning" in a_point or "warning" in b_point:
+                    continue  # failed calls: no ratio
+                a, b = a_point.get("rps"), b_point.get("rps")
                 if a and b:
                     mine["vs_fastmcp"][str(c)] = round(a / b, 2)
             rows += [mine, theirs]
@@ -923,7 +929,8 @@ def main() -> int:
         for row in report["own_tools"]:
             points = []
             for c, point in row["wrk"].items():
-                text = "err" if "error" in point else f"{point.get('rps', 0):.0f} req/s"
+                text = ("err" if "error" in point else f"{point.get('rps', 0):.0f} req/s"
+                        + (f" ({point['warning']})" if "warning" in point else ""))
                 if "process_cpu_ms_per_call" in point:
                     text += f" ({point['process_cpu_ms_per_call']:.3f} ms CPU/call)"
                 points.append(f"c{c} {text}")

@@ -392,7 +392,6 @@ impl SecretStore for PgStore {
     }
 }
 
-/// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 /// Pushes the query of one page of servers in name order (see [`ServerStore::list`]).
 fn push_page(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
     sql.push(format!("SELECT {COLUMNS} FROM servers WHERE true"));
@@ -427,6 +426,7 @@ fn push_page_by_health(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
         .push_bind(i64::from(query.limit));
 }
 
+/// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 fn push_filters(sql: &mut QueryBuilder<Postgres>, query: &ServerQuery) {
     push_visibility(sql, &query.visibility, "");
     if let Some(tag) = &query.tag {

@@ -139,7 +139,8 @@ impl HealthStore for PgStore {
         let updated = sqlx::query(
             "UPDATE server_health SET status = $1, consecutive_failures = $2, last_checked_at = $3, \
              last_outcome = $4, last_detail = $5, last_latency_ms = $6, last_protocol_version = $7, \
-             last_checked_by = $8, last_ok_at = $9, next_check_at = $10, status_since = $11, \
+             last_checked_by = $8, last_ok_at = $9, next_check_at = $10, \
+             status_since = CASE WHEN status = $1 THEN COALESCE(status_since, $11) ELSE $3 END, \
              lease_owner = NULL, lease_until = NULL WHERE server_id = $12",
         )
         .bind(health.status.as_str())

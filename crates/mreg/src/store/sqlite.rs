@@ -383,7 +383,6 @@ impl SecretStore for SqliteStore {
     }
 }
 
-/// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 /// Pushes the query of one page of servers in name order (see [`ServerStore::list`]).
 fn push_page(sql: &mut QueryBuilder<Sqlite>, query: &ServerQuery) {
     sql.push(format!("SELECT {COLUMNS} FROM servers WHERE 1 = 1"));
@@ -420,6 +419,7 @@ fn push_page_by_health(sql: &mut QueryBuilder<Sqlite>, query: &ServerQuery) {
     sql.push(format!(" ORDER BY health_rank, name LIMIT {}", query.limit));
 }
 
+/// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 fn push_filters(sql: &mut QueryBuilder<Sqlite>, query: &ServerQuery) {
     push_visibility(sql, &query.visibility, "");
     if let Some(tag) = &query.tag {

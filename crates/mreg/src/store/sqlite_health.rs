@@ -133,7 +133,8 @@ impl HealthStore for SqliteStore {
         let updated = sqlx::query(
             "UPDATE server_health SET status = ?, consecutive_failures = ?, last_checked_at = ?, \
              last_outcome = ?, last_detail = ?, last_latency_ms = ?, last_protocol_version = ?, \
-             last_checked_by = ?, last_ok_at = ?, next_check_at = ?, status_since = ?, \
+             last_checked_by = ?, last_ok_at = ?, next_check_at = ?, \
+             status_since = CASE WHEN status = ? THEN COALESCE(status_since, ?) ELSE ? END, \
              lease_owner = NULL, lease_until = NULL WHERE server_id = ?",
         )
         .bind(health.status.as_str())
@@ -146,7 +147,9 @@ impl HealthStore for SqliteStore {
         .bind(check.checked_by.clone())
         .bind(health.last_ok_at.map(micros))
         .bind(micros(health.next_check_at))
+        .bind(health.status.as_str())
         .bind(health.status_since.map(micros))
+        .bind(micros(check.checked_at))
         .bind(health.server_id.to_string())
         .execute(&mut *tx)
         .await
