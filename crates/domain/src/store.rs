@@ -142,7 +142,8 @@ pub trait HealthStore: Send + Sync + 'static {
     async fn health(&self, server_id: Uuid) -> Result<Option<Health>>;
 
     /// Stores `health` as current, appends its last check to the history, ends any lease.
-    async fn record(&self, health: &Health) -> Result<()>;
+    /// Returns false, storing nothing, when the server no longer exists (deleted while probed).
+    async fn record(&self, health: &Health) -> Result<bool>;
 
     /// Probes of a server since `since`, newest first, at most `limit`.
     async fn history(

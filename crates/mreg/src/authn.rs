@@ -290,8 +290,8 @@ where
     let counts = route.is_some_and(|r| r.starts_with("/api/"))
         || request
             .extensions()
-            .get::<crate::mcp::edge::Peeked>()
-            .is_some_and(crate::mcp::edge::Peeked::is_request);
+            .get::<crate::jsonrpc::Peeked>()
+            .is_some_and(crate::jsonrpc::Peeked::is_request);
     if let Err(refusal) =
         crate::policy::check_request(state, &principal, request.method(), route, counts).await
     {
@@ -301,7 +301,7 @@ where
                 let server = server_in_path(request.uri().path());
                 entry.target(None, server);
                 // A refused MCP message keeps its JSON-RPC method (and tool) in the row.
-                if let Some(crate::mcp::edge::Peeked(Ok(call))) = request.extensions().get() {
+                if let Some(crate::jsonrpc::Peeked(Ok(call))) = request.extensions().get() {
                     entry.operation(&call.method);
                     if call.method == "tools/call" {
                         entry.target(call.name.as_deref(), server);
@@ -332,7 +332,7 @@ where
     let (parts, body) = request.into_parts();
     let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(e) if !crate::mcp::edge::too_large(&e) => {
+        Err(e) if !crate::http::too_large(&e) => {
             let message = format!(
                 "the request body cannot be read: {}",
                 domain::text::root_cause(&e)

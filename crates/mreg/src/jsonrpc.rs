@@ -5,6 +5,29 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+/// Largest MCP message (request body) the gateway reads, on `/mcp` and when forwarding.
+pub const MAX_MCP_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The JSON-RPC call of a POSTed message, as the edge read it (or why it could not).
+#[derive(Debug, Clone)]
+pub struct Peeked(pub Result<McpCall, (StatusCode, i64, String)>);
+
+impl Peeked {
+    /// Whether the message holds at least one JSON-RPC request (a message with a method and an
+    /// id): what a rate-limit budget counts. A message that cannot be read counts too, so that
+    /// garbage is not free.
+    pub fn is_request(&self) -> bool {
+        match &self.0 {
+            Ok(call) if call.batch.is_empty() => call.id.is_some() && call.method != "response",
+            Ok(call) => call
+                .batch
+                .iter()
+                .any(|c| c.id.is_some() && c.method != "response"),
+            Err(_) => true,
+        }
+    }
+}
+
 /// JSON-RPC: the body is not JSON.
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC: the body is not a valid request.

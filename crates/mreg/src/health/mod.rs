@@ -166,14 +166,20 @@ pub async fn check_now(state: &AppState, server: &Server) -> Result<Health> {
     };
     let before = health.status;
     health.record(check, &policy(state), jitter());
-    state.stores.health.record(&health).await?;
+    // The gauge is set before the row is stored: a server deleted meanwhile either fails the
+    // store below (and its series is dropped here) or is deleted after it (and its deletion
+    // drops the series), so a deleted server never keeps a series.
+    state
+        .metrics
+        .server_health(server.name.as_str(), health.status.as_str());
+    if !state.stores.health.record(&health).await? {
+        state.metrics.forget_server(server.name.as_str());
+        return Ok(health);
+    }
     if let Some(tools) = &report.tools {
         state.stores.catalog.replace_tools(server.id, tools).await?;
     }
     state.health_board.set(server.id, health.status);
-    state
-        .metrics
-        .server_health(server.name.as_str(), health.status.as_str());
     if before != health.status {
         tracing::info!(server = %server.name, from = before.as_str(), to = health.status.as_str(), "health changed");
     }

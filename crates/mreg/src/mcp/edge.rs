@@ -27,33 +27,13 @@ use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceExt};
 
-use super::MAX_MCP_BODY_BYTES;
-use crate::jsonrpc::{self as rpc, McpCall};
+use crate::http::too_large;
+use crate::jsonrpc::{self as rpc, MAX_MCP_BODY_BYTES, Peeked};
 
 /// Largest error body of an inner answer that is read to be rewritten.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// Longest message taken from a plain-text error body.
 const MAX_MESSAGE_CHARS: usize = 1024;
-
-/// The JSON-RPC call of a POSTed message, as the edge read it (or why it could not).
-#[derive(Debug, Clone)]
-pub struct Peeked(pub Result<McpCall, (StatusCode, i64, String)>);
-
-impl Peeked {
-    /// Whether the message holds at least one JSON-RPC request (a message with a method and an
-    /// id): what a rate-limit budget counts. A message that cannot be read counts too, so that
-    /// garbage is not free.
-    pub fn is_request(&self) -> bool {
-        match &self.0 {
-            Ok(call) if call.batch.is_empty() => call.id.is_some() && call.method != "response",
-            Ok(call) => call
-                .batch
-                .iter()
-                .any(|c| c.id.is_some() && c.method != "response"),
-            Err(_) => true,
-        }
-    }
-}
 
 /// Layer: the MCP edge around the chain and the route.
 #[derive(Clone, Copy, Default)]
@@ -177,19 +157,6 @@ where
 /// Whether the request says its body is JSON.
 fn is_json(headers: &HeaderMap) -> bool {
     rpc::media_type(headers).eq_ignore_ascii_case("application/json")
-}
-
-/// Whether reading a body failed because it passed the limit (rather than because it was
-/// malformed, e.g. a broken chunked encoding, or cut off).
-pub fn too_large(e: &axum::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(error) = cause {
-        if error.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
 }
 
 /// The JSON-RPC error code of an HTTP error status.

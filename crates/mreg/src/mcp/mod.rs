@@ -20,8 +20,7 @@ use crate::http::request_id;
 use crate::rest::AppState;
 use tools::RegistryTools;
 
-/// Largest MCP request body accepted.
-pub const MAX_MCP_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::jsonrpc::MAX_MCP_BODY_BYTES;
 
 /// The MCP router. `sessions` ends open sessions (and the tool calls they run); `shutdown`
 /// ends open `GET` streams (server-to-client SSE, on `/mcp` and proxied) as the gateway starts

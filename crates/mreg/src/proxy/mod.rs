@@ -23,8 +23,8 @@ use domain::Server;
 use http_body_util::BodyExt;
 
 use crate::authn::Caller;
+use crate::jsonrpc::MAX_MCP_BODY_BYTES;
 use crate::jsonrpc::{self as rpc, McpCall};
-use crate::mcp::MAX_MCP_BODY_BYTES;
 use crate::rest::AppState;
 
 /// Request headers passed on to the upstream (besides `mcp-param-*`).
@@ -191,7 +191,7 @@ async fn proxy(
     let (parts, body) = request.into_parts();
     // What the edge read of the message names the row from the start, so that a request refused
     // before it is forwarded (unknown, disabled or unhealthy server) keeps its JSON-RPC method.
-    if let Some(crate::mcp::edge::Peeked(Ok(call))) = parts.extensions.get() {
+    if let Some(crate::jsonrpc::Peeked(Ok(call))) = parts.extensions.get() {
         name_entry(entry, call, name);
     }
     let route = match state.registry.route(name).await {
@@ -253,7 +253,7 @@ async fn forward_to(
     }
 
     // The MCP edge has read the call already; only a request that did not pass it is read here.
-    let peeked = parts.extensions.remove::<crate::mcp::edge::Peeked>();
+    let peeked = parts.extensions.remove::<crate::jsonrpc::Peeked>();
     let (body, call) = match parts.method {
         Method::POST => match axum::body::to_bytes(body, MAX_MCP_BODY_BYTES).await {
             Err(_) => {

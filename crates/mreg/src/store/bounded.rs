@@ -101,7 +101,7 @@ bounded!(HealthStore {
         claim_due(owner: &str, now: OffsetDateTime, lease: Duration, limit: u32)
             -> Vec<(Uuid, ServerName)>;
         health(server_id: Uuid) -> Option<Health>;
-        record(health: &Health) -> ();
+        record(health: &Health) -> bool;
         history(server_id: Uuid, since: OffsetDateTime, limit: u32) -> Vec<HealthCheck>;
         changed_since(since: OffsetDateTime) -> Vec<(Uuid, HealthStatus)>;
     }

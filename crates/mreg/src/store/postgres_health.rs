@@ -130,9 +130,9 @@ impl HealthStore for PgStore {
         row.as_ref().map(health_from_row).transpose()
     }
 
-    async fn record(&self, health: &Health) -> Result<()> {
+    async fn record(&self, health: &Health) -> Result<bool> {
         let Some(check) = &health.last_check else {
-            return Ok(());
+            return Ok(true);
         };
         let latency = i64::try_from(check.latency_ms).unwrap_or(i64::MAX);
         let mut tx = self.pool.begin().await.map_err(db_error("server health"))?;
@@ -159,7 +159,7 @@ impl HealthStore for PgStore {
         .await
         .map_err(db_error("server health"))?;
         if updated.rows_affected() == 0 {
-            return Ok(());
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO health_checks (server_id, checked_at, outcome, detail, latency_ms, \
@@ -175,7 +175,8 @@ impl HealthStore for PgStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error("health check"))?;
-        tx.commit().await.map_err(db_error("server health"))
+        tx.commit().await.map_err(db_error("server health"))?;
+        Ok(true)
     }
 
     async fn history(

@@ -124,9 +124,9 @@ impl HealthStore for SqliteStore {
         row.as_ref().map(health_from_row).transpose()
     }
 
-    async fn record(&self, health: &Health) -> Result<()> {
+    async fn record(&self, health: &Health) -> Result<bool> {
         let Some(check) = &health.last_check else {
-            return Ok(());
+            return Ok(true);
         };
         let mut tx = self.pool.begin().await.map_err(db_error("server health"))?;
         let latency = i64::try_from(check.latency_ms).unwrap_or(i64::MAX);
@@ -156,7 +156,7 @@ impl HealthStore for SqliteStore {
         .map_err(db_error("server health"))?;
         if updated.rows_affected() == 0 {
             // The server was deleted while it was being probed.
-            return Ok(());
+            return Ok(false);
         }
         sqlx::query(
             "INSERT INTO health_checks (server_id, checked_at, outcome, detail, latency_ms, \
@@ -172,7 +172,8 @@ impl HealthStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(db_error("health check"))?;
-        tx.commit().await.map_err(db_error("server health"))
+        tx.commit().await.map_err(db_error("server health"))?;
+        Ok(true)
     }
 
     async fn history(

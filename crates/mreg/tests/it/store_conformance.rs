@@ -572,10 +572,13 @@ async fn health_is_recorded_with_history_changes_and_pruning(
         "health goes with its server"
     );
     state.record(probe(domain::now(), Outcome::Ok, "me"), &policy(), 0.0);
-    health
-        .record(&state)
-        .await
-        .expect("recording a deleted server's probe is not an error");
+    assert!(
+        !health
+            .record(&state)
+            .await
+            .expect("recording a deleted server's probe is not an error"),
+        "it stores nothing and says so"
+    );
 }
 
 async fn the_catalog_is_replaced_per_server_and_searched_healthiest_first(
