@@ -189,35 +189,8 @@ impl Registry {
         }
     }
 
-    /// One page of servers matching `query`, in its order.
-    pub async fn list(&self, query: &ServerQuery) -> Result<Page<Server>> {
-        let mut probe = query.clone();
-        probe.limit = query.limit.saturating_add(1);
-        let limit = query.limit as usize;
-        let (mut items, mut ranks) = match query.sort {
-            ServerSort::Name => (self.store.list(&probe).await?, Vec::new()),
-            ServerSort::Health => self
-                .store
-                .list_by_health(&probe)
-                .await?
-                .into_iter()
-                .map(|(server, health)| (server, health.rank()))
-                .unzip(),
-        };
-        let more = items.len() > limit;
-        items.truncate(limit);
-        ranks.truncate(limit);
-        let next_after = more.then(|| items.last().map(|s| s.name.clone())).flatten();
-        let next_rank = more.then(|| ranks.last().copied()).flatten();
-        Ok(Page {
-            items,
-            next_after,
-            next_rank,
-        })
-    }
-
-    /// Like [`Registry::list`], each server with its current health (`None`: never recorded),
-    /// read in the same query.
+    /// One page of servers matching `query`, in its order, each with its current health
+    /// (`None`: never recorded), read in the same query.
     pub async fn list_with_health(
         &self,
         query: &ServerQuery,
