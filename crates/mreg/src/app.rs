@@ -238,26 +238,60 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config.public_url.as_ref(),
     ));
     egress.listening_on(&[api_addr, mcp_addr]);
-    let state = rest::AppState::new(rest::Shared {
-        registry: Registry::new(stores.servers.clone(), cipher.clone())
-            .with_url_guard(egress.clone()),
-        cipher,
-        upstream: crate::proxy::upstream_client(egress.clone())?,
+    let gate = crate::policy::Gate::new(
+        Arc::new(config.policy.clone()),
+        limits,
+        cache.clone(),
+        metrics.clone(),
+        oauth.is_some(),
+    );
+    let registry =
+        Registry::new(stores.servers.clone(), cipher.clone()).with_url_guard(egress.clone());
+    let upstream = crate::proxy::upstream_client(egress.clone())?;
+    let health = Arc::new(crate::health::Monitor::new(
+        registry.clone(),
+        stores.clone(),
+        upstream.clone(),
+        egress.clone(),
+        config.clone(),
+        metrics.clone(),
+    ));
+    let authn = Arc::new(crate::authn::Authenticator::new(
+        oauth.clone(),
+        gate.clone(),
+        auditor.clone(),
+        cache.clone(),
+        stores.auth.clone(),
+        config.max_body_bytes,
+    ));
+    let proxy = Arc::new(crate::proxy::Proxy {
+        registry: registry.clone(),
+        gate: gate.clone(),
+        health: health.clone(),
+        audit: auditor.clone(),
+        metrics: metrics.clone(),
+        cipher: cipher.clone(),
+        egress: egress.clone(),
         gateway: crate::proxy::client::gateway_client(egress.clone())?,
-        egress,
+        upstream,
+    });
+    let state = crate::state::AppState::new(crate::state::Shared {
+        registry,
+        cipher,
+        proxy,
         gateway_url: config.public_url.as_ref().map_or_else(
             || format!("http://{mcp_addr}"),
             |u| u.as_str().trim_end_matches('/').to_owned(),
         ),
-        health_board: crate::health::HealthBoard::default(),
+        health,
         stores: stores.clone(),
         cache,
         cache_backend,
         metrics,
         config: config.clone(),
+        authn,
+        gate,
         oauth,
-        policy: Arc::new(config.policy.clone()),
-        limits,
         audit: auditor,
     });
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");
@@ -299,7 +333,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let monitor = config
         .health
         .enabled
-        .then(|| crate::health::spawn(state.clone(), shutdown.child_token()));
+        .then(|| state.health.clone().spawn(shutdown.child_token()));
     let token = shutdown.clone();
     let audit = state.audit.clone();
     let task = tokio::spawn(async move {

@@ -6,7 +6,7 @@
 //! tokens issued to this app (`aud` = client id or `api://{client id}`). Validated tokens are
 //! cached in the cache layer for at most `AZURE_TOKEN_CACHE_TTL`, never past their expiry.
 //! With authentication off (`MREG_AUTH=none`) everyone is the anonymous local operator. The rest
-//! of the policy chain (rate limit, REST roles: [`crate::policy::check_request`]) runs here too,
+//! of the policy chain (rate limit, REST roles: [`crate::policy::Gate::check_request`]) runs here too,
 //! so that the whole chain is one layer.
 
 use std::sync::{Arc, OnceLock};
@@ -19,15 +19,17 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use domain::Principal;
+use domain::{Cache, Principal};
 use futures_util::future::{BoxFuture, Either};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service, ServiceExt};
 
+use crate::audit::Auditor;
 use crate::http::error::ApiError;
 use crate::oauth::upstream::Kind;
 use crate::oauth::{Identity, OAuth, grant_revoked_key, sha256_hex};
-use crate::rest::AppState;
+use crate::policy::Gate;
+use crate::store::auth::AuthStore;
 
 /// The authenticated caller of a request. Shared, not copied: every request of one caller points
 /// at the same principal.
@@ -71,7 +73,7 @@ const DECODED_MAX: usize = 4096;
 /// a revoked or expired token is refused at once; only when it answers with exactly the bytes
 /// decoded before is the decoded token reused instead of parsing them again.
 #[derive(Default)]
-pub struct Decoded(std::sync::Mutex<std::collections::HashMap<String, Arc<Memo>>>);
+struct Decoded(std::sync::Mutex<std::collections::HashMap<String, Arc<Memo>>>);
 
 /// A decoded cache entry.
 struct Memo {
@@ -146,13 +148,54 @@ enum Refusal {
 /// route, with nothing boxed or cloned.
 #[derive(Clone)]
 pub struct AuthLayer {
-    state: AppState,
+    state: Arc<Authenticator>,
 }
 
 impl AuthLayer {
-    /// Authenticates against `state`'s OAuth server (everyone is anonymous without one).
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    /// The layer of `authenticator` (shared by every listener's layer).
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self {
+            state: authenticator,
+        }
+    }
+}
+
+/// What the chain before a route needs: the OAuth server whose tokens it accepts (everyone is
+/// the anonymous operator without one), the token cache, the policy gate and the audit log.
+/// Built once; both listeners' [`AuthLayer`]s share it.
+pub struct Authenticator {
+    oauth: Option<Arc<OAuth>>,
+    gate: Gate,
+    audit: Auditor,
+    cache: Arc<dyn Cache>,
+    /// The grants, asked whether one is live while the cache is down.
+    grants: Arc<dyn AuthStore>,
+    max_body_bytes: usize,
+    /// Validated tokens decoded from the cache.
+    decoded: Decoded,
+}
+
+impl Authenticator {
+    /// The chain for tokens of `oauth` cached in `cache` (their grants in `grants`), decided
+    /// by `gate`, recorded in `audit`; a REST mutation's body is read up to `max_body_bytes`
+    /// for its audit row.
+    pub fn new(
+        oauth: Option<Arc<OAuth>>,
+        gate: Gate,
+        audit: Auditor,
+        cache: Arc<dyn Cache>,
+        grants: Arc<dyn AuthStore>,
+        max_body_bytes: usize,
+    ) -> Self {
+        Self {
+            oauth,
+            gate,
+            audit,
+            cache,
+            grants,
+            max_body_bytes,
+            decoded: Decoded::default(),
+        }
     }
 }
 
@@ -171,7 +214,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct Authenticate<S> {
     inner: S,
-    state: AppState,
+    state: Arc<Authenticator>,
 }
 
 impl<S> Service<Request> for Authenticate<S>
@@ -221,7 +264,7 @@ fn checked_here(request: &Request) -> bool {
 }
 
 /// Establishes the caller, then runs the rest of the chain and `inner`.
-async fn authenticate<S>(state: &AppState, request: Request, inner: S) -> Response
+async fn authenticate<S>(state: &Authenticator, request: Request, inner: S) -> Response
 where
     S: Service<Request, Response = Response, Error = Infallible>,
 {
@@ -270,7 +313,7 @@ where
 /// status as outcome), then the handler. MCP messages are audited where they are read: by the
 /// gateway's tools and by the proxy.
 async fn admit<S>(
-    state: &AppState,
+    state: &Authenticator,
     principal: Arc<Principal>,
     mut request: Request,
     inner: S,
@@ -292,8 +335,10 @@ where
             .extensions()
             .get::<crate::jsonrpc::Peeked>()
             .is_some_and(crate::jsonrpc::Peeked::is_request);
-    if let Err(refusal) =
-        crate::policy::check_request(state, &principal, request.method(), route, counts).await
+    if let Err(refusal) = state
+        .gate
+        .check_request(&principal, request.method(), route, counts)
+        .await
     {
         let (request_id, operation) = audit_names(&request, route);
         match state.audit.open(&principal, &request_id, operation).await {
@@ -311,7 +356,7 @@ where
             }
             Err(e) => return audit_unavailable(&e),
         }
-        return crate::policy::refused(state, &refusal);
+        return state.gate.refused(&refusal);
     }
     let mutation = !matches!(
         *request.method(),
@@ -330,7 +375,7 @@ where
     };
     entry.target(None, server_in_path(&path));
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(e) if !crate::http::too_large(&e) => {
             let message = format!(
@@ -344,7 +389,7 @@ where
         Err(_) => {
             let message = format!(
                 "the request body is larger than {} bytes (MREG_MAX_BODY_BYTES)",
-                state.config.max_body_bytes
+                state.max_body_bytes
             );
             entry.finish(Err(message.clone()));
             return ApiError::new(
@@ -434,14 +479,14 @@ fn resource_of(oauth: &OAuth, path: &str) -> String {
 
 async fn principal(
     oauth: &OAuth,
-    state: &AppState,
+    state: &Authenticator,
     token: &str,
     resource: &str,
 ) -> Result<Arc<Principal>, Refusal> {
     let key = format!("auth:token:{}", sha256_hex(token));
     // A token decoded here before names its grant: the grant's revocation marker is fetched in
     // the same round trip as the cache entry.
-    let known = oauth.decoded.grant_of(&key);
+    let known = state.decoded.grant_of(&key);
     let (hit, known_revoked) = match &known {
         Some(grant) => {
             let marker = grant_revoked_key(grant);
@@ -456,7 +501,7 @@ async fn principal(
         None => (state.cache.get(&key).await, None),
     };
     let cached = match hit {
-        Ok(hit) => hit.and_then(|bytes| oauth.decoded.decode(&key, bytes)),
+        Ok(hit) => hit.and_then(|bytes| state.decoded.decode(&key, bytes)),
         Err(e) => {
             // A cache outage must not lock everyone out: validate without it.
             tracing::warn!(error = %e, "token cache unavailable");
@@ -497,7 +542,7 @@ async fn principal(
             }
             let memo = Memo::new(validated, bytes);
             if !ttl.is_zero() {
-                oauth.decoded.remember(&key, memo.clone());
+                state.decoded.remember(&key, memo.clone());
             }
             memo
         }
@@ -526,7 +571,7 @@ async fn principal(
 /// Validates a token not found in the cache. Returns it and its expiry.
 async fn validate(
     oauth: &OAuth,
-    state: &AppState,
+    state: &Authenticator,
     token: &str,
 ) -> Result<(Validated, i64), Refusal> {
     let header = jsonwebtoken::decode_header(token)
@@ -562,8 +607,7 @@ async fn validate(
                 if let Some(grant) = claims.gid.as_deref() {
                     let now = time::OffsetDateTime::now_utc().unix_timestamp();
                     let live = state
-                        .stores
-                        .auth
+                        .grants
                         .grant_live(grant, now)
                         .await
                         .map_err(Refusal::Unavailable)?;

@@ -25,7 +25,10 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::rest::AppState;
+use crate::config::Config;
+use crate::egress::Egress;
+use crate::metrics::Metrics;
+use crate::store::Stores;
 
 /// The current health of every server, as this instance knows it.
 #[derive(Clone, Default)]
@@ -87,13 +90,218 @@ impl HealthBoard {
     }
 }
 
-/// The policy the configuration describes.
-pub fn policy(state: &AppState) -> HealthPolicy {
-    let health = &state.config.health;
-    HealthPolicy {
-        interval: health.interval,
-        unhealthy_after: health.unhealthy_after,
-        max_backoff: health.interval.saturating_mul(10),
+/// The health service: the board the circuit breaker reads, the probes, the monitor's loop and
+/// the reports. Built once and shared.
+pub struct Monitor {
+    board: HealthBoard,
+    registry: domain::Registry,
+    stores: Stores,
+    upstream: reqwest::Client,
+    egress: Arc<Egress>,
+    config: Arc<Config>,
+    metrics: Metrics,
+}
+
+impl Monitor {
+    /// The service over `stores`, probing through `upstream` where `egress` allows.
+    pub fn new(
+        registry: domain::Registry,
+        stores: Stores,
+        upstream: reqwest::Client,
+        egress: Arc<Egress>,
+        config: Arc<Config>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            board: HealthBoard::default(),
+            registry,
+            stores,
+            upstream,
+            egress,
+            config,
+            metrics,
+        }
+    }
+
+    /// The current status of every server, as this instance knows it.
+    pub fn board(&self) -> &HealthBoard {
+        &self.board
+    }
+
+    /// The policy the configuration describes.
+    pub fn policy(&self) -> HealthPolicy {
+        let health = &self.config.health;
+        HealthPolicy {
+            interval: health.interval,
+            unhealthy_after: health.unhealthy_after,
+            max_backoff: health.interval.saturating_mul(10),
+        }
+    }
+
+    /// Whether the gateway may send `server` traffic now: not when it is disabled, and not when it
+    /// is unhealthy (the circuit breaker). The one check of the proxy and `proxy_request`.
+    pub fn ensure_reachable(self: &Arc<Self>, server: &Server) -> Result<()> {
+        if server.status == domain::ServerStatus::Disabled {
+            return Err(Error::Unavailable {
+                what: format!("server '{}' (disabled in this gateway)", server.name),
+                source: None,
+            });
+        }
+        if self.board.get(server.id) == HealthStatus::Unhealthy {
+            // Half-open: a call to a server that may have come back probes it now (rate-limited),
+            // so that recovery does not wait out the monitor's back-off.
+            if self.board.may_retry(server.id) {
+                let (monitor, server) = (self.clone(), server.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = monitor.check_now(&server).await {
+                        tracing::debug!(server = %server.name, error = %e, "on-demand probe failed");
+                    }
+                });
+            }
+            return Err(Error::Unavailable {
+                what: format!(
+                    "server '{}' (unhealthy: its last health checks failed; the gateway is probing it again and lets calls through once it answers)",
+                    server.name
+                ),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Probes `server` now, records the result, refreshes its tools, and returns its health.
+    pub async fn check_now(&self, server: &Server) -> Result<Health> {
+        if let Ok(uri) = axum::http::Uri::try_from(server.url.as_str())
+            && let Err(why) = self.egress.check_uri(&uri)
+        {
+            return Err(Error::unavailable(
+                format!("server '{}' (egress refused: {why})", server.name),
+                std::io::Error::other(why.clone()),
+            ));
+        }
+        let credentials = self.registry.upstream_headers(server).await?;
+        let timeout = self.config.health.timeout;
+        let report = probe::probe(&self.upstream, server, credentials.as_ref(), timeout).await;
+        let now = domain::now();
+        let mut health = self
+            .stores
+            .health
+            .health(server.id)
+            .await?
+            .unwrap_or_else(|| Health::unknown(server.id, now));
+        let check = HealthCheck {
+            checked_at: now,
+            outcome: report.outcome,
+            detail: report.detail,
+            latency_ms: u64::try_from(report.latency.as_millis()).unwrap_or(u64::MAX),
+            protocol_version: report.protocol_version,
+            checked_by: self.config.instance_id.clone(),
+        };
+        let before = health.status;
+        health.record(check, &self.policy(), jitter());
+        // The gauge is set before the row is stored: a server deleted meanwhile either fails the
+        // store below (and its series is dropped here) or is deleted after it (and its deletion
+        // drops the series), so a deleted server never keeps a series.
+        self.metrics
+            .server_health(server.name.as_str(), health.status.as_str());
+        if !self.stores.health.record(&health).await? {
+            self.metrics.forget_server(server.name.as_str());
+            return Ok(health);
+        }
+        if let Some(tools) = &report.tools {
+            self.stores.catalog.replace_tools(server.id, tools).await?;
+        }
+        self.board.set(server.id, health.status);
+        if before != health.status {
+            tracing::info!(server = %server.name, from = before.as_str(), to = health.status.as_str(), "health changed");
+        }
+        Ok(health)
+    }
+
+    /// Starts the monitor; it stops when `shutdown` is cancelled.
+    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+        let span = tracing::info_span!("health_monitor", instance = %self.config.instance_id);
+        tokio::spawn(tracing::Instrument::instrument(self.run(shutdown), span))
+    }
+
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let config = self.config.health.clone();
+        let tick = (config.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let lease = config.timeout * 2 + Duration::from_secs(5);
+        let permits = Arc::new(Semaphore::new(config.concurrency));
+        let mut synced_at = OffsetDateTime::UNIX_EPOCH;
+        let mut pruned_at = OffsetDateTime::UNIX_EPOCH;
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(
+            interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX),
+            "health monitor started"
+        );
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let now = domain::now();
+            // What other instances found since the last look.
+            match self
+                .stores
+                .health
+                .changed_since(synced_at - Duration::from_secs(2))
+                .await
+            {
+                Ok(changes) => {
+                    for (server, status) in changes {
+                        self.board.set(server, status);
+                    }
+                    synced_at = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read health changes"),
+            }
+            if now - pruned_at > time::Duration::hours(1) {
+                match self.stores.health.prune(now - config.retention).await {
+                    Ok(removed) if removed > 0 => {
+                        tracing::info!(removed, "pruned old health checks")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot prune health history"),
+                }
+                pruned_at = now;
+            }
+            let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
+            if free == 0 {
+                continue;
+            }
+            let due = match self
+                .stores
+                .health
+                .claim_due(&self.config.instance_id, now, lease, free)
+                .await
+            {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot claim servers to probe");
+                    continue;
+                }
+            };
+            for (_, name) in due {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    break;
+                };
+                let monitor = self.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    let outcome = match monitor.registry.get(name.as_str()).await {
+                        Ok(server) => monitor.check_now(&server).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = outcome {
+                        tracing::warn!(server = %name, error = %e, "health check failed to complete");
+                    }
+                });
+            }
+        }
+        tracing::info!("health monitor stopped");
     }
 }
 
@@ -103,171 +311,6 @@ fn jitter() -> f64 {
         return 0.0;
     }
     f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX) * 2.0 - 1.0
-}
-
-/// Whether the gateway may send `server` traffic now: not when it is disabled, and not when it
-/// is unhealthy (the circuit breaker). The one check of the proxy and `proxy_request`.
-pub fn ensure_reachable(state: &AppState, server: &Server) -> Result<()> {
-    if server.status == domain::ServerStatus::Disabled {
-        return Err(Error::Unavailable {
-            what: format!("server '{}' (disabled in this gateway)", server.name),
-            source: None,
-        });
-    }
-    if state.health_board.get(server.id) == HealthStatus::Unhealthy {
-        // Half-open: a call to a server that may have come back probes it now (rate-limited),
-        // so that recovery does not wait out the monitor's back-off.
-        if state.health_board.may_retry(server.id) {
-            let (state, server) = (state.clone(), server.clone());
-            tokio::spawn(async move {
-                if let Err(e) = check_now(&state, &server).await {
-                    tracing::debug!(server = %server.name, error = %e, "on-demand probe failed");
-                }
-            });
-        }
-        return Err(Error::Unavailable {
-            what: format!(
-                "server '{}' (unhealthy: its last health checks failed; the gateway is probing it again and lets calls through once it answers)",
-                server.name
-            ),
-            source: None,
-        });
-    }
-    Ok(())
-}
-
-/// Probes `server` now, records the result, refreshes its tools, and returns its health.
-pub async fn check_now(state: &AppState, server: &Server) -> Result<Health> {
-    if let Ok(uri) = axum::http::Uri::try_from(server.url.as_str())
-        && let Err(why) = state.egress.check_uri(&uri)
-    {
-        return Err(Error::unavailable(
-            format!("server '{}' (egress refused: {why})", server.name),
-            std::io::Error::other(why.clone()),
-        ));
-    }
-    let credentials = state.registry.upstream_headers(server).await?;
-    let timeout = state.config.health.timeout;
-    let report = probe::probe(&state.upstream, server, credentials.as_ref(), timeout).await;
-    let now = domain::now();
-    let mut health = state
-        .stores
-        .health
-        .health(server.id)
-        .await?
-        .unwrap_or_else(|| Health::unknown(server.id, now));
-    let check = HealthCheck {
-        checked_at: now,
-        outcome: report.outcome,
-        detail: report.detail,
-        latency_ms: u64::try_from(report.latency.as_millis()).unwrap_or(u64::MAX),
-        protocol_version: report.protocol_version,
-        checked_by: state.config.instance_id.clone(),
-    };
-    let before = health.status;
-    health.record(check, &policy(state), jitter());
-    // The gauge is set before the row is stored: a server deleted meanwhile either fails the
-    // store below (and its series is dropped here) or is deleted after it (and its deletion
-    // drops the series), so a deleted server never keeps a series.
-    state
-        .metrics
-        .server_health(server.name.as_str(), health.status.as_str());
-    if !state.stores.health.record(&health).await? {
-        state.metrics.forget_server(server.name.as_str());
-        return Ok(health);
-    }
-    if let Some(tools) = &report.tools {
-        state.stores.catalog.replace_tools(server.id, tools).await?;
-    }
-    state.health_board.set(server.id, health.status);
-    if before != health.status {
-        tracing::info!(server = %server.name, from = before.as_str(), to = health.status.as_str(), "health changed");
-    }
-    Ok(health)
-}
-
-/// Starts the monitor; it stops when `shutdown` is cancelled.
-pub fn spawn(state: AppState, shutdown: CancellationToken) -> JoinHandle<()> {
-    let span = tracing::info_span!("health_monitor", instance = %state.config.instance_id);
-    tokio::spawn(tracing::Instrument::instrument(run(state, shutdown), span))
-}
-
-async fn run(state: AppState, shutdown: CancellationToken) {
-    let config = state.config.health.clone();
-    let tick = (config.interval / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let lease = config.timeout * 2 + Duration::from_secs(5);
-    let permits = Arc::new(Semaphore::new(config.concurrency));
-    let mut synced_at = OffsetDateTime::UNIX_EPOCH;
-    let mut pruned_at = OffsetDateTime::UNIX_EPOCH;
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tracing::info!(
-        interval_ms = u64::try_from(config.interval.as_millis()).unwrap_or(u64::MAX),
-        "health monitor started"
-    );
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        let now = domain::now();
-        // What other instances found since the last look.
-        match state
-            .stores
-            .health
-            .changed_since(synced_at - Duration::from_secs(2))
-            .await
-        {
-            Ok(changes) => {
-                for (server, status) in changes {
-                    state.health_board.set(server, status);
-                }
-                synced_at = now;
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot read health changes"),
-        }
-        if now - pruned_at > time::Duration::hours(1) {
-            match state.stores.health.prune(now - config.retention).await {
-                Ok(removed) if removed > 0 => tracing::info!(removed, "pruned old health checks"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot prune health history"),
-            }
-            pruned_at = now;
-        }
-        let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
-        if free == 0 {
-            continue;
-        }
-        let due = match state
-            .stores
-            .health
-            .claim_due(&state.config.instance_id, now, lease, free)
-            .await
-        {
-            Ok(due) => due,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot claim servers to probe");
-                continue;
-            }
-        };
-        for (_, name) in due {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let outcome = match state.registry.get(name.as_str()).await {
-                    Ok(server) => check_now(&state, &server).await.map(|_| ()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = outcome {
-                    tracing::warn!(server = %name, error = %e, "health check failed to complete");
-                }
-            });
-        }
-    }
-    tracing::info!("health monitor stopped");
 }
 
 /// Uptime over a window.
@@ -299,33 +342,35 @@ const HISTORY_LIMIT: u32 = 100;
 /// Most probes counted for uptime.
 const UPTIME_LIMIT: u32 = 100_000;
 
-/// The health report of `server` over the last `window_hours`.
-pub async fn report(state: &AppState, server: &Server, window_hours: u32) -> Result<HealthReport> {
-    if !(1..=24 * 366).contains(&window_hours) {
-        return Err(Error::invalid("window_hours", "must be between 1 and 8784"));
+impl Monitor {
+    /// The health report of `server` over the last `window_hours`.
+    pub async fn report(&self, server: &Server, window_hours: u32) -> Result<HealthReport> {
+        if !(1..=24 * 366).contains(&window_hours) {
+            return Err(Error::invalid("window_hours", "must be between 1 and 8784"));
+        }
+        let now = domain::now();
+        let since = now - time::Duration::hours(i64::from(window_hours));
+        let current = self
+            .stores
+            .health
+            .health(server.id)
+            .await?
+            .unwrap_or_else(|| Health::unknown(server.id, now));
+        let all = self
+            .stores
+            .health
+            .history(server.id, since, UPTIME_LIMIT)
+            .await?;
+        let uptime = Uptime {
+            window_hours,
+            checks: all.len(),
+            ratio: domain::health::uptime(&all),
+        };
+        Ok(HealthReport {
+            server: server.name.to_string(),
+            current,
+            uptime,
+            history: all.into_iter().take(HISTORY_LIMIT as usize).collect(),
+        })
     }
-    let now = domain::now();
-    let since = now - time::Duration::hours(i64::from(window_hours));
-    let current = state
-        .stores
-        .health
-        .health(server.id)
-        .await?
-        .unwrap_or_else(|| Health::unknown(server.id, now));
-    let all = state
-        .stores
-        .health
-        .history(server.id, since, UPTIME_LIMIT)
-        .await?;
-    let uptime = Uptime {
-        window_hours,
-        checks: all.len(),
-        ratio: domain::health::uptime(&all),
-    };
-    Ok(HealthReport {
-        server: server.name.to_string(),
-        current,
-        uptime,
-        history: all.into_iter().take(HISTORY_LIMIT as usize).collect(),
-    })
 }

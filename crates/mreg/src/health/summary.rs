@@ -14,7 +14,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
-use crate::rest::AppState;
+use super::Monitor;
 
 /// Most probes read back to find when a healthy server's run began.
 pub const SINCE_SCAN: u32 = 100;
@@ -51,66 +51,64 @@ pub struct LastProbe {
     pub latency_ms: u64,
 }
 
-/// The health summary of `server`.
-pub async fn summary(state: &AppState, server: &Server) -> Result<HealthSummary> {
-    let health = state.stores.health.health(server.id).await?;
-    summary_of(state, server, health.as_ref()).await
-}
+impl Monitor {
+    /// The health summary of `server`.
+    pub async fn summary(&self, server: &Server) -> Result<HealthSummary> {
+        let health = self.stores.health.health(server.id).await?;
+        self.summary_of(server, health.as_ref()).await
+    }
 
-/// The health summaries of servers whose health was read with them
-/// ([`domain::Registry::list_with_health`]), in the same order.
-pub async fn summaries_of(
-    state: &AppState,
-    servers: &[(Server, Option<Health>)],
-) -> Result<Vec<HealthSummary>> {
-    try_join_all(
-        servers
-            .iter()
-            .map(|(server, health)| summary_of(state, server, health.as_ref())),
-    )
-    .await
-}
-
-async fn summary_of(
-    state: &AppState,
-    server: &Server,
-    health: Option<&Health>,
-) -> Result<HealthSummary> {
-    let since = match health {
-        Some(health) if health.status != HealthStatus::Unknown => match health.status_since {
-            Some(at) => Some(at),
-            None => since(state, health).await?,
-        },
-        _ => Some(server.created_at),
-    };
-    Ok(summarize(state, health, since))
-}
-
-/// When the run of probes that put `health` in its state began.
-async fn since(state: &AppState, health: &Health) -> Result<Option<OffsetDateTime>> {
-    let epoch = OffsetDateTime::UNIX_EPOCH;
-    let history = |limit| state.stores.health.history(health.server_id, epoch, limit);
-    Ok(match health.status {
-        HealthStatus::Unknown => None,
-        HealthStatus::Healthy => {
-            let newest = history(SINCE_SCAN).await?;
-            newest
+    /// The health summaries of servers whose health was read with them
+    /// ([`domain::Registry::list_with_health`]), in the same order.
+    pub async fn summaries_of(
+        &self,
+        servers: &[(Server, Option<Health>)],
+    ) -> Result<Vec<HealthSummary>> {
+        try_join_all(
+            servers
                 .iter()
-                .take_while(|c| c.outcome.is_up())
-                .last()
-                .map(|c| c.checked_at)
-        }
-        HealthStatus::Degraded | HealthStatus::Unhealthy => {
-            let failures = health.consecutive_failures.clamp(1, FAILURE_SCAN);
-            let run = history(failures).await?;
-            failing_since(
-                &run,
-                health.consecutive_failures,
-                health.status,
-                state.config.health.unhealthy_after.max(1),
-            )
-        }
-    })
+                .map(|(server, health)| self.summary_of(server, health.as_ref())),
+        )
+        .await
+    }
+
+    async fn summary_of(&self, server: &Server, health: Option<&Health>) -> Result<HealthSummary> {
+        let since = match health {
+            Some(health) if health.status != HealthStatus::Unknown => match health.status_since {
+                Some(at) => Some(at),
+                None => self.since(health).await?,
+            },
+            _ => Some(server.created_at),
+        };
+        Ok(self.summarize(health, since))
+    }
+
+    /// When the run of probes that put `health` in its state began.
+    async fn since(&self, health: &Health) -> Result<Option<OffsetDateTime>> {
+        let epoch = OffsetDateTime::UNIX_EPOCH;
+        let history = |limit| self.stores.health.history(health.server_id, epoch, limit);
+        Ok(match health.status {
+            HealthStatus::Unknown => None,
+            HealthStatus::Healthy => {
+                let newest = history(SINCE_SCAN).await?;
+                newest
+                    .iter()
+                    .take_while(|c| c.outcome.is_up())
+                    .last()
+                    .map(|c| c.checked_at)
+            }
+            HealthStatus::Degraded | HealthStatus::Unhealthy => {
+                let failures = health.consecutive_failures.clamp(1, FAILURE_SCAN);
+                let run = history(failures).await?;
+                failing_since(
+                    &run,
+                    health.consecutive_failures,
+                    health.status,
+                    self.config.health.unhealthy_after.max(1),
+                )
+            }
+        })
+    }
 }
 
 /// When a failing server entered its state, given the kept part of its run of `failures`
@@ -138,40 +136,38 @@ fn failing_since(
         .map(|c| c.checked_at)
 }
 
-fn summarize(
-    state: &AppState,
-    health: Option<&Health>,
-    since: Option<OffsetDateTime>,
-) -> HealthSummary {
-    let status = health.map_or(HealthStatus::Unknown, |h| h.status);
-    let last = health.and_then(|h| h.last_check.as_ref());
-    let reason = match (status, last) {
-        (HealthStatus::Unknown, _) if !state.config.health.enabled => {
-            "not probed: the health monitor is off (MREG_HEALTH_ENABLED=false)".to_owned()
+impl Monitor {
+    fn summarize(&self, health: Option<&Health>, since: Option<OffsetDateTime>) -> HealthSummary {
+        let status = health.map_or(HealthStatus::Unknown, |h| h.status);
+        let last = health.and_then(|h| h.last_check.as_ref());
+        let reason = match (status, last) {
+            (HealthStatus::Unknown, _) if !self.config.health.enabled => {
+                "not probed: the health monitor is off (MREG_HEALTH_ENABLED=false)".to_owned()
+            }
+            (HealthStatus::Unknown, _) | (_, None) => "not probed yet".to_owned(),
+            (HealthStatus::Healthy, Some(check)) if check.outcome == Outcome::AuthRequired => {
+                "reachable; it asks for authorization".to_owned()
+            }
+            (HealthStatus::Healthy, Some(_)) => "answered as an MCP server".to_owned(),
+            (_, Some(check)) => {
+                let failures = health.map_or(0, |h| h.consecutive_failures);
+                let what = check
+                    .detail
+                    .clone()
+                    .unwrap_or_else(|| check.outcome.as_str().to_owned());
+                format!("{what} ({failures} failed probe(s) in a row)")
+            }
+        };
+        HealthSummary {
+            state: status,
+            since,
+            last_probe: last.map(|c| LastProbe {
+                at: c.checked_at,
+                outcome: c.outcome,
+                latency_ms: c.latency_ms,
+            }),
+            reason,
         }
-        (HealthStatus::Unknown, _) | (_, None) => "not probed yet".to_owned(),
-        (HealthStatus::Healthy, Some(check)) if check.outcome == Outcome::AuthRequired => {
-            "reachable; it asks for authorization".to_owned()
-        }
-        (HealthStatus::Healthy, Some(_)) => "answered as an MCP server".to_owned(),
-        (_, Some(check)) => {
-            let failures = health.map_or(0, |h| h.consecutive_failures);
-            let what = check
-                .detail
-                .clone()
-                .unwrap_or_else(|| check.outcome.as_str().to_owned());
-            format!("{what} ({failures} failed probe(s) in a row)")
-        }
-    };
-    HealthSummary {
-        state: status,
-        since,
-        last_probe: last.map(|c| LastProbe {
-            at: c.checked_at,
-            outcome: c.outcome,
-            latency_ms: c.latency_ms,
-        }),
-        reason,
     }
 }
 

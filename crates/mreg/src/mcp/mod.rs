@@ -17,7 +17,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use crate::http::request_id;
-use crate::rest::AppState;
+use crate::state::AppState;
 use tools::RegistryTools;
 
 pub use crate::jsonrpc::MAX_MCP_BODY_BYTES;
@@ -49,7 +49,7 @@ pub fn router(state: AppState, sessions: CancellationToken, shutdown: Cancellati
     let chain = tower::ServiceBuilder::new()
         .layer(track.clone())
         .layer(edge::EdgeLayer)
-        .layer(crate::authn::AuthLayer::new(state.clone()));
+        .layer(crate::authn::AuthLayer::new(state.authn.clone()));
     let own = Router::new().nest_service("/mcp", tools);
     // With authentication on, a session belongs to whoever opened it: its id is sealed with the
     // caller, as the proxy's are (without it, everyone is the one local operator).

@@ -14,8 +14,8 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::rest::servers::ServerView;
-use crate::rest::{AppState, cursor};
+use crate::listing::{ServerView, cursor};
+use crate::state::AppState;
 
 /// The gateway's MCP server: one instance per session (or per stateless request), sharing
 /// [`AppState`].
@@ -184,7 +184,7 @@ impl RegistryTools {
     /// The server called `name`, if the caller may see it.
     async fn visible_server(&self, parts: &Parts, name: &str) -> Result<Server, domain::Error> {
         let caller = principal(parts)?;
-        let visibility = crate::policy::visibility(&self.state, &caller);
+        let visibility = self.state.gate.visibility(&caller);
         self.state.registry.get_visible(name, &visibility).await
     }
 }
@@ -251,7 +251,7 @@ impl RegistryTools {
         outcome(
             async {
                 let caller = principal(&parts)?;
-                let visibility = crate::policy::visibility(&self.state, &caller);
+                let visibility = self.state.gate.visibility(&caller);
                 self.state
                     .registry
                     .delete(&caller, &visibility, &args.name)
@@ -302,7 +302,7 @@ impl RegistryTools {
                     .as_deref()
                     .map(|h| domain::HealthStatus::parse_field(h, "health"))
                     .transpose()?;
-                query.visibility = crate::policy::visibility(&self.state, &caller);
+                query.visibility = self.state.gate.visibility(&caller);
                 let page = self.state.registry.list_with_health(&query).await?;
                 let next_cursor = cursor::next(&page, query.sort);
                 let views = ServerView::all_with_health(&self.state, page.items).await?;
@@ -338,7 +338,7 @@ impl RegistryTools {
             async {
                 let caller = principal(&parts)?;
                 let route = self.state.registry.route(&args.server).await?;
-                if !crate::policy::visibility(&self.state, &caller).allows(&route.server) {
+                if !self.state.gate.visibility(&caller).allows(&route.server) {
                     return Err(domain::Error::not_found(format!(
                         "server '{}'",
                         args.server
@@ -347,7 +347,7 @@ impl RegistryTools {
                 let server = &route.server;
                 let params = args.params.map(serde_json::Value::Object);
                 let result = crate::proxy::forward::forward_one(
-                    &self.state,
+                    &self.state.proxy,
                     &caller,
                     &route,
                     &args.method,
@@ -384,7 +384,7 @@ impl RegistryTools {
         outcome(
             async {
                 let server = self.visible_server(&parts, &args.name).await?;
-                let report = crate::health::report(&self.state, &server, 24).await?;
+                let report = self.state.health.report(&server, 24).await?;
                 let mut text = format!("{} is {}", server.name, report.current.status.as_str());
                 if let Some(check) = &report.current.last_check {
                     text.push_str(&format!(
@@ -423,8 +423,8 @@ impl RegistryTools {
         outcome(
             async {
                 let caller = principal(&parts)?;
-                let query = crate::rest::health::tool_query(
-                    crate::policy::visibility(&self.state, &caller),
+                let query = crate::listing::tool_query(
+                    self.state.gate.visibility(&caller),
                     Some(&args.query),
                     args.health.as_deref(),
                     args.limit,
@@ -436,7 +436,7 @@ impl RegistryTools {
                     other => other,
                 })?;
                 let mut hits = self.state.stores.catalog.search_tools(&query).await?;
-                crate::policy::callable_hits(&self.state.policy, &caller, &mut hits);
+                crate::policy::callable_hits(self.state.gate.rules(), &caller, &mut hits);
                 let mut text = if hits.is_empty() {
                     format!("No tools match '{}'.", args.query)
                 } else {
@@ -510,7 +510,7 @@ impl ServerHandler for RegistryTools {
         if let Some(arguments) = arguments {
             entry.arguments(serde_json::Value::Object(arguments.clone()));
         }
-        if let Err(refusal) = crate::policy::admit_tool(&self.state, &caller, &request.name).await {
+        if let Err(refusal) = self.state.gate.admit_tool(&caller, &request.name).await {
             let error = policy_error(&self.state, &refusal);
             entry.refused(&refusal);
             return Err(error);
@@ -563,7 +563,7 @@ impl ServerHandler for RegistryTools {
             .and_then(|parts| parts.extensions.get::<Arc<Principal>>().cloned());
         let mut tools = self.tool_router.list_all();
         if let Some(caller) = caller {
-            tools.retain(|tool| self.state.policy.tool(&caller, &tool.name).is_ok());
+            tools.retain(|tool| self.state.gate.rules().tool(&caller, &tool.name).is_ok());
         }
         let hints = context
             .protocol_version()

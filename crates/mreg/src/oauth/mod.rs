@@ -66,8 +66,6 @@ pub struct OAuth {
     max_idle_clients: u64,
     /// The audit log.
     audit: crate::audit::Auditor,
-    /// Validated tokens decoded from the cache.
-    pub(crate) decoded: crate::authn::Decoded,
     /// The budget per client address of the public endpoints.
     address_limit: Option<crate::policy::limits::AddressLimit>,
 }
@@ -218,7 +216,6 @@ impl OAuth {
             cimd_allow_private: config.auth.cimd_allow_private,
             max_idle_clients: config.auth.max_idle_clients,
             audit,
-            decoded: Default::default(),
             address_limit: None,
         })
     }

@@ -15,7 +15,6 @@ use domain::{Cache, Principal};
 use super::Refusal;
 use crate::cache::MemoryCache;
 use crate::metrics::Metrics;
-use crate::rest::AppState;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -40,33 +39,25 @@ impl Limits {
         self.shared_down.load(Ordering::Relaxed)
     }
 
-    /// Spends one request of `principal`'s budget (for `tool`, when given). The local operator
-    /// of an unauthenticated gateway is not limited.
-    pub async fn admit(
+    /// Spends one request of `principal`'s `budget` per minute (the principal's own, or with
+    /// `tool` the principal × tool one) in `cache`.
+    pub async fn spend_principal(
         &self,
-        state: &AppState,
+        cache: &dyn Cache,
         principal: &Principal,
         tool: Option<&str>,
+        budget: u32,
     ) -> Result<(), Refusal> {
-        if state.oauth.is_none() {
-            return Ok(());
-        }
         let who = format!(
             "{}:{}",
             principal.tenant.as_deref().unwrap_or("-"),
             principal.subject
         );
-        let (key, budget) = match tool {
-            None => (
-                format!("rate:p:{who}"),
-                state.policy.principal_budget(principal),
-            ),
-            Some(tool) => (
-                format!("rate:t:{who}:{tool}"),
-                state.policy.tool_budget(tool),
-            ),
+        let key = match tool {
+            None => format!("rate:p:{who}"),
+            Some(tool) => format!("rate:t:{who}:{tool}"),
         };
-        self.spend(state.cache.as_ref(), &key, budget).await
+        self.spend(cache, &key, budget).await
     }
 
     /// Spends one request of the budget under `key`: in the shared cache, or in this instance's

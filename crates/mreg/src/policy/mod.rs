@@ -1,7 +1,7 @@
 //! The policy chain after authentication: rate limits, then role-based authorization. Every
-//! entry point goes through here — [`check_request`] for each HTTP request (REST operations by
+//! entry point goes through here — [`Gate::check_request`] for each HTTP request (REST operations by
 //! method and route; called by [`crate::authn::AuthLayer`], so the chain is one layer),
-//! [`admit_tool`] for the gateway's own MCP tools, [`admit_forward`] for every message proxied
+//! [`Gate::admit_tool`] for the gateway's own MCP tools, [`Gate::admit_forward`] for every message proxied
 //! to a registered server (through `/servers/{name}/mcp` or `proxy_request`).
 //! Handlers never check roles themselves.
 //!
@@ -39,14 +39,17 @@
 
 pub mod limits;
 
+use std::sync::Arc;
+
 use axum::response::{IntoResponse, Response};
-use domain::Principal;
+use domain::{Cache, Principal};
 
 pub use crate::config::policy::{
     DEFAULT_SERVER_RULE, Denial, Policy, RateLimits, Refusal, Roles, ServerRule,
 };
 use crate::http::error::ApiError;
-use crate::rest::AppState;
+use crate::metrics::Metrics;
+use limits::Limits;
 
 /// The JSON-RPC error code and data an MCP caller gets for `refusal`: forbidden
 /// (`data.required_roles`), or rate limited (`data.retry_after_ms`).
@@ -63,79 +66,142 @@ pub fn rpc_error(refusal: &Refusal) -> (i64, Option<serde_json::Value>) {
     }
 }
 
-/// The steps after authentication for one HTTP request: the principal's rate limit when the
-/// request `counts` against it, then, for REST operations (`route`), their roles.
-pub async fn check_request(
-    state: &AppState,
-    principal: &Principal,
-    method: &axum::http::Method,
-    route: Option<&str>,
-    counts: bool,
-) -> Result<(), Refusal> {
-    if counts {
-        state.limits.admit(state, principal, None).await?;
-    }
-    if let Some(route) = route
-        && route.starts_with("/api/")
-    {
-        state
-            .policy
-            .rest(principal, method.as_str(), route)
-            .map_err(Refusal::Denied)?;
-    }
-    Ok(())
+/// The policy chain after authentication as one service: the rules, this instance's rate
+/// limiter and the cache its budgets live in. Built once; every listener asks it (a clone
+/// shares it).
+#[derive(Clone)]
+pub struct Gate {
+    rules: Arc<Policy>,
+    limits: Arc<Limits>,
+    cache: Arc<dyn Cache>,
+    metrics: Metrics,
+    /// Whether callers are authenticated; without it there is one local operator, who sees
+    /// everything and has no budgets.
+    authenticated: bool,
 }
 
-/// The HTTP answer to a refusal: 403 naming the role, or 429 with `Retry-After`.
-pub fn refused(state: &AppState, refusal: &Refusal) -> Response {
-    state.metrics.refused(refusal.reason());
-    match refusal {
-        Refusal::Denied(denial) => ApiError::from(domain::Error::Forbidden(refusal.message()))
-            .with_required_roles(denial.required.clone())
-            .into_response(),
-        Refusal::Limited(wait) => ApiError::rate_limited(refusal.message(), *wait).into_response(),
+impl Gate {
+    /// The chain for `rules`, limited by `limits` in `cache`; `authenticated` says whether
+    /// callers are authenticated (without it, there are no budgets and no tenants).
+    pub fn new(
+        rules: Arc<Policy>,
+        limits: Arc<Limits>,
+        cache: Arc<dyn Cache>,
+        metrics: Metrics,
+        authenticated: bool,
+    ) -> Self {
+        Self {
+            rules,
+            limits,
+            cache,
+            metrics,
+            authenticated,
+        }
     }
-}
 
-/// Admits a call of the gateway tool `tool`: the principal × tool budget, then the roles.
-pub async fn admit_tool(
-    state: &AppState,
-    principal: &Principal,
-    tool: &str,
-) -> Result<(), Refusal> {
-    state.limits.admit(state, principal, Some(tool)).await?;
-    state.policy.tool(principal, tool).map_err(Refusal::Denied)
-}
+    /// The rules: roles per tool, REST operation and server, budgets, redaction.
+    pub fn rules(&self) -> &Arc<Policy> {
+        &self.rules
+    }
 
-/// Admits one message to registered server `server`: the server's roles and, for
-/// `tools/call`, the tool's roles and the principal × tool budget (`server/tool`).
-pub async fn admit_forward(
-    state: &AppState,
-    principal: &Principal,
-    server: &str,
-    method: &str,
-    tool: Option<&str>,
-) -> Result<(), Refusal> {
-    let called = (method == "tools/call").then_some(tool).flatten();
-    let admitted = async {
-        state
-            .policy
-            .server(principal, server, called)
-            .map_err(Refusal::Denied)?;
-        // Without authentication there are no budgets (and no key to build).
-        if let Some(tool) = called.filter(|_| state.oauth.is_some()) {
-            state
-                .limits
-                .admit(state, principal, Some(&format!("{server}/{tool}")))
-                .await?;
+    /// This instance's rate limiter (its degraded flag is part of `/readyz`).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The steps after authentication for one HTTP request: the principal's rate limit when
+    /// the request `counts` against it, then, for REST operations (`route`), their roles.
+    pub async fn check_request(
+        &self,
+        principal: &Principal,
+        method: &axum::http::Method,
+        route: Option<&str>,
+        counts: bool,
+    ) -> Result<(), Refusal> {
+        if counts {
+            self.spend(principal, None).await?;
+        }
+        if let Some(route) = route
+            && route.starts_with("/api/")
+        {
+            self.rules
+                .rest(principal, method.as_str(), route)
+                .map_err(Refusal::Denied)?;
         }
         Ok(())
     }
-    .await;
-    if let Err(refusal) = &admitted {
-        crate::audit::note_refusal(refusal);
+
+    /// The HTTP answer to a refusal: 403 naming the role, or 429 with `Retry-After`.
+    pub fn refused(&self, refusal: &Refusal) -> Response {
+        self.metrics.refused(refusal.reason());
+        match refusal {
+            Refusal::Denied(denial) => ApiError::from(domain::Error::Forbidden(refusal.message()))
+                .with_required_roles(denial.required.clone())
+                .into_response(),
+            Refusal::Limited(wait) => {
+                ApiError::rate_limited(refusal.message(), *wait).into_response()
+            }
+        }
     }
-    admitted
+
+    /// Admits a call of the gateway tool `tool`: the principal × tool budget, then the roles.
+    pub async fn admit_tool(&self, principal: &Principal, tool: &str) -> Result<(), Refusal> {
+        self.spend(principal, Some(tool)).await?;
+        self.rules.tool(principal, tool).map_err(Refusal::Denied)
+    }
+
+    /// Admits one message to registered server `server`: the server's roles and, for
+    /// `tools/call`, the tool's roles and the principal × tool budget (`server/tool`).
+    pub async fn admit_forward(
+        &self,
+        principal: &Principal,
+        server: &str,
+        method: &str,
+        tool: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let called = (method == "tools/call").then_some(tool).flatten();
+        let admitted = async {
+            self.rules
+                .server(principal, server, called)
+                .map_err(Refusal::Denied)?;
+            // Without authentication there are no budgets (and no key to build).
+            if let Some(tool) = called.filter(|_| self.authenticated) {
+                self.spend(principal, Some(&format!("{server}/{tool}")))
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(refusal) = &admitted {
+            crate::audit::note_refusal(refusal);
+        }
+        admitted
+    }
+
+    /// Which servers `principal` may see and reach: its tenant's, tenantless and shared ones
+    /// when authentication is on; all of them for the local operator when it is off.
+    pub fn visibility(&self, principal: &Principal) -> domain::Visibility {
+        if self.authenticated {
+            domain::Visibility::Tenant(principal.tenant.clone())
+        } else {
+            domain::Visibility::All
+        }
+    }
+
+    /// Spends one request of `principal`'s budget (for `tool`, when given). The local operator
+    /// of an unauthenticated gateway is not limited.
+    async fn spend(&self, principal: &Principal, tool: Option<&str>) -> Result<(), Refusal> {
+        if !self.authenticated {
+            return Ok(());
+        }
+        let budget = match tool {
+            None => self.rules.principal_budget(principal),
+            Some(tool) => self.rules.tool_budget(tool),
+        };
+        self.limits
+            .spend_principal(self.cache.as_ref(), principal, tool, budget)
+            .await
+    }
 }
 
 impl From<Refusal> for domain::Error {
@@ -170,15 +236,5 @@ pub fn filter_tool_list(
                 .as_str()
                 .is_some_and(|name| policy.server(principal, server, Some(name)).is_ok())
         });
-    }
-}
-
-/// Which servers `principal` may see and reach: its tenant's, tenantless and shared ones when
-/// authentication is on; all of them for the local operator when it is off.
-pub fn visibility(state: &AppState, principal: &Principal) -> domain::Visibility {
-    if state.oauth.is_none() {
-        domain::Visibility::All
-    } else {
-        domain::Visibility::Tenant(principal.tenant.clone())
     }
 }

@@ -14,7 +14,7 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceError};
 use serde_json::Value;
 
-use crate::rest::AppState;
+use super::Proxy;
 
 /// Methods that belong to the session itself, not to one forwarded request.
 fn lifecycle_method(method: &str) -> bool {
@@ -23,7 +23,7 @@ fn lifecycle_method(method: &str) -> bool {
 
 /// Sends `method` with `params` to `server` and returns the result.
 pub async fn forward_one(
-    state: &AppState,
+    state: &Proxy,
     principal: &domain::Principal,
     route: &Route,
     method: &str,
@@ -34,7 +34,10 @@ pub async fn forward_one(
         .as_ref()
         .and_then(|p| p.get("name"))
         .and_then(Value::as_str);
-    crate::policy::admit_forward(state, principal, server.name.as_str(), method, tool).await?;
+    state
+        .gate
+        .admit_forward(principal, server.name.as_str(), method, tool)
+        .await?;
     if method.trim().is_empty() || lifecycle_method(method) {
         return Err(Error::invalid(
             "method",
@@ -46,7 +49,7 @@ pub async fn forward_one(
     if params.as_ref().is_some_and(|p| !p.is_object()) {
         return Err(Error::invalid("params", "must be a JSON object"));
     }
-    crate::health::ensure_reachable(state, server)?;
+    state.health.ensure_reachable(server)?;
     if let Ok(uri) = axum::http::Uri::try_from(server.url.as_str())
         && let Err(why) = state.egress.check_uri(&uri)
     {
@@ -95,7 +98,12 @@ pub async fn forward_one(
                 let mut value =
                     serde_json::to_value(result).map_err(|e| Error::Internal(e.to_string()))?;
                 if method == "tools/list" {
-                    crate::policy::filter_tool_list(&state.policy, principal, &name, &mut value);
+                    crate::policy::filter_tool_list(
+                        state.gate.rules(),
+                        principal,
+                        &name,
+                        &mut value,
+                    );
                 }
                 Ok(value)
             }

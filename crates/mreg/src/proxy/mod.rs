@@ -13,6 +13,7 @@ pub mod forward;
 pub mod session;
 mod stream;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -22,10 +23,16 @@ use axum::response::Response;
 use domain::Server;
 use http_body_util::BodyExt;
 
+use crate::audit::Auditor;
 use crate::authn::Caller;
+use crate::crypto::Cipher;
+use crate::egress::Egress;
+use crate::health::Monitor;
 use crate::jsonrpc::MAX_MCP_BODY_BYTES;
 use crate::jsonrpc::{self as rpc, McpCall};
-use crate::rest::AppState;
+use crate::metrics::Metrics;
+use crate::policy::Gate;
+use client::GatewayClient;
 
 /// Request headers passed on to the upstream (besides `mcp-param-*`).
 const FORWARDED_REQUEST_HEADERS: [HeaderName; 6] = [
@@ -47,6 +54,30 @@ const PROTOCOL_VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protoco
 
 /// The gateway's user agent towards upstream servers.
 const USER_AGENT: &str = concat!("mreg/", env!("CARGO_PKG_VERSION"));
+
+/// What forwarding needs: where names lead (the registry), who may pass (the gate, the circuit
+/// breaker, egress), what is recorded (audit, metrics), the clients and the session cipher.
+/// Built once and shared by both forwarding paths (`/servers/{name}/mcp` and `proxy_request`).
+pub struct Proxy {
+    /// Where names lead.
+    pub registry: domain::Registry,
+    /// Roles and budgets per server and tool.
+    pub gate: Gate,
+    /// The circuit breaker.
+    pub health: Arc<Monitor>,
+    /// The audit log.
+    pub audit: Auditor,
+    /// Per-server metrics and refusals.
+    pub metrics: Metrics,
+    /// Seals session ids.
+    pub cipher: Arc<Cipher>,
+    /// Where the gateway may connect on a caller's behalf.
+    pub egress: Arc<Egress>,
+    /// The hot path's pooled client.
+    pub gateway: GatewayClient,
+    /// The reqwest client of `proxy_request` (rmcp's transport).
+    pub upstream: reqwest::Client,
+}
 
 /// The reqwest client for probes and `proxy_request`: pooled, no redirects (an upstream may not
 /// send the gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
@@ -91,7 +122,7 @@ pub use domain::text::{MAX_UPSTREAM_TEXT_CHARS, clipped, root_cause};
 /// the response starts, or, for an answer streamed as SSE, when the stream ends; a `GET` stream
 /// (server-to-client messages, open for as long as the client likes) is recorded when it opens.
 pub async fn handle(
-    State(state): State<AppState>,
+    State(state): State<Arc<Proxy>>,
     Caller(caller): Caller,
     Path(name): Path<String>,
     request: Request,
@@ -182,7 +213,7 @@ fn call_arguments(call: &McpCall) -> Option<serde_json::Value> {
 }
 
 async fn proxy(
-    state: &AppState,
+    state: &Proxy,
     caller: &std::sync::Arc<domain::Principal>,
     name: &str,
     request: Request,
@@ -214,7 +245,7 @@ async fn proxy(
             );
         }
     };
-    if !crate::policy::visibility(state, caller).allows(&route.server) {
+    if !state.gate.visibility(caller).allows(&route.server) {
         return rpc::error(
             StatusCode::NOT_FOUND,
             None,
@@ -234,7 +265,7 @@ struct Known;
 
 /// The rest of [`proxy`], once the server is known and visible.
 async fn forward_to(
-    state: &AppState,
+    state: &Proxy,
     caller: &std::sync::Arc<domain::Principal>,
     name: &str,
     mut parts: axum::http::request::Parts,
@@ -243,7 +274,7 @@ async fn forward_to(
     route: &domain::Route,
 ) -> Response {
     let server = &route.server;
-    if let Err(e) = crate::health::ensure_reachable(state, server) {
+    if let Err(e) = state.health.ensure_reachable(server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,
             None,
@@ -605,7 +636,7 @@ fn keep_only(headers: &mut HeaderMap, names: &[HeaderName], also: impl Fn(&Heade
 /// Turns the upstream's response into the client's: translated session id, chosen headers, and
 /// the body streamed through.
 fn relay<B>(
-    state: &AppState,
+    state: &Proxy,
     server: &Server,
     caller: &domain::Principal,
     call: &McpCall,
@@ -643,8 +674,8 @@ where
     // A tool listing of a server with per-tool rules shows only what the caller may call.
     let lists_tools =
         call.method == "tools/list" || call.batch.iter().any(|c| c.method == "tools/list");
-    if lists_tools && state.policy.filters_tools(server.name.as_str()) {
-        let policy = state.policy.clone();
+    if lists_tools && state.gate.rules().filters_tools(server.name.as_str()) {
+        let policy = state.gate.rules().clone();
         let caller = caller.clone();
         let name = server.name.to_string();
         let stream = futures_util::stream::once(async move {
@@ -687,7 +718,7 @@ where
 
 /// Admits a message, or every message of a batch, through the policy chain.
 async fn admit(
-    state: &AppState,
+    state: &Proxy,
     caller: &domain::Principal,
     server: &str,
     call: &McpCall,
@@ -698,7 +729,9 @@ async fn admit(
         call.batch.as_slice()
     };
     for one in calls {
-        crate::policy::admit_forward(state, caller, server, &one.method, one.name.as_deref())
+        state
+            .gate
+            .admit_forward(caller, server, &one.method, one.name.as_deref())
             .await?;
     }
     Ok(())

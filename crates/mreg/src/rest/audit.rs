@@ -246,7 +246,7 @@ async fn list_audit(
     Query(params): Query<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let mut filter = filter(params)?;
-    if let domain::Visibility::Tenant(Some(tenant)) = crate::policy::visibility(&state, &caller) {
+    if let domain::Visibility::Tenant(Some(tenant)) = state.gate.visibility(&caller) {
         filter.tenant = Some(tenant);
     }
     let rows = state.stores.audit.list(&filter).await?;

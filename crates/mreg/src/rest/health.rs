@@ -2,7 +2,7 @@
 //! the tool catalog with each server's health.
 
 use axum::extract::State;
-use domain::{HealthStatus, ToolHit, ToolQuery};
+use domain::ToolHit;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -12,7 +12,7 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Path, Query};
 use crate::authn::Caller;
-use crate::health::{self, HealthReport};
+use crate::health::HealthReport;
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -67,10 +67,13 @@ async fn server_health(
     Path(name): Path<String>,
     Query(params): Query<WindowParams>,
 ) -> Result<axum::Json<HealthReport>, ApiError> {
-    let visibility = crate::policy::visibility(&state, &caller);
+    let visibility = state.gate.visibility(&caller);
     let server = state.registry.get_visible(&name, &visibility).await?;
     Ok(axum::Json(
-        health::report(&state, &server, params.window_hours.unwrap_or(24)).await?,
+        state
+            .health
+            .report(&server, params.window_hours.unwrap_or(24))
+            .await?,
     ))
 }
 
@@ -86,7 +89,7 @@ async fn check_server(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<HealthReport>, ApiError> {
-    let visibility = crate::policy::visibility(&state, &caller);
+    let visibility = state.gate.visibility(&caller);
     let server = state.registry.get_visible(&name, &visibility).await?;
     if server.status == domain::ServerStatus::Disabled {
         return Err(domain::Error::invalid(
@@ -97,42 +100,14 @@ async fn check_server(
     }
     // One probe per server at a time, however many callers ask at once: those who find one
     // running wait for it and get its result.
-    let lock = state.health_board.on_demand(server.id);
+    let lock = state.health.board().on_demand(server.id);
     match lock.try_lock() {
         Ok(_probing) => {
-            health::check_now(&state, &server).await?;
+            state.health.check_now(&server).await?;
         }
         Err(_) => drop(lock.lock().await),
     }
-    Ok(axum::Json(health::report(&state, &server, 24).await?))
-}
-
-/// Parses tool search parameters (shared with the `search_tools` MCP tool).
-pub fn tool_query(
-    visibility: domain::Visibility,
-    text: Option<&str>,
-    health: Option<&str>,
-    limit: Option<u32>,
-) -> domain::Result<ToolQuery> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(domain::Error::invalid("limit", "must be between 1 and 500"));
-    }
-    let text = text
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_lowercase);
-    if text.as_ref().is_some_and(|t| t.chars().count() > 200) {
-        return Err(domain::Error::invalid("q", "is longer than 200 characters"));
-    }
-    Ok(ToolQuery {
-        visibility,
-        text,
-        health: health
-            .map(|h| HealthStatus::parse_field(h, "health"))
-            .transpose()?,
-        limit,
-    })
+    Ok(axum::Json(state.health.report(&server, 24).await?))
 }
 
 /// Search the tool catalog; every hit carries its server's health.
@@ -147,13 +122,13 @@ async fn search_tools(
     Caller(caller): Caller,
     Query(params): Query<ToolParams>,
 ) -> Result<axum::Json<ToolList>, ApiError> {
-    let query = tool_query(
-        crate::policy::visibility(&state, &caller),
+    let query = crate::listing::tool_query(
+        state.gate.visibility(&caller),
         params.q.as_deref(),
         params.health.as_deref(),
         params.limit,
     )?;
     let mut tools = state.stores.catalog.search_tools(&query).await?;
-    crate::policy::callable_hits(&state.policy, &caller, &mut tools);
+    crate::policy::callable_hits(state.gate.rules(), &caller, &mut tools);
     Ok(axum::Json(ToolList { tools }))
 }

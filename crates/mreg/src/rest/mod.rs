@@ -3,9 +3,9 @@
 //! with its OpenAPI description, so the document is generated from the code that serves it.
 
 pub use crate::http::{error, request_id};
+pub use crate::listing::cursor;
 
 pub mod audit;
-pub mod cursor;
 pub mod extract;
 pub mod health;
 pub mod mcp_docs;
@@ -14,77 +14,15 @@ pub mod registry_v0;
 pub mod servers;
 pub mod whoami;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use domain::{Cache, Registry};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::store::Stores;
+pub use crate::state::AppState;
 use error::ApiError;
-
-/// Everything a handler may need, shared by all requests. Cloning it (once per request, by the
-/// `State` extractor) copies one pointer.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl AppState {
-    /// Shares `shared` between every request.
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The contents of [`AppState`].
-pub struct Shared {
-    /// The registry service.
-    pub registry: Registry,
-    /// Current health of every server, for the circuit breaker.
-    pub health_board: crate::health::HealthBoard,
-    /// Pooled HTTP client for probes and `proxy_request`.
-    pub upstream: reqwest::Client,
-    /// Pooled HTTP client of the proxy's hot path.
-    pub gateway: crate::proxy::client::GatewayClient,
-    /// Where the gateway may connect on a caller's behalf.
-    pub egress: Arc<crate::egress::Egress>,
-    /// The MCP listener as clients reach it: `MREG_PUBLIC_URL`, else `http://` its address;
-    /// no trailing slash.
-    pub gateway_url: String,
-    /// Encryption for secrets at rest and session tokens.
-    pub cipher: Arc<crate::crypto::Cipher>,
-    /// The database's stores.
-    pub stores: Stores,
-    /// The cache.
-    pub cache: Arc<dyn Cache>,
-    /// `memory` or `redis`.
-    pub cache_backend: &'static str,
-    /// Process metrics.
-    pub metrics: Metrics,
-    /// The effective configuration.
-    pub config: Arc<Config>,
-    /// The OAuth authorization server; `None` when authentication is off.
-    pub oauth: Option<Arc<crate::oauth::OAuth>>,
-    /// Roles and budgets.
-    pub policy: Arc<crate::policy::Policy>,
-    /// This instance's rate limiter.
-    pub limits: Arc<crate::policy::limits::Limits>,
-    /// The audit log.
-    pub audit: crate::audit::Auditor,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -131,7 +69,7 @@ pub fn router(state: AppState) -> Router {
     let hosts = crate::guard::Hosts::for_listener(&state.config, &state.config.api.host);
     let metrics = state.metrics.clone();
     Router::new()
-        .merge(api.layer(crate::authn::AuthLayer::new(state.clone())))
+        .merge(api.layer(crate::authn::AuthLayer::new(state.authn.clone())))
         .merge(ops)
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document))
         .fallback(|| async { ApiError::no_route() })

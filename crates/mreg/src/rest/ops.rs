@@ -114,7 +114,7 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             "off (no authentication)"
         // Limits fall back to this instance's memory while the cache does not answer, and are
         // shared again with the first decision after it does: what the check just saw decides.
-        } else if state.limits.degraded() && cache.is_err() {
+        } else if state.gate.limits().degraded() && cache.is_err() {
             "per instance: the cache is unreachable"
         } else if state.cache_backend == "redis" {
             "shared (redis)"

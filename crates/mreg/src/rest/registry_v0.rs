@@ -18,7 +18,6 @@ use super::cursor;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Path, Query};
 use crate::authn::Caller;
-use crate::health::summary::{summaries_of, summary};
 
 /// The `server.json` schema the documents follow.
 pub const SCHEMA_URL: &str =
@@ -195,10 +194,10 @@ async fn list(
                 .map_err(|_| domain::Error::invalid("updated_since", "is not an RFC 3339 time"))
         })
         .transpose()?;
-    query.visibility = crate::policy::visibility(&state, &caller);
+    query.visibility = state.gate.visibility(&caller);
     let page = state.registry.list_with_health(&query).await?;
     let namespace = &state.config.registry_namespace;
-    let healths = summaries_of(&state, &page.items).await?;
+    let healths = state.health.summaries_of(&page.items).await?;
     Ok(axum::Json(ServerListResponse {
         metadata: ListMetadata {
             count: page.items.len(),
@@ -234,10 +233,10 @@ async fn versions(
         .registry
         .get_visible(
             local_name(namespace, &server_name),
-            &crate::policy::visibility(&state, &caller),
+            &state.gate.visibility(&caller),
         )
         .await?;
-    let health = summary(&state, &server).await?;
+    let health = state.health.summary(&server).await?;
     Ok(axum::Json(ServerListResponse {
         servers: vec![server_response(
             namespace,
@@ -276,7 +275,7 @@ async fn version(
         .registry
         .get_visible(
             local_name(namespace, &server_name),
-            &crate::policy::visibility(&state, &caller),
+            &state.gate.visibility(&caller),
         )
         .await?;
     let current = server.version.as_deref().unwrap_or(UNVERSIONED);
@@ -286,7 +285,7 @@ async fn version(
         ))
         .into());
     }
-    let health = summary(&state, &server).await?;
+    let health = state.health.summary(&server).await?;
     Ok(axum::Json(server_response(
         namespace,
         &state.gateway_url,

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use domain::{Server, ServerDraft, ServerPatch, ServerQuery};
+use domain::{ServerDraft, ServerPatch, ServerQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
@@ -15,7 +15,7 @@ use super::cursor;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Path, Query};
 use crate::authn::Caller;
-use crate::health::summary::HealthSummary;
+pub use crate::listing::ServerView;
 
 /// The routes of this module.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -52,50 +52,6 @@ pub struct ListParams {
     #[param(value_type = Option<String>, pattern = "^(|name|health)$")]
     #[serde(default, deserialize_with = "super::extract::empty_as_none")]
     sort: Option<String>,
-}
-
-/// A server as the API shows it: the registration, where callers reach it through the
-/// gateway, and its health in short.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ServerView {
-    /// The registration.
-    #[serde(flatten)]
-    pub server: Server,
-    /// The server's endpoint on the gateway (`{gateway}/servers/NAME/mcp`): where MCP clients
-    /// reach it.
-    #[schema(example = "http://127.0.0.1:8001/servers/weather/mcp")]
-    pub gateway_url: String,
-    /// Its health now.
-    pub health: HealthSummary,
-}
-
-impl ServerView {
-    /// The view of `server`, with its health read from the store.
-    pub async fn of(state: &AppState, server: Server) -> domain::Result<Self> {
-        let health = crate::health::summary::summary(state, &server).await?;
-        Ok(Self::with(state, server, health))
-    }
-
-    /// The views of servers read with their health ([`domain::Registry::list_with_health`]).
-    pub async fn all_with_health(
-        state: &AppState,
-        servers: Vec<(Server, Option<domain::Health>)>,
-    ) -> domain::Result<Vec<Self>> {
-        let healths = crate::health::summary::summaries_of(state, &servers).await?;
-        Ok(servers
-            .into_iter()
-            .zip(healths)
-            .map(|((server, _), health)| Self::with(state, server, health))
-            .collect())
-    }
-
-    fn with(state: &AppState, server: Server, health: HealthSummary) -> Self {
-        Self {
-            gateway_url: format!("{}/servers/{}/mcp", state.gateway_url, server.name),
-            server,
-            health,
-        }
-    }
 }
 
 /// One page of servers.
@@ -172,7 +128,7 @@ async fn list_servers(
         .as_deref()
         .map(|h| domain::HealthStatus::parse_field(h, "health"))
         .transpose()?;
-    query.visibility = crate::policy::visibility(&state, &caller);
+    query.visibility = state.gate.visibility(&caller);
     let page = state.registry.list_with_health(&query).await?;
     let next_cursor = cursor::next(&page, query.sort);
     Ok(axum::Json(ServerList {
@@ -197,7 +153,7 @@ async fn get_server(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<axum::Json<ServerView>, ApiError> {
-    let visibility = crate::policy::visibility(&state, &caller);
+    let visibility = state.gate.visibility(&caller);
     let server = state.registry.get_visible(&name, &visibility).await?;
     Ok(axum::Json(ServerView::of(&state, server).await?))
 }
@@ -223,12 +179,7 @@ async fn update_server(
 ) -> Result<axum::Json<ServerView>, ApiError> {
     let server = state
         .registry
-        .update(
-            &caller,
-            &crate::policy::visibility(&state, &caller),
-            &name,
-            patch,
-        )
+        .update(&caller, &state.gate.visibility(&caller), &name, patch)
         .await?;
     Ok(axum::Json(ServerView::of(&state, server).await?))
 }
@@ -251,7 +202,7 @@ async fn delete_server(
 ) -> Result<StatusCode, ApiError> {
     state
         .registry
-        .delete(&caller, &crate::policy::visibility(&state, &caller), &name)
+        .delete(&caller, &state.gate.visibility(&caller), &name)
         .await?;
     state.metrics.forget_server(&name);
     Ok(StatusCode::NO_CONTENT)
