@@ -12,6 +12,10 @@
 //! A third column, "floor", sends the same calls through a bare axum passthrough with the same
 //! HTTP client (no parsing, sessions, credentials, health or middleware): the cost of the extra
 //! HTTP hop alone, so that the gateway's own overhead is the difference between it and the floor.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples run their own peers and load on tokio; the bans concern the gateway's code"
+)]
 
 /// The gateway binary's allocator (see `src/main.rs`), for every part of the run alike.
 #[global_allocator]

@@ -19,6 +19,10 @@
 //! for). Needs the local PostgreSQL (`MREG_TEST_DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/postgres`) and the interop peers (`npm ci --prefix
 //! interop`) for the identity provider.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples run their own peers and load on tokio; the bans concern the gateway's code"
+)]
 
 /// The gateway binary's allocator (see `src/main.rs`), for every part of the run alike.
 #[global_allocator]

@@ -6,6 +6,10 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`; a scratch database is created and dropped).
 //! Options: `--servers N` (default 100000), `--iterations N` (default 300). The `returned`
 //! column shows rows (store) or bytes (HTTP) of the last call, as a check that work was done.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples run their own peers and load on tokio; the bans concern the gateway's code"
+)]
 
 /// The gateway binary's allocator (see `src/main.rs`).
 #[global_allocator]

@@ -4,6 +4,10 @@
 //! it accepts connections.
 //!
 //! `cargo run --release --example rmcp_upstream -- [--stateful] [--port N]`
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests, benchmarks and examples run their own peers and load on tokio; the bans concern the gateway's code"
+)]
 
 use std::sync::Arc;
 

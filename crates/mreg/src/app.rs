@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{AuthMode, Config, Listen};
 use crate::crypto::Cipher;
 use crate::metrics::Metrics;
+use crate::tasks::Tasks;
 use crate::{cache, mcp, rest, store};
 
 /// A running gateway.
@@ -159,6 +160,9 @@ async fn accept_failed(name: &str, e: &std::io::Error) {
 /// Connects everything, binds both listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let config = Arc::new(config);
+    let shutdown = CancellationToken::new();
+    // Background work stops as shutdown starts; shutdown waits for it after the listeners.
+    let tasks = Tasks::new(shutdown.child_token());
     let stores = store::connect(&config).await?;
     let (cache, cache_backend) = cache::connect(&config).await?;
     tracing::info!(
@@ -219,6 +223,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 cache.clone(),
                 cipher.clone(),
                 auditor.clone(),
+                tasks.clone(),
             )?
             .limiting(crate::policy::limits::AddressLimit::new(
                 config.auth.oauth_rate_limit_per_minute,
@@ -255,6 +260,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         egress.clone(),
         config.clone(),
         metrics.clone(),
+        tasks.clone(),
     ));
     let authn = Arc::new(crate::authn::Authenticator::new(
         oauth.clone(),
@@ -276,6 +282,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         upstream,
     });
     let state = crate::state::AppState::new(crate::state::Shared {
+        tasks: tasks.clone(),
         registry,
         cipher,
         proxy,
@@ -297,7 +304,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     tracing::info!(addr = %api_addr, docs = %format!("http://{api_addr}/docs"), "REST API listening");
     tracing::info!(addr = %mcp_addr, endpoint = %format!("http://{mcp_addr}/mcp"), "MCP listener listening");
 
-    let shutdown = CancellationToken::new();
     let grace = config.shutdown_grace;
     let api_task = serve(
         "REST",
@@ -321,21 +327,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state.audit.clone(),
     );
     if state.oauth.is_some() {
-        tokio::spawn(prune_grants(stores.auth.clone(), shutdown.child_token()));
+        let store = stores.auth.clone();
+        tasks.periodic("oauth_prune", Duration::from_secs(3600), move || {
+            prune_grants(store.clone())
+        });
     }
     if let (Some(retention), true) = (config.audit.retention, config.audit.enabled) {
-        tokio::spawn(crate::audit::writer::prune(
-            stores.audit.clone(),
-            retention,
-            shutdown.child_token(),
-        ));
+        let store = stores.audit.clone();
+        tasks.periodic("audit_prune", Duration::from_secs(3600), move || {
+            crate::audit::writer::prune(store.clone(), retention)
+        });
     }
-    let monitor = config
-        .health
-        .enabled
-        .then(|| state.health.clone().spawn(shutdown.child_token()));
+    if config.health.enabled {
+        state.health.clone().start(&tasks);
+    }
     let token = shutdown.clone();
     let audit = state.audit.clone();
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the gateway itself: its handle is Running, awaited by wait()"
+    )]
     let task = tokio::spawn(async move {
         let stopping = async {
             token.cancelled().await;
@@ -348,9 +359,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         // What still runs in a session now is cut off, and recorded so.
         audit.cutting_off();
         sessions.cancel();
-        if let Some(monitor) = monitor {
-            let _ = monitor.await;
-        }
+        // The monitor has stopped probing since shutdown began; probes and retries it or a
+        // request started end now.
+        tasks.close(grace).await;
         // Every request has ended: write what the audit queue holds before the pool closes.
         if let Some(writer) = audit_writer {
             writer.close(grace + Duration::from_secs(10)).await;
@@ -371,26 +382,22 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 const UNUSED_CLIENT_SECS: i64 = 7 * 86_400;
 
 /// Deletes ended refresh-token families, and clients that never got (or no longer hold) a grant
-/// for a week, every hour, until `stop`.
-async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match store.prune_grants(now).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(grants = n, "pruned ended OAuth grants"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune OAuth grants"),
-        }
-        match store.prune_clients(now - UNUSED_CLIENT_SECS).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(clients = n, "pruned OAuth clients without grants"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune OAuth clients"),
-        }
-    }
+/// for a week (one run of the hourly `oauth_prune` task).
+async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>) -> Result<String, String> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let grants = store
+        .prune_grants(now)
+        .await
+        .map_err(|e| format!("cannot prune OAuth grants: {e}"))?;
+    let clients = store
+        .prune_clients(now - UNUSED_CLIENT_SECS)
+        .await
+        .map_err(|e| format!("cannot prune OAuth clients: {e}"))?;
+    Ok(if grants + clients == 0 {
+        String::new()
+    } else {
+        format!("pruned {grants} ended OAuth grant(s) and {clients} client(s) without grants")
+    })
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

@@ -23,4 +23,5 @@ pub mod proxy;
 pub mod rest;
 pub mod state;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;

@@ -68,4 +68,6 @@ pub struct Shared {
     pub audit: crate::audit::Auditor,
     /// The chain before every protected route (token, rate limit, REST roles and audit).
     pub authn: Arc<crate::authn::Authenticator>,
+    /// The background tasks (their last runs are part of `/readyz`).
+    pub tasks: crate::tasks::Tasks,
 }

@@ -227,8 +227,16 @@ pub fn spawn(
     let stop = CancellationToken::new();
     let mut task = Task::new(store, spool, status.clone(), quarantine_path(&config.spool));
     let token = stop.clone();
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the writer is awaited by AuditWriter::close, which drains it at shutdown"
+    )]
     let task = tokio::spawn(async move { task.run(rx, token).await });
     let refusals = Arc::new(Refusals::new(config.refusal_window));
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the sweep ends with the writer (stop), which AuditWriter::close awaits"
+    )]
     tokio::spawn(sweep_refusals(refusals.clone(), tx.clone(), stop.clone()));
     let auditor = Auditor {
         inner: Some(Arc::new(Inner {
@@ -782,21 +790,14 @@ impl Spool {
     }
 }
 
-/// Deletes rows older than `retention` every hour, until `stop`.
-pub async fn prune(store: Arc<dyn AuditStore>, retention: Duration, stop: CancellationToken) {
-    let mut every = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = every.tick() => {}
-        }
-        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
-        let before = now - retention.as_micros() as i128;
-        match store.prune(before as i64, now as i64).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "pruned audit rows past retention"),
-            Err(e) => tracing::warn!(error = %e, "cannot prune the audit log"),
-        }
+/// Deletes rows older than `retention` (one run of the hourly `audit_prune` task).
+pub async fn prune(store: Arc<dyn AuditStore>, retention: Duration) -> Result<String, String> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+    let before = now - retention.as_micros() as i128;
+    match store.prune(before as i64, now as i64).await {
+        Ok(0) => Ok(String::new()),
+        Ok(n) => Ok(format!("pruned {n} audit row(s) past retention")),
+        Err(e) => Err(format!("cannot prune the audit log: {e}")),
     }
 }
 

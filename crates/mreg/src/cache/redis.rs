@@ -138,6 +138,10 @@ impl RedisCache {
         if is_outage(&e) && !self.open.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %e, "Redis is unreachable: skipping it until it answers again");
             let (open, connections) = (self.open.clone(), self.connections.clone());
+            #[allow(
+                clippy::disallowed_methods,
+                reason = "the cache sits below the task driver; the probe ends once Redis answers"
+            )]
             tokio::spawn(probe_until_back(open, connections));
         }
         unavailable(e)

@@ -286,6 +286,10 @@ fn manual(dir: Option<&std::path::Path>) -> Result<(), String> {
 async fn serve(config: config::Config) -> anyhow::Result<()> {
     let running = app::start(config).await?;
     let token = running.shutdown_token();
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the signal handler of the serve command; it lives as long as the process"
+    )]
     tokio::spawn(async move {
         app::shutdown_signal().await;
         token.cancel();

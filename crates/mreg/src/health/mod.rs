@@ -20,7 +20,6 @@ use domain::{Error, Health, HealthCheck, HealthPolicy, HealthStatus, Result, Ser
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -29,6 +28,7 @@ use crate::config::Config;
 use crate::egress::Egress;
 use crate::metrics::Metrics;
 use crate::store::Stores;
+use crate::tasks::Tasks;
 
 /// The current health of every server, as this instance knows it.
 #[derive(Clone, Default)]
@@ -100,6 +100,8 @@ pub struct Monitor {
     egress: Arc<Egress>,
     config: Arc<Config>,
     metrics: Metrics,
+    /// Where probes run: the monitor's loop, its probes, and the ones traffic starts.
+    tasks: Tasks,
 }
 
 impl Monitor {
@@ -111,6 +113,7 @@ impl Monitor {
         egress: Arc<Egress>,
         config: Arc<Config>,
         metrics: Metrics,
+        tasks: Tasks,
     ) -> Self {
         Self {
             board: HealthBoard::default(),
@@ -120,6 +123,7 @@ impl Monitor {
             egress,
             config,
             metrics,
+            tasks,
         }
     }
 
@@ -152,7 +156,7 @@ impl Monitor {
             // so that recovery does not wait out the monitor's back-off.
             if self.board.may_retry(server.id) {
                 let (monitor, server) = (self.clone(), server.clone());
-                tokio::spawn(async move {
+                self.tasks.spawn("health_retry", async move {
                     if let Err(e) = monitor.check_now(&server).await {
                         tracing::debug!(server = %server.name, error = %e, "on-demand probe failed");
                     }
@@ -218,10 +222,14 @@ impl Monitor {
         Ok(health)
     }
 
-    /// Starts the monitor; it stops when `shutdown` is cancelled.
-    pub fn spawn(self: Arc<Self>, shutdown: CancellationToken) -> JoinHandle<()> {
+    /// Starts the monitor's loop as the `health_monitor` task; it stops with the driver.
+    pub fn start(self: Arc<Self>, tasks: &Tasks) {
         let span = tracing::info_span!("health_monitor", instance = %self.config.instance_id);
-        tokio::spawn(tracing::Instrument::instrument(self.run(shutdown), span))
+        let stop = tasks.stopping();
+        tasks.service(
+            "health_monitor",
+            tracing::Instrument::instrument(self.run(stop), span),
+        );
     }
 
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {
@@ -256,7 +264,13 @@ impl Monitor {
                     }
                     synced_at = now;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read health changes"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read health changes");
+                    self.tasks.record(
+                        "health_monitor",
+                        Err(format!("cannot read health changes: {e}")),
+                    );
+                }
             }
             if now - pruned_at > time::Duration::hours(1) {
                 match self.stores.health.prune(now - config.retention).await {
@@ -281,15 +295,26 @@ impl Monitor {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim servers to probe");
+                    self.tasks.record(
+                        "health_monitor",
+                        Err(format!("cannot claim servers to probe: {e}")),
+                    );
                     continue;
                 }
             };
+            self.tasks.record(
+                "health_monitor",
+                Ok(format!(
+                    "{} server(s) due for a probe on the last tick",
+                    due.len()
+                )),
+            );
             for (_, name) in due {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
                 let monitor = self.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn("health_probe", async move {
                     let _permit = permit;
                     let outcome = match monitor.registry.get(name.as_str()).await {
                         Ok(server) => monitor.check_now(&server).await.map(|_| ()),

@@ -11,7 +11,7 @@
 
 pub mod cimd;
 pub mod clients;
-mod flow;
+mod endpoints;
 pub mod keys;
 mod metadata;
 pub mod upstream;
@@ -68,6 +68,8 @@ pub struct OAuth {
     audit: crate::audit::Auditor,
     /// The budget per client address of the public endpoints.
     address_limit: Option<crate::policy::limits::AddressLimit>,
+    /// Where revocation markers are kept trying while the cache is down.
+    tasks: crate::tasks::Tasks,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -167,6 +169,10 @@ fn unix_now() -> i64 {
 impl OAuth {
     /// The authorization server of `config`, when authentication is on. `mcp_base` is the
     /// MCP listener's address, used when `MREG_PUBLIC_URL` is unset.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "each is a service the server is built from; a struct of them would repeat the fields"
+    )]
     pub fn new(
         config: &Config,
         mcp_base: &str,
@@ -175,6 +181,7 @@ impl OAuth {
         cache: Arc<dyn Cache>,
         cipher: Arc<Cipher>,
         audit: crate::audit::Auditor,
+        tasks: crate::tasks::Tasks,
     ) -> anyhow::Result<Self> {
         let issuer = config
             .public_url
@@ -217,6 +224,7 @@ impl OAuth {
             max_idle_clients: config.auth.max_idle_clients,
             audit,
             address_limit: None,
+            tasks,
         })
     }
 
@@ -323,22 +331,25 @@ pub fn router(oauth: Arc<OAuth>) -> Router {
         .route("/.well-known/jwks.json", get(metadata::jwks))
         .merge(
             Router::new()
-                .route("/authorize", get(flow::authorize))
-                .route("/consent", get(flow::consent_page).post(flow::consent))
+                .route("/authorize", get(endpoints::authorize))
+                .route(
+                    "/consent",
+                    get(endpoints::consent_page).post(endpoints::consent),
+                )
                 .route_layer(axum::middleware::from_fn_with_state(
                     oauth.clone(),
-                    flow::limited,
+                    endpoints::limited,
                 )),
         )
         .merge(
             Router::new()
-                .route("/register", post(flow::register))
-                .route(&callback_path, get(flow::callback))
-                .route("/token", post(flow::token))
-                .route("/revoke", post(flow::revoke))
+                .route("/register", post(endpoints::register))
+                .route(&callback_path, get(endpoints::callback))
+                .route("/token", post(endpoints::token))
+                .route("/revoke", post(endpoints::revoke))
                 .route_layer(axum::middleware::from_fn_with_state(
                     oauth.clone(),
-                    flow::audited,
+                    endpoints::audited,
                 )),
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_OAUTH_BODY_BYTES))

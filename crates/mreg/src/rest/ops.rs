@@ -67,7 +67,9 @@ pub struct Health {
 pub struct Readiness {
     /// `ready`, or `unavailable` when a dependency does not answer.
     pub status: &'static str,
-    /// `ok` or the problem, for `database` and `cache`.
+    /// `ok` or the problem, for `database`, `cache` and `audit`; how rate limits are shared;
+    /// and under `tasks`, the last run of each background task (`runs`, `last_run`, `ok`,
+    /// `detail`), which informs but does not decide readiness.
     #[schema(value_type = Object)]
     pub checks: serde_json::Value,
 }
@@ -153,6 +155,9 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     checks["audit"] = json!(match &audit {
         Ok(text) | Err(text) => text.clone(),
     });
+    // The background tasks' last runs, for operators; a failed prune does not make the
+    // instance unready (requests are still served right).
+    checks["tasks"] = json!(state.tasks.statuses());
     let failures: Vec<String> = [database, cache, audit.map(|_| ())]
         .into_iter()
         .filter_map(Result::err)

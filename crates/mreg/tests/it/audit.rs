@@ -790,6 +790,28 @@ async fn retention_prunes_old_rows_at_start_and_the_rest_still_verifies() {
         .map(|r| (r.seq, r.event.server.as_deref()))
         .collect();
     assert_eq!(kept, [(3, Some("kept-2"))]);
+    // The run is the task's status in /readyz.
+    let readyz = format!("http://{}/readyz", running.api_addr);
+    let mut task = serde_json::Value::Null;
+    for _ in 0..100 {
+        let body: serde_json::Value = reqwest::get(&readyz)
+            .await
+            .expect("readyz")
+            .json()
+            .await
+            .expect("json");
+        task = body["checks"]["tasks"]["audit_prune"].clone();
+        if !task.is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(task["ok"], true, "{task}");
+    assert_eq!(task["runs"], 1, "{task}");
+    assert_eq!(
+        task["detail"], "pruned 2 audit row(s) past retention",
+        "{task}"
+    );
     running.stop().await.expect("stop");
 
     // What is left verifies from the checkpoint the pruning left.

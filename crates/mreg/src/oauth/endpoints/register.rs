@@ -1,0 +1,73 @@
+//! `POST /register`: dynamic client registration (RFC 7591).
+
+use super::*;
+
+/// `POST /register` (RFC 7591).
+pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) -> Response {
+    let refusal = |error: &str, description: &str| {
+        let response = (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": error, "error_description": description})),
+        )
+            .into_response();
+        note(response, |n| {
+            n.error = Some(format!("{error}: {description}"))
+        })
+    };
+    let request: RegistrationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refusal(
+                "invalid_client_metadata",
+                &format!("the body is not a client registration: {e}"),
+            );
+        }
+    };
+    let client_id = uuid::Uuid::new_v4().to_string();
+    let client = match clients::register(request, &oauth.supported_scopes, client_id, unix_now()) {
+        Ok(c) => c,
+        Err(r) => return refusal(r.error, &r.description),
+    };
+    // Open registration must not grow the table without bound: clients that never signed in
+    // are pruned after a week, and until then at most `MREG_OAUTH_MAX_IDLE_CLIENTS` exist.
+    match oauth.store.idle_clients().await {
+        Ok(idle) if idle >= oauth.max_idle_clients => {
+            tracing::warn!(
+                idle,
+                "client registration refused: too many clients without a sign-in"
+            );
+            let description =
+                "too many clients are registered without having signed in; try again later";
+            let mut response = (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": "temporarily_unavailable", "error_description": description})),
+            )
+                .into_response();
+            let h = response.headers_mut();
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return note(response, |n| {
+                n.error = Some(format!("temporarily_unavailable: {description}"))
+            });
+        }
+        Ok(_) => {}
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    let stored = match serde_json::to_string(&client) {
+        Ok(s) => s,
+        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    if let Err(e) = oauth
+        .store
+        .insert_client(&client.client_id, &stored, unix_now())
+        .await
+    {
+        return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    tracing::info!(client_id = %client.client_id, name = client.client_name.as_deref(), "client registered");
+    let mut response = (StatusCode::CREATED, Json(&client)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    note(response, |n| n.client_id = Some(client.client_id.clone()))
+}

@@ -1,0 +1,464 @@
+//! `POST /token`: the authorization-code and refresh-token grants, and the tokens they issue.
+
+use super::*;
+
+pub(super) fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({"error": error, "error_description": description})),
+    )
+        .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"mreg\""),
+        );
+    }
+    note(response, |n| {
+        n.error = Some(format!("{error}: {description}"))
+    })
+}
+
+pub(super) fn invalid_grant(description: &str) -> Response {
+    token_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
+}
+
+/// The client id of a token or revocation request: the form's, or HTTP Basic's user name.
+pub(super) fn client_id_of(p: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    if let Some(id) = p.get("client_id") {
+        return Some(id.clone());
+    }
+    let basic = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, basic).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, _) = text.split_once(':')?;
+    Some(
+        url::form_urlencoded::parse(format!("x={id}").as_bytes())
+            .next()
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the finished response, built once per bad request"
+)]
+pub(super) fn form_body(
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<HashMap<String, String>, Response> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    params(body).map_err(|e| token_error(StatusCode::BAD_REQUEST, "invalid_request", &e))
+}
+
+/// The form of a token or revocation request and its client, which must be known: a client
+/// the server forgot gets 401 `invalid_client`, on which MCP clients register again.
+#[allow(
+    clippy::result_large_err,
+    reason = "the error is the finished response, built once per bad request"
+)]
+pub(super) async fn client_form(
+    oauth: &OAuth,
+    headers: &HeaderMap,
+    body: &str,
+) -> Result<(HashMap<String, String>, String), Response> {
+    let p = form_body(headers, body)?;
+    let Some(client_id) = client_id_of(&p, headers) else {
+        return Err(token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client_id is required",
+        ));
+    };
+    match oauth.client(&client_id).await {
+        Ok(Some(_)) => Ok((p, client_id)),
+        Ok(None) => Err(token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "this client is not registered; register again",
+        )),
+        Err(domain::Error::Forbidden(why)) => Err(token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            &why,
+        )),
+        Err(e) => Err(error_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &e.to_string(),
+        )),
+    }
+}
+
+/// `POST /token`: `authorization_code` (with PKCE) and `refresh_token` (rotating).
+pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
+    let (p, client_id) = match client_form(&oauth, &headers, &body).await {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    let response = match p.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => code_grant(&oauth, &client_id, &p).await,
+        Some("refresh_token") => note(refresh_grant(&oauth, &client_id, &p).await, |n| {
+            n.operation = Some("oauth.refresh");
+        }),
+        Some(other) => token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            &format!("grant type '{other}' is not supported"),
+        ),
+        None => token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "grant_type is required",
+        ),
+    };
+    note(response, |n| n.client_id = Some(client_id))
+}
+
+pub(super) async fn code_grant(
+    oauth: &OAuth,
+    client_id: &str,
+    p: &HashMap<String, String>,
+) -> Response {
+    let Some(code) = p.get("code") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code is required",
+        );
+    };
+    let code_hash = sha256_hex(code);
+    let used_key = format!("oauth:code-used:{code_hash}");
+    let taken = match oauth.cache.take(&format!("oauth:code:{code_hash}")).await {
+        Ok(t) => t,
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let Some(sealed) = taken else {
+        // A code presented again was intercepted, or its first redemption was: end what was
+        // issued for it (RFC 6749 §4.1.2).
+        if let Ok(Some(grant_id)) = oauth.cache.take(&used_key).await {
+            let grant_id = String::from_utf8_lossy(&grant_id).into_owned();
+            oauth.end_grant(&grant_id, unix_now()).await;
+            tracing::warn!(grant = %grant_id, client_id, "authorization code replayed; its grant is revoked");
+            return invalid_grant(
+                "the code was already used; the tokens issued for it are revoked",
+            );
+        }
+        return invalid_grant("the code is invalid, expired or already used");
+    };
+    // The grant's id is chosen now and remembered under the spent code (before any check), so
+    // that a replay racing this redemption still finds what to revoke.
+    let grant_id = uuid::Uuid::new_v4().to_string();
+    let used_ttl = oauth.access_ttl.max(oauth.code_ttl);
+    if let Err(e) = oauth
+        .cache
+        .set(&used_key, grant_id.as_bytes(), used_ttl)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot remember a spent code; a replay would not revoke its grant");
+    }
+    let Ok(grant) = oauth.open_json::<CodeGrant>(CODE_PURPOSE, &sealed) else {
+        return invalid_grant("the code is invalid, expired or already used");
+    };
+    if grant.client_id != client_id {
+        return invalid_grant("the code was issued to another client");
+    }
+    if p.get("redirect_uri") != Some(&grant.redirect_uri) {
+        return invalid_grant("redirect_uri does not match the authorization request");
+    }
+    let Some(verifier) = p.get("code_verifier") else {
+        return invalid_grant("code_verifier is required (PKCE)");
+    };
+    if !is_pkce_value(verifier) || !same(&pkce_challenge(verifier), &grant.challenge) {
+        return invalid_grant("the code_verifier does not match the code_challenge");
+    }
+    if let Some(resource) = p.get("resource")
+        && resource.trim_end_matches('/') != grant.resource
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource does not match the authorization request",
+        );
+    }
+    let data = GrantData {
+        scopes: grant.scopes,
+        resource: grant.resource,
+        identity: grant.identity,
+        upstream_refresh: grant.upstream_refresh,
+        upstream_expires_at: grant.upstream_expires_at,
+    };
+    let refresh = random_token(32);
+    let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
+        Ok(s) => s,
+        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    let now = unix_now();
+    let mut expires_at = now + oauth.refresh_ttl.as_secs() as i64;
+    if data.upstream_refresh.is_none() {
+        // Without a provider refresh token the provider cannot be asked again whether the
+        // user may still sign in: the grant ends with the provider's ID token.
+        expires_at = expires_at.min(data.upstream_expires_at.unwrap_or(now));
+    }
+    let row = GrantRow {
+        id: grant_id,
+        client_id: client_id.to_owned(),
+        subject: data.identity.subject.clone(),
+        refresh_hash: sha256_hex(&refresh),
+        data: sealed,
+        expires_at,
+        revoked_at: None,
+    };
+    if let Err(e) = oauth.store.insert_grant(&row, now).await {
+        return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
+    tracing::info!(subject = %data.identity.subject, client_id, "tokens issued");
+    issue(oauth, client_id, &row.id, &data, &data.scopes, &refresh).await
+}
+
+pub(super) async fn refresh_grant(
+    oauth: &OAuth,
+    client_id: &str,
+    p: &HashMap<String, String>,
+) -> Response {
+    let Some(presented) = p.get("refresh_token") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is required",
+        );
+    };
+    let hash = sha256_hex(presented);
+    let now = unix_now();
+    let row = match oauth.store.grant_by_refresh(&hash).await {
+        Ok(r) => r,
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let Some(row) = row else {
+        // Not current: a spent token presented again means it leaked; end its family.
+        return match oauth.store.spent_refresh(&hash).await {
+            Ok(Some(grant_id)) => {
+                oauth.end_grant(&grant_id, now).await;
+                tracing::warn!(grant = %grant_id, client_id, "refresh token reused; grant revoked");
+                invalid_grant(
+                    "this refresh token was already used; the grant is revoked, sign in again",
+                )
+            }
+            Ok(None) => invalid_grant("the refresh token is invalid"),
+            Err(e) => error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        };
+    };
+    if row.revoked_at.is_some() {
+        return invalid_grant("the grant was revoked; sign in again");
+    }
+    if row.expires_at <= now {
+        return invalid_grant("the refresh token has expired; sign in again");
+    }
+    if row.client_id != client_id {
+        return invalid_grant("the refresh token was issued to another client");
+    }
+    let Ok(mut data) = oauth.open_json::<GrantData>(GRANT_PURPOSE, &row.data) else {
+        return invalid_grant("the grant cannot be read; sign in again");
+    };
+    // A narrower scope (RFC 6749 §6) is what the new access token gets; the grant keeps the
+    // scopes the user approved, for later refreshes.
+    let scopes: Vec<String> = match p.get("scope") {
+        Some(scope) if !scope.trim().is_empty() => {
+            let mut requested: Vec<String> = Vec::new();
+            for s in scope.split_whitespace() {
+                if !data.scopes.iter().any(|x| x == s) {
+                    return token_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_scope",
+                        &format!("scope '{s}' was not granted"),
+                    );
+                }
+                if !requested.iter().any(|x| x == s) {
+                    requested.push(s.to_owned());
+                }
+            }
+            requested
+        }
+        _ => data.scopes.clone(),
+    };
+    if let Some(resource) = p.get("resource")
+        && resource.trim_end_matches('/') != data.resource
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "resource does not match the grant",
+        );
+    }
+    // The user's tenant must still be one that may sign in, by today's configuration.
+    match oauth
+        .upstream
+        .check_tenant(data.identity.tid.as_deref())
+        .await
+    {
+        Ok(()) => {}
+        Err(domain::Error::Forbidden(why)) => {
+            oauth.end_grant(&row.id, now).await;
+            tracing::warn!(reason = %why, grant = %row.id, "the grant's tenant may no longer sign in; grant revoked");
+            return invalid_grant("this sign-in's tenant may no longer sign in; sign in again");
+        }
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    // The user must still be good at the provider: refresh there too.
+    match data.upstream_refresh.clone() {
+        Some(upstream_refresh) => {
+            let scope = oauth.upstream.exchange_scopes(&data.scopes);
+            match oauth.upstream.refresh(&upstream_refresh, &scope).await {
+                Ok(tokens) => {
+                    if let Some(id_token) = tokens.id_token.as_deref() {
+                        match refreshed_identity(oauth, id_token, &data.identity).await {
+                            Ok(identity) => data.identity = identity,
+                            Err(why) => {
+                                oauth.end_grant(&row.id, now).await;
+                                tracing::warn!(reason = %why, grant = %row.id, "refreshed ID token rejected; grant revoked");
+                                return invalid_grant(
+                                    "the identity provider's refreshed ID token is not valid for this sign-in; the grant is revoked, sign in again",
+                                );
+                            }
+                        }
+                    }
+                    if tokens.refresh_token.is_some() {
+                        data.upstream_refresh = tokens.refresh_token;
+                    }
+                }
+                Err(domain::Error::Unavailable { .. }) => {
+                    return error_status(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the identity provider is unreachable",
+                    );
+                }
+                Err(e) => {
+                    oauth.end_grant(&row.id, now).await;
+                    tracing::info!(error = %e, grant = %row.id, "the identity provider refused the refresh; grant revoked");
+                    return invalid_grant(
+                        "the identity provider no longer accepts this sign-in; sign in again",
+                    );
+                }
+            }
+        }
+        None => {
+            // The provider issued no refresh token, so it cannot be asked again: the grant ends
+            // with the ID token it was issued with (also for grants stored before this rule).
+            if data.upstream_expires_at.is_none_or(|exp| exp <= now) {
+                oauth.end_grant(&row.id, now).await;
+                return invalid_grant(
+                    "this sign-in has expired (the identity provider issued no refresh token); sign in again",
+                );
+            }
+        }
+    }
+    let refresh = random_token(32);
+    let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
+        Ok(s) => s,
+        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
+    match oauth
+        .store
+        .rotate_refresh(&row.id, &hash, &sha256_hex(&refresh), &sealed, now)
+        .await
+    {
+        Ok(Rotation::Rotated) => issue(oauth, client_id, &row.id, &data, &scopes, &refresh).await,
+        Ok(Rotation::Lost) => {
+            oauth.end_grant(&row.id, now).await;
+            tracing::warn!(grant = %row.id, client_id, "refresh token used twice at once; grant revoked");
+            invalid_grant(
+                "this refresh token was already used; the grant is revoked, sign in again",
+            )
+        }
+        Err(e) => error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// The identity in a refreshed ID token: valid (signature, audience, issuer and tenant, times),
+/// and naming the same user in the same tenant as the grant. Anything else is a reason to end
+/// the grant, never to keep the earlier claims.
+pub(super) async fn refreshed_identity(
+    oauth: &OAuth,
+    id_token: &str,
+    earlier: &Identity,
+) -> Result<Identity, String> {
+    let audience = oauth.upstream.client_id.clone();
+    let claims = oauth
+        .upstream
+        .validate(id_token, &[audience.as_str()])
+        .await?;
+    let identity = Identity::from_claims(&claims).ok_or("the ID token names no user")?;
+    if identity.subject != earlier.subject {
+        return Err("the ID token names another user".to_owned());
+    }
+    if identity.tid != earlier.tid {
+        return Err("the ID token names another tenant".to_owned());
+    }
+    Ok(identity)
+}
+
+/// Mints an access token of grant `grant_id` with `scopes` (the grant's, or fewer) and answers
+/// with it and the new refresh token.
+pub(super) async fn issue(
+    oauth: &OAuth,
+    client_id: &str,
+    grant_id: &str,
+    data: &GrantData,
+    scopes: &[String],
+    refresh: &str,
+) -> Response {
+    let now = unix_now();
+    let ttl = oauth.access_ttl.as_secs() as i64;
+    let claims = AccessClaims {
+        iss: oauth.issuer.clone(),
+        sub: data.identity.subject.clone(),
+        aud: data.resource.clone(),
+        exp: now + ttl,
+        iat: now,
+        nbf: now,
+        jti: uuid::Uuid::new_v4().to_string(),
+        oid: data.identity.oid.clone(),
+        tid: data.identity.tid.clone(),
+        email: data.identity.email.clone(),
+        name: data.identity.name.clone(),
+        roles: data.identity.roles.clone(),
+        scope: scopes.join(" "),
+        client_id: client_id.to_owned(),
+        gid: Some(grant_id.to_owned()),
+    };
+    let access = match oauth.keys.sign(&claims).await {
+        Ok(t) => t,
+        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
+    let mut response = Json(json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": ttl,
+        "refresh_token": refresh,
+        "scope": claims.scope,
+    }))
+    .into_response();
+    let h = response.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    let actor = data
+        .identity
+        .principal(scopes.to_vec(), Some(client_id.to_owned()));
+    note(response, |n| n.actor = Some(actor))
+}
