@@ -4,7 +4,7 @@
 
 pub mod cursor;
 
-use domain::{HealthStatus, Server, ToolQuery};
+use domain::{HealthStatus, Principal, Server, ServerQuery, ToolHit, ToolQuery};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -81,4 +81,81 @@ pub fn tool_query(
             .transpose()?,
         limit,
     })
+}
+
+/// A page of servers as a caller asks for it on any edge; each field is as the caller typed
+/// it, and is validated here.
+#[derive(Debug, Default)]
+pub struct ServerFilter<'a> {
+    /// Only servers with this tag.
+    pub tag: Option<&'a str>,
+    /// Only servers in this status.
+    pub status: Option<&'a str>,
+    /// Only servers whose name, description or tags contain this text.
+    pub text: Option<&'a str>,
+    /// Where to continue (a cursor handed out with the previous page).
+    pub cursor: Option<&'a str>,
+    /// Page size.
+    pub limit: Option<u32>,
+    /// Only servers in this health.
+    pub health: Option<&'a str>,
+    /// `name` or `health`.
+    pub sort: Option<&'a str>,
+}
+
+/// The page of servers `caller` asked for with `filter`, and the cursor of the next page.
+/// `text_param` is what the edge calls the text filter (`q` on REST, `query` for the MCP
+/// tool), so that an error names the parameter the caller sent.
+pub async fn servers(
+    state: &AppState,
+    caller: &Principal,
+    filter: &ServerFilter<'_>,
+    text_param: &str,
+) -> domain::Result<(Vec<ServerView>, Option<String>)> {
+    let mut query = ServerQuery::parse(filter.tag, filter.status, filter.text, filter.limit)
+        .map_err(|e| renamed(e, text_param))?;
+    query.sort = filter
+        .sort
+        .map(|s| domain::ServerSort::parse_field(s, "sort"))
+        .transpose()?
+        .unwrap_or_default();
+    cursor::apply(&mut query, filter.cursor)?;
+    query.health = filter
+        .health
+        .map(|h| HealthStatus::parse_field(h, "health"))
+        .transpose()?;
+    query.visibility = state.gate.visibility(caller);
+    let page = state.registry.list_with_health(&query).await?;
+    let next_cursor = cursor::next(&page, query.sort);
+    Ok((
+        ServerView::all_with_health(state, page.items).await?,
+        next_cursor,
+    ))
+}
+
+/// The catalog's tools matching `text` (and `health`) that `caller` may see and call, at most
+/// `limit`; `text_param` as for [`servers`].
+pub async fn tools(
+    state: &AppState,
+    caller: &Principal,
+    text: Option<&str>,
+    health: Option<&str>,
+    limit: Option<u32>,
+    text_param: &str,
+) -> domain::Result<Vec<ToolHit>> {
+    let query = tool_query(state.gate.visibility(caller), text, health, limit)
+        .map_err(|e| renamed(e, text_param))?;
+    let mut hits = state.stores.catalog.search_tools(&query).await?;
+    crate::policy::callable_hits(state.gate.rules(), caller, &mut hits);
+    Ok(hits)
+}
+
+/// An invalid text filter, named as the edge names it.
+fn renamed(error: domain::Error, text_param: &str) -> domain::Error {
+    match error {
+        domain::Error::Invalid { field, message } if field == "q" && text_param != "q" => {
+            domain::Error::invalid(text_param, message)
+        }
+        other => other,
+    }
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::http::request::Parts;
-use domain::{Principal, Server, ServerDraft, ServerQuery};
+use domain::{Principal, Server, ServerDraft};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::Extension;
 use rmcp::handler::server::wrapper::Parameters;
@@ -14,7 +14,7 @@ use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::listing::{ServerView, cursor};
+use crate::listing::ServerView;
 use crate::state::AppState;
 
 /// The gateway's MCP server: one instance per session (or per stateless request), sharing
@@ -278,34 +278,17 @@ impl RegistryTools {
         outcome(
             async {
                 let caller = principal(&parts)?;
-                let mut query = ServerQuery::parse(
-                    args.tag.as_deref(),
-                    args.status.as_deref(),
-                    args.query.as_deref(),
-                    args.limit,
-                )
-                .map_err(|e| match e {
-                    domain::Error::Invalid { field, message } if field == "q" => {
-                        domain::Error::invalid("query", message)
-                    }
-                    other => other,
-                })?;
-                query.sort = args
-                    .sort
-                    .as_deref()
-                    .map(|s| domain::ServerSort::parse_field(s, "sort"))
-                    .transpose()?
-                    .unwrap_or_default();
-                cursor::apply(&mut query, args.cursor.as_deref())?;
-                query.health = args
-                    .health
-                    .as_deref()
-                    .map(|h| domain::HealthStatus::parse_field(h, "health"))
-                    .transpose()?;
-                query.visibility = self.state.gate.visibility(&caller);
-                let page = self.state.registry.list_with_health(&query).await?;
-                let next_cursor = cursor::next(&page, query.sort);
-                let views = ServerView::all_with_health(&self.state, page.items).await?;
+                let filter = crate::listing::ServerFilter {
+                    tag: args.tag.as_deref(),
+                    status: args.status.as_deref(),
+                    text: args.query.as_deref(),
+                    cursor: args.cursor.as_deref(),
+                    limit: args.limit,
+                    health: args.health.as_deref(),
+                    sort: args.sort.as_deref(),
+                };
+                let (views, next_cursor) =
+                    crate::listing::servers(&self.state, &caller, &filter, "query").await?;
                 let mut text = if views.is_empty() {
                     "No servers match.".to_owned()
                 } else {
@@ -423,20 +406,15 @@ impl RegistryTools {
         outcome(
             async {
                 let caller = principal(&parts)?;
-                let query = crate::listing::tool_query(
-                    self.state.gate.visibility(&caller),
+                let hits = crate::listing::tools(
+                    &self.state,
+                    &caller,
                     Some(&args.query),
                     args.health.as_deref(),
                     args.limit,
+                    "query",
                 )
-                .map_err(|e| match e {
-                    domain::Error::Invalid { field, message } if field == "q" => {
-                        domain::Error::invalid("query", message)
-                    }
-                    other => other,
-                })?;
-                let mut hits = self.state.stores.catalog.search_tools(&query).await?;
-                crate::policy::callable_hits(self.state.gate.rules(), &caller, &mut hits);
+                .await?;
                 let mut text = if hits.is_empty() {
                     format!("No tools match '{}'.", args.query)
                 } else {

@@ -122,13 +122,14 @@ async fn search_tools(
     Caller(caller): Caller,
     Query(params): Query<ToolParams>,
 ) -> Result<axum::Json<ToolList>, ApiError> {
-    let query = crate::listing::tool_query(
-        state.gate.visibility(&caller),
+    let tools = crate::listing::tools(
+        &state,
+        &caller,
         params.q.as_deref(),
         params.health.as_deref(),
         params.limit,
-    )?;
-    let mut tools = state.stores.catalog.search_tools(&query).await?;
-    crate::policy::callable_hits(state.gate.rules(), &caller, &mut tools);
+        "q",
+    )
+    .await?;
     Ok(axum::Json(ToolList { tools }))
 }

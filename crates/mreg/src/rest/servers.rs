@@ -4,14 +4,13 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
-use domain::{ServerDraft, ServerPatch, ServerQuery};
+use domain::{ServerDraft, ServerPatch};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::cursor;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{Body, Path, Query};
 use crate::authn::Caller;
@@ -110,29 +109,18 @@ async fn list_servers(
     Caller(caller): Caller,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<ServerList>, ApiError> {
-    let mut query = ServerQuery::parse(
-        params.tag.as_deref(),
-        params.status.as_deref(),
-        params.q.as_deref(),
-        params.limit,
-    )?;
-    query.sort = params
-        .sort
-        .as_deref()
-        .map(|s| domain::ServerSort::parse_field(s, "sort"))
-        .transpose()?
-        .unwrap_or_default();
-    cursor::apply(&mut query, params.cursor.as_deref())?;
-    query.health = params
-        .health
-        .as_deref()
-        .map(|h| domain::HealthStatus::parse_field(h, "health"))
-        .transpose()?;
-    query.visibility = state.gate.visibility(&caller);
-    let page = state.registry.list_with_health(&query).await?;
-    let next_cursor = cursor::next(&page, query.sort);
+    let filter = crate::listing::ServerFilter {
+        tag: params.tag.as_deref(),
+        status: params.status.as_deref(),
+        text: params.q.as_deref(),
+        cursor: params.cursor.as_deref(),
+        limit: params.limit,
+        health: params.health.as_deref(),
+        sort: params.sort.as_deref(),
+    };
+    let (servers, next_cursor) = crate::listing::servers(&state, &caller, &filter, "q").await?;
     Ok(axum::Json(ServerList {
-        servers: ServerView::all_with_health(&state, page.items).await?,
+        servers,
         next_cursor,
     }))
 }

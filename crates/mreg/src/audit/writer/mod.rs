@@ -12,6 +12,9 @@
 //! those is quarantined: logged, counted, and appended to the quarantine file next to the spool
 //! (`<spool>.quarantine`, JSON lines), never retried, so that one bad entry cannot stop the log.
 
+mod spool;
+mod status;
+
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -29,130 +32,21 @@ use super::refusals::Refusals;
 use super::{AuditEvent, Auditor, Inner, Redaction};
 use crate::store::audit::AuditStore;
 use crate::store::data_error_sqlstate;
+pub use spool::quarantine_path;
+use spool::*;
+pub use status::Status;
 
 /// Most events written in one transaction.
 const BATCH: usize = 1000;
+
 /// How long the writer gathers entries into one batch after the first arrives.
 const LINGER: Duration = Duration::from_millis(20);
+
 /// How long one database write may take before the batch is spooled instead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Longest pause between attempts to replay the spool while the database is down.
 const MAX_RETRY: Duration = Duration::from_secs(5);
-
-/// How the writer is doing, for `/readyz` and `/metrics`.
-#[derive(Debug, Default)]
-pub struct Status {
-    spooled_bytes: AtomicU64,
-    spooling: AtomicBool,
-    written: AtomicU64,
-    spooled: AtomicU64,
-    refused: AtomicU64,
-    quarantined: AtomicU64,
-    failing: AtomicBool,
-    saturated: AtomicBool,
-    /// Why the last attempt to replay the spool failed; `None` once one succeeds.
-    replay_failure: Mutex<Option<String>>,
-    /// Requests waiting until their row is kept, by event id (see [`Status::kept_when`]).
-    waiters: Mutex<HashMap<String, oneshot::Sender<()>>>,
-    waiting: AtomicU64,
-}
-
-impl Status {
-    /// Resolves once the event `id` is kept: written to the database, or to the spool (synced).
-    pub(super) fn kept_when(&self, id: &str) -> oneshot::Receiver<()> {
-        let (tx, rx) = oneshot::channel();
-        self.waiters
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned(), tx);
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        rx
-    }
-
-    /// Whether anyone waits for a row to be kept (so a batch's ids are worth collecting).
-    fn awaited(&self) -> bool {
-        self.waiting.load(Ordering::Relaxed) > 0
-    }
-
-    /// Tells whoever waits for the events `ids` that they are kept.
-    fn kept(&self, ids: &[String]) {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        for id in ids {
-            if let Some(waiter) = waiters.remove(id) {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                let _ = waiter.send(());
-            }
-        }
-    }
-
-    /// Bytes waiting in the spool.
-    pub fn spooled_bytes(&self) -> u64 {
-        self.spooled_bytes.load(Ordering::Relaxed)
-    }
-
-    /// Whether events currently go to the spool (the database is unreachable or catching up).
-    pub fn spooling(&self) -> bool {
-        self.spooling.load(Ordering::Relaxed)
-    }
-
-    /// Whether the last request that found the queue full waited for a place in vain (more
-    /// requests audited at once than the queue holds); cleared when one finds a place at once.
-    pub fn saturated_now(&self) -> bool {
-        self.saturated.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn saturated(&self, now: bool) {
-        if self.saturated.load(Ordering::Relaxed) != now {
-            self.saturated.store(now, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a batch can currently be kept nowhere (requests will be refused when the queue
-    /// fills).
-    pub fn failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
-    }
-
-    /// Events written to the database, events written to the spool, and requests refused
-    /// because the queue was full.
-    pub fn counts(&self) -> (u64, u64, u64) {
-        (
-            self.written.load(Ordering::Relaxed),
-            self.spooled.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-        )
-    }
-
-    /// Events the database refused as data, kept in the quarantine file instead.
-    pub fn quarantined(&self) -> u64 {
-        self.quarantined.load(Ordering::Relaxed)
-    }
-
-    /// Why replaying the spool failed the last time it was tried, while entries still wait in
-    /// it; `None` when the last attempt succeeded (or there is nothing to replay).
-    pub fn replay_failure(&self) -> Option<String> {
-        self.replay_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Records the outcome of a replay attempt; says whether the failure is new (not the same as
-    /// the last one).
-    fn set_replay_failure(&self, failure: Option<String>) -> bool {
-        let mut last = self
-            .replay_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let new = failure.is_some() && *last != failure;
-        *last = failure;
-        new
-    }
-
-    pub(super) fn refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// Writer settings.
 #[derive(Debug, Clone)]
@@ -302,13 +196,6 @@ async fn next_event(rx: &mut mpsc::Receiver<AuditEvent>, closing: bool) -> Optio
             None
         }
     }
-}
-
-/// Where entries the database refuses as data are kept: the spool's path plus `.quarantine`.
-pub fn quarantine_path(spool: &Path) -> PathBuf {
-    let mut path = spool.as_os_str().to_owned();
-    path.push(".quarantine");
-    path.into()
 }
 
 /// How far [`Task::write`] got.
@@ -638,155 +525,6 @@ impl Task {
     fn back_off(&mut self) {
         self.next_replay = Instant::now() + self.retry;
         self.retry = (self.retry * 2).clamp(Duration::from_millis(250), MAX_RETRY);
-    }
-}
-
-/// Events read from the spool for replay.
-struct Chunk {
-    events: Vec<AuditEvent>,
-    /// The spool position after each event.
-    ends: Vec<u64>,
-    /// The position after the chunk (past any unreadable line after the last event).
-    next: u64,
-}
-
-/// The spool file: JSON lines, appended and synced; `read` is where replay has got to.
-struct Spool {
-    path: PathBuf,
-    file: File,
-    len: u64,
-    read: u64,
-    max: u64,
-}
-
-impl Spool {
-    fn open(path: &Path, max: u64) -> anyhow::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the directory of {}", path.display()))?;
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
-            .with_context(|| format!("cannot open the audit spool {}", path.display()))?;
-        file.try_lock().map_err(|_| {
-            anyhow::anyhow!(
-                "the audit spool {} is in use by another mreg process; give each instance its own MREG_AUDIT_SPOOL (or MREG_DATA_DIR)",
-                path.display()
-            )
-        })?;
-        // A line cut short by a crash is dropped; everything before it is whole.
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut text)?;
-        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        if whole < text.len() {
-            tracing::warn!(
-                spool = %path.display(),
-                bytes = text.len() - whole,
-                "the audit spool ends in an incomplete entry (written during a crash); dropping it"
-            );
-            file.set_len(whole as u64)?;
-        }
-        file.seek(SeekFrom::End(0))?;
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-            len: whole as u64,
-            read: 0,
-            max,
-        })
-    }
-
-    fn pending(&self) -> bool {
-        self.read < self.len
-    }
-
-    fn pending_bytes(&self) -> u64 {
-        self.len - self.read
-    }
-
-    fn append(&mut self, events: &[AuditEvent]) -> anyhow::Result<()> {
-        let mut buf = Vec::with_capacity(events.len() * 512);
-        for event in events {
-            serde_json::to_writer(&mut buf, event)?;
-            buf.push(b'\n');
-        }
-        if self.len + buf.len() as u64 > self.max {
-            anyhow::bail!(
-                "the audit spool {} is full ({} of {} bytes; MREG_AUDIT_SPOOL_MAX_MB)",
-                self.path.display(),
-                self.len,
-                self.max
-            );
-        }
-        let written = self
-            .file
-            .write_all(&buf)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            // Cut back whatever part was written, so that the batch is either whole or absent.
-            let _ = self.file.set_len(self.len);
-            return Err(e).with_context(|| format!("cannot write to {}", self.path.display()));
-        }
-        self.len += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Up to `max` events from the replay position (sanitised: a spool written before NULs were
-    /// replaced may hold some), and the positions after them; `None` at the end.
-    fn read_chunk(&mut self, max: usize) -> anyhow::Result<Option<Chunk>> {
-        if !self.pending() {
-            return Ok(None);
-        }
-        let mut reader = BufReader::new(File::open(&self.path)?);
-        reader.seek(SeekFrom::Start(self.read))?;
-        let mut events = Vec::new();
-        let mut ends = Vec::new();
-        let mut at = self.read;
-        let mut line = String::new();
-        while events.len() < max && at < self.len {
-            line.clear();
-            let n = reader.read_line(&mut line)?;
-            if n == 0 {
-                break;
-            }
-            at += n as u64;
-            match serde_json::from_str::<AuditEvent>(line.trim_end()) {
-                Ok(mut event) => {
-                    event.sanitise();
-                    events.push(event);
-                    ends.push(at);
-                }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    offset = at - n as u64,
-                    "an audit spool line is not an entry; skipping it"
-                ),
-            }
-        }
-        if events.is_empty() && at >= self.len {
-            self.read = at;
-            return Ok(None);
-        }
-        Ok(Some(Chunk {
-            events,
-            ends,
-            next: at,
-        }))
-    }
-
-    fn advance(&mut self, to: u64) {
-        self.read = to;
-    }
-
-    fn clear(&mut self) -> anyhow::Result<()> {
-        self.file.set_len(0)?;
-        self.file.sync_data()?;
-        self.len = 0;
-        self.read = 0;
-        Ok(())
     }
 }
 
