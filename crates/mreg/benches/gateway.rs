@@ -227,7 +227,7 @@ async fn bare_passthrough(upstream: &str) -> String {
     // The same client as the gateway's, with its egress guard (loopback allowed, as without
     // authentication).
     let egress = std::sync::Arc::new(mreg::egress::Egress::new(true, Vec::new(), None));
-    let client = mreg::proxy::client::gateway_client(egress).expect("client");
+    let client = mreg::proxy::http_client::gateway_client(egress).expect("client");
     let target: axum::http::Uri = upstream.parse().expect("uri");
     let router = axum::Router::new().route(
         "/mcp",

@@ -278,7 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         cipher: cipher.clone(),
         egress: egress.clone(),
-        gateway: crate::proxy::client::gateway_client(egress.clone())?,
+        gateway: crate::proxy::http_client::gateway_client(egress.clone())?,
         upstream,
     });
     let state = crate::state::AppState::new(crate::state::Shared {

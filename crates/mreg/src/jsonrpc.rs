@@ -398,7 +398,7 @@ pub fn error_with_data(
     data: Option<Value>,
 ) -> Response {
     let message = message.into();
-    let failure = Failure(message.clone());
+    let noted = message.clone();
     let mut error = json!({ "code": code, "message": message });
     // Every error of the gateway says its HTTP status in `data`, as the edge's do.
     let mut data = data.unwrap_or_else(|| json!({}));
@@ -415,14 +415,8 @@ pub fn error_with_data(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response.extensions_mut().insert(failure);
-    response
+    crate::audit::Note::failed(response, noted)
 }
-
-/// The message of an error answer the gateway made itself, kept in the response's extensions
-/// for the audit row.
-#[derive(Debug, Clone)]
-pub struct Failure(pub String);
 
 /// For an answer streamed as SSE: set, once the stream is over, to why the upstream failed to
 /// answer (it ended or broke off the stream first). Kept in the response's extensions, so that

@@ -9,6 +9,7 @@
 //! spool file while the database is unreachable and replays it, in order and exactly once (rows
 //! are keyed by their event id), when it returns. Request latency never waits for the database.
 
+mod note;
 mod refusals;
 pub mod writer;
 
@@ -30,6 +31,7 @@ pub use domain::audit::{
     AuditEvent, AuditRecord, GENESIS, NUL_REPLACEMENT, chain, decision, outcome, sanitise,
     sanitise_json,
 };
+pub use note::Note;
 
 /// Longest a request waits for a place in a full audit queue while the writer catches up.
 pub const QUEUE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

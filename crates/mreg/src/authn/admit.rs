@@ -5,8 +5,8 @@ use super::*;
 
 /// The rest of the chain for an authenticated request: rate limit and REST roles (a refusal is
 /// audited), then the audit entry of a REST mutation (its redacted JSON body as arguments, its
-/// status as outcome), then the handler. MCP messages are audited where they are read: by the
-/// gateway's tools and by the proxy.
+/// outcome from the answer's [`crate::audit::Note`]), then the handler. MCP messages are
+/// audited where they are read: by the gateway's tools and by the proxy.
 pub(super) async fn admit<S>(
     state: &Authenticator,
     principal: Arc<Principal>,
@@ -51,7 +51,7 @@ where
             }
             Err(e) => return audit_unavailable(&e),
         }
-        return state.gate.refused(&refusal);
+        return crate::policy::answer::rest(&refusal);
     }
     let mutation = !matches!(
         *request.method(),
@@ -110,22 +110,12 @@ where
         Request::from_parts(parts, axum::body::Body::from(bytes)),
     )
     .await;
-    // A change is answered once its row is kept: a crash the next moment loses no change.
-    if response.status().is_success() {
-        entry.finish_kept(Ok(())).await;
-        return response;
-    }
-    // A failed mutation's row says why: the error body's message (small; read and put back).
-    let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("HTTP {}", parts.status.as_u16()));
-    entry.finish_kept(Err(message)).await;
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+    // A change is answered once its row is kept: a crash the next moment loses no change. A
+    // failed one says why: the error answer's note (the message the caller got).
+    entry
+        .finish_kept(crate::audit::Note::outcome(&response, false))
+        .await;
+    response
 }
 
 /// The request id and the operation (`METHOD /route`) of a request, for its audit row.

@@ -59,7 +59,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 }
 
 /// Why a request is refused.
-enum Refusal {
+enum Rejection {
     /// No usable token: 401.
     Invalid(String),
     /// A required scope is missing: 403.
@@ -209,12 +209,12 @@ where
     };
     match principal(oauth, state, token, &resource).await {
         Ok(principal) => admit(state, principal, request, inner).await,
-        Err(Refusal::Invalid(why)) => {
+        Err(Rejection::Invalid(why)) => {
             tracing::info!(reason = %why, "bearer token refused");
             challenge(oauth, &resource, Some(&why))
         }
-        Err(Refusal::Scope) => insufficient_scope(oauth, &resource),
-        Err(Refusal::Unavailable(e)) => ApiError::from(e).into_response(),
+        Err(Rejection::Scope) => insufficient_scope(oauth, &resource),
+        Err(Rejection::Unavailable(e)) => ApiError::from(e).into_response(),
     }
 }
 

@@ -106,7 +106,7 @@ pub(super) async fn principal(
     state: &Authenticator,
     token: &str,
     resource: &str,
-) -> Result<Arc<Principal>, Refusal> {
+) -> Result<Arc<Principal>, Rejection> {
     let key = format!("auth:token:{}", sha256_hex(token));
     // A token decoded here before names its grant: the grant's revocation marker is fetched in
     // the same round trip as the cache entry.
@@ -142,11 +142,13 @@ pub(super) async fn principal(
                         .cache
                         .get(&grant_revoked_key(grant))
                         .await
-                        .map_err(Refusal::Unavailable)?
+                        .map_err(Rejection::Unavailable)?
                         .is_some(),
                 };
                 if revoked {
-                    return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+                    return Err(Rejection::Invalid(
+                        "the token's grant was revoked".to_owned(),
+                    ));
                 }
             }
             memo
@@ -177,7 +179,7 @@ pub(super) async fn principal(
             .iter()
             .any(|a| oauth.accepts_audience(a, resource))
     {
-        return Err(Refusal::Invalid(format!(
+        return Err(Rejection::Invalid(format!(
             "the token is for another resource, not {resource}"
         )));
     }
@@ -187,7 +189,7 @@ pub(super) async fn principal(
             .iter()
             .all(|s| validated.principal.scopes.contains(s))
     {
-        return Err(Refusal::Scope);
+        return Err(Rejection::Scope);
     }
     Ok(validated.principal.clone())
 }
@@ -197,9 +199,9 @@ pub(super) async fn validate(
     oauth: &OAuth,
     state: &Authenticator,
     token: &str,
-) -> Result<(Validated, i64), Refusal> {
+) -> Result<(Validated, i64), Rejection> {
     let header = jsonwebtoken::decode_header(token)
-        .map_err(|_| Refusal::Invalid("the token is not a JWT".to_owned()))?;
+        .map_err(|_| Rejection::Invalid("the token is not a JWT".to_owned()))?;
     let ours = header
         .kid
         .as_deref()
@@ -209,7 +211,7 @@ pub(super) async fn validate(
             .keys
             .verify(token, &oauth.issuer, None, oauth.skew)
             .await
-            .map_err(Refusal::Invalid)?;
+            .map_err(Rejection::Invalid)?;
         let revoked_jti = format!("oauth:revoked:{}", claims.jti);
         let revoked_grant = claims.gid.as_deref().map(grant_revoked_key);
         let mut keys = vec![revoked_jti.as_str()];
@@ -217,10 +219,12 @@ pub(super) async fn validate(
         match state.cache.get_many(&keys).await {
             Ok(markers) => {
                 if markers.first().is_some_and(Option::is_some) {
-                    return Err(Refusal::Invalid("the token was revoked".to_owned()));
+                    return Err(Rejection::Invalid("the token was revoked".to_owned()));
                 }
                 if markers.get(1).is_some_and(Option::is_some) {
-                    return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+                    return Err(Rejection::Invalid(
+                        "the token's grant was revoked".to_owned(),
+                    ));
                 }
             }
             // The cache is down: its markers are a copy of what the database decides for grants
@@ -234,9 +238,11 @@ pub(super) async fn validate(
                         .grants
                         .grant_live(grant, now)
                         .await
-                        .map_err(Refusal::Unavailable)?;
+                        .map_err(Rejection::Unavailable)?;
                     if !live {
-                        return Err(Refusal::Invalid("the token's grant was revoked".to_owned()));
+                        return Err(Rejection::Invalid(
+                            "the token's grant was revoked".to_owned(),
+                        ));
                     }
                 }
                 tracing::debug!(error = %e, "revocation markers unavailable: grant checked in the database");
@@ -267,11 +273,11 @@ pub(super) async fn validate(
         .upstream
         .validate(token, &audiences)
         .await
-        .map_err(Refusal::Invalid)?;
+        .map_err(Rejection::Invalid)?;
     let access = provider_access(&claims, matches!(oauth.upstream.kind, Kind::Oidc))
-        .map_err(|why| Refusal::Invalid(why.to_owned()))?;
+        .map_err(|why| Rejection::Invalid(why.to_owned()))?;
     let identity = Identity::from_claims(&claims)
-        .ok_or_else(|| Refusal::Invalid("the token names no subject".to_owned()))?;
+        .ok_or_else(|| Rejection::Invalid("the token names no subject".to_owned()))?;
     let exp = claims["exp"].as_i64().unwrap_or(0);
     Ok((
         Validated {

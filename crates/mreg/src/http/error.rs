@@ -184,6 +184,8 @@ fn field_of(text: &str) -> Option<String> {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The audit row of the request reads why it failed from here, not from the body.
+        let noted = self.message.clone();
         let body = ErrorBody {
             error: self.code.to_owned(),
             message: self.message,
@@ -198,7 +200,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        response
+        crate::audit::Note::failed(response, noted)
     }
 }
 

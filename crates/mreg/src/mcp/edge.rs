@@ -174,7 +174,7 @@ fn code_of(status: StatusCode) -> i64 {
 /// Rewrites an error answer as a JSON-RPC error body, or, when it already is one, gives it the
 /// request's id.
 async fn as_json_rpc(response: Response, id: Option<&Value>) -> Response {
-    let (mut parts, body) = response.into_parts();
+    let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY_BYTES)
         .await
         .unwrap_or_default();
@@ -235,13 +235,11 @@ async fn as_json_rpc(response: Response, id: Option<&Value>) -> Response {
         "id": id.cloned().unwrap_or(Value::Null),
         "error": { "code": code, "message": text, "data": data },
     });
-    parts.extensions.insert(rpc::Failure(
-        message["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    ));
-    rebuilt(parts, &message)
+    let error = message["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    crate::audit::Note::failed(rebuilt(parts, &message), error)
 }
 
 /// `parts` with `message` as its JSON body.

@@ -170,10 +170,13 @@ fn describe_view(view: &ServerView) -> String {
 }
 
 /// A refusal as a JSON-RPC error: what is missing, or when to retry (`data.retry_after_ms`).
-fn policy_error(state: &AppState, refusal: &crate::policy::Refusal) -> ErrorData {
-    state.metrics.refused(refusal.reason());
-    let (code, data) = crate::policy::rpc_error(refusal);
-    ErrorData::new(rmcp::model::ErrorCode(code as i32), refusal.message(), data)
+fn policy_error(refusal: &crate::policy::Refusal) -> ErrorData {
+    let (code, data) = crate::policy::answer::rpc(refusal);
+    ErrorData::new(
+        rmcp::model::ErrorCode(code as i32),
+        refusal.message(),
+        Some(data),
+    )
 }
 
 fn outcome(result: Result<CallToolResult, domain::Error>) -> Result<CallToolResult, ErrorData> {
@@ -489,7 +492,7 @@ impl ServerHandler for RegistryTools {
             entry.arguments(serde_json::Value::Object(arguments.clone()));
         }
         if let Err(refusal) = self.state.gate.admit_tool(&caller, &request.name).await {
-            let error = policy_error(&self.state, &refusal);
+            let error = policy_error(&refusal);
             entry.refused(&refusal);
             return Err(error);
         }

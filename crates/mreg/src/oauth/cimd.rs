@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use url::Url;
 
-use super::clients::{self, Client, Refusal, RegistrationRequest};
+use super::registrations::{self, Client, RegistrationError, RegistrationRequest};
 
 /// Largest document accepted.
 const MAX_DOCUMENT: usize = 5 * 1024;
@@ -21,8 +21,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a fetched document is trusted when it says nothing (`Cache-Control: max-age`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
-fn refuse(description: impl Into<String>) -> Refusal {
-    Refusal {
+fn refuse(description: impl Into<String>) -> RegistrationError {
+    RegistrationError {
         error: "invalid_client",
         description: description.into(),
     }
@@ -51,13 +51,13 @@ pub async fn fetch(
     client_id: &str,
     allow_private: bool,
     supported_scopes: &[String],
-) -> Result<(Client, Duration), Refusal> {
+) -> Result<(Client, Duration), RegistrationError> {
     let url = Url::parse(client_id).map_err(|_| refuse("the client_id is not a URL"))?;
     let host = url
         .host_str()
         .ok_or_else(|| refuse("the client_id URL has no host"))?
         .to_owned();
-    let loopback_http = url.scheme() == "http" && allow_private && clients::is_loopback(&url);
+    let loopback_http = url.scheme() == "http" && allow_private && registrations::is_loopback(&url);
     if url.scheme() != "https" && !loopback_http {
         return Err(refuse(
             "a client_id metadata document must be served over https",
@@ -138,7 +138,7 @@ pub async fn fetch(
     }
     let request: RegistrationRequest = serde_json::from_value(document)
         .map_err(|e| refuse(format!("the client's metadata document is malformed: {e}")))?;
-    let client = clients::register(request, supported_scopes, client_id.to_owned(), 0)?;
+    let client = registrations::register(request, supported_scopes, client_id.to_owned(), 0)?;
     Ok((client, ttl))
 }
 

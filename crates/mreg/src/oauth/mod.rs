@@ -10,10 +10,10 @@
 //! Provider tokens stay sealed in the database; clients never see them.
 
 pub mod cimd;
-pub mod clients;
 mod endpoints;
 pub mod keys;
 mod metadata;
+pub mod registrations;
 pub mod upstream;
 
 use std::sync::Arc;

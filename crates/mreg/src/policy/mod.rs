@@ -37,34 +37,18 @@
 //! The rules themselves (the seed mapping, the file's format, the decisions) are the model in
 //! [`crate::config::policy`]; this module applies them to requests.
 
+pub mod answer;
 pub mod limits;
 
 use std::sync::Arc;
 
-use axum::response::{IntoResponse, Response};
 use domain::{Cache, Principal};
 
 pub use crate::config::policy::{
     DEFAULT_SERVER_RULE, Denial, Policy, RateLimits, Refusal, Roles, ServerRule,
 };
-use crate::http::error::ApiError;
 use crate::metrics::Metrics;
 use limits::Limits;
-
-/// The JSON-RPC error code and data an MCP caller gets for `refusal`: forbidden
-/// (`data.required_roles`), or rate limited (`data.retry_after_ms`).
-pub fn rpc_error(refusal: &Refusal) -> (i64, Option<serde_json::Value>) {
-    match refusal {
-        Refusal::Denied(denial) => (
-            crate::jsonrpc::FORBIDDEN,
-            Some(serde_json::json!({ "required_roles": denial.required })),
-        ),
-        Refusal::Limited(wait) => (
-            crate::jsonrpc::RATE_LIMITED,
-            Some(serde_json::json!({ "retry_after_ms": wait.as_millis() as u64 })),
-        ),
-    }
-}
 
 /// The policy chain after authentication as one service: the rules, this instance's rate
 /// limiter and the cache its budgets live in. Built once; every listener asks it (a clone
@@ -118,36 +102,30 @@ impl Gate {
         route: Option<&str>,
         counts: bool,
     ) -> Result<(), Refusal> {
-        if counts {
-            self.spend(principal, None).await?;
-        }
-        if let Some(route) = route
-            && route.starts_with("/api/")
-        {
-            self.rules
-                .rest(principal, method.as_str(), route)
-                .map_err(Refusal::Denied)?;
-        }
-        Ok(())
-    }
-
-    /// The HTTP answer to a refusal: 403 naming the role, or 429 with `Retry-After`.
-    pub fn refused(&self, refusal: &Refusal) -> Response {
-        self.metrics.refused(refusal.reason());
-        match refusal {
-            Refusal::Denied(denial) => ApiError::from(domain::Error::Forbidden(refusal.message()))
-                .with_required_roles(denial.required.clone())
-                .into_response(),
-            Refusal::Limited(wait) => {
-                ApiError::rate_limited(refusal.message(), *wait).into_response()
+        let decided = async {
+            if counts {
+                self.spend(principal, None).await?;
             }
+            if let Some(route) = route
+                && route.starts_with("/api/")
+            {
+                self.rules
+                    .rest(principal, method.as_str(), route)
+                    .map_err(Refusal::Denied)?;
+            }
+            Ok(())
         }
+        .await;
+        self.counted(decided)
     }
 
     /// Admits a call of the gateway tool `tool`: the principal × tool budget, then the roles.
     pub async fn admit_tool(&self, principal: &Principal, tool: &str) -> Result<(), Refusal> {
-        self.spend(principal, Some(tool)).await?;
-        self.rules.tool(principal, tool).map_err(Refusal::Denied)
+        let decided = match self.spend(principal, Some(tool)).await {
+            Ok(()) => self.rules.tool(principal, tool).map_err(Refusal::Denied),
+            Err(refusal) => Err(refusal),
+        };
+        self.counted(decided)
     }
 
     /// Admits one message to registered server `server`: the server's roles and, for
@@ -175,7 +153,16 @@ impl Gate {
         if let Err(refusal) = &admitted {
             crate::audit::note_refusal(refusal);
         }
-        admitted
+        self.counted(admitted)
+    }
+
+    /// Counts a refusal in `mreg_policy_refusals_total`, where it is decided (once, whatever
+    /// edge then answers it).
+    fn counted(&self, decided: Result<(), Refusal>) -> Result<(), Refusal> {
+        if let Err(refusal) = &decided {
+            self.metrics.refused(refusal.reason());
+        }
+        decided
     }
 
     /// Which servers `principal` may see and reach: its tenant's, tenantless and shared ones

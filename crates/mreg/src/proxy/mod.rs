@@ -10,8 +10,8 @@
 
 mod relay;
 
-pub mod client;
 pub mod forward;
+pub mod http_client;
 pub mod session;
 mod stream;
 
@@ -34,7 +34,7 @@ use crate::jsonrpc::MAX_MCP_BODY_BYTES;
 use crate::jsonrpc::{self as rpc, McpCall};
 use crate::metrics::Metrics;
 use crate::policy::Gate;
-use client::GatewayClient;
+use http_client::GatewayClient;
 use relay::*;
 
 /// Request headers passed on to the upstream (besides `mcp-param-*`).
@@ -160,8 +160,8 @@ pub async fn handle(
             metrics.server_call(&name, &method, tool.as_deref(), outcome, elapsed);
         });
     }
-    let failure = response.extensions().get::<rpc::Failure>();
-    if let (None, Some(outcome)) = (failure, response.extensions().get::<rpc::StreamOutcome>()) {
+    let failed = crate::audit::Note::error_of(&response).is_some();
+    if let (false, Some(outcome)) = (failed, response.extensions().get::<rpc::StreamOutcome>()) {
         // A streamed answer: the row is completed when the stream ends (or cancelled, when the
         // caller goes away first), with the stream's real outcome and duration.
         // It holds no place in the audit queue meanwhile: streams may last, and the queue's
@@ -174,11 +174,7 @@ pub async fn handle(
             Body::from_stream(stream::audited(body, entry, outcome)),
         );
     }
-    entry.finish(match failure {
-        Some(rpc::Failure(message)) => Err(message.clone()),
-        None if response.status().is_success() => Ok(()),
-        None => Err(format!("HTTP {}", response.status().as_u16())),
-    });
+    entry.finish(crate::audit::Note::outcome(&response, false));
     response
 }
 

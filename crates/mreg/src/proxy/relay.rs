@@ -76,23 +76,11 @@ pub(super) async fn forward_to(
     }
     if let Err(refusal) = admit(state, caller, server.name.as_str(), &call).await {
         entry.decide(&refusal);
-        // A refused tool call is an error answer inside the session; a refused server or a
-        // spent budget is an HTTP status (403, or 429 with Retry-After).
-        state.metrics.refused(refusal.reason());
-        let (code, data) = crate::policy::rpc_error(&refusal);
-        let status = match (&refusal, call.method == "tools/call") {
-            (_, true) => StatusCode::OK,
-            (crate::policy::Refusal::Denied(_), false) => StatusCode::FORBIDDEN,
-            (crate::policy::Refusal::Limited(_), false) => StatusCode::TOO_MANY_REQUESTS,
-        };
-        let mut response =
-            rpc::error_with_data(status, call.id.as_ref(), code, refusal.message(), data);
-        if let Some(secs) = refusal.retry_after_secs()
-            && let Ok(value) = HeaderValue::from_str(&secs.to_string())
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
+        return crate::policy::answer::jsonrpc(
+            &refusal,
+            call.id.as_ref(),
+            call.method == "tools/call",
+        );
     }
     let upstream_session = match parts.headers.get(SESSION_HEADER) {
         None => None,

@@ -43,8 +43,8 @@ pub async fn authorize(
         }
     };
     let native = client.application_type == "native";
-    if !clients::redirect_matches(&client.redirect_uris, &redirect_uri)
-        || clients::check_redirect_uri(&redirect_uri, native).is_err()
+    if !registrations::redirect_matches(&client.redirect_uris, &redirect_uri)
+        || registrations::check_redirect_uri(&redirect_uri, native).is_err()
     {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -55,7 +55,7 @@ pub async fn authorize(
     // its redirect URI proves nothing: until the user has seen the consent page, errors are
     // shown here rather than sent to the redirect URI (no open redirector).
     let fail = |error: &str, description: &str| {
-        note(
+        Note::on(
             error_page(
                 StatusCode::BAD_REQUEST,
                 &format!(

@@ -37,7 +37,7 @@ pub async fn callback(
             "This sign-in was not approved on the consent page.",
         );
     }
-    if clients::check_redirect_uri(&txn.redirect_uri, txn.native).is_err() {
+    if registrations::check_redirect_uri(&txn.redirect_uri, txn.native).is_err() {
         return error_page(
             StatusCode::BAD_REQUEST,
             "The client's redirect URI is no longer acceptable.",
@@ -160,5 +160,5 @@ pub async fn callback(
         }
         q.append_pair("iss", &oauth.issuer);
     }
-    note(redirect(url.as_str()), |n| n.actor = Some(actor))
+    Note::on(redirect(url.as_str()), |n| n.actor = Some(actor))
 }

@@ -1,28 +1,7 @@
 //! What every OAuth endpoint passes on its way in and out: the per-address budget and the audit row
-//! (the endpoints tell the row their outcome through an [`AuditNote`] on the response).
+//! (the endpoints tell the row their outcome through a [`Note`] on the response).
 
 use super::*;
-
-/// What an OAuth endpoint tells the audit layer ([`audited`]) about a request it handled,
-/// carried in the response's extensions.
-#[derive(Debug, Clone, Default)]
-pub(super) struct AuditNote {
-    pub(super) operation: Option<&'static str>,
-    pub(super) actor: Option<domain::Principal>,
-    pub(super) client_id: Option<String>,
-    pub(super) error: Option<String>,
-}
-
-pub(super) fn note(mut response: Response, f: impl FnOnce(&mut AuditNote)) -> Response {
-    let extensions = response.extensions_mut();
-    if extensions.get::<AuditNote>().is_none() {
-        extensions.insert(AuditNote::default());
-    }
-    if let Some(n) = extensions.get_mut::<AuditNote>() {
-        f(n);
-    }
-    response
-}
 
 impl OAuth {
     /// The caller's address, when requests are limited per address.
@@ -39,21 +18,6 @@ impl OAuth {
             _ => Ok(()),
         }
     }
-}
-
-/// The answer to a caller over its address budget.
-pub(super) fn too_many(refusal: &crate::policy::Refusal) -> Response {
-    let mut response = token_error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "temporarily_unavailable",
-        &format!("too many requests from this address: {}", refusal.message()),
-    );
-    if let Some(secs) = refusal.retry_after_secs() {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
 }
 
 /// Middleware of the authorization pages (`/authorize`, `/consent`): each request spends the
@@ -86,7 +50,7 @@ pub async fn limited(
             );
         }
     }
-    too_many(&refusal)
+    crate::policy::answer::oauth(&refusal)
 }
 
 /// The actor of a request made before sign-in.
@@ -129,14 +93,10 @@ pub async fn audited(
     };
     if let Err(refusal) = oauth.admit_address(oauth.address_of(&request)).await {
         entry.refused(&refusal);
-        return too_many(&refusal);
+        return crate::policy::answer::oauth(&refusal);
     }
     let response = next.run(request).await;
-    let n = response
-        .extensions()
-        .get::<AuditNote>()
-        .cloned()
-        .unwrap_or_default();
+    let n = Note::of(&response).cloned().unwrap_or_default();
     if let Some(op) = n.operation {
         entry.operation(op);
     }
@@ -146,14 +106,6 @@ pub async fn audited(
     if let Some(client) = &n.client_id {
         entry.client(client);
     }
-    let status = response.status();
-    let ok = (status.is_success() || status.is_redirection()) && n.error.is_none();
-    entry.finish(if ok {
-        Ok(())
-    } else {
-        Err(n
-            .error
-            .unwrap_or_else(|| format!("HTTP {}", status.as_u16())))
-    });
+    entry.finish(Note::outcome(&response, true));
     response
 }

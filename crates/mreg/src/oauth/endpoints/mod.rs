@@ -23,9 +23,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use url::Url;
 
+use crate::audit::Note;
 use crate::oauth::cimd;
-use crate::oauth::clients::{self, Client, RegistrationRequest};
 use crate::oauth::keys::AccessClaims;
+use crate::oauth::registrations::{self, Client, RegistrationRequest};
 use crate::oauth::{
     Identity, OAuth, TRANSACTION_TTL, grant_revoked_key, pkce_challenge, random_token, sha256_hex,
     unix_now,
@@ -36,7 +37,6 @@ use authorize::bound_transaction;
 pub use authorize::{authorize, consent, consent_page};
 pub use callback::callback;
 use cookie::*;
-use edge::*;
 pub use edge::{audited, limited};
 use pages::*;
 pub use register::register;
@@ -141,7 +141,7 @@ fn redirect_error(
         }
         q.append_pair("iss", &oauth.issuer);
     }
-    note(redirect(url.as_str()), |n| {
+    Note::on(redirect(url.as_str()), |n| {
         n.error = Some(format!("{error}: {description}"));
     })
 }

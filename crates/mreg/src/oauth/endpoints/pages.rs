@@ -49,7 +49,7 @@ pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
         "Sign-in cannot continue",
         &format!("<p>{}</p>", escape(message)),
     );
-    note(response, |n| n.error = Some(message.to_owned()))
+    Note::on(response, |n| n.error = Some(message.to_owned()))
 }
 
 pub(super) fn error_status(status: StatusCode, message: &str) -> Response {
@@ -59,5 +59,5 @@ pub(super) fn error_status(status: StatusCode, message: &str) -> Response {
         Json(json!({"error": "server_error", "error_description": "the authorization server could not complete the request"})),
     )
         .into_response();
-    note(response, |n| n.error = Some(message.to_owned()))
+    Note::on(response, |n| n.error = Some(message.to_owned()))
 }

@@ -10,7 +10,7 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
             Json(json!({"error": error, "error_description": description})),
         )
             .into_response();
-        note(response, |n| {
+        Note::on(response, |n| {
             n.error = Some(format!("{error}: {description}"))
         })
     };
@@ -24,10 +24,11 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
         }
     };
     let client_id = uuid::Uuid::new_v4().to_string();
-    let client = match clients::register(request, &oauth.supported_scopes, client_id, unix_now()) {
-        Ok(c) => c,
-        Err(r) => return refusal(r.error, &r.description),
-    };
+    let client =
+        match registrations::register(request, &oauth.supported_scopes, client_id, unix_now()) {
+            Ok(c) => c,
+            Err(r) => return refusal(r.error, &r.description),
+        };
     // Open registration must not grow the table without bound: clients that never signed in
     // are pruned after a week, and until then at most `MREG_OAUTH_MAX_IDLE_CLIENTS` exist.
     match oauth.store.idle_clients().await {
@@ -46,7 +47,7 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
             let h = response.headers_mut();
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            return note(response, |n| {
+            return Note::on(response, |n| {
                 n.error = Some(format!("temporarily_unavailable: {description}"))
             });
         }
@@ -69,5 +70,5 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    note(response, |n| n.client_id = Some(client.client_id.clone()))
+    Note::on(response, |n| n.client_id = Some(client.client_id.clone()))
 }

@@ -58,5 +58,5 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    note(response, |n| n.client_id = Some(client_id))
+    Note::on(response, |n| n.client_id = Some(client_id))
 }

@@ -16,7 +16,7 @@ pub(super) fn token_error(status: StatusCode, error: &str, description: &str) ->
             HeaderValue::from_static("Basic realm=\"mreg\""),
         );
     }
-    note(response, |n| {
+    Note::on(response, |n| {
         n.error = Some(format!("{error}: {description}"))
     })
 }
@@ -114,7 +114,7 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: St
     };
     let response = match p.get("grant_type").map(String::as_str) {
         Some("authorization_code") => code_grant(&oauth, &client_id, &p).await,
-        Some("refresh_token") => note(refresh_grant(&oauth, &client_id, &p).await, |n| {
+        Some("refresh_token") => Note::on(refresh_grant(&oauth, &client_id, &p).await, |n| {
             n.operation = Some("oauth.refresh");
         }),
         Some(other) => token_error(
@@ -128,7 +128,7 @@ pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: St
             "grant_type is required",
         ),
     };
-    note(response, |n| n.client_id = Some(client_id))
+    Note::on(response, |n| n.client_id = Some(client_id))
 }
 
 pub(super) async fn code_grant(
@@ -460,5 +460,5 @@ pub(super) async fn issue(
     let actor = data
         .identity
         .principal(scopes.to_vec(), Some(client_id.to_owned()));
-    note(response, |n| n.actor = Some(actor))
+    Note::on(response, |n| n.actor = Some(actor))
 }

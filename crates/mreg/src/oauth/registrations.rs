@@ -87,15 +87,15 @@ pub struct Client {
 
 /// Why a registration or redirect URI was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
+pub struct RegistrationError {
     /// RFC 7591 error code.
     pub error: &'static str,
     /// What is wrong.
     pub description: String,
 }
 
-fn refuse(error: &'static str, description: impl Into<String>) -> Refusal {
-    Refusal {
+fn refuse(error: &'static str, description: impl Into<String>) -> RegistrationError {
+    RegistrationError {
         error,
         description: description.into(),
     }
@@ -112,7 +112,7 @@ pub fn is_loopback(url: &Url) -> bool {
 }
 
 /// Checks one redirect URI as registered. Returns the parsed URI.
-pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, Refusal> {
+pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, RegistrationError> {
     let bad = |why: &str| {
         refuse(
             "invalid_redirect_uri",
@@ -223,7 +223,7 @@ pub fn register(
     supported_scopes: &[String],
     client_id: String,
     now: i64,
-) -> Result<Client, Refusal> {
+) -> Result<Client, RegistrationError> {
     let meta = |d: String| refuse("invalid_client_metadata", d);
     if request.redirect_uris.is_empty() {
         return Err(refuse(
