@@ -323,13 +323,7 @@ impl RegistryTools {
         outcome(
             async {
                 let caller = principal(&parts)?;
-                let route = self.state.registry.route(&args.server).await?;
-                if !self.state.gate.visibility(&caller).allows(&route.server) {
-                    return Err(domain::Error::not_found(format!(
-                        "server '{}'",
-                        args.server
-                    )));
-                }
+                let route = self.state.proxy.route_for(&caller, &args.server).await?;
                 let server = &route.server;
                 let params = args.params.map(serde_json::Value::Object);
                 let result = crate::proxy::forward::forward_one(

@@ -21,7 +21,8 @@ fn lifecycle_method(method: &str) -> bool {
     method == "initialize" || method == "server/discover" || method.starts_with("notifications/")
 }
 
-/// Sends `method` with `params` to `server` and returns the result.
+/// Sends `method` with `params` to the server of `route` (from [`Proxy::route_for`]) and
+/// returns the result.
 pub async fn forward_one(
     state: &Proxy,
     principal: &domain::Principal,
@@ -34,6 +35,8 @@ pub async fn forward_one(
         .as_ref()
         .and_then(|p| p.get("name"))
         .and_then(Value::as_str);
+    // The order of `/servers/{name}/mcp`: the circuit breaker, then the policy chain.
+    state.health.ensure_reachable(server)?;
     state
         .gate
         .admit_forward(principal, server.name.as_str(), method, tool)
@@ -49,7 +52,6 @@ pub async fn forward_one(
     if params.as_ref().is_some_and(|p| !p.is_object()) {
         return Err(Error::invalid("params", "must be a JSON object"));
     }
-    state.health.ensure_reachable(server)?;
     if let Ok(uri) = axum::http::Uri::try_from(server.url.as_str())
         && let Err(why) = state.egress.check_uri(&uri)
     {

@@ -85,6 +85,26 @@ pub struct Proxy {
     pub upstream: reqwest::Client,
 }
 
+impl Proxy {
+    /// The route to the server called `name` for `caller`: its registration and upstream
+    /// credentials, when the caller may see it (a server of another tenant is as unknown as one
+    /// nobody registered: [`domain::Error::NotFound`]). Both forwarding paths start here and
+    /// then go the same way: the circuit breaker ([`Monitor::ensure_reachable`]), then the
+    /// policy chain for each message ([`Gate::admit_forward`]).
+    pub async fn route_for(
+        &self,
+        caller: &domain::Principal,
+        name: &str,
+    ) -> domain::Result<Arc<domain::Route>> {
+        let route = self.registry.route(name).await?;
+        if self.gate.visibility(caller).allows(&route.server) {
+            Ok(route)
+        } else {
+            Err(domain::Error::not_found(format!("server '{name}'")))
+        }
+    }
+}
+
 /// The reqwest client for probes and `proxy_request`: pooled, no redirects (an upstream may not
 /// send the gateway elsewhere), no overall timeout (SSE streams are long); each request gets the
 /// server's own timeout for its answer to start. It connects only where `egress` admits, and
@@ -227,7 +247,7 @@ async fn proxy(
     if let Some(crate::jsonrpc::Peeked(Ok(call))) = parts.extensions.get() {
         name_entry(entry, call, name);
     }
-    let route = match state.registry.route(name).await {
+    let route = match state.route_for(caller, name).await {
         Ok(route) => route,
         Err(domain::Error::NotFound { .. }) => {
             return rpc::error(
@@ -247,14 +267,6 @@ async fn proxy(
             );
         }
     };
-    if !state.gate.visibility(caller).allows(&route.server) {
-        return rpc::error(
-            StatusCode::NOT_FOUND,
-            None,
-            rpc::INVALID_REQUEST,
-            format!("no server named '{name}' is registered"),
-        );
-    }
     // From here on the server is one the caller may see: its calls are counted per server.
     let mut response = forward_to(state, caller, name, parts, body, entry, &route).await;
     response.extensions_mut().insert(Known);

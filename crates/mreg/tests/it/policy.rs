@@ -12,7 +12,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
-use crate::oauth::{ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, whoami};
+use crate::support::idp::{ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, whoami};
 use crate::support::{RedisBehindProxy, TempDir, TestApp, redis_available};
 use crate::upstream::Upstream;
 
@@ -42,7 +42,7 @@ async fn callers(s: &Setup) -> Callers {
 
 /// A gateway whose Entra app admits two tenants (multi-tenant mode), with `extra` settings.
 async fn two_tenants(extra: &[(&str, &str)]) -> Option<Setup> {
-    let tenants = format!("{TENANT} {}", crate::oauth::OTHER_TENANT);
+    let tenants = format!("{TENANT} {}", crate::support::idp::OTHER_TENANT);
     let mut settings = vec![
         ("AZURE_TENANT_ID", "organizations"),
         ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
@@ -53,7 +53,7 @@ async fn two_tenants(extra: &[(&str, &str)]) -> Option<Setup> {
 
 /// A token of Dave, an admin of the other tenant.
 async fn other_tenant_admin(s: &Setup) -> String {
-    let mut other = s.idp.claims(crate::oauth::OTHER_TENANT);
+    let mut other = s.idp.claims(crate::support::idp::OTHER_TENANT);
     other["oid"] = json!("dddddddd-dddd-4ddd-8ddd-dddddddddddd");
     other["roles"] = json!(["admin"]);
     s.idp.sign(other).await
@@ -666,8 +666,8 @@ async fn two_instances_on_one_redis_share_one_budget() {
     settings.extend([
         ("MREG_AUTH", "oauth"),
         ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", crate::oauth::CLIENT_ID),
-        ("AZURE_CLIENT_SECRET", crate::oauth::SECRET),
+        ("AZURE_CLIENT_ID", crate::support::idp::CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", crate::support::idp::SECRET),
         ("AZURE_AUTHORITY_HOST", authority.as_str()),
     ]);
     let other = TestApp::spawn_with(&settings).await;
@@ -1082,7 +1082,10 @@ async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
     assert!(!seen_by_alice.is_empty() && seen_by_alice.iter().all(|t| t == TENANT));
     let seen_by_dave = actors(dave.clone()).await;
     assert!(
-        !seen_by_dave.is_empty() && seen_by_dave.iter().all(|t| t == crate::oauth::OTHER_TENANT),
+        !seen_by_dave.is_empty()
+            && seen_by_dave
+                .iter()
+                .all(|t| t == crate::support::idp::OTHER_TENANT),
         "{seen_by_dave:?}"
     );
 }

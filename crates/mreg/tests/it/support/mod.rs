@@ -5,6 +5,8 @@
 //! `MREG_TEST_REDIS_URL`, defaulting to the local services). With `MREG_TEST_REQUIRE_SERVICES=1`
 //! (as in CI) an unreachable service fails the test instead of skipping it.
 
+pub(crate) mod idp;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
