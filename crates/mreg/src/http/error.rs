@@ -3,7 +3,7 @@
 //! error. Internal details are logged here, once, and never sent.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -124,26 +124,28 @@ impl From<domain::Error> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let text = rejection.body_text();
-        match rejection {
-            JsonRejection::JsonDataError(_) => Self {
-                field: field_of(&text),
-                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", text)
-            },
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected a JSON body with Content-Type: application/json",
-            ),
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                status,
-                "payload_too_large",
-                "request body is larger than the server accepts",
-            ),
-            _ => Self::new(StatusCode::BAD_REQUEST, "bad_request", text),
+impl ApiError {
+    /// A JSON body that did not deserialize: malformed JSON is 400; a value of the wrong shape
+    /// is 422 naming its path (`tags[0]`), or the field an unknown or missing field error names.
+    pub fn from_json(error: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if !inner.is_data() {
+            return Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("the body is not well-formed JSON: {inner}"),
+            );
+        }
+        let text = inner.to_string();
+        let (field, message) = if path == "." {
+            (field_of(&text), text)
+        } else {
+            (Some(path.clone()), format!("{path}: {text}"))
+        };
+        Self {
+            field,
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
         }
     }
 }
