@@ -201,7 +201,10 @@ async fn unknown_servers_are_404_for_every_verb() {
 
 #[tokio::test]
 async fn malformed_oversized_and_untyped_bodies_are_rejected_clearly() {
-    let app = TestApp::spawn_with(&[("MREG_MAX_BODY_BYTES", "2048")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.max_body_bytes = 2048)
+        .spawn()
+        .await;
     let url = app.url("/api/v1/servers");
     let response = app
         .http
@@ -510,11 +513,11 @@ async fn readiness_names_the_dependency_that_is_down() {
         .set_port(Some(redis_proxy.addr.port()))
         .expect("port");
     let _ = cache_url.set_host(Some("127.0.0.1"));
-    let app = TestApp::spawn_with(&[
-        ("MREG_DATABASE_URL", db_url.as_str()),
-        ("MREG_REDIS_URL", cache_url.as_str()),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .with_postgres(db_url.as_str())
+        .with_redis(cache_url.as_str())
+        .spawn()
+        .await;
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["checks"]["database_backend"], "postgres");
@@ -691,7 +694,10 @@ async fn shutdown_drains_in_flight_requests_and_then_stops_accepting() {
 
 #[tokio::test]
 async fn shutdown_gives_up_on_stuck_requests_after_the_grace_period() {
-    let mut app = TestApp::spawn_with(&[("MREG_SHUTDOWN_GRACE_SECS", "1")]).await;
+    let mut app = TestApp::builder()
+        .with_config(|c| c.shutdown_grace = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
     let mut stream = tokio::net::TcpStream::connect(app.addr)
         .await
         .expect("connect");
@@ -808,7 +814,10 @@ async fn nul_characters_in_filters_are_refused_by_name() {
 /// than that (progress events over SSE, a slow tool) is not cut.
 #[tokio::test]
 async fn slow_headers_and_idle_connections_are_closed_but_long_answers_are_not() {
-    let app = TestApp::spawn_with(&[("MREG_HEADER_TIMEOUT", "1s")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.header_timeout = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
     for addr in [app.addr, app.mcp_addr] {
         // Headers, one line every 300 ms, never finished.
         let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");

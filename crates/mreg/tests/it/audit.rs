@@ -377,11 +377,11 @@ async fn outage_under_load(partition: bool) {
     };
     let url = through(&db, &proxy);
     let app = Arc::new(
-        TestApp::spawn_with(&[
-            ("MREG_DATABASE_URL", url.as_str()),
-            ("MREG_DATABASE_TIMEOUT", "1s"),
-        ])
-        .await,
+        TestApp::builder()
+            .with_postgres(&url)
+            .with_config(|c| c.database_timeout = Duration::from_secs(1))
+            .spawn()
+            .await,
     );
     let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
 
@@ -600,12 +600,14 @@ async fn requests_are_refused_when_the_audit_log_can_keep_nothing() {
         return;
     };
     let url = through(&db, &proxy);
-    let app = TestApp::spawn_with(&[
-        ("MREG_DATABASE_URL", url.as_str()),
-        ("MREG_AUDIT_QUEUE", "2"),
-        ("MREG_AUDIT_SPOOL_MAX_MB", "0"),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .with_postgres(&url)
+        .with_config(|c| {
+            c.audit.queue = 2;
+            c.audit.spool_max_bytes = 0;
+        })
+        .spawn()
+        .await;
     proxy.cut();
     // The writer holds a batch it can keep neither in the database nor in the (full) spool;
     // two more entries fill the queue; then every audited request is refused before it runs.
@@ -709,7 +711,12 @@ async fn mreg_audit_verify_detects_altered_removed_and_reordered_rows() {
 #[tokio::test]
 async fn a_writer_that_is_merely_behind_slows_requests_down_instead_of_refusing_them() {
     // Room for one entry: every other concurrent request waits for its turn.
-    let app = Arc::new(TestApp::spawn_with(&[("MREG_AUDIT_QUEUE", "1")]).await);
+    let app = Arc::new(
+        TestApp::builder()
+            .with_config(|c| c.audit.queue = 1)
+            .spawn()
+            .await,
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
         let app = app.clone();
@@ -759,7 +766,12 @@ async fn a_caller_that_goes_away_mid_call_leaves_a_cancelled_row() {
 async fn two_instances_cannot_share_one_spool() {
     let first = TestApp::spawn().await;
     let spool = first.dir.0.join("audit.spool");
-    let second = TestApp::try_spawn_with(&[("MREG_AUDIT_SPOOL", spool.to_str().expect("path"))])
+    let second = TestApp::builder()
+        .with_config({
+            let spool = spool.clone();
+            move |c| c.audit.spool = spool
+        })
+        .try_spawn()
         .await
         .err()
         .expect("the second instance refuses to start");
@@ -903,7 +915,7 @@ async fn a_nul_byte_in_a_request_does_not_stop_the_audit_log() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let app = TestApp::spawn_with(&[("MREG_DATABASE_URL", db.url.as_str())]).await;
+    let app = TestApp::builder().with_postgres(&db.url).spawn().await;
 
     // A NUL in the path: the proxied request's row names server "a\0b".
     let ping = json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" });
@@ -1043,7 +1055,7 @@ async fn readyz_fails_while_the_spool_cannot_be_replayed_into_a_database_that_an
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let app = TestApp::spawn_with(&[("MREG_DATABASE_URL", db.url.as_str())]).await;
+    let app = TestApp::builder().with_postgres(&db.url).spawn().await;
     // The database answers, but cannot take audit rows.
     pg_exec(&db.url, "ALTER TABLE audit_log RENAME TO audit_log_away").await;
     assert_eq!(
@@ -1091,7 +1103,12 @@ async fn readyz_fails_while_the_spool_cannot_be_replayed_into_a_database_that_an
 /// not that the database is unreachable — and `/readyz` says so until places free up.
 #[tokio::test]
 async fn streams_hold_no_audit_place_and_a_saturated_queue_says_so() {
-    let app = Arc::new(TestApp::spawn_with(&[("MREG_AUDIT_QUEUE", "1")]).await);
+    let app = Arc::new(
+        TestApp::builder()
+            .with_config(|c| c.audit.queue = 1)
+            .spawn()
+            .await,
+    );
     let upstream = Upstream::start(true).await;
     app.register("streams", json!({ "url": upstream.url }))
         .await;

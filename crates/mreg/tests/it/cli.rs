@@ -256,16 +256,19 @@ async fn client_commands_work_against_postgres_parts_and_redis() {
     let url = url::Url::parse(&db.url).expect("db url");
     let port = url.port().unwrap_or(5432).to_string();
     let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
-    let app = TestApp::spawn_with(&[
-        ("MREG_POSTGRES_HOST", url.host_str().unwrap_or("127.0.0.1")),
-        ("MREG_POSTGRES_PORT", &port),
-        ("MREG_POSTGRES_USER", url.username()),
-        ("MREG_POSTGRES_PASSWORD", url.password().unwrap_or("")),
-        ("MREG_POSTGRES_DB", url.path().trim_start_matches('/')),
-        ("MREG_REDIS_URL", &redis),
-        ("MREG_REDIS_PREFIX", &prefix),
-    ])
-    .await;
+    // The operator's PostgreSQL settings, by name: their parsing is what this test is about.
+    let app = TestApp::builder()
+        .settings(&[
+            ("MREG_POSTGRES_HOST", url.host_str().unwrap_or("127.0.0.1")),
+            ("MREG_POSTGRES_PORT", &port),
+            ("MREG_POSTGRES_USER", url.username()),
+            ("MREG_POSTGRES_PASSWORD", url.password().unwrap_or("")),
+            ("MREG_POSTGRES_DB", url.path().trim_start_matches('/')),
+            ("MREG_REDIS_URL", &redis),
+            ("MREG_REDIS_PREFIX", &prefix),
+        ])
+        .spawn()
+        .await;
     let (_, ready) = app.get("/readyz").await;
     assert_eq!(ready["checks"]["database_backend"], "postgres", "{ready}");
     assert_eq!(ready["checks"]["cache_backend"], "redis", "{ready}");

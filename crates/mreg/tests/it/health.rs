@@ -43,9 +43,12 @@ fn monitored(interval: &str) -> [(&'static str, String); 4] {
 
 async fn spawn_monitored(interval: &str, extra: &[(&str, &str)]) -> TestApp {
     let settings = monitored(interval);
-    let mut all: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    all.extend_from_slice(extra);
-    TestApp::spawn_with(&all).await
+    let all: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestApp::builder()
+        .settings(&all)
+        .settings(extra)
+        .spawn()
+        .await
 }
 
 #[tokio::test]
@@ -175,7 +178,10 @@ async fn probes_use_discover_for_2026_servers_and_end_the_sessions_of_older_ones
 
 #[tokio::test]
 async fn probe_failures_are_classified_and_401_counts_as_reachable() {
-    let app = TestApp::spawn_with(&[("MREG_HEALTH_TIMEOUT", "1s")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.health.timeout = std::time::Duration::from_secs(1))
+        .spawn()
+        .await;
     let spawn = |router: axum::Router| async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -468,7 +474,10 @@ async fn two_instances_on_one_database_probe_each_server_once_per_interval() {
 /// off altogether: only traffic can revive the server).
 #[tokio::test]
 async fn traffic_to_an_unhealthy_server_that_came_back_probes_it_and_goes_through() {
-    let app = TestApp::spawn_with(&[("MREG_HEALTH_UNHEALTHY_AFTER", "1")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.health.unhealthy_after = 1)
+        .spawn()
+        .await;
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -720,7 +729,12 @@ async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_t
 /// for it and share its result), and a disabled server is not probed at all.
 #[tokio::test]
 async fn a_burst_of_checks_makes_one_probe_and_a_disabled_server_none() {
-    let app = std::sync::Arc::new(TestApp::spawn_with(&[("MREG_HEALTH_ENABLED", "false")]).await);
+    let app = std::sync::Arc::new(
+        TestApp::builder()
+            .with_config(|c| c.health.enabled = false)
+            .spawn()
+            .await,
+    );
     let upstream = Upstream::start(false).await;
     app.register("burst", json!({ "url": upstream.url })).await;
     let mut checks = tokio::task::JoinSet::new();

@@ -184,7 +184,12 @@ async fn registry_tools_work_on_the_stateless_2026_07_28() {
 
 #[tokio::test]
 async fn the_mcp_listener_refuses_foreign_host_headers_but_accepts_the_public_url() {
-    let app = TestApp::spawn_with(&[("MREG_PUBLIC_URL", "https://mcp.example.com")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| {
+            c.public_url = Some(url::Url::parse("https://mcp.example.com").expect("url"))
+        })
+        .spawn()
+        .await;
     let http = reqwest::Client::new();
     let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
@@ -368,7 +373,10 @@ async fn resources_and_prompts_list_empty_and_a_session_ends_with_204() {
 
 #[tokio::test]
 async fn browser_clients_of_a_configured_origin_get_cors_and_others_are_refused() {
-    let app = TestApp::spawn_with(&[("MREG_CORS_ORIGINS", "https://inspector.example.com")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.cors_origins = vec!["https://inspector.example.com".to_owned()])
+        .spawn()
+        .await;
     let url = format!("http://{}/mcp", app.mcp_addr);
     let preflight = |origin: &'static str| {
         app.http

@@ -890,7 +890,7 @@ async fn tokens_from_one_replica_are_accepted_by_another() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let b = TestApp::spawn_with(&b_refs).await;
+    let b = TestApp::builder().settings(&b_refs).spawn().await;
     let s = Setup {
         idp,
         app: a,
@@ -1692,7 +1692,7 @@ async fn a_refresh_rechecks_the_tenant_against_the_configuration_of_now() {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let b = TestApp::spawn_with(&b_refs).await;
+    let b = TestApp::builder().settings(&b_refs).spawn().await;
     let s = Setup {
         idp,
         app: a,

@@ -670,7 +670,7 @@ async fn two_instances_on_one_redis_share_one_budget() {
         ("AZURE_CLIENT_SECRET", crate::support::idp::SECRET),
         ("AZURE_AUTHORITY_HOST", authority.as_str()),
     ]);
-    let other = TestApp::spawn_with(&settings).await;
+    let other = TestApp::builder().settings(&settings).spawn().await;
     let c = callers(&s).await;
     let (a, b) = (Arc::new(s.app), Arc::new(other));
     let tasks: Vec<_> = (0..24)

@@ -651,11 +651,13 @@ async fn sequential_keep_alive_calls_with_sse_answers_do_not_stall() {
 /// authentication: each is refused, and nothing happens (no change, no upstream request).
 #[tokio::test]
 async fn foreign_hosts_and_origins_are_refused_on_every_listener_and_route() {
-    let app = TestApp::spawn_with(&[
-        ("MREG_PUBLIC_URL", "https://mcp.example.com"),
-        ("MREG_ALLOWED_HOSTS", "lb.example.com"),
-    ])
-    .await;
+    let app = TestApp::builder()
+        .with_config(|c| {
+            c.public_url = Some(url::Url::parse("https://mcp.example.com").expect("url"));
+            c.allowed_hosts = vec!["lb.example.com".to_owned()];
+        })
+        .spawn()
+        .await;
     let upstream = Upstream::start(true).await;
     app.register(
         "vault",
@@ -991,7 +993,10 @@ async fn a_session_token_is_sealed_once_not_on_every_answer() {
 /// still running when the grace period ends is cut and audited as cancelled by the shutdown.
 #[tokio::test]
 async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts() {
-    let mut app = TestApp::spawn_with(&[("MREG_SHUTDOWN_GRACE_SECS", "3")]).await;
+    let mut app = TestApp::builder()
+        .with_config(|c| c.shutdown_grace = Duration::from_secs(3))
+        .spawn()
+        .await;
     let upstream = Upstream::start(true).await;
     app.register("slow", json!({ "url": upstream.url })).await;
     let session = open_session(&app, "slow").await;
@@ -1066,7 +1071,10 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
 /// that proxies in front of mreg do not cut it; the events themselves pass untouched.
 #[tokio::test]
 async fn quiet_event_streams_are_kept_alive_with_comments() {
-    let app = TestApp::spawn_with(&[("MREG_SSE_KEEPALIVE", "1s")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.sse_keepalive = Duration::from_secs(1))
+        .spawn()
+        .await;
     let upstream = Upstream::start(true).await;
     app.register("quiet", json!({ "url": upstream.url })).await;
     let session = open_session(&app, "quiet").await;

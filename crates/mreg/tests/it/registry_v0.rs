@@ -18,7 +18,10 @@ fn names(page: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn servers_are_listed_in_the_server_json_shape_with_mreg_extras_in_meta() {
-    let app = TestApp::spawn_with(&[("MREG_REGISTRY_NAMESPACE", "com.example")]).await;
+    let app = TestApp::builder()
+        .with_config(|c| c.registry_namespace = "com.example".to_owned())
+        .spawn()
+        .await;
     let created = app
         .register(
             "weather",

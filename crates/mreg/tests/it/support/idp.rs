@@ -250,7 +250,7 @@ pub(crate) async fn provider_and_gateway(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        match TestApp::try_spawn_with(&refs).await {
+        match TestApp::builder().settings(&refs).try_spawn().await {
             Ok(app) => return (idp, app, port),
             Err(e) if attempt < 5 && format!("{e:#}").contains("Address already in use") => {
                 eprintln!("port {port} was taken before the gateway bound it; trying another");

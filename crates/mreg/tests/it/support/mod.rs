@@ -170,6 +170,83 @@ pub fn test_config(dir: &TempDir, extra: &[(&str, &str)]) -> Config {
         .expect("test configuration is valid")
 }
 
+/// A change a test makes to the parsed configuration.
+type ConfigChange = Box<dyn FnOnce(&mut Config) + Send>;
+
+/// How a test wants its gateway. Settings are the typed configuration ([`Self::with_config`]);
+/// the backends and the identity provider have a method each, so that no test spells the
+/// environment names they are set by. Only a test whose subject is a setting's own parsing uses
+/// [`Self::setting`].
+#[must_use]
+pub struct TestAppBuilder {
+    settings: Vec<(String, String)>,
+    changes: Vec<ConfigChange>,
+}
+
+impl TestAppBuilder {
+    /// Changes the parsed configuration before the app starts (after the test defaults).
+    pub fn with_config(mut self, change: impl FnOnce(&mut Config) + Send + 'static) -> Self {
+        self.changes.push(Box::new(change));
+        self
+    }
+
+    /// Stores in the PostgreSQL database at `url` instead of the embedded SQLite.
+    pub fn with_postgres(self, url: &str) -> Self {
+        self.setting("MREG_DATABASE_URL", url)
+    }
+
+    /// Shares the cache, rate limits and revocations through Redis at `url`.
+    pub fn with_redis(self, url: &str) -> Self {
+        self.setting("MREG_REDIS_URL", url)
+    }
+
+    /// Sets a setting by its name, as an operator would (for tests of the parsing itself).
+    pub fn setting(mut self, name: &str, value: &str) -> Self {
+        self.settings.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets several settings by name: the identity-provider harness, which names them in one
+    /// place ([`idp`]), and tests of the parsing itself.
+    pub fn settings(mut self, pairs: &[(&str, &str)]) -> Self {
+        for (name, value) in pairs {
+            self = self.setting(name, value);
+        }
+        self
+    }
+
+    /// Starts the app.
+    pub async fn spawn(self) -> TestApp {
+        self.try_spawn()
+            .await
+            .unwrap_or_else(|e| panic!("app starts: {e:#}"))
+    }
+
+    /// Starts the app, or says why it did not start.
+    pub async fn try_spawn(self) -> anyhow::Result<TestApp> {
+        let dir = TempDir::new();
+        let settings: Vec<(&str, &str)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut config = test_config(&dir, &settings);
+        for change in self.changes {
+            change(&mut config);
+        }
+        let running = app::start(config).await?;
+        let (addr, mcp_addr) = (running.api_addr, running.mcp_addr);
+        Ok(TestApp {
+            base: format!("http://{addr}"),
+            addr,
+            mcp_addr,
+            http: reqwest::Client::new(),
+            running: Some(running),
+            dir,
+        })
+    }
+}
+
 /// The real app, serving on an ephemeral port.
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
@@ -188,30 +265,15 @@ pub struct TestApp {
 impl TestApp {
     /// An app on SQLite and the in-memory cache.
     pub async fn spawn() -> Self {
-        Self::spawn_with(&[]).await
+        Self::builder().spawn().await
     }
 
-    /// An app with extra settings.
-    pub async fn spawn_with(extra: &[(&str, &str)]) -> Self {
-        Self::try_spawn_with(extra)
-            .await
-            .unwrap_or_else(|e| panic!("app starts: {e:#}"))
-    }
-
-    /// An app with extra settings, or why it did not start.
-    pub async fn try_spawn_with(extra: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let dir = TempDir::new();
-        let config = test_config(&dir, extra);
-        let running = app::start(config).await?;
-        let (addr, mcp_addr) = (running.api_addr, running.mcp_addr);
-        Ok(Self {
-            base: format!("http://{addr}"),
-            addr,
-            mcp_addr,
-            http: reqwest::Client::new(),
-            running: Some(running),
-            dir,
-        })
+    /// An app to configure first ([`TestAppBuilder`]).
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder {
+            settings: Vec::new(),
+            changes: Vec::new(),
+        }
     }
 
     /// `base` + `path`.
