@@ -31,17 +31,10 @@ pub trait ServerStore: Send + Sync + 'static {
     /// The server with this name, if any.
     async fn get(&self, name: &ServerName) -> Result<Option<Server>>;
 
-    /// Servers matching `query`, in name order, starting after `query.after`, at most
-    /// `query.limit` of them.
-    async fn list(&self, query: &ServerQuery) -> Result<Vec<Server>>;
-
-    /// Servers matching `query` with their health, healthiest first and then by name, starting
-    /// after (`query.after_rank`, `query.after`), at most `query.limit` of them.
-    async fn list_by_health(&self, query: &ServerQuery) -> Result<Vec<(Server, HealthStatus)>>;
-
-    /// The page [`ServerStore::list`] (or, with `query.sort` by health,
-    /// [`ServerStore::list_by_health`]) returns, each server with its current health (`None`:
-    /// none recorded), in one query.
+    /// One page of servers matching `query`, each with its current health (`None`: none
+    /// recorded), in one query: in name order starting after `query.after`, or with `query.sort`
+    /// by health, healthiest first and then by name, starting after (`query.after_rank`,
+    /// `query.after`); at most `query.limit` of them.
     async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>>;
 
     /// Replaces every mutable field of the stored server with the same id, provided its stored

@@ -333,5 +333,5 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
 }
 
 async fn list(store: &PgStore, query: &ServerQuery) -> usize {
-    store.list(query).await.expect("list").len()
+    store.list_with_health(query).await.expect("list").len()
 }

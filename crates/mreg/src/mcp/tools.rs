@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::request::Parts;
 use domain::{Principal, Server, ServerDraft};
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::tool::Extension;
+use rmcp::handler::server::tool::{Extension, IntoCallToolResult};
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
@@ -136,6 +136,22 @@ pub fn failure(error: domain::Error) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(text)])
 }
 
+/// A tool's failure: the error result [`failure`] makes of a domain error, so that tool bodies
+/// return `Result<CallToolResult, ToolFailure>` and use `?`.
+pub struct ToolFailure(CallToolResult);
+
+impl From<domain::Error> for ToolFailure {
+    fn from(error: domain::Error) -> Self {
+        Self(failure(error))
+    }
+}
+
+impl IntoCallToolResult for ToolFailure {
+    fn into_call_tool_result(self) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        Ok(self.0.into())
+    }
+}
+
 fn principal(parts: &Parts) -> Result<Arc<Principal>, domain::Error> {
     parts
         .extensions
@@ -179,10 +195,6 @@ fn policy_error(refusal: &crate::policy::Refusal) -> ErrorData {
     )
 }
 
-fn outcome(result: Result<CallToolResult, domain::Error>) -> Result<CallToolResult, ErrorData> {
-    Ok(result.unwrap_or_else(failure))
-}
-
 impl RegistryTools {
     /// The server called `name`, if the caller may see it.
     async fn visible_server(&self, parts: &Parts, name: &str) -> Result<Server, domain::Error> {
@@ -220,26 +232,21 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<RegisterServerArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let caller = principal(&parts)?;
-                let draft = ServerDraft {
-                    name: args.name,
-                    url: args.url,
-                    transport: args.transport,
-                    description: args.description,
-                    tags: args.tags,
-                    ..ServerDraft::default()
-                };
-                let server = self.state.registry.create(&caller, draft).await?;
-                Ok(success(
-                    format!("Registered {}", describe(&server)),
-                    &server,
-                ))
-            }
-            .await,
-        )
+    ) -> Result<CallToolResult, ToolFailure> {
+        let caller = principal(&parts)?;
+        let draft = ServerDraft {
+            name: args.name,
+            url: args.url,
+            transport: args.transport,
+            description: args.description,
+            tags: args.tags,
+            ..ServerDraft::default()
+        };
+        let server = self.state.registry.create(&caller, draft).await?;
+        Ok(success(
+            format!("Registered {}", describe(&server)),
+            &server,
+        ))
     }
 
     #[tool(
@@ -250,23 +257,18 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<ServerNameArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let caller = principal(&parts)?;
-                let visibility = self.state.gate.visibility(&caller);
-                self.state
-                    .registry
-                    .delete(&caller, &visibility, &args.name)
-                    .await?;
-                self.state.metrics.forget_server(&args.name);
-                Ok(success(
-                    format!("Removed server '{}'", args.name),
-                    &json!({ "deleted": args.name }),
-                ))
-            }
-            .await,
-        )
+    ) -> Result<CallToolResult, ToolFailure> {
+        let caller = principal(&parts)?;
+        let visibility = self.state.gate.visibility(&caller);
+        self.state
+            .registry
+            .delete(&caller, &visibility, &args.name)
+            .await?;
+        self.state.metrics.forget_server(&args.name);
+        Ok(success(
+            format!("Removed server '{}'", args.name),
+            &json!({ "deleted": args.name }),
+        ))
     }
 
     #[tool(
@@ -277,39 +279,34 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<ListServersArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let caller = principal(&parts)?;
-                let filter = crate::listing::ServerFilter {
-                    tag: args.tag.as_deref(),
-                    status: args.status.as_deref(),
-                    text: args.query.as_deref(),
-                    cursor: args.cursor.as_deref(),
-                    limit: args.limit,
-                    health: args.health.as_deref(),
-                    sort: args.sort.as_deref(),
-                };
-                let (views, next_cursor) =
-                    crate::listing::servers(&self.state, &caller, &filter, "query").await?;
-                let mut text = if views.is_empty() {
-                    "No servers match.".to_owned()
-                } else {
-                    format!("{} server(s):", views.len())
-                };
-                for view in &views {
-                    text.push_str(&format!("\n- {}", describe_view(view)));
-                }
-                if next_cursor.is_some() {
-                    text.push_str("\nMore servers follow; pass next_cursor as cursor.");
-                }
-                Ok(success(
-                    text,
-                    &json!({ "servers": views, "next_cursor": next_cursor }),
-                ))
-            }
-            .await,
-        )
+    ) -> Result<CallToolResult, ToolFailure> {
+        let caller = principal(&parts)?;
+        let filter = crate::listing::ServerFilter {
+            tag: args.tag.as_deref(),
+            status: args.status.as_deref(),
+            text: args.query.as_deref(),
+            cursor: args.cursor.as_deref(),
+            limit: args.limit,
+            health: args.health.as_deref(),
+            sort: args.sort.as_deref(),
+        };
+        let (views, next_cursor) =
+            crate::listing::servers(&self.state, &caller, &filter, "query").await?;
+        let mut text = if views.is_empty() {
+            "No servers match.".to_owned()
+        } else {
+            format!("{} server(s):", views.len())
+        };
+        for view in &views {
+            text.push_str(&format!("\n- {}", describe_view(view)));
+        }
+        if next_cursor.is_some() {
+            text.push_str("\nMore servers follow; pass next_cursor as cursor.");
+        }
+        Ok(success(
+            text,
+            &json!({ "servers": views, "next_cursor": next_cursor }),
+        ))
     }
 
     #[tool(
@@ -319,37 +316,32 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<ProxyRequestArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let caller = principal(&parts)?;
-                let route = self.state.proxy.route_for(&caller, &args.server).await?;
-                let server = &route.server;
-                let params = args.params.map(serde_json::Value::Object);
-                let result = crate::proxy::forward::forward_one(
-                    &self.state.proxy,
-                    &caller,
-                    &route,
-                    &args.method,
-                    params,
-                )
-                .await?;
-                let mut text = serde_json::to_string(&result).unwrap_or_default();
-                if text.len() > MAX_RESULT_TEXT {
-                    let cut = (0..=MAX_RESULT_TEXT)
-                        .rev()
-                        .find(|i| text.is_char_boundary(*i))
-                        .unwrap_or(0);
-                    text.truncate(cut);
-                    text.push_str("… (truncated; the structured content has all of it)");
-                }
-                Ok(success(
-                    format!("{} answered {}: {text}", server.name, args.method),
-                    &json!({ "server": server.name, "method": args.method, "result": result }),
-                ))
-            }
-            .await,
+    ) -> Result<CallToolResult, ToolFailure> {
+        let caller = principal(&parts)?;
+        let route = self.state.proxy.route_for(&caller, &args.server).await?;
+        let server = &route.server;
+        let params = args.params.map(serde_json::Value::Object);
+        let result = crate::proxy::forward::forward_one(
+            &self.state.proxy,
+            &caller,
+            &route,
+            &args.method,
+            params,
         )
+        .await?;
+        let mut text = serde_json::to_string(&result).unwrap_or_default();
+        if text.len() > MAX_RESULT_TEXT {
+            let cut = (0..=MAX_RESULT_TEXT)
+                .rev()
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(0);
+            text.truncate(cut);
+            text.push_str("… (truncated; the structured content has all of it)");
+        }
+        Ok(success(
+            format!("{} answered {}: {text}", server.name, args.method),
+            &json!({ "server": server.name, "method": args.method, "result": result }),
+        ))
     }
 
     #[tool(
@@ -360,35 +352,30 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<ServerNameArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let server = self.visible_server(&parts, &args.name).await?;
-                let report = self.state.health.report(&server, 24).await?;
-                let mut text = format!("{} is {}", server.name, report.current.status.as_str());
-                if let Some(check) = &report.current.last_check {
-                    text.push_str(&format!(
-                        "; last probe {} ({} ms){}",
-                        check.outcome.as_str(),
-                        check.latency_ms,
-                        check
-                            .detail
-                            .as_deref()
-                            .map(|d| format!(": {d}"))
-                            .unwrap_or_default()
-                    ));
-                }
-                if let Some(ratio) = report.uptime.ratio {
-                    text.push_str(&format!(
-                        "; uptime {:.1}% over {} probes in 24 h",
-                        ratio * 100.0,
-                        report.uptime.checks
-                    ));
-                }
-                Ok(success(text, &report))
-            }
-            .await,
-        )
+    ) -> Result<CallToolResult, ToolFailure> {
+        let server = self.visible_server(&parts, &args.name).await?;
+        let report = self.state.health.report(&server, 24).await?;
+        let mut text = format!("{} is {}", server.name, report.current.status.as_str());
+        if let Some(check) = &report.current.last_check {
+            text.push_str(&format!(
+                "; last probe {} ({} ms){}",
+                check.outcome.as_str(),
+                check.latency_ms,
+                check
+                    .detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if let Some(ratio) = report.uptime.ratio {
+            text.push_str(&format!(
+                "; uptime {:.1}% over {} probes in 24 h",
+                ratio * 100.0,
+                report.uptime.checks
+            ));
+        }
+        Ok(success(text, &report))
     }
 
     #[tool(
@@ -399,37 +386,32 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<SearchToolsArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let caller = principal(&parts)?;
-                let hits = crate::listing::tools(
-                    &self.state,
-                    &caller,
-                    Some(&args.query),
-                    args.health.as_deref(),
-                    args.limit,
-                    "query",
-                )
-                .await?;
-                let mut text = if hits.is_empty() {
-                    format!("No tools match '{}'.", args.query)
-                } else {
-                    format!("{} tool(s):", hits.len())
-                };
-                for hit in &hits {
-                    text.push_str(&format!(
-                        "\n- {} on {} ({}): {}",
-                        hit.tool.name,
-                        hit.server,
-                        hit.health.as_str(),
-                        hit.tool.description
-                    ));
-                }
-                Ok(success(text, &json!({ "tools": hits })))
-            }
-            .await,
+    ) -> Result<CallToolResult, ToolFailure> {
+        let caller = principal(&parts)?;
+        let hits = crate::listing::tools(
+            &self.state,
+            &caller,
+            Some(&args.query),
+            args.health.as_deref(),
+            args.limit,
+            "query",
         )
+        .await?;
+        let mut text = if hits.is_empty() {
+            format!("No tools match '{}'.", args.query)
+        } else {
+            format!("{} tool(s):", hits.len())
+        };
+        for hit in &hits {
+            text.push_str(&format!(
+                "\n- {} on {} ({}): {}",
+                hit.tool.name,
+                hit.server,
+                hit.health.as_str(),
+                hit.tool.description
+            ));
+        }
+        Ok(success(text, &json!({ "tools": hits })))
     }
 
     #[tool(
@@ -440,15 +422,10 @@ impl RegistryTools {
         &self,
         Parameters(args): Parameters<ServerNameArgs>,
         Extension(parts): Extension<Parts>,
-    ) -> Result<CallToolResult, ErrorData> {
-        outcome(
-            async {
-                let server = self.visible_server(&parts, &args.name).await?;
-                let view = ServerView::of(&self.state, server).await?;
-                Ok(success(describe_view(&view), &view))
-            }
-            .await,
-        )
+    ) -> Result<CallToolResult, ToolFailure> {
+        let server = self.visible_server(&parts, &args.name).await?;
+        let view = ServerView::of(&self.state, server).await?;
+        Ok(success(describe_view(&view), &view))
     }
 }
 

@@ -80,8 +80,6 @@ bounded!(ServerStore {
     bounded {
         insert(server: &Server, credentials: Option<&[u8]>) -> ();
         get(name: &ServerName) -> Option<Server>;
-        list(query: &ServerQuery) -> Vec<Server>;
-        list_by_health(query: &ServerQuery) -> Vec<(Server, HealthStatus)>;
         list_with_health(query: &ServerQuery) -> Vec<(Server, Option<Health>)>;
         update(server: &Server, expected_revision: i64, credentials: Credentials<'_>) -> bool;
         credentials(id: Uuid) -> Option<Vec<u8>>;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use domain::{
-    Credentials, Error, Health, HealthStatus, Result, SecretStore, Server, ServerName, ServerQuery,
-    ServerSort, ServerStatus, ServerStore, ServerUrl, Transport, Visibility,
+    Credentials, Error, Health, Result, SecretStore, Server, ServerName, ServerQuery, ServerSort,
+    ServerStatus, ServerStore, ServerUrl, Transport, Visibility,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -229,35 +229,6 @@ impl ServerStore for SqliteStore {
         .await
         .map_err(db_error("server"))?;
         row.as_ref().map(server_from_row).transpose()
-    }
-
-    async fn list(&self, query: &ServerQuery) -> Result<Vec<Server>> {
-        let mut sql = QueryBuilder::<Sqlite>::new("");
-        push_page(&mut sql, query);
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("servers"))?;
-        rows.iter().map(server_from_row).collect()
-    }
-
-    async fn list_by_health(&self, query: &ServerQuery) -> Result<Vec<(Server, HealthStatus)>> {
-        let mut sql = QueryBuilder::<Sqlite>::new("");
-        push_page_by_health(&mut sql, query);
-        let rows = sql
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("servers"))?;
-        rows.iter()
-            .map(|row| {
-                let health: String = row.try_get("health").map_err(|e| corrupt("health", e))?;
-                let health = HealthStatus::parse_field(&health, "health")
-                    .map_err(|e| corrupt("health", e))?;
-                Ok((server_from_row(row)?, health))
-            })
-            .collect()
     }
 
     async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>> {

@@ -34,6 +34,42 @@ fn server(name: &str, description: &str, tags: &[&str], status: ServerStatus) ->
     .into_server("alice", Some("t1"), domain::now())
 }
 
+/// The pages these tests read, through the one listing query of the store
+/// ([`ServerStore::list_with_health`]): the servers, or with the order by health the servers and
+/// their status.
+trait Pages {
+    async fn list(&self, query: &ServerQuery) -> domain::Result<Vec<Server>>;
+    async fn list_by_health(
+        &self,
+        query: &ServerQuery,
+    ) -> domain::Result<Vec<(Server, HealthStatus)>>;
+}
+
+impl<T: ServerStore + ?Sized> Pages for T {
+    async fn list(&self, query: &ServerQuery) -> domain::Result<Vec<Server>> {
+        let page = self.list_with_health(query).await?;
+        Ok(page.into_iter().map(|(server, _)| server).collect())
+    }
+
+    async fn list_by_health(
+        &self,
+        query: &ServerQuery,
+    ) -> domain::Result<Vec<(Server, HealthStatus)>> {
+        let query = ServerQuery {
+            sort: domain::ServerSort::Health,
+            ..query.clone()
+        };
+        let page = self.list_with_health(&query).await?;
+        Ok(page
+            .into_iter()
+            .map(|(server, health)| {
+                let status = health.map_or(HealthStatus::Unknown, |h| h.status);
+                (server, status)
+            })
+            .collect())
+    }
+}
+
 fn name(n: &str) -> ServerName {
     ServerName::parse(n).expect("valid name")
 }
@@ -501,7 +537,7 @@ async fn health_is_recorded_with_history_changes_and_pruning(
         };
         assert_eq!(
             names, expected,
-            "{sort:?}: the order of list / list_by_health"
+            "{sort:?}: the page order by name, or by health and then name"
         );
         let of = |name: &str| {
             page.iter()
