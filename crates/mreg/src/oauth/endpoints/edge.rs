@@ -43,11 +43,12 @@ pub async fn limited(
     {
         Ok(entry) => entry.refused(&refusal),
         Err(e) => {
-            return token_error(
+            return OAuthError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                &e.to_string(),
-            );
+                e.to_string(),
+            )
+            .into_response();
         }
     }
     crate::policy::answer::oauth(&refusal)
@@ -84,11 +85,12 @@ pub async fn audited(
     {
         Ok(entry) => entry,
         Err(e) => {
-            return token_error(
+            return OAuthError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
-                &e.to_string(),
-            );
+                e.to_string(),
+            )
+            .into_response();
         }
     };
     if let Err(refusal) = oauth.admit_address(oauth.address_of(&request)).await {

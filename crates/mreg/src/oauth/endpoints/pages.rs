@@ -51,13 +51,3 @@ pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
     );
     Note::on(response, |n| n.error = Some(message.to_owned()))
 }
-
-pub(super) fn error_status(status: StatusCode, message: &str) -> Response {
-    tracing::error!(error = message, "authorization server failure");
-    let response = (
-        status,
-        Json(json!({"error": "server_error", "error_description": "the authorization server could not complete the request"})),
-    )
-        .into_response();
-    Note::on(response, |n| n.error = Some(message.to_owned()))
-}

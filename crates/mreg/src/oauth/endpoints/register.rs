@@ -52,18 +52,24 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
             });
         }
         Ok(_) => {}
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            return OAuthError::server(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                .into_response();
+        }
     }
     let stored = match serde_json::to_string(&client) {
         Ok(s) => s,
-        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => {
+            return OAuthError::server(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+                .into_response();
+        }
     };
     if let Err(e) = oauth
         .store
         .insert_client(&client.client_id, &stored, unix_now())
         .await
     {
-        return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        return OAuthError::server(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
     }
     tracing::info!(client_id = %client.client_id, name = client.client_name.as_deref(), "client registered");
     let mut response = (StatusCode::CREATED, Json(&client)).into_response();

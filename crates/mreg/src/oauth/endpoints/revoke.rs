@@ -7,14 +7,10 @@ use super::*;
 pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
     let (p, client_id) = match client_form(&oauth, &headers, &body).await {
         Ok(found) => found,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let Some(token) = p.get("token") else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "token is required",
-        );
+        return OAuthError::invalid_request("token is required").into_response();
     };
     let now = unix_now();
     if let Ok(Some(row)) = oauth.store.grant_by_refresh(&sha256_hex(token)).await
@@ -46,11 +42,12 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
         };
         if !marked && !ended {
             // Nothing was recorded: say so (RFC 7009 §2.2.1) rather than answer 200.
-            return token_error(
+            return OAuthError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
                 "the revocation cannot be recorded now; try again",
-            );
+            )
+            .into_response();
         }
         tracing::info!(jti = %claims.jti, client_id, "access token revoked, and its grant");
     }

@@ -2,29 +2,6 @@
 
 use super::*;
 
-pub(super) fn token_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut response = (
-        status,
-        Json(json!({"error": error, "error_description": description})),
-    )
-        .into_response();
-    let h = response.headers_mut();
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if status == StatusCode::UNAUTHORIZED {
-        h.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"mreg\""),
-        );
-    }
-    Note::on(response, |n| {
-        n.error = Some(format!("{error}: {description}"))
-    })
-}
-
-pub(super) fn invalid_grant(description: &str) -> Response {
-    token_error(StatusCode::BAD_REQUEST, "invalid_grant", description)
-}
-
 /// The client id of a token or revocation request: the form's, or HTTP Basic's user name.
 pub(super) fn client_id_of(p: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
     if let Some(id) = p.get("client_id") {
@@ -46,108 +23,139 @@ pub(super) fn client_id_of(p: &HashMap<String, String>, headers: &HeaderMap) -> 
     )
 }
 
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the finished response, built once per bad request"
-)]
 pub(super) fn form_body(
     headers: &HeaderMap,
     body: &str,
-) -> Result<HashMap<String, String>, Response> {
+) -> Result<HashMap<String, String>, OAuthError> {
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !form {
-        return Err(token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
+        return Err(OAuthError::invalid_request(
             "the body must be application/x-www-form-urlencoded",
         ));
     }
-    params(body).map_err(|e| token_error(StatusCode::BAD_REQUEST, "invalid_request", &e))
+    params(body).map_err(OAuthError::invalid_request)
 }
 
 /// The form of a token or revocation request and its client, which must be known: a client
 /// the server forgot gets 401 `invalid_client`, on which MCP clients register again.
-#[allow(
-    clippy::result_large_err,
-    reason = "the error is the finished response, built once per bad request"
-)]
 pub(super) async fn client_form(
     oauth: &OAuth,
     headers: &HeaderMap,
     body: &str,
-) -> Result<(HashMap<String, String>, String), Response> {
+) -> Result<(HashMap<String, String>, String), OAuthError> {
     let p = form_body(headers, body)?;
     let Some(client_id) = client_id_of(&p, headers) else {
-        return Err(token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "client_id is required",
-        ));
+        return Err(OAuthError::invalid_client("client_id is required"));
     };
     match oauth.client(&client_id).await {
         Ok(Some(_)) => Ok((p, client_id)),
-        Ok(None) => Err(token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
+        Ok(None) => Err(OAuthError::invalid_client(
             "this client is not registered; register again",
         )),
-        Err(domain::Error::Forbidden(why)) => Err(token_error(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            &why,
-        )),
-        Err(e) => Err(error_status(
+        Err(domain::Error::Forbidden(why)) => Err(OAuthError::invalid_client(why)),
+        Err(e) => Err(OAuthError::server(
             StatusCode::SERVICE_UNAVAILABLE,
-            &e.to_string(),
+            e.to_string(),
         )),
     }
 }
 
 /// `POST /token`: `authorization_code` (with PKCE) and `refresh_token` (rotating).
 pub async fn token(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: String) -> Response {
-    let (p, client_id) = match client_form(&oauth, &headers, &body).await {
+    let (form, client_id) = match client_form(&oauth, &headers, &body).await {
         Ok(found) => found,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
-    let response = match p.get("grant_type").map(String::as_str) {
-        Some("authorization_code") => code_grant(&oauth, &client_id, &p).await,
-        Some("refresh_token") => Note::on(refresh_grant(&oauth, &client_id, &p).await, |n| {
-            n.operation = Some("oauth.refresh");
-        }),
-        Some(other) => token_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            &format!("grant type '{other}' is not supported"),
+    let response = match TokenRequest::read(&form) {
+        Ok(TokenRequest::AuthorizationCode(request)) => {
+            answer(code_grant(&oauth, &client_id, request).await)
+        }
+        Ok(TokenRequest::RefreshToken(request)) => Note::on(
+            answer(refresh_grant(&oauth, &client_id, request).await),
+            |n| n.operation = Some("oauth.refresh"),
         ),
-        None => token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "grant_type is required",
-        ),
+        Err(e) => e.into_response(),
     };
     Note::on(response, |n| n.client_id = Some(client_id))
+}
+
+/// The answer of a grant: the tokens, or the error.
+fn answer(result: Result<Response, OAuthError>) -> Response {
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// A token request, read from its form once (RFC 6749 §4.1.3 and §6).
+pub(super) enum TokenRequest<'a> {
+    /// `grant_type=authorization_code`.
+    AuthorizationCode(CodeRequest<'a>),
+    /// `grant_type=refresh_token`.
+    RefreshToken(RefreshRequest<'a>),
+}
+
+/// The parameters of an authorization-code grant.
+pub(super) struct CodeRequest<'a> {
+    code: &'a str,
+    redirect_uri: Option<&'a str>,
+    code_verifier: Option<&'a str>,
+    resource: Option<&'a str>,
+}
+
+/// The parameters of a refresh-token grant.
+pub(super) struct RefreshRequest<'a> {
+    refresh_token: &'a str,
+    scope: Option<&'a str>,
+    resource: Option<&'a str>,
+}
+
+impl<'a> TokenRequest<'a> {
+    /// The request `form` makes: a missing grant type or parameter is `invalid_request`, another
+    /// grant type `unsupported_grant_type`.
+    pub(super) fn read(form: &'a HashMap<String, String>) -> Result<Self, OAuthError> {
+        let get = |name: &str| form.get(name).map(String::as_str);
+        let required = |name: &'static str| {
+            get(name).ok_or_else(|| OAuthError::invalid_request(format!("{name} is required")))
+        };
+        match get("grant_type") {
+            Some("authorization_code") => Ok(Self::AuthorizationCode(CodeRequest {
+                code: required("code")?,
+                redirect_uri: get("redirect_uri"),
+                code_verifier: get("code_verifier"),
+                resource: get("resource"),
+            })),
+            Some("refresh_token") => Ok(Self::RefreshToken(RefreshRequest {
+                refresh_token: required("refresh_token")?,
+                scope: get("scope"),
+                resource: get("resource"),
+            })),
+            Some(other) => Err(OAuthError::new(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                format!("grant type '{other}' is not supported"),
+            )),
+            None => Err(OAuthError::invalid_request("grant_type is required")),
+        }
+    }
 }
 
 pub(super) async fn code_grant(
     oauth: &OAuth,
     client_id: &str,
-    p: &HashMap<String, String>,
-) -> Response {
-    let Some(code) = p.get("code") else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "code is required",
-        );
-    };
+    request: CodeRequest<'_>,
+) -> Result<Response, OAuthError> {
+    let code = request.code;
     let code_hash = sha256_hex(code);
     let used_key = format!("oauth:code-used:{code_hash}");
     let taken = match oauth.cache.take(&format!("oauth:code:{code_hash}")).await {
         Ok(t) => t,
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            return Err(OAuthError::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ));
+        }
     };
     let Some(sealed) = taken else {
         // A code presented again was intercepted, or its first redemption was: end what was
@@ -156,11 +164,13 @@ pub(super) async fn code_grant(
             let grant_id = String::from_utf8_lossy(&grant_id).into_owned();
             oauth.end_grant(&grant_id, unix_now()).await;
             tracing::warn!(grant = %grant_id, client_id, "authorization code replayed; its grant is revoked");
-            return invalid_grant(
+            return Err(OAuthError::invalid_grant(
                 "the code was already used; the tokens issued for it are revoked",
-            );
+            ));
         }
-        return invalid_grant("the code is invalid, expired or already used");
+        return Err(OAuthError::invalid_grant(
+            "the code is invalid, expired or already used",
+        ));
     };
     // The grant's id is chosen now and remembered under the spent code (before any check), so
     // that a replay racing this redemption still finds what to revoke.
@@ -174,28 +184,38 @@ pub(super) async fn code_grant(
         tracing::warn!(error = %e, "cannot remember a spent code; a replay would not revoke its grant");
     }
     let Ok(grant) = oauth.open_json::<CodeGrant>(CODE_PURPOSE, &sealed) else {
-        return invalid_grant("the code is invalid, expired or already used");
+        return Err(OAuthError::invalid_grant(
+            "the code is invalid, expired or already used",
+        ));
     };
     if grant.client_id != client_id {
-        return invalid_grant("the code was issued to another client");
+        return Err(OAuthError::invalid_grant(
+            "the code was issued to another client",
+        ));
     }
-    if p.get("redirect_uri") != Some(&grant.redirect_uri) {
-        return invalid_grant("redirect_uri does not match the authorization request");
+    if request.redirect_uri != Some(grant.redirect_uri.as_str()) {
+        return Err(OAuthError::invalid_grant(
+            "redirect_uri does not match the authorization request",
+        ));
     }
-    let Some(verifier) = p.get("code_verifier") else {
-        return invalid_grant("code_verifier is required (PKCE)");
+    let Some(verifier) = request.code_verifier else {
+        return Err(OAuthError::invalid_grant(
+            "code_verifier is required (PKCE)",
+        ));
     };
     if !is_pkce_value(verifier) || !same(&pkce_challenge(verifier), &grant.challenge) {
-        return invalid_grant("the code_verifier does not match the code_challenge");
+        return Err(OAuthError::invalid_grant(
+            "the code_verifier does not match the code_challenge",
+        ));
     }
-    if let Some(resource) = p.get("resource")
+    if let Some(resource) = request.resource
         && resource.trim_end_matches('/') != grant.resource
     {
-        return token_error(
+        return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_target",
             "resource does not match the authorization request",
-        );
+        ));
     }
     let data = GrantData {
         scopes: grant.scopes,
@@ -207,7 +227,12 @@ pub(super) async fn code_grant(
     let refresh = random_token(32);
     let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
         Ok(s) => s,
-        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => {
+            return Err(OAuthError::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ));
+        }
     };
     let now = unix_now();
     let mut expires_at = now + oauth.refresh_ttl.as_secs() as i64;
@@ -226,7 +251,10 @@ pub(super) async fn code_grant(
         revoked_at: None,
     };
     if let Err(e) = oauth.store.insert_grant(&row, now).await {
-        return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        return Err(OAuthError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        ));
     }
     tracing::info!(subject = %data.identity.subject, client_id, "tokens issued");
     issue(oauth, client_id, &row.id, &data, &data.scopes, &refresh).await
@@ -235,20 +263,19 @@ pub(super) async fn code_grant(
 pub(super) async fn refresh_grant(
     oauth: &OAuth,
     client_id: &str,
-    p: &HashMap<String, String>,
-) -> Response {
-    let Some(presented) = p.get("refresh_token") else {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "refresh_token is required",
-        );
-    };
+    request: RefreshRequest<'_>,
+) -> Result<Response, OAuthError> {
+    let presented = request.refresh_token;
     let hash = sha256_hex(presented);
     let now = unix_now();
     let row = match oauth.store.grant_by_refresh(&hash).await {
         Ok(r) => r,
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            return Err(OAuthError::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ));
+        }
     };
     let Some(row) = row else {
         // Not current: a spent token presented again means it leaked; end its family.
@@ -256,38 +283,49 @@ pub(super) async fn refresh_grant(
             Ok(Some(grant_id)) => {
                 oauth.end_grant(&grant_id, now).await;
                 tracing::warn!(grant = %grant_id, client_id, "refresh token reused; grant revoked");
-                invalid_grant(
+                Err(OAuthError::invalid_grant(
                     "this refresh token was already used; the grant is revoked, sign in again",
-                )
+                ))
             }
-            Ok(None) => invalid_grant("the refresh token is invalid"),
-            Err(e) => error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            Ok(None) => Err(OAuthError::invalid_grant("the refresh token is invalid")),
+            Err(e) => Err(OAuthError::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            )),
         };
     };
     if row.revoked_at.is_some() {
-        return invalid_grant("the grant was revoked; sign in again");
+        return Err(OAuthError::invalid_grant(
+            "the grant was revoked; sign in again",
+        ));
     }
     if row.expires_at <= now {
-        return invalid_grant("the refresh token has expired; sign in again");
+        return Err(OAuthError::invalid_grant(
+            "the refresh token has expired; sign in again",
+        ));
     }
     if row.client_id != client_id {
-        return invalid_grant("the refresh token was issued to another client");
+        return Err(OAuthError::invalid_grant(
+            "the refresh token was issued to another client",
+        ));
     }
     let Ok(mut data) = oauth.open_json::<GrantData>(GRANT_PURPOSE, &row.data) else {
-        return invalid_grant("the grant cannot be read; sign in again");
+        return Err(OAuthError::invalid_grant(
+            "the grant cannot be read; sign in again",
+        ));
     };
     // A narrower scope (RFC 6749 §6) is what the new access token gets; the grant keeps the
     // scopes the user approved, for later refreshes.
-    let scopes: Vec<String> = match p.get("scope") {
+    let scopes: Vec<String> = match request.scope {
         Some(scope) if !scope.trim().is_empty() => {
             let mut requested: Vec<String> = Vec::new();
             for s in scope.split_whitespace() {
                 if !data.scopes.iter().any(|x| x == s) {
-                    return token_error(
+                    return Err(OAuthError::new(
                         StatusCode::BAD_REQUEST,
                         "invalid_scope",
-                        &format!("scope '{s}' was not granted"),
-                    );
+                        format!("scope '{s}' was not granted"),
+                    ));
                 }
                 if !requested.iter().any(|x| x == s) {
                     requested.push(s.to_owned());
@@ -297,14 +335,14 @@ pub(super) async fn refresh_grant(
         }
         _ => data.scopes.clone(),
     };
-    if let Some(resource) = p.get("resource")
+    if let Some(resource) = request.resource
         && resource.trim_end_matches('/') != data.resource
     {
-        return token_error(
+        return Err(OAuthError::new(
             StatusCode::BAD_REQUEST,
             "invalid_target",
             "resource does not match the grant",
-        );
+        ));
     }
     // The user's tenant must still be one that may sign in, by today's configuration.
     match oauth
@@ -316,9 +354,16 @@ pub(super) async fn refresh_grant(
         Err(domain::Error::Forbidden(why)) => {
             oauth.end_grant(&row.id, now).await;
             tracing::warn!(reason = %why, grant = %row.id, "the grant's tenant may no longer sign in; grant revoked");
-            return invalid_grant("this sign-in's tenant may no longer sign in; sign in again");
+            return Err(OAuthError::invalid_grant(
+                "this sign-in's tenant may no longer sign in; sign in again",
+            ));
         }
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            return Err(OAuthError::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ));
+        }
     }
     // The user must still be good at the provider: refresh there too.
     match data.upstream_refresh.clone() {
@@ -332,9 +377,9 @@ pub(super) async fn refresh_grant(
                             Err(why) => {
                                 oauth.end_grant(&row.id, now).await;
                                 tracing::warn!(reason = %why, grant = %row.id, "refreshed ID token rejected; grant revoked");
-                                return invalid_grant(
+                                return Err(OAuthError::invalid_grant(
                                     "the identity provider's refreshed ID token is not valid for this sign-in; the grant is revoked, sign in again",
-                                );
+                                ));
                             }
                         }
                     }
@@ -343,17 +388,17 @@ pub(super) async fn refresh_grant(
                     }
                 }
                 Err(domain::Error::Unavailable { .. }) => {
-                    return error_status(
+                    return Err(OAuthError::server(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the identity provider is unreachable",
-                    );
+                    ));
                 }
                 Err(e) => {
                     oauth.end_grant(&row.id, now).await;
                     tracing::info!(error = %e, grant = %row.id, "the identity provider refused the refresh; grant revoked");
-                    return invalid_grant(
+                    return Err(OAuthError::invalid_grant(
                         "the identity provider no longer accepts this sign-in; sign in again",
-                    );
+                    ));
                 }
             }
         }
@@ -362,16 +407,21 @@ pub(super) async fn refresh_grant(
             // with the ID token it was issued with (also for grants stored before this rule).
             if data.upstream_expires_at.is_none_or(|exp| exp <= now) {
                 oauth.end_grant(&row.id, now).await;
-                return invalid_grant(
+                return Err(OAuthError::invalid_grant(
                     "this sign-in has expired (the identity provider issued no refresh token); sign in again",
-                );
+                ));
             }
         }
     }
     let refresh = random_token(32);
     let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
         Ok(s) => s,
-        Err(e) => return error_status(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => {
+            return Err(OAuthError::server(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+            ));
+        }
     };
     match oauth
         .store
@@ -382,11 +432,14 @@ pub(super) async fn refresh_grant(
         Ok(Rotation::Lost) => {
             oauth.end_grant(&row.id, now).await;
             tracing::warn!(grant = %row.id, client_id, "refresh token used twice at once; grant revoked");
-            invalid_grant(
+            Err(OAuthError::invalid_grant(
                 "this refresh token was already used; the grant is revoked, sign in again",
-            )
+            ))
         }
-        Err(e) => error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => Err(OAuthError::server(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+        )),
     }
 }
 
@@ -422,7 +475,7 @@ pub(super) async fn issue(
     data: &GrantData,
     scopes: &[String],
     refresh: &str,
-) -> Response {
+) -> Result<Response, OAuthError> {
     let now = unix_now();
     let ttl = oauth.access_ttl.as_secs() as i64;
     let claims = AccessClaims {
@@ -444,7 +497,12 @@ pub(super) async fn issue(
     };
     let access = match oauth.keys.sign(&claims).await {
         Ok(t) => t,
-        Err(e) => return error_status(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => {
+            return Err(OAuthError::server(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+            ));
+        }
     };
     let mut response = Json(json!({
         "access_token": access,
@@ -460,5 +518,5 @@ pub(super) async fn issue(
     let actor = data
         .identity
         .principal(scopes.to_vec(), Some(client_id.to_owned()));
-    Note::on(response, |n| n.actor = Some(actor))
+    Ok(Note::on(response, |n| n.actor = Some(actor)))
 }
