@@ -202,7 +202,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         tracing::warn!("THE AUDIT LOG IS OFF (MREG_AUDIT=false): nothing is recorded");
         (crate::audit::Auditor::off(), None)
     };
-    let metrics = Metrics::new();
+    let metrics = Metrics::with_collectors(
+        auditor
+            .shared_status()
+            .into_iter()
+            .map(|status| Box::new(status) as Box<dyn prometheus_client::collector::Collector>)
+            .collect(),
+    );
     // Server names are private to their tenant with authentication on; `/metrics` answers anyone.
     metrics.per_server(
         config

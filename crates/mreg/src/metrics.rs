@@ -107,7 +107,18 @@ impl Default for Metrics {
 impl Metrics {
     /// A fresh set of metrics.
     pub fn new() -> Self {
+        Self::with_collectors(Vec::new())
+    }
+
+    /// A fresh set of metrics that also reports what `collectors` read at each scrape (the
+    /// audit writer's figures, kept by the writer itself).
+    pub fn with_collectors(
+        collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("mreg");
+        for collector in collectors {
+            registry.register_collector(collector);
+        }
         let requests = Family::<HttpLabels, Counter>::default();
         let latency = Family::<HttpLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([

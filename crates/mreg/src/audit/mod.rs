@@ -173,6 +173,11 @@ impl Auditor {
         self.inner.as_deref().map(|i| i.status.as_ref())
     }
 
+    /// The writer's status, shared (for the metrics it reports at each scrape).
+    pub fn shared_status(&self) -> Option<Arc<writer::Status>> {
+        self.inner.as_deref().map(|i| i.status.clone())
+    }
+
     /// Opens the entry of an operation by `actor`, reserving its place in the queue. When the
     /// queue is full because the writer is behind, waits for a place (back-pressure, at most
     /// [`QUEUE_WAIT`]); when it is full because the writer can keep nothing (database

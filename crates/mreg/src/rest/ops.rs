@@ -189,41 +189,6 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        {
-            let mut text = state.metrics.render();
-            if let Some(audit) = state.audit.status() {
-                audit_metrics(&mut text, audit);
-            }
-            text
-        },
+        state.metrics.render(),
     )
-}
-
-/// The audit writer's figures, in the same text format, before the closing `# EOF`.
-fn audit_metrics(text: &mut String, audit: &crate::audit::writer::Status) {
-    use std::fmt::Write;
-    let (written, spooled, refused) = audit.counts();
-    let quarantined = audit.quarantined();
-    let end = text.rfind("# EOF").unwrap_or(text.len());
-    let mut extra = String::new();
-    let _ = write!(
-        extra,
-        "# HELP mreg_audit_rows_written Audit rows written to the database.\n\
-         # TYPE mreg_audit_rows_written counter\n\
-         mreg_audit_rows_written_total {written}\n\
-         # HELP mreg_audit_rows_spooled Audit rows written to the spool while the database was unreachable.\n\
-         # TYPE mreg_audit_rows_spooled counter\n\
-         mreg_audit_rows_spooled_total {spooled}\n\
-         # HELP mreg_audit_refused Requests refused because the audit queue was full.\n\
-         # TYPE mreg_audit_refused counter\n\
-         mreg_audit_refused_total {refused}\n\
-         # HELP mreg_audit_rows_quarantined Audit rows the database refused as data, kept in the quarantine file instead.\n\
-         # TYPE mreg_audit_rows_quarantined counter\n\
-         mreg_audit_rows_quarantined_total {quarantined}\n\
-         # HELP mreg_audit_spool_bytes Bytes in the audit spool waiting for the database.\n\
-         # TYPE mreg_audit_spool_bytes gauge\n\
-         mreg_audit_spool_bytes {}\n",
-        audit.spooled_bytes()
-    );
-    text.insert_str(end, &extra);
 }

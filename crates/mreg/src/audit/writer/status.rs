@@ -116,3 +116,52 @@ impl Status {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// The writer's figures as metrics, read at each scrape: rows written, spooled, quarantined,
+/// requests refused for a full queue, and the bytes waiting in the spool.
+impl prometheus_client::collector::Collector for Status {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let (written, spooled, refused) = self.counts();
+        let counters = [
+            (
+                "audit_rows_written",
+                "Audit rows written to the database.",
+                written,
+            ),
+            (
+                "audit_rows_spooled",
+                "Audit rows written to the spool while the database was unreachable.",
+                spooled,
+            ),
+            (
+                "audit_refused",
+                "Requests refused because the audit queue was full.",
+                refused,
+            ),
+            (
+                "audit_rows_quarantined",
+                "Audit rows the database refused as data, kept in the quarantine file instead.",
+                self.quarantined(),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let spool = ConstGauge::new(i64::try_from(self.spooled_bytes()).unwrap_or(i64::MAX));
+        let metric = encoder.encode_descriptor(
+            "audit_spool_bytes",
+            "Bytes in the audit spool waiting for the database.",
+            None,
+            spool.metric_type(),
+        )?;
+        spool.encode(metric)
+    }
+}
