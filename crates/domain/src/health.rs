@@ -269,7 +269,7 @@ mod tests {
 
     #[test]
     fn failures_degrade_then_make_unhealthy_and_one_success_heals() {
-        let now = OffsetDateTime::now_utc();
+        let now = crate::now();
         let mut health = Health::unknown(Uuid::now_v7(), now);
         let p = policy();
         health.record(check(Outcome::Refused, now), &p, 0.0);
@@ -302,7 +302,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_ten_percent() {
-        let now = OffsetDateTime::now_utc();
+        let now = crate::now();
         for jitter in [-5.0, -1.0, -0.3, 0.0, 0.7, 1.0, 9.0] {
             let mut health = Health::unknown(Uuid::now_v7(), now);
             health.record(check(Outcome::Ok, now), &policy(), jitter);
@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn uptime_is_the_share_of_probes_that_found_the_server_up() {
-        let now = OffsetDateTime::now_utc();
+        let now = crate::now();
         assert_eq!(uptime(&[]), None);
         let checks = [
             check(Outcome::Ok, now),

@@ -390,7 +390,7 @@ const UNUSED_CLIENT_SECS: i64 = 7 * 86_400;
 /// Deletes ended refresh-token families, and clients that never got (or no longer hold) a grant
 /// for a week (one run of the hourly `oauth_prune` task).
 async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>) -> Result<String, String> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let now = domain::now().unix_timestamp();
     let grants = store
         .prune_grants(now)
         .await

@@ -131,7 +131,7 @@ impl Tasks {
             detail: String::new(),
         });
         status.runs += 1;
-        status.last_run = Some(OffsetDateTime::now_utc());
+        status.last_run = Some(domain::now());
         (status.ok, status.detail) = match outcome {
             Ok(detail) => (true, detail),
             Err(why) => (false, why),

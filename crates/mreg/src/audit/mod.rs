@@ -211,7 +211,7 @@ impl Auditor {
                 return Err(AuditUnavailable::Failing);
             }
         };
-        let now = time::OffsetDateTime::now_utc();
+        let now = domain::now();
         Ok(Entry {
             permit: Some(Place::Reserved(permit)),
             inner: Some(inner.clone()),

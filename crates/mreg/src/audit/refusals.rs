@@ -121,7 +121,7 @@ impl Refusals {
 /// The row that stands for the refusals folded into `window`.
 fn summary(window: &Window) -> AuditEvent {
     let first = &window.first;
-    let at = time::OffsetDateTime::now_utc();
+    let at = domain::now();
     AuditEvent {
         id: uuid::Uuid::now_v7().to_string(),
         at_us: (at.unix_timestamp_nanos() / 1000) as i64,

@@ -155,7 +155,7 @@ pub(super) async fn principal(
         }
         None => {
             let (validated, exp) = validate(oauth, state, token).await?;
-            let left = exp - time::OffsetDateTime::now_utc().unix_timestamp();
+            let left = exp - domain::now().unix_timestamp();
             let ttl = oauth
                 .token_cache_ttl
                 .min(Duration::from_secs(left.max(0) as u64));
@@ -233,7 +233,7 @@ pub(super) async fn validate(
             // which are marked in the cache alone, cannot be checked until it is back.
             Err(e) => {
                 if let Some(grant) = claims.gid.as_deref() {
-                    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                    let now = domain::now().unix_timestamp();
                     let live = state
                         .grants
                         .grant_live(grant, now)

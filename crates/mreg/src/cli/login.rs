@@ -82,7 +82,7 @@ pub struct LoginArgs {
 }
 
 fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    domain::now().unix_timestamp()
 }
 
 /// Where credentials are kept.

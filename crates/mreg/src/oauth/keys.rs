@@ -82,7 +82,7 @@ pub struct Keys {
 }
 
 fn now() -> u64 {
-    time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+    domain::now().unix_timestamp().max(0) as u64
 }
 
 impl Keys {

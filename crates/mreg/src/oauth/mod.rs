@@ -163,7 +163,7 @@ pub fn pkce_challenge(verifier: &str) -> String {
 }
 
 fn unix_now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    domain::now().unix_timestamp()
 }
 
 impl OAuth {

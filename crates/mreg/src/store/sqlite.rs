@@ -342,7 +342,7 @@ impl SecretStore for SqliteStore {
         sqlx::query("INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING")
             .bind(name.to_owned())
             .bind(candidate.to_vec())
-            .bind(micros(OffsetDateTime::now_utc()))
+            .bind(micros(domain::now()))
             .execute(&self.pool)
             .await
             .map_err(db_error("secret"))?;

@@ -430,7 +430,7 @@ impl Task {
             "the database refuses an audit entry as data; it is quarantined, not in the chain"
         );
         let line = serde_json::json!({
-            "quarantined_at_us": time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000,
+            "quarantined_at_us": domain::now().unix_timestamp_nanos() / 1000,
             "sqlstate": sqlstate,
             "error": error.to_string(),
             "event": event,
@@ -530,7 +530,7 @@ impl Task {
 
 /// Deletes rows older than `retention` (one run of the hourly `audit_prune` task).
 pub async fn prune(store: Arc<dyn AuditStore>, retention: Duration) -> Result<String, String> {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000;
+    let now = domain::now().unix_timestamp_nanos() / 1000;
     let before = now - retention.as_micros() as i128;
     match store.prune(before as i64, now as i64).await {
         Ok(0) => Ok(String::new()),
