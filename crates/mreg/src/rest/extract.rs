@@ -36,6 +36,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                     rejection.body_text(),
                 ),
             })?;
+        // Every body of the API is an object: an array (which serde would read field by field)
+        // or a scalar is refused, not read as an empty change.
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
+        if first != Some(b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok() {
+            return Err(domain::Error::invalid("body", "must be a JSON object").into());
+        }
         let mut json = serde_json::Deserializer::from_slice(&bytes);
         let value = serde_path_to_error::deserialize(&mut json).map_err(ApiError::from_json)?;
         if let Err(e) = json.end() {

@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 use super::{ACQUIRE_TIMEOUT, Close, db_error, like_pattern, migrator};
 
+/// How long a connection of the embedded database is used before it is replaced.
+const MAX_LIFETIME: Duration = Duration::from_secs(60);
+
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -88,8 +91,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        // Connections are replaced after a while, so that the ones a burst opened (start-up
+        // runs migrations, the monitor and the audit writer at once) do not stay: each holds a
+        // worker thread and its caches, and a quiet gateway needs one.
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .max_lifetime(MAX_LIFETIME)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await

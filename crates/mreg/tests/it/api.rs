@@ -171,6 +171,28 @@ async fn invalid_fields_are_422_naming_the_field() {
         );
         assert_eq!(error["field"], field, "{patch} -> {error}");
     }
+    // A body that is JSON but not an object is refused, not read as an empty change.
+    for body in [json!([]), json!([null]), json!("x"), json!(7)] {
+        let (status, error) = app.patch("/api/v1/servers/ok", body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} -> {error}"
+        );
+        assert_eq!(error["field"], "body", "{body} -> {error}");
+        let (status, error) = app.post("/api/v1/servers", body.clone()).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body} -> {error}"
+        );
+    }
+    let (_, listed) = app.get("/api/v1/servers").await;
+    assert_eq!(
+        listed["servers"].as_array().map(Vec::len),
+        Some(1),
+        "no refused body registered anything: {listed}"
+    );
     let (_, unchanged) = app.get("/api/v1/servers/ok").await;
     assert_eq!(unchanged["revision"], 1, "a rejected patch changes nothing");
     app.stop().await;
