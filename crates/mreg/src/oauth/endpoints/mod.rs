@@ -257,9 +257,15 @@ impl OAuth {
         tracing::warn!("the cache does not answer: a revocation marker is set once it is back");
         let until = std::time::Instant::now() + ttl;
         let cache = self.cache.clone();
+        // At shutdown it stops: the database has recorded the revocation, and a pending marker
+        // must not hold the exit (and the audit writer's drain) for a grace period.
+        let stop = self.tasks.stopping();
         self.tasks.spawn("revocation_marker", async move {
             while std::time::Instant::now() < until {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 if left.is_zero() || cache.set(&key, b"1", left).await.is_ok() {
                     return;
