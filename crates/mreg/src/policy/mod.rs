@@ -121,10 +121,10 @@ impl Gate {
 
     /// Admits a call of the gateway tool `tool`: the principal × tool budget, then the roles.
     pub async fn admit_tool(&self, principal: &Principal, tool: &str) -> Result<(), Refusal> {
-        let decided = match self.spend(principal, Some(tool)).await {
-            Ok(()) => self.rules.tool(principal, tool).map_err(Refusal::Denied),
-            Err(refusal) => Err(refusal),
-        };
+        let decided = self
+            .spend(principal, Some(tool))
+            .await
+            .and_then(|()| self.rules.tool(principal, tool).map_err(Refusal::Denied));
         self.counted(decided)
     }
 
