@@ -25,6 +25,7 @@ pub use server::{
     ServerStatus, ServerUpdate, ServerUrl, Transport, Visibility,
 };
 pub use store::{
-    CatalogStore, Credentials, HealthStore, SecretStore, ServerStore, ToolHit, ToolInfo, ToolQuery,
+    AuditFilter, AuditStore, AuthStore, CatalogStore, Credentials, GrantRow, HealthStore, Rotation,
+    SecretStore, ServerStore, ToolHit, ToolInfo, ToolQuery,
 };
 pub use upstream::{Sealer, UpstreamHeaders};

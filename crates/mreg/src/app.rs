@@ -389,7 +389,7 @@ const UNUSED_CLIENT_SECS: i64 = 7 * 86_400;
 
 /// Deletes ended refresh-token families, and clients that never got (or no longer hold) a grant
 /// for a week (one run of the hourly `oauth_prune` task).
-async fn prune_grants(store: Arc<dyn crate::store::auth::AuthStore>) -> Result<String, String> {
+async fn prune_grants(store: Arc<dyn domain::AuthStore>) -> Result<String, String> {
     let now = domain::now().unix_timestamp();
     // Each runs whatever the other did.
     let grants = store.prune_grants(now).await;

@@ -25,7 +25,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::config::policy::Refusal;
-use crate::store::audit::AuditStore;
+use domain::AuditStore;
 
 pub use domain::audit::{
     AuditEvent, AuditRecord, GENESIS, NUL_REPLACEMENT, chain, decision, outcome, sanitise,

@@ -33,9 +33,9 @@ use crate::http::error::ApiError;
 use crate::oauth::upstream::Kind;
 use crate::oauth::{Identity, OAuth, grant_revoked_key, sha256_hex};
 use crate::policy::Gate;
-use crate::store::auth::AuthStore;
 use admit::*;
 use challenge::*;
+use domain::AuthStore;
 use token::*;
 
 /// The authenticated caller of a request. Shared, not copied: every request of one caller points

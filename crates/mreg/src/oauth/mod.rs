@@ -31,7 +31,7 @@ use url::Url;
 
 use crate::config::Config;
 use crate::crypto::Cipher;
-use crate::store::auth::AuthStore;
+use domain::AuthStore;
 use keys::Keys;
 use upstream::Upstream;
 

@@ -16,7 +16,8 @@ use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::Query;
 use crate::authn::Caller;
-use crate::store::audit::{AuditFilter, AuditRecord};
+use domain::AuditFilter;
+use domain::audit::AuditRecord;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit))

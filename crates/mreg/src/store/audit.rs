@@ -1,66 +1,20 @@
-//! Storage of the audit log: rows in chain order (`seq`), each with the hash of the row before
-//! it. Appending is serialised (a transaction-scoped advisory lock in PostgreSQL, the single
-//! writer in SQLite) so that every replica extends one chain; an event already stored (same id,
-//! e.g. replayed from the spool after a write whose answer was lost) is skipped, so every event
-//! is stored exactly once. Pruning removes a prefix and records a checkpoint (the last removed
-//! row's position and hash) from which the rest still verifies.
+//! The audit log's SQL that both backends run (`$n` placeholders, `CAST` for typed NULL
+//! checks): the reads, the chain's tail and pruning. Appending differs (a transaction-scoped
+//! advisory lock and `UNNEST` in PostgreSQL, `BEGIN IMMEDIATE` and a row at a time in SQLite)
+//! and lives with each backend. Appending is serialised so that every replica extends one chain;
+//! an event already stored (same id, e.g. replayed from the spool after a write whose answer was
+//! lost) is skipped, so every event is stored exactly once. Pruning removes a prefix and records
+//! a checkpoint (the last removed row's position and hash) from which the rest still verifies.
 
-use async_trait::async_trait;
-use domain::Result;
 use sqlx::Row;
 
-use super::db_error;
-pub use domain::audit::AuditRecord;
-use domain::audit::{AuditEvent, GENESIS, chain};
+use domain::audit::{AuditEvent, AuditRecord};
 
-/// Which rows to list, newest first.
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    /// Subject or email of the actor.
-    pub actor: Option<String>,
-    /// Tool called.
-    pub tool: Option<String>,
-    /// Server addressed.
-    pub server: Option<String>,
-    /// `allow`, `deny` or `rate_limited`.
-    pub decision: Option<String>,
-    /// Operation (exact).
-    pub operation: Option<String>,
-    /// Started at or after (µs since the epoch).
-    pub since_us: Option<i64>,
-    /// Started before (µs since the epoch).
-    pub until_us: Option<i64>,
-    /// Actor's tenant (tenant isolation).
-    pub tenant: Option<String>,
-    /// Only rows before this position (the cursor).
-    pub before_seq: Option<i64>,
-    /// At most this many rows.
-    pub limit: i64,
-}
-
-/// The audit table.
-#[async_trait]
-pub trait AuditStore: Send + Sync + 'static {
-    /// Appends `events` to the chain in order. With `skip_stored` (a replay, or a retry after
-    /// an attempt whose answer was lost), events already stored are skipped first; without it,
-    /// a stored event makes the whole append fail (unique id). Returns how many were stored.
-    async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64>;
-    /// Rows matching `filter`, newest first.
-    async fn list(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>>;
-    /// Up to `limit` rows after position `seq`, in chain order.
-    async fn chain_after(&self, seq: i64, limit: i64) -> Result<Vec<AuditRecord>>;
-    /// The latest retention checkpoint: position and hash of the last pruned row.
-    async fn anchor(&self) -> Result<Option<(i64, String)>>;
-    /// Removes the rows before the first one that started at or after `before_us` (a prefix of
-    /// the chain) and records the checkpoint. Returns how many were removed.
-    async fn prune(&self, before_us: i64, now_us: i64) -> Result<u64>;
-}
-
-const COLUMNS: &str = "seq, prev_hash, hash, id, at_us, request_id, actor_subject, actor_email, \
+pub(super) const COLUMNS: &str = "seq, prev_hash, hash, id, at_us, request_id, actor_subject, actor_email, \
      actor_tenant, actor_client_id, operation, tool, server, arguments, decision, outcome, \
      error, duration_us";
 
-fn record<R: Row>(row: &R) -> std::result::Result<AuditRecord, sqlx::Error>
+pub(super) fn record<R: Row>(row: &R) -> std::result::Result<AuditRecord, sqlx::Error>
 where
     for<'r> &'r str: sqlx::ColumnIndex<R>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -91,11 +45,21 @@ where
     })
 }
 
-/// The SQL both backends share (`$n` placeholders, `CAST` for typed NULL checks).
-macro_rules! audit_reads {
+/// Implements `AuditStore` for `$store`: the reads here (the same SQL on both backends), appending
+/// and pruning by the backend's own `append_events` and `prune_chain`.
+macro_rules! audit_store {
     ($store:ty) => {
-        impl $store {
-            async fn audit_list(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        #[async_trait]
+        impl AuditStore for $store {
+            async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64> {
+                self.append_events(events, skip_stored).await
+            }
+
+            async fn prune(&self, before_us: i64, now_us: i64) -> Result<u64> {
+                self.prune_chain(before_us, now_us).await
+            }
+
+            async fn list(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
                 let sql = format!(
                     "SELECT {COLUMNS} FROM audit_log WHERE \
                  (CAST($1 AS TEXT) IS NULL OR actor_subject = $1 OR actor_email = $1) \
@@ -129,7 +93,7 @@ macro_rules! audit_reads {
                     .map_err(db_error("audit"))
             }
 
-            async fn audit_chain_after(&self, seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
+            async fn chain_after(&self, seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
                 let sql =
                     format!("SELECT {COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -144,7 +108,7 @@ macro_rules! audit_reads {
                     .map_err(db_error("audit"))
             }
 
-            async fn audit_anchor(&self) -> Result<Option<(i64, String)>> {
+            async fn anchor(&self) -> Result<Option<(i64, String)>> {
                 let row = sqlx::query(
                     "SELECT seq, hash FROM audit_checkpoints ORDER BY seq DESC LIMIT 1",
                 )
@@ -159,8 +123,7 @@ macro_rules! audit_reads {
     };
 }
 
-audit_reads!(super::PgStore);
-audit_reads!(super::SqliteStore);
+pub(super) use audit_store;
 
 /// The end of the chain inside transaction `tx`: the last row, else the last checkpoint, else
 /// the genesis.
@@ -188,6 +151,7 @@ macro_rules! tail {
         }
     }};
 }
+pub(super) use tail;
 
 /// Pruning, the same SQL on both backends, inside transaction `tx`.
 macro_rules! prune_in {
@@ -231,196 +195,4 @@ macro_rules! prune_in {
         removed
     }};
 }
-
-/// Key of the advisory lock that serialises appends to the chain in PostgreSQL.
-const CHAIN_LOCK: i64 = 0x6d72_6567_6175_6474;
-
-#[async_trait]
-impl AuditStore for super::PgStore {
-    async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let mut tx = self.pool.begin().await.map_err(db_error("audit"))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHAIN_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("audit"))?;
-        let stored: Vec<String> = if skip_stored {
-            let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
-            sqlx::query_scalar("SELECT id FROM audit_log WHERE id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_error("audit"))?
-        } else {
-            Vec::new()
-        };
-        let stored: std::collections::HashSet<&str> = stored.iter().map(String::as_str).collect();
-        let fresh: Vec<&AuditEvent> = events
-            .iter()
-            .filter(|e| !stored.contains(e.id.as_str()))
-            .collect();
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let (seq, hash) = tail!(tx);
-        let rows = chain(fresh, seq, hash);
-        macro_rules! column {
-            ($f:expr) => {
-                rows.iter().map($f).collect::<Vec<_>>()
-            };
-        }
-        sqlx::query(
-            "INSERT INTO audit_log (seq, prev_hash, hash, id, at_us, request_id, actor_subject, \
-             actor_email, actor_tenant, actor_client_id, operation, tool, server, arguments, \
-             decision, outcome, error, duration_us) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-             $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[])",
-        )
-        .bind(column!(|r| r.seq))
-        .bind(column!(|r| r.prev_hash.as_str()))
-        .bind(column!(|r| r.hash.as_str()))
-        .bind(column!(|r| r.event.id.as_str()))
-        .bind(column!(|r| r.event.at_us))
-        .bind(column!(|r| r.event.request_id.as_str()))
-        .bind(column!(|r| r.event.actor_subject.as_str()))
-        .bind(column!(|r| r.event.actor_email.as_deref()))
-        .bind(column!(|r| r.event.actor_tenant.as_deref()))
-        .bind(column!(|r| r.event.actor_client_id.as_deref()))
-        .bind(column!(|r| r.event.operation.as_str()))
-        .bind(column!(|r| r.event.tool.as_deref()))
-        .bind(column!(|r| r.event.server.as_deref()))
-        .bind(column!(|r| r.event.arguments.as_deref()))
-        .bind(column!(|r| r.event.decision.as_str()))
-        .bind(column!(|r| r.event.outcome.as_str()))
-        .bind(column!(|r| r.event.error.as_deref()))
-        .bind(column!(|r| r.event.duration_us))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error("audit"))?;
-        tx.commit().await.map_err(db_error("audit"))?;
-        Ok(rows.len() as u64)
-    }
-
-    async fn list(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        self.audit_list(filter).await
-    }
-
-    async fn chain_after(&self, seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
-        self.audit_chain_after(seq, limit).await
-    }
-
-    async fn anchor(&self) -> Result<Option<(i64, String)>> {
-        self.audit_anchor().await
-    }
-
-    async fn prune(&self, before_us: i64, now_us: i64) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(db_error("audit"))?;
-        // A retention sweep over a large backlog may outlast MREG_DATABASE_TIMEOUT.
-        sqlx::query("SET LOCAL statement_timeout = 0")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("audit"))?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(CHAIN_LOCK)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("audit"))?;
-        let removed = prune_in!(tx, before_us, now_us);
-        tx.commit().await.map_err(db_error("audit"))?;
-        Ok(removed)
-    }
-}
-
-#[async_trait]
-impl AuditStore for super::SqliteStore {
-    async fn append(&self, events: &[AuditEvent], skip_stored: bool) -> Result<u64> {
-        if events.is_empty() {
-            return Ok(0);
-        }
-        // BEGIN IMMEDIATE: take the write lock first, so that reading the tail and appending
-        // are one step.
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error("audit"))?;
-        let mut fresh = Vec::with_capacity(events.len());
-        for event in events {
-            let stored = skip_stored
-                && sqlx::query("SELECT 1 FROM audit_log WHERE id = $1")
-                    .bind(&event.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error("audit"))?
-                    .is_some();
-            if !stored {
-                fresh.push(event);
-            }
-        }
-        if fresh.is_empty() {
-            return Ok(0);
-        }
-        let (seq, hash) = tail!(tx);
-        let rows = chain(fresh, seq, hash);
-        for r in &rows {
-            let e = &r.event;
-            sqlx::query(
-                "INSERT INTO audit_log (seq, prev_hash, hash, id, at_us, request_id, \
-                 actor_subject, actor_email, actor_tenant, actor_client_id, operation, tool, \
-                 server, arguments, decision, outcome, error, duration_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18)",
-            )
-            .bind(r.seq)
-            .bind(&r.prev_hash)
-            .bind(&r.hash)
-            .bind(&e.id)
-            .bind(e.at_us)
-            .bind(&e.request_id)
-            .bind(&e.actor_subject)
-            .bind(&e.actor_email)
-            .bind(&e.actor_tenant)
-            .bind(&e.actor_client_id)
-            .bind(&e.operation)
-            .bind(&e.tool)
-            .bind(&e.server)
-            .bind(&e.arguments)
-            .bind(&e.decision)
-            .bind(&e.outcome)
-            .bind(&e.error)
-            .bind(e.duration_us)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("audit"))?;
-        }
-        tx.commit().await.map_err(db_error("audit"))?;
-        Ok(rows.len() as u64)
-    }
-
-    async fn list(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        self.audit_list(filter).await
-    }
-
-    async fn chain_after(&self, seq: i64, limit: i64) -> Result<Vec<AuditRecord>> {
-        self.audit_chain_after(seq, limit).await
-    }
-
-    async fn anchor(&self) -> Result<Option<(i64, String)>> {
-        self.audit_anchor().await
-    }
-
-    async fn prune(&self, before_us: i64, now_us: i64) -> Result<u64> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error("audit"))?;
-        let removed = prune_in!(tx, before_us, now_us);
-        tx.commit().await.map_err(db_error("audit"))?;
-        Ok(removed)
-    }
-}
+pub(super) use prune_in;

@@ -15,9 +15,9 @@ use domain::{
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::audit::{AuditFilter, AuditRecord, AuditStore};
-use super::auth::{AuthStore, GrantRow, Rotation};
 use domain::audit::AuditEvent;
+use domain::audit::AuditRecord;
+use domain::{AuditFilter, AuditStore, AuthStore, GrantRow, Rotation};
 
 /// A store whose every call ends within a time limit.
 #[derive(Clone)]

@@ -1,19 +1,21 @@
 //! Durable storage: one implementation of the domain's store traits per backend, each with its
-//! own SQL and its own embedded migrations. [`connect`] picks the backend from the configuration;
+//! own schema and embedded migrations, in mirrored folders (`sqlite/`, `postgres/`: `servers`,
+//! `health`, `audit`). What both run alike is written once: the queries built at run time
+//! (`select`, over a dialect), the OAuth store (`auth`) and the audit log's reads and pruning
+//! (`audit`). [`connect`] picks the backend from the configuration;
 //! nothing else in mreg knows which one runs.
 
-pub mod audit;
-pub mod auth;
+mod audit;
+mod auth;
 mod bounded;
 mod postgres;
-mod postgres_health;
+mod select;
 mod sqlite;
-mod sqlite_health;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use domain::{CatalogStore, Error, HealthStore, SecretStore, ServerStore};
+use domain::{AuditStore, AuthStore, CatalogStore, Error, HealthStore, SecretStore, ServerStore};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::config::{Config, DatabaseConfig};
@@ -38,9 +40,9 @@ pub struct Stores {
     /// The tool catalog.
     pub catalog: Arc<dyn CatalogStore>,
     /// OAuth clients and grants.
-    pub auth: Arc<dyn auth::AuthStore>,
+    pub auth: Arc<dyn AuthStore>,
     /// The audit log.
-    pub audit: Arc<dyn audit::AuditStore>,
+    pub audit: Arc<dyn AuditStore>,
     closer: Arc<dyn Close>,
     /// `sqlite` or `postgres`, for logs and `/readyz`.
     pub backend: &'static str,
@@ -76,8 +78,8 @@ pub async fn connect(config: &Config) -> anyhow::Result<Stores> {
 impl Stores {
     fn of<S>(store: Bounded<S>, backend: &'static str) -> Self
     where
-        S: ServerStore + SecretStore + HealthStore + CatalogStore + auth::AuthStore,
-        S: audit::AuditStore + Close + Clone,
+        S: ServerStore + SecretStore + HealthStore + CatalogStore + AuthStore + AuditStore,
+        S: Close + Clone,
     {
         Self {
             servers: Arc::new(store.clone()),
@@ -159,32 +161,6 @@ pub fn data_error_sqlstate(error: &Error) -> Option<&str> {
     }
 }
 
-/// Escapes `%`, `_` and `\` so that `text` matches literally inside a `LIKE` pattern whose
-/// escape character is `\`.
-/// Most words of a tool search that are matched (the rest are ignored).
-const MAX_SEARCH_WORDS: usize = 8;
-
-/// The words of a tool search, each to be found somewhere in a tool's text, in any order.
-fn search_words(text: &str) -> Vec<&str> {
-    let mut words: Vec<&str> = text.split_whitespace().collect();
-    words.dedup();
-    words.truncate(MAX_SEARCH_WORDS);
-    words
-}
-
-fn like_pattern(text: &str) -> String {
-    let mut pattern = String::with_capacity(text.len() + 2);
-    pattern.push('%');
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('%');
-    pattern
-}
-
 #[cfg(test)]
 mod tests {
     /// Every SQL file of a backend's migrations directory is embedded, in order, under the
@@ -238,10 +214,5 @@ mod tests {
             super::data_error_sqlstate(&domain::Error::Internal("x".into())),
             None
         );
-    }
-
-    #[test]
-    fn like_patterns_escape_wildcards() {
-        assert_eq!(super::like_pattern("a_b%c\\"), "%a\\_b\\%c\\\\%");
     }
 }

@@ -8,7 +8,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mreg::store::audit::{AuditFilter, AuditRecord, AuditStore};
+use domain::audit::AuditRecord;
+use domain::{AuditFilter, AuditStore};
 use mreg::store::{PgStore, SqliteStore};
 use reqwest::StatusCode;
 use rmcp::model::ProtocolVersion;

@@ -1964,7 +1964,7 @@ async fn registration_is_bounded_in_size_and_in_clients_that_never_signed_in() {
         let store = mreg::store::SqliteStore::open(&s.app.dir.0.join("mreg.db"), 1)
             .await
             .expect("open the database");
-        mreg::store::auth::AuthStore::idle_clients(&store)
+        domain::AuthStore::idle_clients(&store)
             .await
             .expect("count")
     };

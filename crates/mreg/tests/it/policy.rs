@@ -603,7 +603,7 @@ async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
     // (MREG_AUDIT_REFUSAL_WINDOW, 60 s) are counted, and the count is written when it ends — at
     // the latest when mreg stops.
     let rows = crate::audit::at_least(2 + 3, || crate::audit::sqlite_rows(&app.dir.0)).await;
-    let limited: Vec<&mreg::store::audit::AuditRecord> = rows
+    let limited: Vec<&domain::audit::AuditRecord> = rows
         .iter()
         .filter(|r| r.event.decision == "rate_limited")
         .collect();

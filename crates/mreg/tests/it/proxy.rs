@@ -88,8 +88,8 @@ async fn open_stream(app: &TestApp, server: &str, session: &str) -> reqwest::Res
 }
 
 /// The audit row of the call of `tool` (waits for the writer, at most 15 s).
-async fn audit_row_of(app: &TestApp, tool: &str) -> mreg::store::audit::AuditRecord {
-    let of_tool = |r: &mreg::store::audit::AuditRecord| r.event.tool.as_deref() == Some(tool);
+async fn audit_row_of(app: &TestApp, tool: &str) -> domain::audit::AuditRecord {
+    let of_tool = |r: &domain::audit::AuditRecord| r.event.tool.as_deref() == Some(tool);
     let rows = crate::audit::until(
         |rows| rows.iter().any(of_tool),
         || crate::audit::sqlite_rows(&app.dir.0),

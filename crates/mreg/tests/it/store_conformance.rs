@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
+use domain::{AuditFilter, AuditStore};
+use domain::{AuthStore, GrantRow, Rotation};
 use domain::{
     CatalogStore, Credentials, Error, Health, HealthCheck, HealthPolicy, HealthStatus, HealthStore,
     Outcome, SecretStore, Server, ServerDraft, ServerName, ServerQuery, ServerStatus, ServerStore,
     ToolHit, ToolInfo, ToolQuery,
 };
 use mreg::audit::{AuditEvent, GENESIS};
-use mreg::store::audit::{AuditFilter, AuditStore};
-use mreg::store::auth::{AuthStore, GrantRow, Rotation};
 use mreg::store::{PgStore, SqliteStore};
 use serde_json::json;
 use time::Duration;

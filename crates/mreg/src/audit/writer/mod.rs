@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::refusals::Refusals;
 use super::{AuditEvent, Auditor, Inner, Redaction};
-use crate::store::audit::AuditStore;
 use crate::store::data_error_sqlstate;
+use domain::AuditStore;
 pub use spool::quarantine_path;
 use spool::*;
 pub use status::Status;
@@ -543,7 +543,8 @@ pub async fn prune(store: Arc<dyn AuditStore>, retention: Duration) -> Result<St
 mod tests {
     use super::*;
     use crate::audit::{decision, outcome};
-    use crate::store::audit::{AuditFilter, AuditRecord};
+    use domain::AuditFilter;
+    use domain::audit::AuditRecord;
 
     /// A store that keeps rows in memory, refuses as data (SQLSTATE 22021, as PostgreSQL does
     /// for a NUL byte) every batch holding an event whose request id starts with `bad`, and

@@ -32,7 +32,7 @@ use crate::oauth::{
     Identity, OAuth, TRANSACTION_TTL, grant_revoked_key, pkce_challenge, random_token, sha256_hex,
     unix_now,
 };
-use crate::store::auth::{GrantRow, Rotation};
+use domain::{GrantRow, Rotation};
 
 use authorize::bound_transaction;
 pub use authorize::{authorize, consent, consent_page};

@@ -7,12 +7,13 @@ use domain::{
     ToolHit, ToolInfo, ToolQuery,
 };
 use sqlx::sqlite::SqliteRow;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Row, Sqlite};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::sqlite::{SqliteStore, corrupt, from_micros, micros};
-use super::{db_error, like_pattern};
+use super::{SqliteStore, corrupt, from_micros, micros};
+use crate::store::db_error;
+use crate::store::select;
 
 fn uuid(row: &SqliteRow, column: &str) -> Result<Uuid> {
     let text: String = row.try_get(column).map_err(|e| corrupt(column, e))?;
@@ -23,19 +24,11 @@ fn millis(value: Option<i64>) -> u64 {
     value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
 }
 
-/// The columns of `server_health` a page of servers joins (as `h`), each named `h_COLUMN`.
-pub(super) const PREFIXED_COLUMNS: &str = "h.server_id AS h_server_id, h.status AS h_status, \
-    h.consecutive_failures AS h_consecutive_failures, h.last_checked_at AS h_last_checked_at, \
-    h.last_outcome AS h_last_outcome, h.last_detail AS h_last_detail, \
-    h.last_latency_ms AS h_last_latency_ms, h.last_protocol_version AS h_last_protocol_version, \
-    h.last_checked_by AS h_last_checked_by, h.last_ok_at AS h_last_ok_at, \
-    h.next_check_at AS h_next_check_at, h.status_since AS h_status_since";
-
 fn health_from_row(row: &SqliteRow) -> Result<Health> {
     health_from_columns(row, "")
 }
 
-/// The health a page of servers joined ([`PREFIXED_COLUMNS`]); `None` when there is none.
+/// The health a page of servers joined (columns `h_…`); `None` when there is none.
 pub(super) fn prefixed_health_from_row(row: &SqliteRow) -> Result<Option<Health>> {
     let id: Option<String> = row
         .try_get("h_server_id")
@@ -277,47 +270,7 @@ impl CatalogStore for SqliteStore {
     }
 
     async fn search_tools(&self, query: &ToolQuery) -> Result<Vec<ToolHit>> {
-        let mut sql = QueryBuilder::<Sqlite>::new(
-            "SELECT s.name AS server, COALESCE(h.status, 'unknown') AS health, t.name, t.title, \
-             t.description, t.input_schema FROM server_tools t \
-             JOIN servers s ON s.id = t.server_id \
-             LEFT JOIN server_health h ON h.server_id = t.server_id \
-             WHERE s.status != 'disabled'",
-        );
-        super::sqlite::push_visibility(&mut sql, &query.visibility, "s.");
-        // Every word, in any order; tools whose name holds more of them rank first.
-        let words = query
-            .text
-            .as_deref()
-            .map(super::search_words)
-            .unwrap_or_default();
-        for word in &words {
-            sql.push(" AND t.search_text LIKE ")
-                .push_bind(like_pattern(word))
-                .push(" ESCAPE '\\'");
-        }
-        if let Some(health) = query.health {
-            sql.push(" AND COALESCE(h.status, 'unknown') = ")
-                .push_bind(health.as_str());
-        }
-        sql.push(
-            " ORDER BY CASE COALESCE(h.status, 'unknown') WHEN 'healthy' THEN 0 WHEN 'degraded' THEN 1 \
-             WHEN 'unknown' THEN 2 ELSE 3 END",
-        );
-        if !words.is_empty() {
-            sql.push(", (0");
-            for word in &words {
-                sql.push(" + CASE WHEN LOWER(t.name) LIKE ")
-                    .push_bind(like_pattern(word))
-                    .push(" ESCAPE '\\' THEN 1 ELSE 0 END");
-            }
-            sql.push(") DESC");
-        }
-        // The limit is written into the statement, not bound: SQLite plans with the value of a
-        // bound LIMIT, so binding it again (each execution of the cached statement) made it
-        // prepare the statement anew every time.
-        sql.push(format!(", s.name, t.name LIMIT {}", query.limit));
-        let rows = sql
+        let rows = select::tool_search::<Sqlite>(query)
             .build()
             .fetch_all(&self.pool)
             .await

@@ -1,6 +1,12 @@
 //! Storage traits. Each backend (SQLite, PostgreSQL) implements them once, with its own SQL; one
 //! conformance suite checks that every backend keeps the same contract.
 
+mod audit;
+mod auth;
+
+pub use audit::{AuditFilter, AuditStore};
+pub use auth::{AuthStore, GrantRow, Rotation};
+
 use async_trait::async_trait;
 use uuid::Uuid;
 

@@ -8,12 +8,13 @@ use domain::{
 };
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{Postgres, QueryBuilder, Row};
+use sqlx::{Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::postgres::{PgStore, corrupt};
-use super::{db_error, like_pattern};
+use super::{PgStore, corrupt};
+use crate::store::db_error;
+use crate::store::select;
 
 fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
     row: &'r PgRow,
@@ -26,20 +27,11 @@ fn millis(value: Option<i64>) -> u64 {
     value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
 }
 
-/// The columns of `server_health` a page of servers joins (as `h`), each named `h_COLUMN`.
-pub(super) const PREFIXED_COLUMNS: &str = "h.server_id AS h_server_id, h.status AS h_status, \
-    h.consecutive_failures AS h_consecutive_failures, h.last_checked_at AS h_last_checked_at, \
-    h.last_outcome AS h_last_outcome, h.last_detail AS h_last_detail, \
-    h.last_latency_ms AS h_last_latency_ms, h.last_protocol_version AS h_last_protocol_version, \
-    h.last_checked_by AS h_last_checked_by, h.last_ok_at AS h_last_ok_at, \
-    CASE WHEN isfinite(h.next_check_at) THEN h.next_check_at END AS h_next_check_at_finite, \
-    h.status_since AS h_status_since";
-
 fn health_from_row(row: &PgRow) -> Result<Health> {
     health_from_columns(row, "")
 }
 
-/// The health a page of servers joined ([`PREFIXED_COLUMNS`]); `None` when there is none.
+/// The health a page of servers joined (columns `h_…`); `None` when there is none.
 pub(super) fn prefixed_health_from_row(row: &PgRow) -> Result<Option<Health>> {
     let id: Option<Uuid> = col(row, "h_server_id")?;
     id.map(|_| health_from_columns(row, "h_")).transpose()
@@ -269,44 +261,7 @@ impl CatalogStore for PgStore {
     }
 
     async fn search_tools(&self, query: &ToolQuery) -> Result<Vec<ToolHit>> {
-        let mut sql = QueryBuilder::<Postgres>::new(
-            "SELECT s.name AS server, COALESCE(h.status, 'unknown') AS health, t.name, t.title, \
-             t.description, t.input_schema FROM server_tools t \
-             JOIN servers s ON s.id = t.server_id \
-             LEFT JOIN server_health h ON h.server_id = t.server_id \
-             WHERE s.status <> 'disabled'",
-        );
-        super::postgres::push_visibility(&mut sql, &query.visibility, "s.");
-        // Every word, in any order; tools whose name holds more of them rank first.
-        let words = query
-            .text
-            .as_deref()
-            .map(super::search_words)
-            .unwrap_or_default();
-        for word in &words {
-            sql.push(" AND t.search_text LIKE ")
-                .push_bind(like_pattern(word));
-        }
-        if let Some(health) = query.health {
-            sql.push(" AND COALESCE(h.status, 'unknown') = ")
-                .push_bind(health.as_str());
-        }
-        sql.push(
-            " ORDER BY CASE COALESCE(h.status, 'unknown') WHEN 'healthy' THEN 0 WHEN 'degraded' THEN 1 \
-             WHEN 'unknown' THEN 2 ELSE 3 END",
-        );
-        if !words.is_empty() {
-            sql.push(", (0");
-            for word in &words {
-                sql.push(" + CASE WHEN LOWER(t.name) LIKE ")
-                    .push_bind(like_pattern(word))
-                    .push(" THEN 1 ELSE 0 END");
-            }
-            sql.push(") DESC");
-        }
-        sql.push(", s.name, t.name LIMIT ")
-            .push_bind(i64::from(query.limit));
-        let rows = sql
+        let rows = select::tool_search::<Postgres>(query)
             .build()
             .fetch_all(&self.pool)
             .await

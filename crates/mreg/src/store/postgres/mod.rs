@@ -1,0 +1,179 @@
+//! The production backend: PostgreSQL, shared by every replica. Tags are a `text[]` with a GIN
+//! index, metadata `jsonb`, and text search uses a trigram index when `pg_trgm` is available.
+
+mod audit;
+mod health;
+mod servers;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use domain::Error;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+
+use super::select::Dialect;
+use super::{ACQUIRE_TIMEOUT, Close, migrator};
+
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "servers",
+        include_str!("../../../migrations/postgres/0001_servers.sql"),
+    ),
+    (
+        2,
+        "upstream",
+        include_str!("../../../migrations/postgres/0002_upstream.sql"),
+    ),
+    (
+        3,
+        "health",
+        include_str!("../../../migrations/postgres/0003_health.sql"),
+    ),
+    (
+        4,
+        "oauth",
+        include_str!("../../../migrations/postgres/0004_oauth.sql"),
+    ),
+    (
+        5,
+        "sharing",
+        include_str!("../../../migrations/postgres/0005_sharing.sql"),
+    ),
+    (
+        6,
+        "audit",
+        include_str!("../../../migrations/postgres/0006_audit.sql"),
+    ),
+    (
+        7,
+        "audit actor index",
+        include_str!("../../../migrations/postgres/0007_audit_actor_index.sql"),
+    ),
+    (
+        8,
+        "health since",
+        include_str!("../../../migrations/postgres/0008_health_since.sql"),
+    ),
+];
+
+/// Registry storage in PostgreSQL.
+#[derive(Clone)]
+pub struct PgStore {
+    pub(super) pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` and migrates the database.
+    pub async fn connect(url: &SecretString, max_connections: u32) -> anyhow::Result<Self> {
+        Self::open(url, max_connections, None).await
+    }
+
+    /// Connects to `url` and migrates the database; with a `timeout`, every statement on the
+    /// pool's connections is cancelled by the server after that long (`statement_timeout`), a
+    /// request waits at most that long for a free connection, and the server drops a connection
+    /// whose client stopped acknowledging for that long (`tcp_user_timeout`, keepalives), so a
+    /// partition does not leave it holding locks. Migrations run first, on a connection of
+    /// their own without the timeout.
+    pub async fn open(
+        url: &SecretString,
+        max_connections: u32,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url.expose_secret())
+            .map_err(|e| anyhow::anyhow!("invalid PostgreSQL URL: {e}"))?
+            .application_name("mreg");
+        let described = format!(
+            "{}:{}/{}",
+            options.get_host(),
+            options.get_port(),
+            options.get_database().unwrap_or_default()
+        );
+        let cannot_connect =
+            |e: sqlx::Error| anyhow::anyhow!("cannot connect to PostgreSQL at {described}: {e}");
+        let mut migration = PgConnection::connect_with(&options)
+            .await
+            .map_err(cannot_connect)?;
+        migrator(MIGRATIONS)
+            .run(&mut migration)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot migrate PostgreSQL database {described}: {e}"))?;
+        let _ = migration.close().await;
+        let (options, acquire) = match timeout {
+            None => (options, ACQUIRE_TIMEOUT),
+            Some(timeout) => {
+                let ms = timeout.as_millis().to_string();
+                let idle = timeout.as_secs().clamp(1, 60).to_string();
+                (
+                    options.options([
+                        ("statement_timeout", ms.as_str()),
+                        ("tcp_user_timeout", ms.as_str()),
+                        ("tcp_keepalives_idle", idle.as_str()),
+                        ("tcp_keepalives_interval", "1"),
+                        ("tcp_keepalives_count", "3"),
+                    ]),
+                    timeout.min(ACQUIRE_TIMEOUT),
+                )
+            }
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire)
+            .connect_with(options)
+            .await
+            .map_err(cannot_connect)?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool and migrates its database.
+    pub async fn from_pool(pool: PgPool) -> anyhow::Result<Self> {
+        migrator(MIGRATIONS).run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+#[async_trait]
+impl Close for PgStore {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "servers.{column} holds a value mreg cannot read: {e}"
+    ))
+}
+
+impl Dialect for Postgres {
+    // PostgreSQL's default escape character is `\`.
+    const LIKE_ESCAPE: &'static str = "";
+    // `infinity` (never due again) is read as no time.
+    const PREFIXED_NEXT_CHECK: &'static str =
+        "CASE WHEN isfinite(h.next_check_at) THEN h.next_check_at END AS h_next_check_at_finite";
+
+    fn bind_text(sql: &mut QueryBuilder<Self>, value: String) {
+        sql.push_bind(value);
+    }
+
+    fn bind_rank(sql: &mut QueryBuilder<Self>, rank: i32) {
+        sql.push_bind(rank);
+    }
+
+    fn bind_time(sql: &mut QueryBuilder<Self>, at: OffsetDateTime) {
+        sql.push_bind(at);
+    }
+
+    fn push_has_tag(sql: &mut QueryBuilder<Self>, tag: String) {
+        // `@>` on the `text[]` uses its GIN index.
+        sql.push("tags @> ARRAY[").push_bind(tag).push("]::text[]");
+    }
+
+    fn push_limit(sql: &mut QueryBuilder<Self>, limit: u32) {
+        sql.push(" LIMIT ").push_bind(i64::from(limit));
+    }
+}
