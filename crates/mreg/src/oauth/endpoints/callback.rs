@@ -8,49 +8,31 @@ pub async fn callback(
     State(oauth): State<Arc<OAuth>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    let p = params(query.as_deref().unwrap_or("")).unwrap_or_default();
-    let Some(id) = p.get("state") else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "The identity provider's answer has no state.",
-        );
-    };
-    let txn = match bound_transaction(&oauth, &headers, id).await {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
+) -> Result<Response, AuthorizeError> {
+    let p = params(query.as_deref().unwrap_or("")).map_err(AuthorizeError::bad)?;
+    let id = p
+        .get("state")
+        .ok_or_else(|| AuthorizeError::bad("The identity provider's answer has no state."))?;
+    let txn = bound_transaction(&oauth, &headers, id).await?;
     // Single use from here on, whatever happens next.
-    match oauth.cache.take(&format!("oauth:txn:{id}")).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                "This sign-in was already completed.",
-            );
-        }
-        Err(e) => return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
-    }
+    oauth
+        .cache
+        .take(&format!("oauth:txn:{id}"))
+        .await
+        .map_err(AuthorizeError::unavailable)?
+        .ok_or_else(|| AuthorizeError::bad("This sign-in was already completed."))?;
     if !txn.approved {
-        return error_page(
-            StatusCode::FORBIDDEN,
+        return Err(AuthorizeError::forbidden(
             "This sign-in was not approved on the consent page.",
-        );
+        ));
     }
     if registrations::check_redirect_uri(&txn.redirect_uri, txn.native).is_err() {
-        return error_page(
-            StatusCode::BAD_REQUEST,
+        return Err(AuthorizeError::bad(
             "The client's redirect URI is no longer acceptable.",
-        );
+        ));
     }
-    let fail = |error: &str, description: &str| {
-        redirect_error(
-            &oauth,
-            &txn.redirect_uri,
-            error,
-            description,
-            txn.state.as_deref(),
-        )
+    let fail = |error: &'static str, description: &str| {
+        Err(AuthorizeError::to_client(&oauth, &txn, error, description))
     };
     if let Some(error) = p.get("error") {
         tracing::info!(error = %error, "the identity provider ended the sign-in with an error");
@@ -131,11 +113,10 @@ pub async fn callback(
         upstream_refresh: tokens.refresh_token,
         upstream_expires_at: claims["exp"].as_i64(),
     };
-    let stored = match oauth.seal_json(CODE_PURPOSE, &grant) {
-        Ok(s) => s,
-        Err(e) => return error_page(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-    };
-    if let Err(e) = oauth
+    let stored = oauth
+        .seal_json(CODE_PURPOSE, &grant)
+        .map_err(AuthorizeError::internal)?;
+    oauth
         .cache
         .set(
             &format!("oauth:code:{}", sha256_hex(&code)),
@@ -143,15 +124,9 @@ pub async fn callback(
             oauth.code_ttl,
         )
         .await
-    {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
-    }
-    let Ok(mut url) = Url::parse(&txn.redirect_uri) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "The client's redirect URI is not valid.",
-        );
-    };
+        .map_err(AuthorizeError::unavailable)?;
+    let mut url = Url::parse(&txn.redirect_uri)
+        .map_err(|_| AuthorizeError::bad("The client's redirect URI is not valid."))?;
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("code", &code);
@@ -160,5 +135,5 @@ pub async fn callback(
         }
         q.append_pair("iss", &oauth.issuer);
     }
-    Note::on(redirect(url.as_str()), |n| n.actor = Some(actor))
+    Ok(Note::on(redirect(url.as_str()), |n| n.actor = Some(actor)))
 }

@@ -5,6 +5,7 @@
 
 mod authorize;
 mod callback;
+mod consent;
 mod cookie;
 mod edge;
 mod error;
@@ -34,11 +35,13 @@ use crate::oauth::{
 };
 use domain::{GrantRow, Rotation};
 
-use authorize::bound_transaction;
-pub use authorize::{authorize, consent, consent_page};
+pub use authorize::authorize;
 pub use callback::callback;
+use consent::bound_transaction;
+pub use consent::{consent, consent_page};
 use cookie::*;
 pub use edge::{audited, limited};
+pub use error::AuthorizeError;
 use error::OAuthError;
 use pages::*;
 pub use register::register;
@@ -121,31 +124,6 @@ fn redirect(location: &str) -> Response {
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
-}
-
-/// Sends the browser back to the client with an error (RFC 6749 §4.1.2.1, with `iss`).
-fn redirect_error(
-    oauth: &OAuth,
-    redirect_uri: &str,
-    error: &str,
-    description: &str,
-    state: Option<&str>,
-) -> Response {
-    let Ok(mut url) = Url::parse(redirect_uri) else {
-        return error_page(StatusCode::BAD_REQUEST, description);
-    };
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("error", error);
-        q.append_pair("error_description", description);
-        if let Some(state) = state {
-            q.append_pair("state", state);
-        }
-        q.append_pair("iss", &oauth.issuer);
-    }
-    Note::on(redirect(url.as_str()), |n| {
-        n.error = Some(format!("{error}: {description}"));
-    })
 }
 
 fn same(a: &str, b: &str) -> bool {
