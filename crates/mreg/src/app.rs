@@ -47,16 +47,38 @@ impl Running {
     }
 }
 
+/// Listeners bound before the gateway starts (by a test harness that must know a port first,
+/// or a supervisor that hands sockets over); a listener not given is bound from the
+/// configuration. Either way, without authentication only a loopback address is accepted.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// For the REST API, instead of `MREG_API_HOST`/`MREG_API_PORT`.
+    pub api: Option<TcpListener>,
+    /// For the MCP listener, instead of `FASTMCP_SERVER_HOST`/`FASTMCP_SERVER_PORT`.
+    pub mcp: Option<TcpListener>,
+}
+
 async fn bind(
+    bound: Option<TcpListener>,
     listen: &Listen,
     what: &str,
     variables: &str,
     auth: AuthMode,
 ) -> anyhow::Result<TcpListener> {
+    let refuse = |at: &dyn std::fmt::Display| {
+        anyhow::anyhow!(
+            "refusing to listen on {at} for the {what} without authentication: bind {variables} to loopback, or configure an identity provider (AZURE_* or MREG_OIDC_*) and MREG_AUTH=oauth"
+        )
+    };
+    if let Some(listener) = bound {
+        let at = listener.local_addr()?;
+        if auth == AuthMode::None && !at.ip().is_loopback() {
+            return Err(refuse(&at));
+        }
+        return Ok(listener);
+    }
     if auth == AuthMode::None && !listen.is_loopback() {
-        anyhow::bail!(
-            "refusing to listen on {listen} for the {what} without authentication: bind {variables} to loopback, or configure an identity provider (AZURE_* or MREG_OIDC_*) and MREG_AUTH=oauth"
-        );
+        return Err(refuse(listen));
     }
     TcpListener::bind((listen.host.as_str(), listen.port))
         .await
@@ -159,6 +181,11 @@ async fn accept_failed(name: &str, e: &std::io::Error) {
 
 /// Connects everything, binds both listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_on(config, Listeners::default()).await
+}
+
+/// [`start`], serving on the `listeners` given (the others bound from the configuration).
+pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Running> {
     let config = Arc::new(config);
     let shutdown = CancellationToken::new();
     // Background work stops as shutdown starts; shutdown waits for it after the listeners.
@@ -177,8 +204,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             "AUTHENTICATION IS OFF (MREG_AUTH=none, or no identity provider configured): every caller is an administrator; only loopback binds are allowed"
         );
     }
-    let api = bind(&config.api, "REST API", "MREG_API_HOST/MREG_API_PORT", auth).await?;
+    let api = bind(
+        listeners.api,
+        &config.api,
+        "REST API",
+        "MREG_API_HOST/MREG_API_PORT",
+        auth,
+    )
+    .await?;
     let mcp = bind(
+        listeners.mcp,
         &config.mcp,
         "MCP listener",
         "FASTMCP_SERVER_HOST/FASTMCP_SERVER_PORT",

@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::mcp_tools::{call, connect, text};
-use crate::support::{TestApp, TestDb};
+use crate::support::{TestApp, TestAppBuilder, TestDb};
 use crate::upstream::{Options, Upstream};
 
 /// Polls the health report of `server` until `done` holds (or fails after `within`).
@@ -32,28 +32,20 @@ async fn wait_for(
     }
 }
 
-fn monitored(interval: &str) -> [(&'static str, String); 4] {
-    [
-        ("MREG_HEALTH_ENABLED", "true".to_owned()),
-        ("MREG_HEALTH_INTERVAL", interval.to_owned()),
-        ("MREG_HEALTH_TIMEOUT", "2s".to_owned()),
-        ("MREG_HEALTH_UNHEALTHY_AFTER", "2".to_owned()),
-    ]
-}
-
-async fn spawn_monitored(interval: &str, extra: &[(&str, &str)]) -> TestApp {
-    let settings = monitored(interval);
-    let all: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestApp::builder()
-        .settings(&all)
-        .settings(extra)
-        .spawn()
-        .await
+/// A gateway whose monitor probes every `interval` (each probe 2 s at most; unhealthy after two
+/// failures in a row).
+fn monitored(interval: Duration) -> TestAppBuilder {
+    TestApp::builder().with_config(move |c| {
+        c.health.enabled = true;
+        c.health.interval = interval;
+        c.health.timeout = Duration::from_secs(2);
+        c.health.unhealthy_after = 2;
+    })
 }
 
 #[tokio::test]
 async fn a_server_that_goes_down_and_recovers_shows_it_in_status_and_history() {
-    let app = spawn_monitored("200ms", &[]).await;
+    let app = monitored(Duration::from_millis(200)).spawn().await;
     let upstream = Upstream::start(true).await;
     app.register("flaky", json!({ "url": upstream.url })).await;
     let report = wait_for(&app, "flaky", Duration::from_secs(10), |r| {
@@ -382,24 +374,14 @@ async fn two_instances_on_one_database_probe_each_server_once_per_interval() {
         Upstream::start(false).await,
         Upstream::start(false).await,
     ];
-    let interval_ms = 400;
-    let interval = format!("{interval_ms}ms");
-    let a = spawn_monitored(
-        &interval,
-        &[
-            ("MREG_DATABASE_URL", &db.url),
-            ("MREG_INSTANCE_ID", "replica-a"),
-        ],
-    )
-    .await;
-    let b = spawn_monitored(
-        &interval,
-        &[
-            ("MREG_DATABASE_URL", &db.url),
-            ("MREG_INSTANCE_ID", "replica-b"),
-        ],
-    )
-    .await;
+    let interval_ms: u64 = 400;
+    let replica = |id: &'static str| {
+        monitored(Duration::from_millis(interval_ms))
+            .with_postgres(&db.url)
+            .with_config(move |c| c.instance_id = id.to_owned())
+    };
+    let a = replica("replica-a").spawn().await;
+    let b = replica("replica-b").spawn().await;
     for (i, upstream) in upstreams.iter().enumerate() {
         a.register(&format!("shared-{i}"), json!({ "url": upstream.url }))
             .await;
@@ -535,7 +517,7 @@ async fn rest_health(app: &TestApp, name: &str) -> Value {
 
 #[tokio::test]
 async fn a_servers_health_travels_with_it_through_rest_the_registry_api_and_the_mcp_tools() {
-    let app = spawn_monitored("200ms", &[]).await;
+    let app = monitored(Duration::from_millis(200)).spawn().await;
     let upstream = Upstream::start(true).await;
     let created = app.register("flaky", json!({ "url": upstream.url })).await;
     assert!(
@@ -620,7 +602,7 @@ async fn a_servers_health_travels_with_it_through_rest_the_registry_api_and_the_
 
 #[tokio::test]
 async fn metrics_show_each_servers_health_and_its_calls_errors_and_latency_per_tool() {
-    let app = spawn_monitored("200ms", &[]).await;
+    let app = monitored(Duration::from_millis(200)).spawn().await;
     let upstream = Upstream::start(true).await;
     app.register("metered", json!({ "url": upstream.url }))
         .await;

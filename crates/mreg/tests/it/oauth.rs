@@ -22,7 +22,7 @@ use crate::support::idp::*;
 
 #[tokio::test]
 async fn metadata_documents_and_401_challenges_lead_clients_to_sign_in() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let http = reqwest::Client::new();
     let get = |path: &str| {
         let http = http.clone();
@@ -113,7 +113,7 @@ async fn metadata_documents_and_401_challenges_lead_clients_to_sign_in() {
 
 #[tokio::test]
 async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     // A second GET of the consent page (a reload, a prefetch) shows the same form.
     let (txn, csrf) = flow.open_consent(&[]).await;
@@ -269,7 +269,7 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
 
 #[tokio::test]
 async fn authorize_refuses_bad_clients_redirects_pkce_resources_and_scopes() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     // Without a known client or an exact redirect URI there is nobody safe to redirect to.
     for changes in [
@@ -417,7 +417,7 @@ async fn authorize_refuses_bad_clients_redirects_pkce_resources_and_scopes() {
 
 #[tokio::test]
 async fn consent_needs_the_csrf_token_and_the_browser_that_started_the_sign_in() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     let (txn, csrf) = flow.open_consent(&[]).await;
     // Another browser (no cookie) sees neither the page nor can it decide.
@@ -491,7 +491,9 @@ async fn consent_needs_the_csrf_token_and_the_browser_that_started_the_sign_in()
 
 #[tokio::test]
 async fn the_token_endpoint_checks_pkce_client_redirect_resource_and_code_lifetime() {
-    let Some(s) = setup(&[("MREG_AUTHORIZATION_CODE_TTL", "2")]).await else {
+    let Some(s) =
+        setup_with(|app| app.with_config(|c| c.auth.code_ttl = Duration::from_secs(2))).await
+    else {
         return;
     };
     let mut flow = Flow::new(&s).await;
@@ -621,7 +623,9 @@ async fn the_token_endpoint_checks_pkce_client_redirect_resource_and_code_lifeti
 
 #[tokio::test]
 async fn provider_tokens_for_this_app_are_accepted_and_forged_ones_refused() {
-    let Some(s) = setup(&[("AZURE_CLOCK_SKEW", "60")]).await else {
+    let Some(s) =
+        setup_with(|app| app.with_config(|c| c.azure.clock_skew = Duration::from_secs(60))).await
+    else {
         return;
     };
     let app_token = s.idp.app_token(TENANT, &format!("api://{CLIENT_ID}")).await;
@@ -731,7 +735,7 @@ async fn provider_tokens_for_this_app_are_accepted_and_forged_ones_refused() {
 
 #[tokio::test]
 async fn mreg_tokens_are_bound_to_their_resource() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     let resource = format!("{}/servers/alpha/mcp", s.mcp);
     let back = flow
@@ -774,7 +778,11 @@ async fn mreg_tokens_are_bound_to_their_resource() {
 
 #[tokio::test]
 async fn a_missing_required_scope_is_403_insufficient_scope() {
-    let Some(s) = setup(&[("MREG_REQUIRED_SCOPES", "access_as_user")]).await else {
+    let Some(s) = setup_with(|app| {
+        app.with_config(|c| c.auth.required_scopes = vec!["access_as_user".to_owned()])
+    })
+    .await
+    else {
         return;
     };
     let mut flow = Flow::new(&s).await;
@@ -808,12 +816,7 @@ async fn a_missing_required_scope_is_403_insufficient_scope() {
 
 #[tokio::test]
 async fn a_multi_tenant_app_admits_only_allowed_tenants() {
-    let Some(s) = setup(&[
-        ("AZURE_TENANT_ID", "organizations"),
-        ("AZURE_ALLOWED_TENANTS", TENANT),
-    ])
-    .await
-    else {
+    let Some(s) = setup_with(|app| app.with_allowed_tenants(&[TENANT])).await else {
         return;
     };
     let token = s.idp.sign(s.idp.claims(TENANT)).await;
@@ -844,8 +847,9 @@ async fn a_multi_tenant_app_admits_only_allowed_tenants() {
 
 #[tokio::test]
 async fn a_user_graph_does_not_confirm_is_not_signed_in() {
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let Some(s) = setup(&[("AZURE_GRAPH_URL", dead.as_str())]).await else {
+    // Nothing listens on the discard port.
+    let dead = url::Url::parse("http://127.0.0.1:9").expect("url");
+    let Some(s) = setup_with(|app| app.with_config(move |c| c.azure.graph_url = dead)).await else {
         return;
     };
     let mut flow = Flow::new(&s).await;
@@ -867,30 +871,19 @@ async fn tokens_from_one_replica_are_accepted_by_another() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let shared = |idp: &Idp, port: String, public: &str| {
-        owned(&[
-            ("MREG_AUTH", "oauth"),
-            ("AZURE_TENANT_ID", TENANT),
-            ("AZURE_CLIENT_ID", CLIENT_ID),
-            ("AZURE_CLIENT_SECRET", SECRET),
-            ("AZURE_AUTHORITY_HOST", idp.authority.as_str()),
-            ("AZURE_GRAPH_URL", idp.authority.as_str()),
-            ("MREG_DATABASE_URL", db.url.as_str()),
-            ("MREG_PUBLIC_URL", public),
-            ("FASTMCP_SERVER_PORT", port.as_str()),
-        ])
-    };
-    let (idp, a, port) = provider_and_gateway(&[TENANT, OTHER_TENANT], |idp, port| {
-        shared(idp, port.to_string(), &format!("http://127.0.0.1:{port}"))
+    let (idp, a) = provider_and_gateway(&[TENANT, OTHER_TENANT], |app, idp| {
+        app.with_oauth(idp).with_postgres(&db.url)
     })
     .await;
-    let public = format!("http://127.0.0.1:{port}");
-    let b_pairs = shared(&idp, "0".to_owned(), &public);
-    let b_refs: Vec<(&str, &str)> = b_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let b = TestApp::builder().settings(&b_refs).spawn().await;
+    // Replica B: the same database, and A's address as the issuer both answer for.
+    let public = format!("http://{}", a.mcp_addr);
+    let issuer = url::Url::parse(&public).expect("url");
+    let b = TestApp::builder()
+        .with_oauth(&idp)
+        .with_postgres(&db.url)
+        .with_config(move |c| c.public_url = Some(issuer))
+        .spawn()
+        .await;
     let s = Setup {
         idp,
         app: a,
@@ -966,7 +959,7 @@ async fn without_authentication_only_loopback_binds_are_allowed() {
 
 #[tokio::test]
 async fn the_typescript_sdk_client_completes_the_flow_and_calls_tools() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let upstream = crate::upstream::Upstream::start(true).await;
     let app_token = s.idp.app_token(TENANT, &format!("api://{CLIENT_ID}")).await;
     let reply = s
@@ -1016,7 +1009,7 @@ async fn the_typescript_sdk_client_completes_the_flow_and_calls_tools() {
 
 #[tokio::test]
 async fn mreg_login_signs_in_from_the_terminal_and_client_commands_use_the_token() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let dir = crate::support::TempDir::new();
     let credentials = dir.0.join("credentials.json");
     let mreg = |args: &[&str]| {
@@ -1227,7 +1220,8 @@ async fn document_server() -> String {
 
 #[tokio::test]
 async fn a_client_id_metadata_document_stands_in_for_registration() {
-    let Some(s) = setup(&[("MREG_CIMD_ALLOW_PRIVATE", "true")]).await else {
+    let Some(s) = setup_with(|app| app.with_config(|c| c.auth.cimd_allow_private = true)).await
+    else {
         return;
     };
     let docs = document_server().await;
@@ -1288,7 +1282,7 @@ async fn a_client_id_metadata_document_stands_in_for_registration() {
 
 #[tokio::test]
 async fn metadata_documents_on_private_addresses_are_not_fetched_by_default() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let docs = document_server().await;
     // Plain http is refused outright; https to a private address is refused before any fetch.
     let flow = Flow::with_client_id(&s, &format!("{docs}/good.json"));
@@ -1327,14 +1321,14 @@ async fn a_generic_openid_connect_provider_works_like_the_entra_preset() {
     if !peers_available() {
         return;
     }
-    let (idp, app, _) = provider_and_gateway(&[TENANT, OTHER_TENANT], |idp, port| {
+    // The generic provider's settings are this test's subject, so it names them.
+    let (idp, app) = provider_and_gateway(&[TENANT, OTHER_TENANT], |app, idp| {
         let issuer = format!("{}/{TENANT}/v2.0", idp.authority);
-        owned(&[
+        app.settings(&[
             ("MREG_OIDC_ISSUER", issuer.as_str()),
             ("MREG_OIDC_CLIENT_ID", CLIENT_ID),
             ("MREG_OIDC_CLIENT_SECRET", SECRET),
             ("OAUTH_SCOPES", "openid profile email"),
-            ("FASTMCP_SERVER_PORT", port.to_string().as_str()),
         ])
     })
     .await;
@@ -1369,11 +1363,11 @@ async fn validated_tokens_are_cached_in_redis_no_longer_than_allowed() {
         return;
     };
     let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
-    let Some(s) = setup(&[
-        ("MREG_REDIS_URL", redis_url.as_str()),
-        ("MREG_REDIS_PREFIX", prefix.as_str()),
-        ("AZURE_TOKEN_CACHE_TTL", "30"),
-    ])
+    let Some(s) = setup_with(|app| {
+        app.with_redis(&redis_url)
+            .with_redis_prefix(&prefix)
+            .with_config(|c| c.azure.token_cache_ttl = Duration::from_secs(30))
+    })
     .await
     else {
         return;
@@ -1434,7 +1428,7 @@ async fn validated_tokens_are_cached_in_redis_no_longer_than_allowed() {
 
 #[tokio::test]
 async fn two_signed_in_users_never_share_an_upstream_session() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let upstream = crate::upstream::Upstream::start(true).await;
     let alice = s.idp.sign(s.idp.claims(TENANT)).await;
     let mut bob_claims = s.idp.claims(TENANT);
@@ -1488,10 +1482,12 @@ async fn two_signed_in_users_never_share_an_upstream_session() {
 
 #[tokio::test]
 async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_proxy() {
-    let Some(s) = setup(&[
-        ("MREG_OAUTH_RATE_LIMIT_PER_MINUTE", "3"),
-        ("MREG_TRUSTED_PROXY_HOPS", "1"),
-    ])
+    let Some(s) = setup_with(|app| {
+        app.with_config(|c| {
+            c.auth.oauth_rate_limit_per_minute = 3;
+            c.auth.trusted_proxy_hops = 1;
+        })
+    })
     .await
     else {
         return;
@@ -1585,7 +1581,7 @@ fn unix_now() -> i64 {
 
 #[tokio::test]
 async fn a_refreshed_id_token_that_fails_validation_revokes_the_grant() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     for (change, why) in [
         (
             json!({"id_token": {"aud": "api://someone-else"}}),
@@ -1624,7 +1620,7 @@ async fn a_refreshed_id_token_that_fails_validation_revokes_the_grant() {
 
 #[tokio::test]
 async fn without_a_provider_refresh_token_the_grant_ends_with_the_id_token() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     let expires = unix_now() + 12;
     s.idp
@@ -1661,38 +1657,22 @@ async fn a_refresh_rechecks_the_tenant_against_the_configuration_of_now() {
     let Some(db) = TestDb::create().await else {
         return;
     };
-    let shared = |idp: &Idp, port: String, public: &str, allowed: &str| {
-        owned(&[
-            ("MREG_AUTH", "oauth"),
-            ("AZURE_TENANT_ID", "organizations"),
-            ("AZURE_ALLOWED_TENANTS", allowed),
-            ("AZURE_CLIENT_ID", CLIENT_ID),
-            ("AZURE_CLIENT_SECRET", SECRET),
-            ("AZURE_AUTHORITY_HOST", idp.authority.as_str()),
-            ("AZURE_GRAPH_URL", idp.authority.as_str()),
-            ("MREG_DATABASE_URL", db.url.as_str()),
-            ("MREG_PUBLIC_URL", public),
-            ("FASTMCP_SERVER_PORT", port.as_str()),
-        ])
-    };
-    let both = format!("{TENANT},{OTHER_TENANT}");
-    let (idp, a, port) = provider_and_gateway(&[TENANT, OTHER_TENANT], |idp, port| {
-        shared(
-            idp,
-            port.to_string(),
-            &format!("http://127.0.0.1:{port}"),
-            &both,
-        )
+    let (idp, a) = provider_and_gateway(&[TENANT, OTHER_TENANT], |app, idp| {
+        app.with_oauth(idp)
+            .with_allowed_tenants(&[TENANT, OTHER_TENANT])
+            .with_postgres(&db.url)
     })
     .await;
-    let public = format!("http://127.0.0.1:{port}");
+    let public = format!("http://{}", a.mcp_addr);
+    let issuer = url::Url::parse(&public).expect("url");
     // The same deployment restarted with TENANT taken off the list.
-    let b_pairs = shared(&idp, "0".to_owned(), &public, OTHER_TENANT);
-    let b_refs: Vec<(&str, &str)> = b_pairs
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let b = TestApp::builder().settings(&b_refs).spawn().await;
+    let b = TestApp::builder()
+        .with_oauth(&idp)
+        .with_allowed_tenants(&[OTHER_TENANT])
+        .with_postgres(&db.url)
+        .with_config(move |c| c.public_url = Some(issuer))
+        .spawn()
+        .await;
     let s = Setup {
         idp,
         app: a,
@@ -1740,7 +1720,7 @@ async fn a_refresh_rechecks_the_tenant_against_the_configuration_of_now() {
 
 #[tokio::test]
 async fn a_replayed_code_revokes_the_tokens_issued_for_it() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     let code = flow.code("alice").await;
     let (status, tokens) = flow.redeem(&code).await;
@@ -1769,7 +1749,7 @@ async fn a_replayed_code_revokes_the_tokens_issued_for_it() {
 
 #[tokio::test]
 async fn a_revoked_grant_takes_its_cached_access_tokens_with_it() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     // Revocation of the refresh token (RFC 7009).
     let tokens = flow.tokens("alice").await;
@@ -1820,12 +1800,7 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
     else {
         return;
     };
-    let Some(s) = setup(&[
-        ("MREG_REDIS_URL", url.as_str()),
-        ("MREG_REDIS_PREFIX", prefix.as_str()),
-    ])
-    .await
-    else {
+    let Some(s) = setup_with(|app| app.with_redis(&url).with_redis_prefix(&prefix)).await else {
         return;
     };
     let mut flow = Flow::new(&s).await;
@@ -1902,7 +1877,7 @@ async fn while_redis_is_down_own_tokens_work_and_revoked_grants_stay_revoked() {
 
 #[tokio::test]
 async fn a_refresh_may_ask_for_fewer_scopes() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let mut flow = Flow::new(&s).await;
     let tokens = flow.tokens("alice").await;
     assert_eq!(tokens["scope"], "User.Read profile openid email");
@@ -1945,7 +1920,7 @@ async fn a_refresh_may_ask_for_fewer_scopes() {
 
 #[tokio::test]
 async fn registration_is_bounded_in_size_and_in_clients_that_never_signed_in() {
-    let Some(s) = setup(&[("MREG_OAUTH_MAX_IDLE_CLIENTS", "3")]).await else {
+    let Some(s) = setup_with(|app| app.with_config(|c| c.auth.max_idle_clients = 3)).await else {
         return;
     };
     let http = no_redirects();
@@ -2016,7 +1991,8 @@ async fn registration_is_bounded_in_size_and_in_clients_that_never_signed_in() {
 
 #[tokio::test]
 async fn a_metadata_document_that_failed_is_not_fetched_again_at_once() {
-    let Some(s) = setup(&[("MREG_CIMD_ALLOW_PRIVATE", "true")]).await else {
+    let Some(s) = setup_with(|app| app.with_config(|c| c.auth.cimd_allow_private = true)).await
+    else {
         return;
     };
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -2053,7 +2029,7 @@ async fn a_metadata_document_that_failed_is_not_fetched_again_at_once() {
 
 #[tokio::test]
 async fn provider_id_tokens_are_not_accepted_as_access_tokens() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let good = s.idp.claims(TENANT);
     let token = s.idp.sign(good.clone()).await;
     assert_eq!(whoami(&s.app, &token).await.0, StatusCode::OK, "baseline");
@@ -2117,7 +2093,7 @@ async fn provider_id_tokens_are_not_accepted_as_access_tokens() {
 
 #[tokio::test]
 async fn with_authentication_on_the_api_documentation_lists_the_oauth_endpoints() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let doc: Value = s
         .app
         .http

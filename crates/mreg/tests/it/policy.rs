@@ -12,8 +12,10 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
-use crate::support::idp::{ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, whoami};
-use crate::support::{RedisBehindProxy, TempDir, TestApp, redis_available};
+use crate::support::idp::{
+    ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, setup_with, whoami,
+};
+use crate::support::{RedisBehindProxy, TempDir, TestApp, TestAppBuilder, redis_available};
 use crate::upstream::Upstream;
 
 /// Tokens for an admin (alice), a user (bob) and someone without roles (carol): delegated
@@ -40,15 +42,13 @@ async fn callers(s: &Setup) -> Callers {
     }
 }
 
-/// A gateway whose Entra app admits two tenants (multi-tenant mode), with `extra` settings.
-async fn two_tenants(extra: &[(&str, &str)]) -> Option<Setup> {
-    let tenants = format!("{TENANT} {}", crate::support::idp::OTHER_TENANT);
-    let mut settings = vec![
-        ("AZURE_TENANT_ID", "organizations"),
-        ("AZURE_ALLOWED_TENANTS", tenants.as_str()),
-    ];
-    settings.extend_from_slice(extra);
-    setup(&settings).await
+/// A gateway whose Entra app admits two tenants (multi-tenant mode), configured further by
+/// `configure`.
+async fn two_tenants(configure: impl FnOnce(TestAppBuilder) -> TestAppBuilder) -> Option<Setup> {
+    setup_with(|app| {
+        configure(app.with_allowed_tenants(&[TENANT, crate::support::idp::OTHER_TENANT]))
+    })
+    .await
 }
 
 /// A token of Dave, an admin of the other tenant.
@@ -138,7 +138,7 @@ fn error_code(error: &rmcp::ServiceError) -> (i32, String, Option<Value>) {
 
 #[tokio::test]
 async fn roles_decide_rest_operations_and_gateway_tools() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let c = callers(&s).await;
     // REST: the seed mapping.
     let body = json!({"name": "weather", "url": "https://weather.example.com/mcp"});
@@ -368,7 +368,7 @@ async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
     let policy = policy_file(
         "[servers.echo]\ntools = { echo = [\"admin\"] }\n\n[servers.stateful]\ntools = { echo = [\"admin\"] }\n\n[servers.vault]\nroles = [\"admin\"]\n",
     );
-    let Some(s) = setup(&[("MREG_POLICY_FILE", policy.path.as_str())]).await else {
+    let Some(s) = setup_with(|app| app.with_policy_file(&policy.path)).await else {
         return;
     };
     let c = callers(&s).await;
@@ -537,11 +537,7 @@ async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
 #[tokio::test]
 async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
     let policy = policy_file("[rate_limits]\ntools = { list_servers = 3 }\n");
-    let Some(s) = setup(&[
-        ("MREG_RATE_LIMIT_PER_MINUTE", "10"),
-        ("MREG_POLICY_FILE", policy.path.as_str()),
-    ])
-    .await
+    let Some(s) = setup_with(|app| app.with_rate_limit(10).with_policy_file(&policy.path)).await
     else {
         return;
     };
@@ -653,24 +649,15 @@ async fn two_instances_on_one_redis_share_one_budget() {
         return;
     };
     let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
-    let shared = [
-        ("MREG_RATE_LIMIT_PER_MINUTE", "10"),
-        ("MREG_REDIS_URL", redis.as_str()),
-        ("MREG_REDIS_PREFIX", prefix.as_str()),
-    ];
-    let Some(s) = setup(&shared).await else {
+    let shared = |app: TestAppBuilder| {
+        app.with_rate_limit(10)
+            .with_redis(&redis)
+            .with_redis_prefix(&prefix)
+    };
+    let Some(s) = setup_with(shared).await else {
         return;
     };
-    let mut settings = shared.to_vec();
-    let authority = s.idp.authority.clone();
-    settings.extend([
-        ("MREG_AUTH", "oauth"),
-        ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", crate::support::idp::CLIENT_ID),
-        ("AZURE_CLIENT_SECRET", crate::support::idp::SECRET),
-        ("AZURE_AUTHORITY_HOST", authority.as_str()),
-    ]);
-    let other = TestApp::builder().settings(&settings).spawn().await;
+    let other = shared(TestApp::builder().with_oauth(&s.idp)).spawn().await;
     let c = callers(&s).await;
     let (a, b) = (Arc::new(s.app), Arc::new(other));
     let tasks: Vec<_> = (0..24)
@@ -694,11 +681,11 @@ async fn when_redis_is_cut_off_limits_hold_per_instance_and_readyz_says_so() {
     let Some(RedisBehindProxy { proxy, url, prefix }) = RedisBehindProxy::start().await else {
         return;
     };
-    let Some(s) = setup(&[
-        ("MREG_RATE_LIMIT_PER_MINUTE", "5"),
-        ("MREG_REDIS_URL", url.as_str()),
-        ("MREG_REDIS_PREFIX", prefix.as_str()),
-    ])
+    let Some(s) = setup_with(|app| {
+        app.with_rate_limit(5)
+            .with_redis(&url)
+            .with_redis_prefix(&prefix)
+    })
     .await
     else {
         return;
@@ -744,11 +731,11 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
     let Some(RedisBehindProxy { proxy, url, prefix }) = RedisBehindProxy::start().await else {
         return;
     };
-    let Some(s) = setup(&[
-        ("MREG_RATE_LIMIT_PER_MINUTE", "100000"),
-        ("MREG_REDIS_URL", url.as_str()),
-        ("MREG_REDIS_PREFIX", prefix.as_str()),
-    ])
+    let Some(s) = setup_with(|app| {
+        app.with_rate_limit(100000)
+            .with_redis(&url)
+            .with_redis_prefix(&prefix)
+    })
     .await
     else {
         return;
@@ -877,7 +864,7 @@ async fn readyz(app: &TestApp) -> (StatusCode, Value) {
 #[tokio::test]
 async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
     let policy = policy_file("[rest]\n\"POST /api/v1/servers\" = [\"user\", \"admin\"]\n");
-    let Some(s) = two_tenants(&[("MREG_POLICY_FILE", policy.path.as_str())]).await else {
+    let Some(s) = two_tenants(|app| app.with_policy_file(&policy.path)).await else {
         return;
     };
     let c = callers(&s).await;
@@ -1162,11 +1149,7 @@ fn assert_rpc_error(
 #[tokio::test]
 async fn a_budget_counts_json_rpc_requests_only() {
     let policy = policy_file("[rate_limits]\nroles = { admin = 100 }\n");
-    let Some(s) = setup(&[
-        ("MREG_RATE_LIMIT_PER_MINUTE", "4"),
-        ("MREG_POLICY_FILE", policy.path.as_str()),
-    ])
-    .await
+    let Some(s) = setup_with(|app| app.with_rate_limit(4).with_policy_file(&policy.path)).await
     else {
         return;
     };
@@ -1296,11 +1279,11 @@ where
     let policy = policy_file(
         "[rate_limits]\nroles = { admin = 100 }\n[servers.payroll]\nroles = [\"finance\"]\n",
     );
-    let Some(s) = setup(&[
-        ("MREG_RATE_LIMIT_PER_MINUTE", "3"),
-        ("MREG_POLICY_FILE", policy.path.as_str()),
-        ("MREG_HEALTH_UNHEALTHY_AFTER", "1"),
-    ])
+    let Some(s) = setup_with(|app| {
+        app.with_rate_limit(3)
+            .with_policy_file(&policy.path)
+            .with_config(|c| c.health.unhealthy_after = 1)
+    })
     .await
     else {
         return;
@@ -1427,7 +1410,7 @@ async fn the_python_sdk_shows_the_cause_of_every_refusal() {
 
 #[tokio::test]
 async fn a_caller_without_a_role_reaches_no_server_through_either_path() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let c = callers(&s).await;
     let upstream = Upstream::start(true).await;
     let (status, _, body) = rest(
@@ -1494,7 +1477,7 @@ async fn a_caller_without_a_role_reaches_no_server_through_either_path() {
 
 #[tokio::test]
 async fn head_is_decided_as_get() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let c = callers(&s).await;
     for path in [
         "/api/v1/audit",
@@ -1525,7 +1508,7 @@ async fn head_is_decided_as_get() {
 
 #[tokio::test]
 async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
-    let Some(s) = two_tenants(&[]).await else {
+    let Some(s) = two_tenants(|app| app).await else {
         return;
     };
     let c = callers(&s).await;
@@ -1612,7 +1595,7 @@ async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
 
 #[tokio::test]
 async fn with_authentication_on_internal_upstreams_need_the_operators_allow_list() {
-    let Some(s) = setup(&[("MREG_UPSTREAM_ALLOW", "")]).await else {
+    let Some(s) = setup_with(|app| app.with_config(|c| c.upstream_allow.clear())).await else {
         return;
     };
     let c = callers(&s).await;
@@ -1653,7 +1636,7 @@ async fn with_authentication_on_internal_upstreams_need_the_operators_allow_list
 
 #[tokio::test]
 async fn a_gateway_session_serves_only_the_caller_that_opened_it() {
-    let Some(s) = setup(&[]).await else { return };
+    let Some(s) = setup().await else { return };
     let c = callers(&s).await;
     let url = format!("{}/mcp", s.mcp);
     let opened = mcp_post(
@@ -1701,7 +1684,7 @@ async fn the_tool_catalog_shows_only_tools_the_caller_may_call() {
     let policy = policy_file(
         "[servers.open]\ntools = { echo = [\"admin\"] }\n\n[servers.vault]\nroles = [\"admin\"]\n",
     );
-    let Some(s) = setup(&[("MREG_POLICY_FILE", policy.path.as_str())]).await else {
+    let Some(s) = setup_with(|app| app.with_policy_file(&policy.path)).await else {
         return;
     };
     let c = callers(&s).await;

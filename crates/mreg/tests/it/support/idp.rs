@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::TestApp;
+use super::{TestApp, TestAppBuilder};
 use crate::interop::{interop_dir, peers_available};
 
 pub(crate) const CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
@@ -183,13 +183,6 @@ impl Idp {
     }
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// mreg in front of the provider, plus the provider.
 pub(crate) struct Setup {
     pub(crate) idp: Idp,
@@ -198,16 +191,52 @@ pub(crate) struct Setup {
     pub(crate) mcp: String,
 }
 
-pub(crate) async fn setup(extra: &[(&str, &str)]) -> Option<Setup> {
-    setup_with(extra, &[TENANT, OTHER_TENANT]).await
+/// A gateway signing users in at the provider (both tenants known to it), as configured by
+/// default.
+pub(crate) async fn setup() -> Option<Setup> {
+    setup_with(|app| app).await
 }
 
-pub(crate) async fn setup_with(extra: &[(&str, &str)], tenants: &[&str]) -> Option<Setup> {
+/// A gateway signing users in at the provider, configured further by `configure`; `None` (the
+/// test is skipped) when the Node peers are not installed and not required.
+pub(crate) async fn setup_with(
+    configure: impl FnOnce(TestAppBuilder) -> TestAppBuilder,
+) -> Option<Setup> {
     if !peers_available() {
         return None;
     }
-    let (idp, app, _) = provider_and_gateway(tenants, |idp, port| {
-        let mut settings = owned(&[
+    let (idp, app) = provider_and_gateway(&[TENANT, OTHER_TENANT], |app, idp| {
+        configure(app.with_oauth(idp))
+    })
+    .await;
+    let mcp = format!("http://{}", app.mcp_addr);
+    Some(Setup { idp, app, mcp })
+}
+
+/// Starts the provider with `tenants` and a gateway configured by `configure` (which connects
+/// it to the provider: [`TestAppBuilder::with_oauth`], or the generic OpenID Connect settings).
+/// The gateway's MCP listener is bound first, on port 0, so that the provider knows mreg's
+/// callback URL when it starts.
+pub(crate) async fn provider_and_gateway(
+    tenants: &[&str],
+    configure: impl FnOnce(TestAppBuilder, &Idp) -> TestAppBuilder,
+) -> (Idp, TestApp) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port for the MCP listener");
+    let port = listener.local_addr().expect("bound").port();
+    let idp = Idp::start(port, tenants).await;
+    let app = configure(TestApp::builder().with_mcp_listener(listener), &idp)
+        .spawn()
+        .await;
+    (idp, app)
+}
+
+impl TestAppBuilder {
+    /// Signs users in at `idp` (an Entra ID stand-in: its single tenant [`TENANT`], mreg's app
+    /// [`CLIENT_ID`], Graph confirmation on, the `access_as_user` scope).
+    pub(crate) fn with_oauth(self, idp: &Idp) -> Self {
+        self.settings(&[
             ("MREG_AUTH", "oauth"),
             ("AZURE_TENANT_ID", TENANT),
             ("AZURE_CLIENT_ID", CLIENT_ID),
@@ -216,47 +245,15 @@ pub(crate) async fn setup_with(extra: &[(&str, &str)], tenants: &[&str]) -> Opti
             ("AZURE_GRAPH_URL", idp.authority.as_str()),
             ("AZURE_VALIDATE_WITH_GRAPH", "true"),
             ("AZURE_API_SCOPES", "access_as_user"),
-            ("FASTMCP_SERVER_PORT", port.to_string().as_str()),
-        ]);
-        settings.extend(owned(extra));
-        settings
-    })
-    .await;
-    let mcp = format!("http://{}", app.mcp_addr);
-    Some(Setup { idp, app, mcp })
-}
+        ])
+    }
 
-pub(crate) fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-/// Starts the provider and a gateway whose MCP listener takes a port chosen beforehand (the
-/// provider must know mreg's callback URL when it starts). Another process may take that port in
-/// between; then both start again on a new one.
-pub(crate) async fn provider_and_gateway(
-    tenants: &[&str],
-    settings: impl Fn(&Idp, u16) -> Vec<(String, String)>,
-) -> (Idp, TestApp, u16) {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let port = free_port();
-        let idp = Idp::start(port, tenants).await;
-        let pairs = settings(&idp, port);
-        let refs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        match TestApp::builder().settings(&refs).try_spawn().await {
-            Ok(app) => return (idp, app, port),
-            Err(e) if attempt < 5 && format!("{e:#}").contains("Address already in use") => {
-                eprintln!("port {port} was taken before the gateway bound it; trying another");
-            }
-            Err(e) => panic!("app starts: {e:#}"),
-        }
+    /// A multi-tenant app (`organizations`) that admits the users of `tenants` only.
+    pub(crate) fn with_allowed_tenants(self, tenants: &[&str]) -> Self {
+        self.settings(&[
+            ("AZURE_TENANT_ID", "organizations"),
+            ("AZURE_ALLOWED_TENANTS", tenants.join(" ").as_str()),
+        ])
     }
 }
 

@@ -181,6 +181,7 @@ type ConfigChange = Box<dyn FnOnce(&mut Config) + Send>;
 pub struct TestAppBuilder {
     settings: Vec<(String, String)>,
     changes: Vec<ConfigChange>,
+    listeners: app::Listeners,
 }
 
 impl TestAppBuilder {
@@ -200,6 +201,30 @@ impl TestAppBuilder {
         self.setting("MREG_REDIS_URL", url)
     }
 
+    /// Keys the cache, rate limits and revocations in Redis under `prefix` (so that two
+    /// gateways of one test share them and other tests do not).
+    pub fn with_redis_prefix(self, prefix: &str) -> Self {
+        let prefix = prefix.to_owned();
+        self.with_config(move |c| c.redis_prefix = prefix)
+    }
+
+    /// Loads the policy file at `path` (roles, tool rules, limits), as `mreg serve` does at start.
+    pub fn with_policy_file(self, path: &str) -> Self {
+        self.setting("MREG_POLICY_FILE", path)
+    }
+
+    /// Each caller may make `per_minute` requests a minute (the default of the policy file).
+    pub fn with_rate_limit(self, per_minute: u32) -> Self {
+        self.setting("MREG_RATE_LIMIT_PER_MINUTE", &per_minute.to_string())
+    }
+
+    /// Serves MCP on `listener`, bound by the test first (its port must be known before the
+    /// gateway starts, e.g. by an identity provider that checks mreg's callback URL).
+    pub fn with_mcp_listener(mut self, listener: TcpListener) -> Self {
+        self.listeners.mcp = Some(listener);
+        self
+    }
+
     /// Sets a setting by its name, as an operator would (for tests of the parsing itself).
     pub fn setting(mut self, name: &str, value: &str) -> Self {
         self.settings.push((name.to_owned(), value.to_owned()));
@@ -207,7 +232,7 @@ impl TestAppBuilder {
     }
 
     /// Sets several settings by name: the identity-provider harness, which names them in one
-    /// place ([`idp`]), and tests of the parsing itself.
+    /// place ([`idp`]), and tests whose subject is the settings themselves.
     pub fn settings(mut self, pairs: &[(&str, &str)]) -> Self {
         for (name, value) in pairs {
             self = self.setting(name, value);
@@ -234,7 +259,7 @@ impl TestAppBuilder {
         for change in self.changes {
             change(&mut config);
         }
-        let running = app::start(config).await?;
+        let running = app::start_on(config, self.listeners).await?;
         let (addr, mcp_addr) = (running.api_addr, running.mcp_addr);
         Ok(TestApp {
             base: format!("http://{addr}"),
@@ -273,6 +298,7 @@ impl TestApp {
         TestAppBuilder {
             settings: Vec::new(),
             changes: Vec::new(),
+            listeners: app::Listeners::default(),
         }
     }
 
