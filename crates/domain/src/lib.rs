@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod clock;
 pub mod error;
 pub mod health;
 pub mod principal;
@@ -16,6 +17,7 @@ pub mod text;
 pub mod upstream;
 
 pub use cache::Cache;
+pub use clock::Clock;
 pub use error::{Error, Result};
 pub use health::{Health, HealthCheck, HealthPolicy, HealthStatus, Outcome};
 pub use principal::Principal;

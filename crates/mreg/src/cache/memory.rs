@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use domain::{Cache, Error, Result};
+use domain::{Cache, Clock, Error, Result};
 
 struct Entry {
     value: Vec<u8>,
@@ -43,12 +43,21 @@ impl Inner {
 #[derive(Default)]
 pub struct MemoryCache {
     inner: Mutex<Inner>,
+    clock: Clock,
 }
 
 impl MemoryCache {
-    /// An empty cache.
+    /// An empty cache whose entries expire by the system clock.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache whose entries expire by `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            inner: Mutex::default(),
+            clock,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -65,18 +74,18 @@ impl Cache for MemoryCache {
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .lock()
-            .live(key, Instant::now())
+            .live(key, self.clock.instant())
             .map(|e| e.value.clone()))
     }
 
     async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<()> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         self.lock().insert(key, value.to_vec(), now + ttl, now);
         Ok(())
     }
 
     async fn set_if_absent(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut inner = self.lock();
         if inner.live(key, now).is_some() {
             return Ok(false);
@@ -86,14 +95,14 @@ impl Cache for MemoryCache {
     }
 
     async fn take(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut inner = self.lock();
         let live = inner.live(key, now).is_some();
         Ok(inner.entries.remove(key).filter(|_| live).map(|e| e.value))
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut inner = self.lock();
         let live = inner.live(key, now).is_some();
         inner.entries.remove(key);
@@ -101,7 +110,7 @@ impl Cache for MemoryCache {
     }
 
     async fn incr(&self, key: &str, by: i64, ttl: Duration) -> Result<i64> {
-        let now = Instant::now();
+        let now = self.clock.instant();
         let mut inner = self.lock();
         if let Some(entry) = inner.live(key, now) {
             let current: i64 = std::str::from_utf8(&entry.value)
@@ -121,7 +130,7 @@ impl Cache for MemoryCache {
     async fn rate(&self, key: &str, limit: u32, period: Duration) -> Result<Option<Duration>> {
         use std::sync::OnceLock;
         static EPOCH: OnceLock<Instant> = OnceLock::new();
-        let now = Instant::now();
+        let now = self.clock.instant();
         let epoch = *EPOCH.get_or_init(|| now);
         let now_us = u64::try_from(now.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
         let mut inner = self.lock();

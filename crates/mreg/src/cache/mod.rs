@@ -1,5 +1,6 @@
 //! Caches behind the domain's [`Cache`] trait: in process by default, Redis when
-//! `MREG_REDIS_URL` is set so that replicas share tokens, counters and OAuth state.
+//! `MREG_REDIS_URL` is set so that replicas share tokens, counters and OAuth state. Entries of
+//! the in-process cache expire by the configuration's clock; Redis's by Redis's own.
 
 mod memory;
 mod redis;
@@ -17,7 +18,10 @@ pub use self::redis::RedisCache;
 /// The configured cache and its kind (`memory` or `redis`, for logs).
 pub async fn connect(config: &Config) -> anyhow::Result<(Arc<dyn Cache>, &'static str)> {
     Ok(match &config.redis_url {
-        None => (Arc::new(MemoryCache::new()), "memory"),
+        None => (
+            Arc::new(MemoryCache::with_clock(config.clock.clone())),
+            "memory",
+        ),
         Some(url) => (
             Arc::new(RedisCache::connect(url.expose_secret(), &config.redis_prefix).await?),
             "redis",

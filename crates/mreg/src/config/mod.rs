@@ -314,6 +314,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Name of this instance in leases and history.
     pub instance_id: String,
+    /// The clock expiry is measured by (the system clock; not a setting: a test moves it).
+    pub clock: domain::Clock,
 }
 
 #[cfg(test)]

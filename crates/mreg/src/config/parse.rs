@@ -507,6 +507,7 @@ impl Parser<'_> {
                 Some(id) => id,
                 None => default_instance_id(),
             },
+            clock: domain::Clock::system(),
         })
     }
 

@@ -49,6 +49,8 @@ pub struct OAuth {
     pub keys: Keys,
     store: Arc<dyn AuthStore>,
     cache: Arc<dyn Cache>,
+    /// What "now" is for registrations, grants and codes.
+    clock: domain::Clock,
     cipher: Arc<Cipher>,
     secure_cookies: bool,
     access_ttl: Duration,
@@ -162,10 +164,6 @@ pub fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, verifier.as_bytes()))
 }
 
-fn unix_now() -> i64 {
-    domain::now().unix_timestamp()
-}
-
 impl OAuth {
     /// The authorization server of `config`, when authentication is on. `mcp_base` is the
     /// MCP listener's address, used when `MREG_PUBLIC_URL` is unset.
@@ -211,6 +209,7 @@ impl OAuth {
             upstream,
             store: stores.auth.clone(),
             cache,
+            clock: config.clock.clone(),
             cipher,
             access_ttl: config.auth.access_token_ttl,
             refresh_ttl: config.auth.refresh_token_ttl,
@@ -226,6 +225,11 @@ impl OAuth {
             address_limit: None,
             tasks,
         })
+    }
+
+    /// The time now in Unix seconds, by the gateway's clock.
+    fn unix_now(&self) -> i64 {
+        self.clock.unix()
     }
 
     /// Limits the requests per client address to client registration, sign-in, token and

@@ -5,12 +5,29 @@ use std::time::Duration;
 
 use domain::Cache;
 
+/// How a test lets time pass: the in-memory cache's clock is moved; Redis keeps time itself, so
+/// a test of Redis waits.
+#[derive(Clone)]
+enum Time {
+    Clock(domain::Clock),
+    Wait,
+}
+
+impl Time {
+    async fn pass(&self, by: Duration) {
+        match self {
+            Self::Clock(clock) => clock.advance(by),
+            Self::Wait => tokio::time::sleep(by).await,
+        }
+    }
+}
+
 const LONG: Duration = Duration::from_secs(60);
 const SHORT: Duration = Duration::from_secs(1);
 /// Comfortably past [`SHORT`]: what matters is that the entry is gone, not how fast.
 const PAST_SHORT: Duration = Duration::from_millis(1600);
 
-async fn values_are_stored_replaced_and_deleted(cache: Arc<dyn Cache>) {
+async fn values_are_stored_replaced_and_deleted(cache: Arc<dyn Cache>, _time: Time) {
     assert_eq!(cache.get("k").await.expect("get"), None);
     cache.set("k", b"one", LONG).await.expect("set");
     assert_eq!(
@@ -28,7 +45,7 @@ async fn values_are_stored_replaced_and_deleted(cache: Arc<dyn Cache>) {
     cache.ping().await.expect("ping");
 }
 
-async fn get_many_answers_each_key_in_order(cache: Arc<dyn Cache>) {
+async fn get_many_answers_each_key_in_order(cache: Arc<dyn Cache>, _time: Time) {
     cache.set("a", b"1", LONG).await.expect("set");
     cache.set("c", b"3", LONG).await.expect("set");
     assert_eq!(
@@ -38,10 +55,10 @@ async fn get_many_answers_each_key_in_order(cache: Arc<dyn Cache>) {
     assert!(cache.get_many(&[]).await.expect("none").is_empty());
 }
 
-async fn entries_expire_after_their_ttl(cache: Arc<dyn Cache>) {
+async fn entries_expire_after_their_ttl(cache: Arc<dyn Cache>, time: Time) {
     cache.set("short", b"x", SHORT).await.expect("set");
     cache.set("long", b"y", LONG).await.expect("set");
-    tokio::time::sleep(PAST_SHORT).await;
+    time.pass(PAST_SHORT).await;
     assert_eq!(cache.get("short").await.expect("get"), None);
     assert_eq!(
         cache.get("long").await.expect("get").as_deref(),
@@ -50,7 +67,7 @@ async fn entries_expire_after_their_ttl(cache: Arc<dyn Cache>) {
     assert!(!cache.delete("short").await.expect("expired is not live"));
 }
 
-async fn set_if_absent_only_sets_missing_or_expired_keys(cache: Arc<dyn Cache>) {
+async fn set_if_absent_only_sets_missing_or_expired_keys(cache: Arc<dyn Cache>, time: Time) {
     assert!(
         cache
             .set_if_absent("once", b"a", SHORT)
@@ -67,7 +84,7 @@ async fn set_if_absent_only_sets_missing_or_expired_keys(cache: Arc<dyn Cache>) 
         cache.get("once").await.expect("get").as_deref(),
         Some(&b"a"[..])
     );
-    tokio::time::sleep(PAST_SHORT).await;
+    time.pass(PAST_SHORT).await;
     assert!(
         cache
             .set_if_absent("once", b"c", LONG)
@@ -80,7 +97,7 @@ async fn set_if_absent_only_sets_missing_or_expired_keys(cache: Arc<dyn Cache>) 
     );
 }
 
-async fn incr_counts_from_zero_and_keeps_the_first_ttl(cache: Arc<dyn Cache>) {
+async fn incr_counts_from_zero_and_keeps_the_first_ttl(cache: Arc<dyn Cache>, time: Time) {
     assert_eq!(cache.incr("n", 1, SHORT).await.expect("incr"), 1);
     assert_eq!(cache.incr("n", 5, LONG).await.expect("incr"), 6);
     assert_eq!(cache.incr("n", -2, LONG).await.expect("incr"), 4);
@@ -88,7 +105,7 @@ async fn incr_counts_from_zero_and_keeps_the_first_ttl(cache: Arc<dyn Cache>) {
         cache.get("n").await.expect("get").as_deref(),
         Some(&b"4"[..])
     );
-    tokio::time::sleep(PAST_SHORT).await;
+    time.pass(PAST_SHORT).await;
     assert_eq!(
         cache.get("n").await.expect("get"),
         None,
@@ -99,7 +116,7 @@ async fn incr_counts_from_zero_and_keeps_the_first_ttl(cache: Arc<dyn Cache>) {
     assert!(cache.incr("text", 1, LONG).await.is_err());
 }
 
-async fn concurrent_increments_are_atomic(cache: Arc<dyn Cache>) {
+async fn concurrent_increments_are_atomic(cache: Arc<dyn Cache>, _time: Time) {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let cache = cache.clone();
@@ -131,7 +148,7 @@ async fn concurrent_increments_are_atomic(cache: Arc<dyn Cache>) {
     );
 }
 
-async fn take_hands_a_value_to_exactly_one_caller(cache: Arc<dyn Cache>) {
+async fn take_hands_a_value_to_exactly_one_caller(cache: Arc<dyn Cache>, time: Time) {
     assert_eq!(cache.take("absent").await.expect("take absent"), None);
     cache.set("once", b"code", LONG).await.expect("set");
     let takers = (0..10).map(|_| {
@@ -149,11 +166,11 @@ async fn take_hands_a_value_to_exactly_one_caller(cache: Arc<dyn Cache>) {
         .set("short", b"x", Duration::from_millis(50))
         .await
         .expect("set");
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    time.pass(Duration::from_millis(150)).await;
     assert_eq!(cache.take("short").await.expect("take expired"), None);
 }
 
-async fn rates_admit_exactly_the_budget_under_concurrency(cache: Arc<dyn Cache>) {
+async fn rates_admit_exactly_the_budget_under_concurrency(cache: Arc<dyn Cache>, time: Time) {
     let admitted: Vec<bool> = futures_join((0..30).map(|_| {
         let cache = cache.clone();
         async move {
@@ -204,7 +221,7 @@ async fn rates_admit_exactly_the_budget_under_concurrency(cache: Arc<dyn Cache>)
             .expect("rate")
             .is_some()
     );
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    time.pass(Duration::from_millis(250)).await;
     assert!(
         cache
             .rate("fast", 2, Duration::from_millis(200))
@@ -231,7 +248,9 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $test() {
-                    super::$test(std::sync::Arc::new(mreg::cache::MemoryCache::new())).await;
+                    let clock = domain::Clock::system();
+                    let cache = mreg::cache::MemoryCache::with_clock(clock.clone());
+                    super::$test(std::sync::Arc::new(cache), super::Time::Clock(clock)).await;
                 }
             )*
         }
@@ -243,7 +262,7 @@ macro_rules! conformance {
                     let Some(url) = crate::support::redis_available().await else { return };
                     let prefix = format!("mreg-test-{}:", uuid::Uuid::new_v4().simple());
                     let cache = mreg::cache::RedisCache::connect(&url, &prefix).await.expect("redis");
-                    super::$test(std::sync::Arc::new(cache)).await;
+                    super::$test(std::sync::Arc::new(cache), super::Time::Wait).await;
                 }
             )*
 

@@ -31,7 +31,6 @@ use crate::oauth::keys::AccessClaims;
 use crate::oauth::registrations::{self, Client, RegistrationRequest};
 use crate::oauth::{
     Identity, OAuth, TRANSACTION_TTL, grant_revoked_key, pkce_challenge, random_token, sha256_hex,
-    unix_now,
 };
 use domain::{GrantRow, Rotation};
 

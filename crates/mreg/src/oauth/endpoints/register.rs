@@ -24,11 +24,15 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
         }
     };
     let client_id = uuid::Uuid::new_v4().to_string();
-    let client =
-        match registrations::register(request, &oauth.supported_scopes, client_id, unix_now()) {
-            Ok(c) => c,
-            Err(r) => return refusal(r.error, &r.description),
-        };
+    let client = match registrations::register(
+        request,
+        &oauth.supported_scopes,
+        client_id,
+        oauth.unix_now(),
+    ) {
+        Ok(c) => c,
+        Err(r) => return refusal(r.error, &r.description),
+    };
     // Open registration must not grow the table without bound: clients that never signed in
     // are pruned after a week, and until then at most `MREG_OAUTH_MAX_IDLE_CLIENTS` exist.
     match oauth.store.idle_clients().await {
@@ -66,7 +70,7 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
     };
     if let Err(e) = oauth
         .store
-        .insert_client(&client.client_id, &stored, unix_now())
+        .insert_client(&client.client_id, &stored, oauth.unix_now())
         .await
     {
         return OAuthError::server(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();

@@ -12,7 +12,7 @@ pub async fn revoke(State(oauth): State<Arc<OAuth>>, headers: HeaderMap, body: S
     let Some(token) = p.get("token") else {
         return OAuthError::invalid_request("token is required").into_response();
     };
-    let now = unix_now();
+    let now = oauth.unix_now();
     if let Ok(Some(row)) = oauth.store.grant_by_refresh(&sha256_hex(token)).await
         && row.client_id == client_id
     {

@@ -162,7 +162,7 @@ pub(super) async fn code_grant(
         // issued for it (RFC 6749 §4.1.2).
         if let Ok(Some(grant_id)) = oauth.cache.take(&used_key).await {
             let grant_id = String::from_utf8_lossy(&grant_id).into_owned();
-            oauth.end_grant(&grant_id, unix_now()).await;
+            oauth.end_grant(&grant_id, oauth.unix_now()).await;
             tracing::warn!(grant = %grant_id, client_id, "authorization code replayed; its grant is revoked");
             return Err(OAuthError::invalid_grant(
                 "the code was already used; the tokens issued for it are revoked",
@@ -234,7 +234,7 @@ pub(super) async fn code_grant(
             ));
         }
     };
-    let now = unix_now();
+    let now = oauth.unix_now();
     let mut expires_at = now + oauth.refresh_ttl.as_secs() as i64;
     if data.upstream_refresh.is_none() {
         // Without a provider refresh token the provider cannot be asked again whether the
@@ -267,7 +267,7 @@ pub(super) async fn refresh_grant(
 ) -> Result<Response, OAuthError> {
     let presented = request.refresh_token;
     let hash = sha256_hex(presented);
-    let now = unix_now();
+    let now = oauth.unix_now();
     let row = match oauth.store.grant_by_refresh(&hash).await {
         Ok(r) => r,
         Err(e) => {
@@ -476,7 +476,7 @@ pub(super) async fn issue(
     scopes: &[String],
     refresh: &str,
 ) -> Result<Response, OAuthError> {
-    let now = unix_now();
+    let now = oauth.unix_now();
     let ttl = oauth.access_ttl.as_secs() as i64;
     let claims = AccessClaims {
         iss: oauth.issuer.clone(),

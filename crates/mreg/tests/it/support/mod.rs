@@ -259,6 +259,7 @@ impl TestAppBuilder {
         for change in self.changes {
             change(&mut config);
         }
+        let clock = config.clock.clone();
         let running = app::start_on(config, self.listeners).await?;
         let (addr, mcp_addr) = (running.api_addr, running.mcp_addr);
         Ok(TestApp {
@@ -268,6 +269,7 @@ impl TestAppBuilder {
             http: reqwest::Client::new(),
             running: Some(running),
             dir,
+            clock,
         })
     }
 }
@@ -285,6 +287,9 @@ pub struct TestApp {
     running: Option<Running>,
     /// The app's data directory.
     pub dir: TempDir,
+    /// The app's clock: a test moves it forward instead of waiting for something to expire
+    /// (entries of the in-memory cache, sign-ins, codes, grants).
+    pub clock: domain::Clock,
 }
 
 impl TestApp {
