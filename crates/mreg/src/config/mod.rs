@@ -6,6 +6,7 @@
 //! `mreg check-config` can say), then parses each one. The first bad value stops start-up with
 //! one line naming the setting; nothing is bound before that.
 
+mod identity;
 mod parse;
 mod values;
 
