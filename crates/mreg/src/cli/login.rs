@@ -11,14 +11,17 @@
 //! `login` records the REST API's origin beside the issuer, and [`bearer`] hands the token out
 //! only for requests to one of those two origins.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::RawQuery;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::oauth::{pkce_challenge, random_token};
 
@@ -368,7 +371,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     }
     let answer = tokio::time::timeout(
         Duration::from_secs(args.timeout),
-        wait_for_redirect(&listener),
+        wait_for_redirect(listener),
     )
     .await
     .map_err(|_| format!("no sign-in within {} seconds", args.timeout))??;
@@ -430,49 +433,43 @@ fn open_browser(url: &str) -> bool {
         .is_ok()
 }
 
-/// Serves the loopback redirect until `/callback` is hit; returns its query.
-async fn wait_for_redirect(
-    listener: &TcpListener,
-) -> Result<std::collections::HashMap<String, String>, String> {
-    loop {
-        let (mut stream, _) = listener.accept().await.map_err(|e| e.to_string())?;
-        let mut buf = vec![0_u8; 8192];
-        let n = match stream.read(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => continue,
-        };
-        let head = String::from_utf8_lossy(&buf[..n]);
-        let target = head
-            .lines()
-            .next()
-            .and_then(|line| line.strip_prefix("GET "))
-            .and_then(|rest| rest.split(' ').next())
-            .unwrap_or("");
-        let Some(query) = target.strip_prefix("/callback") else {
-            let _ = stream
-                .write_all(
-                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-            continue;
-        };
-        let query = query.strip_prefix('?').unwrap_or("");
-        let params: std::collections::HashMap<String, String> =
-            url::form_urlencoded::parse(query.as_bytes())
+/// Serves the loopback redirect (a small axum router, so that a request arriving in pieces, a
+/// second connection or one left open cannot stall the sign-in) until `/callback` is requested;
+/// returns its query. The page tells the person where to go on; the answer is sent before the
+/// server stops.
+async fn wait_for_redirect(listener: TcpListener) -> Result<HashMap<String, String>, String> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let sender = Arc::new(Mutex::new(Some(sender)));
+    let done = CancellationToken::new();
+    let stop = done.clone();
+    let callback = move |RawQuery(query): RawQuery| async move {
+        let params: HashMap<String, String> =
+            url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
-        let body = if params.contains_key("code") {
+        let signed_in = params.contains_key("code");
+        let taken = sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(sender) = taken {
+            let _ = sender.send(params);
+            stop.cancel();
+        }
+        if signed_in {
             "Signed in. You can close this window and return to the terminal."
         } else {
             "Sign-in did not complete. Return to the terminal for details."
-        };
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.write_all(response.as_bytes()).await;
-        return Ok(params);
-    }
+        }
+    };
+    let app = axum::Router::new().route("/callback", axum::routing::get(callback));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(done.cancelled_owned())
+        .await
+        .map_err(|e| format!("the loopback redirect server failed: {e}"))?;
+    receiver
+        .await
+        .map_err(|_| "the loopback redirect server stopped without an answer".to_owned())
 }
 
 /// Runs `mreg logout`: revokes the refresh token and forgets the credentials.

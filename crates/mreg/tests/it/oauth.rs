@@ -1049,9 +1049,34 @@ async fn mreg_login_signs_in_from_the_terminal_and_client_commands_use_the_token
     };
     let redirect = query_of(&url)["redirect_uri"].clone();
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    // A connection that says nothing (a port scanner, a browser's preconnect) and a request for
+    // another path do not stall the loopback redirect.
+    let port = url::Url::parse(&redirect)
+        .expect("url")
+        .port()
+        .expect("port");
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::get(format!("http://127.0.0.1:{port}/favicon.ico")),
+    )
+    .await
+    .expect("answered beside a silent connection")
+    .expect("reached");
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
     let back = walk(&url, "alice", &redirect).await;
     let landing = reqwest::get(&back).await.expect("the loopback redirect");
     assert_eq!(landing.status(), StatusCode::OK);
+    assert!(
+        landing
+            .text()
+            .await
+            .expect("page")
+            .starts_with("Signed in."),
+        "the page tells the person the sign-in worked"
+    );
     let status = tokio::time::timeout(Duration::from_secs(30), login.wait())
         .await
         .expect("login ends")
