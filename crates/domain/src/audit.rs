@@ -163,7 +163,7 @@ impl AuditEvent {
             event: self,
         })
         .unwrap_or_default();
-        hex(&Sha256::digest(&bytes))
+        hex::encode(Sha256::digest(&bytes))
     }
 }
 
@@ -199,17 +199,6 @@ pub struct AuditRecord {
     pub hash: String,
     /// The event.
     pub event: AuditEvent,
-}
-
-/// Lower-case hexadecimal of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
 }
 
 #[cfg(test)]

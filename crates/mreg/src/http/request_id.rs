@@ -50,9 +50,11 @@ fn fresh() -> String {
     let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..16].to_owned());
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     // 16 hex digits without the formatting machinery, which is measurable on this path.
+    let mut digits = [0_u8; 16];
+    hex::encode_to_slice(count.to_be_bytes(), &mut digits).expect("8 bytes are 16 digits");
     let mut id = String::with_capacity(32);
     id.push_str(prefix);
-    crate::crypto::push_hex(&mut id, &count.to_be_bytes());
+    id.push_str(std::str::from_utf8(&digits).expect("hex digits are ASCII"));
     id
 }
 

@@ -156,7 +156,7 @@ pub fn random_token(bytes: usize) -> String {
 
 /// SHA-256 of `text`, hex.
 pub fn sha256_hex(text: &str) -> String {
-    crate::crypto::hex(digest::digest(&digest::SHA256, text.as_bytes()).as_ref())
+    hex::encode(digest::digest(&digest::SHA256, text.as_bytes()))
 }
 
 /// The S256 PKCE challenge of `verifier`.
