@@ -52,44 +52,35 @@ pub async fn consent_page(
         .client_name
         .clone()
         .unwrap_or_else(|| "An application without a name".to_owned());
-    let scopes: String = txn
-        .scopes
-        .iter()
-        .map(|s| format!("<li><code>{}</code></li>", escape(s)))
-        .collect();
-    let vouched = if cimd::is_document_url(&txn.client_id) {
-        let domain = Url::parse(&txn.client_id)
+    // A client described by a metadata document (CIMD) is vouched for by its domain.
+    let publisher = cimd::is_document_url(&txn.client_id).then(|| {
+        Url::parse(&txn.client_id)
             .ok()
             .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
-        format!(
-            "<p>This client's description is published by <strong>{}</strong>.</p>",
-            escape(&domain)
-        )
-    } else {
-        String::new()
+            .unwrap_or_default()
+    });
+    let body = maud::html! {
+        p {
+            strong { (name) } " (client " code { (txn.client_id) } ") asks to use the MCP gateway "
+            code { (txn.resource) } " as you."
+        }
+        @if let Some(domain) = &publisher {
+            p { "This client's description is published by " strong { (domain) } "." }
+        }
+        p { "After you sign in, you will be sent to:" }
+        p.host { (host) }
+        p { small { (txn.redirect_uri) } }
+        p { "It asks for:" }
+        ul { @for scope in &txn.scopes { li { code { (scope) } } } }
+        p { "Only allow this if you started this sign-in from that application just now." }
+        form method="post" action="/consent" {
+            input type="hidden" name="txn" value=(id);
+            input type="hidden" name="csrf" value=(txn.csrf);
+            button type="submit" name="decision" value="allow" { "Allow" }
+            button type="submit" name="decision" value="deny" { "Deny" }
+        }
     };
-    let body = format!(
-        "<p><strong>{name}</strong> (client <code>{client}</code>) asks to use the MCP gateway \
-         <code>{resource}</code> as you.</p>{vouched}\
-         <p>After you sign in, you will be sent to:</p><p class=\"host\">{host}</p>\
-         <p><small>{redirect}</small></p>\
-         <p>It asks for:</p><ul>{scopes}</ul>\
-         <p>Only allow this if you started this sign-in from that application just now.</p>\
-         <form method=\"post\" action=\"/consent\">\
-         <input type=\"hidden\" name=\"txn\" value=\"{id}\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-         <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
-         <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
-        name = escape(&name),
-        client = escape(&txn.client_id),
-        resource = escape(&txn.resource),
-        host = escape(&host),
-        redirect = escape(&txn.redirect_uri),
-        id = escape(id),
-        csrf = escape(&txn.csrf),
-    );
-    Ok(page(StatusCode::OK, "Allow access?", &body))
+    Ok(page(StatusCode::OK, "Allow access?", body))
 }
 
 /// `POST /consent`: the decision, checked against the CSRF token and the browser cookie.

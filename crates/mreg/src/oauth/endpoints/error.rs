@@ -276,7 +276,7 @@ mod tests {
         );
         let body = body_of(response).await;
         assert!(
-            body.contains("scope &#39;x&#39; is not offered (invalid_scope)"),
+            body.contains("scope 'x' is not offered (invalid_scope)"),
             "{body}"
         );
     }

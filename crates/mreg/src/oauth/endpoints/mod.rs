@@ -281,11 +281,17 @@ mod tests {
         assert_eq!(params("scope=a+b").expect("ok")["scope"], "a b");
     }
 
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(
-            escape("<a href=\"x\">'&'</a>"),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    #[tokio::test]
+    async fn what_a_page_shows_is_escaped() {
+        let response = error_page(StatusCode::BAD_REQUEST, "<script>alert('&')</script>\"");
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let page = String::from_utf8(bytes.to_vec()).expect("utf-8");
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(
+            page.contains("&lt;script&gt;alert('&amp;')&lt;/script&gt;&quot;"),
+            "{page}"
         );
     }
 

@@ -1,32 +1,34 @@
-//! The HTML pages of the flow (errors, consent) and their escaping.
+//! The HTML pages of the flow (errors, consent), written with `maud`: every value put into a
+//! page is escaped by the template, so a client's name or redirect URI cannot become markup.
+
+use maud::{DOCTYPE, Markup, html};
 
 use super::*;
 
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;\
+     padding:0 1rem;color:#222}.host{font-size:1.3rem;font-weight:bold}\
+     button{font-size:1rem;padding:.5rem 1.5rem;margin-right:1rem}\
+     code{background:#eee;padding:0 .2rem}";
 
-pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\"><title>{title}</title>\
-         <style>body{{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;color:#222}}\
-         .host{{font-size:1.3rem;font-weight:bold}}button{{font-size:1rem;padding:.5rem 1.5rem;margin-right:1rem}}\
-         code{{background:#eee;padding:0 .2rem}}</style></head><body><h1>{title}</h1>{body}</body></html>",
-        title = escape(title)
-    );
-    let mut response = (status, Html(html)).into_response();
+/// A page titled `title` around `body`, never framed, cached or given a referrer, and allowed
+/// no script (its content-security policy).
+pub(super) fn page(status: StatusCode, title: &str, body: Markup) -> Response {
+    let html = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width";
+                title { (title) }
+                style { (maud::PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (title) }
+                (body)
+            }
+        }
+    };
+    let mut response = (status, Html(html.into_string())).into_response();
     let h = response.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
@@ -43,11 +45,8 @@ pub(super) fn page(status: StatusCode, title: &str, body: &str) -> Response {
     response
 }
 
+/// The page that says why a sign-in cannot go on (and notes it for the audit row).
 pub(super) fn error_page(status: StatusCode, message: &str) -> Response {
-    let response = page(
-        status,
-        "Sign-in cannot continue",
-        &format!("<p>{}</p>", escape(message)),
-    );
+    let response = page(status, "Sign-in cannot continue", html! { p { (message) } });
     Note::on(response, |n| n.error = Some(message.to_owned()))
 }
