@@ -315,7 +315,7 @@ async fn read_answer(
         if text.len() > MAX_ANSWER_BYTES {
             return Err(Failure::new(Outcome::Protocol, "the answer is too large"));
         }
-        if sse && let Some(message) = sse_answer(&text, id) {
+        if sse && let Some(message) = rpc::sse::answer(&text, id) {
             return Ok(message);
         }
     }
@@ -334,13 +334,6 @@ async fn read_answer(
         ));
     }
     Ok(message)
-}
-
-fn sse_answer(text: &str, id: &Value) -> Option<Value> {
-    text.replace("\r\n", "\n")
-        .split("\n\n")
-        .filter_map(rpc::sse_event_message)
-        .find(|m| rpc::is_response_to(m, id))
 }
 
 /// Text an upstream chose (an error it answered), as mreg may show it to anyone who may see the
@@ -458,9 +451,9 @@ mod tests {
     fn the_answer_is_found_among_other_events() {
         let text = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n\
                     event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-11-25\"}}\n\n";
-        let answer = sse_answer(text, &json!(0)).expect("answer");
+        let answer = rpc::sse::answer(text, &json!(0)).expect("answer");
         assert_eq!(answer["result"]["protocolVersion"], "2025-11-25");
-        assert_eq!(sse_answer(text, &json!(1)), None);
+        assert_eq!(rpc::sse::answer(text, &json!(1)), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What the gateway reads from a JSON-RPC message on its way through (method, id, the tool or
 //! resource it names) and the JSON-RPC errors it answers with itself.
 
+pub mod sse;
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -361,16 +363,6 @@ pub fn media_type(headers: &HeaderMap) -> &str {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map_or("", str::trim)
-}
-
-/// The JSON-RPC message one SSE event carries (its `data:` lines, joined), if any.
-pub fn sse_event_message(event: &str) -> Option<Value> {
-    let data: Vec<&str> = event
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| d.strip_prefix(' ').unwrap_or(d))
-        .collect();
-    serde_json::from_str(&data.join("\n")).ok()
 }
 
 /// Whether `message` is the response (result or error) to the request with `id`.

@@ -472,15 +472,8 @@ pub(super) fn filter_listing(
         return Bytes::from(apply(&text).unwrap_or_else(|| text.into_owned()));
     }
     let mut out = String::with_capacity(text.len());
-    for event in text.replace("\r\n", "\n").split_inclusive("\n\n") {
-        let data: Vec<&str> = event
-            .lines()
-            .filter_map(|l| {
-                l.strip_prefix("data:")
-                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
-            })
-            .collect();
-        match apply(&data.join("\n")) {
+    for event in crate::jsonrpc::sse::events(&text) {
+        match apply(&crate::jsonrpc::sse::data(&event)) {
             Some(filtered) => {
                 for line in event
                     .lines()
@@ -493,7 +486,7 @@ pub(super) fn filter_listing(
                 out.push_str(&filtered);
                 out.push_str("\n\n");
             }
-            None => out.push_str(event),
+            None => out.push_str(&event),
         }
     }
     Bytes::from(out)

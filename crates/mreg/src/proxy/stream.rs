@@ -98,9 +98,8 @@ impl Watch {
                 }
                 return Seen::Pending;
             };
-            let answered =
-                super::rpc::sse_event_message(&String::from_utf8_lossy(&self.buffer[..end]))
-                    .is_some_and(|m| super::rpc::is_response_to(&m, &self.id));
+            let answered = super::rpc::sse::message(&String::from_utf8_lossy(&self.buffer[..end]))
+                .is_some_and(|m| super::rpc::is_response_to(&m, &self.id));
             self.buffer.drain(..end);
             self.scanned = 0;
             if answered {
@@ -337,7 +336,7 @@ mod tests {
         let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
         assert_eq!(events.len(), 2, "{events:?}");
         assert!(events[0].contains("event: mreg-discarded"));
-        let error = super::super::rpc::sse_event_message(events[1]).expect("JSON");
+        let error = super::super::rpc::sse::message(events[1]).expect("JSON");
         assert_eq!(error["id"], 7);
         assert!(
             error["error"]["message"]
