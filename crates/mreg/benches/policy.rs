@@ -28,7 +28,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[path = "../tests/it/upstream.rs"]
+#[path = "../tests/it/support/upstream.rs"]
 #[expect(
     dead_code,
     reason = "the benchmark uses only part of the test upstream"

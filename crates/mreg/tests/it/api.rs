@@ -916,16 +916,17 @@ async fn slow_headers_and_idle_connections_are_closed_but_long_answers_are_not()
 
     // A proxied tool call answering over SSE for about 2.4 s, with progress on the way, and a
     // tool that sleeps 2 s: both complete.
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     app.register("slow", json!({ "url": upstream.url })).await;
-    let client = crate::mcp_tools::connect(
+    let client = crate::support::mcp::connect(
         &format!("http://{}/servers/slow/mcp", app.mcp_addr),
         rmcp::model::ProtocolVersion::V_2025_06_18,
     )
     .await;
-    let counted = crate::mcp_tools::call(&client, "count", json!({"n": 4, "delay_ms": 600})).await;
+    let counted =
+        crate::support::mcp::call(&client, "count", json!({"n": 4, "delay_ms": 600})).await;
     assert_eq!(counted.structured_content, Some(json!({"count": 4})));
-    let slept = crate::mcp_tools::call(&client, "hang", json!({"secs": 2})).await;
+    let slept = crate::support::mcp::call(&client, "hang", json!({"secs": 2})).await;
     assert_eq!(slept.structured_content, Some(json!({"slept": 2})));
 }
 
@@ -953,7 +954,7 @@ async fn the_api_documentation_covers_the_mcp_listener_and_the_gateway_tools() {
             .any(|t| t["name"] == "MCP gateway (port 8001)")
     );
     // Every tool `tools/list` shows is documented with the schema of its arguments.
-    let client = crate::mcp_tools::connect(
+    let client = crate::support::mcp::connect(
         &format!("{mcp}/mcp"),
         rmcp::model::ProtocolVersion::V_2025_06_18,
     )

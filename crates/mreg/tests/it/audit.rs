@@ -8,69 +8,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use domain::AuditStore;
 use domain::audit::AuditRecord;
-use domain::{AuditFilter, AuditStore};
 use mreg::store::{PgStore, SqliteStore};
 use reqwest::StatusCode;
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
-use crate::mcp_tools::{call, connect};
+use crate::support::audit::{all, at_least, sqlite_rows, until};
+use crate::support::mcp::{call, connect};
+use crate::support::upstream::Upstream;
 use crate::support::{ChaosProxy, TempDir, TestApp, TestDb, test_config};
-use crate::upstream::Upstream;
-
-/// Every row, oldest first.
-fn all() -> AuditFilter {
-    AuditFilter {
-        limit: 100_000,
-        ..AuditFilter::default()
-    }
-}
-
-/// The rows of an app's SQLite database, oldest first.
-pub(crate) async fn sqlite_rows(dir: &Path) -> Vec<AuditRecord> {
-    let store = SqliteStore::open(&dir.join("mreg.db"), 1)
-        .await
-        .expect("open the database");
-    let mut rows = store.list(&all()).await.expect("audit rows");
-    rows.reverse();
-    rows
-}
-
-/// Waits (at most 15 s) until `fetch` returns at least `n` rows, and returns them.
-pub(crate) async fn at_least<F, Fut>(n: usize, fetch: F) -> Vec<AuditRecord>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Vec<AuditRecord>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = fetch().await;
-        if rows.len() >= n || Instant::now() > deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits (at most 15 s) until `done` holds for the rows `fetch` returns, and returns them.
-pub(crate) async fn until<F, Fut>(
-    done: impl Fn(&[AuditRecord]) -> bool,
-    fetch: F,
-) -> Vec<AuditRecord>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Vec<AuditRecord>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let rows = fetch().await;
-        if done(&rows) || Instant::now() > deadline {
-            return rows;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn args(row: &AuditRecord) -> Value {
     serde_json::from_str(row.event.arguments.as_deref().unwrap_or("null")).expect("json")
@@ -1119,12 +1067,12 @@ async fn streams_hold_no_audit_place_and_a_saturated_queue_says_so() {
     for i in 0..3 {
         let app = app.clone();
         streams.spawn(async move {
-            let client = crate::mcp_tools::connect(
+            let client = crate::support::mcp::connect(
                 &format!("http://{}/servers/streams/mcp", app.mcp_addr),
                 ProtocolVersion::V_2025_06_18,
             )
             .await;
-            let counted = crate::mcp_tools::call(
+            let counted = crate::support::mcp::call(
                 &client,
                 "count",
                 json!({ "n": 5, "delay_ms": 400 + i * 10 }),
@@ -1150,13 +1098,13 @@ async fn streams_hold_no_audit_place_and_a_saturated_queue_says_so() {
     }
 
     // A tool call in flight on /mcp keeps its place: the one place is taken for 8 s.
-    let client = crate::mcp_tools::connect(
+    let client = crate::support::mcp::connect(
         &format!("http://{}/mcp", app.mcp_addr),
         ProtocolVersion::V_2025_06_18,
     )
     .await;
     let hanging = tokio::spawn(async move {
-        crate::mcp_tools::call(
+        crate::support::mcp::call(
             &client,
             "proxy_request",
             json!({ "server": "streams", "method": "tools/call",

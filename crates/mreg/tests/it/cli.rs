@@ -493,7 +493,7 @@ async fn audit_verify_never_creates_a_database() {
 #[tokio::test]
 async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_on_demand() {
     let app = TestApp::spawn().await;
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     let dir = TempDir::new();
     let url = app.base.as_str();
     let servers = |args: &[&str]| {
@@ -629,8 +629,9 @@ async fn servers_show_their_health_and_settings_and_can_be_probed_and_searched_o
 
     // The stored header reaches the server through the gateway.
     let client =
-        crate::mcp_tools::connect(&gateway_url, rmcp::model::ProtocolVersion::V_2025_06_18).await;
-    let seen = crate::mcp_tools::call(&client, "whoami", serde_json::json!({})).await;
+        crate::support::mcp::connect(&gateway_url, rmcp::model::ProtocolVersion::V_2025_06_18)
+            .await;
+    let seen = crate::support::mcp::call(&client, "whoami", serde_json::json!({})).await;
     assert_eq!(
         seen.structured_content
             .as_ref()
@@ -702,7 +703,7 @@ fn notes(out: &Output) -> Vec<String> {
 #[tokio::test]
 async fn client_commands_find_the_gateway_through_the_same_configuration_as_serve() {
     let app = TestApp::spawn().await;
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     app.register("up", serde_json::json!({ "url": upstream.url }))
         .await;
     let (api_port, mcp_port) = (app.addr.port(), app.mcp_addr.port());
@@ -981,7 +982,7 @@ async fn completions_and_manual_pages_are_generated_from_the_command_definition(
 #[tokio::test]
 async fn mcp_config_prints_a_configuration_that_an_mcp_client_can_use() {
     let app = TestApp::spawn().await;
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     app.register("up", serde_json::json!({ "url": upstream.url }))
         .await;
     let dir = TempDir::new();
@@ -1039,7 +1040,8 @@ async fn mcp_config_prints_a_configuration_that_an_mcp_client_can_use() {
     // The printed URLs work with the official SDK's client.
     for endpoint in [&own, &url] {
         let client =
-            crate::mcp_tools::connect(endpoint, rmcp::model::ProtocolVersion::V_2025_06_18).await;
+            crate::support::mcp::connect(endpoint, rmcp::model::ProtocolVersion::V_2025_06_18)
+                .await;
         let tools = client.list_all_tools().await.expect("tools/list");
         assert!(!tools.is_empty(), "{endpoint}");
         let _ = client.cancel().await;
@@ -1574,7 +1576,7 @@ async fn run_with_stdout_closed(dir: &TempDir, args: &[&str]) -> Output {
 #[tokio::test]
 async fn client_commands_end_quietly_when_their_reader_stops_reading() {
     let app = TestApp::spawn().await;
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     app.register("up", serde_json::json!({ "url": upstream.url }))
         .await;
     let dir = TempDir::new();

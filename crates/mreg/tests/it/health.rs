@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::mcp_tools::{call, connect, text};
+use crate::support::mcp::{call, connect, text};
+use crate::support::upstream::{Options, Upstream};
 use crate::support::{TestApp, TestAppBuilder, TestDb};
-use crate::upstream::{Options, Upstream};
 
 /// Polls the health report of `server` until `done` holds (or fails after `within`).
 async fn wait_for(

@@ -18,4 +18,3 @@ mod proxy;
 mod registry_v0;
 mod store_conformance;
 mod support;
-mod upstream;

@@ -1,61 +1,11 @@
 //! The gateway's own MCP server at `/mcp`, driven by the official Rust SDK's client on each
 //! protocol version it speaks.
 
-use rmcp::model::{
-    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
-    ProtocolVersion,
-};
-use rmcp::service::RunningService;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::{ClientLifecycleMode, ClientServiceExt, RoleClient, ServiceExt};
+use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
 use crate::support::TestApp;
-
-pub type McpClient = RunningService<RoleClient, ClientConfig>;
-
-/// An rmcp client of `url` speaking `version` (2026-07-28: stateless, via `server/discover`).
-pub async fn connect(url: &str, version: ProtocolVersion) -> McpClient {
-    let transport = StreamableHttpClientTransport::from_uri(url.to_owned());
-    let info = ClientConfig::new(
-        ClientCapabilities::default(),
-        Implementation::new("mreg-tests", "0"),
-    );
-    if version.has_initialize() {
-        info.with_protocol_version(version)
-            .serve(transport)
-            .await
-            .expect("initialize")
-    } else {
-        info.serve_with_lifecycle(
-            transport,
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![version],
-            },
-        )
-        .await
-        .expect("discover")
-    }
-}
-
-/// Calls `tool` with `args`.
-pub async fn call(client: &McpClient, tool: &str, args: Value) -> CallToolResult {
-    let args = args.as_object().cloned().unwrap_or_default();
-    client
-        .call_tool(CallToolRequestParams::new(tool.to_owned()).with_arguments(args))
-        .await
-        .expect("tools/call answered")
-}
-
-/// The text of a result's first content block.
-pub fn text(result: &CallToolResult) -> String {
-    result
-        .content
-        .first()
-        .and_then(|c| c.as_text())
-        .map(|t| t.text.clone())
-        .unwrap_or_default()
-}
+use crate::support::mcp::{call, connect, text};
 
 async fn registry_tools_work_on(version: ProtocolVersion) {
     let app = TestApp::spawn().await;
@@ -214,8 +164,8 @@ async fn the_mcp_listener_refuses_foreign_host_headers_but_accepts_the_public_ur
 #[tokio::test]
 async fn proxy_request_forwards_one_request_to_a_registered_server() {
     let app = TestApp::spawn().await;
-    let stateful = crate::upstream::Upstream::start(true).await;
-    let stateless = crate::upstream::Upstream::start(false).await;
+    let stateful = crate::support::upstream::Upstream::start(true).await;
+    let stateless = crate::support::upstream::Upstream::start(false).await;
     app.register(
         "stateful",
         json!({ "url": stateful.url, "upstream_headers": { "x-api-key": "key-1" } }),

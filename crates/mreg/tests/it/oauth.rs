@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::interop::{interop_dir, peers_available};
+use crate::support::peers::{interop_dir, peers_available};
 use crate::support::{TestApp, TestDb};
 
 use crate::support::idp::*;
@@ -202,7 +202,9 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
 
     // Registration, sign-ins and every token event are audited, failures included, and no
     // token reaches the log.
-    let rows = crate::audit::at_least(16, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let rows =
+        crate::support::audit::at_least(16, || crate::support::audit::sqlite_rows(&s.app.dir.0))
+            .await;
     let oauth: Vec<(&str, &str, &str)> = rows
         .iter()
         .filter(|r| r.event.operation.starts_with("oauth."))
@@ -968,7 +970,7 @@ async fn without_authentication_only_loopback_binds_are_allowed() {
 #[tokio::test]
 async fn the_typescript_sdk_client_completes_the_flow_and_calls_tools() {
     let Some(s) = setup().await else { return };
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     let app_token = s.idp.app_token(TENANT, &format!("api://{CLIENT_ID}")).await;
     let reply = s
         .app
@@ -1462,7 +1464,7 @@ async fn validated_tokens_are_cached_in_redis_no_longer_than_allowed() {
 #[tokio::test]
 async fn two_signed_in_users_never_share_an_upstream_session() {
     let Some(s) = setup().await else { return };
-    let upstream = crate::upstream::Upstream::start(true).await;
+    let upstream = crate::support::upstream::Upstream::start(true).await;
     let alice = s.idp.sign(s.idp.claims(TENANT)).await;
     let mut bob_claims = s.idp.claims(TENANT);
     bob_claims["oid"] = json!(BOB_OID);
@@ -1586,7 +1588,9 @@ async fn the_public_endpoints_are_limited_per_client_address_behind_a_trusted_pr
     );
 
     // Each refusal is audited and counted.
-    let rows = crate::audit::at_least(7, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let rows =
+        crate::support::audit::at_least(7, || crate::support::audit::sqlite_rows(&s.app.dir.0))
+            .await;
     let limited: Vec<&str> = rows
         .iter()
         .filter(|r| r.event.decision == "rate_limited")

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use crate::support::idp::{
     ALICE_OID, BOB_OID, Setup, TENANT, mcp_initialize, setup, setup_with, whoami,
 };
+use crate::support::upstream::Upstream;
 use crate::support::{RedisBehindProxy, TempDir, TestApp, TestAppBuilder, redis_available};
-use crate::upstream::Upstream;
 
 /// Tokens for an admin (alice), a user (bob) and someone without roles (carol): delegated
 /// provider access tokens (`scp`), as Entra issues them to a user of mreg's app.
@@ -284,7 +284,9 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
     );
 
     // Every decision is audited: refusals name the missing role; admins read the log.
-    let rows = crate::audit::at_least(7, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    let rows =
+        crate::support::audit::at_least(7, || crate::support::audit::sqlite_rows(&s.app.dir.0))
+            .await;
     let denied: Vec<(&str, &str, Option<&str>)> = rows
         .iter()
         .filter(|r| r.event.decision == "deny")
@@ -329,12 +331,12 @@ async fn roles_decide_rest_operations_and_gateway_tools() {
     let (status, _, body) = rest(&s.app, reqwest::Method::GET, "/api/v1/audit", &c.bob, None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     // The refused audit read is itself audited.
-    crate::audit::until(
+    crate::support::audit::until(
         |rows| {
             rows.iter()
                 .any(|r| r.event.operation == "GET /api/v1/audit" && r.event.decision == "deny")
         },
-        || crate::audit::sqlite_rows(&s.app.dir.0),
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
     )
     .await;
     let (status, _, page) = rest(
@@ -486,12 +488,12 @@ async fn a_policy_file_guards_servers_and_their_tools_through_every_path() {
     assert_eq!(vault.is_error, Some(true));
 
     // Each refusal is one audit row naming the tool and server, whichever path it came by.
-    let rows = crate::audit::until(
+    let rows = crate::support::audit::until(
         |rows| {
             rows.iter()
                 .any(|r| r.event.server.as_deref() == Some("vault") && r.event.tool.is_some())
         },
-        || crate::audit::sqlite_rows(&s.app.dir.0),
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
     )
     .await;
     let denied = |operation: &str, tool: Option<&str>, server: &str| {
@@ -598,7 +600,9 @@ async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
     // The first refusal of a caller and operation is a row; the next ones in the window
     // (MREG_AUDIT_REFUSAL_WINDOW, 60 s) are counted, and the count is written when it ends — at
     // the latest when mreg stops.
-    let rows = crate::audit::at_least(2 + 3, || crate::audit::sqlite_rows(&app.dir.0)).await;
+    let rows =
+        crate::support::audit::at_least(2 + 3, || crate::support::audit::sqlite_rows(&app.dir.0))
+            .await;
     let limited: Vec<&domain::audit::AuditRecord> = rows
         .iter()
         .filter(|r| r.event.decision == "rate_limited")
@@ -611,7 +615,7 @@ async fn rate_limits_admit_exactly_the_budget_and_say_when_to_retry() {
     let first_id = first.event.id.clone();
     let mut app = Arc::into_inner(app).expect("the only reference");
     app.take_running().stop().await.expect("clean shutdown");
-    let rows = crate::audit::sqlite_rows(&app.dir.0).await;
+    let rows = crate::support::audit::sqlite_rows(&app.dir.0).await;
     let summary: Vec<_> = rows
         .iter()
         .filter(|r| {
@@ -831,7 +835,7 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
     // Each change has exactly one row, and the chain verifies.
     let mut app = Arc::into_inner(app).expect("the only reference");
     app.take_running().stop().await.expect("clean shutdown");
-    let rows = crate::audit::sqlite_rows(&app.dir.0).await;
+    let rows = crate::support::audit::sqlite_rows(&app.dir.0).await;
     for partition in [false, true] {
         for i in 0..5 {
             let name = format!("outage-{partition}-{i}");
@@ -1044,7 +1048,7 @@ async fn tenants_neither_see_nor_reach_each_others_servers_unless_shared() {
     );
 
     // The audit log is partitioned the same way: each tenant's admin reads its own actors' rows.
-    crate::audit::at_least(4, || crate::audit::sqlite_rows(&s.app.dir.0)).await;
+    crate::support::audit::at_least(4, || crate::support::audit::sqlite_rows(&s.app.dir.0)).await;
     let actors = |token: String| {
         let app = &s.app;
         async move {
@@ -1239,14 +1243,14 @@ async fn a_budget_counts_json_rpc_requests_only() {
     assert_eq!(refused_call.0, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(upstream.count("POST tools/call"), calls_before);
     // The refusals' audit rows keep the JSON-RPC method (and tool), not just the route.
-    let rows = crate::audit::until(
+    let rows = crate::support::audit::until(
         |rows| {
             rows.iter()
                 .filter(|r| r.event.decision == "rate_limited")
                 .count()
                 >= 2
         },
-        || crate::audit::sqlite_rows(&s.app.dir.0),
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
     )
     .await;
     let limited: Vec<_> = rows
@@ -1386,14 +1390,14 @@ async fn the_typescript_sdk_shows_the_cause_of_every_refusal() {
             options.extend(["--header", header.as_str()]);
         }
         let command: Vec<&str> = command.iter().map(String::as_str).collect();
-        crate::interop::ts_client(&url, &options, &command).await
+        crate::support::peers::ts_client(&url, &options, &command).await
     })
     .await;
 }
 
 #[tokio::test]
 async fn the_python_sdk_shows_the_cause_of_every_refusal() {
-    let Some(python) = crate::interop::python_peers() else {
+    let Some(python) = crate::support::peers::python_peers() else {
         return;
     };
     let python = &python;
@@ -1403,7 +1407,7 @@ async fn the_python_sdk_shows_the_cause_of_every_refusal() {
             options.extend(["--bearer", token.as_str()]);
         }
         let command: Vec<&str> = command.iter().map(String::as_str).collect();
-        crate::interop::py_client(python, &url, &options, &command).await
+        crate::support::peers::py_client(python, &url, &options, &command).await
     })
     .await;
 }

@@ -7,9 +7,9 @@ use reqwest::StatusCode;
 use rmcp::model::ProtocolVersion;
 use serde_json::{Value, json};
 
-use crate::mcp_tools::{call, connect, text};
 use crate::support::TestApp;
-use crate::upstream::Upstream;
+use crate::support::mcp::{call, connect, text};
+use crate::support::upstream::Upstream;
 
 const ACCEPT: &str = "application/json, text/event-stream";
 
@@ -90,9 +90,9 @@ async fn open_stream(app: &TestApp, server: &str, session: &str) -> reqwest::Res
 /// The audit row of the call of `tool` (waits for the writer, at most 15 s).
 async fn audit_row_of(app: &TestApp, tool: &str) -> domain::audit::AuditRecord {
     let of_tool = |r: &domain::audit::AuditRecord| r.event.tool.as_deref() == Some(tool);
-    let rows = crate::audit::until(
+    let rows = crate::support::audit::until(
         |rows| rows.iter().any(of_tool),
-        || crate::audit::sqlite_rows(&app.dir.0),
+        || crate::support::audit::sqlite_rows(&app.dir.0),
     )
     .await;
     rows.into_iter()
@@ -917,16 +917,16 @@ async fn sdk_clients_see_the_gateways_error_after_an_event_broken_off_mid_json()
     let url = format!("http://{}/servers/broken/mcp", app.mcp_addr);
     let command = ["call", "echo", r#"{"text":"hi"}"#];
     let mut answers = Vec::new();
-    if let Some(python) = crate::interop::python_peers() {
+    if let Some(python) = crate::support::peers::python_peers() {
         answers.push((
             "python",
-            crate::interop::py_client(&python, &url, &["--mode", "legacy"], &command).await,
+            crate::support::peers::py_client(&python, &url, &["--mode", "legacy"], &command).await,
         ));
     }
-    if crate::interop::peers_available() {
+    if crate::support::peers::peers_available() {
         answers.push((
             "typescript",
-            crate::interop::ts_client(&url, &[], &command).await,
+            crate::support::peers::ts_client(&url, &[], &command).await,
         ));
     }
     for (sdk, (ok, answer)) in answers {
@@ -1053,7 +1053,7 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
     // (The SDK client of the cut call retries its stream for a while: not waited for here.)
     long.abort();
 
-    let rows = crate::audit::sqlite_rows(&app.dir.0).await;
+    let rows = crate::support::audit::sqlite_rows(&app.dir.0).await;
     let calls: Vec<_> = rows
         .iter()
         .filter(|r| r.event.tool.as_deref() == Some("proxy_request"))

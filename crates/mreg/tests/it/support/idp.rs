@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::{TestApp, TestAppBuilder};
-use crate::interop::{interop_dir, peers_available};
+use crate::support::peers::{interop_dir, peers_available};
 
 pub(crate) const CLIENT_ID: &str = "22222222-2222-2222-2222-222222222222";
 pub(crate) const SECRET: &str = "mreg-test-secret";

@@ -5,7 +5,11 @@
 //! `MREG_TEST_REDIS_URL`, defaulting to the local services). With `MREG_TEST_REQUIRE_SERVICES=1`
 //! (as in CI) an unreachable service fails the test instead of skipping it.
 
+pub(crate) mod audit;
 pub(crate) mod idp;
+pub(crate) mod mcp;
+pub(crate) mod peers;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
