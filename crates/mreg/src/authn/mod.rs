@@ -199,15 +199,10 @@ where
         return admit(state, anonymous(), request, inner).await;
     };
     let resource = resource_of(oauth, request.uri().path());
-    let token = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    let Some(token) = token else {
+    let Some(token) = bearer_token(request.headers()) else {
         return challenge(oauth, &resource, None);
     };
-    match principal(oauth, state, token, &resource).await {
+    match principal(oauth, state, &token, &resource).await {
         Ok(principal) => admit(state, principal, request, inner).await,
         Err(Rejection::Invalid(why)) => {
             tracing::info!(reason = %why, "bearer token refused");
@@ -218,12 +213,14 @@ where
     }
 }
 
-/// The token of an `Authorization: Bearer …` value; the scheme is matched without regard to
-/// case (RFC 7235 §2.1, RFC 6750 §2.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// The token of the request's `Authorization: Bearer …` header (the `headers` crate matches the
+/// scheme without regard to case, RFC 7235 §2.1, RFC 6750 §2.1), if there is a non-empty one.
+fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    use headers::HeaderMapExt;
+    let authorization =
+        headers.typed_get::<headers::Authorization<headers::authorization::Bearer>>()?;
+    let token = authorization.token().trim();
+    (!token.is_empty()).then(|| token.to_owned())
 }
 
 /// Runs `request` through `inner` (the route), which is always ready.
@@ -294,12 +291,28 @@ mod tests {
 
     #[test]
     fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        let token = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(
+                header::AUTHORIZATION,
+                axum::http::HeaderValue::from_str(value).expect("value"),
+            );
+            bearer_token(&headers)
+        };
         for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
-            assert_eq!(bearer_token(value), Some("abc"), "{value}");
+            assert_eq!(token(value).as_deref(), Some("abc"), "{value}");
         }
-        for value in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
-            assert_eq!(bearer_token(value), None, "{value}");
+        for value in [
+            "Basic abc",
+            "Bearer",
+            "Bearer ",
+            "Bearer   ",
+            "Bearerabc",
+            "abc",
+        ] {
+            assert_eq!(token(value), None, "{value}");
         }
+        assert_eq!(bearer_token(&axum::http::HeaderMap::new()), None);
     }
 
     #[test]

@@ -7,14 +7,10 @@ pub(super) fn client_id_of(p: &HashMap<String, String>, headers: &HeaderMap) -> 
     if let Some(id) = p.get("client_id") {
         return Some(id.clone());
     }
-    let basic = headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Basic ")?;
-    let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, basic).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (id, _) = text.split_once(':')?;
+    use headers::HeaderMapExt;
+    let basic = headers.typed_get::<headers::Authorization<headers::authorization::Basic>>()?;
+    // The client id is form-encoded before it is put into Basic (RFC 6749 §2.3.1).
+    let id = basic.username();
     Some(
         url::form_urlencoded::parse(format!("x={id}").as_bytes())
             .next()

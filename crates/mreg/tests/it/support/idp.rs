@@ -401,8 +401,14 @@ impl<'a> Flow<'a> {
         );
         if let Some(set_cookie) = headers.get(SET_COOKIE).and_then(|v| v.to_str().ok()) {
             assert!(
-                set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
-                "{set_cookie}"
+                set_cookie.starts_with("mreg_consent=")
+                    && set_cookie.contains("HttpOnly")
+                    && set_cookie.contains("SameSite=Lax")
+                    && set_cookie.contains("Path=/")
+                    && set_cookie.contains("Max-Age=")
+                    && !set_cookie.contains("Secure"),
+                "a cookie for this gateway only, not for scripts, lasting a sign-in (not Secure \
+                 over http): {set_cookie}"
             );
         }
         assert!(
