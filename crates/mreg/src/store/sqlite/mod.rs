@@ -23,6 +23,10 @@ use super::{ACQUIRE_TIMEOUT, Close, migrator};
 /// How long a connection of the embedded database is used before it is replaced.
 const MAX_LIFETIME: Duration = Duration::from_secs(60);
 
+/// How long a connection of the embedded database may sit unused before it is closed (one is
+/// always kept).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -87,11 +91,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        // Connections are replaced after a while, so that the ones a burst opened (start-up
-        // runs migrations, the monitor and the audit writer at once) do not stay: each holds a
-        // worker thread and its caches, and a quiet gateway needs one.
+        // The connections a burst opened (start-up runs migrations, the monitor and the audit
+        // writer at once) are closed once idle, and long-lived ones replaced: each holds a worker
+        // thread and its caches, and a quiet gateway needs one. Opening a connection to a local
+        // file costs well under a millisecond.
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
+            .min_connections(1)
+            .idle_timeout(IDLE_TIMEOUT)
             .max_lifetime(MAX_LIFETIME)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
