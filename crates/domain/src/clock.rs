@@ -1,6 +1,8 @@
 //! The clock the gateway measures expiry by: the system clock plus an offset that only a test
 //! moves, so that what expires with time (cache entries, sign-ins, codes, grants) can be tested
-//! without waiting for it.
+//! without waiting for it. Not moved by it: JWT validation (the `jsonwebtoken` crate reads the
+//! system clock), Redis's expiry, the health monitor and audit timestamps; a test that moves the
+//! clock and then presents a token minted after the move may find it not yet valid.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -40,10 +40,17 @@ impl Inner {
 }
 
 /// A cache held in this process's memory. Not shared between replicas.
-#[derive(Default)]
 pub struct MemoryCache {
     inner: Mutex<Inner>,
     clock: Clock,
+    /// Where this cache's rate-limit times count from (microseconds since it).
+    epoch: Instant,
+}
+
+impl Default for MemoryCache {
+    fn default() -> Self {
+        Self::with_clock(Clock::system())
+    }
 }
 
 impl MemoryCache {
@@ -56,6 +63,7 @@ impl MemoryCache {
     pub fn with_clock(clock: Clock) -> Self {
         Self {
             inner: Mutex::default(),
+            epoch: clock.instant(),
             clock,
         }
     }
@@ -128,11 +136,8 @@ impl Cache for MemoryCache {
     }
 
     async fn rate(&self, key: &str, limit: u32, period: Duration) -> Result<Option<Duration>> {
-        use std::sync::OnceLock;
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
         let now = self.clock.instant();
-        let epoch = *EPOCH.get_or_init(|| now);
-        let now_us = u64::try_from(now.duration_since(epoch).as_micros()).unwrap_or(u64::MAX);
+        let now_us = u64::try_from(now.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX);
         let mut inner = self.lock();
         let tat = inner
             .live(key, now)

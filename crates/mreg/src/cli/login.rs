@@ -20,6 +20,7 @@ use axum::extract::RawQuery;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -433,16 +434,21 @@ fn open_browser(url: &str) -> bool {
         .is_ok()
 }
 
-/// Serves the loopback redirect (a small axum router, so that a request arriving in pieces, a
-/// second connection or one left open cannot stall the sign-in) until `/callback` is requested;
-/// returns its query. The page tells the person where to go on; the answer is sent before the
-/// server stops.
+/// How long the loopback server may take to send its page once the answer has arrived.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+
+/// Serves the loopback redirect (a small axum router: a request arriving in pieces, another path
+/// or a second connection cannot stall the sign-in) until `GET /callback` is requested; returns
+/// its query. The server then stops, giving the browser's connection a moment to receive its
+/// page; a connection that never finishes its request does not hold the answer back.
 async fn wait_for_redirect(listener: TcpListener) -> Result<HashMap<String, String>, String> {
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let sender = Arc::new(Mutex::new(Some(sender)));
-    let done = CancellationToken::new();
-    let stop = done.clone();
-    let callback = move |RawQuery(query): RawQuery| async move {
+    let callback = move |method: axum::http::Method, RawQuery(query): RawQuery| async move {
+        use axum::response::IntoResponse;
+        if method != axum::http::Method::GET {
+            return axum::http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+        }
         let params: HashMap<String, String> =
             url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -454,22 +460,32 @@ async fn wait_for_redirect(listener: TcpListener) -> Result<HashMap<String, Stri
             .take();
         if let Some(sender) = taken {
             let _ = sender.send(params);
-            stop.cancel();
         }
         if signed_in {
             "Signed in. You can close this window and return to the terminal."
         } else {
             "Sign-in did not complete. Return to the terminal for details."
         }
+        .into_response()
     };
     let app = axum::Router::new().route("/callback", axum::routing::get(callback));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(done.cancelled_owned())
-        .await
-        .map_err(|e| format!("the loopback redirect server failed: {e}"))?;
-    receiver
-        .await
-        .map_err(|_| "the loopback redirect server stopped without an answer".to_owned())
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = server.into_future();
+    tokio::pin!(server);
+    let answer = tokio::select! {
+        answer = receiver => answer
+            .map_err(|_| "the loopback redirect server stopped without an answer".to_owned())?,
+        served = &mut server => {
+            served.map_err(|e| format!("the loopback redirect server failed: {e}"))?;
+            return Err("the loopback redirect server stopped without an answer".to_owned());
+        }
+    };
+    stop.cancel();
+    // Graceful shutdown waits for every connection; one that never finishes its request would
+    // hold it forever, so the wait is bounded (the answer is in hand already).
+    let _ = tokio::time::timeout(ANSWER_GRACE, server).await;
+    Ok(answer)
 }
 
 /// Runs `mreg logout`: revokes the refresh token and forgets the credentials.

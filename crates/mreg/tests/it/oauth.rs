@@ -1060,6 +1060,20 @@ async fn mreg_login_signs_in_from_the_terminal_and_client_commands_use_the_token
     let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
+    // One that starts a request and never finishes it must not hold the answer back either.
+    let mut unfinished = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut unfinished, b"GET /callback?code=forged HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    // A HEAD to the redirect is not the redirect: it does not end the login.
+    let head = reqwest::Client::new()
+        .head(format!("http://127.0.0.1:{port}/callback?code=forged"))
+        .send()
+        .await
+        .expect("HEAD answered");
+    assert_eq!(head.status(), StatusCode::METHOD_NOT_ALLOWED);
     let other = tokio::time::timeout(
         Duration::from_secs(10),
         reqwest::get(format!("http://127.0.0.1:{port}/favicon.ico")),
