@@ -18,9 +18,12 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
               (server and tool rules), GCRA rate limits at 1,000,000 a minute (on, never hit),
               and the audit log; both mreg instances store in a scratch PostgreSQL database
               each (--database URL, or sqlite), whose server processes' CPU is reported too
+    mreg-noaudit  (only when asked for in --targets) mreg-on without the audit log
+              (MREG_AUDIT=false): with mreg-off and mreg-on, it splits the chain's CPU per call
+              into the audit log's share and the rest (token, roles, rate limit)
     fastmcp-proxy  FastMCP's own proxy (interop/python/proxy.py --upstream URL), behind its
               JWTVerifier checking the same token (unless --no-proxy-auth)
-  Both mreg instances run the same binary ($MREG_BIN) with health checks off.
+  Every mreg instance runs the same binary ($MREG_BIN) with health checks off.
 * Clients:
     Python SDK  interop/python/client.py bench (one session, keep-alive, sequential calls)
     TS SDK      interop/client.mjs bench (the same)
@@ -89,7 +92,9 @@ RMCP_BIN = os.environ.get("RMCP_UPSTREAM_BIN", str(REPO / "target/release/exampl
 if os.access(RMCP_BIN, os.X_OK):
     UPSTREAMS["rmcp-json"] = ("rmcp (Rust SDK), stateless, JSON", [RMCP_BIN])
     UPSTREAMS["rmcp-sse"] = ("rmcp (Rust SDK), stateful, SSE", [RMCP_BIN, "--stateful"])
-TARGETS = ["direct", "mreg-off", "mreg-on", "fastmcp-proxy"]
+TARGETS = ["direct", "mreg-off", "mreg-noaudit", "mreg-on", "fastmcp-proxy"]
+# What runs when --targets is not given.
+DEFAULT_TARGETS = ["direct", "mreg-off", "mreg-on", "fastmcp-proxy"]
 SKIPPED = [] if "rmcp-json" in UPSTREAMS else [
     {"what": "rmcp upstreams", "why": f"no binary at {RMCP_BIN} (scripts/bench-peers builds it: "
                                       "cargo build --release --example rmcp_upstream)"}]
@@ -114,7 +119,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON here")
     parser.add_argument("--upstreams", default=",".join(UPSTREAMS),
                         help=f"comma-separated subset of {','.join(UPSTREAMS)}")
-    parser.add_argument("--targets", default=",".join(TARGETS),
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help=f"comma-separated subset of {','.join(TARGETS)} (direct is always run)")
     parser.add_argument("--upstream-cmd", action="append", default=[], metavar="NAME=COMMAND",
                         help="one more upstream: a command printing 'LISTENING <port>' and serving "
@@ -421,8 +426,10 @@ class Bench:
                               capture_output=True, text=True, timeout=30)
         return [int(p) for p in done.stdout.split()] if done.returncode == 0 else []
 
-    def start_mreg(self, label: str, chain: bool, upstreams: list[str], embedded: bool = False) -> None:
-        """mreg `serve` as `label`; `embedded` keeps its store in the embedded SQLite default."""
+    def start_mreg(self, label: str, chain: bool, upstreams: list[str], embedded: bool = False,
+                   audit: bool = True) -> None:
+        """mreg `serve` as `label`; `embedded` keeps its store in the embedded SQLite default;
+        with the chain on, `audit` says whether the audit log is on."""
         data = self.scratch / label
         data.mkdir()
         env = clean_environment() | {
@@ -445,7 +452,7 @@ class Bench:
                 "AZURE_CLIENT_SECRET": CLIENT_SECRET, "AZURE_AUTHORITY_HOST": self.authority,
                 "AZURE_GRAPH_URL": self.authority, "MREG_UPSTREAM_ALLOW": "127.0.0.0/8",
                 "MREG_POLICY_FILE": str(policy), "MREG_RATE_LIMIT_PER_MINUTE": "1000000",
-                "MREG_AUDIT": "true",
+                "MREG_AUDIT": "true" if audit else "false",
                 # Its issuer and public URL derive from the MCP port (benches/policy.rs does the same).
                 "FASTMCP_SERVER_PORT": str(free_port()),
             }
@@ -496,7 +503,7 @@ class Bench:
 
     def auth(self, label: str) -> list[str]:
         """The Authorization header a target needs."""
-        needs = label in ("mreg-on", "mreg-own", "fastmcp-jwt") or (
+        needs = label in ("mreg-on", "mreg-noaudit", "mreg-own", "fastmcp-jwt") or (
             label == "fastmcp-proxy" and self.proxy_auth)
         return [f"Authorization: Bearer {self.token}"] if needs else []
 
@@ -719,7 +726,7 @@ class Bench:
     def run(self) -> dict:
         args = self.args
         wants = set(args.targets)
-        if not os.access(self.mreg_bin, os.X_OK) and wants & {"mreg-off", "mreg-on"}:
+        if not os.access(self.mreg_bin, os.X_OK) and wants & {"mreg-off", "mreg-noaudit", "mreg-on"}:
             raise RuntimeError(f"no mreg binary at {self.mreg_bin} (set MREG_BIN, or cargo build --release)")
         started = time.monotonic()
         load_before = os.getloadavg()
@@ -728,18 +735,19 @@ class Bench:
             upstream_urls[name] = self.start_upstream(name)
             log(f"upstream {name}: {upstream_urls[name]}")
         own = args.own != "no"
-        if "mreg-on" in wants or own or ("fastmcp-proxy" in wants and self.proxy_auth):
+        if wants & {"mreg-on", "mreg-noaudit"} or own or ("fastmcp-proxy" in wants and self.proxy_auth):
             self.start_identity_provider()
             log(f"identity provider: {self.authority}")
-        for label, chain in (("mreg-off", False), ("mreg-on", True)):
+        for label, chain, audit in (("mreg-off", False, False), ("mreg-noaudit", True, False),
+                                    ("mreg-on", True, True)):
             if label in wants and args.upstreams:
-                self.start_mreg(label, chain, args.upstreams)
+                self.start_mreg(label, chain, args.upstreams, audit=audit)
                 log(f"{label}: REST {self.mreg[label]['api']}, MCP {self.mreg[label]['mcp']}")
         own_rows = self.measure_own() if own else []
         rows = []
         for name in args.upstreams:
             targets = {"direct": upstream_urls[name]}
-            for label in ("mreg-off", "mreg-on"):
+            for label in ("mreg-off", "mreg-noaudit", "mreg-on"):
                 if label in wants:
                     targets[label] = self.register(label, name, upstream_urls[name])
             if "fastmcp-proxy" in wants:
@@ -759,6 +767,7 @@ class Bench:
                            "server and tool roles, MREG_RATE_LIMIT_PER_MINUTE=1000000, audit log on"
                            + (" (SQLite)" if args.database == "sqlite" else " (PostgreSQL)"),
                 "mreg_off": "MREG_AUTH=none, MREG_AUDIT=false",
+                "mreg_noaudit": "as mreg-on, with MREG_AUDIT=false",
             },
             "environment": environment(self.mreg_bin, load_before),
             "upstreams": {n: UPSTREAMS[n][0] for n in args.upstreams},
@@ -770,6 +779,12 @@ class Bench:
             "notes": self.notes,
             "elapsed_s": round(time.monotonic() - started, 1),
         }
+
+
+def share(figures: dict) -> float:
+    """The audit log's share of the chain's CPU per call: (on - no-audit) / (on - off)."""
+    chain = figures["mreg-on"] - figures["mreg-off"]
+    return (figures["mreg-on"] - figures["mreg-noaudit"]) / chain if chain > 0 else float("nan")
 
 
 def derive(rows: list[dict], connections: list[int]) -> None:
@@ -893,7 +908,7 @@ def main() -> int:
     print("\nadded p50: minus the same client's p50 going direct. x direct: req/s over direct's. "
           "mreg/proxy: mreg's req/s over the FastMCP proxy's (same upstream, same connections).")
     measured = {row["target"] for row in report["results"]}
-    for target in ("mreg-on", "mreg-off"):
+    for target in ("mreg-on", "mreg-noaudit", "mreg-off"):
         if target in measured:
             print(f"{target}: {settings[target.replace('-', '_')]}.")
     if "fastmcp-proxy" in measured:
@@ -919,6 +934,11 @@ def main() -> int:
                 off_pg = pg[(upstream, connections)].get("mreg-off", 0.0)
                 extra = (f"; PostgreSQL CPU per call (one audit row) {on_pg:.3f} ms, "
                          f"chain off {off_pg:.3f} ms")
+            if "mreg-noaudit" in figures:
+                extra += (f"; chain without the audit log {figures['mreg-noaudit']:.3f} ms "
+                          f"(no-audit/off {figures['mreg-noaudit'] / figures['mreg-off']:.2f}, "
+                          f"the audit log's share of the chain's cost "
+                          f"{share(figures):.0%})")
             print(f"mreg process CPU per call, {upstream} c={connections}: chain on "
                   f"{figures['mreg-on']:.3f} ms, off {figures['mreg-off']:.3f} ms, "
                   f"on/off {figures['mreg-on'] / figures['mreg-off']:.2f}{extra}")
