@@ -93,7 +93,7 @@ impl Tasks {
                     Err(why) => tracing::warn!(error = %why, "background task failed"),
                 }
                 // `/readyz` answers anyone: it says that the run failed, the log says why.
-                tasks.record(name, outcome.map_err(|_| FAILED.to_owned()));
+                tasks.record(name, outcome.map_err(|_| FAILED));
             }
         });
     }
@@ -106,7 +106,7 @@ impl Tasks {
             if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
                 let why = panicked(panic.as_ref());
                 tracing::error!(error = %why, "background task panicked");
-                tasks.record(name, Err(FAILED.to_owned()));
+                tasks.record(name, Err(FAILED));
             }
         });
     }
@@ -122,8 +122,9 @@ impl Tasks {
     }
 
     /// Records a run of the task `name` that reports its own status (a [`Tasks::service`]). A
-    /// failure's text is shown to anyone who asks `/readyz`: say what failed, not the error.
-    pub fn record(&self, name: &'static str, outcome: Result<String, String>) {
+    /// failure is shown to anyone who asks `/readyz`, so it is a fixed text saying what failed;
+    /// the error itself goes to the log.
+    pub fn record(&self, name: &'static str, outcome: Result<String, &'static str>) {
         let mut board = self
             .0
             .board
@@ -139,7 +140,7 @@ impl Tasks {
         status.last_run = Some(domain::now());
         (status.ok, status.detail) = match outcome {
             Ok(detail) => (true, detail),
-            Err(why) => (false, why),
+            Err(what) => (false, what.to_owned()),
         };
     }
 

@@ -268,7 +268,7 @@ impl Monitor {
                     tracing::warn!(error = %e, "cannot read health changes");
                     self.tasks.record(
                         "health_monitor",
-                        Err(format!("cannot read health changes: {e}")),
+                        Err("cannot read health changes; the log says why"),
                     );
                 }
             }
@@ -297,7 +297,7 @@ impl Monitor {
                     tracing::warn!(error = %e, "cannot claim servers to probe");
                     self.tasks.record(
                         "health_monitor",
-                        Err(format!("cannot claim servers to probe: {e}")),
+                        Err("cannot claim servers to probe; the log says why"),
                     );
                     continue;
                 }

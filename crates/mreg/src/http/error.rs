@@ -137,7 +137,7 @@ impl ApiError {
                 format!("the body is not well-formed JSON: {inner}"),
             );
         }
-        let text = inner.to_string();
+        let text = without_strings(&inner.to_string());
         let (field, message) = if path == "." {
             (field_of(&text), text)
         } else {
@@ -168,6 +168,39 @@ impl From<PathRejection> for ApiError {
             rejection.body_text(),
         )
     }
+}
+
+/// A serde error's text without the strings it quotes from the input (`invalid type: string
+/// "Bearer sk-…", expected a map` becomes `invalid type: a string, expected a map`): the text is
+/// kept in the audit row, where a credential sent in the wrong place must not land unredacted.
+fn without_strings(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("string \"") {
+        out.push_str(&rest[..at]);
+        out.push_str("a string");
+        // Skip the quoted value (Debug-escaped: a `\` escapes the next character).
+        let mut chars = rest[at + "string \"".len()..].char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    chars.next();
+                }
+                '"' => {
+                    end = Some(i + 1);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match end {
+            Some(end) => rest = &rest[at + "string \"".len() + end..],
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The field path serde names in a data error (`...: tags[0]: invalid type...` or
@@ -208,7 +241,35 @@ impl IntoResponse for ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::field_of;
+
+    #[test]
+    fn data_errors_do_not_repeat_the_strings_they_refused() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code, reason = "only deserialized")]
+        struct Body {
+            upstream_headers: std::collections::HashMap<String, String>,
+        }
+        let json = r#"{"upstream_headers": "Bearer sk-\"secret\"-1"}"#;
+        let error = serde_path_to_error::deserialize::<_, Body>(
+            &mut serde_json::Deserializer::from_str(json),
+        )
+        .expect_err("a string is not a map");
+        let refused = ApiError::from_json(error);
+        assert!(!refused.message.contains("secret"), "{}", refused.message);
+        assert!(
+            refused
+                .message
+                .contains("upstream_headers: invalid type: a string, expected a map"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(
+            without_strings(r#"a string "x\"y" and string "z" end"#),
+            "a a string and a string end"
+        );
+        assert_eq!(without_strings(r#"cut string "open"#), "cut a string");
+    }
+    use super::{ApiError, field_of, without_strings};
 
     #[test]
     fn serde_messages_yield_the_field_path() {
