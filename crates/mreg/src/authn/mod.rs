@@ -25,6 +25,8 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use domain::{Cache, Principal};
 use futures_util::future::{BoxFuture, Either};
+use headers::authorization::Bearer;
+use headers::{Authorization, HeaderMapExt};
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service, ServiceExt};
 
@@ -199,10 +201,10 @@ where
         return admit(state, anonymous(), request, inner).await;
     };
     let resource = resource_of(oauth, request.uri().path());
-    let Some(token) = bearer_token(request.headers()) else {
+    let Some(authorization) = bearer(request.headers()) else {
         return challenge(oauth, &resource, None);
     };
-    match principal(oauth, state, &token, &resource).await {
+    match principal(oauth, state, authorization.token().trim(), &resource).await {
         Ok(principal) => admit(state, principal, request, inner).await,
         Err(Rejection::Invalid(why)) => {
             tracing::info!(reason = %why, "bearer token refused");
@@ -213,14 +215,13 @@ where
     }
 }
 
-/// The token of the request's `Authorization: Bearer …` header (the `headers` crate matches the
-/// scheme without regard to case, RFC 7235 §2.1, RFC 6750 §2.1), if there is a non-empty one.
-fn bearer_token(headers: &axum::http::HeaderMap) -> Option<String> {
-    use headers::HeaderMapExt;
-    let authorization =
-        headers.typed_get::<headers::Authorization<headers::authorization::Bearer>>()?;
-    let token = authorization.token().trim();
-    (!token.is_empty()).then(|| token.to_owned())
+/// The request's `Authorization: Bearer …` credentials (the `headers` crate matches the scheme
+/// without regard to case, RFC 7235 §2.1, RFC 6750 §2.1), if its token is not empty; the token
+/// is `.token().trim()`, borrowed from the header rather than copied on every request.
+fn bearer(headers: &axum::http::HeaderMap) -> Option<Authorization<Bearer>> {
+    headers
+        .typed_get::<Authorization<Bearer>>()
+        .filter(|authorization| !authorization.token().trim().is_empty())
 }
 
 /// Runs `request` through `inner` (the route), which is always ready.
@@ -297,7 +298,7 @@ mod tests {
                 header::AUTHORIZATION,
                 axum::http::HeaderValue::from_str(value).expect("value"),
             );
-            bearer_token(&headers)
+            bearer(&headers).map(|a| a.token().trim().to_owned())
         };
         for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
             assert_eq!(token(value).as_deref(), Some("abc"), "{value}");
@@ -312,7 +313,7 @@ mod tests {
         ] {
             assert_eq!(token(value), None, "{value}");
         }
-        assert_eq!(bearer_token(&axum::http::HeaderMap::new()), None);
+        assert!(bearer(&axum::http::HeaderMap::new()).is_none());
     }
 
     #[test]
