@@ -138,6 +138,18 @@ fn db_error(what: &str) -> impl Fn(sqlx::Error) -> Error + '_ {
     }
 }
 
+/// The error for a stored value of `column` that mreg cannot read.
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!(
+        "servers.{column} holds a value mreg cannot read: {e}"
+    ))
+}
+
+/// A stored latency in milliseconds (none, or negative, is 0).
+fn millis(value: Option<i64>) -> u64 {
+    value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
+}
+
 /// The SQLSTATE class of data exceptions.
 const DATA_EXCEPTION: &str = "22";
 

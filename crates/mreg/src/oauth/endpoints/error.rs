@@ -51,6 +51,17 @@ impl OAuthError {
         Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
     }
 
+    /// 503 `server_error`: a store, the cache or the provider does not answer; `cause` is
+    /// logged and noted, not told.
+    pub(super) fn unavailable(cause: impl std::fmt::Display) -> Self {
+        Self::server(StatusCode::SERVICE_UNAVAILABLE, cause.to_string())
+    }
+
+    /// 500 `server_error`: the server failed (`cause` is logged and noted, not told).
+    pub(super) fn internal(cause: impl std::fmt::Display) -> Self {
+        Self::server(StatusCode::INTERNAL_SERVER_ERROR, cause.to_string())
+    }
+
     /// `server_error` with `status`: the server could not complete the request because of
     /// `internal` (a store, the cache, the provider), which the caller is not told.
     pub(super) fn server(status: StatusCode, internal: impl Into<String>) -> Self {

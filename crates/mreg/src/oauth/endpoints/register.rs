@@ -57,15 +57,13 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
         }
         Ok(_) => {}
         Err(e) => {
-            return OAuthError::server(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-                .into_response();
+            return OAuthError::unavailable(e).into_response();
         }
     }
     let stored = match serde_json::to_string(&client) {
         Ok(s) => s,
         Err(e) => {
-            return OAuthError::server(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-                .into_response();
+            return OAuthError::internal(e).into_response();
         }
     };
     if let Err(e) = oauth
@@ -73,7 +71,7 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
         .insert_client(&client.client_id, &stored, oauth.unix_now())
         .await
     {
-        return OAuthError::server(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response();
+        return OAuthError::unavailable(e).into_response();
     }
     tracing::info!(client_id = %client.client_id, name = client.client_name.as_deref(), "client registered");
     let mut response = (StatusCode::CREATED, Json(&client)).into_response();

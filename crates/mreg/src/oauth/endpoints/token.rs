@@ -52,10 +52,7 @@ pub(super) async fn client_form(
             "this client is not registered; register again",
         )),
         Err(domain::Error::Forbidden(why)) => Err(OAuthError::invalid_client(why)),
-        Err(e) => Err(OAuthError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
+        Err(e) => Err(OAuthError::unavailable(e)),
     }
 }
 
@@ -144,15 +141,11 @@ pub(super) async fn code_grant(
     let code = request.code;
     let code_hash = sha256_hex(code);
     let used_key = format!("oauth:code-used:{code_hash}");
-    let taken = match oauth.cache.take(&format!("oauth:code:{code_hash}")).await {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(OAuthError::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            ));
-        }
-    };
+    let taken = oauth
+        .cache
+        .take(&format!("oauth:code:{code_hash}"))
+        .await
+        .map_err(OAuthError::unavailable)?;
     let Some(sealed) = taken else {
         // A code presented again was intercepted, or its first redemption was: end what was
         // issued for it (RFC 6749 §4.1.2).
@@ -221,15 +214,9 @@ pub(super) async fn code_grant(
         upstream_expires_at: grant.upstream_expires_at,
     };
     let refresh = random_token(32);
-    let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(OAuthError::server(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            ));
-        }
-    };
+    let sealed = oauth
+        .seal_json(GRANT_PURPOSE, &data)
+        .map_err(OAuthError::internal)?;
     let now = oauth.unix_now();
     let mut expires_at = now + oauth.refresh_ttl.as_secs() as i64;
     if data.upstream_refresh.is_none() {
@@ -246,14 +233,23 @@ pub(super) async fn code_grant(
         expires_at,
         revoked_at: None,
     };
-    if let Err(e) = oauth.store.insert_grant(&row, now).await {
-        return Err(OAuthError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        ));
-    }
+    oauth
+        .store
+        .insert_grant(&row, now)
+        .await
+        .map_err(OAuthError::unavailable)?;
     tracing::info!(subject = %data.identity.subject, client_id, "tokens issued");
     issue(oauth, client_id, &row.id, &data, &data.scopes, &refresh).await
+}
+
+/// A refresh token presented again (`how`: reused later, or used twice at once): it leaked, so
+/// its grant ends (RFC 9700 §4.14.2) and the answer says so.
+async fn reused(oauth: &OAuth, grant_id: &str, now: i64, client_id: &str, how: &str) -> OAuthError {
+    oauth.end_grant(grant_id, now).await;
+    tracing::warn!(grant = %grant_id, client_id, "refresh token {how}; grant revoked");
+    OAuthError::invalid_grant(
+        "this refresh token was already used; the grant is revoked, sign in again",
+    )
 }
 
 pub(super) async fn refresh_grant(
@@ -264,30 +260,17 @@ pub(super) async fn refresh_grant(
     let presented = request.refresh_token;
     let hash = sha256_hex(presented);
     let now = oauth.unix_now();
-    let row = match oauth.store.grant_by_refresh(&hash).await {
-        Ok(r) => r,
-        Err(e) => {
-            return Err(OAuthError::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            ));
-        }
-    };
+    let row = oauth
+        .store
+        .grant_by_refresh(&hash)
+        .await
+        .map_err(OAuthError::unavailable)?;
     let Some(row) = row else {
         // Not current: a spent token presented again means it leaked; end its family.
         return match oauth.store.spent_refresh(&hash).await {
-            Ok(Some(grant_id)) => {
-                oauth.end_grant(&grant_id, now).await;
-                tracing::warn!(grant = %grant_id, client_id, "refresh token reused; grant revoked");
-                Err(OAuthError::invalid_grant(
-                    "this refresh token was already used; the grant is revoked, sign in again",
-                ))
-            }
+            Ok(Some(grant_id)) => Err(reused(oauth, &grant_id, now, client_id, "reused").await),
             Ok(None) => Err(OAuthError::invalid_grant("the refresh token is invalid")),
-            Err(e) => Err(OAuthError::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            )),
+            Err(e) => Err(OAuthError::unavailable(e)),
         };
     };
     if row.revoked_at.is_some() {
@@ -354,12 +337,7 @@ pub(super) async fn refresh_grant(
                 "this sign-in's tenant may no longer sign in; sign in again",
             ));
         }
-        Err(e) => {
-            return Err(OAuthError::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            ));
-        }
+        Err(e) => return Err(OAuthError::unavailable(e)),
     }
     // The user must still be good at the provider: refresh there too.
     match data.upstream_refresh.clone() {
@@ -410,15 +388,9 @@ pub(super) async fn refresh_grant(
         }
     }
     let refresh = random_token(32);
-    let sealed = match oauth.seal_json(GRANT_PURPOSE, &data) {
-        Ok(s) => s,
-        Err(e) => {
-            return Err(OAuthError::server(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                e.to_string(),
-            ));
-        }
-    };
+    let sealed = oauth
+        .seal_json(GRANT_PURPOSE, &data)
+        .map_err(OAuthError::internal)?;
     match oauth
         .store
         .rotate_refresh(&row.id, &hash, &sha256_hex(&refresh), &sealed, now)
@@ -426,16 +398,9 @@ pub(super) async fn refresh_grant(
     {
         Ok(Rotation::Rotated) => issue(oauth, client_id, &row.id, &data, &scopes, &refresh).await,
         Ok(Rotation::Lost) => {
-            oauth.end_grant(&row.id, now).await;
-            tracing::warn!(grant = %row.id, client_id, "refresh token used twice at once; grant revoked");
-            Err(OAuthError::invalid_grant(
-                "this refresh token was already used; the grant is revoked, sign in again",
-            ))
+            Err(reused(oauth, &row.id, now, client_id, "used twice at once").await)
         }
-        Err(e) => Err(OAuthError::server(
-            StatusCode::SERVICE_UNAVAILABLE,
-            e.to_string(),
-        )),
+        Err(e) => Err(OAuthError::unavailable(e)),
     }
 }
 
@@ -491,15 +456,11 @@ pub(super) async fn issue(
         client_id: client_id.to_owned(),
         gid: Some(grant_id.to_owned()),
     };
-    let access = match oauth.keys.sign(&claims).await {
-        Ok(t) => t,
-        Err(e) => {
-            return Err(OAuthError::server(
-                StatusCode::SERVICE_UNAVAILABLE,
-                e.to_string(),
-            ));
-        }
-    };
+    let access = oauth
+        .keys
+        .sign(&claims)
+        .await
+        .map_err(OAuthError::unavailable)?;
     let mut response = Json(json!({
         "access_token": access,
         "token_type": "Bearer",

@@ -6,26 +6,15 @@ use domain::{
     CatalogStore, Health, HealthCheck, HealthStatus, HealthStore, Outcome, Result, ServerName,
     ToolHit, ToolInfo, ToolQuery,
 };
+use sqlx::Postgres;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{PgStore, corrupt};
-use crate::store::db_error;
+use super::{PgStore, col, corrupt};
 use crate::store::select;
-
-fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
-    row: &'r PgRow,
-    name: &str,
-) -> Result<T> {
-    row.try_get(name).map_err(|e| corrupt(name, e))
-}
-
-fn millis(value: Option<i64>) -> u64 {
-    value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
-}
+use crate::store::{db_error, millis};
 
 fn health_from_row(row: &PgRow) -> Result<Health> {
     health_from_columns(row, "")

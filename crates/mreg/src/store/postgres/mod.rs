@@ -9,7 +9,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::Error;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, QueryBuilder};
@@ -17,6 +16,7 @@ use time::OffsetDateTime;
 
 use super::select::Dialect;
 use super::{ACQUIRE_TIMEOUT, Close, migrator};
+pub(super) use crate::store::corrupt;
 
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -143,10 +143,12 @@ impl Close for PgStore {
     }
 }
 
-fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!(
-        "servers.{column} holds a value mreg cannot read: {e}"
-    ))
+/// Column `name` of `row`, or the error that says it holds what mreg cannot read.
+fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
+    row: &'r sqlx::postgres::PgRow,
+    name: &str,
+) -> domain::Result<T> {
+    sqlx::Row::try_get(row, name).map_err(|e| corrupt(name, e))
 }
 
 impl Dialect for Postgres {

@@ -9,22 +9,16 @@ use domain::{
 use serde_json::{Map, Value};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, Postgres, Row};
+use sqlx::{AssertSqlSafe, Postgres};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::health::prefixed_health_from_row;
-use super::{PgStore, corrupt};
+use super::{PgStore, col, corrupt};
 use crate::store::db_error;
 use crate::store::select::{self, SERVER_COLUMNS};
 
 fn server_from_row(row: &PgRow) -> Result<Server> {
-    fn col<'r, T: sqlx::Decode<'r, Postgres> + sqlx::Type<Postgres>>(
-        row: &'r PgRow,
-        name: &str,
-    ) -> Result<T> {
-        row.try_get(name).map_err(|e| corrupt(name, e))
-    }
     let name: String = col(row, "name")?;
     let url: String = col(row, "url")?;
     let transport: String = col(row, "transport")?;

@@ -12,16 +12,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{SqliteStore, corrupt, from_micros, micros};
-use crate::store::db_error;
 use crate::store::select;
+use crate::store::{db_error, millis};
 
 fn uuid(row: &SqliteRow, column: &str) -> Result<Uuid> {
     let text: String = row.try_get(column).map_err(|e| corrupt(column, e))?;
     Uuid::parse_str(&text).map_err(|e| corrupt(column, e))
-}
-
-fn millis(value: Option<i64>) -> u64 {
-    value.and_then(|v| u64::try_from(v).ok()).unwrap_or(0)
 }
 
 fn health_from_row(row: &SqliteRow) -> Result<Health> {

@@ -19,6 +19,7 @@ use time::OffsetDateTime;
 
 use super::select::Dialect;
 use super::{ACQUIRE_TIMEOUT, Close, migrator};
+pub(super) use crate::store::corrupt;
 
 /// How long a connection of the embedded database is used before it is replaced.
 const MAX_LIFETIME: Duration = Duration::from_secs(60);
@@ -137,12 +138,6 @@ fn micros(t: OffsetDateTime) -> i64 {
 fn from_micros(us: i64) -> Result<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
         .map_err(|e| Error::Internal(format!("stored time out of range: {e}")))
-}
-
-fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!(
-        "servers.{column} holds a value mreg cannot read: {e}"
-    ))
 }
 
 fn json(value: &impl serde::Serialize) -> Result<String> {
