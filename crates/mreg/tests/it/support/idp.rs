@@ -29,10 +29,10 @@ pub(crate) const REDIRECT: &str = "http://127.0.0.1:9/callback";
 /// The stand-in for Entra ID.
 pub(crate) struct Idp {
     pub(crate) authority: String,
-    pub(crate) child: Child,
-    pub(crate) http: reqwest::Client,
+    child: Child,
+    http: reqwest::Client,
     /// Kept open so that a late write to stdout cannot kill the provider with EPIPE.
-    pub(crate) _stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _stdout: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
 }
 
 impl Drop for Idp {
@@ -57,7 +57,7 @@ impl Idp {
         }
     }
 
-    pub(crate) async fn try_start(mcp_port: u16, tenants: &[&str]) -> Result<Self, String> {
+    async fn try_start(mcp_port: u16, tenants: &[&str]) -> Result<Self, String> {
         let mut command = Command::new("node");
         command
             .arg(interop_dir().join("idp.mjs"))
@@ -248,7 +248,8 @@ impl TestAppBuilder {
         ])
     }
 
-    /// A multi-tenant app (`organizations`) that admits the users of `tenants` only.
+    /// A multi-tenant app (`organizations`) that admits the users of `tenants` only. Call it
+    /// after [`Self::with_oauth`]: of two values of one setting, the later wins.
     pub(crate) fn with_allowed_tenants(self, tenants: &[&str]) -> Self {
         self.settings(&[
             ("AZURE_TENANT_ID", "organizations"),
