@@ -67,6 +67,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_instructions
+
 REPO = Path(__file__).resolve().parents[2]
 INTEROP = REPO / "interop"
 PYTHON_PEERS = INTEROP / "python"
@@ -136,6 +138,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--own", choices=["yes", "no", "only"], default="yes",
                         help="also (yes), not (no) or only (only) measure mreg's own /mcp tools "
                              "against a FastMCP server behind its JWTVerifier (default yes)")
+    parser.add_argument("--instructions", type=int, default=0, metavar="N",
+                        help="instead of timing: count the instructions each mreg target executes "
+                             "per call under callgrind (valgrind), N sequential calls on the first "
+                             "upstream after --warmup calls (see bench_instructions.py)")
     parser.add_argument("--own-connections", default="16,64",
                         help="wrk connection counts of the own-tools measurement (default 16,64)")
     args = parser.parse_args()
@@ -364,6 +370,7 @@ class Bench:
         self.procs = Processes(scratch)
         self.http = Http(scratch)
         self.mreg_bin = os.environ.get("MREG_BIN") or str(REPO / "target/release/mreg")
+        self.log = log
         self.token: str | None = None
         self.authority: str | None = None
         self.mreg: dict[str, dict] = {}
@@ -458,11 +465,18 @@ class Bench:
             }
         else:
             env |= {"MREG_AUTH": "none", "MREG_AUDIT": "false"}
-        proc = self.procs.start(label, [self.mreg_bin, "serve"], env=env, cwd=data)
-        found = self.procs.wait_for_log(label, proc, ["REST API listening", "MCP listener listening"])
+        argv, callgrind_dir = [self.mreg_bin, "serve"], None
+        if self.args.instructions:
+            callgrind_dir = data / "callgrind"
+            callgrind_dir.mkdir()
+            argv = bench_instructions.wrapper(callgrind_dir) + argv
+        proc = self.procs.start(label, argv, env=env, cwd=data)
+        found = self.procs.wait_for_log(label, proc, ["REST API listening", "MCP listener listening"],
+                                        timeout=300 if callgrind_dir else 60)
         self.mreg[label] = {"api": found["REST API listening"]["addr"],
                             "mcp": found["MCP listener listening"]["addr"], "chain": chain,
-                            "pid": proc.pid, "database": database}
+                            "pid": proc.pid, "database": database,
+                            "callgrind_dir": str(callgrind_dir) if callgrind_dir else None}
 
     def register(self, label: str, name: str, url: str) -> str:
         instance = self.mreg[label]
@@ -743,6 +757,14 @@ class Bench:
             if label in wants and args.upstreams:
                 self.start_mreg(label, chain, args.upstreams, audit=audit)
                 log(f"{label}: REST {self.mreg[label]['api']}, MCP {self.mreg[label]['mcp']}")
+        if args.instructions:
+            name = args.upstreams[0]
+            targets = {label: self.register(label, name, upstream_urls[name])
+                       for label in ("mreg-off", "mreg-noaudit", "mreg-on") if label in wants}
+            return {"instructions": bench_instructions.measure(
+                        self, Session, name, targets, args.instructions, args.warmup),
+                    "upstream": name, "environment": environment(self.mreg_bin, load_before),
+                    "elapsed_s": round(time.monotonic() - started, 1), "errors": self.errors}
         own_rows = self.measure_own() if own else []
         rows = []
         for name in args.upstreams:
@@ -896,6 +918,15 @@ def main() -> int:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
     report["command"] = ["scripts/bench-peers", *sys.argv[1:]]
+    if "instructions" in report:
+        print(f"\nmreg process instructions per tools/call {TOOL} {TOOL_ARGS} through "
+              f"/servers/{{name}}/mcp to {report['upstream']} (callgrind, {args.instructions} "
+              f"sequential calls after {args.warmup} warm-up, one keep-alive session):")
+        print("\n".join(bench_instructions.report(report["instructions"])))
+        print(f"took {report['elapsed_s']} s")
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        return 1 if report["errors"] else 0
     settings = report["settings"]
     print(f"\nmreg with real MCP peers: tools/call {TOOL} {TOOL_ARGS}, MCP {PROTOCOL}, loopback, "
           f"{report['environment']['cpus']} CPUs, load {report['environment']['loadavg_before'][0]}"

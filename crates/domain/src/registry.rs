@@ -42,8 +42,8 @@ pub struct Registry {
     guard: Option<Arc<dyn UrlGuard>>,
 }
 
-/// Routes by server name, with the time each was resolved.
-type RouteCache = HashMap<String, (Instant, Arc<Route>)>;
+/// Routes by server name and the view it was resolved in, with the time each was resolved.
+type RouteCache = HashMap<(String, Visibility), (Instant, Arc<Route>)>;
 
 /// How long a resolved [`Route`] is reused before the store is asked again. Changes made through
 /// this instance take effect at once; changes made by another replica within this time.
@@ -101,17 +101,19 @@ impl Registry {
         }
     }
 
-    /// The route to the server called `name`, from a short-lived cache (see [`ROUTE_TTL`]) so
-    /// that the proxy's hot path does not ask the database on every message.
-    pub async fn route(&self, name: &str) -> Result<Arc<Route>> {
+    /// The route to the server `name` means to a caller with `visibility` (see
+    /// [`Visibility::pick`]), from a short-lived cache (see [`ROUTE_TTL`]) so that the proxy's
+    /// hot path does not ask the database on every message.
+    pub async fn route(&self, name: &str, visibility: &Visibility) -> Result<Arc<Route>> {
         let now = Instant::now();
+        let key = (name.to_owned(), visibility.clone());
         if let Ok(routes) = self.routes.read()
-            && let Some((at, route)) = routes.get(name)
+            && let Some((at, route)) = routes.get(&key)
             && now.duration_since(*at) < ROUTE_TTL
         {
             return Ok(route.clone());
         }
-        let server = self.get(name).await?;
+        let server = self.get_visible(name, visibility).await?;
         let upstream_headers = self.upstream_headers(&server).await?;
         let route = Arc::new(Route {
             server,
@@ -121,14 +123,16 @@ impl Registry {
             if routes.len() >= MAX_CACHED_ROUTES {
                 routes.retain(|_, (at, _)| now.duration_since(*at) < ROUTE_TTL);
             }
-            routes.insert(name.to_owned(), (now, route.clone()));
+            routes.insert(key, (now, route.clone()));
         }
         Ok(route)
     }
 
+    /// Drops the cached routes of `name`, in every view (a change in one tenant can change
+    /// what the name means in another: a server shared or unshared).
     fn forget_route(&self, name: &str) {
         if let Ok(mut routes) = self.routes.write() {
-            routes.remove(name);
+            routes.retain(|(cached, _), _| cached != name);
         }
     }
 
@@ -156,11 +160,19 @@ impl Registry {
         })
     }
 
-    /// Registers a server on behalf of `by`, in `by`'s tenant.
+    /// Registers a server on behalf of `by`, in `by`'s tenant. Its name must be free among the
+    /// servers `by` sees (its tenant's and the public ones); another tenant's private server of
+    /// the same name is neither a conflict nor revealed.
     pub async fn create(&self, by: &Principal, draft: ServerDraft) -> Result<Server> {
         let new = draft.validate()?;
         if new.shared {
             may_share(by)?;
+        }
+        let view = Visibility::Tenant(by.tenant.clone());
+        if self.find(&new.name, &view).await?.is_some() {
+            return Err(Error::AlreadyExists {
+                what: format!("server '{}'", new.name),
+            });
         }
         self.admit_url(new.url.as_str()).await?;
         let sealed = new
@@ -170,27 +182,42 @@ impl Registry {
             .transpose()?;
         let server = new.into_server(&by.subject, by.tenant.as_deref(), now());
         self.store.insert(&server, sealed.as_deref()).await?;
+        self.forget_route(server.name.as_str());
         Ok(server)
     }
 
-    /// The server called `name`.
-    pub async fn get(&self, name: &str) -> Result<Server> {
-        let name =
-            ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
-        self.store
-            .get(&name)
-            .await?
-            .ok_or_else(|| server_not_found(&name))
+    /// The server `name` means to a caller with `visibility`, if any.
+    async fn find(&self, name: &ServerName, visibility: &Visibility) -> Result<Option<Server>> {
+        let candidates = self.store.named(name).await?;
+        visibility.pick(candidates).map_err(|count| {
+            Error::invalid(
+                "name",
+                format!(
+                    "{count} servers of different tenants are called '{name}' and none is \
+                     shared; with authentication on, each tenant's admins reach their own"
+                ),
+            )
+        })
     }
 
-    /// The server called `name`, if `visibility` lets the caller see it (else: not found).
+    /// The server `name` means to a caller with `visibility` (its own tenant's first, else the
+    /// public one; see [`Visibility::pick`]); a name it cannot see is not found.
     pub async fn get_visible(&self, name: &str, visibility: &Visibility) -> Result<Server> {
-        let server = self.get(name).await?;
-        if visibility.allows(&server) {
-            Ok(server)
-        } else {
-            Err(server_not_found(&server.name))
-        }
+        let parsed =
+            ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
+        self.find(&parsed, visibility)
+            .await?
+            .ok_or_else(|| server_not_found(&parsed))
+    }
+
+    /// The server with this id and name, if it still exists (the health monitor's claims).
+    pub async fn get_by_id(&self, id: uuid::Uuid, name: &ServerName) -> Result<Server> {
+        self.store
+            .named(name)
+            .await?
+            .into_iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| server_not_found(name))
     }
 
     /// One page of servers matching `query`, in its order, each with its current health
@@ -265,7 +292,13 @@ impl Registry {
             }
             server.updated_at = now();
             server.revision = expected + 1;
-            if self.store.update(&server, expected, credentials).await? {
+            let stored = self.store.update(&server, expected, credentials).await;
+            if let Err(Error::AlreadyExists { .. }) = stored {
+                return Err(Error::AlreadyExists {
+                    what: format!("a shared or tenantless server called '{name}'"),
+                });
+            }
+            if stored? {
                 self.forget_route(name);
                 return Ok(server);
             }
@@ -281,13 +314,11 @@ impl Registry {
         self.forget_route(name);
         let server = self.get_visible(name, visibility).await?;
         may_modify(visibility, &server)?;
-        let name =
-            ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
-        if self.store.delete(&name).await? {
-            self.forget_route(name.as_str());
+        if self.store.delete(server.id).await? {
+            self.forget_route(name);
             Ok(())
         } else {
-            Err(server_not_found(&name))
+            Err(server_not_found(&server.name))
         }
     }
 }

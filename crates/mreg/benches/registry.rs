@@ -223,7 +223,7 @@ async fn run(args: &Args, url: &str) -> anyhow::Result<()> {
             async move {
                 let name =
                     ServerName::parse(&format!("srv-{:06}", (i * 7919) % count)).expect("name");
-                usize::from(store.get(&name).await.expect("get").is_some())
+                store.named(&name).await.expect("named").len()
             }
         })
         .await,

@@ -196,6 +196,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_name_means_the_callers_own_server_then_the_public_one() {
+        let server = |tenant: Option<&str>, shared: bool| {
+            let mut s = ServerDraft {
+                name: "payroll".to_owned(),
+                url: "https://payroll.example.com/mcp".to_owned(),
+                ..ServerDraft::default()
+            }
+            .validate()
+            .expect("valid")
+            .into_server("alice", tenant, OffsetDateTime::UNIX_EPOCH);
+            s.shared = shared;
+            s
+        };
+        let (t1, t2_shared, t3) = (
+            server(Some("t1"), false),
+            server(Some("t2"), true),
+            server(Some("t3"), false),
+        );
+        let all = vec![t1.clone(), t2_shared.clone(), t3.clone()];
+        let picked = |v: Visibility, c: Vec<Server>| v.pick(c).map(|s| s.map(|s| s.id));
+        let tenant = |t: &str| Visibility::Tenant(Some(t.to_owned()));
+        assert_eq!(
+            picked(tenant("t1"), all.clone()),
+            Ok(Some(t1.id)),
+            "its own"
+        );
+        assert_eq!(
+            picked(tenant("t2"), all.clone()),
+            Ok(Some(t2_shared.id)),
+            "its own, shared"
+        );
+        assert_eq!(
+            picked(tenant("t4"), all.clone()),
+            Ok(Some(t2_shared.id)),
+            "the public one"
+        );
+        assert_eq!(
+            picked(Visibility::Tenant(None), all.clone()),
+            Ok(Some(t2_shared.id))
+        );
+        assert_eq!(
+            picked(tenant("t4"), vec![t1.clone(), t3.clone()]),
+            Ok(None),
+            "others' private servers are not there"
+        );
+        assert_eq!(picked(Visibility::All, all), Ok(Some(t2_shared.id)));
+        assert_eq!(picked(Visibility::All, vec![t3.clone()]), Ok(Some(t3.id)));
+        assert_eq!(
+            picked(Visibility::All, vec![t1, t3]),
+            Err(2),
+            "two private servers of one name: ambiguous to the local operator"
+        );
+    }
+
+    #[test]
     fn names_follow_dns_label_rules() {
         for ok in ["a", "weather", "w-2", "a1-b2-c3", &"a".repeat(63)] {
             assert!(ServerName::parse(ok).is_ok(), "{ok} should be valid");

@@ -127,7 +127,7 @@ pub struct Page<T> {
 
 /// Which servers a caller may see and reach: with tenants, those of its own tenant, those
 /// registered without a tenant, and shared ones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub enum Visibility {
     /// Every server (the local operator of an unauthenticated gateway, background tasks).
     #[default]
@@ -153,6 +153,36 @@ impl Visibility {
             Self::All => true,
             Self::Tenant(tenant) => {
                 server.shared || server.tenant.is_none() || server.tenant == *tenant
+            }
+        }
+    }
+
+    /// The one server a name means to the caller, among `candidates` (every server with that
+    /// name, of any tenant). Names are unique within a tenant and among public servers
+    /// (tenantless or shared), so a caller of a tenant means its own tenant's server when there
+    /// is one, else the public one: a shared server of another tenant never hides the caller's
+    /// own. The local operator ([`Visibility::All`]) means the tenantless or shared one, else
+    /// the only one; `Err` holds how many private servers of different tenants share the name
+    /// when none of them is public.
+    pub fn pick(&self, candidates: Vec<Server>) -> std::result::Result<Option<Server>, usize> {
+        let public = |s: &Server| s.shared || s.tenant.is_none();
+        match self {
+            Self::Tenant(tenant) => {
+                let (own, other): (Vec<Server>, Vec<Server>) = candidates
+                    .into_iter()
+                    .filter(|s| self.allows(s))
+                    .partition(|s| tenant.is_some() && s.tenant == *tenant);
+                Ok(own
+                    .into_iter()
+                    .next()
+                    .or_else(|| other.into_iter().find(public)))
+            }
+            Self::All => {
+                if candidates.len() <= 1 {
+                    return Ok(candidates.into_iter().next());
+                }
+                let count = candidates.len();
+                candidates.into_iter().find(public).map(Some).ok_or(count)
             }
         }
     }

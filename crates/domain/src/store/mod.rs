@@ -30,12 +30,16 @@ pub enum Credentials<'a> {
 /// Durable storage of server registrations.
 #[async_trait]
 pub trait ServerStore: Send + Sync + 'static {
-    /// Stores a new server, with its sealed upstream credentials if any. A server with the same
-    /// name → [`crate::Error::AlreadyExists`].
+    /// Stores a new server, with its sealed upstream credentials if any. Names are unique per
+    /// tenant, and among public servers (tenantless or shared): a server with the same name in
+    /// the same tenant, or a public server with the same name as another public one →
+    /// [`crate::Error::AlreadyExists`].
     async fn insert(&self, server: &Server, credentials: Option<&[u8]>) -> Result<()>;
 
-    /// The server with this name, if any.
-    async fn get(&self, name: &ServerName) -> Result<Option<Server>>;
+    /// Every server with this name, of any tenant (at most one per tenant, and at most one of
+    /// them public): the tenantless one first, then by tenant. Which one a caller means is
+    /// [`crate::Visibility::pick`]'s decision.
+    async fn named(&self, name: &ServerName) -> Result<Vec<Server>>;
 
     /// One page of servers matching `query`, each with its current health (`None`: none
     /// recorded), in one query: in name order starting after `query.after`, or with `query.sort`
@@ -45,7 +49,8 @@ pub trait ServerStore: Send + Sync + 'static {
 
     /// Replaces every mutable field of the stored server with the same id, provided its stored
     /// revision is still `expected_revision`. Returns false when it is not (changed or deleted
-    /// meanwhile).
+    /// meanwhile). Sharing a server whose name another public server has →
+    /// [`crate::Error::AlreadyExists`].
     async fn update(
         &self,
         server: &Server,
@@ -56,8 +61,8 @@ pub trait ServerStore: Send + Sync + 'static {
     /// The sealed upstream credentials of the server with this id, if any.
     async fn credentials(&self, id: Uuid) -> Result<Option<Vec<u8>>>;
 
-    /// Deletes the server with this name. Returns false when there was none.
-    async fn delete(&self, name: &ServerName) -> Result<bool>;
+    /// Deletes the server with this id. Returns false when there was none.
+    async fn delete(&self, id: Uuid) -> Result<bool>;
 
     /// Checks that the database answers.
     async fn ping(&self) -> Result<()>;
@@ -104,6 +109,10 @@ pub struct ToolHit {
     /// The server offering it.
     #[schema(value_type = String)]
     pub server: ServerName,
+    /// That server's tenant (for the per-server policy rules; not shown: a caller sees only
+    /// its own tenant's and public servers).
+    #[serde(skip)]
+    pub tenant: Option<String>,
     /// That server's health.
     pub health: HealthStatus,
     /// The tool.

@@ -176,6 +176,28 @@ pub struct AzureConfig {
     pub graph_url: Url,
 }
 
+impl AzureConfig {
+    /// Whether the app admits users of several tenants (`organizations`, `common`,
+    /// `consumers`, or more than one tenant in `AZURE_ALLOWED_TENANTS`), and its home tenant
+    /// (`AZURE_TENANT_ID` when it is a GUID).
+    pub fn tenancy(&self) -> (bool, Option<String>) {
+        let home = self
+            .tenant_id
+            .as_deref()
+            .filter(|t| uuid::Uuid::try_parse(t).is_ok())
+            .map(str::to_ascii_lowercase);
+        let multi = matches!(
+            self.tenant_id.as_deref(),
+            Some("organizations" | "common" | "consumers")
+        );
+        let mut admitted: Vec<&str> = self.allowed_tenants.iter().map(String::as_str).collect();
+        admitted.extend(home.as_deref());
+        admitted.sort_unstable();
+        admitted.dedup();
+        (multi || admitted.len() > 1, home)
+    }
+}
+
 /// A generic OpenID Connect upstream, used instead of the Entra preset.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {

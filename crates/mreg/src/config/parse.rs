@@ -232,7 +232,12 @@ impl Parser<'_> {
     }
 
     pub(super) fn config(&self) -> Result<Config, ConfigError> {
-        let config = self.assemble()?;
+        let mut config = self.assemble()?;
+        let (several, home) = config.azure.tenancy();
+        config
+            .policy
+            .scope_to_tenants(several, home.as_deref())
+            .map_err(|e| self.error("MREG_POLICY_FILE", e))?;
         if config.auth.mode == AuthMode::OAuth && config.encryption_key.is_none() {
             return Err(self.error(
                 "MREG_ENCRYPTION_KEY",

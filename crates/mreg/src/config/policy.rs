@@ -13,6 +13,19 @@ use serde::Deserialize;
 /// The name of the `[servers."*"]` rule: what applies to a server without a rule of its own.
 pub const DEFAULT_SERVER_RULE: &str = "*";
 
+/// Which servers a per-server rule that names no tenant (`[servers.NAME]`) governs. Server
+/// names are unique per tenant, so in a gateway that admits several tenants `NAME` alone would
+/// govern every tenant's server of that name; there, `[servers."TENANT/NAME"]` names one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Unqualified {
+    /// Every server of that name (a gateway that admits one tenant: its servers and
+    /// tenantless ones are all there are).
+    #[default]
+    Everywhere,
+    /// Tenantless servers and those of the home tenant (`AZURE_TENANT_ID`) only.
+    Home(String),
+}
+
 /// Roles that grant one thing (any of them suffices; empty: anyone authenticated).
 pub type Roles = Vec<String>;
 
@@ -75,6 +88,9 @@ pub struct Policy {
     tools: BTreeMap<String, Roles>,
     rest: BTreeMap<String, Roles>,
     servers: BTreeMap<String, ServerRule>,
+    /// Whether any server rule names its tenant (`TENANT/NAME`, `TENANT/*`).
+    qualified: bool,
+    unqualified: Unqualified,
     per_minute: u32,
     role_limits: BTreeMap<String, u32>,
     tool_limits: BTreeMap<String, u32>,
@@ -133,6 +149,8 @@ impl Policy {
             tools: tools.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             rest: rest.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             servers: BTreeMap::new(),
+            qualified: false,
+            unqualified: Unqualified::Everywhere,
             per_minute,
             role_limits: BTreeMap::new(),
             tool_limits: BTreeMap::new(),
@@ -175,9 +193,14 @@ impl Policy {
         {
             return Err(format!("rate limit for '{}' must be at least 1", zero.0));
         }
+        let mut servers = BTreeMap::new();
+        for (key, rule) in file.servers {
+            servers.insert(server_key(&key)?, rule);
+        }
+        self.qualified = servers.keys().any(|k| k.contains('/'));
         self.tools.extend(file.tools);
         self.rest.extend(file.rest);
-        self.servers = file.servers;
+        self.servers = servers;
         if let Some(n) = file.rate_limits.per_minute {
             if n == 0 {
                 return Err("rate_limits.per_minute must be at least 1".to_owned());
@@ -188,6 +211,67 @@ impl Policy {
         self.tool_limits = file.rate_limits.tools;
         self.redact = file.audit.redact;
         Ok(())
+    }
+
+    /// Scopes the rules that name no tenant to a gateway admitting `several` tenants, whose home
+    /// tenant (`AZURE_TENANT_ID`, when it is a GUID) is `home`: they then govern tenantless
+    /// servers and the home tenant's only. Without a home tenant, such a rule could mean any
+    /// tenant's server: refused, naming the form that says which.
+    pub fn scope_to_tenants(&mut self, several: bool, home: Option<&str>) -> Result<(), String> {
+        if !several {
+            self.unqualified = Unqualified::Everywhere;
+            return Ok(());
+        }
+        match home {
+            Some(home) => {
+                self.unqualified = Unqualified::Home(home.to_ascii_lowercase());
+                Ok(())
+            }
+            None => match self
+                .servers
+                .keys()
+                .find(|k| *k != DEFAULT_SERVER_RULE && !k.contains('/'))
+            {
+                Some(name) => Err(format!(
+                    "[servers.{name}] names no tenant, and this gateway admits several tenants, \
+                     each of which may have a server called '{name}': write \
+                     [servers.\"TENANT-ID/{name}\"] for the one it governs"
+                )),
+                None => {
+                    self.unqualified = Unqualified::Home(String::new());
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// The rule of the server `name` of `tenant` and the default rule that applies to it:
+    /// `TENANT/NAME`, else `NAME` when it governs that tenant's servers ([`Unqualified`]); and
+    /// `TENANT/*`, else `*`.
+    fn rules_of(
+        &self,
+        tenant: Option<&str>,
+        name: &str,
+    ) -> (Option<&ServerRule>, Option<&ServerRule>) {
+        let tenant = tenant.map(str::to_ascii_lowercase);
+        let qualified = |what: &str| {
+            tenant
+                .as_deref()
+                .filter(|_| self.qualified)
+                .and_then(|t| self.servers.get(&format!("{t}/{what}")))
+        };
+        let unqualified_applies = match &self.unqualified {
+            Unqualified::Everywhere => true,
+            Unqualified::Home(home) => tenant.as_deref().is_none_or(|t| t == home),
+        };
+        let own = qualified(name).or_else(|| {
+            unqualified_applies
+                .then(|| self.servers.get(name))
+                .flatten()
+        });
+        let default =
+            qualified(DEFAULT_SERVER_RULE).or_else(|| self.servers.get(DEFAULT_SERVER_RULE));
+        (own, default)
     }
 
     /// May `principal` call the gateway tool `tool`?
@@ -215,18 +299,19 @@ impl Policy {
         }
     }
 
-    /// May `principal` use `server` through the gateway, and call `tool` there when given?
-    /// The server's own rule decides, else the `[servers."*"]` default, else the roles of
-    /// `proxy_request` (the same capability through the gateway's own tool): `/servers/NAME/mcp`
-    /// and `proxy_request` admit exactly the same callers.
+    /// May `principal` use the server called `server` of `tenant` through the gateway, and call
+    /// `tool` there when given? The server's own rule decides (`TENANT/NAME`, else `NAME` as
+    /// [`Unqualified`] says), else the default rule (`TENANT/*`, else `*`), else the roles of
+    /// `proxy_request` (the same capability through the gateway's own tool):
+    /// `/servers/NAME/mcp` and `proxy_request` admit exactly the same callers.
     pub fn server(
         &self,
         principal: &Principal,
+        tenant: Option<&str>,
         server: &str,
         tool: Option<&str>,
     ) -> Result<(), Denial> {
-        let own = self.servers.get(server);
-        let default = self.servers.get(DEFAULT_SERVER_RULE);
+        let (own, default) = self.rules_of(tenant, server);
         let required = own
             .and_then(|r| r.roles.as_ref())
             .or_else(|| default.and_then(|r| r.roles.as_ref()))
@@ -253,12 +338,13 @@ impl Policy {
         Ok(())
     }
 
-    /// Whether `server` has per-tool rules, its own or the default's (its `tools/list` answers
-    /// must be filtered).
-    pub fn filters_tools(&self, server: &str) -> bool {
-        [server, DEFAULT_SERVER_RULE]
-            .iter()
-            .filter_map(|name| self.servers.get(*name))
+    /// Whether the server `server` of `tenant` has per-tool rules, its own or the default's (its
+    /// `tools/list` answers must be filtered).
+    pub fn filters_tools(&self, tenant: Option<&str>, server: &str) -> bool {
+        let (own, default) = self.rules_of(tenant, server);
+        [own, default]
+            .into_iter()
+            .flatten()
             .any(|r| !r.tools.is_empty())
     }
 
@@ -279,6 +365,29 @@ impl Policy {
             .copied()
             .unwrap_or(self.per_minute)
     }
+}
+
+/// A `[servers]` key as the rules are looked up: `*`, `NAME`, `TENANT/NAME` or `TENANT/*`
+/// (the tenant's id, in lowercase).
+fn server_key(key: &str) -> Result<String, String> {
+    let (tenant, name) = match key.split_once('/') {
+        Some((tenant, name)) => (Some(tenant), name),
+        None => (None, key),
+    };
+    if let Some(tenant) = tenant
+        && (tenant.is_empty() || tenant.contains(char::is_whitespace))
+    {
+        return Err(format!(
+            "[servers.\"{key}\"]: the part before '/' must be a tenant id"
+        ));
+    }
+    if name != DEFAULT_SERVER_RULE {
+        domain::ServerName::parse(name).map_err(|e| format!("[servers.\"{key}\"]: {e}"))?;
+    }
+    Ok(match tenant {
+        Some(tenant) => format!("{}/{name}", tenant.to_ascii_lowercase()),
+        None => name.to_owned(),
+    })
 }
 
 /// A refusal by the chain.
@@ -377,9 +486,11 @@ mod tests {
                 .is_err(),
             "HEAD is decided as GET"
         );
-        assert!(policy.server(&who(&[]), "weather", None).is_err());
+        assert!(policy.server(&who(&[]), None, "weather", None).is_err());
         assert!(
-            policy.server(&who(&["user"]), "weather", None).is_ok(),
+            policy
+                .server(&who(&["user"]), None, "weather", None)
+                .is_ok(),
             "servers default to the roles of proxy_request"
         );
     }
@@ -411,23 +522,27 @@ mod tests {
             "seed entries stay"
         );
         assert!(policy.rest(&who(&[]), "GET", "/api/v1/servers").is_err());
-        assert!(policy.server(&who(&["user"]), "payroll", None).is_err());
         assert!(
             policy
-                .server(&who(&["finance"]), "payroll", Some("list"))
-                .is_ok()
-        );
-        assert!(
-            policy
-                .server(&who(&["finance"]), "payroll", Some("run"))
+                .server(&who(&["user"]), None, "payroll", None)
                 .is_err()
         );
         assert!(
             policy
-                .server(&who(&["user"]), "weather", Some("run"))
+                .server(&who(&["finance"]), None, "payroll", Some("list"))
                 .is_ok()
         );
-        assert!(policy.filters_tools("payroll") && !policy.filters_tools("weather"));
+        assert!(
+            policy
+                .server(&who(&["finance"]), None, "payroll", Some("run"))
+                .is_err()
+        );
+        assert!(
+            policy
+                .server(&who(&["user"]), None, "weather", Some("run"))
+                .is_ok()
+        );
+        assert!(policy.filters_tools(None, "payroll") && !policy.filters_tools(None, "weather"));
         assert_eq!(policy.principal_budget(&who(&["user", "admin"])), 1000);
         assert_eq!(policy.principal_budget(&who(&["guest"])), 10);
         assert_eq!(policy.tool_budget("payroll/run"), 2);
@@ -437,8 +552,83 @@ mod tests {
             "[rest]\n\"/api\" = [\"admin\"]",
             "[rate_limits]\nper_minute = 0",
             "[unknown]\nx = 1",
+            "[servers.\"Bad Name\"]\nroles = []",
+            "[servers.\"/payroll\"]\nroles = []",
         ] {
             assert!(Policy::seed(1).apply(bad).is_err(), "{bad}");
         }
+    }
+
+    const HOME: &str = "11111111-1111-1111-1111-111111111111";
+    const OTHER: &str = "44444444-4444-4444-4444-444444444444";
+
+    #[test]
+    fn a_rule_without_a_tenant_governs_only_tenantless_and_home_servers_among_several_tenants() {
+        let mut policy = Policy::seed(100);
+        policy
+            .apply(&format!(
+                "[servers.payroll]\nroles = [\"finance\"]\n\
+                 [servers.\"{}/payroll\"]\nroles = [\"auditor\"]\n\
+                 [servers.\"{OTHER}/*\"]\nroles = [\"other-user\"]\n",
+                OTHER.to_uppercase()
+            ))
+            .expect("valid");
+        // One tenant admitted: `payroll` is every payroll there is.
+        policy
+            .scope_to_tenants(false, Some(HOME))
+            .expect("one tenant");
+        let finance = who(&["finance"]);
+        assert!(policy.server(&finance, Some(HOME), "payroll", None).is_ok());
+        // Several: the home tenant's and the tenantless payroll follow `payroll`; the other
+        // tenant's follows its own qualified rule (tenant ids compared without case), and its
+        // other servers its `TENANT/*` default instead of the roles of proxy_request.
+        policy.scope_to_tenants(true, Some(HOME)).expect("a home");
+        assert!(policy.server(&finance, Some(HOME), "payroll", None).is_ok());
+        assert!(policy.server(&finance, None, "payroll", None).is_ok());
+        assert!(
+            policy
+                .server(&finance, Some(OTHER), "payroll", None)
+                .is_err()
+        );
+        assert!(
+            policy
+                .server(&who(&["auditor"]), Some(OTHER), "payroll", None)
+                .is_ok()
+        );
+        assert!(
+            policy
+                .server(&who(&["user"]), Some(OTHER), "weather", None)
+                .is_err()
+        );
+        assert!(
+            policy
+                .server(&who(&["other-user"]), Some(OTHER), "weather", None)
+                .is_ok()
+        );
+        assert!(
+            policy
+                .server(&who(&["user"]), Some(HOME), "weather", None)
+                .is_ok()
+        );
+        // A third tenant's payroll is governed by neither rule: the default applies.
+        let third = Some("55555555-5555-5555-5555-555555555555");
+        assert!(
+            policy
+                .server(&who(&["user"]), third, "payroll", None)
+                .is_ok()
+        );
+        assert!(policy.server(&finance, third, "payroll", None).is_err());
+        // Several tenants and no home: a rule naming no tenant is refused at start.
+        let refused = policy.scope_to_tenants(true, None).expect_err("ambiguous");
+        assert!(refused.contains("TENANT-ID/payroll"), "{refused}");
+        let mut qualified_only = Policy::seed(100);
+        qualified_only
+            .apply(&format!(
+                "[servers.\"{OTHER}/payroll\"]\nroles = [\"a\"]\n[servers.\"*\"]\nroles = []"
+            ))
+            .expect("valid");
+        qualified_only
+            .scope_to_tenants(true, None)
+            .expect("every rule names its tenant");
     }
 }

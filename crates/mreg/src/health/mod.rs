@@ -309,14 +309,14 @@ impl Monitor {
                     due.len()
                 )),
             );
-            for (_, name) in due {
+            for (id, name) in due {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     break;
                 };
                 let monitor = self.clone();
                 self.tasks.spawn("health_probe", async move {
                     let _permit = permit;
-                    let outcome = match monitor.registry.get(name.as_str()).await {
+                    let outcome = match monitor.registry.get_by_id(id, &name).await {
                         Ok(server) => monitor.check_now(&server).await.map(|_| ()),
                         Err(e) => Err(e),
                     };

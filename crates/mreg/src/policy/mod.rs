@@ -24,6 +24,9 @@
 //! roles = ["finance"]
 //! tools = { run_payroll = ["finance-admin"] }
 //!
+//! [servers."TENANT-ID/payroll"] # one tenant's payroll (names are per tenant; see
+//! roles = ["finance"]           # config::policy::Unqualified for what `payroll` alone governs)
+//!
 //! [rate_limits]
 //! per_minute = 100             # default: MREG_RATE_LIMIT_PER_MINUTE
 //! roles = { admin = 1000 }     # a principal gets the highest of its roles' budgets
@@ -133,18 +136,23 @@ impl Gate {
     pub async fn admit_forward(
         &self,
         principal: &Principal,
-        server: &str,
+        server: &domain::Server,
         method: &str,
         tool: Option<&str>,
     ) -> Result<(), Refusal> {
         let called = (method == "tools/call").then_some(tool).flatten();
         let admitted = async {
             self.rules
-                .server(principal, server, called)
+                .server(
+                    principal,
+                    server.tenant.as_deref(),
+                    server.name.as_str(),
+                    called,
+                )
                 .map_err(Refusal::Denied)?;
             // Without authentication there are no budgets (and no key to build).
             if let Some(tool) = called.filter(|_| self.authenticated) {
-                self.spend(principal, Some(&format!("{server}/{tool}")))
+                self.spend(principal, Some(&format!("{}/{tool}", server.name)))
                     .await?;
             }
             Ok(())
@@ -205,7 +213,12 @@ impl From<Refusal> for domain::Error {
 pub fn callable_hits(policy: &Policy, principal: &Principal, hits: &mut Vec<domain::ToolHit>) {
     hits.retain(|hit| {
         policy
-            .server(principal, hit.server.as_str(), Some(&hit.tool.name))
+            .server(
+                principal,
+                hit.tenant.as_deref(),
+                hit.server.as_str(),
+                Some(&hit.tool.name),
+            )
             .is_ok()
     });
 }
@@ -214,14 +227,15 @@ pub fn callable_hits(policy: &Policy, principal: &Principal, hits: &mut Vec<doma
 pub fn filter_tool_list(
     policy: &Policy,
     principal: &Principal,
-    server: &str,
+    server: &domain::Server,
     result: &mut serde_json::Value,
 ) {
+    let (tenant, name) = (server.tenant.as_deref(), server.name.as_str());
     if let Some(tools) = result.get_mut("tools").and_then(|t| t.as_array_mut()) {
         tools.retain(|tool| {
             tool["name"]
                 .as_str()
-                .is_some_and(|name| policy.server(principal, server, Some(name)).is_ok())
+                .is_some_and(|tool| policy.server(principal, tenant, name, Some(tool)).is_ok())
         });
     }
 }

@@ -39,7 +39,7 @@ pub async fn forward_one(
     state.health.ensure_reachable(server)?;
     state
         .gate
-        .admit_forward(principal, server.name.as_str(), method, tool)
+        .admit_forward(principal, server, method, tool)
         .await?;
     if method.trim().is_empty() || lifecycle_method(method) {
         return Err(Error::invalid(
@@ -103,7 +103,7 @@ pub async fn forward_one(
                     crate::policy::filter_tool_list(
                         state.gate.rules(),
                         principal,
-                        &name,
+                        &route.server,
                         &mut value,
                     );
                 }

@@ -86,9 +86,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// The route to the server called `name` for `caller`: its registration and upstream
-    /// credentials, when the caller may see it (a server of another tenant is as unknown as one
-    /// nobody registered: [`domain::Error::NotFound`]). Both forwarding paths start here and
+    /// The route to the server `name` means to `caller`: its registration and upstream
+    /// credentials (its own tenant's server, else the public one; a private server of another
+    /// tenant is as unknown as one nobody registered: [`domain::Error::NotFound`]). Both forwarding paths start here and
     /// then go the same way: the circuit breaker ([`Monitor::ensure_reachable`]), then the
     /// policy chain for each message ([`Gate::admit_forward`]).
     pub async fn route_for(
@@ -96,12 +96,9 @@ impl Proxy {
         caller: &domain::Principal,
         name: &str,
     ) -> domain::Result<Arc<domain::Route>> {
-        let route = self.registry.route(name).await?;
-        if self.gate.visibility(caller).allows(&route.server) {
-            Ok(route)
-        } else {
-            Err(domain::Error::not_found(format!("server '{name}'")))
-        }
+        self.registry
+            .route(name, &self.gate.visibility(caller))
+            .await
     }
 }
 
@@ -281,7 +278,7 @@ struct Known;
 async fn admit(
     state: &Proxy,
     caller: &domain::Principal,
-    server: &str,
+    server: &domain::Server,
     call: &McpCall,
 ) -> Result<(), crate::policy::Refusal> {
     let calls = if call.batch.is_empty() {

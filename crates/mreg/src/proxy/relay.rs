@@ -74,7 +74,7 @@ pub(super) async fn forward_to(
     {
         entry.arguments(arguments);
     }
-    if let Err(refusal) = admit(state, caller, server.name.as_str(), &call).await {
+    if let Err(refusal) = admit(state, caller, server, &call).await {
         entry.decide(&refusal);
         return crate::policy::answer::jsonrpc(
             &refusal,
@@ -407,16 +407,21 @@ where
     // A tool listing of a server with per-tool rules shows only what the caller may call.
     let lists_tools =
         call.method == "tools/list" || call.batch.iter().any(|c| c.method == "tools/list");
-    if lists_tools && state.gate.rules().filters_tools(server.name.as_str()) {
+    if lists_tools
+        && state
+            .gate
+            .rules()
+            .filters_tools(server.tenant.as_deref(), server.name.as_str())
+    {
         let policy = state.gate.rules().clone();
         let caller = caller.clone();
-        let name = server.name.to_string();
+        let server = server.clone();
         let stream = futures_util::stream::once(async move {
             let bytes = axum::body::to_bytes(Body::new(body), MAX_MCP_BODY_BYTES)
                 .await
                 .map_err(std::io::Error::other)?;
             Ok::<_, std::io::Error>(filter_listing(&bytes, is_sse, |result| {
-                crate::policy::filter_tool_list(&policy, &caller, &name, result);
+                crate::policy::filter_tool_list(&policy, &caller, &server, result);
             }))
         });
         headers.remove(header::CONTENT_LENGTH);

@@ -79,11 +79,11 @@ macro_rules! bounded {
 bounded!(ServerStore {
     bounded {
         insert(server: &Server, credentials: Option<&[u8]>) -> ();
-        get(name: &ServerName) -> Option<Server>;
+        named(name: &ServerName) -> Vec<Server>;
         list_with_health(query: &ServerQuery) -> Vec<(Server, Option<Health>)>;
         update(server: &Server, expected_revision: i64, credentials: Credentials<'_>) -> bool;
         credentials(id: Uuid) -> Option<Vec<u8>>;
-        delete(name: &ServerName) -> bool;
+        delete(id: Uuid) -> bool;
         ping() -> ();
     }
 });

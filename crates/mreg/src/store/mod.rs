@@ -106,7 +106,9 @@ fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
                     (*description).into(),
                     MigrationType::Simple,
                     sql.into_sql_str(),
-                    false,
+                    // A file that manages its own transaction (SQLite's table rebuild, which
+                    // turns foreign keys off first) says so on its first line.
+                    sql.starts_with("-- no-transaction"),
                 )
             })
             .collect(),

@@ -112,7 +112,7 @@ fn push_page_by_health<DB: Dialect>(sql: &mut QueryBuilder<DB>, query: &ServerQu
 
 /// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.
 fn push_filters<DB: Dialect>(sql: &mut QueryBuilder<DB>, query: &ServerQuery) {
-    push_visibility(sql, &query.visibility, "");
+    push_visibility(sql, &query.visibility, "servers.");
     if let Some(tag) = &query.tag {
         sql.push(" AND ");
         DB::push_has_tag(sql, tag.clone());
@@ -140,15 +140,25 @@ fn push_filters<DB: Dialect>(sql: &mut QueryBuilder<DB>, query: &ServerQuery) {
     }
 }
 
-/// Restricts a query of `servers` (aliased `alias`, with its dot) to what `visibility` allows.
+/// Restricts a query of `servers` (named `alias`, with its dot) to what `visibility` allows,
+/// as [`Visibility::pick`] resolves names: a caller's own tenant's server, and the public ones
+/// (tenantless or shared) whose name its tenant does not use itself.
 fn push_visibility<DB: Dialect>(sql: &mut QueryBuilder<DB>, visibility: &Visibility, alias: &str) {
-    if let Visibility::Tenant(tenant) = visibility {
-        sql.push(format!(" AND ({alias}tenant IS NULL OR {alias}shared"));
-        if let Some(tenant) = tenant {
-            sql.push(format!(" OR {alias}tenant = "));
-            DB::bind_text(sql, tenant.clone());
+    match visibility {
+        Visibility::All => {}
+        Visibility::Tenant(None) => {
+            sql.push(format!(" AND ({alias}tenant IS NULL OR {alias}shared)"));
         }
-        sql.push(")");
+        Visibility::Tenant(Some(tenant)) => {
+            sql.push(format!(" AND ({alias}tenant = "));
+            DB::bind_text(sql, tenant.clone());
+            sql.push(format!(
+                " OR (({alias}tenant IS NULL OR {alias}shared) AND NOT EXISTS (SELECT 1 FROM \
+                 servers own WHERE own.name = {alias}name AND own.tenant = "
+            ));
+            DB::bind_text(sql, tenant.clone());
+            sql.push(")))");
+        }
     }
 }
 
@@ -158,7 +168,7 @@ fn push_visibility<DB: Dialect>(sql: &mut QueryBuilder<DB>, visibility: &Visibil
 pub(super) fn tool_search<DB: Dialect>(query: &ToolQuery) -> QueryBuilder<DB> {
     let mut sql = QueryBuilder::default();
     sql.push(
-        "SELECT s.name AS server, COALESCE(h.status, 'unknown') AS health, t.name, t.title, \
+        "SELECT s.name AS server, s.tenant, COALESCE(h.status, 'unknown') AS health, t.name, t.title, \
          t.description, t.input_schema FROM server_tools t \
          JOIN servers s ON s.id = t.server_id \
          LEFT JOIN server_health h ON h.server_id = t.server_id \

@@ -1140,7 +1140,24 @@ async fn check_config_warns_about_variables_it_does_not_read_and_shows_auth_and_
 #[tokio::test]
 async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_config() {
     let dir = TempDir::new();
+    let policy = dir.0.join("policy.toml");
+    std::fs::write(&policy, "[servers.payroll]\nroles = [\"finance\"]\n").expect("policy");
+    let policy = policy.to_str().expect("path").to_owned();
     for (env, expected) in [
+        (
+            // Two tenants, neither the home tenant: `payroll` could be either's.
+            vec![
+                ("AZURE_TENANT_ID", "organizations"),
+                ("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222"),
+                ("AZURE_CLIENT_SECRET", "secret"),
+                (
+                    "AZURE_ALLOWED_TENANTS",
+                    "11111111-1111-1111-1111-111111111111,44444444-4444-4444-4444-444444444444",
+                ),
+                ("MREG_POLICY_FILE", policy.as_str()),
+            ],
+            "MREG_POLICY_FILE: [servers.payroll] names no tenant, and this gateway admits several tenants",
+        ),
         (
             vec![("MREG_HEALTH_INTERVAL", "30")],
             "MREG_HEALTH_INTERVAL: '30' needs a unit: write 30s, 30ms, 30m or 30h",

@@ -1511,6 +1511,197 @@ async fn head_is_decided_as_get() {
 }
 
 #[tokio::test]
+async fn each_tenant_has_its_own_server_names_and_rules_name_their_tenant() {
+    use crate::support::idp::OTHER_TENANT;
+    let policy = policy_file(&format!(
+        "[servers.\"{OTHER_TENANT}/payroll\"]\nroles = [\"finance\"]\n"
+    ));
+    let Some(s) = two_tenants(|app| app.with_policy_file(&policy.path)).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let dave = other_tenant_admin(&s).await;
+    let upstream = Upstream::start(false).await;
+    let register = |token: &str, body: Value| {
+        let (app, token) = (&s.app, token.to_owned());
+        async move {
+            rest(
+                app,
+                reqwest::Method::POST,
+                "/api/v1/servers",
+                &token,
+                Some(body),
+            )
+            .await
+        }
+    };
+    // Both tenants register "payroll": neither collides with, nor learns of, the other's.
+    for (token, key) in [(&c.alice, "contoso-key"), (&dave, "fabrikam-key")] {
+        let (status, _, body) = register(
+            token,
+            json!({"name": "payroll", "url": upstream.url, "upstream_headers": {"x-api-key": key}}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, _, again) = register(&dave, json!({"name": "payroll", "url": upstream.url})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "twice in one tenant: {again}");
+    for (token, tenant) in [(&c.alice, TENANT), (&dave, OTHER_TENANT)] {
+        let (_, _, one) = rest(
+            &s.app,
+            reqwest::Method::GET,
+            "/api/v1/servers/payroll",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(one["tenant"], tenant, "{one}");
+        let (_, _, list) = rest(&s.app, reqwest::Method::GET, "/api/v1/servers", token, None).await;
+        let listed = list["servers"].as_array().expect("servers");
+        assert_eq!(listed.len(), 1, "{list}");
+        assert_eq!(listed[0]["tenant"], tenant, "{list}");
+    }
+    // Each tenant's /servers/payroll/mcp reaches its own registration, with its own credentials.
+    let alices = mcp_client(&format!("{}/servers/payroll/mcp", s.mcp), &c.alice).await;
+    let seen = call(&alices, "whoami", json!({}))
+        .await
+        .expect("alice's payroll");
+    assert!(
+        crate::support::mcp::text(&seen).contains("contoso-key"),
+        "{seen:?}"
+    );
+    // The other tenant's payroll needs the role its qualified rule names, which Dave lacks;
+    // Alice's payroll is not governed by that rule.
+    let refused = rmcp::ServiceExt::serve(
+        ClientConfig::new(ClientCapabilities::default(), Implementation::new("t", "0")),
+        StreamableHttpClientTransport::with_client(
+            reqwest::Client::new(),
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/servers/payroll/mcp", s.mcp))
+                .auth_header(dave.clone()),
+        ),
+    )
+    .await;
+    assert!(
+        refused.is_err(),
+        "dave lacks finance for his tenant's payroll"
+    );
+    let calls_before = upstream.count("POST tools/call");
+    let mut finance = s.idp.claims(OTHER_TENANT);
+    finance["oid"] = json!("eeeeeeee-eeee-4eee-8eee-eeeeeeeeeeee");
+    finance["roles"] = json!(["finance", "user"]);
+    let erin = s.idp.sign(finance).await;
+    let erins = mcp_client(&format!("{}/servers/payroll/mcp", s.mcp), &erin).await;
+    let seen = call(&erins, "whoami", json!({}))
+        .await
+        .expect("erin's payroll");
+    assert!(
+        crate::support::mcp::text(&seen).contains("fabrikam-key"),
+        "{seen:?}"
+    );
+    assert_eq!(upstream.count("POST tools/call"), calls_before + 1);
+    // proxy_request, the same capability through the gateway's own tool, resolves alike.
+    let gateway = mcp_client(&format!("{}/mcp", s.mcp), &erin).await;
+    let proxied = call(
+        &gateway,
+        "proxy_request",
+        json!({"server": "payroll", "method": "tools/call", "params": {"name": "whoami", "arguments": {}}}),
+    )
+    .await
+    .expect("proxy_request");
+    assert!(
+        format!("{proxied:?}").contains("fabrikam-key"),
+        "{proxied:?}"
+    );
+    // Dave deletes his tenant's payroll; Alice's stays.
+    let (status, _, _) = rest(
+        &s.app,
+        reqwest::Method::DELETE,
+        "/api/v1/servers/payroll",
+        &dave,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, kept) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers/payroll",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, kept["tenant"].clone()),
+        (StatusCode::OK, json!(TENANT))
+    );
+    let (status, _, _) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers/payroll",
+        &dave,
+        None,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "no other tenant's payroll shows through"
+    );
+
+    // A shared server's name is public: another tenant cannot register it again (no secret is
+    // told: it sees that server).
+    let (status, _, _) = register(
+        &c.alice,
+        json!({"name": "weather", "url": upstream.url, "shared": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, _) = register(&dave, json!({"name": "weather", "url": upstream.url})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // A tenant's own server keeps its name when another tenant later shares one so called:
+    // sharing neither fails (that would tell of Dave's) nor takes the name from Dave's users.
+    let (status, _, _) = register(
+        &dave,
+        json!({"name": "ledger", "url": upstream.url, "description": "dave's"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _, body) = register(
+        &c.alice,
+        json!({"name": "ledger", "url": upstream.url, "shared": true, "description": "alice's"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, one) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers/ledger",
+        &dave,
+        None,
+    )
+    .await;
+    assert_eq!(one["description"], "dave's", "{one}");
+    let (_, _, list) = rest(&s.app, reqwest::Method::GET, "/api/v1/servers", &dave, None).await;
+    let mut names: Vec<&str> = list["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .map(|s| s["name"].as_str().expect("name"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["ledger", "weather"], "one ledger, his: {list}");
+    let (_, _, one) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers/ledger",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(one["description"], "alice's", "{one}");
+}
+
+#[tokio::test]
 async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
     let Some(s) = two_tenants(|app| app).await else {
         return;

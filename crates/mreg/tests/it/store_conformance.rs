@@ -38,6 +38,8 @@ fn server(name: &str, description: &str, tags: &[&str], status: ServerStatus) ->
 /// ([`ServerStore::list_with_health`]): the servers, or with the order by health the servers and
 /// their status.
 trait Pages {
+    /// The one server called `name` (these tests keep one server per name).
+    async fn get(&self, name: &ServerName) -> domain::Result<Option<Server>>;
     async fn list(&self, query: &ServerQuery) -> domain::Result<Vec<Server>>;
     async fn list_by_health(
         &self,
@@ -46,6 +48,12 @@ trait Pages {
 }
 
 impl<T: ServerStore + ?Sized> Pages for T {
+    async fn get(&self, name: &ServerName) -> domain::Result<Option<Server>> {
+        let mut named = self.named(name).await?;
+        assert!(named.len() <= 1, "one server per name here: {named:?}");
+        Ok(named.pop())
+    }
+
     async fn list(&self, query: &ServerQuery) -> domain::Result<Vec<Server>> {
         let page = self.list_with_health(query).await?;
         Ok(page.into_iter().map(|(server, _)| server).collect())
@@ -259,8 +267,8 @@ async fn an_update_needs_the_current_revision(store: Arc<dyn ServerStore>) {
 async fn delete_reports_whether_it_removed_something(store: Arc<dyn ServerStore>) {
     let s = server("gone", "", &[], ServerStatus::Active);
     store.insert(&s, None).await.expect("insert");
-    assert!(store.delete(&s.name).await.expect("delete"));
-    assert!(!store.delete(&s.name).await.expect("second delete"));
+    assert!(store.delete(s.id).await.expect("delete"));
+    assert!(!store.delete(s.id).await.expect("second delete"));
     assert_eq!(store.get(&s.name).await.expect("get"), None);
     let mut ghost = s.clone();
     ghost.revision = 2;
@@ -555,7 +563,7 @@ async fn health_is_recorded_with_history_changes_and_pruning(
             "{sort:?}: a server never probed has no health or an unknown one: {page:?}"
         );
     }
-    store.delete(&quiet.name).await.expect("delete");
+    store.delete(quiet.id).await.expect("delete");
     let history = health.history(s.id, start, 10).await.expect("history");
     let outcomes: Vec<Outcome> = history.iter().map(|c| c.outcome).collect();
     assert_eq!(
@@ -601,7 +609,7 @@ async fn health_is_recorded_with_history_changes_and_pruning(
             .len(),
         2
     );
-    store.delete(&s.name).await.expect("delete");
+    store.delete(s.id).await.expect("delete");
     assert_eq!(
         health.health(s.id).await.expect("health"),
         None,
@@ -1058,6 +1066,93 @@ async fn lists_show_a_tenant_its_own_tenantless_and_shared_servers(store: Arc<dy
     );
 }
 
+async fn names_are_unique_per_tenant_and_among_public_servers(store: Arc<dyn ServerStore>) {
+    let in_tenant = |tenant: Option<&str>, shared: bool| {
+        let mut s = server("payroll", "", &[], ServerStatus::Active);
+        s.tenant = tenant.map(str::to_owned);
+        s.shared = shared;
+        s
+    };
+    let (t1, t2, global) = (
+        in_tenant(Some("t1"), false),
+        in_tenant(Some("t2"), false),
+        in_tenant(None, false),
+    );
+    for s in [&t2, &t1, &global] {
+        store
+            .insert(s, None)
+            .await
+            .expect("one per tenant, one public");
+    }
+    let ids = |servers: Vec<Server>| servers.iter().map(|s| s.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.named(&name("payroll")).await.expect("named")),
+        [global.id, t1.id, t2.id],
+        "the tenantless one first, then by tenant"
+    );
+    assert!(
+        store
+            .named(&name("nobody"))
+            .await
+            .expect("named")
+            .is_empty()
+    );
+    for (clash, why) in [
+        (in_tenant(Some("t1"), false), "twice in one tenant"),
+        (in_tenant(None, false), "two tenantless"),
+        (
+            in_tenant(Some("t3"), true),
+            "a shared one beside the tenantless one",
+        ),
+    ] {
+        let err = store.insert(&clash, None).await.expect_err(why);
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{why}: {err:?}");
+    }
+    // Sharing t2's would make two public servers of one name.
+    let mut sharing = t2.clone();
+    sharing.shared = true;
+    sharing.revision += 1;
+    let err = store
+        .update(&sharing, t2.revision, domain::Credentials::Keep)
+        .await
+        .expect_err("two public");
+    assert!(matches!(err, Error::AlreadyExists { .. }), "{err:?}");
+    // A tenant lists its own server of a name, not the public one it hides; another tenant
+    // lists the public one; the local operator every one.
+    let listed = |visibility: domain::Visibility| {
+        let store = store.clone();
+        async move {
+            let query = ServerQuery {
+                visibility,
+                ..ServerQuery::default()
+            };
+            ids(store.list(&query).await.expect("list"))
+        }
+    };
+    let tenant = |t: &str| domain::Visibility::Tenant(Some(t.to_owned()));
+    assert_eq!(listed(tenant("t1")).await, [t1.id]);
+    assert_eq!(listed(tenant("t3")).await, [global.id]);
+    assert_eq!(listed(domain::Visibility::Tenant(None)).await, [global.id]);
+    assert_eq!(listed(domain::Visibility::All).await.len(), 3);
+    let by_health = store
+        .list_by_health(&ServerQuery {
+            visibility: tenant("t2"),
+            ..ServerQuery::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(by_health.into_iter().map(|(s, _)| s).collect()),
+        [t2.id]
+    );
+    // Deleting one tenant's leaves the others'.
+    assert!(store.delete(t1.id).await.expect("delete"));
+    assert_eq!(
+        ids(store.named(&name("payroll")).await.expect("named")),
+        [global.id, t2.id]
+    );
+}
+
 fn event(n: i64, actor: &str, tool: Option<&str>, decision: &str) -> AuditEvent {
     AuditEvent {
         id: format!("00000000-0000-7000-8000-{n:012}"),
@@ -1262,7 +1357,7 @@ macro_rules! conformance {
                 let store = super::SqliteStore::open(&path, 4).await.expect("open");
                 super::a_stored_server_reads_back_equal(std::sync::Arc::new(store)).await;
                 let reopened = super::SqliteStore::open(&path, 4).await.expect("reopen");
-                assert!(domain::ServerStore::get(&reopened, &super::name("alpha")).await.expect("get").is_some());
+                assert_eq!(domain::ServerStore::named(&reopened, &super::name("alpha")).await.expect("named").len(), 1);
             }
         }
 
@@ -1306,6 +1401,7 @@ conformance!(
     a_secret_is_created_once_and_then_shared,
     oauth_grants_rotate_once_and_remember_spent_tokens,
     lists_show_a_tenant_its_own_tenantless_and_shared_servers,
+    names_are_unique_per_tenant_and_among_public_servers,
     audit_rows_chain_in_order_once_each_and_filter,
     audit_pruning_leaves_a_checkpoint_the_rest_verifies_from,
 );

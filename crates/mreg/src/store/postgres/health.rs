@@ -262,6 +262,7 @@ impl CatalogStore for PgStore {
                 let Json(input_schema): Json<serde_json::Value> = col(row, "input_schema")?;
                 Ok(ToolHit {
                     server: ServerName::parse(&server).map_err(|e| corrupt("name", e))?,
+                    tenant: col(row, "tenant")?,
                     health: HealthStatus::parse_field(&health, "health")
                         .map_err(|e| corrupt("status", e))?,
                     tool: ToolInfo {

@@ -59,6 +59,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "health since",
         include_str!("../../../migrations/postgres/0008_health_since.sql"),
     ),
+    (
+        9,
+        "tenant names",
+        include_str!("../../../migrations/postgres/0009_tenant_names.sql"),
+    ),
 ];
 
 /// Registry storage in PostgreSQL.

@@ -89,15 +89,16 @@ impl ServerStore for PgStore {
         Ok(())
     }
 
-    async fn get(&self, name: &ServerName) -> Result<Option<Server>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {SERVER_COLUMNS} FROM servers WHERE name = $1"
+    async fn named(&self, name: &ServerName) -> Result<Vec<Server>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {SERVER_COLUMNS} FROM servers WHERE name = $1 \
+             ORDER BY tenant IS NOT NULL, tenant"
         )))
         .bind(name.as_str().to_owned())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(db_error("server"))?;
-        row.as_ref().map(server_from_row).transpose()
+        rows.iter().map(server_from_row).collect()
     }
 
     async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>> {
@@ -151,9 +152,9 @@ impl ServerStore for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn delete(&self, name: &ServerName) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM servers WHERE name = $1")
-            .bind(name.as_str().to_owned())
+    async fn delete(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM servers WHERE id = $1")
+            .bind(id)
             .execute(&self.pool)
             .await
             .map_err(db_error("server"))?;

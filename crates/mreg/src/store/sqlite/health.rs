@@ -280,6 +280,7 @@ impl CatalogStore for SqliteStore {
                     .map_err(|e| corrupt("input_schema", e))?;
                 Ok(ToolHit {
                     server: ServerName::parse(&server).map_err(|e| corrupt("name", e))?,
+                    tenant: row.try_get("tenant").map_err(|e| corrupt("tenant", e))?,
                     health: HealthStatus::parse_field(&health, "health")
                         .map_err(|e| corrupt("status", e))?,
                     tool: ToolInfo {

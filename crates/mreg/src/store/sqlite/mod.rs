@@ -21,6 +21,9 @@ use super::select::Dialect;
 use super::{ACQUIRE_TIMEOUT, Close, migrator};
 pub(super) use crate::store::corrupt;
 
+#[cfg(test)]
+mod upgrade_tests;
+
 /// How long a connection of the embedded database is used before it is replaced.
 const MAX_LIFETIME: Duration = Duration::from_secs(60);
 
@@ -68,6 +71,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         8,
         "health since",
         include_str!("../../../migrations/sqlite/0008_health_since.sql"),
+    ),
+    (
+        9,
+        "tenant names",
+        include_str!("../../../migrations/sqlite/0009_tenant_names.sql"),
     ),
 ];
 

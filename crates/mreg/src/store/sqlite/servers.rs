@@ -96,15 +96,16 @@ impl ServerStore for SqliteStore {
         Ok(())
     }
 
-    async fn get(&self, name: &ServerName) -> Result<Option<Server>> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {SERVER_COLUMNS} FROM servers WHERE name = ?"
+    async fn named(&self, name: &ServerName) -> Result<Vec<Server>> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {SERVER_COLUMNS} FROM servers WHERE name = ? \
+             ORDER BY tenant IS NOT NULL, tenant"
         )))
         .bind(name.as_str().to_owned())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(db_error("server"))?;
-        row.as_ref().map(server_from_row).transpose()
+        rows.iter().map(server_from_row).collect()
     }
 
     async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>> {
@@ -158,9 +159,9 @@ impl ServerStore for SqliteStore {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn delete(&self, name: &ServerName) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM servers WHERE name = ?")
-            .bind(name.as_str().to_owned())
+    async fn delete(&self, id: Uuid) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM servers WHERE id = ?")
+            .bind(id.to_string())
             .execute(&self.pool)
             .await
             .map_err(db_error("server"))?;
