@@ -160,19 +160,15 @@ impl Registry {
         })
     }
 
-    /// Registers a server on behalf of `by`, in `by`'s tenant. Its name must be free among the
-    /// servers `by` sees (its tenant's and the public ones); another tenant's private server of
-    /// the same name is neither a conflict nor revealed.
+    /// Registers a server on behalf of `by`, in `by`'s tenant. Its name must be free in that
+    /// tenant, and, for a public server (shared or tenantless), among public servers; another
+    /// tenant's private server of the same name is neither a conflict nor revealed. A tenant's
+    /// own server may take the name of a public one: its users then reach their own (so a name
+    /// another tenant shares first can never be kept from the tenant that wants it).
     pub async fn create(&self, by: &Principal, draft: ServerDraft) -> Result<Server> {
         let new = draft.validate()?;
         if new.shared {
             may_share(by)?;
-        }
-        let view = Visibility::Tenant(by.tenant.clone());
-        if self.find(&new.name, &view).await?.is_some() {
-            return Err(Error::AlreadyExists {
-                what: format!("server '{}'", new.name),
-            });
         }
         self.admit_url(new.url.as_str()).await?;
         let sealed = new
@@ -255,7 +251,6 @@ impl Registry {
         name: &str,
         patch: ServerPatch,
     ) -> Result<Server> {
-        self.forget_route(name);
         let update = patch.validate()?;
         if update.shared.is_some() {
             may_share(by)?;
@@ -309,14 +304,19 @@ impl Registry {
         })
     }
 
-    /// Removes the server called `name`, if `visibility` lets the caller see it.
-    pub async fn delete(&self, _by: &Principal, visibility: &Visibility, name: &str) -> Result<()> {
-        self.forget_route(name);
+    /// Removes the server `name` means to the caller (see [`Registry::get_visible`]), if it
+    /// is the caller's to remove; returns it.
+    pub async fn delete(
+        &self,
+        _by: &Principal,
+        visibility: &Visibility,
+        name: &str,
+    ) -> Result<Server> {
         let server = self.get_visible(name, visibility).await?;
         may_modify(visibility, &server)?;
         if self.store.delete(server.id).await? {
             self.forget_route(name);
-            Ok(())
+            Ok(server)
         } else {
             Err(server_not_found(&server.name))
         }

@@ -234,21 +234,22 @@ impl Metrics {
     }
 
     /// Drops the health series of a deleted server.
-    pub fn forget_server(&self, server: &str) {
+    pub fn forget_server(&self, server: &domain::Server) {
+        let label = server_label(server);
         for state in ["healthy", "degraded", "unhealthy", "unknown"] {
             self.server_health.remove(&HealthLabels {
-                server: server.to_owned(),
+                server: label.clone(),
                 state,
             });
         }
     }
 
     /// Records the health `state` (`healthy`, `degraded`, `unhealthy`, `unknown`) of `server`.
-    pub fn server_health(&self, server: &str, state: &'static str) {
+    pub fn server_health(&self, server: &domain::Server, state: &'static str) {
         if !self.keeps_servers() {
             return;
         }
-        let (server, _) = self.bounded(server, None);
+        let (server, _) = self.bounded(&server_label(server), None);
         for candidate in ["healthy", "degraded", "unhealthy", "unknown"] {
             self.server_health
                 .get_or_create(&HealthLabels {
@@ -259,8 +260,9 @@ impl Metrics {
         }
     }
 
-    /// Records one MCP request forwarded to `server`: its JSON-RPC `method`, the `tool` of a
-    /// `tools/call`, its `outcome` (`ok`, `error`, `cancelled`) and how long it took.
+    /// Records one MCP request forwarded to the server labelled `server` ([`server_label`]): its
+    /// JSON-RPC `method`, the `tool` of a `tools/call`, its `outcome` (`ok`, `error`,
+    /// `cancelled`) and how long it took.
     pub fn server_call(
         &self,
         server: &str,
@@ -330,6 +332,15 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// The `server` label of a server's series: its name, or `TENANT/NAME` for a tenant's server
+/// (names are per tenant: two tenants' servers of one name are two series).
+pub fn server_label(server: &domain::Server) -> String {
+    match &server.tenant {
+        Some(tenant) => format!("{tenant}/{}", server.name),
+        None => server.name.to_string(),
     }
 }
 

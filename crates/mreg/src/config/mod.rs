@@ -178,9 +178,10 @@ pub struct AzureConfig {
 
 impl AzureConfig {
     /// Whether the app admits users of several tenants (`organizations`, `common`,
-    /// `consumers`, or more than one tenant in `AZURE_ALLOWED_TENANTS`), and its home tenant
-    /// (`AZURE_TENANT_ID` when it is a GUID).
-    pub fn tenancy(&self) -> (bool, Option<String>) {
+    /// `consumers`, or more than one tenant in `AZURE_ALLOWED_TENANTS`), its home tenant
+    /// (`AZURE_TENANT_ID` when it is a GUID), and the tenant ids it admits when it says (else
+    /// none: a single tenant named by domain, or a generic OpenID Connect provider).
+    pub fn tenancy(&self) -> (bool, Option<String>, Vec<String>) {
         let home = self
             .tenant_id
             .as_deref()
@@ -194,7 +195,9 @@ impl AzureConfig {
         admitted.extend(home.as_deref());
         admitted.sort_unstable();
         admitted.dedup();
-        (multi || admitted.len() > 1, home)
+        let several = multi || admitted.len() > 1;
+        let admitted = admitted.into_iter().map(str::to_owned).collect();
+        (several, home, admitted)
     }
 }
 

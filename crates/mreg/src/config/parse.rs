@@ -233,10 +233,10 @@ impl Parser<'_> {
 
     pub(super) fn config(&self) -> Result<Config, ConfigError> {
         let mut config = self.assemble()?;
-        let (several, home) = config.azure.tenancy();
+        let (several, home, admitted) = config.azure.tenancy();
         config
             .policy
-            .scope_to_tenants(several, home.as_deref())
+            .scope_to_tenants(several, home.as_deref(), &admitted)
             .map_err(|e| self.error("MREG_POLICY_FILE", e))?;
         if config.auth.mode == AuthMode::OAuth && config.encryption_key.is_none() {
             return Err(self.error(

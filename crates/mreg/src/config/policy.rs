@@ -217,7 +217,26 @@ impl Policy {
     /// tenant (`AZURE_TENANT_ID`, when it is a GUID) is `home`: they then govern tenantless
     /// servers and the home tenant's only. Without a home tenant, such a rule could mean any
     /// tenant's server: refused, naming the form that says which.
-    pub fn scope_to_tenants(&mut self, several: bool, home: Option<&str>) -> Result<(), String> {
+    pub fn scope_to_tenants(
+        &mut self,
+        several: bool,
+        home: Option<&str>,
+        admitted: &[String],
+    ) -> Result<(), String> {
+        // A rule for a tenant whose users cannot sign in is a typo that would leave the
+        // server it meant to the default rule.
+        if !admitted.is_empty()
+            && let Some(key) = self.servers.keys().find(|k| {
+                k.split_once('/')
+                    .is_some_and(|(t, _)| !admitted.iter().any(|a| a.eq_ignore_ascii_case(t)))
+            })
+        {
+            return Err(format!(
+                "[servers.\"{key}\"] names a tenant this gateway does not admit (AZURE_TENANT_ID, \
+                 AZURE_ALLOWED_TENANTS: {})",
+                admitted.join(", ")
+            ));
+        }
         if !several {
             self.unqualified = Unqualified::Everywhere;
             return Ok(());
@@ -575,14 +594,16 @@ mod tests {
             .expect("valid");
         // One tenant admitted: `payroll` is every payroll there is.
         policy
-            .scope_to_tenants(false, Some(HOME))
+            .scope_to_tenants(false, Some(HOME), &[])
             .expect("one tenant");
         let finance = who(&["finance"]);
         assert!(policy.server(&finance, Some(HOME), "payroll", None).is_ok());
         // Several: the home tenant's and the tenantless payroll follow `payroll`; the other
         // tenant's follows its own qualified rule (tenant ids compared without case), and its
         // other servers its `TENANT/*` default instead of the roles of proxy_request.
-        policy.scope_to_tenants(true, Some(HOME)).expect("a home");
+        policy
+            .scope_to_tenants(true, Some(HOME), &[])
+            .expect("a home");
         assert!(policy.server(&finance, Some(HOME), "payroll", None).is_ok());
         assert!(policy.server(&finance, None, "payroll", None).is_ok());
         assert!(
@@ -619,7 +640,9 @@ mod tests {
         );
         assert!(policy.server(&finance, third, "payroll", None).is_err());
         // Several tenants and no home: a rule naming no tenant is refused at start.
-        let refused = policy.scope_to_tenants(true, None).expect_err("ambiguous");
+        let refused = policy
+            .scope_to_tenants(true, None, &[])
+            .expect_err("ambiguous");
         assert!(refused.contains("TENANT-ID/payroll"), "{refused}");
         let mut qualified_only = Policy::seed(100);
         qualified_only
@@ -628,7 +651,12 @@ mod tests {
             ))
             .expect("valid");
         qualified_only
-            .scope_to_tenants(true, None)
-            .expect("every rule names its tenant");
+            .clone()
+            .scope_to_tenants(true, None, &[OTHER.to_owned()])
+            .expect("every rule names an admitted tenant");
+        let typo = qualified_only
+            .scope_to_tenants(true, None, &[HOME.to_owned()])
+            .expect_err("a tenant not admitted");
+        assert!(typo.contains("does not admit"), "{typo}");
     }
 }

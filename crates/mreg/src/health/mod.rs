@@ -206,10 +206,9 @@ impl Monitor {
         // The gauge is set before the row is stored: a server deleted meanwhile either fails the
         // store below (and its series is dropped here) or is deleted after it (and its deletion
         // drops the series), so a deleted server never keeps a series.
-        self.metrics
-            .server_health(server.name.as_str(), health.status.as_str());
+        self.metrics.server_health(server, health.status.as_str());
         if !self.stores.health.record(&health).await? {
-            self.metrics.forget_server(server.name.as_str());
+            self.metrics.forget_server(server);
             return Ok(health);
         }
         if let Some(tools) = &report.tools {

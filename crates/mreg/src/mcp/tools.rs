@@ -260,11 +260,12 @@ impl RegistryTools {
     ) -> Result<CallToolResult, ToolFailure> {
         let caller = principal(&parts)?;
         let visibility = self.state.gate.visibility(&caller);
-        self.state
+        let deleted = self
+            .state
             .registry
             .delete(&caller, &visibility, &args.name)
             .await?;
-        self.state.metrics.forget_server(&args.name);
+        self.state.metrics.forget_server(&deleted);
         Ok(success(
             format!("Removed server '{}'", args.name),
             &json!({ "deleted": args.name }),

@@ -167,14 +167,16 @@ pub async fn handle(
     // The per-server metrics count what the audit row records, when it is completed — for
     // registered servers the caller may see only: a name nobody registered makes no series.
     // Nothing is allocated for it when the series are off (authentication on, by default).
-    if state.metrics.keeps_servers() && response.extensions().get::<Known>().is_some() {
+    if state.metrics.keeps_servers()
+        && let Some(Known(label)) = response.extensions().get::<Known>().cloned()
+    {
         let (metrics, method, tool) = (
             state.metrics.clone(),
             entry.operation_name().to_owned(),
             entry.tool().map(str::to_owned),
         );
         entry.observe(move |outcome, elapsed| {
-            metrics.server_call(&name, &method, tool.as_deref(), outcome, elapsed);
+            metrics.server_call(&label, &method, tool.as_deref(), outcome, elapsed);
         });
     }
     let failed = crate::audit::Note::error_of(&response).is_some();
@@ -254,6 +256,10 @@ async fn proxy(
                 format!("no server named '{name}' is registered"),
             );
         }
+        Err(domain::Error::Invalid { message, .. }) => {
+            // A name two tenants use privately, asked for by the local operator.
+            return rpc::error(StatusCode::CONFLICT, None, rpc::INVALID_REQUEST, message);
+        }
         Err(e) => {
             tracing::warn!(error = %e, "registry lookup failed");
             return rpc::error(
@@ -266,13 +272,17 @@ async fn proxy(
     };
     // From here on the server is one the caller may see: its calls are counted per server.
     let mut response = forward_to(state, caller, name, parts, body, entry, &route).await;
-    response.extensions_mut().insert(Known);
+    if state.metrics.keeps_servers() {
+        let label = crate::metrics::server_label(&route.server);
+        response.extensions_mut().insert(Known(label));
+    }
     response
 }
 
-/// A response about a registered server the caller may see (see [`handle`]).
-#[derive(Clone, Copy)]
-struct Known;
+/// A response about a registered server the caller may see, with the label of its metrics (see
+/// [`handle`]).
+#[derive(Clone)]
+struct Known(String);
 
 /// Admits a message, or every message of a batch, through the policy chain.
 async fn admit(

@@ -188,10 +188,10 @@ async fn delete_server(
     Caller(caller): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
+    let deleted = state
         .registry
         .delete(&caller, &state.gate.visibility(&caller), &name)
         .await?;
-    state.metrics.forget_server(&name);
+    state.metrics.forget_server(&deleted);
     Ok(StatusCode::NO_CONTENT)
 }

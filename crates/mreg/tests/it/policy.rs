@@ -1516,7 +1516,12 @@ async fn each_tenant_has_its_own_server_names_and_rules_name_their_tenant() {
     let policy = policy_file(&format!(
         "[servers.\"{OTHER_TENANT}/payroll\"]\nroles = [\"finance\"]\n"
     ));
-    let Some(s) = two_tenants(|app| app.with_policy_file(&policy.path)).await else {
+    let Some(s) = two_tenants(|app| {
+        app.with_policy_file(&policy.path)
+            .setting("MREG_METRICS_PER_SERVER", "true")
+    })
+    .await
+    else {
         return;
     };
     let c = callers(&s).await;
@@ -1599,6 +1604,14 @@ async fn each_tenant_has_its_own_server_names_and_rules_name_their_tenant() {
         "{seen:?}"
     );
     assert_eq!(upstream.count("POST tools/call"), calls_before + 1);
+    // Per-server metrics (asked for) keep each tenant's payroll apart.
+    let metrics = s.app.metrics().await;
+    for tenant in [TENANT, OTHER_TENANT] {
+        assert!(
+            metrics.contains(&format!("server=\"{tenant}/payroll\"")),
+            "{tenant}: {metrics}"
+        );
+    }
     // proxy_request, the same capability through the gateway's own tool, resolves alike.
     let gateway = mcp_client(&format!("{}/mcp", s.mcp), &erin).await;
     let proxied = call(
@@ -1648,57 +1661,89 @@ async fn each_tenant_has_its_own_server_names_and_rules_name_their_tenant() {
         "no other tenant's payroll shows through"
     );
 
-    // A shared server's name is public: another tenant cannot register it again (no secret is
-    // told: it sees that server).
-    let (status, _, _) = register(
-        &c.alice,
-        json!({"name": "weather", "url": upstream.url, "shared": true}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, _, _) = register(&dave, json!({"name": "weather", "url": upstream.url})).await;
-    assert_eq!(status, StatusCode::CONFLICT);
-    // A tenant's own server keeps its name when another tenant later shares one so called:
-    // sharing neither fails (that would tell of Dave's) nor takes the name from Dave's users.
-    let (status, _, _) = register(
-        &dave,
-        json!({"name": "ledger", "url": upstream.url, "description": "dave's"}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED);
-    let (status, _, body) = register(
-        &c.alice,
-        json!({"name": "ledger", "url": upstream.url, "shared": true, "description": "alice's"}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (_, _, one) = rest(
-        &s.app,
-        reqwest::Method::GET,
-        "/api/v1/servers/ledger",
-        &dave,
-        None,
-    )
-    .await;
-    assert_eq!(one["description"], "dave's", "{one}");
+    // A public name never keeps a tenant from its own server of that name, in either order:
+    // Dave's own "ledger" stays his when Alice later shares one (sharing neither fails, which
+    // would tell of Dave's, nor takes the name from his users); and his own "weather",
+    // registered after Alice shared hers, is what his users reach from then on.
+    let described = |token: &str, name: &str| {
+        let (app, token, path) = (&s.app, token.to_owned(), format!("/api/v1/servers/{name}"));
+        async move {
+            let (status, _, one) = rest(app, reqwest::Method::GET, &path, &token, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {one}");
+            one["description"].as_str().unwrap_or_default().to_owned()
+        }
+    };
+    for (token, name, shared, description) in [
+        (&dave, "ledger", false, "dave's"),
+        (&c.alice, "ledger", true, "alice's"),
+        (&c.alice, "weather", true, "alice's"),
+        (&dave, "weather", false, "dave's"),
+    ] {
+        let (status, _, body) = register(
+            token,
+            json!({"name": name, "url": upstream.url, "shared": shared, "description": description}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{name}: {body}");
+    }
+    for name in ["ledger", "weather"] {
+        assert_eq!(described(&dave, name).await, "dave's", "{name}");
+        assert_eq!(described(&c.alice, name).await, "alice's", "{name}");
+    }
     let (_, _, list) = rest(&s.app, reqwest::Method::GET, "/api/v1/servers", &dave, None).await;
-    let mut names: Vec<&str> = list["servers"]
+    let mut listed: Vec<(&str, &str)> = list["servers"]
         .as_array()
         .expect("servers")
         .iter()
-        .map(|s| s["name"].as_str().expect("name"))
+        .map(|s| {
+            (
+                s["name"].as_str().expect("name"),
+                s["description"].as_str().expect("description"),
+            )
+        })
         .collect();
-    names.sort_unstable();
-    assert_eq!(names, ["ledger", "weather"], "one ledger, his: {list}");
-    let (_, _, one) = rest(
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [("ledger", "dave's"), ("weather", "dave's")],
+        "his own, each once: {list}"
+    );
+    // Once Dave deletes his, the name means Alice's shared one; he may take it back.
+    let (status, _, _) = rest(
         &s.app,
-        reqwest::Method::GET,
-        "/api/v1/servers/ledger",
-        &c.alice,
+        reqwest::Method::DELETE,
+        "/api/v1/servers/weather",
+        &dave,
         None,
     )
     .await;
-    assert_eq!(one["description"], "alice's", "{one}");
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(described(&dave, "weather").await, "alice's");
+    let (status, _, body) = register(
+        &dave,
+        json!({"name": "weather", "url": upstream.url, "description": "dave's again"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(described(&dave, "weather").await, "dave's again");
+    // Twice in one tenant, or two public servers of one name, stays a conflict.
+    let (status, _, _) = register(&dave, json!({"name": "weather", "url": upstream.url})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _, body) = rest(
+        &s.app,
+        reqwest::Method::PATCH,
+        "/api/v1/servers/weather",
+        &dave,
+        Some(json!({"shared": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a shared or tenantless server called 'weather'")),
+        "{body}"
+    );
 }
 
 #[tokio::test]
