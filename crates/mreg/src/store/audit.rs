@@ -1,6 +1,7 @@
 //! The audit log's SQL that both backends run (`$n` placeholders, `CAST` for typed NULL
-//! checks): the reads, the chain's tail and pruning. Appending differs (a transaction-scoped
-//! advisory lock and `UNNEST` in PostgreSQL, `BEGIN IMMEDIATE` and a row at a time in SQLite)
+//! checks): the reads, the chain's tail and pruning. Appending differs (`UNNEST`, after the
+//! tail this instance remembers or under a transaction-scoped advisory lock, in PostgreSQL;
+//! `BEGIN IMMEDIATE` and a row at a time in SQLite)
 //! and lives with each backend. Appending is serialised so that every replica extends one chain;
 //! an event already stored (same id, e.g. replayed from the spool after a write whose answer was
 //! lost) is skipped, so every event is stored exactly once. Pruning removes a prefix and records

@@ -70,6 +70,8 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
 #[derive(Clone)]
 pub struct PgStore {
     pub(super) pool: PgPool,
+    /// The end of the audit chain as this instance last wrote it (see `append_events`).
+    pub(super) audit_tail: std::sync::Arc<std::sync::Mutex<Option<audit::Tail>>>,
 }
 
 impl PgStore {
@@ -131,13 +133,20 @@ impl PgStore {
             .connect_with(options)
             .await
             .map_err(cannot_connect)?;
-        Ok(Self { pool })
+        Ok(Self::on(pool))
+    }
+
+    fn on(pool: PgPool) -> Self {
+        Self {
+            pool,
+            audit_tail: std::sync::Arc::default(),
+        }
     }
 
     /// Wraps an existing pool and migrates its database.
     pub async fn from_pool(pool: PgPool) -> anyhow::Result<Self> {
         migrator(MIGRATIONS).run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self::on(pool))
     }
 }
 
