@@ -19,20 +19,40 @@ async fn count(pool: &SqlitePool, table: &str) -> i64 {
     .get("n")
 }
 
+/// A database file of its own, removed with the value.
+struct DbFile(std::path::PathBuf);
+
+impl Drop for DbFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 #[tokio::test]
 async fn migration_9_keeps_servers_with_their_health_history_and_tools() {
-    let options = SqliteConnectOptions::from_str("sqlite::memory:")
+    // A database file as an earlier mreg left it (WAL, foreign keys on, migrations 1-8)...
+    let file =
+        DbFile(std::env::temp_dir().join(format!("mreg-upgrade-{}.db", uuid::Uuid::now_v7())));
+    let options = SqliteConnectOptions::from_str("sqlite:")
         .expect("options")
+        .filename(&file.0)
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
+    let old = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await
         .expect("pool");
     migrator(&MIGRATIONS[..8])
-        .run(&pool)
+        .run(&old)
         .await
         .expect("migrations 1-8");
+    let pool = old;
     for statement in [
         "INSERT INTO servers (id, name, url, transport, registered_by, tenant, status, \
          search_text, created_at, updated_at, revision, shared) VALUES ('a', 'payroll', \
@@ -48,7 +68,12 @@ async fn migration_9_keeps_servers_with_their_health_history_and_tools() {
             .await
             .expect(statement);
     }
-    migrator(MIGRATIONS).run(&pool).await.expect("migration 9");
+    pool.close().await;
+    // ...opened by this one, as `mreg serve` opens it.
+    let store = super::SqliteStore::open(&file.0, 1)
+        .await
+        .expect("open and migrate");
+    let pool = store.pool.clone();
     for table in ["servers", "server_health", "health_checks", "server_tools"] {
         assert_eq!(count(&pool, table).await, 1, "{table}");
     }
