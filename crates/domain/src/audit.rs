@@ -63,6 +63,11 @@ pub struct AuditEvent {
     pub error: Option<String>,
     /// How long it took, in microseconds.
     pub duration_us: i64,
+    /// The tenant of the server addressed, when it has one (names are per tenant: this says
+    /// which `payroll` the row means). Left out of the hashed form when absent, so rows written
+    /// before it existed still verify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_tenant: Option<String>,
 }
 
 /// What a NUL character (U+0000) in an audited text becomes: U+FFFD, the replacement character.
@@ -130,6 +135,7 @@ impl AuditEvent {
             &mut self.tool,
             &mut self.server,
             &mut self.error,
+            &mut self.server_tenant,
         ]
         .into_iter()
         .flatten()
@@ -226,10 +232,21 @@ mod tests {
             outcome: outcome::OK.into(),
             error: None,
             duration_us: 1500,
+            server_tenant: None,
         };
         assert_eq!(
             event.chain_hash(7, GENESIS),
             "1c995a254293d212ceb408f21c01986d67578574dbb82af2e154533b4a5a5a3e"
+        );
+        // The server's tenant, when there is one, is hashed after every earlier field.
+        let tenants = AuditEvent {
+            server: Some("payroll".into()),
+            server_tenant: Some("t1".into()),
+            ..event.clone()
+        };
+        assert_eq!(
+            tenants.chain_hash(7, GENESIS),
+            "f2af10fbae0771b385d5b3654d814c191654084310c6e5e7f22d89d9d779be63"
         );
         let rows = chain([&event, &event], 7, GENESIS.to_owned());
         assert_eq!(rows[0].seq, 8);

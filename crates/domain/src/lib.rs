@@ -21,7 +21,7 @@ pub use clock::Clock;
 pub use error::{Error, Result};
 pub use health::{Health, HealthCheck, HealthPolicy, HealthStatus, Outcome};
 pub use principal::Principal;
-pub use registry::{Registry, Route, UrlGuard, now};
+pub use registry::{Registry, Resolved, Route, UrlGuard, now};
 pub use server::{
     NewServer, Page, Patch, Server, ServerDraft, ServerName, ServerPatch, ServerQuery, ServerSort,
     ServerStatus, ServerUpdate, ServerUrl, Transport, Visibility,

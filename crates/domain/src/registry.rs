@@ -40,7 +40,11 @@ pub struct Registry {
     sealer: Arc<dyn Sealer>,
     routes: Arc<RwLock<RouteCache>>,
     guard: Option<Arc<dyn UrlGuard>>,
+    observer: Option<Resolved>,
 }
+
+/// Told of every server a name was resolved to for a caller (the audit row names its tenant).
+pub type Resolved = Arc<dyn Fn(&Server) + Send + Sync>;
 
 /// Routes by server name and the view it was resolved in, with the time each was resolved.
 type RouteCache = HashMap<(String, Visibility), (Instant, Arc<Route>)>;
@@ -82,6 +86,20 @@ impl Registry {
             sealer,
             routes: Arc::default(),
             guard: None,
+            observer: None,
+        }
+    }
+
+    /// The registry, telling `observer` of every server a caller's name is resolved to (reads,
+    /// routes, changes, a registration).
+    pub fn with_observer(mut self, observer: Resolved) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn observed(&self, server: &Server) {
+        if let Some(observer) = &self.observer {
+            observer(server);
         }
     }
 
@@ -111,6 +129,7 @@ impl Registry {
             && let Some((at, route)) = routes.get(&key)
             && now.duration_since(*at) < ROUTE_TTL
         {
+            self.observed(&route.server);
             return Ok(route.clone());
         }
         let server = self.get_visible(name, visibility).await?;
@@ -179,6 +198,7 @@ impl Registry {
         let server = new.into_server(&by.subject, by.tenant.as_deref(), now());
         self.store.insert(&server, sealed.as_deref()).await?;
         self.forget_route(server.name.as_str());
+        self.observed(&server);
         Ok(server)
     }
 
@@ -201,9 +221,12 @@ impl Registry {
     pub async fn get_visible(&self, name: &str, visibility: &Visibility) -> Result<Server> {
         let parsed =
             ServerName::parse(name).map_err(|_| Error::not_found(format!("server '{name}'")))?;
-        self.find(&parsed, visibility)
+        let server = self
+            .find(&parsed, visibility)
             .await?
-            .ok_or_else(|| server_not_found(&parsed))
+            .ok_or_else(|| server_not_found(&parsed))?;
+        self.observed(&server);
+        Ok(server)
     }
 
     /// The server with this id and name, if it still exists (the health monitor's claims).

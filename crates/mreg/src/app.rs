@@ -291,8 +291,9 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         metrics.clone(),
         oauth.is_some(),
     );
-    let registry =
-        Registry::new(stores.servers.clone(), cipher.clone()).with_url_guard(egress.clone());
+    let registry = Registry::new(stores.servers.clone(), cipher.clone())
+        .with_url_guard(egress.clone())
+        .with_observer(std::sync::Arc::new(crate::audit::note_server));
     let upstream = crate::proxy::upstream_client(egress.clone())?;
     let health = Arc::new(crate::health::Monitor::new(
         registry.clone(),

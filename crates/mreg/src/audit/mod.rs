@@ -233,6 +233,7 @@ impl Auditor {
                 outcome: outcome::CANCELLED.to_owned(),
                 error: None,
                 duration_us: 0,
+                server_tenant: None,
             },
         })
     }
@@ -285,6 +286,24 @@ impl Entry {
     pub fn target(&mut self, tool: Option<&str>, server: Option<&str>) -> &mut Self {
         self.event.tool = tool.map(str::to_owned);
         self.event.server = server.map(str::to_owned);
+        self
+    }
+
+    /// The tenant of the server addressed (`None`: a tenantless server, or none resolved).
+    pub fn server_tenant(&mut self, tenant: Option<&str>) -> &mut Self {
+        self.event.server_tenant = tenant.map(str::to_owned);
+        self
+    }
+
+    /// Records what a [`watch`]ed operation learnt: the chain's inner refusal, the tenant of
+    /// the server it resolved.
+    pub fn watched(&mut self, watched: &Watched) -> &mut Self {
+        if let Some(decision) = watched.refusal {
+            self.decided(decision);
+        }
+        if watched.server_tenant.is_some() {
+            self.event.server_tenant.clone_from(&watched.server_tenant);
+        }
         self
     }
 
@@ -469,11 +488,22 @@ fn blank() -> AuditEvent {
         outcome: String::new(),
         error: None,
         duration_us: 0,
+        server_tenant: None,
     }
 }
 
 tokio::task_local! {
-    static INNER_REFUSAL: std::cell::Cell<Option<&'static str>>;
+    static WATCHED: std::cell::RefCell<Watched>;
+}
+
+/// What an operation learnt on the way that its row should say (see [`watch`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// A refusal by the chain of something the operation asked for (`proxy_request`
+    /// forwarding to a server the caller may not use).
+    pub refusal: Option<&'static str>,
+    /// The tenant of the server the operation resolved its name to, when it has one.
+    pub server_tenant: Option<String>,
 }
 
 fn decision_of(refusal: &Refusal) -> &'static str {
@@ -483,21 +513,27 @@ fn decision_of(refusal: &Refusal) -> &'static str {
     }
 }
 
-/// Runs `operation` (a gateway tool) and says whether the chain refused something it asked for
-/// on the way (`proxy_request` forwarding to a server the caller may not use): the tool's row
-/// then carries that decision.
-pub async fn watch<F: Future>(operation: F) -> (F::Output, Option<&'static str>) {
-    INNER_REFUSAL
-        .scope(std::cell::Cell::new(None), async {
+/// Runs `operation` (a gateway tool, a REST change) and says what it learnt on the way that its
+/// row should carry ([`Entry::watched`]): whether the chain refused something it asked for,
+/// and which tenant's server its name meant.
+pub async fn watch<F: Future>(operation: F) -> (F::Output, Watched) {
+    WATCHED
+        .scope(std::cell::RefCell::default(), async {
             let output = operation.await;
-            (output, INNER_REFUSAL.with(std::cell::Cell::get))
+            (output, WATCHED.with(|w| w.take()))
         })
         .await
 }
 
 /// Tells the enclosing [`watch`], if any, that the chain refused `refusal`.
 pub fn note_refusal(refusal: &Refusal) {
-    let _ = INNER_REFUSAL.try_with(|cell| cell.set(Some(decision_of(refusal))));
+    let _ = WATCHED.try_with(|w| w.borrow_mut().refusal = Some(decision_of(refusal)));
+}
+
+/// Tells the enclosing [`watch`], if any, that a name was resolved to `server` (the registry
+/// calls it on every resolution).
+pub fn note_server(server: &domain::Server) {
+    let _ = WATCHED.try_with(|w| w.borrow_mut().server_tenant.clone_from(&server.tenant));
 }
 
 /// Where a chain check stopped.

@@ -150,6 +150,7 @@ fn summary(window: &Window) -> AuditEvent {
             window.folded, first.id
         )),
         duration_us: 0,
+        server_tenant: first.server_tenant.clone(),
     }
 }
 
@@ -174,6 +175,7 @@ mod tests {
             outcome: outcome::ERROR.to_owned(),
             error: Some("rate limited".to_owned()),
             duration_us: 1,
+            server_tenant: None,
         }
     }
 

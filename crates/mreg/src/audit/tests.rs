@@ -44,6 +44,7 @@ fn event(n: u8) -> AuditEvent {
         outcome: outcome::OK.to_owned(),
         error: None,
         duration_us: 5,
+        server_tenant: None,
     }
 }
 
@@ -67,6 +68,7 @@ fn nuls_become_the_replacement_character_in_every_text_and_json_string() {
         outcome: nul("ok"),
         error: Some(nul("why")),
         duration_us: 5,
+        server_tenant: None,
     };
     assert!(
         e.arguments

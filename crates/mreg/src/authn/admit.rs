@@ -105,11 +105,12 @@ where
         }
         entry.arguments(arguments);
     }
-    let response = run(
+    let (response, watched) = crate::audit::watch(run(
         inner,
         Request::from_parts(parts, axum::body::Body::from(bytes)),
-    )
+    ))
     .await;
+    entry.watched(&watched);
     // A change is answered once its row is kept: a crash the next moment loses no change. A
     // failed one says why: the error answer's note (the message the caller got).
     entry

@@ -473,16 +473,14 @@ impl ServerHandler for RegistryTools {
         let cancelled = context.ct.clone();
         let changes = matches!(request.name.as_ref(), "register_server" | "delete_server");
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        let (result, inner_refusal) = tokio::select! {
+        let (result, watched) = tokio::select! {
             done = crate::audit::watch(self.tool_router.call(call)) => done,
             () = cancelled.cancelled() => {
                 drop(entry);
                 return Err(ErrorData::internal_error("the call was cancelled", None));
             }
         };
-        if let Some(decision) = inner_refusal {
-            entry.decided(decision);
-        }
+        entry.watched(&watched);
         let outcome = match &result {
             Ok(rmcp::model::CallToolResponse::Complete(done)) if done.is_error == Some(true) => {
                 Err(done

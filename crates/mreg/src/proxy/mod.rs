@@ -270,6 +270,7 @@ async fn proxy(
             );
         }
     };
+    entry.server_tenant(route.server.tenant.as_deref());
     // From here on the server is one the caller may see: its calls are counted per server.
     let mut response = forward_to(state, caller, name, parts, body, entry, &route).await;
     if state.metrics.keeps_servers() {

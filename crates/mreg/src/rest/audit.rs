@@ -94,6 +94,9 @@ pub struct AuditEntry {
     /// Server addressed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// The tenant of the server addressed, when it has one (names are per tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tenant: Option<String>,
     /// Arguments, redacted: the JSON that was sent (an object, or for a batch an array), or,
     /// over 16 KiB, its size in bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +139,7 @@ impl From<AuditRecord> for AuditEntry {
             operation: e.operation,
             tool: e.tool,
             server: e.server,
+            server_tenant: e.server_tenant,
             arguments: e
                 .arguments
                 .map(|a| serde_json::from_str(&a).unwrap_or(serde_json::Value::String(a))),

@@ -13,7 +13,7 @@ use domain::audit::{AuditEvent, AuditRecord};
 
 pub(super) const COLUMNS: &str = "seq, prev_hash, hash, id, at_us, request_id, actor_subject, actor_email, \
      actor_tenant, actor_client_id, operation, tool, server, arguments, decision, outcome, \
-     error, duration_us";
+     error, duration_us, server_tenant";
 
 pub(super) fn record<R: Row>(row: &R) -> std::result::Result<AuditRecord, sqlx::Error>
 where
@@ -42,6 +42,7 @@ where
             outcome: row.try_get("outcome")?,
             error: row.try_get("error")?,
             duration_us: row.try_get("duration_us")?,
+            server_tenant: row.try_get("server_tenant")?,
         },
     })
 }

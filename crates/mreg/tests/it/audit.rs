@@ -978,6 +978,7 @@ async fn postgresql_refusing_a_row_as_data_is_told_apart_from_an_outage() {
         outcome: "ok".to_owned(),
         error: None,
         duration_us: 1,
+        server_tenant: None,
     };
     let error = store.append(&[event], true).await.expect_err("refused");
     assert_eq!(

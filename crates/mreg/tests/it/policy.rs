@@ -1744,6 +1744,68 @@ async fn each_tenant_has_its_own_server_names_and_rules_name_their_tenant() {
             .is_some_and(|m| m.contains("a shared or tenantless server called 'weather'")),
         "{body}"
     );
+
+    // Every audit row of a server reached or changed says which tenant's server its name
+    // meant: the proxy's, proxy_request's and the REST changes' (a refused registration
+    // reached none).
+    let rows = crate::support::audit::until(
+        |rows| {
+            rows.iter()
+                .any(|r| r.event.operation == "DELETE /api/v1/servers/{name}")
+        },
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
+    let meant = |actor: &str, operation: &str, server: &str| -> Vec<Option<String>> {
+        rows.iter()
+            .filter(|r| {
+                r.event.actor_tenant.as_deref() == Some(actor)
+                    && r.event.outcome == "ok"
+                    && r.event.operation == operation
+                    && r.event.server.as_deref() == Some(server)
+            })
+            .map(|r| r.event.server_tenant.clone())
+            .collect()
+    };
+    for (actor, operation, server, tenant) in [
+        (TENANT, "tools/call", "payroll", TENANT),
+        (OTHER_TENANT, "tools/call", "payroll", OTHER_TENANT),
+        (OTHER_TENANT, "proxy_request", "payroll", OTHER_TENANT),
+        (TENANT, "POST /api/v1/servers", "payroll", TENANT),
+        (
+            OTHER_TENANT,
+            "POST /api/v1/servers",
+            "payroll",
+            OTHER_TENANT,
+        ),
+        (
+            OTHER_TENANT,
+            "DELETE /api/v1/servers/{name}",
+            "payroll",
+            OTHER_TENANT,
+        ),
+        (
+            OTHER_TENANT,
+            "DELETE /api/v1/servers/{name}",
+            "weather",
+            OTHER_TENANT,
+        ),
+    ] {
+        let found = meant(actor, operation, server);
+        assert!(!found.is_empty(), "{actor} {operation} {server}: no row");
+        assert!(
+            found.iter().all(|t| t.as_deref() == Some(tenant)),
+            "{actor} {operation} {server}: {found:?}"
+        );
+    }
+    let verified = mreg::audit::verify(
+        &mreg::store::SqliteStore::open(&s.app.dir.0.join("mreg.db"), 1)
+            .await
+            .expect("open"),
+    )
+    .await
+    .expect("verify");
+    assert_eq!(verified.broken, None, "the rows with a server tenant chain");
 }
 
 #[tokio::test]

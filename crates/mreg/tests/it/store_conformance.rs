@@ -1170,6 +1170,8 @@ fn event(n: i64, actor: &str, tool: Option<&str>, decision: &str) -> AuditEvent 
         outcome: "ok".to_owned(),
         error: None,
         duration_us: 10,
+        // Odd rows name the server's tenant, even ones do not (a tenantless server).
+        server_tenant: (n % 2 == 1).then(|| "t1".to_owned()),
     }
 }
 

@@ -74,6 +74,7 @@ fn event(request_id: &str) -> AuditEvent {
         outcome: outcome::OK.to_owned(),
         error: None,
         duration_us: 1,
+        server_tenant: None,
     }
 }
 

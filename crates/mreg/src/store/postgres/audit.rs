@@ -149,10 +149,11 @@ async fn insert<'e>(
     sqlx::query(
         "INSERT INTO audit_log (seq, prev_hash, hash, id, at_us, request_id, actor_subject, \
          actor_email, actor_tenant, actor_client_id, operation, tool, server, arguments, \
-         decision, outcome, error, duration_us) \
+         decision, outcome, error, duration_us, server_tenant) \
          SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-         $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[])",
+         $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], \
+         $19::text[])",
     )
     .bind(column!(|r| r.seq))
     .bind(column!(|r| r.prev_hash.as_str()))
@@ -172,6 +173,7 @@ async fn insert<'e>(
     .bind(column!(|r| r.event.outcome.as_str()))
     .bind(column!(|r| r.event.error.as_deref()))
     .bind(column!(|r| r.event.duration_us))
+    .bind(column!(|r| r.event.server_tenant.as_deref()))
     .execute(db)
     .await
     .map(|_| ())

@@ -48,9 +48,9 @@ impl SqliteStore {
             sqlx::query(
                 "INSERT INTO audit_log (seq, prev_hash, hash, id, at_us, request_id, \
                  actor_subject, actor_email, actor_tenant, actor_client_id, operation, tool, \
-                 server, arguments, decision, outcome, error, duration_us) \
+                 server, arguments, decision, outcome, error, duration_us, server_tenant) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $18)",
+                 $17, $18, $19)",
             )
             .bind(r.seq)
             .bind(&r.prev_hash)
@@ -70,6 +70,7 @@ impl SqliteStore {
             .bind(&e.outcome)
             .bind(&e.error)
             .bind(e.duration_us)
+            .bind(&e.server_tenant)
             .execute(&mut *tx)
             .await
             .map_err(db_error("audit"))?;

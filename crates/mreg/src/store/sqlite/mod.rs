@@ -77,6 +77,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "tenant names",
         include_str!("../../../migrations/sqlite/0009_tenant_names.sql"),
     ),
+    (
+        10,
+        "audit server tenant",
+        include_str!("../../../migrations/sqlite/0010_audit_server_tenant.sql"),
+    ),
 ];
 
 /// Registry storage in a SQLite file.
