@@ -70,8 +70,7 @@ def measure(bench, session_class, upstream: str, targets: dict[str, str], calls:
         results[label] = {"calls": calls, "instructions": total,
                           "per_call": round(total / calls), "seconds_under_callgrind":
                           round(elapsed, 1)}
-        bench_log = getattr(bench, "log", None) or print
-        bench_log(f"{upstream} -> {label}: {total / calls:,.0f} instructions per call "
+        bench.log(f"{upstream} -> {label}: {total / calls:,.0f} instructions per call "
                   f"({calls} calls, {elapsed:.1f} s under callgrind)")
     return results
 

@@ -46,8 +46,9 @@ pub struct Registry {
 /// Told of every server a name was resolved to for a caller (the audit row names its tenant).
 pub type Resolved = Arc<dyn Fn(&Server) + Send + Sync>;
 
-/// Routes by server name and the view it was resolved in, with the time each was resolved.
-type RouteCache = HashMap<(String, Visibility), (Instant, Arc<Route>)>;
+/// Routes by server name, then by the view each was resolved in, with the time it was resolved
+/// (looked up without allocating; a name's routes in every view drop together).
+type RouteCache = HashMap<String, HashMap<Visibility, (Instant, Arc<Route>)>>;
 
 /// How long a resolved [`Route`] is reused before the store is asked again. Changes made through
 /// this instance take effect at once; changes made by another replica within this time.
@@ -124,9 +125,8 @@ impl Registry {
     /// hot path does not ask the database on every message.
     pub async fn route(&self, name: &str, visibility: &Visibility) -> Result<Arc<Route>> {
         let now = Instant::now();
-        let key = (name.to_owned(), visibility.clone());
         if let Ok(routes) = self.routes.read()
-            && let Some((at, route)) = routes.get(&key)
+            && let Some((at, route)) = routes.get(name).and_then(|views| views.get(visibility))
             && now.duration_since(*at) < ROUTE_TTL
         {
             self.observed(&route.server);
@@ -140,9 +140,15 @@ impl Registry {
         });
         if let Ok(mut routes) = self.routes.write() {
             if routes.len() >= MAX_CACHED_ROUTES {
-                routes.retain(|_, (at, _)| now.duration_since(*at) < ROUTE_TTL);
+                routes.retain(|_, views| {
+                    views.retain(|_, (at, _)| now.duration_since(*at) < ROUTE_TTL);
+                    !views.is_empty()
+                });
             }
-            routes.insert(key, (now, route.clone()));
+            routes
+                .entry(name.to_owned())
+                .or_default()
+                .insert(visibility.clone(), (now, route.clone()));
         }
         Ok(route)
     }
@@ -151,7 +157,7 @@ impl Registry {
     /// what the name means in another: a server shared or unshared).
     fn forget_route(&self, name: &str) {
         if let Ok(mut routes) = self.routes.write() {
-            routes.retain(|(cached, _), _| cached != name);
+            routes.remove(name);
         }
     }
 

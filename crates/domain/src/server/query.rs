@@ -164,18 +164,14 @@ impl Visibility {
     /// own. The local operator ([`Visibility::All`]) means the tenantless or shared one, else
     /// the only one; `Err` holds how many private servers of different tenants share the name
     /// when none of them is public.
-    pub fn pick(&self, candidates: Vec<Server>) -> std::result::Result<Option<Server>, usize> {
+    pub fn pick(&self, mut candidates: Vec<Server>) -> std::result::Result<Option<Server>, usize> {
         let public = |s: &Server| s.shared || s.tenant.is_none();
         match self {
             Self::Tenant(tenant) => {
-                let (own, other): (Vec<Server>, Vec<Server>) = candidates
-                    .into_iter()
-                    .filter(|s| self.allows(s))
-                    .partition(|s| tenant.is_some() && s.tenant == *tenant);
-                Ok(own
-                    .into_iter()
-                    .next()
-                    .or_else(|| other.into_iter().find(public)))
+                let own = |s: &Server| tenant.is_some() && s.tenant == *tenant;
+                let at = (candidates.iter().position(own))
+                    .or_else(|| candidates.iter().position(public));
+                Ok(at.map(|i| candidates.swap_remove(i)))
             }
             Self::All => {
                 if candidates.len() <= 1 {

@@ -22,8 +22,9 @@ pub enum Unqualified {
     /// tenantless ones are all there are).
     #[default]
     Everywhere,
-    /// Tenantless servers and those of the home tenant (`AZURE_TENANT_ID`) only.
-    Home(String),
+    /// Tenantless servers and those of the home tenant (`AZURE_TENANT_ID`) only; without a home
+    /// tenant, tenantless servers only.
+    Home(Option<String>),
 }
 
 /// Roles that grant one thing (any of them suffices; empty: anyone authenticated).
@@ -243,7 +244,7 @@ impl Policy {
         }
         match home {
             Some(home) => {
-                self.unqualified = Unqualified::Home(home.to_ascii_lowercase());
+                self.unqualified = Unqualified::Home(Some(home.to_ascii_lowercase()));
                 Ok(())
             }
             None => match self
@@ -257,7 +258,7 @@ impl Policy {
                      [servers.\"TENANT-ID/{name}\"] for the one it governs"
                 )),
                 None => {
-                    self.unqualified = Unqualified::Home(String::new());
+                    self.unqualified = Unqualified::Home(None);
                     Ok(())
                 }
             },
@@ -272,16 +273,19 @@ impl Policy {
         tenant: Option<&str>,
         name: &str,
     ) -> (Option<&ServerRule>, Option<&ServerRule>) {
-        let tenant = tenant.map(str::to_ascii_lowercase);
+        // Every proxied message asks: nothing is allocated unless a rule names a tenant.
         let qualified = |what: &str| {
-            tenant
-                .as_deref()
-                .filter(|_| self.qualified)
-                .and_then(|t| self.servers.get(&format!("{t}/{what}")))
+            tenant.filter(|_| self.qualified).and_then(|t| {
+                self.servers
+                    .get(&format!("{}/{what}", t.to_ascii_lowercase()))
+            })
         };
         let unqualified_applies = match &self.unqualified {
             Unqualified::Everywhere => true,
-            Unqualified::Home(home) => tenant.as_deref().is_none_or(|t| t == home),
+            Unqualified::Home(home) => tenant.is_none_or(|t| {
+                home.as_deref()
+                    .is_some_and(|home| t.eq_ignore_ascii_case(home))
+            }),
         };
         let own = qualified(name).or_else(|| {
             unqualified_applies
