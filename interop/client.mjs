@@ -5,7 +5,7 @@
 // Usage:
 //   node interop/client.mjs --url URL [options] <command>
 // Commands:
-//   tools                   -> {"tools":[names...],"protocolVersion","sessionId"}
+//   tools                   -> {"tools":[names...],"descriptions":{name:text},"protocolVersion","sessionId"}
 //   call NAME JSON_ARGS     (or @FILE holding them)
 //                           -> CallToolResult + protocolVersion, sessionId (+ progress/logs seen)
 //   read URI                -> ReadResourceResult + protocolVersion, sessionId
@@ -292,7 +292,8 @@ async function main() {
 
     if (opts.command === 'tools') {
       const { tools } = await runOp(signal => client.listTools(undefined, { ...reqOpts, signal }));
-      printJson({ tools: tools.map(t => t.name), ...meta() });
+      const descriptions = Object.fromEntries(tools.map(t => [t.name, t.description]));
+      printJson({ tools: tools.map(t => t.name), descriptions, ...meta() });
     } else if (opts.command === 'call' || opts.command === 'bench') {
       const [name, rawArgs] = opts.args;
       let args = {};
@@ -343,5 +344,7 @@ async function main() {
 }
 
 process.exitCode = await main();
-// Do not wait for anything left over (e.g. a standalone SSE reconnect timer).
+// Writes to a pipe are asynchronous: let the answer reach it (a large one is cut otherwise), then
+// do not wait for anything left over (e.g. a standalone SSE reconnect timer).
+await new Promise(resolve => process.stdout.write('', resolve));
 process.exit(process.exitCode);

@@ -36,6 +36,12 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
   JWTVerifier checking the same token, with a sessionful client and a stateless 2026-07-28 one
   (no session: protocol metadata in each request's `_meta`), wrk with one thread at each of
   --own-connections; the ratio mreg/FastMCP and each process's CPU per call.
+* Pinning (--pin ROLE=CPUS, repeatable): runs a role's processes on those CPUs only (taskset;
+  PostgreSQL's server processes by sched_setaffinity, restored at the end). Roles: gateway (the
+  mreg instances, FastMCP's proxy and the FastMCP server of the own-tools part), upstream, load
+  (wrk and the SDK clients), postgres, other (the identity provider). So a measurement can give
+  the upstream a core of its own, making it the bottleneck for direct and proxied calls alike,
+  or keep PostgreSQL off the gateway's core, when judging the gateway's own CPU per call.
 
 The targets take turns: each measurement (Python, TS, wrk warm-up, wrk per connection count)
 runs on every target of an upstream before the next, in alternating order; after each wrk run
@@ -94,6 +100,8 @@ RMCP_BIN = os.environ.get("RMCP_UPSTREAM_BIN", str(REPO / "target/release/exampl
 if os.access(RMCP_BIN, os.X_OK):
     UPSTREAMS["rmcp-json"] = ("rmcp (Rust SDK), stateless, JSON", [RMCP_BIN])
     UPSTREAMS["rmcp-sse"] = ("rmcp (Rust SDK), stateful, SSE", [RMCP_BIN, "--stateful"])
+# What --pin can place: see the module's docstring.
+PIN_ROLES = ("gateway", "upstream", "load", "postgres", "other")
 TARGETS = ["direct", "mreg-off", "mreg-noaudit", "mreg-on", "fastmcp-proxy"]
 # What runs when --targets is not given.
 DEFAULT_TARGETS = ["direct", "mreg-off", "mreg-on", "fastmcp-proxy"]
@@ -142,6 +150,9 @@ def parse_args() -> argparse.Namespace:
                         help="instead of timing: count the instructions each mreg target executes "
                              "per call under callgrind (valgrind), N sequential calls on the first "
                              "upstream after --warmup calls (see bench_instructions.py)")
+    parser.add_argument("--pin", action="append", default=[], metavar="ROLE=CPUS",
+                        help=f"run a role's processes on these CPUs only (taskset list syntax, "
+                             f"e.g. 0 or 0,1); roles {', '.join(PIN_ROLES)}; repeatable")
     parser.add_argument("--own-connections", default="16,64",
                         help="wrk connection counts of the own-tools measurement (default 16,64)")
     args = parser.parse_args()
@@ -168,19 +179,49 @@ def parse_args() -> argparse.Namespace:
         if name not in TARGETS:
             parser.error(f"unknown target {name!r}")
     args.targets = [t for t in TARGETS if t == "direct" or t in targets]
+    args.pin = parse_pins(parser, args.pin)
+    if "postgres" in args.pin and args.database == "sqlite":
+        parser.error("--pin postgres=... needs PostgreSQL (--database is sqlite)")
     return args
+
+
+def parse_pins(parser: argparse.ArgumentParser, specs: list[str]) -> dict[str, set[int]]:
+    """--pin ROLE=CPUS options as {role: cpus}, each CPU one this process may run on."""
+    allowed, pins = os.sched_getaffinity(0), {}
+    for spec in specs:
+        role, sep, cpus = spec.partition("=")
+        if not sep or role not in PIN_ROLES:
+            parser.error(f"--pin wants ROLE=CPUS with ROLE one of {', '.join(PIN_ROLES)}, got {spec!r}")
+        if role in pins:
+            parser.error(f"--pin {role} given twice")
+        chosen = set()
+        for part in cpus.split(","):
+            low, dash, high = part.partition("-")
+            if not low.isdigit() or (dash and not high.isdigit()):
+                parser.error(f"--pin {role}: {cpus!r} is not a CPU list such as 0 or 0,1 or 0-3")
+            chosen |= set(range(int(low), int(high if dash else low) + 1))
+        if not chosen or not chosen <= allowed:
+            parser.error(f"--pin {role}: CPUs {sorted(chosen)} are not all among those this "
+                         f"process may use ({sorted(allowed)})")
+        pins[role] = chosen
+    return pins
 
 
 class Processes:
     """Starts the long-running peers, each in a session of its own, and stops them all."""
 
-    def __init__(self, logs: Path):
-        self.logs = logs
+    def __init__(self, logs: Path, pins: dict[str, set[int]]):
+        self.logs, self.pins = logs, pins
         self.running: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, argv: list[str], *, env=None, cwd=None) -> subprocess.Popen:
+    def pinned(self, role: str, argv: list[str]) -> list[str]:
+        """`argv`, run on the CPUs --pin gave `role` (through taskset), if it gave any."""
+        cpus = self.pins.get(role)
+        return ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv] if cpus else argv
+
+    def start(self, name: str, argv: list[str], *, role: str, env=None, cwd=None) -> subprocess.Popen:
         stderr = open(self.logs / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(self.pinned(role, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=stderr, env=env, cwd=cwd or REPO, start_new_session=True)
         stderr.close()
         self.running.append((name, proc))
@@ -367,7 +408,8 @@ def clean_environment() -> dict[str, str]:
 class Bench:
     def __init__(self, args: argparse.Namespace, scratch: Path):
         self.args, self.scratch = args, scratch
-        self.procs = Processes(scratch)
+        self.procs = Processes(scratch, args.pin)
+        self.postgres_affinity: dict[int, set[int]] = {}
         self.http = Http(scratch)
         self.mreg_bin = os.environ.get("MREG_BIN") or str(REPO / "target/release/mreg")
         self.log = log
@@ -381,7 +423,7 @@ class Bench:
     # ---- the processes --------------------------------------------------------------------
 
     def start_upstream(self, name: str) -> str:
-        proc = self.procs.start(f"upstream-{name}", UPSTREAMS[name][1])
+        proc = self.procs.start(f"upstream-{name}", UPSTREAMS[name][1], role="upstream")
         line = self.procs.first_line(f"upstream-{name}", proc)
         if not line.startswith("LISTENING "):
             raise RuntimeError(f"upstream {name} printed {line!r}, not LISTENING <port>")
@@ -391,7 +433,7 @@ class Bench:
         proc = self.procs.start("idp", [
             "node", str(INTEROP / "idp.mjs"), "--tenant", TENANT, "--client-id", CLIENT_ID,
             "--client-secret", CLIENT_SECRET, "--users", "{}", "--app-roles", '["admin"]',
-            "--access-token-ttl", "86400"])
+            "--access-token-ttl", "86400"], role="other")
         self.authority = json.loads(self.procs.first_line("idp", proc))["authority"]
         # An Entra-style app token (client credentials), as a daemon calling mreg would have.
         status, _, body = self.http.request(
@@ -421,6 +463,50 @@ class Bench:
             subprocess.run(["psql", self.args.database, "-qAtc",
                             f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
                            capture_output=True, text=True, timeout=60)
+
+    def postgres_pids(self) -> list[int]:
+        """The PostgreSQL postmaster and its children (--database's server on this machine)."""
+        done = subprocess.run(["psql", self.args.database, "-qAtc", "SHOW data_directory"],
+                              capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"--pin postgres: cannot ask for the data directory: {done.stderr.strip()}")
+        try:
+            postmaster = int((Path(done.stdout.strip()) / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError) as exc:
+            raise RuntimeError(f"--pin postgres: no postmaster.pid to read ({exc}); the server "
+                               "must run on this machine") from exc
+        pids = [postmaster]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
+
+    def pin_postgres(self) -> None:
+        """Moves the PostgreSQL server to --pin postgres's CPUs; backends it forks later follow
+        the postmaster. `unpin_postgres` puts back what each process had."""
+        cpus = self.args.pin["postgres"]
+        for pid in self.postgres_pids():
+            try:
+                self.postgres_affinity[pid] = os.sched_getaffinity(pid)
+                os.sched_setaffinity(pid, cpus)
+            except ProcessLookupError:
+                continue
+        log(f"PostgreSQL's {len(self.postgres_affinity)} processes pinned to CPUs {sorted(cpus)}")
+
+    def unpin_postgres(self) -> None:
+        if not self.postgres_affinity:
+            return
+        postmaster = next(iter(self.postgres_affinity))
+        before = self.postgres_affinity[postmaster]
+        for pid in self.postgres_pids():
+            try:
+                os.sched_setaffinity(pid, self.postgres_affinity.get(pid, before))
+            except ProcessLookupError:
+                continue
+        self.postgres_affinity.clear()
 
     def backend_pids(self, label: str) -> list[int]:
         """The PostgreSQL server processes serving `label`'s connections."""
@@ -470,7 +556,7 @@ class Bench:
             callgrind_dir = data / "callgrind"
             callgrind_dir.mkdir()
             argv = bench_instructions.wrapper(callgrind_dir) + argv
-        proc = self.procs.start(label, argv, env=env, cwd=data)
+        proc = self.procs.start(label, argv, role="gateway", env=env, cwd=data)
         found = self.procs.wait_for_log(label, proc, ["REST API listening", "MCP listener listening"],
                                         timeout=300 if callgrind_dir else 60)
         self.mreg[label] = {"api": found["REST API listening"]["addr"],
@@ -492,7 +578,7 @@ class Bench:
         if self.proxy_auth:
             argv += ["--jwt-public-key-file", str(self.public_key_file()), "--audience", AUDIENCE,
                      "--issuer", f"{self.authority}/{TENANT}/v2.0"]
-        proc = self.procs.start(f"proxy-{name}", argv)
+        proc = self.procs.start(f"proxy-{name}", argv, role="gateway")
         line = self.procs.first_line(f"proxy-{name}", proc)
         return f"http://127.0.0.1:{int(line.split()[1])}/mcp"
 
@@ -535,7 +621,8 @@ class Bench:
         cmd += ["bench", TOOL, TOOL_ARGS, "--calls", str(args.calls), "--warmup", str(args.warmup)]
         bound = 60 + 2 * (args.calls + args.warmup)  # a call slower than 2 s on average is broken
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=bound, cwd=REPO)
+            done = subprocess.run(self.procs.pinned("load", cmd), capture_output=True, text=True,
+                                  timeout=bound, cwd=REPO)
         except subprocess.TimeoutExpired:
             return {"error": f"no answer within {bound} s"}
         lines = done.stdout.strip().splitlines()
@@ -560,7 +647,8 @@ class Bench:
         pg_before = [process_cpu_seconds(p) for p in backends]
         cpu_before = process_cpu_seconds(pid)
         try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
+            done = subprocess.run(self.procs.pinned("load", cmd), capture_output=True, text=True,
+                                  timeout=seconds + 60, env=env)
         except subprocess.TimeoutExpired:
             return {"error": "wrk did not finish"}
         cpu_after = process_cpu_seconds(pid)
@@ -611,7 +699,7 @@ class Bench:
         server = [sys.executable, str(PYTHON_PEERS / "server.py"),
                   "--jwt-public-key-file", str(self.public_key_file()), "--audience", AUDIENCE,
                   "--issuer", f"{self.authority}/{TENANT}/v2.0"]
-        proc = self.procs.start("fastmcp-jwt", server)
+        proc = self.procs.start("fastmcp-jwt", server, role="gateway")
         line = self.procs.first_line("fastmcp-jwt", proc)
         fastmcp = f"http://127.0.0.1:{int(line.split()[1])}/mcp"
         log(f"fastmcp-jwt: {fastmcp}")
@@ -744,6 +832,8 @@ class Bench:
             raise RuntimeError(f"no mreg binary at {self.mreg_bin} (set MREG_BIN, or cargo build --release)")
         started = time.monotonic()
         load_before = os.getloadavg()
+        if "postgres" in args.pin:
+            self.pin_postgres()
         upstream_urls = {}
         for name in args.upstreams:
             upstream_urls[name] = self.start_upstream(name)
@@ -790,6 +880,7 @@ class Bench:
                            + (" (SQLite)" if args.database == "sqlite" else " (PostgreSQL)"),
                 "mreg_off": "MREG_AUTH=none, MREG_AUDIT=false",
                 "mreg_noaudit": "as mreg-on, with MREG_AUDIT=false",
+                "pins": {role: sorted(cpus) for role, cpus in args.pin.items()},
             },
             "environment": environment(self.mreg_bin, load_before),
             "upstreams": {n: UPSTREAMS[n][0] for n in args.upstreams},
@@ -912,6 +1003,7 @@ def main() -> int:
         return 1
     finally:
         bench.procs.stop_all()
+        bench.unpin_postgres()
         bench.drop_databases()
         if keep:
             log(f"process logs kept in {scratch}")
@@ -934,7 +1026,12 @@ def main() -> int:
     print(f"SDK clients: one session, keep-alive, {settings['calls']} sequential calls after "
           f"{settings['warmup']} warm-up (ms); wrk: {settings['wrk_seconds']} s per point "
           f"after {settings['wrk_warmup_seconds']} s warm-up, {settings['wrk_threads']} threads, "
-          f"one session per target\n")
+          f"one session per target")
+    if settings["pins"]:
+        print("pinned (--pin): " + ", ".join(f"{role} on CPU {','.join(map(str, cpus))}"
+                                              for role, cpus in settings["pins"].items())
+              + "; the rest on any CPU")
+    print()
     print(table(report))
     print("\nadded p50: minus the same client's p50 going direct. x direct: req/s over direct's. "
           "mreg/proxy: mreg's req/s over the FastMCP proxy's (same upstream, same connections).")

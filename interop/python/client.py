@@ -9,7 +9,7 @@ probe `server/discover` at 2026-07-28, fall back to the `initialize` handshake);
     python client.py --url URL [--header 'Name: value']... [--bearer TOKEN] [--timeout S] COMMAND
 
 Commands:
-    tools                              {"protocolVersion": ..., "tools": [names]}
+    tools                              {"protocolVersion": ..., "tools": [names], "descriptions": {name: text}}
     call NAME JSON_ARGS                {"content": [...], "structuredContent": ..., "isError": ...}
     bench NAME JSON_ARGS --calls N --warmup W
                                        {"calls", "p50_ms", "p99_ms", "mean_ms", "samples_ms"}
@@ -119,7 +119,8 @@ async def run(args: argparse.Namespace) -> dict:
             if args.command == "tools":
                 listed = await client.list_tools()
                 return {"protocolVersion": client.protocol_version,
-                        "tools": [tool.name for tool in listed.tools]}
+                        "tools": [tool.name for tool in listed.tools],
+                        "descriptions": {tool.name: tool.description for tool in listed.tools}}
             if args.command == "call":
                 return tool_result_json(await client.call_tool(args.name, args.arguments))
             return await bench(client, args.name, args.arguments, args.calls, args.warmup)

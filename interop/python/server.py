@@ -1,9 +1,12 @@
 """Upstream MCP test server built with FastMCP, served over streamable HTTP on 127.0.0.1.
 
 FastMCP's default HTTP mode is used as is: stateful sessions (Mcp-Session-Id) and SSE answers
-to POSTs, endpoint `/mcp`. Tools: `echo`, `add` (structured output `{"result": n}`) and `slow`.
+to POSTs, endpoint `/mcp`. Tools: `echo`, `add` (structured output `{"result": n}`) and `slow`;
+`--unicode-tools N` adds N more, `glossary_1` ... `glossary_N`, each described in 3,000 characters
+of several scripts (most of them 2 to 4 bytes in UTF-8): a large `tools/list` answer whose text
+must arrive whole.
 
-    python server.py [--port N] [--jwt-public-key-file PEM --audience AUD --issuer ISS]
+    python server.py [--port N] [--unicode-tools N] [--jwt-public-key-file PEM --audience AUD --issuer ISS]
 
 `--port 0` (the default) lets the OS pick a free port. Once the server accepts connections it
 prints exactly one line, `LISTENING <port>`, to stdout; all logs go to stderr. With the JWT
@@ -90,7 +93,16 @@ def serve(server: FastMCP, port: int) -> None:
     asyncio.run(_serve(server, port))
 
 
-def build_server(auth=None) -> FastMCP:
+# One line of a glossary tool's description: Latin with accents, Greek, Cyrillic, CJK, an emoji.
+GLOSSARY_LINE = "Ünïcödé naïve café — Ελληνικά κείμενο — кириллица текст — 日本語の説明文と中文说明 🚀\n"
+
+
+def glossary_description(number: int) -> str:
+    text = f"Glossary entry {number}.\n" + GLOSSARY_LINE * 60
+    return text[:3000]
+
+
+def build_server(auth=None, unicode_tools: int = 0) -> FastMCP:
     mcp = FastMCP("mreg-python-interop-server", auth=auth)
 
     @mcp.tool
@@ -109,14 +121,24 @@ def build_server(auth=None) -> FastMCP:
         await asyncio.sleep(ms / 1000)
         return f"slept {ms} ms"
 
+    for number in range(1, unicode_tools + 1):
+        def glossary(term: str, number: int = number) -> str:
+            return f"entry {number}: {term}"
+
+        mcp.tool(glossary, name=f"glossary_{number}", description=glossary_description(number))
+
     return mcp
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser)
+    parser.add_argument("--unicode-tools", type=int, default=0, metavar="N",
+                        help="add N tools with long descriptions in several scripts (default 0)")
     args = parser.parse_args()
-    serve(build_server(auth_from_args(args)), args.port)
+    if not 0 <= args.unicode_tools <= 1000:
+        parser.error("--unicode-tools must be between 0 and 1000")
+    serve(build_server(auth_from_args(args), args.unicode_tools), args.port)
 
 
 if __name__ == "__main__":

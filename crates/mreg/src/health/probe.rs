@@ -309,14 +309,24 @@ async fn read_answer(
     sse: bool,
     id: &Value,
 ) -> Result<Value, Failure> {
-    let mut text = String::new();
+    // The bytes as they come: an SSE answer is split into events as it arrives (each read once,
+    // decoded once whole, so a character cut between chunks stays whole); a JSON answer is
+    // parsed when it has all come.
+    let (mut body, mut events, mut received) = (Vec::new(), rpc::sse::Splitter::default(), 0);
     while let Some(chunk) = response.chunk().await.map_err(|e| classify(&e))? {
-        text.push_str(&String::from_utf8_lossy(&chunk));
-        if text.len() > MAX_ANSWER_BYTES {
+        received += chunk.len();
+        if received > MAX_ANSWER_BYTES {
             return Err(Failure::new(Outcome::Protocol, "the answer is too large"));
         }
-        if sse && let Some(message) = rpc::sse::answer(&text, id) {
-            return Ok(message);
+        if !sse {
+            body.extend_from_slice(&chunk);
+            continue;
+        }
+        events.push(&chunk);
+        while let Some(message) = events.next_event(rpc::sse::message) {
+            if let Some(message) = message.filter(|m| rpc::is_response_to(m, id)) {
+                return Ok(message);
+            }
         }
     }
     if sse {
@@ -325,7 +335,7 @@ async fn read_answer(
             "the event stream ended without an answer",
         ));
     }
-    let message: Value = serde_json::from_str(&text)
+    let message: Value = serde_json::from_slice(&body)
         .map_err(|_| Failure::new(Outcome::Protocol, "the answer is not JSON-RPC"))?;
     if message["jsonrpc"] != "2.0" {
         return Err(Failure::new(
@@ -445,15 +455,6 @@ mod tests {
         });
         assert!(!tool.description.contains('\u{1b}'));
         assert!(!tool.title.unwrap_or_default().contains('\u{1b}'));
-    }
-
-    #[test]
-    fn the_answer_is_found_among_other_events() {
-        let text = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n\
-                    event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"protocolVersion\":\"2025-11-25\"}}\n\n";
-        let answer = rpc::sse::answer(text, &json!(0)).expect("answer");
-        assert_eq!(answer["result"]["protocolVersion"], "2025-11-25");
-        assert_eq!(rpc::sse::answer(text, &json!(1)), None);
     }
 
     #[test]

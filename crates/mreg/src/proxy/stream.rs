@@ -33,79 +33,33 @@ enum Seen {
 /// Watches SSE events for the response to one request id.
 struct Watch {
     id: Value,
-    /// The current event so far, line ends made `\n`.
-    buffer: Vec<u8>,
-    /// Where the search for the end of the event resumes.
-    scanned: usize,
-    /// The last chunk ended with `\r`: a `\n` starting the next belongs to it.
-    carriage: bool,
-    /// Bytes examined in all, to check that each is examined a bounded number of times.
-    #[cfg(test)]
-    examined: usize,
+    events: super::rpc::sse::Splitter,
 }
 
 impl Watch {
     fn new(id: Value) -> Self {
         Self {
             id,
-            buffer: Vec::new(),
-            scanned: 0,
-            carriage: false,
-            #[cfg(test)]
-            examined: 0,
-        }
-    }
-
-    /// Appends `chunk` with its line ends (`\r\n`, `\r`, `\n`) made `\n`.
-    fn append(&mut self, chunk: &[u8]) {
-        if !self.carriage && !chunk.contains(&b'\r') {
-            self.buffer.extend_from_slice(chunk);
-            return;
-        }
-        for &byte in chunk {
-            match (byte, self.carriage) {
-                (b'\n', true) => self.carriage = false,
-                (b'\r', _) => {
-                    self.buffer.push(b'\n');
-                    self.carriage = true;
-                }
-                (other, _) => {
-                    self.buffer.push(other);
-                    self.carriage = false;
-                }
-            }
+            events: super::rpc::sse::Splitter::default(),
         }
     }
 
     /// Feeds a chunk.
     fn feed(&mut self, chunk: &[u8]) -> Seen {
-        self.append(chunk);
-        loop {
-            let from = self.scanned.saturating_sub(1);
-            #[cfg(test)]
-            {
-                self.examined += self.buffer.len() - from;
-            }
-            let Some(end) = self.buffer[from..]
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|at| from + at + 2)
-            else {
-                self.scanned = self.buffer.len();
-                if self.buffer.len() > MAX_WATCHED_EVENT {
-                    self.buffer = Vec::new();
-                    return Seen::TooLarge;
-                }
-                return Seen::Pending;
-            };
-            let answered = super::rpc::sse::message(&String::from_utf8_lossy(&self.buffer[..end]))
-                .is_some_and(|m| super::rpc::is_response_to(&m, &self.id));
-            self.buffer.drain(..end);
-            self.scanned = 0;
+        self.events.push(chunk);
+        let id = &self.id;
+        while let Some(answered) = self.events.next_event(|event| {
+            super::rpc::sse::message(event).is_some_and(|m| super::rpc::is_response_to(&m, id))
+        }) {
             if answered {
                 return Seen::Answered;
             }
         }
+        if self.events.unfinished().len() > MAX_WATCHED_EVENT {
+            self.events.clear();
+            return Seen::TooLarge;
+        }
+        Seen::Pending
     }
 
     /// The last bytes for a request left unanswered: the broken-off event, if any, terminated
@@ -120,8 +74,9 @@ impl Watch {
             },
         });
         let mut out = String::new();
-        if !self.buffer.is_empty() {
-            if !self.carriage && self.buffer.last() != Some(&b'\n') {
+        let unfinished = self.events.unfinished();
+        if !unfinished.is_empty() {
+            if !self.events.after_carriage_return() && unfinished.last() != Some(&b'\n') {
                 out.push('\n');
             }
             out.push_str("event: ");
@@ -293,9 +248,9 @@ mod tests {
         }
         assert_eq!(seen, Seen::Answered);
         assert!(
-            watch.examined <= 2 * event.len(),
+            watch.events.examined <= 2 * event.len(),
             "examined {} bytes of {}",
-            watch.examined,
+            watch.events.examined,
             event.len()
         );
     }
@@ -312,7 +267,7 @@ mod tests {
             assert!(fed <= MAX_WATCHED_EVENT + 2 * line.len(), "still watching");
         }
         assert_eq!(seen, Seen::TooLarge);
-        assert!(watch.buffer.is_empty());
+        assert!(watch.events.unfinished().is_empty());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::TestApp;
-use crate::support::peers::{TsServer, peers_available, py_client, python_peers, ts_client};
+use crate::support::peers::{
+    FastMcpServer, TsServer, peers_available, py_client, python_peers, ts_client,
+};
 
 const VERSIONS: [&str; 2] = ["2025-06-18", "2025-11-25"];
 
@@ -273,5 +275,73 @@ async fn the_sdk_clients_see_each_servers_health_and_gateway_url_in_the_registry
         assert!(server["health"]["since"].is_string(), "{answer}");
         assert_eq!(server["gateway_url"], gateway_url.as_str(), "{answer}");
     }
+    app.stop().await;
+}
+
+/// FastMCP in its default mode (stateful sessions, SSE answers) behind the gateway, with 40 tools
+/// described in several scripts: its `tools/list` answer (about 250 KB) reaches the tool catalog
+/// through the health probe, and both SDK clients through `/servers/{name}/mcp`, character for
+/// character; a tool call with such characters goes through. (Answers cut inside characters:
+/// `misbehaving::characters_cut_between_chunks_stay_whole_in_the_catalog_and_through_the_proxy`.)
+#[tokio::test]
+async fn a_fastmcp_servers_multibyte_tool_descriptions_reach_the_catalog_and_clients_intact() {
+    if !peers_available() {
+        return;
+    }
+    let Some(python) = python_peers() else {
+        return;
+    };
+    let upstream = FastMcpServer::start(&python, &["--unicode-tools", "40"]).await;
+    // What the server says, asked directly by the Python SDK's client.
+    let (ok, direct) = py_client(&python, &upstream.url, &[], &["tools"]).await;
+    assert!(ok, "{direct}");
+    let expected = direct["descriptions"].clone();
+    let glossary = expected["glossary_40"].as_str().unwrap_or_default();
+    assert!(
+        glossary.contains("日本語の説明文と中文说明 🚀") && glossary.chars().count() == 3000,
+        "{glossary}"
+    );
+
+    let app = TestApp::spawn().await;
+    app.register("glossary", json!({ "url": upstream.url }))
+        .await;
+    let (status, report) = app
+        .post("/api/v1/servers/glossary/health/check", json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{report}");
+    assert_eq!(report["current"]["status"], "healthy", "{report}");
+    let (status, found) = app.get("/api/v1/tools?q=glossary&limit=100").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{found}");
+    let hits = found["tools"].as_array().cloned().unwrap_or_default();
+    assert_eq!(hits.len(), 40, "{found}");
+    for hit in &hits {
+        let name = hit["tool"]["name"].as_str().unwrap_or_default();
+        assert_eq!(
+            hit["tool"]["description"], expected[name],
+            "{name} as the catalog holds it"
+        );
+    }
+
+    let gateway = format!("http://{}/servers/glossary/mcp", app.mcp_addr);
+    let listed = [
+        py_client(&python, &gateway, &[], &["tools"]).await,
+        ts_client(&gateway, &[], &["tools"]).await,
+    ];
+    for (ok, listed) in listed {
+        assert!(ok, "{listed}");
+        assert_eq!(listed["descriptions"], expected, "through the gateway");
+    }
+    let (ok, called) = py_client(
+        &python,
+        &gateway,
+        &[],
+        &["call", "glossary_7", r#"{"term":"café 日本"}"#],
+    )
+    .await;
+    assert!(ok, "{called}");
+    assert!(
+        called.to_string().contains("entry 7: café 日本"),
+        "{called}"
+    );
     app.stop().await;
 }

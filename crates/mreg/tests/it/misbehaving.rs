@@ -1,8 +1,9 @@
 //! An upstream that misbehaves in every way the proxy must survive, one mode per path
 //! (`/{mode}/mcp`), and what a client of the gateway sees of each: garbage, HTML error pages,
 //! plain text, a 10 MB JSON answer, a 40 MB SSE event, SSE without event separators, silence
-//! after the headers, and a body trickled a byte at a time; and, below HTTP, bytes that are not
-//! HTTP, headers sent a byte at a time, and a request never answered.
+//! after the headers, a body trickled a byte at a time, and (mode `pieces`, otherwise a
+//! well-behaved server) SSE answers in 5-byte pieces that end inside characters; and, below HTTP,
+//! bytes that are not HTTP, headers sent a byte at a time, and a request never answered.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -74,8 +75,39 @@ async fn answer(Path(mode): Path<String>, body: axum::Json<Value>) -> Response {
             )
                 .into_response()
         }
+        "pieces" => pieces(&body.0),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
+}
+
+/// The description of the `pieces` server's tool: characters of 2 to 4 bytes in UTF-8.
+const PIECES_DESCRIPTION: &str = "Ünïcödé — Ελληνικά — кириллица — 日本語の説明 🚀 ";
+
+/// A well-behaved MCP server without sessions whose every SSE answer comes in 5-byte pieces, so
+/// that pieces end inside multi-byte characters of its tool's description.
+fn pieces(request: &Value) -> Response {
+    let id = request["id"].clone();
+    let message = match request["method"].as_str() {
+        Some("initialize") => json!({ "jsonrpc": "2.0", "id": id, "result": {
+            "protocolVersion": "2025-11-25", "capabilities": { "tools": {} },
+            "serverInfo": { "name": "pieces", "version": "1" } } }),
+        Some("tools/list") => json!({ "jsonrpc": "2.0", "id": id, "result": { "tools": [{
+            "name": "describe", "description": PIECES_DESCRIPTION.repeat(20),
+            "inputSchema": { "type": "object" } }] } }),
+        _ if id.is_null() => return StatusCode::ACCEPTED.into_response(),
+        _ => json!({ "jsonrpc": "2.0", "id": id,
+            "error": { "code": -32601, "message": "method not found" } }),
+    };
+    let event = format!("event: message\ndata: {message}\n\n").into_bytes();
+    let chunks: Vec<Result<Bytes, std::io::Error>> = event
+        .chunks(5)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 /// Starts the misbehaving upstream on loopback.
@@ -278,5 +310,50 @@ async fn upstreams_that_fail_below_http_get_a_clear_error_within_the_timeout() {
             "{server}: {took:?}"
         );
     }
+    app.stop().await;
+}
+
+/// An answer whose pieces end inside characters reaches the tool catalog (through the health
+/// probe) and a client (through the proxy) with every character whole.
+#[tokio::test]
+async fn characters_cut_between_chunks_stay_whole_in_the_catalog_and_through_the_proxy() {
+    let app = TestApp::spawn().await;
+    let upstream = start().await;
+    app.register(
+        "pieces",
+        json!({ "url": format!("http://{upstream}/pieces/mcp") }),
+    )
+    .await;
+    let description = PIECES_DESCRIPTION.repeat(20);
+    let (status, report) = app
+        .post("/api/v1/servers/pieces/health/check", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["current"]["status"], "healthy", "{report}");
+    let (_, found) = app.get("/api/v1/tools?q=describe").await;
+    assert_eq!(
+        found["tools"][0]["tool"]["description"], description,
+        "{found}"
+    );
+
+    let response = app
+        .http
+        .post(format!("http://{}/servers/pieces/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" }))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("body");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_default();
+    let listed: Value = serde_json::from_str(data).unwrap_or_default();
+    assert_eq!(
+        listed["result"]["tools"][0]["description"], description,
+        "{text}"
+    );
     app.stop().await;
 }

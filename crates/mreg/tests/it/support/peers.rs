@@ -57,34 +57,59 @@ impl TsServer {
         if stateless {
             command.arg("--stateless");
         }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node server starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("the server reports its port")
-            .expect("read")
-            .expect("a line");
-        let port = line
-            .strip_prefix("LISTENING ")
-            .expect("LISTENING <port>")
-            .trim()
-            .to_owned();
-        Self {
-            url: format!("http://127.0.0.1:{port}/mcp"),
-            child,
-        }
+        let (url, child) = listening(command).await;
+        Self { url, child }
     }
 
     /// Kills the server, as a crash would.
     pub(crate) async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// A FastMCP server (`interop/python/server.py`) in its own process, in FastMCP's default HTTP
+/// mode: stateful sessions, SSE answers.
+pub(crate) struct FastMcpServer {
+    /// Its MCP endpoint.
+    pub(crate) url: String,
+    _child: Child,
+}
+
+impl FastMcpServer {
+    /// Starts `server.py` with `options` under the Python peers' interpreter.
+    pub(crate) async fn start(python: &PathBuf, options: &[&str]) -> Self {
+        let mut command = Command::new(python);
+        command
+            .arg(interop_dir().join("python/server.py"))
+            .args(["--port", "0"])
+            .args(options);
+        let (url, child) = listening(command).await;
+        Self { url, _child: child }
+    }
+}
+
+/// Starts a peer server that prints `LISTENING <port>` once it accepts connections; its MCP
+/// endpoint (`/mcp` on that port) and the process, killed when dropped.
+async fn listening(mut command: Command) -> (String, Child) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the peer server starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server reports its port")
+        .expect("read")
+        .expect("a line");
+    let port = line
+        .strip_prefix("LISTENING ")
+        .expect("LISTENING <port>")
+        .trim()
+        .to_owned();
+    (format!("http://127.0.0.1:{port}/mcp"), child)
 }
 
 /// Runs the TypeScript SDK client; returns its JSON answer and whether it succeeded.
