@@ -260,6 +260,7 @@ impl Registry {
         let last = more.then(|| items.last()).flatten();
         Ok(Page {
             next_after: last.map(|(s, _)| s.name.clone()),
+            next_after_id: last.map(|(s, _)| s.id),
             next_rank: match query.sort {
                 ServerSort::Health => last.map(|(_, h)| {
                     h.as_ref()

@@ -44,6 +44,10 @@ pub struct ServerQuery {
     pub health: Option<crate::health::HealthStatus>,
     /// Start after this name (the cursor); results are in name order.
     pub after: Option<ServerName>,
+    /// With `after`: the id of the server it names. Servers of one name (several tenants' own)
+    /// follow each other in id order, so a page may end between them; without an id (a cursor
+    /// made before ids were part of it), the list continues after every server of that name.
+    pub after_id: Option<uuid::Uuid>,
     /// The order.
     pub sort: ServerSort,
     /// With [`ServerSort::Health`]: the health rank of `after` (see [`crate::HealthStatus::rank`]).
@@ -62,6 +66,7 @@ impl Default for ServerQuery {
             updated_since: None,
             health: None,
             after: None,
+            after_id: None,
             sort: ServerSort::Name,
             after_rank: None,
             limit: DEFAULT_PAGE_SIZE,
@@ -107,6 +112,7 @@ impl ServerQuery {
             updated_since: None,
             health: None,
             after: None,
+            after_id: None,
             sort: ServerSort::Name,
             after_rank: None,
             limit,
@@ -121,6 +127,8 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// The last name on this page when another page follows.
     pub next_after: Option<ServerName>,
+    /// The id of the server `next_after` names.
+    pub next_after_id: Option<uuid::Uuid>,
     /// With [`ServerSort::Health`]: the health rank of `next_after`.
     pub next_rank: Option<u8>,
 }

@@ -1,68 +1,100 @@
-//! Opaque page cursors. A cursor is the last name of the previous page, base64url-encoded with
-//! a version prefix so that its format can change without breaking clients silently.
+//! Opaque page cursors. A cursor is where the previous page ended (the last server's id and
+//! name, and for a list by health its rank), base64url-encoded with a version prefix so that its
+//! format can change without breaking clients silently. Cursors of the first version, which
+//! held only the name, are still read: they continue after every server of that name.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use domain::{Error, ServerName, ServerSort};
+use uuid::Uuid;
 
-const PREFIX: &str = "n1:";
-const HEALTH_PREFIX: &str = "h1:";
+/// Name order: `n2:ID:NAME` (`n1:NAME` before ids were part of it).
+const PREFIX: &str = "n2:";
+const PREFIX_V1: &str = "n1:";
+/// Health order: `h2:RANK:ID:NAME` (`h1:RANK:NAME`).
+const HEALTH_PREFIX: &str = "h2:";
+const HEALTH_PREFIX_V1: &str = "h1:";
 
-/// The cursor that continues after `name`.
-pub fn encode(name: &ServerName) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{PREFIX}{name}"))
+/// Where a list continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct After {
+    /// With the health order: the health rank of the last server.
+    pub rank: Option<u8>,
+    /// The last server's name.
+    pub name: ServerName,
+    /// The last server's id; `None` from a first-version cursor.
+    pub id: Option<Uuid>,
 }
 
-/// The name a cursor continues after; a cursor mreg did not make is invalid input.
-pub fn decode(cursor: &str) -> Result<ServerName, Error> {
-    let bad = || Error::invalid("cursor", "is not a cursor returned by this API");
-    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-    let text = String::from_utf8(bytes).map_err(|_| bad())?;
-    let name = text.strip_prefix(PREFIX).ok_or_else(bad)?;
-    ServerName::parse(name).map_err(|_| bad())
+impl After {
+    fn encode(&self) -> String {
+        let id = self.id.map(|id| id.to_string()).unwrap_or_default();
+        let text = match self.rank {
+            Some(rank) => format!("{HEALTH_PREFIX}{rank}:{id}:{}", self.name),
+            None => format!("{PREFIX}{id}:{}", self.name),
+        };
+        URL_SAFE_NO_PAD.encode(text)
+    }
 }
 
-/// The cursor that continues a health-ordered list after `name`, whose health rank is `rank`.
-pub fn encode_health(rank: u8, name: &ServerName) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{HEALTH_PREFIX}{rank}:{name}"))
-}
-
-/// Where a list continues: the page's order decides which kind of cursor it hands out.
-pub fn decode_for(cursor: &str, sort: ServerSort) -> Result<(Option<u8>, ServerName), Error> {
+/// Reads a cursor of `sort`'s order; a cursor mreg did not make, or made for the other order,
+/// is invalid input.
+pub fn decode(cursor: &str, sort: ServerSort) -> Result<After, Error> {
     let bad = || {
         Error::invalid(
             "cursor",
             "is not a cursor returned by this API for this order",
         )
     };
-    match sort {
-        ServerSort::Name => decode(cursor).map(|name| (None, name)).map_err(|_| bad()),
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (rank, rest, versioned) = match sort {
+        ServerSort::Name => match text.strip_prefix(PREFIX) {
+            Some(rest) => (None, rest, true),
+            None => (None, text.strip_prefix(PREFIX_V1).ok_or_else(bad)?, false),
+        },
         ServerSort::Health => {
-            let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
-            let text = String::from_utf8(bytes).map_err(|_| bad())?;
-            let rest = text.strip_prefix(HEALTH_PREFIX).ok_or_else(bad)?;
-            let (rank, name) = rest.split_once(':').ok_or_else(bad)?;
-            let rank: u8 = rank.parse().map_err(|_| bad())?;
-            Ok((Some(rank), ServerName::parse(name).map_err(|_| bad())?))
+            let (rest, versioned) = match text.strip_prefix(HEALTH_PREFIX) {
+                Some(rest) => (rest, true),
+                None => (text.strip_prefix(HEALTH_PREFIX_V1).ok_or_else(bad)?, false),
+            };
+            let (rank, rest) = rest.split_once(':').ok_or_else(bad)?;
+            (Some(rank.parse().map_err(|_| bad())?), rest, versioned)
         }
-    }
+    };
+    let (id, name) = if versioned {
+        let (id, name) = rest.split_once(':').ok_or_else(bad)?;
+        (Some(Uuid::try_parse(id).map_err(|_| bad())?), name)
+    } else {
+        (None, rest)
+    };
+    Ok(After {
+        rank,
+        name: ServerName::parse(name).map_err(|_| bad())?,
+        id,
+    })
 }
 
 /// The cursor of the page after `page`, in `sort` order.
 pub fn next<T>(page: &domain::Page<T>, sort: ServerSort) -> Option<String> {
-    let name = page.next_after.as_ref()?;
-    Some(match (sort, page.next_rank) {
-        (ServerSort::Health, Some(rank)) => encode_health(rank, name),
-        _ => encode(name),
-    })
+    let after = After {
+        rank: match sort {
+            ServerSort::Health => Some(page.next_rank?),
+            ServerSort::Name => None,
+        },
+        name: page.next_after.clone()?,
+        id: page.next_after_id,
+    };
+    Some(after.encode())
 }
 
 /// Applies a cursor to `query`, in the query's order.
 pub fn apply(query: &mut domain::ServerQuery, cursor: Option<&str>) -> Result<(), Error> {
     if let Some(cursor) = cursor {
-        let (rank, name) = decode_for(cursor, query.sort)?;
-        query.after = Some(name);
-        query.after_rank = rank;
+        let after = decode(cursor, query.sort)?;
+        query.after = Some(after.name);
+        query.after_id = after.id;
+        query.after_rank = after.rank;
     }
     Ok(())
 }
@@ -71,28 +103,70 @@ pub fn apply(query: &mut domain::ServerQuery, cursor: Option<&str>) -> Result<()
 mod tests {
     use super::*;
 
+    fn name(text: &str) -> ServerName {
+        ServerName::parse(text).expect("valid")
+    }
+
     #[test]
     fn cursors_round_trip_and_foreign_ones_are_rejected() {
-        let name = ServerName::parse("weather-2").expect("valid");
-        assert_eq!(decode(&encode(&name)).ok(), Some(name));
-        for bad in ["", "!!", "bjE6", "eDp3ZWF0aGVy", "bjE6V0VBVEhFUg"] {
-            assert!(decode(bad).is_err(), "{bad}");
-        }
-        let health = encode_health(2, &ServerName::parse("b").expect("valid"));
-        assert_eq!(
-            decode_for(&health, ServerSort::Health).ok(),
-            Some((Some(2), ServerName::parse("b").expect("valid")))
-        );
-        assert!(
-            decode_for(&health, ServerSort::Name).is_err(),
-            "a cursor is tied to its order"
-        );
-        assert!(
-            decode_for(
-                &encode(&ServerName::parse("b").expect("valid")),
+        let id = Uuid::now_v7();
+        for after in [
+            After {
+                rank: None,
+                name: name("weather-2"),
+                id: Some(id),
+            },
+            After {
+                rank: Some(2),
+                name: name("b"),
+                id: Some(id),
+            },
+        ] {
+            let sort = if after.rank.is_some() {
                 ServerSort::Health
-            )
-            .is_err()
+            } else {
+                ServerSort::Name
+            };
+            let other = if after.rank.is_some() {
+                ServerSort::Name
+            } else {
+                ServerSort::Health
+            };
+            assert_eq!(decode(&after.encode(), sort).ok(), Some(after.clone()));
+            assert!(
+                decode(&after.encode(), other).is_err(),
+                "a cursor is tied to its order"
+            );
+        }
+        // First-version cursors (a name only) still continue a list.
+        assert_eq!(
+            decode(&URL_SAFE_NO_PAD.encode("n1:weather"), ServerSort::Name).ok(),
+            Some(After {
+                rank: None,
+                name: name("weather"),
+                id: None
+            })
         );
+        assert_eq!(
+            decode(&URL_SAFE_NO_PAD.encode("h1:3:b"), ServerSort::Health).ok(),
+            Some(After {
+                rank: Some(3),
+                name: name("b"),
+                id: None
+            })
+        );
+        for bad in [
+            "",
+            "!!",
+            "bjE6",
+            "eDp3ZWF0aGVy",
+            "bjE6V0VBVEhFUg",
+            &URL_SAFE_NO_PAD.encode("n2:not-a-uuid:weather"),
+            &URL_SAFE_NO_PAD.encode(format!("n2:{id}")),
+            &URL_SAFE_NO_PAD.encode(format!("h2:x:{id}:b")),
+        ] {
+            assert!(decode(bad, ServerSort::Name).is_err(), "{bad}");
+            assert!(decode(bad, ServerSort::Health).is_err(), "{bad}");
+        }
     }
 }

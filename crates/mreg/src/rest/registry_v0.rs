@@ -4,7 +4,7 @@
 //! `_meta`.
 
 use axum::extract::State;
-use domain::{Server, ServerQuery, ServerStatus};
+use domain::{Server, ServerQuery, ServerSort, ServerStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -185,7 +185,7 @@ async fn list(
             other => other,
         },
     )?;
-    query.after = params.cursor.as_deref().map(cursor::decode).transpose()?;
+    cursor::apply(&mut query, params.cursor.as_deref())?;
     query.updated_since = params
         .updated_since
         .as_deref()
@@ -201,7 +201,7 @@ async fn list(
     Ok(axum::Json(ServerListResponse {
         metadata: ListMetadata {
             count: page.items.len(),
-            next_cursor: page.next_after.as_ref().map(cursor::encode),
+            next_cursor: cursor::next(&page, ServerSort::Name),
         },
         servers: page
             .items

@@ -42,6 +42,9 @@ pub(super) trait Dialect: Database + Sized {
     /// Binds a health rank.
     fn bind_rank(sql: &mut QueryBuilder<Self>, rank: i32);
 
+    /// Binds a server's id as the schema stores it (a `uuid`, or its text).
+    fn bind_id(sql: &mut QueryBuilder<Self>, id: uuid::Uuid);
+
     /// Binds a point in time as the schema stores it.
     fn bind_time(sql: &mut QueryBuilder<Self>, at: OffsetDateTime);
 
@@ -63,11 +66,11 @@ pub(super) fn servers_with_health<DB: Dialect>(query: &ServerQuery) -> QueryBuil
     let order = match query.sort {
         ServerSort::Name => {
             push_page(&mut sql, query);
-            "page.name"
+            "page.name, page.id"
         }
         ServerSort::Health => {
             push_page_by_health(&mut sql, query);
-            "page.health_rank, page.name"
+            "page.health_rank, page.name, page.id"
         }
     };
     sql.push(format!(
@@ -80,11 +83,11 @@ pub(super) fn servers_with_health<DB: Dialect>(query: &ServerQuery) -> QueryBuil
 fn push_page<DB: Dialect>(sql: &mut QueryBuilder<DB>, query: &ServerQuery) {
     sql.push(format!("SELECT {SERVER_COLUMNS} FROM servers WHERE true"));
     if let Some(after) = &query.after {
-        sql.push(" AND name > ");
-        DB::bind_text(sql, after.as_str().to_owned());
+        sql.push(" AND ");
+        push_after(sql, None, after, query.after_id);
     }
     push_filters(sql, query);
-    sql.push(" ORDER BY name");
+    sql.push(" ORDER BY name, id");
     DB::push_limit(sql, query.limit);
 }
 
@@ -100,14 +103,38 @@ fn push_page_by_health<DB: Dialect>(sql: &mut QueryBuilder<DB>, query: &ServerQu
     push_filters(sql, query);
     sql.push(") AS inner_servers) AS ranked");
     if let (Some(after), Some(rank)) = (&query.after, query.after_rank) {
-        sql.push(" WHERE (health_rank, name) > (");
+        sql.push(" WHERE ");
+        push_after(sql, Some(rank), after, query.after_id);
+    }
+    sql.push(" ORDER BY health_rank, name, id");
+    DB::push_limit(sql, query.limit);
+}
+
+/// Pushes the condition "after the cursor": after (`rank`,) `name`, `id` in that order, or, for a
+/// cursor without an id, after every server called `name`.
+fn push_after<DB: Dialect>(
+    sql: &mut QueryBuilder<DB>,
+    rank: Option<u8>,
+    name: &domain::ServerName,
+    id: Option<uuid::Uuid>,
+) {
+    let columns = match (rank, id) {
+        (Some(_), Some(_)) => "(health_rank, name, id) > (",
+        (Some(_), None) => "(health_rank, name) > (",
+        (None, Some(_)) => "(name, id) > (",
+        (None, None) => "(name) > (",
+    };
+    sql.push(columns);
+    if let Some(rank) = rank {
         DB::bind_rank(sql, i32::from(rank));
         sql.push(", ");
-        DB::bind_text(sql, after.as_str().to_owned());
-        sql.push(")");
     }
-    sql.push(" ORDER BY health_rank, name");
-    DB::push_limit(sql, query.limit);
+    DB::bind_text(sql, name.as_str().to_owned());
+    if let Some(id) = id {
+        sql.push(", ");
+        DB::bind_id(sql, id);
+    }
+    sql.push(")");
 }
 
 /// Appends the filters of `query` (all but the cursor) to a `WHERE` clause over `servers`.

@@ -1145,6 +1145,41 @@ async fn names_are_unique_per_tenant_and_among_public_servers(store: Arc<dyn Ser
         ids(by_health.into_iter().map(|(s, _)| s).collect()),
         [t2.id]
     );
+    // The local operator pages through all three one at a time, in either order: a page may
+    // end between servers of one name, and the next one starts after the last server's id.
+    for sort in [domain::ServerSort::Name, domain::ServerSort::Health] {
+        let mut query = ServerQuery {
+            limit: 1,
+            sort,
+            ..ServerQuery::default()
+        };
+        let mut seen = Vec::new();
+        while seen.len() < 5 {
+            let page = store.list_with_health(&query).await.expect("page");
+            let Some((last, health)) = page.last() else {
+                break;
+            };
+            seen.push(last.id);
+            query.after = Some(last.name.clone());
+            query.after_id = Some(last.id);
+            query.after_rank = (sort == domain::ServerSort::Health).then(|| {
+                health
+                    .as_ref()
+                    .map_or(HealthStatus::Unknown, |h| h.status)
+                    .rank()
+            });
+        }
+        let mut expected = vec![global.id, t1.id, t2.id];
+        expected.sort();
+        assert_eq!(seen, expected, "{sort:?}: each once, by id within the name");
+        // A cursor from before ids were part of it continues after every server of the name.
+        query.after_id = None;
+        query.after = Some(name("payroll"));
+        assert!(
+            store.list(&query).await.expect("page").is_empty(),
+            "{sort:?}"
+        );
+    }
     // Deleting one tenant's leaves the others'.
     assert!(store.delete(t1.id).await.expect("delete"));
     assert_eq!(

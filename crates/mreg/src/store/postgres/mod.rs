@@ -69,6 +69,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit server tenant",
         include_str!("../../../migrations/postgres/0010_audit_server_tenant.sql"),
     ),
+    (
+        11,
+        "servers name id",
+        include_str!("../../../migrations/postgres/0011_servers_name_id.sql"),
+    ),
 ];
 
 /// Registry storage in PostgreSQL.
@@ -183,6 +188,10 @@ impl Dialect for Postgres {
 
     fn bind_rank(sql: &mut QueryBuilder<Self>, rank: i32) {
         sql.push_bind(rank);
+    }
+
+    fn bind_id(sql: &mut QueryBuilder<Self>, id: uuid::Uuid) {
+        sql.push_bind(id);
     }
 
     fn bind_time(sql: &mut QueryBuilder<Self>, at: OffsetDateTime) {

@@ -82,6 +82,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "audit server tenant",
         include_str!("../../../migrations/sqlite/0010_audit_server_tenant.sql"),
     ),
+    (
+        11,
+        "servers name id",
+        include_str!("../../../migrations/sqlite/0011_servers_name_id.sql"),
+    ),
 ];
 
 /// Registry storage in a SQLite file.
@@ -167,6 +172,10 @@ impl Dialect for Sqlite {
 
     fn bind_rank(sql: &mut QueryBuilder<Self>, rank: i32) {
         sql.push_bind(rank);
+    }
+
+    fn bind_id(sql: &mut QueryBuilder<Self>, id: uuid::Uuid) {
+        sql.push_bind(id.to_string());
     }
 
     fn bind_time(sql: &mut QueryBuilder<Self>, at: OffsetDateTime) {
