@@ -42,9 +42,10 @@ pub trait ServerStore: Send + Sync + 'static {
     async fn named(&self, name: &ServerName) -> Result<Vec<Server>>;
 
     /// One page of servers matching `query`, each with its current health (`None`: none
-    /// recorded), in one query: in name order starting after `query.after`, or with `query.sort`
-    /// by health, healthiest first and then by name, starting after (`query.after_rank`,
-    /// `query.after`); at most `query.limit` of them.
+    /// recorded), in one query: in name and id order starting after (`query.after`,
+    /// `query.after_id`), or with `query.sort` by health, healthiest first and then by name and
+    /// id, starting after (`query.after_rank`, `query.after`, `query.after_id`); at most
+    /// `query.limit` of them. Without `after_id`, after every server called `after`.
     async fn list_with_health(&self, query: &ServerQuery) -> Result<Vec<(Server, Option<Health>)>>;
 
     /// Replaces every mutable field of the stored server with the same id, provided its stored

@@ -335,7 +335,8 @@ async fn read_answer(
             "the event stream ended without an answer",
         ));
     }
-    let message: Value = serde_json::from_slice(&body)
+    // Lossy, as the proxy relays it: text an upstream got wrong is not a protocol failure.
+    let message: Value = serde_json::from_str(&String::from_utf8_lossy(&body))
         .map_err(|_| Failure::new(Outcome::Protocol, "the answer is not JSON-RPC"))?;
     if message["jsonrpc"] != "2.0" {
         return Err(Failure::new(

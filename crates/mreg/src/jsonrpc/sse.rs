@@ -37,8 +37,11 @@ pub fn data(event: &str) -> String {
 /// UTF-8 only once it is whole, so a character split between two chunks stays one character.
 #[derive(Debug, Default)]
 pub struct Splitter {
-    /// The unfinished event so far.
+    /// The bytes pushed and not yet dropped: events already read, before `start`, are dropped
+    /// when they are at least half of it (so reading many small events costs no copying each).
     buffer: Vec<u8>,
+    /// Where the unfinished event begins.
+    start: usize,
     /// Where the search for the end of the event resumes.
     scanned: usize,
     /// The last chunk ended with `\r`: a `\n` starting the next belongs to it.
@@ -51,6 +54,11 @@ pub struct Splitter {
 impl Splitter {
     /// Appends the next chunk of the stream.
     pub fn push(&mut self, chunk: &[u8]) {
+        if self.start > 0 && self.start >= self.buffer.len() / 2 {
+            self.buffer.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
         if !self.carriage && !chunk.contains(&b'\r') {
             self.buffer.extend_from_slice(chunk);
             return;
@@ -73,28 +81,28 @@ impl Splitter {
     /// Reads the next whole event, if one has arrived, with `read` (the event's text with the
     /// blank line that ends it), and drops it; `None` when no whole event is waiting.
     pub fn next_event<T>(&mut self, read: impl FnOnce(&str) -> T) -> Option<T> {
-        let from = self.scanned.saturating_sub(1);
-        #[cfg(test)]
-        {
-            self.examined += self.buffer.len() - from;
-        }
-        let Some(end) = self.buffer[from..]
+        let from = self.scanned.saturating_sub(1).max(self.start);
+        let found = self.buffer[from..]
             .windows(2)
             .position(|w| w == b"\n\n")
-            .map(|at| from + at + 2)
-        else {
+            .map(|at| from + at + 2);
+        #[cfg(test)]
+        {
+            self.examined += found.unwrap_or(self.buffer.len()) - from;
+        }
+        let Some(end) = found else {
             self.scanned = self.buffer.len();
             return None;
         };
-        let value = read(&String::from_utf8_lossy(&self.buffer[..end]));
-        self.buffer.drain(..end);
-        self.scanned = 0;
+        let value = read(&String::from_utf8_lossy(&self.buffer[self.start..end]));
+        self.start = end;
+        self.scanned = end;
         Some(value)
     }
 
     /// The bytes of the event not yet ended.
     pub fn unfinished(&self) -> &[u8] {
-        &self.buffer
+        &self.buffer[self.start..]
     }
 
     /// Whether the last byte pushed was `\r` (so the line it ended is already ended).
@@ -105,6 +113,7 @@ impl Splitter {
     /// Forgets the event not yet ended.
     pub fn clear(&mut self) {
         self.buffer = Vec::new();
+        self.start = 0;
         self.scanned = 0;
     }
 }
@@ -156,6 +165,21 @@ mod tests {
         }
         let every: Vec<usize> = (1..text.len()).collect();
         assert_eq!(messages(text, &every), whole);
+        // Many events in one push are read without copying what follows each.
+        let mut splitter = Splitter::default();
+        let blank = "\n\n".repeat(100_000);
+        splitter.push(blank.as_bytes());
+        let mut read = 0;
+        while splitter.next_event(|e| assert_eq!(e, "\n\n")).is_some() {
+            read += 1;
+        }
+        assert_eq!(read, 100_000);
+        assert!(
+            splitter.examined <= 2 * blank.len(),
+            "{}",
+            splitter.examined
+        );
+        assert!(splitter.unfinished().is_empty());
         let events = super::events(std::str::from_utf8(text).unwrap_or_default());
         assert_eq!(events.len(), 3);
         assert!(events[1].starts_with(": a comment\ndata:"), "{events:?}");
