@@ -179,6 +179,37 @@ async fn accept_failed(name: &str, e: &std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
+/// Warns of each registered server that a policy rule naming no tenant (`[servers.NAME]`) names
+/// but does not govern (another tenant's own server of that name, in a gateway admitting several
+/// tenants): such a rule governed every tenant's server before names were per tenant, so an
+/// operator upgrading may be relying on it, and the server now follows the default rule.
+async fn warn_of_rules_left_behind(
+    policy: &crate::config::policy::Policy,
+    servers: &dyn domain::ServerStore,
+) {
+    for rule in policy.unqualified_server_rules() {
+        let Ok(name) = domain::ServerName::parse(rule) else {
+            continue;
+        };
+        let named = match servers.named(&name).await {
+            Ok(named) => named,
+            Err(e) => {
+                tracing::warn!(error = %e, rule, "cannot check which servers a policy rule governs");
+                continue;
+            }
+        };
+        for server in policy.left_to_default(&named) {
+            let tenant = server.tenant.as_deref().unwrap_or_default();
+            tracing::warn!(
+                "policy: [servers.{rule}] governs tenantless servers and the home tenant's only; \
+                 tenant {tenant}'s server '{rule}' follows the default rule \
+                 ([servers.\"{tenant}/*\"], else [servers.\"*\"]): to govern it, add \
+                 [servers.\"{tenant}/{rule}\"]"
+            );
+        }
+    }
+}
+
 /// Connects everything, binds both listeners and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     start_on(config, Listeners::default()).await
@@ -197,6 +228,7 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         cache = cache_backend,
         "storage ready"
     );
+    warn_of_rules_left_behind(&config.policy, stores.servers.as_ref()).await;
     let cipher = Arc::new(Cipher::from_config(&config, stores.secrets.as_ref()).await?);
     let auth = config.auth.mode;
     if auth == AuthMode::None {

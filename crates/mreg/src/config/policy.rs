@@ -361,6 +361,36 @@ impl Policy {
         Ok(())
     }
 
+    /// The servers among `named` (registrations of one name) that the rule `[servers.NAME]`
+    /// names but does not govern: in a gateway admitting several tenants, another tenant's own
+    /// server of that name without a `TENANT/NAME` rule of its own. They follow the default rule,
+    /// which an operator whose rule governed every tenant's server before names were per tenant
+    /// should hear about. Empty when no unqualified rule names them.
+    pub fn left_to_default<'a>(&self, named: &'a [domain::Server]) -> Vec<&'a domain::Server> {
+        if matches!(self.unqualified, Unqualified::Everywhere) {
+            return Vec::new();
+        }
+        named
+            .iter()
+            .filter(|s| {
+                s.name.as_str() != DEFAULT_SERVER_RULE
+                    && self.servers.contains_key(s.name.as_str())
+                    && self
+                        .rules_of(s.tenant.as_deref(), s.name.as_str())
+                        .0
+                        .is_none()
+            })
+            .collect()
+    }
+
+    /// The names of the per-server rules that name no tenant (`[servers.NAME]`, not `*`).
+    pub fn unqualified_server_rules(&self) -> impl Iterator<Item = &str> {
+        self.servers
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != DEFAULT_SERVER_RULE && !k.contains('/'))
+    }
+
     /// Whether the server `server` of `tenant` has per-tool rules, its own or the default's (its
     /// `tools/list` answers must be filtered).
     pub fn filters_tools(&self, tenant: Option<&str>, server: &str) -> bool {

@@ -420,13 +420,15 @@ async fn migrate_creates_the_embedded_database() {
     assert!(dir.0.join("state/mreg.db").exists());
 }
 
-#[tokio::test]
-async fn serve_runs_until_sigterm_and_exits_cleanly() {
-    let dir = TempDir::new();
+/// Runs `mreg serve` in `dir` with `env` until it answers `/healthz`, then stops it with SIGTERM;
+/// its exit status and what it wrote to standard error.
+async fn serve_until_up(dir: &TempDir, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
     drop(listener);
-    let mut child = mreg(&dir, &["serve"], &[("MREG_API_PORT", &port)])
+    let mut env = env.to_vec();
+    env.push(("MREG_API_PORT", &port));
+    let mut child = mreg(dir, &["serve"], &env)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -445,7 +447,6 @@ async fn serve_runs_until_sigterm_and_exits_cleanly() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(up, "mreg serve answers /healthz");
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -471,9 +472,89 @@ async fn serve_runs_until_sigterm_and_exits_cleanly() {
     .await
     .expect("join");
     let (status, log) = output.expect("mreg exits after SIGTERM");
+    assert!(up, "mreg serve answers /healthz: {log}");
+    (status, log)
+}
+
+#[tokio::test]
+async fn serve_runs_until_sigterm_and_exits_cleanly() {
+    let dir = TempDir::new();
+    let (status, log) = serve_until_up(&dir, &[]).await;
     assert!(status.success(), "{log}");
     assert!(
         log.contains("received SIGTERM") && log.contains("stopped"),
+        "{log}"
+    );
+}
+
+/// A policy rule naming no tenant (`[servers.payroll]`) governed every tenant's `payroll` before
+/// server names were per tenant; in a gateway admitting several tenants it governs only the home
+/// tenant's and tenantless ones. `serve` names each registered server it leaves to the default
+/// rule, and the rule that would govern it; servers the rule governs, or that a rule of their
+/// own governs, are not named.
+#[tokio::test]
+async fn serve_names_the_servers_a_rule_without_a_tenant_no_longer_governs() {
+    const HOME: &str = "11111111-1111-1111-1111-111111111111";
+    const OTHER: &str = "44444444-4444-4444-4444-444444444444";
+    let dir = TempDir::new();
+    {
+        let store = mreg::store::SqliteStore::open(&dir.0.join("mreg.db"), 2)
+            .await
+            .expect("open");
+        for (name, tenant) in [
+            ("payroll", None),
+            ("payroll", Some(HOME)),
+            ("payroll", Some(OTHER)),
+            ("weather", Some(OTHER)),
+        ] {
+            let server = domain::ServerDraft {
+                name: name.to_owned(),
+                url: format!("https://{name}.example.com/mcp"),
+                ..domain::ServerDraft::default()
+            }
+            .validate()
+            .expect("valid")
+            .into_server("alice", tenant, domain::now());
+            domain::ServerStore::insert(&store, &server, None)
+                .await
+                .expect("insert");
+        }
+    }
+    let policy = dir.0.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[servers.payroll]\nroles = [\"finance\"]\n[servers.weather]\nroles = [\"ops\"]\n\
+             [servers.\"{OTHER}/weather\"]\nroles = [\"their-ops\"]\n"
+        ),
+    )
+    .expect("policy");
+    let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let (status, log) = serve_until_up(
+        &dir,
+        &[
+            ("FASTMCP_SERVER_PORT", "0"),
+            ("MREG_HEALTH_ENABLED", "false"),
+            ("AZURE_TENANT_ID", HOME),
+            ("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222"),
+            ("AZURE_CLIENT_SECRET", "secret"),
+            ("AZURE_ALLOWED_TENANTS", &format!("{HOME},{OTHER}")),
+            ("MREG_ENCRYPTION_KEY", key),
+            ("MREG_POLICY_FILE", policy.to_str().expect("utf-8")),
+        ],
+    )
+    .await;
+    assert!(status.success(), "{log}");
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("policy: [servers."))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{log}");
+    assert!(
+        warnings[0].contains(&format!(
+            "[servers.payroll] governs tenantless servers and the home tenant's only; tenant \
+             {OTHER}'s server 'payroll' follows the default rule"
+        )) && warnings[0].contains(&format!("add [servers.\"{OTHER}/payroll\"]")),
         "{log}"
     );
 }
