@@ -15,7 +15,8 @@ pub const DEFAULT_SERVER_RULE: &str = "*";
 
 /// Which servers a per-server rule that names no tenant (`[servers.NAME]`) governs. Server
 /// names are unique per tenant, so in a gateway that admits several tenants `NAME` alone would
-/// govern every tenant's server of that name; there, `[servers."TENANT/NAME"]` names one.
+/// govern every tenant's server of that name; there, `[servers."TENANT/NAME"]` names one, and
+/// `[servers."/NAME"]` the one registered without a tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Unqualified {
     /// Every server of that name (a gateway that admits one tenant: its servers and
@@ -89,7 +90,8 @@ pub struct Policy {
     tools: BTreeMap<String, Roles>,
     rest: BTreeMap<String, Roles>,
     servers: BTreeMap<String, ServerRule>,
-    /// Whether any server rule names its tenant (`TENANT/NAME`, `TENANT/*`).
+    /// Whether any server rule names its tenant (`TENANT/NAME`, `TENANT/*`, or for servers
+    /// without a tenant `/NAME`, `/*`).
     qualified: bool,
     unqualified: Unqualified,
     per_minute: u32,
@@ -228,8 +230,9 @@ impl Policy {
         // server it meant to the default rule.
         if !admitted.is_empty()
             && let Some(key) = self.servers.keys().find(|k| {
-                k.split_once('/')
-                    .is_some_and(|(t, _)| !admitted.iter().any(|a| a.eq_ignore_ascii_case(t)))
+                k.split_once('/').is_some_and(|(t, _)| {
+                    !t.is_empty() && !admitted.iter().any(|a| a.eq_ignore_ascii_case(t))
+                })
             })
         {
             return Err(format!(
@@ -255,7 +258,8 @@ impl Policy {
                 Some(name) => Err(format!(
                     "[servers.{name}] names no tenant, and this gateway admits several tenants, \
                      each of which may have a server called '{name}': write \
-                     [servers.\"TENANT-ID/{name}\"] for the one it governs"
+                     [servers.\"TENANT-ID/{name}\"] for the one it governs, or \
+                     [servers.\"/{name}\"] for the one registered without a tenant"
                 )),
                 None => {
                     self.unqualified = Unqualified::Home(None);
@@ -275,10 +279,12 @@ impl Policy {
     ) -> (Option<&ServerRule>, Option<&ServerRule>) {
         // Every proxied message asks: nothing is allocated unless a rule names a tenant.
         let qualified = |what: &str| {
-            tenant.filter(|_| self.qualified).and_then(|t| {
-                self.servers
-                    .get(&format!("{}/{what}", t.to_ascii_lowercase()))
-            })
+            self.qualified
+                .then(|| {
+                    let tenant = tenant.map(str::to_ascii_lowercase).unwrap_or_default();
+                    self.servers.get(&format!("{tenant}/{what}"))
+                })
+                .flatten()
         };
         let unqualified_applies = match &self.unqualified {
             Unqualified::Everywhere => true,
@@ -420,18 +426,19 @@ impl Policy {
     }
 }
 
-/// A `[servers]` key as the rules are looked up: `*`, `NAME`, `TENANT/NAME` or `TENANT/*`
-/// (the tenant's id, in lowercase).
+/// A `[servers]` key as the rules are looked up: `*`, `NAME`, `TENANT/NAME` or `TENANT/*` (the
+/// tenant's id, in lowercase), `/NAME` or `/*` (servers registered without a tenant).
 fn server_key(key: &str) -> Result<String, String> {
     let (tenant, name) = match key.split_once('/') {
         Some((tenant, name)) => (Some(tenant), name),
         None => (None, key),
     };
     if let Some(tenant) = tenant
-        && (tenant.is_empty() || tenant.contains(char::is_whitespace))
+        && tenant.contains(char::is_whitespace)
     {
         return Err(format!(
-            "[servers.\"{key}\"]: the part before '/' must be a tenant id"
+            "[servers.\"{key}\"]: the part before '/' must be a tenant id (or nothing, for \
+             servers registered without a tenant)"
         ));
     }
     if name != DEFAULT_SERVER_RULE {
@@ -606,7 +613,8 @@ mod tests {
             "[rate_limits]\nper_minute = 0",
             "[unknown]\nx = 1",
             "[servers.\"Bad Name\"]\nroles = []",
-            "[servers.\"/payroll\"]\nroles = []",
+            "[servers.\"the tenant/payroll\"]\nroles = []",
+            "[servers.\"/\"]\nroles = []",
         ] {
             assert!(Policy::seed(1).apply(bad).is_err(), "{bad}");
         }
@@ -692,5 +700,60 @@ mod tests {
             .scope_to_tenants(true, None, &[HOME.to_owned()])
             .expect_err("a tenant not admitted");
         assert!(typo.contains("does not admit"), "{typo}");
+    }
+
+    #[test]
+    fn servers_without_a_tenant_have_rules_of_their_own_among_several_tenants() {
+        let mut policy = Policy::seed(100);
+        policy
+            .apply(&format!(
+                "[servers.\"/payroll\"]\nroles = [\"finance\"]\n\
+                 [servers.\"/*\"]\nroles = [\"staff\"]\n\
+                 [servers.\"{OTHER}/*\"]\nroles = [\"other-user\"]\n"
+            ))
+            .expect("valid");
+        // Several tenants and no home: accepted, since every rule says whose server it means.
+        policy
+            .scope_to_tenants(true, None, &[OTHER.to_owned(), HOME.to_owned()])
+            .expect("no ambiguous rule");
+        let finance = who(&["finance"]);
+        assert!(policy.server(&finance, None, "payroll", None).is_ok());
+        assert!(
+            policy
+                .server(&who(&["staff"]), None, "payroll", None)
+                .is_err()
+        );
+        // Other tenantless servers follow "/*"; a tenant's own payroll is not governed by either.
+        assert!(
+            policy
+                .server(&who(&["staff"]), None, "weather", None)
+                .is_ok()
+        );
+        assert!(policy.server(&finance, None, "weather", None).is_err());
+        assert!(
+            policy
+                .server(&finance, Some(OTHER), "payroll", None)
+                .is_err()
+        );
+        assert!(
+            policy
+                .server(&who(&["other-user"]), Some(OTHER), "payroll", None)
+                .is_ok()
+        );
+        // The home tenant's payroll (none here) follows "*", i.e. the roles of proxy_request.
+        assert!(
+            policy
+                .server(&who(&["user"]), Some(HOME), "payroll", None)
+                .is_ok()
+        );
+        // The refusal of an ambiguous rule names both forms.
+        let mut ambiguous = Policy::seed(100);
+        ambiguous
+            .apply("[servers.payroll]\nroles = [\"finance\"]\n")
+            .expect("valid");
+        let refused = ambiguous
+            .scope_to_tenants(true, None, &[])
+            .expect_err("ambiguous");
+        assert!(refused.contains("[servers.\"/payroll\"]"), "{refused}");
     }
 }

@@ -27,6 +27,9 @@
 //! [servers."TENANT-ID/payroll"] # one tenant's payroll (names are per tenant; see
 //! roles = ["finance"]           # config::policy::Unqualified for what `payroll` alone governs)
 //!
+//! [servers."/payroll"]         # the payroll registered without a tenant ("/*": the default
+//! roles = ["finance"]          # of such servers)
+//!
 //! [rate_limits]
 //! per_minute = 100             # default: MREG_RATE_LIMIT_PER_MINUTE
 //! roles = { admin = 1000 }     # a principal gets the highest of its roles' budgets

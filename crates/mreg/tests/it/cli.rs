@@ -1278,6 +1278,34 @@ async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_con
             "nothing is created before the configuration is valid"
         );
     }
+    // The same gateway takes rules that say whose server they mean: one tenant's, or the one
+    // registered without a tenant.
+    std::fs::write(
+        &policy,
+        "[servers.\"/payroll\"]\nroles = [\"finance\"]\n\
+         [servers.\"44444444-4444-4444-4444-444444444444/payroll\"]\nroles = [\"finance\"]\n",
+    )
+    .expect("policy");
+    let out = run(
+        &dir,
+        &["check-config"],
+        &[
+            ("AZURE_TENANT_ID", "organizations"),
+            ("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222"),
+            ("AZURE_CLIENT_SECRET", "secret"),
+            (
+                "AZURE_ALLOWED_TENANTS",
+                "11111111-1111-1111-1111-111111111111,44444444-4444-4444-4444-444444444444",
+            ),
+            (
+                "MREG_ENCRYPTION_KEY",
+                "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            ),
+            ("MREG_POLICY_FILE", policy.as_str()),
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 #[tokio::test]
