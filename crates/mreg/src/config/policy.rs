@@ -278,13 +278,16 @@ impl Policy {
         name: &str,
     ) -> (Option<&ServerRule>, Option<&ServerRule>) {
         // Every proxied message asks: nothing is allocated unless a rule names a tenant.
+        // `/NAME` is the key of a server without a tenant; a tenant id that is empty (a generic
+        // provider may send one) names no rule.
         let qualified = |what: &str| {
-            self.qualified
-                .then(|| {
-                    let tenant = tenant.map(str::to_ascii_lowercase).unwrap_or_default();
-                    self.servers.get(&format!("{tenant}/{what}"))
-                })
-                .flatten()
+            let prefix = match tenant {
+                _ if !self.qualified => return None,
+                None => String::new(),
+                Some("") => return None,
+                Some(t) => t.to_ascii_lowercase(),
+            };
+            self.servers.get(&format!("{prefix}/{what}"))
         };
         let unqualified_applies = match &self.unqualified {
             Unqualified::Everywhere => true,
@@ -745,6 +748,12 @@ mod tests {
             policy
                 .server(&who(&["user"]), Some(HOME), "payroll", None)
                 .is_ok()
+        );
+        // A server whose tenant id is empty is not one without a tenant.
+        assert!(
+            policy
+                .server(&who(&["staff"]), Some(""), "weather", None)
+                .is_err()
         );
         // The refusal of an ambiguous rule names both forms.
         let mut ambiguous = Policy::seed(100);
