@@ -185,6 +185,7 @@ async fn accept_failed(name: &str, e: &std::io::Error) {
 /// operator upgrading may be relying on it, and the server now follows the default rule.
 async fn warn_of_rules_left_behind(
     policy: &crate::config::policy::Policy,
+    admitted: &[String],
     servers: &dyn domain::ServerStore,
 ) {
     for rule in policy.unqualified_server_rules() {
@@ -199,12 +200,18 @@ async fn warn_of_rules_left_behind(
             }
         };
         for server in policy.left_to_default(&named) {
-            let tenant = server.tenant.as_deref().unwrap_or_default();
+            // Stored data, shown as text an operator can copy into the policy file.
+            let tenant = server.tenant.as_deref().unwrap_or_default().escape_debug();
+            let advice = match server.tenant.as_deref() {
+                Some(t) if !t.is_empty() && admitted.iter().any(|a| a.eq_ignore_ascii_case(t)) => {
+                    format!("to govern it, add [servers.\"{tenant}/{rule}\"]")
+                }
+                _ => "this gateway does not admit that tenant, so no rule can name it".to_owned(),
+            };
             tracing::warn!(
                 "policy: [servers.{rule}] governs tenantless servers and the home tenant's only; \
                  tenant {tenant}'s server '{rule}' follows the default rule \
-                 ([servers.\"{tenant}/*\"], else [servers.\"*\"]): to govern it, add \
-                 [servers.\"{tenant}/{rule}\"]"
+                 ([servers.\"{tenant}/*\"], else [servers.\"*\"]): {advice}"
             );
         }
     }
@@ -228,7 +235,12 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         cache = cache_backend,
         "storage ready"
     );
-    warn_of_rules_left_behind(&config.policy, stores.servers.as_ref()).await;
+    warn_of_rules_left_behind(
+        &config.policy,
+        &config.azure.tenancy().2,
+        stores.servers.as_ref(),
+    )
+    .await;
     let cipher = Arc::new(Cipher::from_config(&config, stores.secrets.as_ref()).await?);
     let auth = config.auth.mode;
     if auth == AuthMode::None {

@@ -496,6 +496,7 @@ async fn serve_runs_until_sigterm_and_exits_cleanly() {
 async fn serve_names_the_servers_a_rule_without_a_tenant_no_longer_governs() {
     const HOME: &str = "11111111-1111-1111-1111-111111111111";
     const OTHER: &str = "44444444-4444-4444-4444-444444444444";
+    const GONE: &str = "55555555-5555-5555-5555-555555555555";
     let dir = TempDir::new();
     {
         let store = mreg::store::SqliteStore::open(&dir.0.join("mreg.db"), 2)
@@ -506,6 +507,8 @@ async fn serve_names_the_servers_a_rule_without_a_tenant_no_longer_governs() {
             ("payroll", Some(HOME)),
             ("payroll", Some(OTHER)),
             ("weather", Some(OTHER)),
+            // From an earlier configuration: a tenant this one no longer admits.
+            ("payroll", Some(GONE)),
         ] {
             let server = domain::ServerDraft {
                 name: name.to_owned(),
@@ -549,12 +552,25 @@ async fn serve_names_the_servers_a_rule_without_a_tenant_no_longer_governs() {
         .lines()
         .filter(|l| l.contains("policy: [servers."))
         .collect();
-    assert_eq!(warnings.len(), 1, "{log}");
+    assert_eq!(warnings.len(), 2, "{log}");
+    let about = |tenant: &str| {
+        warnings
+            .iter()
+            .find(|w| w.contains(&format!("tenant {tenant}'s server 'payroll'")))
+            .copied()
+            .unwrap_or_default()
+    };
     assert!(
-        warnings[0].contains(&format!(
-            "[servers.payroll] governs tenantless servers and the home tenant's only; tenant \
-             {OTHER}'s server 'payroll' follows the default rule"
-        )) && warnings[0].contains(&format!("add [servers.\"{OTHER}/payroll\"]")),
+        about(OTHER)
+            .contains("[servers.payroll] governs tenantless servers and the home tenant's only")
+            && about(OTHER).contains("follows the default rule")
+            && about(OTHER).contains(&format!("add [servers.\"{OTHER}/payroll\"]")),
+        "{log}"
+    );
+    // Advice to name a tenant the gateway does not admit would stop it from starting.
+    assert!(
+        about(GONE).contains("this gateway does not admit that tenant, so no rule can name it")
+            && !about(GONE).contains("add [servers."),
         "{log}"
     );
 }
