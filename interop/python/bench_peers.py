@@ -21,6 +21,9 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
     mreg-noaudit  (only when asked for in --targets) mreg-on without the audit log
               (MREG_AUDIT=false): with mreg-off and mreg-on, it splits the chain's CPU per call
               into the audit log's share and the rest (token, roles, rate limit)
+    relay     (only when asked for in --targets) interop/python/relay.py: a TCP relay that copies
+              bytes and parses nothing, the floor of any extra hop; "over relay" is mreg's p50
+              minus the relay's, with the same client
     fastmcp-proxy  FastMCP's own proxy (interop/python/proxy.py --upstream URL), behind its
               JWTVerifier checking the same token (unless --no-proxy-auth)
   Every mreg instance runs the same binary ($MREG_BIN) with health checks off.
@@ -102,7 +105,7 @@ if os.access(RMCP_BIN, os.X_OK):
     UPSTREAMS["rmcp-sse"] = ("rmcp (Rust SDK), stateful, SSE", [RMCP_BIN, "--stateful"])
 # What --pin can place: see the module's docstring.
 PIN_ROLES = ("gateway", "upstream", "load", "postgres", "other")
-TARGETS = ["direct", "mreg-off", "mreg-noaudit", "mreg-on", "fastmcp-proxy"]
+TARGETS = ["direct", "relay", "mreg-off", "mreg-noaudit", "mreg-on", "fastmcp-proxy"]
 # What runs when --targets is not given.
 DEFAULT_TARGETS = ["direct", "mreg-off", "mreg-on", "fastmcp-proxy"]
 SKIPPED = [] if "rmcp-json" in UPSTREAMS else [
@@ -582,6 +585,15 @@ class Bench:
         line = self.procs.first_line(f"proxy-{name}", proc)
         return f"http://127.0.0.1:{int(line.split()[1])}/mcp"
 
+    def start_relay(self, name: str, upstream_url: str) -> str:
+        argv = [sys.executable, str(PYTHON_PEERS / "relay.py"), "--upstream", upstream_url]
+        proc = self.procs.start(f"relay-{name}", argv, role="gateway")
+        line = self.procs.first_line(f"relay-{name}", proc)
+        if not line.startswith("LISTENING "):
+            raise RuntimeError(f"relay for {name} printed {line!r}, not LISTENING <port>")
+        path = upstream_url.split("/", 3)[3]
+        return f"http://127.0.0.1:{int(line.split()[1])}/{path}"
+
     def public_key_file(self) -> Path:
         """idp.mjs's signing key as PEM, for FastMCP's JWTVerifier (it takes no JWKS URI here)."""
         path = self.scratch / "idp-public.pem"
@@ -859,6 +871,8 @@ class Bench:
         rows = []
         for name in args.upstreams:
             targets = {"direct": upstream_urls[name]}
+            if "relay" in wants:
+                targets["relay"] = self.start_relay(name, upstream_urls[name])
             for label in ("mreg-off", "mreg-noaudit", "mreg-on"):
                 if label in wants:
                     targets[label] = self.register(label, name, upstream_urls[name])
@@ -901,7 +915,8 @@ def share(figures: dict) -> float:
 
 
 def derive(rows: list[dict], connections: list[int]) -> None:
-    """Added p50 over direct, and throughput ratios to direct and to the FastMCP proxy."""
+    """Added p50 over direct (and, for mreg, over the relay), and throughput ratios to direct
+    and to the FastMCP proxy."""
     by_key = {(r["upstream"], r["target"]): r for r in rows}
 
     def rps(row, c):
@@ -911,12 +926,16 @@ def derive(rows: list[dict], connections: list[int]) -> None:
     for row in rows:
         direct = by_key.get((row["upstream"], "direct"))
         proxy = by_key.get((row["upstream"], "fastmcp-proxy"))
-        row["added_p50_ms"] = {}
+        relay = by_key.get((row["upstream"], "relay"))
+        row["added_p50_ms"], row["over_relay_p50_ms"] = {}, {}
         for client in ("python", "ts"):
             mine = row.get(client, {}).get("p50_ms")
             base = (direct or {}).get(client, {}).get("p50_ms")
             if mine is not None and base is not None:
                 row["added_p50_ms"][client] = round(mine - base, 3)
+            floor = (relay or {}).get(client, {}).get("p50_ms")
+            if mine is not None and floor is not None and row["target"].startswith("mreg"):
+                row["over_relay_p50_ms"][client] = round(mine - floor, 3)
         row["throughput_vs_direct"], row["throughput_vs_proxy"] = {}, {}
         for c in connections:
             mine = rps(row, c)
@@ -1036,6 +1055,15 @@ def main() -> int:
     print("\nadded p50: minus the same client's p50 going direct. x direct: req/s over direct's. "
           "mreg/proxy: mreg's req/s over the FastMCP proxy's (same upstream, same connections).")
     measured = {row["target"] for row in report["results"]}
+    if "relay" in measured:
+        print("relay: a TCP relay that copies bytes (interop/python/relay.py), the floor of any "
+              "extra hop. mreg's p50 over the relay's, same client (Python / TS SDK, ms):")
+        for row in report["results"]:
+            over = row.get("over_relay_p50_ms") or {}
+            if over:
+                print(f"  {row['upstream']:<9} {row['target']:<14} "
+                      + " / ".join("-" if over.get(c) is None else f"{over[c]:.2f}"
+                                   for c in ("python", "ts")))
     for target in ("mreg-on", "mreg-noaudit", "mreg-off"):
         if target in measured:
             print(f"{target}: {settings[target.replace('-', '_')]}.")
