@@ -382,8 +382,7 @@ impl Policy {
         named
             .iter()
             .filter(|s| {
-                s.name.as_str() != DEFAULT_SERVER_RULE
-                    && self.servers.contains_key(s.name.as_str())
+                self.servers.contains_key(s.name.as_str())
                     && self
                         .rules_of(s.tenant.as_deref(), s.name.as_str())
                         .0
@@ -719,42 +718,28 @@ mod tests {
         policy
             .scope_to_tenants(true, None, &[OTHER.to_owned(), HOME.to_owned()])
             .expect("no ambiguous rule");
-        let finance = who(&["finance"]);
-        assert!(policy.server(&finance, None, "payroll", None).is_ok());
-        assert!(
-            policy
-                .server(&who(&["staff"]), None, "payroll", None)
-                .is_err()
-        );
-        // Other tenantless servers follow "/*"; a tenant's own payroll is not governed by either.
-        assert!(
-            policy
-                .server(&who(&["staff"]), None, "weather", None)
-                .is_ok()
-        );
-        assert!(policy.server(&finance, None, "weather", None).is_err());
-        assert!(
-            policy
-                .server(&finance, Some(OTHER), "payroll", None)
-                .is_err()
-        );
-        assert!(
-            policy
-                .server(&who(&["other-user"]), Some(OTHER), "payroll", None)
-                .is_ok()
-        );
-        // The home tenant's payroll (none here) follows "*", i.e. the roles of proxy_request.
-        assert!(
-            policy
-                .server(&who(&["user"]), Some(HOME), "payroll", None)
-                .is_ok()
-        );
-        // A server whose tenant id is empty is not one without a tenant.
-        assert!(
-            policy
-                .server(&who(&["staff"]), Some(""), "weather", None)
-                .is_err()
-        );
+        // (roles, the server's tenant, server, admitted?)
+        for (roles, tenant, server, admitted) in [
+            // The tenantless payroll follows "/payroll", not "/*".
+            ("finance", None, "payroll", true),
+            ("staff", None, "payroll", false),
+            // Other tenantless servers follow "/*".
+            ("staff", None, "weather", true),
+            ("finance", None, "weather", false),
+            // A tenant's own payroll follows neither: its tenant's default.
+            ("finance", Some(OTHER), "payroll", false),
+            ("other-user", Some(OTHER), "payroll", true),
+            // The home tenant's payroll (none here) follows "*", i.e. the roles of proxy_request.
+            ("user", Some(HOME), "payroll", true),
+            // A server whose tenant id is empty is not one without a tenant.
+            ("staff", Some(""), "weather", false),
+        ] {
+            assert_eq!(
+                policy.server(&who(&[roles]), tenant, server, None).is_ok(),
+                admitted,
+                "{roles} on {tenant:?}'s {server}"
+            );
+        }
         // The refusal of an ambiguous rule names both forms.
         let mut ambiguous = Policy::seed(100);
         ambiguous
