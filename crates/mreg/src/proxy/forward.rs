@@ -35,12 +35,12 @@ pub async fn forward_one(
         .as_ref()
         .and_then(|p| p.get("name"))
         .and_then(Value::as_str);
-    // The order of `/servers/{name}/mcp`: the circuit breaker, then the policy chain.
-    state.health.ensure_reachable(server)?;
+    // The order of `/servers/{name}/mcp`: the policy chain, then the circuit breaker.
     state
         .gate
         .admit_forward(principal, server, method, tool)
         .await?;
+    state.health.ensure_reachable(server)?;
     if method.trim().is_empty() || lifecycle_method(method) {
         return Err(Error::invalid(
             "method",

@@ -89,8 +89,9 @@ impl Proxy {
     /// The route to the server `name` means to `caller`: its registration and upstream
     /// credentials (its own tenant's server, else the public one; a private server of another
     /// tenant is as unknown as one nobody registered: [`domain::Error::NotFound`]). Both forwarding paths start here and
-    /// then go the same way: the circuit breaker ([`Monitor::ensure_reachable`]), then the
-    /// policy chain for each message ([`Gate::admit_forward`]).
+    /// then go the same way: the policy chain for each message ([`Gate::admit_forward`]), then
+    /// the circuit breaker ([`Monitor::ensure_reachable`]), so that a refused caller learns
+    /// nothing of the server's health and sets off no probe.
     pub async fn route_for(
         &self,
         caller: &domain::Principal,

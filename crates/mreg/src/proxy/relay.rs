@@ -15,14 +15,6 @@ pub(super) async fn forward_to(
     route: &domain::Route,
 ) -> Response {
     let server = &route.server;
-    if let Err(e) = state.health.ensure_reachable(server) {
-        return rpc::error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            None,
-            rpc::UPSTREAM_ERROR,
-            e.to_string(),
-        );
-    }
 
     // The MCP edge has read the call already; only a request that did not pass it is read here.
     let peeked = parts.extensions.remove::<crate::jsonrpc::Peeked>();
@@ -80,6 +72,16 @@ pub(super) async fn forward_to(
             &refusal,
             call.id.as_ref(),
             call.method == "tools/call",
+        );
+    }
+    // The breaker after the roles: a caller the policy refuses learns nothing of the server's
+    // health and never sets off the half-open probe.
+    if let Err(e) = state.health.ensure_reachable(server) {
+        return rpc::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            call.id.as_ref(),
+            rpc::UPSTREAM_ERROR,
+            e.to_string(),
         );
     }
     let upstream_session = match parts.headers.get(SESSION_HEADER) {

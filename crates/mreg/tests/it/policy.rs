@@ -1479,6 +1479,117 @@ async fn a_caller_without_a_role_reaches_no_server_through_either_path() {
     assert_ne!(listing.is_error, Some(true), "{listing:?}");
 }
 
+/// The breaker comes after the roles: a caller without a role for an unhealthy server is told
+/// about the role, not the server's health, and its calls set off no half-open probe; a caller
+/// with the role is told the server is unhealthy, and its call does probe it.
+#[tokio::test]
+async fn a_caller_without_a_role_learns_nothing_of_a_servers_health_and_wakes_no_probe() {
+    let Some(s) = setup_with(|app| app.with_config(|c| c.health.unhealthy_after = 1)).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let (status, _, body) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(json!({"name": "phoenix", "url": format!("http://{addr}/mcp")})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, report) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers/phoenix/health/check",
+        &c.alice,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(report["current"]["status"], "unhealthy", "{report}");
+    // The server comes back: from now on a probe would reach it and be counted.
+    let upstream = Upstream::start_with(crate::support::upstream::Options {
+        addr,
+        ..Default::default()
+    })
+    .await;
+    let seen = || -> usize {
+        upstream
+            .requests
+            .lock()
+            .map(|r| r.values().sum())
+            .unwrap_or(0)
+    };
+    let url = format!("{}/servers/phoenix/mcp", s.mcp);
+    let refused = mcp_post(
+        &url,
+        Some(&c.carol),
+        None,
+        &rpc_request(7, "initialize", initialize_params()),
+    )
+    .await;
+    assert_rpc_error(
+        &refused,
+        StatusCode::FORBIDDEN,
+        json!(7),
+        -32003,
+        "server 'phoenix' requires the role user or admin",
+    );
+    let carol = mcp_client(&format!("{}/mcp", s.mcp), &c.carol).await;
+    let through_tool = match call(
+        &carol,
+        "proxy_request",
+        json!({"server": "phoenix", "method": "tools/list"}),
+    )
+    .await
+    {
+        Err(e) => error_code(&e).1,
+        Ok(result) => format!("{result:?}"),
+    };
+    assert!(
+        through_tool.contains("requires the role") && !through_tool.contains("unhealthy"),
+        "{through_tool}"
+    );
+    // A probe set off would have arrived by now (it is spawned at once).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(seen(), 0, "no probe reached the upstream");
+    let (_, _, health) = rest(
+        &s.app,
+        reqwest::Method::GET,
+        "/api/v1/servers/phoenix/health",
+        &c.alice,
+        None,
+    )
+    .await;
+    assert_eq!(health["current"]["status"], "unhealthy", "{health}");
+
+    // Bob holds the role: he is told of the server's health, and his call probes it.
+    let unavailable = mcp_post(
+        &url,
+        Some(&c.bob),
+        None,
+        &rpc_request(8, "initialize", initialize_params()),
+    )
+    .await;
+    assert_rpc_error(
+        &unavailable,
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!(8),
+        -32000,
+        "server 'phoenix' (unhealthy",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the admitted call set off no probe"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn head_is_decided_as_get() {
     let Some(s) = setup().await else { return };
