@@ -13,6 +13,13 @@
 //                           -> {"calls","p50_ms","p99_ms","mean_ms","samples_ms"}: one session,
 //                              W unmeasured then N measured sequential tools/call over one
 //                              keep-alive connection (same shape as interop/python/client.py bench)
+//   rounds NAME JSON_ARGS --targets JSON [--calls N] [--warmup W]
+//                           -> {"rounds": N, "targets": {label: bench figures, or {"error"}}}: one
+//                              session per target (a JSON list, or @FILE holding it, of
+//                              {"label","url","headers"}; --url is not used), then W + N rounds of
+//                              one call to each, in an order rotated each round, so every target
+//                              is measured under the same conditions (as client.py rounds); a
+//                              target that fails is left out of later rounds
 // Options:
 //   --header "Name: value"      extra HTTP header on every request (repeatable)
 //   --protocol-version V        protocolVersion to put in the initialize request
@@ -60,7 +67,7 @@ function parseArgs(argv) {
     else if (a.startsWith('--') && opts.rest.length === 0) throw new UsageError(`unknown option: ${a}`);
     else opts.rest.push(a);
   }
-  if (!opts.url) throw new UsageError('--url is required');
+  if (!opts.url && opts.rest[0] !== 'rounds') throw new UsageError('--url is required');
   if (!Number.isFinite(opts.timeout) || opts.timeout <= 0) throw new UsageError('bad --timeout');
   const [command, ...args] = opts.rest;
   if (command === 'tools') {
@@ -69,12 +76,16 @@ function parseArgs(argv) {
     if (args.length < 1 || args.length > 2) throw new UsageError('usage: call NAME [JSON_ARGS]');
   } else if (command === 'read') {
     if (args.length !== 1) throw new UsageError('usage: read URI');
-  } else if (command === 'bench') {
+  } else if (command === 'bench' || command === 'rounds') {
     opts.calls = 100;
     opts.warmup = 10;
     const positional = [];
     for (let i = 0; i < args.length; i++) {
       const flag = args[i];
+      if (flag === '--targets' && command === 'rounds') {
+        opts.targets = parseTargets(args[++i]);
+        continue;
+      }
       if (flag !== '--calls' && flag !== '--warmup') {
         positional.push(flag);
         continue;
@@ -86,15 +97,31 @@ function parseArgs(argv) {
       opts[flag.slice(2)] = value;
     }
     if (positional.length < 1 || positional.length > 2) {
-      throw new UsageError('usage: bench NAME [JSON_ARGS] [--calls N] [--warmup W]');
+      throw new UsageError(`usage: ${command} NAME [JSON_ARGS]${command === 'rounds' ? ' --targets JSON' : ''} [--calls N] [--warmup W]`);
     }
+    if (command === 'rounds' && opts.targets === undefined) throw new UsageError('rounds needs --targets');
     args.splice(0, args.length, ...positional);
   } else {
-    throw new UsageError(`unknown command: ${command ?? '(none)'} (want tools | call | read | bench)`);
+    throw new UsageError(`unknown command: ${command ?? '(none)'} (want tools | call | read | bench | rounds)`);
   }
   opts.command = command;
   opts.args = args;
   return opts;
+}
+
+// The targets of `rounds`: a JSON list (or @FILE holding it) of {label, url, headers}.
+function parseTargets(text) {
+  let targets;
+  try {
+    targets = JSON.parse(text?.startsWith('@') ? readFileSync(text.slice(1), 'utf8') : text);
+  } catch (e) {
+    throw new UsageError(`--targets is not valid JSON: ${e.message}`);
+  }
+  const valid = Array.isArray(targets) && targets.length > 0 &&
+    targets.every(t => t && typeof t.label === 'string' && typeof t.url === 'string');
+  if (!valid) throw new UsageError('--targets wants a non-empty JSON list of {"label", "url", "headers"}');
+  if (new Set(targets.map(t => t.label)).size !== targets.length) throw new UsageError('--targets: each label once');
+  return targets;
 }
 
 // The SDK 1.x Client always sends LATEST_PROTOCOL_VERSION in `initialize` and has no option to
@@ -237,14 +264,69 @@ async function bench(client, name, args, calls, warmup, reqOpts) {
     if (result.isError) throw new Error(`tool error: ${JSON.stringify(result.content)}`);
     if (i >= warmup) samples.push(elapsed);
   }
+  return figures(samples);
+}
+
+function figures(samples) {
   const ordered = [...samples].sort((a, b) => a - b);
   return {
-    calls,
+    calls: samples.length,
     p50_ms: round3(percentile(ordered, 50)),
     p99_ms: round3(percentile(ordered, 99)),
     mean_ms: round3(samples.reduce((a, b) => a + b, 0) / samples.length),
     samples_ms: samples.map(round3)
   };
+}
+
+// `rounds`: a session per target, then rounds of one call to each (see the usage above).
+async function rounds(opts) {
+  const reqOpts = { timeout: opts.timeout };
+  const sessions = new Map();
+  const failed = new Map();
+  const samples = new Map(opts.targets.map(t => [t.label, []]));
+  const [name, rawArgs] = opts.args;
+  const args = rawArgs === undefined ? {} : JSON.parse(rawArgs.startsWith('@') ? readFileSync(rawArgs.slice(1), 'utf8') : rawArgs);
+  try {
+    for (const target of opts.targets) {
+      const transport = new StreamableHTTPClientTransport(new URL(target.url), {
+        requestInit: { headers: target.headers ?? {} },
+        fetch: makeFetch(opts.trace),
+        reconnectionOptions: { initialReconnectionDelay: 200, maxReconnectionDelay: 1000, reconnectionDelayGrowFactor: 1.5, maxRetries: 0 }
+      });
+      const client = new Client({ name: 'interop-client', version: '1.0.0' }, { capabilities: {} });
+      try {
+        await runOp(signal => client.connect(transport, { ...reqOpts, signal }));
+        sessions.set(target.label, { client, transport });
+      } catch (err) {
+        failed.set(target.label, { error: errorMessage(err), code: errorCode(err) });
+      }
+    }
+    for (let i = 0; i < opts.warmup + opts.calls; i++) {
+      const live = opts.targets.map(t => t.label).filter(l => sessions.has(l) && !failed.has(l));
+      if (live.length === 0) break;
+      const shift = i % live.length;
+      for (const label of [...live.slice(shift), ...live.slice(0, shift)]) {
+        const { client } = sessions.get(label);
+        const start = performance.now();
+        try {
+          const result = await runOp(signal => client.callTool({ name, arguments: args }, undefined, { ...reqOpts, signal }));
+          const elapsed = performance.now() - start;
+          if (result.isError) failed.set(label, { error: `tool error: ${JSON.stringify(result.content)}` });
+          else if (i >= opts.warmup) samples.get(label).push(elapsed);
+        } catch (err) {
+          failed.set(label, { error: errorMessage(err), code: errorCode(err) });
+        }
+      }
+    }
+  } finally {
+    for (const { client, transport } of sessions.values()) {
+      if (transport.sessionId !== undefined) await transport.terminateSession().catch(() => {});
+      await client.close().catch(() => {});
+    }
+  }
+  const out = {};
+  for (const { label } of opts.targets) out[label] = failed.get(label) ?? figures(samples.get(label));
+  return { rounds: opts.calls, targets: out };
 }
 
 function printJson(obj) {
@@ -258,6 +340,15 @@ async function main() {
   } catch (err) {
     printJson({ error: errorMessage(err), code: errorCode(err) });
     return 1;
+  }
+  if (opts.command === 'rounds') {
+    try {
+      printJson(await rounds(opts));
+      return 0;
+    } catch (err) {
+      printJson({ error: errorMessage(err), code: errorCode(err) });
+      return 1;
+    }
   }
 
   const transport = new VersionPinnedTransport(

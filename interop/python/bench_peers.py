@@ -28,8 +28,9 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
               JWTVerifier checking the same token (unless --no-proxy-auth)
   Every mreg instance runs the same binary ($MREG_BIN) with health checks off.
 * Clients:
-    Python SDK  interop/python/client.py bench (one session, keep-alive, sequential calls)
-    TS SDK      interop/client.mjs bench (the same)
+    Python SDK  interop/python/client.py rounds (a keep-alive session to each target, sequential
+                calls; `bench`, one target per process, with --sdk turns)
+    TS SDK      interop/client.mjs rounds (the same)
     wrk         an out-of-process load generator, at 16 and 64 connections, POSTing tools/call
                 in one session opened with curl (interop/wrk-tools-call.lua)
   The SDK clients give p50/p99 after a warm-up and the p50 mreg adds over going direct; wrk
@@ -45,6 +46,12 @@ What it measures, for the same `tools/call echo {"text": "ping"}`:
   (wrk and the SDK clients), postgres, other (the identity provider). So a measurement can give
   the upstream a core of its own, making it the bottleneck for direct and proxied calls alike,
   or keep PostgreSQL off the gateway's core, when judging the gateway's own CPU per call.
+
+The SDK clients measure in rounds (--sdk rounds, the default): one client process per upstream
+holds a session to each target and calls them one after another, round after round (the order
+rotated each round), so that a drift of the machine or of the upstream over the run touches every
+target alike; what a target adds is the median of its per-round difference to direct. With --sdk
+turns each target gets a client process of its own, one after another.
 
 The targets take turns: each measurement (Python, TS, wrk warm-up, wrk per connection count)
 runs on every target of an upstream before the next, in alternating order; after each wrk run
@@ -70,6 +77,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -156,6 +164,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pin", action="append", default=[], metavar="ROLE=CPUS",
                         help=f"run a role's processes on these CPUs only (taskset list syntax, "
                              f"e.g. 0 or 0,1); roles {', '.join(PIN_ROLES)}; repeatable")
+    parser.add_argument("--sdk", choices=["rounds", "turns"], default="rounds",
+                        help="how an SDK client meets an upstream's targets: one process with a "
+                             "session to each, calling them in rounds (default; added p50 is the "
+                             "median of each round's difference to direct), or one process per "
+                             "target, one after another (turns; added p50 is the difference of "
+                             "the p50s)")
     parser.add_argument("--own-connections", default="16,64",
                         help="wrk connection counts of the own-tools measurement (default 16,64)")
     args = parser.parse_args()
@@ -621,6 +635,38 @@ class Bench:
 
     # ---- the measurements -----------------------------------------------------------------
 
+    def sdk_rounds(self, client: str, targets: dict[str, str]) -> dict[str, dict]:
+        """One client process with a session to every target, calling them in rounds."""
+        args = self.args
+        spec = []
+        for target, url in targets.items():
+            headers = dict(h.split(": ", 1) for h in self.auth(target))
+            spec.append({"label": target, "url": url, "headers": headers})
+        spec_file = self.scratch / f"rounds-{client}.json"
+        spec_file.write_text(json.dumps(spec))
+        if client == "python":
+            cmd = [sys.executable, str(PYTHON_PEERS / "client.py"), "--mode", args.py_mode,
+                   "--timeout", "30"]
+        else:
+            cmd = ["node", str(INTEROP / "client.mjs"), "--timeout", "30000"]
+        cmd += ["rounds", TOOL, TOOL_ARGS, "--targets", f"@{spec_file}", "--calls", str(args.calls),
+                "--warmup", str(args.warmup)]
+        bound = 60 + 2 * (args.calls + args.warmup) * len(targets)
+        try:
+            done = subprocess.run(self.procs.pinned("load", cmd), capture_output=True, text=True,
+                                  timeout=bound, cwd=REPO)
+        except subprocess.TimeoutExpired:
+            return {t: {"error": f"no answer within {bound} s"} for t in targets}
+        lines = done.stdout.strip().splitlines()
+        try:
+            measured = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            measured = {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+        if "targets" not in measured:
+            return {t: {"error": measured.get("error", f"exit {done.returncode}")} for t in targets}
+        return {t: {**measured["targets"].get(t, {"error": "not measured"}), "rounds": True}
+                for t in targets}
+
     def sdk_bench(self, client: str, url: str, target: str) -> dict:
         args, token = self.args, self.token if self.auth(target) else None
         if client == "python":
@@ -772,6 +818,11 @@ class Bench:
         try:
             for number, (step, connections) in enumerate(steps):
                 order = list(targets) if number % 2 == 0 else list(reversed(targets))
+                if step in ("python", "ts") and args.sdk == "rounds":
+                    for target, result in self.sdk_rounds(step, targets).items():
+                        results[target][step] = result
+                        self.report(f"{upstream} -> {target}", f"{step} (rounds)", result)
+                    continue
                 for target in order:
                     url, where = targets[target], f"{upstream} -> {target}"
                     if step in ("python", "ts"):
@@ -884,7 +935,8 @@ class Bench:
         audit = self.audit_figures()
         return {
             "settings": {
-                "calls": args.calls, "warmup": args.warmup, "wrk_seconds": args.seconds,
+                "calls": args.calls, "warmup": args.warmup, "sdk": args.sdk,
+                "wrk_seconds": args.seconds,
                 "wrk_warmup_seconds": args.wrk_warmup, "connections": args.connections,
                 "wrk_threads": args.threads, "tool": TOOL, "arguments": json.loads(TOOL_ARGS),
                 "protocol": PROTOCOL, "python_client_mode": args.py_mode,
@@ -914,6 +966,18 @@ def share(figures: dict) -> float:
     return (figures["mreg-on"] - figures["mreg-noaudit"]) / chain if chain > 0 else float("nan")
 
 
+def added_p50(mine: dict, base: dict) -> float | None:
+    """What a target adds to a client's p50 over `base` (direct, or the relay): measured in
+    rounds, the median of each round's difference (the two calls a few milliseconds apart, under
+    the same conditions); otherwise the difference of the two p50s."""
+    if mine.get("p50_ms") is None or base.get("p50_ms") is None:
+        return None
+    ours, theirs = mine.get("samples_ms") or [], base.get("samples_ms") or []
+    if mine.get("rounds") and base.get("rounds") and ours and len(ours) == len(theirs):
+        return round(statistics.median(a - b for a, b in zip(ours, theirs)), 3)
+    return round(mine["p50_ms"] - base["p50_ms"], 3)
+
+
 def derive(rows: list[dict], connections: list[int]) -> None:
     """Added p50 over direct (and, for mreg, over the relay), and throughput ratios to direct
     and to the FastMCP proxy."""
@@ -929,13 +993,13 @@ def derive(rows: list[dict], connections: list[int]) -> None:
         relay = by_key.get((row["upstream"], "relay"))
         row["added_p50_ms"], row["over_relay_p50_ms"] = {}, {}
         for client in ("python", "ts"):
-            mine = row.get(client, {}).get("p50_ms")
-            base = (direct or {}).get(client, {}).get("p50_ms")
-            if mine is not None and base is not None:
-                row["added_p50_ms"][client] = round(mine - base, 3)
-            floor = (relay or {}).get(client, {}).get("p50_ms")
-            if mine is not None and floor is not None and row["target"].startswith("mreg"):
-                row["over_relay_p50_ms"][client] = round(mine - floor, 3)
+            mine = row.get(client, {})
+            added = added_p50(mine, (direct or {}).get(client, {}))
+            if added is not None:
+                row["added_p50_ms"][client] = added
+            over = added_p50(mine, (relay or {}).get(client, {}))
+            if over is not None and row["target"].startswith("mreg"):
+                row["over_relay_p50_ms"][client] = over
         row["throughput_vs_direct"], row["throughput_vs_proxy"] = {}, {}
         for c in connections:
             mine = rps(row, c)
@@ -1042,8 +1106,11 @@ def main() -> int:
     print(f"\nmreg with real MCP peers: tools/call {TOOL} {TOOL_ARGS}, MCP {PROTOCOL}, loopback, "
           f"{report['environment']['cpus']} CPUs, load {report['environment']['loadavg_before'][0]}"
           f" before / {report['environment']['loadavg_after'][0]} after")
-    print(f"SDK clients: one session, keep-alive, {settings['calls']} sequential calls after "
-          f"{settings['warmup']} warm-up (ms); wrk: {settings['wrk_seconds']} s per point "
+    sdk = (f"a session to each target, keep-alive, {settings['calls']} rounds of one call to each "
+           f"(order rotated) after {settings['warmup']}" if settings["sdk"] == "rounds" else
+           f"one session, keep-alive, {settings['calls']} sequential calls after "
+           f"{settings['warmup']}")
+    print(f"SDK clients: {sdk} warm-up (ms); wrk: {settings['wrk_seconds']} s per point "
           f"after {settings['wrk_warmup_seconds']} s warm-up, {settings['wrk_threads']} threads, "
           f"one session per target")
     if settings["pins"]:
@@ -1052,12 +1119,15 @@ def main() -> int:
               + "; the rest on any CPU")
     print()
     print(table(report))
-    print("\nadded p50: minus the same client's p50 going direct. x direct: req/s over direct's. "
+    print("\nadded p50: " + ("the median over rounds of the call's time minus the same round's "
+                            "call going direct, same client. " if settings["sdk"] == "rounds" else
+                            "minus the same client's p50 going direct. ")
+          + "x direct: req/s over direct's. "
           "mreg/proxy: mreg's req/s over the FastMCP proxy's (same upstream, same connections).")
     measured = {row["target"] for row in report["results"]}
     if "relay" in measured:
         print("relay: a TCP relay that copies bytes (interop/python/relay.py), the floor of any "
-              "extra hop. mreg's p50 over the relay's, same client (Python / TS SDK, ms):")
+              "extra hop. What mreg adds over the relay, as added p50 (Python / TS SDK, ms):")
         for row in report["results"]:
             over = row.get("over_relay_p50_ms") or {}
             if over:

@@ -13,6 +13,14 @@ Commands:
     call NAME JSON_ARGS                {"content": [...], "structuredContent": ..., "isError": ...}
     bench NAME JSON_ARGS --calls N --warmup W
                                        {"calls", "p50_ms", "p99_ms", "mean_ms", "samples_ms"}
+    rounds NAME JSON_ARGS --targets JSON --calls N --warmup W
+                                       one session per target (a JSON list, or @FILE holding
+                                       it, of {"label", "url", "headers"}; --url is not used),
+                                       then N rounds (after W) of one call to each, in an order
+                                       rotated each round, so that every target is measured
+                                       under the same conditions: {"rounds": N, "targets":
+                                       {label: the bench figures, or {"error"} if it failed}};
+                                       a target that fails is left out of later rounds
 
 Prints exactly one JSON line on stdout. On failure it prints
 {"error": message, "code": JSON-RPC code or null, "type": exception class} and exits 1, where
@@ -22,6 +30,7 @@ Diagnostics and SDK log warnings go to stderr.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -46,21 +55,37 @@ def json_arguments(text: str) -> dict:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", required=True)
+    parser.add_argument("--url", help="the server (every command but rounds)")
     parser.add_argument("--header", action="append", default=[], help="'Name: value' (repeatable)")
     parser.add_argument("--bearer", help="sends Authorization: Bearer TOKEN")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds per request")
     parser.add_argument("--mode", default="auto", help="auto (SDK default), legacy, or 2026-07-28")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("tools")
-    for name in ("call", "bench"):
+    for name in ("call", "bench", "rounds"):
         command = commands.add_parser(name)
         command.add_argument("name")
         command.add_argument("arguments", type=json_arguments, help="JSON object, or @FILE holding it")
-    bench = commands.choices["bench"]
-    bench.add_argument("--calls", type=int, default=100)
-    bench.add_argument("--warmup", type=int, default=10)
-    return parser.parse_args()
+    for name in ("bench", "rounds"):
+        commands.choices[name].add_argument("--calls", type=int, default=100)
+        commands.choices[name].add_argument("--warmup", type=int, default=10)
+    commands.choices["rounds"].add_argument(
+        "--targets", type=json_arguments, required=True,
+        help='JSON list (or @FILE) of {"label", "url", "headers": {name: value}}')
+    args = parser.parse_args()
+    if args.command != "rounds" and not args.url:
+        parser.error("--url is required")
+    if args.command == "rounds":
+        targets = args.targets
+        if (not isinstance(targets, list) or not targets
+                or not all(isinstance(t, dict) and isinstance(t.get("label"), str)
+                           and isinstance(t.get("url"), str) for t in targets)):
+            parser.error('--targets wants a non-empty JSON list of {"label", "url", "headers"}')
+        if len({t["label"] for t in targets}) != len(targets):
+            parser.error("--targets: each label once")
+    if getattr(args, "calls", 1) < 1 or getattr(args, "warmup", 0) < 0:
+        parser.error("--calls must be at least 1 and --warmup at least 0")
+    return args
 
 
 def request_headers(args: argparse.Namespace) -> dict[str, str]:
@@ -89,6 +114,17 @@ def percentile(ordered: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
+def figures(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "calls": len(samples),
+        "p50_ms": round(percentile(ordered, 50), 3),
+        "p99_ms": round(percentile(ordered, 99), 3),
+        "mean_ms": round(statistics.fmean(samples), 3),
+        "samples_ms": [round(s, 3) for s in samples],
+    }
+
+
 async def bench(client: Client, name: str, arguments: dict, calls: int, warmup: int) -> dict:
     samples = []
     for i in range(warmup + calls):
@@ -99,17 +135,51 @@ async def bench(client: Client, name: str, arguments: dict, calls: int, warmup: 
             raise RuntimeError(json.dumps(tool_result_json(result)["content"]))
         if i >= warmup:
             samples.append(elapsed_ms)
-    ordered = sorted(samples)
-    return {
-        "calls": calls,
-        "p50_ms": round(percentile(ordered, 50), 3),
-        "p99_ms": round(percentile(ordered, 99), 3),
-        "mean_ms": round(statistics.fmean(samples), 3),
-        "samples_ms": [round(s, 3) for s in samples],
-    }
+    return figures(samples)
+
+
+async def rounds(args: argparse.Namespace) -> dict:
+    """One session per target, then rounds of one call to each (see the module's docstring)."""
+    timeout = httpx2.Timeout(args.timeout, read=max(args.timeout, 300.0))
+    labels = [t["label"] for t in args.targets]
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    failed: dict[str, dict] = {}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for target in args.targets:
+            headers = {str(k): str(v) for k, v in (target.get("headers") or {}).items()}
+            try:
+                http = await stack.enter_async_context(
+                    httpx2.AsyncClient(headers=headers, timeout=timeout))
+                transport = streamable_http_client(target["url"], http_client=http)
+                clients[target["label"]] = await stack.enter_async_context(
+                    Client(transport, mode=args.mode, read_timeout_seconds=args.timeout))
+            except Exception as exc:  # also ExceptionGroup
+                failed[target["label"]] = error_json(exc)
+        for i in range(args.warmup + args.calls):
+            live = [label for label in labels if label in clients and label not in failed]
+            if not live:
+                break
+            shift = i % len(live)
+            for label in live[shift:] + live[:shift]:
+                start = time.perf_counter()
+                try:
+                    result = await clients[label].call_tool(args.name, args.arguments)
+                except Exception as exc:
+                    failed[label] = error_json(exc)
+                    continue
+                elapsed_ms = (time.perf_counter() - start) * 1000
+                if result.is_error:
+                    failed[label] = {"error": json.dumps(tool_result_json(result)["content"])}
+                elif i >= args.warmup:
+                    samples[label].append(elapsed_ms)
+    return {"rounds": args.calls,
+            "targets": {label: failed.get(label) or figures(samples[label]) for label in labels}}
 
 
 async def run(args: argparse.Namespace) -> dict:
+    if args.command == "rounds":
+        return await rounds(args)
     # connect/write/pool time out after --timeout; reads are bounded per request by the session's
     # read timeout instead, so the long-lived GET stream is not cut (the SDK's own default: 300 s).
     timeout = httpx2.Timeout(args.timeout, read=max(args.timeout, 300.0))
