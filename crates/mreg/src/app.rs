@@ -366,6 +366,7 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         egress: egress.clone(),
         gateway: crate::proxy::http_client::gateway_client(egress.clone())?,
         upstream,
+        tasks: tasks.clone(),
     });
     let state = crate::state::AppState::new(crate::state::Shared {
         tasks: tasks.clone(),

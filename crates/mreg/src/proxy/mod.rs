@@ -83,6 +83,8 @@ pub struct Proxy {
     pub gateway: GatewayClient,
     /// The reqwest client of `proxy_request` (rmcp's transport).
     pub upstream: reqwest::Client,
+    /// Where the rest of an answer relayed as JSON is read to its end.
+    pub tasks: crate::tasks::Tasks,
 }
 
 impl Proxy {
@@ -310,6 +312,25 @@ async fn admit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_answer_goes_to_clients_whose_accept_takes_it() {
+        for (accept, takes) in [
+            ("application/json, text/event-stream", true),
+            ("text/event-stream, application/json;q=0.5", true),
+            ("text/event-stream", false),
+            ("*/*", true),
+            ("application/*;q=0.1", true),
+            ("application/json;q=0, text/event-stream", false),
+            ("Application/JSON", true),
+            ("application/jsonx", false),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+            assert_eq!(accepts_json(&headers), takes, "{accept}");
+        }
+        assert!(!accepts_json(&HeaderMap::new()), "no Accept at all");
+    }
 
     #[test]
     fn only_the_chosen_headers_are_passed_on_with_every_value() {

@@ -113,6 +113,8 @@ pub(super) async fn forward_to(
         }
         None => Ok(HeaderValue::from_static(crate::egress::instance_id())),
     };
+    // An SSE answer may come back as JSON (stream::single_answer) to a client that takes it.
+    let takes_json = call.batch.is_empty() && accepts_json(&parts.headers);
     // The caller's headers are kept in place, less those not passed on; then the gateway's own.
     let mut headers = parts.headers;
     keep_only(&mut headers, &FORWARDED_REQUEST_HEADERS, |name| {
@@ -205,17 +207,53 @@ pub(super) async fn forward_to(
         );
     }
     match checked(response, name, &call, deadline).await {
-        Ok(response) => relay(
-            state,
-            server,
-            caller,
-            &call,
-            response,
-            deadline,
-            upstream_session.as_ref(),
-        ),
+        Ok(response) => {
+            let response = match call.id.as_ref() {
+                Some(id)
+                    if takes_json
+                        && rpc::media_type(response.headers())
+                            .eq_ignore_ascii_case("text/event-stream") =>
+                {
+                    stream::single_answer(response, id, deadline, &state.tasks).await
+                }
+                _ => response,
+            };
+            relay(
+                state,
+                server,
+                caller,
+                &call,
+                response,
+                deadline,
+                upstream_session.as_ref(),
+            )
+        }
         Err(refused) => refused,
     }
+}
+
+/// Whether a request's `Accept` takes a JSON answer (`application/json`, `application/*` or
+/// `*/*` with a quality above zero).
+pub(super) fn accepts_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut params = range.split(';');
+            let kind = params.next().unwrap_or("").trim();
+            let refused = params.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.trim().parse::<f32>().ok())
+                    .is_some_and(|q| q <= 0.0)
+            });
+            !refused
+                && ["application/json", "application/*", "*/*"]
+                    .iter()
+                    .any(|k| kind.eq_ignore_ascii_case(k))
+        })
 }
 
 /// Largest JSON answer the gateway reads whole to check that it is JSON.

@@ -10,7 +10,7 @@
 //! larger than that is passed on unwatched.
 
 use axum::body::Bytes;
-use futures_util::{Stream, StreamExt, stream};
+use futures_util::{FutureExt, Stream, StreamExt, stream};
 use serde_json::{Value, json};
 
 /// Most bytes of one event the watch holds.
@@ -133,6 +133,110 @@ pub fn audited(
             }
         },
     )
+}
+
+/// Longest the first message of an SSE answer is waited for before the answer is relayed as a
+/// stream: a longer call gets its headers and keep-alive comments (`MREG_SSE_KEEPALIVE`) as any
+/// stream does, so that nothing between the client and the gateway takes it for idle.
+const SINGLE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Longest the rest of an upstream stream is read, after its answer went to the client as JSON,
+/// so that the connection goes back to the pool.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// An SSE answer to request `id` whose first message is the response, as one JSON answer: the
+/// same status and headers, `application/json`, the message as the body. MCP clients take either
+/// form (the transport lets a server answer a request with JSON or a stream), and with JSON a
+/// client keeps its connection: the Python SDK closes an event stream once the response has come,
+/// before the stream ends, and so opens a new connection for every call. Anything else — a
+/// notification or request before the response (progress, logging, sampling), a stream that ends,
+/// breaks off first, no message within [`SINGLE_ANSWER_WAIT`] or by `deadline`, an event too
+/// large to hold — is relayed as the stream it is, from its first byte, and watched as before. Events without data (a priming event for
+/// resumption, a comment) are passed over: a finished answer is not resumed. What the upstream
+/// sends after the response is read and dropped in the background (clients stop reading there).
+pub async fn single_answer(
+    response: axum::response::Response,
+    id: &Value,
+    deadline: tokio::time::Instant,
+    tasks: &crate::tasks::Tasks,
+) -> axum::response::Response {
+    let (mut parts, body) = response.into_parts();
+    let mut upstream = body.into_data_stream();
+    let mut events = super::rpc::sse::Splitter::default();
+    let mut read = Vec::new();
+    let mut ended = None;
+    let wait_until = deadline.min(tokio::time::Instant::now() + SINGLE_ANSWER_WAIT);
+    let answer = 'read: loop {
+        let next = match tokio::time::timeout_at(wait_until, upstream.next()).await {
+            Ok(next) => next,
+            Err(_) => break None,
+        };
+        let bytes = match next {
+            Some(Ok(bytes)) => bytes,
+            other => {
+                ended = Some(other);
+                break None;
+            }
+        };
+        events.push(&bytes);
+        read.push(bytes);
+        // Some(Some(json)): the response; Some(None): another message; None: no data.
+        while let Some(found) = events.next_event(|event| {
+            let data = super::rpc::sse::data(event);
+            if data.trim().is_empty() {
+                return None;
+            }
+            let typed = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("event:"))
+                .map(str::trim)
+                .next_back()
+                .is_none_or(|t| t == "message");
+            let message: Option<Value> = serde_json::from_str(&data).ok();
+            let answers = typed
+                && message
+                    .as_ref()
+                    .is_some_and(|m| super::rpc::is_response_to(m, id));
+            Some(answers.then_some(data))
+        }) {
+            match found {
+                None => continue,
+                Some(json) => break 'read json,
+            }
+        }
+        if events.unfinished().len() > MAX_WATCHED_EVENT {
+            break None;
+        }
+    };
+    match answer {
+        Some(json) => {
+            if !matches!(upstream.next().now_or_never(), Some(None)) {
+                tasks.spawn("drain_upstream_answer", async move {
+                    let drained = async { while let Some(Ok(_)) = upstream.next().await {} };
+                    let _ = tokio::time::timeout(DRAIN_FOR, drained).await;
+                });
+            }
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            parts.headers.remove(axum::http::header::TRANSFER_ENCODING);
+            parts.headers.insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            axum::response::Response::from_parts(parts, axum::body::Body::from(json))
+        }
+        None => {
+            let head = stream::iter(read.into_iter().map(Ok::<_, axum::Error>));
+            let body = match ended {
+                // Out of time, or an event too large to hold: the rest follows as it comes.
+                None => axum::body::Body::from_stream(head.chain(upstream)),
+                Some(Some(Err(e))) => {
+                    axum::body::Body::from_stream(head.chain(stream::once(async { Err(e) })))
+                }
+                Some(_) => axum::body::Body::from_stream(head),
+            };
+            axum::response::Response::from_parts(parts, body)
+        }
+    }
 }
 
 /// The upstream's SSE stream, watched for the answer to `pending`; when the stream ends or
@@ -304,6 +408,101 @@ mod tests {
             clean
                 .failure("s", "ended the stream")
                 .starts_with(b"event: message")
+        );
+    }
+
+    /// What `single_answer` makes of an SSE answer to request 7 that arrives in `chunks` (and
+    /// then ends, or stays open): the content type and the body the client gets.
+    async fn answered(chunks: &[&str], stays_open: bool) -> (String, String) {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = chunks
+            .iter()
+            .map(|c| Ok(Bytes::from(c.to_string())))
+            .collect();
+        let body = if stays_open {
+            axum::body::Body::from_stream(stream::iter(chunks).chain(stream::pending()))
+        } else {
+            axum::body::Body::from_stream(stream::iter(chunks))
+        };
+        let mut response = axum::response::Response::new(body);
+        response.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/event-stream"),
+        );
+        let tasks = crate::tasks::Tasks::new(tokio_util::sync::CancellationToken::new());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+        let out = single_answer(response, &json!(7), deadline, &tasks).await;
+        let kind = out.headers()[axum::http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        // A stream left open is read until the deadline has passed, then cut short.
+        let read = axum::body::to_bytes(out.into_body(), usize::MAX);
+        let body = tokio::time::timeout(std::time::Duration::from_millis(500), read)
+            .await
+            .map_or_else(
+                |_| "(still open)".to_owned(),
+                |b| String::from_utf8_lossy(&b.unwrap_or_default()).into_owned(),
+            );
+        (kind, body)
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_first_message_is_the_response_becomes_that_message_as_json() {
+        let answer = r#"{"jsonrpc":"2.0","id":7,"result":{"ok":true}}"#;
+        let primed = format!("id: 1\ndata:\n\nevent: message\nid: 2\ndata: {answer}\n\n");
+        // The response in one chunk, cut inside a line, after a priming event or a comment,
+        // followed by more the client would not read, or with the stream still open.
+        for (chunks, open) in [
+            (vec![format!("event: message\ndata: {answer}\n\n")], false),
+            (
+                vec![
+                    "data: {\"jsonrpc\":\"2.0\",\"id\":7,".to_owned(),
+                    "\"result\":{\"ok\":true}}\r\n\r\n".to_owned(),
+                ],
+                false,
+            ),
+            (vec![primed.clone()], false),
+            (
+                vec![format!(
+                    ": keep-alive\n\ndata: {answer}\n\ndata: {{\"late\":1}}\n\n"
+                )],
+                false,
+            ),
+            (vec![primed], true),
+        ] {
+            let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
+            assert_eq!(
+                answered(&chunks, open).await,
+                ("application/json".to_owned(), answer.to_owned()),
+                "{chunks:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn any_other_stream_is_relayed_whole_from_its_first_byte() {
+        let progress = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+        let answer = "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n";
+        let other_id = "data: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n";
+        let other_type = "event: note\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n";
+        for chunks in [
+            vec![progress, answer],
+            vec![other_id, answer],
+            vec![other_type, answer],
+            vec!["data: not json\n\n", answer],
+            // Ends before any message, or in the middle of one: the watch reports it.
+            vec!["id: 1\ndata:\n\n"],
+            vec!["data: {\"jsonrpc\":\"2.0\",\"id\":7,"],
+        ] {
+            let (kind, body) = answered(&chunks, false).await;
+            assert_eq!(kind, "text/event-stream", "{chunks:?}");
+            assert_eq!(body, chunks.concat(), "{chunks:?}");
+        }
+        // No message by the deadline: what came is relayed and the rest follows as it comes.
+        let (kind, body) = answered(&[": waiting\n\n"], true).await;
+        assert_eq!(
+            (kind.as_str(), body.as_str()),
+            ("text/event-stream", "(still open)")
         );
     }
 }

@@ -336,24 +336,42 @@ async fn characters_cut_between_chunks_stay_whole_in_the_catalog_and_through_the
         "{found}"
     );
 
-    let response = app
-        .http
-        .post(format!("http://{}/servers/pieces/mcp", app.mcp_addr))
-        .header("accept", "application/json, text/event-stream")
-        .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" }))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.expect("body");
-    let data = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data: "))
-        .unwrap_or_default();
-    let listed: Value = serde_json::from_str(data).unwrap_or_default();
-    assert_eq!(
-        listed["result"]["tools"][0]["description"], description,
-        "{text}"
-    );
+    // A client that takes JSON gets the one message as JSON; one that takes only a stream gets
+    // the pieces relayed as they come.
+    for (accept, sse) in [
+        ("application/json, text/event-stream", false),
+        ("text/event-stream", true),
+    ] {
+        let response = app
+            .http
+            .post(format!("http://{}/servers/pieces/mcp", app.mcp_addr))
+            .header("accept", accept)
+            .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/list" }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::OK);
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = response.text().await.expect("body");
+        let data = if sse {
+            assert!(kind.starts_with("text/event-stream"), "{kind}");
+            text.lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap_or_default()
+        } else {
+            assert!(kind.starts_with("application/json"), "{kind}");
+            &text
+        };
+        let listed: Value = serde_json::from_str(data).unwrap_or_default();
+        assert_eq!(
+            listed["result"]["tools"][0]["description"], description,
+            "{accept}: {text}"
+        );
+    }
     app.stop().await;
 }

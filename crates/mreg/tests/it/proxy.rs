@@ -72,6 +72,24 @@ async fn open_session(app: &TestApp, server: &str) -> String {
     session
 }
 
+/// One POST in `session` through the gateway, its answer unread (to watch it arrive).
+async fn send_in_session(
+    app: &TestApp,
+    server: &str,
+    session: &str,
+    body: &Value,
+) -> reqwest::Response {
+    app.http
+        .post(format!("http://{}/servers/{server}/mcp", app.mcp_addr))
+        .header("accept", ACCEPT)
+        .header("mcp-session-id", session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .json(body)
+        .send()
+        .await
+        .expect("send")
+}
+
 /// Opens the server-to-client event stream (`GET`) of a session through the gateway.
 async fn open_stream(app: &TestApp, server: &str, session: &str) -> reqwest::Response {
     let stream = app
@@ -275,17 +293,9 @@ async fn sse_answers_stream_through_as_they_are_produced() {
         .await;
     let session = open_session(&app, "streamer").await;
     let started = Instant::now();
-    let mut response = app
-        .http
-        .post(format!("http://{}/servers/streamer/mcp", app.mcp_addr))
-        .header("accept", ACCEPT)
-        .header("mcp-session-id", &session)
-        .header("mcp-protocol-version", "2025-11-25")
-        .json(&json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
-            "name": "count", "arguments": { "n": 3, "delay_ms": 400 }, "_meta": { "progressToken": "p1" } } }))
-        .send()
-        .await
-        .expect("send");
+    let call = json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {
+        "name": "count", "arguments": { "n": 3, "delay_ms": 400 }, "_meta": { "progressToken": "p1" } } });
+    let mut response = send_in_session(&app, "streamer", &session, &call).await;
     assert!(
         response.headers()["content-type"]
             .to_str()
@@ -322,6 +332,103 @@ async fn sse_answers_stream_through_as_they_are_produced() {
     let row = audit_row_of(&app, "count").await;
     assert_eq!(row.event.outcome, "ok", "{row:?}");
     assert!(row.event.duration_us >= 1_000_000, "{row:?}");
+    app.stop().await;
+}
+
+/// An SSE answer whose first message is the response reaches a client that takes JSON as JSON,
+/// so that the official Python SDK client, which closes an event stream as soon as its response
+/// has come (and so its connection), keeps one connection for all its calls.
+#[tokio::test]
+async fn a_single_sse_answer_reaches_the_client_as_json_and_the_python_sdk_keeps_its_connection() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(true).await;
+    app.register("sse", json!({ "url": upstream.url })).await;
+    let session = open_session(&app, "sse").await;
+    let answer = send_in_session(
+        &app,
+        "sse",
+        &session,
+        &json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": { "name": "echo", "arguments": { "text": "hi" } } }),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["content-type"],
+        "application/json",
+        "{:?}",
+        answer.headers()
+    );
+    assert!(
+        answer.headers().contains_key("content-length"),
+        "{:?}",
+        answer.headers()
+    );
+    let body: Value = answer.json().await.expect("one JSON message");
+    assert_eq!(body["id"], 9, "{body}");
+    assert_eq!(body["result"]["content"][0]["text"], "hi", "{body}");
+    let row = audit_row_of(&app, "echo").await;
+    assert_eq!(row.event.outcome, "ok", "{row:?}");
+    // A call that takes longer than a second is relayed as a stream, whose headers (and
+    // keep-alive comments) come at once.
+    let started = Instant::now();
+    let slow = send_in_session(
+        &app,
+        "sse",
+        &session,
+        &json!({ "jsonrpc": "2.0", "id": 10, "method": "tools/call",
+            "params": { "name": "count", "arguments": { "n": 1, "delay_ms": 2500 } } }),
+    )
+    .await;
+    let headers_after = started.elapsed();
+    assert!(
+        headers_after < Duration::from_millis(2000),
+        "headers after {headers_after:?}"
+    );
+    assert!(
+        slow.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        slow.headers()
+    );
+    let streamed = slow.text().await.expect("answer");
+    assert!(
+        messages(&streamed)
+            .iter()
+            .any(|m| m["id"] == 10 && m["result"]["structuredContent"]["count"] == 1),
+        "{streamed}"
+    );
+
+    let Some(python) = crate::support::peers::python_peers() else {
+        return;
+    };
+    let door = crate::support::ChaosProxy::start(app.mcp_addr).await;
+    let url = format!("http://{}/servers/sse/mcp", door.addr);
+    let (ok, bench) = crate::support::peers::py_client(
+        &python,
+        &url,
+        &["--mode", "legacy"],
+        &[
+            "bench",
+            "echo",
+            r#"{"text":"hi"}"#,
+            "--calls",
+            "20",
+            "--warmup",
+            "0",
+        ],
+    )
+    .await;
+    assert!(ok, "{bench}");
+    assert_eq!(bench["calls"], 20, "{bench}");
+    // The session's POSTs share a connection; its GET stream holds one more.
+    let accepted = door.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        accepted <= 4,
+        "the Python SDK client opened {accepted} connections for 20 calls"
+    );
     app.stop().await;
 }
 
@@ -561,7 +668,8 @@ async fn an_upstream_that_demands_credentials_is_reported_not_passed_through() {
 }
 
 /// The median of 30 sequential `tools/call`s of `tool` in one session at `url`, over one
-/// keep-alive connection, with SSE answers.
+/// keep-alive connection, with SSE answers: each call asks for progress, so that an upstream
+/// that reports it answers in several pieces, which the proxy relays as they come.
 async fn median_call_over_keep_alive(url: &str, tool: &str, arguments: Value) -> Duration {
     // One connection for every request, as an SDK client keeps it.
     let http = reqwest::Client::builder()
@@ -594,7 +702,7 @@ async fn median_call_over_keep_alive(url: &str, tool: &str, arguments: Value) ->
     let mut times = Vec::new();
     for id in 1..=30 {
         let call = json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": { "name": tool, "arguments": arguments } });
+            "params": { "name": tool, "arguments": arguments, "_meta": { "progressToken": id } } });
         let started = Instant::now();
         let answer = send(call, session.clone()).await.expect("call");
         assert!(
@@ -628,8 +736,8 @@ async fn sequential_keep_alive_calls_with_sse_answers_do_not_stall() {
     app.register("sse", json!({ "url": upstream.url })).await;
     let proxied = median_call_over_keep_alive(
         &format!("http://{}/servers/sse/mcp", app.mcp_addr),
-        "echo",
-        json!({ "text": "hi" }),
+        "count",
+        json!({ "n": 1, "delay_ms": 0 }),
     )
     .await;
     let own = median_call_over_keep_alive(

@@ -465,6 +465,8 @@ impl RedisBehindProxy {
 pub struct ChaosProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<std::sync::atomic::AtomicUsize>,
     state: Arc<tokio::sync::watch::Sender<Link>>,
 }
 
@@ -484,8 +486,11 @@ impl ChaosProxy {
         let (state, _) = tokio::sync::watch::channel(Link::Up);
         let state = Arc::new(state);
         let state2 = state.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut link = state2.subscribe();
                 let now = *link.borrow_and_update();
                 match now {
@@ -519,7 +524,11 @@ impl ChaosProxy {
                 });
             }
         });
-        Self { addr, state }
+        Self {
+            addr,
+            accepted,
+            state,
+        }
     }
 
     fn set(&self, link: Link) {
