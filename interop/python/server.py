@@ -1,7 +1,8 @@
 """Upstream MCP test server built with FastMCP, served over streamable HTTP on 127.0.0.1.
 
 FastMCP's default HTTP mode is used as is: stateful sessions (Mcp-Session-Id) and SSE answers
-to POSTs, endpoint `/mcp`. Tools: `echo`, `add` (structured output `{"result": n}`) and `slow`;
+to POSTs, endpoint `/mcp`. Tools: `echo`, `add` (structured output `{"result": n}`), `slow` and
+`chatty` (logs a line to the caller before it answers, so its answer is a stream of two events);
 `--unicode-tools N` adds N more, `glossary_1` ... `glossary_N`, each described in 3,000 characters
 of several scripts (most of them 2 to 4 bytes in UTF-8): a large `tools/list` answer whose text
 must arrive whole.
@@ -24,7 +25,7 @@ import socket
 import sys
 
 import uvicorn.config
-from fastmcp import FastMCP
+from fastmcp import Context, FastMCP
 
 HOST = "127.0.0.1"
 
@@ -120,6 +121,12 @@ def build_server(auth=None, unicode_tools: int = 0) -> FastMCP:
         """Sleep `ms` milliseconds, then answer."""
         await asyncio.sleep(ms / 1000)
         return f"slept {ms} ms"
+
+    @mcp.tool
+    async def chatty(text: str, ctx: Context) -> str:
+        """Log a line to the caller, then return `text` unchanged."""
+        await ctx.info(f"echoing {len(text)} characters")
+        return text
 
     for number in range(1, unicode_tools + 1):
         def glossary(term: str, number: int = number) -> str:

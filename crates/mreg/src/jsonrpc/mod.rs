@@ -410,11 +410,42 @@ pub fn error_with_data(
     crate::audit::Note::failed(response, noted)
 }
 
-/// For an answer streamed as SSE: set, once the stream is over, to why the upstream failed to
-/// answer (it ended or broke off the stream first). Kept in the response's extensions, so that
-/// the audit row is completed when the stream ends rather than when it starts.
+/// For an answer streamed as SSE: whether the response to the request has passed, and, once the
+/// stream is over, why the upstream failed to answer (it ended or broke off the stream first).
+/// Kept in the response's extensions, so that the audit row is completed when the stream ends
+/// rather than when it starts.
 #[derive(Debug, Clone, Default)]
-pub struct StreamOutcome(pub std::sync::Arc<std::sync::OnceLock<String>>);
+pub struct StreamOutcome(std::sync::Arc<Outcome>);
+
+#[derive(Debug, Default)]
+struct Outcome {
+    failed: std::sync::OnceLock<String>,
+    answered: std::sync::atomic::AtomicBool,
+}
+
+impl StreamOutcome {
+    /// Records why the request was left unanswered (the first reason stays).
+    pub fn fail(&self, why: String) {
+        let _ = self.0.failed.set(why);
+    }
+
+    /// Why the request was left unanswered, if it was.
+    pub fn failure(&self) -> Option<&str> {
+        self.0.failed.get().map(String::as_str)
+    }
+
+    /// Records that the response to the request is in the bytes being passed on.
+    pub fn answer(&self) {
+        self.0
+            .answered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the response to the request has been passed on.
+    pub fn answered(&self) -> bool {
+        self.0.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 #[cfg(test)]
 mod tests;

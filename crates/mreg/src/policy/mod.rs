@@ -1,8 +1,9 @@
 //! The policy chain after authentication: rate limits, then role-based authorization. Every
 //! entry point goes through here — [`Gate::check_request`] for each HTTP request (REST operations by
 //! method and route; called by [`crate::authn::AuthLayer`], so the chain is one layer),
-//! [`Gate::admit_tool`] for the gateway's own MCP tools, [`Gate::admit_forward`] for every message proxied
-//! to a registered server (through `/servers/{name}/mcp` or `proxy_request`).
+//! [`Gate::admit_tool`] for the gateway's own MCP tools, [`Gate::authorize_forward`] and
+//! [`Gate::spend_forward`] for every message proxied to a registered server (through
+//! `/servers/{name}/mcp` or `proxy_request`; the circuit breaker decides between the two).
 //! Handlers never check roles themselves.
 //!
 //! Roles come from the principal (Entra app roles). The seed document's mapping is the default:
@@ -134,37 +135,54 @@ impl Gate {
         self.counted(decided)
     }
 
-    /// Admits one message to registered server `server`: the server's roles and, for
-    /// `tools/call`, the tool's roles and the principal × tool budget (`server/tool`).
-    pub async fn admit_forward(
+    /// Authorizes one message to registered server `server`: the server's roles and, for
+    /// `tools/call`, the tool's. Then (after the circuit breaker) [`Gate::spend_forward`].
+    pub fn authorize_forward(
         &self,
         principal: &Principal,
         server: &domain::Server,
         method: &str,
         tool: Option<&str>,
     ) -> Result<(), Refusal> {
-        let called = (method == "tools/call").then_some(tool).flatten();
-        let admitted = async {
-            self.rules
-                .server(
-                    principal,
-                    server.tenant.as_deref(),
-                    server.name.as_str(),
-                    called,
-                )
-                .map_err(Refusal::Denied)?;
-            // Without authentication there are no budgets (and no key to build).
-            if let Some(tool) = called.filter(|_| self.authenticated) {
-                self.spend(principal, Some(&format!("{}/{tool}", server.name)))
-                    .await?;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(refusal) = &admitted {
+        let called = called_tool(method, tool);
+        let decided = self
+            .rules
+            .server(
+                principal,
+                server.tenant.as_deref(),
+                server.name.as_str(),
+                called,
+            )
+            .map_err(Refusal::Denied);
+        self.noted(decided)
+    }
+
+    /// Spends, for a `tools/call` to registered server `server`, the principal × tool budget
+    /// (`server/tool`); other messages spend nothing here.
+    pub async fn spend_forward(
+        &self,
+        principal: &Principal,
+        server: &domain::Server,
+        method: &str,
+        tool: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let called = called_tool(method, tool);
+        // Without authentication there are no budgets (and no key to build).
+        let Some(tool) = called.filter(|_| self.authenticated) else {
+            return Ok(());
+        };
+        let spent = self
+            .spend(principal, Some(&format!("{}/{tool}", server.name)))
+            .await;
+        self.noted(spent)
+    }
+
+    /// A refusal of a forwarded message, noted for its audit row and counted.
+    fn noted(&self, decided: Result<(), Refusal>) -> Result<(), Refusal> {
+        if let Err(refusal) = &decided {
             crate::audit::note_refusal(refusal);
         }
-        self.counted(admitted)
+        self.counted(decided)
     }
 
     /// Counts a refusal in `mreg_policy_refusals_total`, where it is decided (once, whatever
@@ -241,4 +259,9 @@ pub fn filter_tool_list(
                 .is_some_and(|tool| policy.server(principal, tenant, name, Some(tool)).is_ok())
         });
     }
+}
+
+/// The tool a message calls: its name, for a `tools/call`.
+fn called_tool<'a>(method: &str, tool: Option<&'a str>) -> Option<&'a str> {
+    (method == "tools/call").then_some(tool).flatten()
 }

@@ -35,12 +35,15 @@ pub async fn forward_one(
         .as_ref()
         .and_then(|p| p.get("name"))
         .and_then(Value::as_str);
-    // The order of `/servers/{name}/mcp`: the policy chain, then the circuit breaker.
+    // The order of `/servers/{name}/mcp`: roles, the circuit breaker, then the tool's budget.
     state
         .gate
-        .admit_forward(principal, server, method, tool)
-        .await?;
+        .authorize_forward(principal, server, method, tool)?;
     state.health.ensure_reachable(server)?;
+    state
+        .gate
+        .spend_forward(principal, server, method, tool)
+        .await?;
     if method.trim().is_empty() || lifecycle_method(method) {
         return Err(Error::invalid(
             "method",

@@ -91,9 +91,10 @@ impl Proxy {
     /// The route to the server `name` means to `caller`: its registration and upstream
     /// credentials (its own tenant's server, else the public one; a private server of another
     /// tenant is as unknown as one nobody registered: [`domain::Error::NotFound`]). Both forwarding paths start here and
-    /// then go the same way: the policy chain for each message ([`Gate::admit_forward`]), then
-    /// the circuit breaker ([`Monitor::ensure_reachable`]), so that a refused caller learns
-    /// nothing of the server's health and sets off no probe.
+    /// then go the same way: the policy's roles for each message ([`Gate::authorize_forward`]),
+    /// the circuit breaker ([`Monitor::ensure_reachable`]), then the tool budgets
+    /// ([`Gate::spend_forward`]): a caller the roles refuse learns nothing of the server's health
+    /// and sets off no probe, and a call refused as unavailable spends no tool budget.
     pub async fn route_for(
         &self,
         caller: &domain::Principal,
@@ -288,22 +289,40 @@ async fn proxy(
 #[derive(Clone)]
 struct Known(String);
 
-/// Admits a message, or every message of a batch, through the policy chain.
-async fn admit(
+/// A message, or each message of a batch.
+fn messages(call: &McpCall) -> &[McpCall] {
+    if call.batch.is_empty() {
+        std::slice::from_ref(call)
+    } else {
+        call.batch.as_slice()
+    }
+}
+
+/// Authorizes a message, or every message of a batch, by the policy's roles.
+fn authorize(
     state: &Proxy,
     caller: &domain::Principal,
     server: &domain::Server,
     call: &McpCall,
 ) -> Result<(), crate::policy::Refusal> {
-    let calls = if call.batch.is_empty() {
-        std::slice::from_ref(call)
-    } else {
-        call.batch.as_slice()
-    };
-    for one in calls {
+    messages(call).iter().try_for_each(|one| {
         state
             .gate
-            .admit_forward(caller, server, &one.method, one.name.as_deref())
+            .authorize_forward(caller, server, &one.method, one.name.as_deref())
+    })
+}
+
+/// Spends the tool budgets of a message, or of every message of a batch.
+async fn spend(
+    state: &Proxy,
+    caller: &domain::Principal,
+    server: &domain::Server,
+    call: &McpCall,
+) -> Result<(), crate::policy::Refusal> {
+    for one in messages(call) {
+        state
+            .gate
+            .spend_forward(caller, server, &one.method, one.name.as_deref())
             .await?;
     }
     Ok(())
@@ -324,6 +343,13 @@ mod tests {
             ("application/json;q=0, text/event-stream", false),
             ("Application/JSON", true),
             ("application/jsonx", false),
+            // The most specific range decides.
+            ("application/json;q=0, */*", false),
+            ("application/json;q=0, application/*", false),
+            ("*/*;q=0, application/json", true),
+            ("application/json;Q=0, text/event-stream", false),
+            ("application/json;q=NaN, text/event-stream", false),
+            ("application/json;q=oops", false),
         ] {
             let mut headers = HeaderMap::new();
             headers.insert(header::ACCEPT, HeaderValue::from_static(accept));

@@ -66,16 +66,16 @@ pub(super) async fn forward_to(
     {
         entry.arguments(arguments);
     }
-    if let Err(refusal) = admit(state, caller, server, &call).await {
+    let refused = |refusal: crate::policy::Refusal, entry: &mut crate::audit::Entry| {
         entry.decide(&refusal);
-        return crate::policy::answer::jsonrpc(
-            &refusal,
-            call.id.as_ref(),
-            call.method == "tools/call",
-        );
+        crate::policy::answer::jsonrpc(&refusal, call.id.as_ref(), call.method == "tools/call")
+    };
+    if let Err(refusal) = authorize(state, caller, server, &call) {
+        return refused(refusal, entry);
     }
     // The breaker after the roles: a caller the policy refuses learns nothing of the server's
-    // health and never sets off the half-open probe.
+    // health and never sets off the half-open probe; and before the budgets, which a call
+    // refused as unavailable does not spend.
     if let Err(e) = state.health.ensure_reachable(server) {
         return rpc::error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +83,9 @@ pub(super) async fn forward_to(
             rpc::UPSTREAM_ERROR,
             e.to_string(),
         );
+    }
+    if let Err(refusal) = spend(state, caller, server, &call).await {
+        return refused(refusal, entry);
     }
     let upstream_session = match parts.headers.get(SESSION_HEADER) {
         None => None,
@@ -232,28 +235,38 @@ pub(super) async fn forward_to(
     }
 }
 
-/// Whether a request's `Accept` takes a JSON answer (`application/json`, `application/*` or
-/// `*/*` with a quality above zero).
+/// Whether a request's `Accept` takes a JSON answer: the most specific range that matches
+/// `application/json` (itself, `application/*`, `*/*`) has a quality above zero.
 pub(super) fn accepts_json(headers: &HeaderMap) -> bool {
-    headers
+    // (specificity, quality) of the best match so far.
+    let mut best: Option<(u8, f32)> = None;
+    let ranges = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|range| {
-            let mut params = range.split(';');
-            let kind = params.next().unwrap_or("").trim();
-            let refused = params.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            !refused
-                && ["application/json", "application/*", "*/*"]
-                    .iter()
-                    .any(|k| kind.eq_ignore_ascii_case(k))
-        })
+        .flat_map(|v| v.split(','));
+    for range in ranges {
+        let mut params = range.split(';');
+        let kind = params.next().unwrap_or("").trim();
+        let specificity = match kind.to_ascii_lowercase().as_str() {
+            "application/json" => 2,
+            "application/*" => 1,
+            "*/*" => 0,
+            _ => continue,
+        };
+        // A quality that does not parse is no quality: the range is refused.
+        let quality = params
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, q)| {
+                q.trim().parse::<f32>().ok().filter(|q| q.is_finite())
+            })
+            .unwrap_or(0.0);
+        if best.is_none_or(|(s, q)| specificity > s || (specificity == s && quality > q)) {
+            best = Some((specificity, quality));
+        }
+    }
+    best.is_some_and(|(_, quality)| quality > 0.0)
 }
 
 /// Largest JSON answer the gateway reads whole to check that it is JSON.

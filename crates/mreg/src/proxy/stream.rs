@@ -100,39 +100,67 @@ struct State<S> {
 impl<S> State<S> {
     /// The last event for a request left unanswered because the upstream `why`.
     fn unanswered(&self, watch: &Watch, why: &str) -> Bytes {
-        let _ = self
-            .outcome
-            .0
-            .set(format!("server '{}' {why} before answering", self.server));
+        self.outcome
+            .fail(format!("server '{}' {why} before answering", self.server));
         watch.failure(&self.server, why)
+    }
+}
+
+/// The audit entry of a streamed answer while the stream is open.
+struct Open {
+    entry: Option<crate::audit::Entry>,
+    outcome: super::rpc::StreamOutcome,
+    /// The bytes holding the response have been taken by the connection (the stream was asked
+    /// for more after them).
+    delivered: bool,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // A client may close the stream once its response has come, before the upstream ends
+        // it (the Python SDK does): the call was answered, not cancelled.
+        if self.delivered
+            && let Some(entry) = self.entry.take()
+        {
+            entry.finish(Ok(()));
+        }
     }
 }
 
 /// The body of a streamed answer, completing its audit `entry` when it ends: an error when
 /// `outcome` says the upstream left the request unanswered, ok otherwise. Dropped before its
-/// end (the caller went away), the entry records a cancellation.
+/// end (the caller went away), the entry records a cancellation, unless the response had
+/// already been passed on.
 pub fn audited(
     body: axum::body::Body,
     entry: crate::audit::Entry,
     outcome: super::rpc::StreamOutcome,
 ) -> impl Stream<Item = Result<Bytes, axum::Error>> + Send + 'static {
-    stream::unfold(
-        Some((body.into_data_stream(), entry, outcome)),
-        |state| async move {
-            let (mut body, entry, outcome) = state?;
-            match body.next().await {
-                Some(Ok(bytes)) => Some((Ok(bytes), Some((body, entry, outcome)))),
-                Some(Err(e)) => {
+    let open = Open {
+        entry: Some(entry),
+        outcome,
+        delivered: false,
+    };
+    stream::unfold(Some((body.into_data_stream(), open)), |state| async move {
+        let (mut body, mut open) = state?;
+        // Asked for more: what was passed on before has been taken.
+        open.delivered = open.outcome.answered();
+        match body.next().await {
+            Some(Ok(bytes)) => Some((Ok(bytes), Some((body, open)))),
+            Some(Err(e)) => {
+                if let Some(entry) = open.entry.take() {
                     entry.finish(Err(format!("the stream broke off: {e}")));
-                    Some((Err(e), None))
                 }
-                None => {
-                    entry.finish(outcome.0.get().cloned().map_or(Ok(()), Err));
-                    None
-                }
+                Some((Err(e), None))
             }
-        },
-    )
+            None => {
+                if let Some(entry) = open.entry.take() {
+                    entry.finish(open.outcome.failure().map_or(Ok(()), |f| Err(f.to_owned())));
+                }
+                None
+            }
+        }
+    })
 }
 
 /// Longest the first message of an SSE answer is waited for before the answer is relayed as a
@@ -141,8 +169,12 @@ pub fn audited(
 const SINGLE_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest the rest of an upstream stream is read, after its answer went to the client as JSON,
-/// so that the connection goes back to the pool.
+/// so that the connection goes back to the pool, and most bytes read so.
 const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+const DRAIN_BYTES: usize = 1024 * 1024;
+
+/// The UTF-8 byte order mark, which may open an event stream (and which SSE parsers drop).
+const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 
 /// An SSE answer to request `id` whose first message is the response, as one JSON answer: the
 /// same status and headers, `application/json`, the message as the body. MCP clients take either
@@ -152,8 +184,11 @@ const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
 /// notification or request before the response (progress, logging, sampling), a stream that ends,
 /// breaks off first, no message within [`SINGLE_ANSWER_WAIT`] or by `deadline`, an event too
 /// large to hold — is relayed as the stream it is, from its first byte, and watched as before. Events without data (a priming event for
-/// resumption, a comment) are passed over: a finished answer is not resumed. What the upstream
-/// sends after the response is read and dropped in the background (clients stop reading there).
+/// resumption, a comment) are passed over: a finished answer is not resumed. At most
+/// [`MAX_WATCHED_EVENT`] bytes are held, whatever they are. What the upstream sends after the
+/// response (the transport says a server should end the stream there; the Python SDK stops
+/// reading there) is read, up to a bound, and dropped in the background, so that an upstream
+/// that ends its stream gets its connection back into the pool.
 pub async fn single_answer(
     response: axum::response::Response,
     id: &Value,
@@ -164,6 +199,7 @@ pub async fn single_answer(
     let mut upstream = body.into_data_stream();
     let mut events = super::rpc::sse::Splitter::default();
     let mut read = Vec::new();
+    let mut held = 0;
     let mut ended = None;
     let wait_until = deadline.min(tokio::time::Instant::now() + SINGLE_ANSWER_WAIT);
     let answer = 'read: loop {
@@ -178,6 +214,12 @@ pub async fn single_answer(
                 break None;
             }
         };
+        // A stream opening with a byte order mark is relayed as it is (clients drop the mark).
+        if held == 0 && bytes.first() == BYTE_ORDER_MARK.first() {
+            read.push(bytes);
+            break None;
+        }
+        held += bytes.len();
         events.push(&bytes);
         read.push(bytes);
         // Some(Some(json)): the response; Some(None): another message; None: no data.
@@ -189,7 +231,7 @@ pub async fn single_answer(
             let typed = event
                 .lines()
                 .filter_map(|l| l.strip_prefix("event:"))
-                .map(str::trim)
+                .map(|t| t.strip_prefix(' ').unwrap_or(t))
                 .next_back()
                 .is_none_or(|t| t == "message");
             let message: Option<Value> = serde_json::from_str(&data).ok();
@@ -204,16 +246,28 @@ pub async fn single_answer(
                 Some(json) => break 'read json,
             }
         }
-        if events.unfinished().len() > MAX_WATCHED_EVENT {
+        if held > MAX_WATCHED_EVENT {
             break None;
         }
     };
     match answer {
         Some(json) => {
             if !matches!(upstream.next().now_or_never(), Some(None)) {
+                let stop = tasks.stopping();
                 tasks.spawn("drain_upstream_answer", async move {
-                    let drained = async { while let Some(Ok(_)) = upstream.next().await {} };
-                    let _ = tokio::time::timeout(DRAIN_FOR, drained).await;
+                    let drained = async {
+                        let mut left = DRAIN_BYTES;
+                        while let Some(Ok(bytes)) = upstream.next().await {
+                            left = left.saturating_sub(bytes.len());
+                            if left == 0 {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = stop.cancelled() => {}
+                        _ = tokio::time::timeout(DRAIN_FOR, drained) => {}
+                    }
                 });
             }
             parts.headers.remove(axum::http::header::CONTENT_LENGTH);
@@ -276,7 +330,10 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
         match next {
             Some(Ok(bytes)) => {
                 match state.watch.as_mut().map(|w| w.feed(&bytes)) {
-                    Some(Seen::Answered) => state.watch = None,
+                    Some(Seen::Answered) => {
+                        state.outcome.answer();
+                        state.watch = None;
+                    }
                     Some(Seen::TooLarge) => {
                         tracing::debug!(server = %state.server, "an SSE event is too large to watch; passed on unwatched");
                         state.watch = None;
@@ -411,17 +468,32 @@ mod tests {
         );
     }
 
+    /// How the upstream's stream goes on after its chunks.
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Then {
+        Ends,
+        StaysOpen,
+        BreaksOff,
+    }
+
     /// What `single_answer` makes of an SSE answer to request 7 that arrives in `chunks` (and
-    /// then ends, or stays open): the content type and the body the client gets.
-    async fn answered(chunks: &[&str], stays_open: bool) -> (String, String) {
+    /// then ends, stays open or breaks off): the content type and the body the client gets
+    /// ("(still open)" or "(broke off)" when reading it does not end).
+    async fn answered(chunks: &[&str], then: Then) -> (String, String) {
         let chunks: Vec<Result<Bytes, std::io::Error>> = chunks
             .iter()
             .map(|c| Ok(Bytes::from(c.to_string())))
             .collect();
-        let body = if stays_open {
-            axum::body::Body::from_stream(stream::iter(chunks).chain(stream::pending()))
-        } else {
-            axum::body::Body::from_stream(stream::iter(chunks))
+        let body = match then {
+            Then::Ends => axum::body::Body::from_stream(stream::iter(chunks)),
+            Then::StaysOpen => {
+                axum::body::Body::from_stream(stream::iter(chunks).chain(stream::pending()))
+            }
+            Then::BreaksOff => {
+                axum::body::Body::from_stream(stream::iter(chunks).chain(stream::once(async {
+                    Err(std::io::Error::other("connection reset"))
+                })))
+            }
         };
         let mut response = axum::response::Response::new(body);
         response.headers_mut().insert(
@@ -441,7 +513,12 @@ mod tests {
             .await
             .map_or_else(
                 |_| "(still open)".to_owned(),
-                |b| String::from_utf8_lossy(&b.unwrap_or_default()).into_owned(),
+                |b| {
+                    b.map_or_else(
+                        |_| "(broke off)".to_owned(),
+                        |b| String::from_utf8_lossy(&b).into_owned(),
+                    )
+                },
             );
         (kind, body)
     }
@@ -452,27 +529,34 @@ mod tests {
         let primed = format!("id: 1\ndata:\n\nevent: message\nid: 2\ndata: {answer}\n\n");
         // The response in one chunk, cut inside a line, after a priming event or a comment,
         // followed by more the client would not read, or with the stream still open.
-        for (chunks, open) in [
-            (vec![format!("event: message\ndata: {answer}\n\n")], false),
+        for (chunks, then) in [
+            (
+                vec![format!("event: message\ndata: {answer}\n\n")],
+                Then::Ends,
+            ),
+            (
+                vec![format!("event:message\ndata:{answer}\n\n")],
+                Then::BreaksOff,
+            ),
             (
                 vec![
                     "data: {\"jsonrpc\":\"2.0\",\"id\":7,".to_owned(),
                     "\"result\":{\"ok\":true}}\r\n\r\n".to_owned(),
                 ],
-                false,
+                Then::Ends,
             ),
-            (vec![primed.clone()], false),
+            (vec![primed.clone()], Then::Ends),
             (
                 vec![format!(
                     ": keep-alive\n\ndata: {answer}\n\ndata: {{\"late\":1}}\n\n"
                 )],
-                false,
+                Then::Ends,
             ),
-            (vec![primed], true),
+            (vec![primed], Then::StaysOpen),
         ] {
             let chunks: Vec<&str> = chunks.iter().map(String::as_str).collect();
             assert_eq!(
-                answered(&chunks, open).await,
+                answered(&chunks, then).await,
                 ("application/json".to_owned(), answer.to_owned()),
                 "{chunks:?}"
             );
@@ -485,21 +569,41 @@ mod tests {
         let answer = "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n";
         let other_id = "data: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n";
         let other_type = "event: note\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n";
+        // Not "message": the value keeps all but the one space after the colon.
+        let spaced_type = "event:  message\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n";
+        // A byte order mark, which clients drop, before a notification.
+        let marked =
+            "\u{FEFF}data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
         for chunks in [
             vec![progress, answer],
             vec![other_id, answer],
             vec![other_type, answer],
+            vec![spaced_type, answer],
+            vec![marked, answer],
             vec!["data: not json\n\n", answer],
             // Ends before any message, or in the middle of one: the watch reports it.
             vec!["id: 1\ndata:\n\n"],
             vec!["data: {\"jsonrpc\":\"2.0\",\"id\":7,"],
         ] {
-            let (kind, body) = answered(&chunks, false).await;
+            let (kind, body) = answered(&chunks, Then::Ends).await;
             assert_eq!(kind, "text/event-stream", "{chunks:?}");
             assert_eq!(body, chunks.concat(), "{chunks:?}");
         }
+        // Comments past what is held: relayed as a stream, nothing lost.
+        let comment = format!(": {}\n\n", "x".repeat(1024 * 1024));
+        let mut flood = vec![comment.as_str(); MAX_WATCHED_EVENT / comment.len() + 2];
+        flood.push(answer);
+        let (kind, body) = answered(&flood, Then::Ends).await;
+        assert_eq!(kind, "text/event-stream");
+        assert_eq!(body.len(), flood.concat().len());
+        // Broken off before the response: the stream is relayed, and breaks off for the client.
+        let (kind, body) = answered(&[progress], Then::BreaksOff).await;
+        assert_eq!(
+            (kind.as_str(), body.as_str()),
+            ("text/event-stream", "(broke off)")
+        );
         // No message by the deadline: what came is relayed and the rest follows as it comes.
-        let (kind, body) = answered(&[": waiting\n\n"], true).await;
+        let (kind, body) = answered(&[": waiting\n\n"], Then::StaysOpen).await;
         assert_eq!(
             (kind.as_str(), body.as_str()),
             ("text/event-stream", "(still open)")

@@ -345,3 +345,55 @@ async fn a_fastmcp_servers_multibyte_tool_descriptions_reach_the_catalog_and_cli
     );
     app.stop().await;
 }
+
+/// A FastMCP tool that logs to its caller before it answers is relayed as a stream (the log
+/// first, then the response), and the official Python SDK client, which closes the stream once
+/// its response has come, leaves audit rows of answered calls, not cancelled ones. A tool that
+/// only answers comes back as JSON, and is audited the same.
+#[tokio::test]
+async fn python_sdk_calls_through_a_fastmcp_server_are_answered_and_audited_as_answered() {
+    if !peers_available() {
+        return;
+    }
+    let Some(python) = python_peers() else {
+        return;
+    };
+    let upstream = FastMcpServer::start(&python, &[]).await;
+    let app = TestApp::spawn().await;
+    app.register("fast", json!({ "url": upstream.url })).await;
+    let gateway = format!("http://{}/servers/fast/mcp", app.mcp_addr);
+    for tool in ["chatty", "echo", "chatty", "echo", "chatty"] {
+        let (ok, called) = py_client(
+            &python,
+            &gateway,
+            &[],
+            &["call", tool, r#"{"text":"héllo"}"#],
+        )
+        .await;
+        assert!(ok, "{called}");
+        assert_eq!(called["content"][0]["text"], "héllo", "{called}");
+    }
+    let calls = |rows: &[domain::audit::AuditRecord]| {
+        rows.iter()
+            .filter(|r| r.event.operation == "tools/call")
+            .map(|r| {
+                (
+                    r.event.tool.clone().unwrap_or_default(),
+                    r.event.outcome.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let rows = crate::support::audit::until(
+        |rows| calls(rows).len() == 5,
+        || crate::support::audit::sqlite_rows(&app.dir.0),
+    )
+    .await;
+    let calls = calls(&rows);
+    assert_eq!(calls.len(), 5, "{rows:?}");
+    assert!(
+        calls.iter().all(|(_, outcome)| outcome == "ok"),
+        "{calls:?}"
+    );
+    app.stop().await;
+}

@@ -76,6 +76,7 @@ async fn answer(Path(mode): Path<String>, body: axum::Json<Value>) -> Response {
                 .into_response()
         }
         "pieces" => pieces(&body.0),
+        "lingers" => lingers(&body.0),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -106,6 +107,27 @@ fn pieces(request: &Value) -> Response {
     (
         [("content-type", "text/event-stream")],
         Body::from_stream(futures_util::stream::iter(chunks)),
+    )
+        .into_response()
+}
+
+/// A server that answers a call with a stream: a log message at once, the response 200 ms
+/// later, and then keeps the stream open without ending it.
+fn lingers(request: &Value) -> Response {
+    let log = json!({ "jsonrpc": "2.0", "method": "notifications/message",
+        "params": { "level": "info", "data": "working" } });
+    let answer = json!({ "jsonrpc": "2.0", "id": request["id"].clone(),
+        "result": { "content": [{ "type": "text", "text": "done" }] } });
+    let events =
+        futures_util::stream::iter([(Duration::ZERO, log), (Duration::from_millis(200), answer)])
+            .then(|(after, message)| async move {
+                tokio::time::sleep(after).await;
+                Ok::<_, std::io::Error>(Bytes::from(format!("event: message\ndata: {message}\n\n")))
+            })
+            .chain(futures_util::stream::pending());
+    (
+        [("content-type", "text/event-stream")],
+        Body::from_stream(events),
     )
         .into_response()
 }
@@ -373,5 +395,66 @@ async fn characters_cut_between_chunks_stay_whole_in_the_catalog_and_through_the
             "{accept}: {text}"
         );
     }
+    app.stop().await;
+}
+
+/// A client may close an answer's stream as soon as its response has come, before the upstream
+/// ends the stream (the Python SDK does): the call is audited as answered. A client that goes
+/// before the response came is audited as gone.
+#[tokio::test]
+async fn a_stream_closed_by_the_client_after_its_response_is_audited_as_answered() {
+    let app = TestApp::spawn().await;
+    let addr = start().await;
+    app.register(
+        "lingers",
+        json!({ "url": format!("http://{addr}/lingers/mcp") }),
+    )
+    .await;
+    for (tool, waits_for) in [("answered", "\"done\""), ("abandoned", "working")] {
+        let mut response = app
+            .http
+            .post(format!("http://{}/servers/lingers/mcp", app.mcp_addr))
+            .header("accept", "application/json, text/event-stream")
+            .json(&json!({ "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": { "name": tool, "arguments": {} } }))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "a message comes before the response: relayed as a stream"
+        );
+        let mut seen = String::new();
+        while !seen.contains(waits_for) {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+                .await
+                .expect("the stream goes on")
+                .expect("chunk")
+                .expect("not the end");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert_eq!(seen.contains("\"done\""), tool == "answered", "{seen}");
+        // Closes the connection, with the stream still open upstream.
+        drop(response);
+    }
+    let outcome = |rows: &[domain::audit::AuditRecord], tool: &str| {
+        rows.iter()
+            .find(|r| r.event.tool.as_deref() == Some(tool))
+            .map(|r| (r.event.outcome.clone(), r.event.error.clone()))
+    };
+    let rows = crate::support::audit::until(
+        |rows| outcome(rows, "answered").is_some() && outcome(rows, "abandoned").is_some(),
+        || crate::support::audit::sqlite_rows(&app.dir.0),
+    )
+    .await;
+    assert_eq!(
+        outcome(&rows, "answered"),
+        Some(("ok".to_owned(), None)),
+        "{rows:?}"
+    );
+    let (abandoned, why) = outcome(&rows, "abandoned").expect("a row");
+    assert_eq!(abandoned, "cancelled");
+    assert!(why.is_some_and(|w| w.contains("went away")), "{rows:?}");
     app.stop().await;
 }

@@ -1479,15 +1479,9 @@ async fn a_caller_without_a_role_reaches_no_server_through_either_path() {
     assert_ne!(listing.is_error, Some(true), "{listing:?}");
 }
 
-/// The breaker comes after the roles: a caller without a role for an unhealthy server is told
-/// about the role, not the server's health, and its calls set off no half-open probe; a caller
-/// with the role is told the server is unhealthy, and its call does probe it.
-#[tokio::test]
-async fn a_caller_without_a_role_learns_nothing_of_a_servers_health_and_wakes_no_probe() {
-    let Some(s) = setup_with(|app| app.with_config(|c| c.health.unhealthy_after = 1)).await else {
-        return;
-    };
-    let c = callers(&s).await;
+/// Registers `phoenix` (as Alice, an admin) at a free loopback port where nothing listens yet,
+/// and returns the port's address, for the server to come back on.
+async fn register_phoenix(s: &Setup, c: &Callers) -> std::net::SocketAddr {
     let addr = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port");
@@ -1500,6 +1494,19 @@ async fn a_caller_without_a_role_learns_nothing_of_a_servers_health_and_wakes_no
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    addr
+}
+
+/// The breaker comes after the roles: a caller without a role for an unhealthy server is told
+/// about the role, not the server's health, and its calls set off no half-open probe; a caller
+/// with the role is told the server is unhealthy, and its call does probe it.
+#[tokio::test]
+async fn a_caller_without_a_role_learns_nothing_of_a_servers_health_and_wakes_no_probe() {
+    let Some(s) = setup_with(|app| app.with_config(|c| c.health.unhealthy_after = 1)).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let addr = register_phoenix(&s, &c).await;
     let (_, _, report) = rest(
         &s.app,
         reqwest::Method::POST,
@@ -1588,6 +1595,66 @@ async fn a_caller_without_a_role_learns_nothing_of_a_servers_health_and_wakes_no
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// The circuit breaker comes before the tool budgets: calls refused because the server is
+/// unhealthy spend none, so the caller has its whole budget when the server is back.
+#[tokio::test]
+async fn a_call_refused_as_unavailable_spends_no_tool_budget() {
+    let policy = policy_file("[rate_limits]\ntools = { \"phoenix/echo\" = 2 }\n");
+    let Some(s) = setup_with(|app| {
+        app.with_policy_file(&policy.path)
+            .with_config(|c| c.health.unhealthy_after = 1)
+    })
+    .await
+    else {
+        return;
+    };
+    let c = callers(&s).await;
+    let addr = register_phoenix(&s, &c).await;
+    let check = || {
+        rest(
+            &s.app,
+            reqwest::Method::POST,
+            "/api/v1/servers/phoenix/health/check",
+            &c.alice,
+            Some(json!({})),
+        )
+    };
+    assert_eq!(check().await.2["current"]["status"], "unhealthy");
+    let url = format!("{}/servers/phoenix/mcp", s.mcp);
+    let echo = |id: u64| {
+        rpc_request(
+            id,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+        )
+    };
+    for id in 1..=3 {
+        let refused = mcp_post(&url, Some(&c.bob), None, &echo(id)).await;
+        assert_eq!(refused.0, StatusCode::SERVICE_UNAVAILABLE, "{}", refused.2);
+    }
+    let _back = Upstream::start_with(crate::support::upstream::Options {
+        addr,
+        stateful: false,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(check().await.2["current"]["status"], "healthy");
+    for id in 4..=5 {
+        let (status, _, body) = mcp_post(&url, Some(&c.bob), None, &echo(id)).await;
+        assert_eq!(status, StatusCode::OK, "the budget is whole: {body}");
+        assert_eq!(body["result"]["content"][0]["text"], "hi", "{body}");
+    }
+    // The third call that reached the server is over the budget (a tools/call refusal is a
+    // JSON-RPC error, which SDKs show their user).
+    let spent = mcp_post(&url, Some(&c.bob), None, &echo(6)).await;
+    assert_eq!(spent.2["error"]["code"], -32029, "{}", spent.2);
+    assert!(
+        spent.2["error"]["data"]["retry_after_ms"].is_u64(),
+        "{}",
+        spent.2
+    );
 }
 
 #[tokio::test]
