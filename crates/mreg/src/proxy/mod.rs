@@ -333,6 +333,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_listing_is_filtered_in_json_in_a_batch_and_in_each_event_of_a_stream() {
+        let hide = |result: &mut serde_json::Value| {
+            if let Some(tools) = result.get_mut("tools").and_then(|t| t.as_array_mut()) {
+                tools.retain(|t| t["name"] != "secret");
+            }
+        };
+        let listing =
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"open"},{"name":"secret"}]}}"#;
+        // Written again by serde_json: keys in order.
+        let filtered = r#"{"id":1,"jsonrpc":"2.0","result":{"tools":[{"name":"open"}]}}"#;
+        assert_eq!(filter_listing(listing.as_bytes(), false, hide), filtered);
+        let batch = format!("[{listing},{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x\"}}]");
+        assert_eq!(
+            filter_listing(batch.as_bytes(), false, hide),
+            format!("[{filtered},{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x\"}}]")
+        );
+        // A notification and a comment pass as they came; the response's other fields (event
+        // type, id) are kept, its data filtered; line ends become "\n".
+        let progress =
+            "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+        let stream =
+            format!(": hello\n\n{progress}event: message\r\nid: 7\r\ndata: {listing}\r\n\r\n");
+        assert_eq!(
+            filter_listing(stream.as_bytes(), true, hide),
+            format!(": hello\n\n{progress}event: message\nid: 7\ndata: {filtered}\n\n")
+        );
+        // Not JSON: passed on untouched.
+        assert_eq!(filter_listing(b"oops", false, hide), "oops");
+    }
+
+    #[test]
     fn a_json_answer_goes_to_clients_whose_accept_takes_it() {
         for (accept, takes) in [
             ("application/json, text/event-stream", true),
