@@ -635,52 +635,18 @@ class Bench:
 
     # ---- the measurements -----------------------------------------------------------------
 
-    def sdk_rounds(self, client: str, targets: dict[str, str]) -> dict[str, dict]:
-        """One client process with a session to every target, calling them in rounds."""
-        args = self.args
-        spec = []
-        for target, url in targets.items():
-            headers = dict(h.split(": ", 1) for h in self.auth(target))
-            spec.append({"label": target, "url": url, "headers": headers})
-        spec_file = self.scratch / f"rounds-{client}.json"
-        spec_file.write_text(json.dumps(spec))
+    def run_sdk_client(self, client: str, options: list[str], command: list[str],
+                       bound: int) -> dict:
+        """Runs an SDK client (`python`: client.py, `ts`: client.mjs) within `bound` seconds and
+        returns the JSON line it printed last, or {"error"}."""
         if client == "python":
-            cmd = [sys.executable, str(PYTHON_PEERS / "client.py"), "--mode", args.py_mode,
+            cmd = [sys.executable, str(PYTHON_PEERS / "client.py"), "--mode", self.args.py_mode,
                    "--timeout", "30"]
         else:
             cmd = ["node", str(INTEROP / "client.mjs"), "--timeout", "30000"]
-        cmd += ["rounds", TOOL, TOOL_ARGS, "--targets", f"@{spec_file}", "--calls", str(args.calls),
-                "--warmup", str(args.warmup)]
-        bound = 60 + 2 * (args.calls + args.warmup) * len(targets)
         try:
-            done = subprocess.run(self.procs.pinned("load", cmd), capture_output=True, text=True,
-                                  timeout=bound, cwd=REPO)
-        except subprocess.TimeoutExpired:
-            return {t: {"error": f"no answer within {bound} s"} for t in targets}
-        lines = done.stdout.strip().splitlines()
-        try:
-            measured = json.loads(lines[-1])
-        except (IndexError, ValueError):
-            measured = {"error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
-        if "targets" not in measured:
-            return {t: {"error": measured.get("error", f"exit {done.returncode}")} for t in targets}
-        return {t: {**measured["targets"].get(t, {"error": "not measured"}), "rounds": True}
-                for t in targets}
-
-    def sdk_bench(self, client: str, url: str, target: str) -> dict:
-        args, token = self.args, self.token if self.auth(target) else None
-        if client == "python":
-            cmd = [sys.executable, str(PYTHON_PEERS / "client.py"), "--url", url,
-                   "--mode", args.py_mode, "--timeout", "30"]
-            cmd += ["--bearer", token] if token else []
-        else:
-            cmd = ["node", str(INTEROP / "client.mjs"), "--url", url, "--timeout", "30000"]
-            cmd += ["--header", f"Authorization: Bearer {token}"] if token else []
-        cmd += ["bench", TOOL, TOOL_ARGS, "--calls", str(args.calls), "--warmup", str(args.warmup)]
-        bound = 60 + 2 * (args.calls + args.warmup)  # a call slower than 2 s on average is broken
-        try:
-            done = subprocess.run(self.procs.pinned("load", cmd), capture_output=True, text=True,
-                                  timeout=bound, cwd=REPO)
+            done = subprocess.run(self.procs.pinned("load", cmd + options + command),
+                                  capture_output=True, text=True, timeout=bound, cwd=REPO)
         except subprocess.TimeoutExpired:
             return {"error": f"no answer within {bound} s"}
         lines = done.stdout.strip().splitlines()
@@ -691,6 +657,33 @@ class Bench:
         if done.returncode != 0 and "error" not in result:
             result = {"error": f"exit {done.returncode}"}
         return result
+
+    def sdk_rounds(self, client: str, targets: dict[str, str]) -> dict[str, dict]:
+        """One client process with a session to every target, calling them in rounds."""
+        args = self.args
+        spec = [{"label": target, "url": url,
+                 "headers": dict(h.split(": ", 1) for h in self.auth(target))}
+                for target, url in targets.items()]
+        spec_file = self.scratch / f"rounds-{client}.json"
+        spec_file.write_text(json.dumps(spec))
+        command = ["rounds", TOOL, TOOL_ARGS, "--targets", f"@{spec_file}",
+                   "--calls", str(args.calls), "--warmup", str(args.warmup)]
+        bound = 60 + 2 * (args.calls + args.warmup) * len(targets)
+        measured = self.run_sdk_client(client, [], command, bound)
+        if "targets" not in measured:
+            return {t: {"error": measured.get("error", "no figures")} for t in targets}
+        return {t: {**measured["targets"].get(t, {"error": "not measured"}), "rounds": True}
+                for t in targets}
+
+    def sdk_bench(self, client: str, url: str, target: str) -> dict:
+        args, token = self.args, self.token if self.auth(target) else None
+        options = ["--url", url]
+        if token:
+            options += (["--bearer", token] if client == "python"
+                        else ["--header", f"Authorization: Bearer {token}"])
+        command = ["bench", TOOL, TOOL_ARGS, "--calls", str(args.calls), "--warmup", str(args.warmup)]
+        bound = 60 + 2 * (args.calls + args.warmup)  # a call slower than 2 s on average is broken
+        return self.run_sdk_client(client, options, command, bound)
 
     def wrk(self, session: Session, connections: int, seconds: int, pid: int | None = None,
             label: str | None = None, threads: int | None = None) -> dict:

@@ -118,6 +118,17 @@ impl Splitter {
     }
 }
 
+/// The type an event is dispatched as: its last `event:` field (one space after the colon
+/// dropped), `message` when it has none.
+pub fn event_type(event: &str) -> &str {
+    event
+        .lines()
+        .filter_map(|l| l.strip_prefix("event:"))
+        .map(|t| t.strip_prefix(' ').unwrap_or(t))
+        .next_back()
+        .unwrap_or("message")
+}
+
 /// The JSON-RPC message one event carries, if any.
 pub fn message(event: &str) -> Option<Value> {
     serde_json::from_str(&data(event)).ok()
@@ -127,7 +138,21 @@ pub fn message(event: &str) -> Option<Value> {
 mod tests {
     use serde_json::json;
 
-    use super::{Splitter, message};
+    use super::{Splitter, event_type, message};
+
+    #[test]
+    fn an_event_is_a_message_unless_its_last_event_field_says_otherwise() {
+        for (event, kind) in [
+            ("data: {}\n\n", "message"),
+            ("event: message\ndata: {}\n\n", "message"),
+            ("event:message\ndata: {}\n\n", "message"),
+            ("event: note\nevent: message\ndata: {}\n\n", "message"),
+            ("event:  message\ndata: {}\n\n", " message"),
+            ("event: endpoint\ndata: /x\n\n", "endpoint"),
+        ] {
+            assert_eq!(event_type(event), kind, "{event:?}");
+        }
+    }
 
     /// The messages of `text` split into events after it was cut at `cuts`.
     fn messages(text: &[u8], cuts: &[usize]) -> Vec<serde_json::Value> {

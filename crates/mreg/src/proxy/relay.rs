@@ -239,7 +239,7 @@ pub(super) async fn forward_to(
 /// `application/json` (itself, `application/*`, `*/*`) has a quality above zero.
 pub(super) fn accepts_json(headers: &HeaderMap) -> bool {
     // (specificity, quality) of the best match so far.
-    let mut best: Option<(u8, f32)> = None;
+    let mut best: Option<(usize, f32)> = None;
     let ranges = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -248,11 +248,12 @@ pub(super) fn accepts_json(headers: &HeaderMap) -> bool {
     for range in ranges {
         let mut params = range.split(';');
         let kind = params.next().unwrap_or("").trim();
-        let specificity = match kind.to_ascii_lowercase().as_str() {
-            "application/json" => 2,
-            "application/*" => 1,
-            "*/*" => 0,
-            _ => continue,
+        // On every proxied request: matched without allocating.
+        let Some(specificity) = ["*/*", "application/*", "application/json"]
+            .iter()
+            .position(|k| kind.eq_ignore_ascii_case(k))
+        else {
+            continue;
         };
         // A quality that does not parse is no quality: the range is refused.
         let quality = params

@@ -183,8 +183,9 @@ const BYTE_ORDER_MARK: &[u8] = b"\xEF\xBB\xBF";
 /// before the stream ends, and so opens a new connection for every call. Anything else — a
 /// notification or request before the response (progress, logging, sampling), a stream that ends,
 /// breaks off first, no message within [`SINGLE_ANSWER_WAIT`] or by `deadline`, an event too
-/// large to hold — is relayed as the stream it is, from its first byte, and watched as before. Events without data (a priming event for
-/// resumption, a comment) are passed over: a finished answer is not resumed. At most
+/// large to hold — is relayed as the stream it is, from its first byte, and watched as before.
+/// Events without data (a priming event for resumption, a comment) are passed over: a finished
+/// answer is not resumed. At most
 /// [`MAX_WATCHED_EVENT`] bytes are held, whatever they are. What the upstream sends after the
 /// response (the transport says a server should end the stream there; the Python SDK stops
 /// reading there) is read, up to a bound, and dropped in the background, so that an upstream
@@ -228,14 +229,8 @@ pub async fn single_answer(
             if data.trim().is_empty() {
                 return None;
             }
-            let typed = event
-                .lines()
-                .filter_map(|l| l.strip_prefix("event:"))
-                .map(|t| t.strip_prefix(' ').unwrap_or(t))
-                .next_back()
-                .is_none_or(|t| t == "message");
             let message: Option<Value> = serde_json::from_str(&data).ok();
-            let answers = typed
+            let answers = super::rpc::sse::event_type(event) == "message"
                 && message
                     .as_ref()
                     .is_some_and(|m| super::rpc::is_response_to(m, id));
