@@ -5,7 +5,8 @@
 //! Server and tool names come from the registry and from callers, so their label values are
 //! bounded: a tool name that is long or unusual counts as `_other`, and so does any server or
 //! (server, tool) pair beyond [`MAX_SERVERS`] and [`MAX_TOOL_SERIES`]; unknown MCP methods count
-//! as `other`.
+//! as `other`. So do HTTP methods outside the standard nine: a method is any token the client
+//! sends, before authentication, and each distinct one would otherwise be a series for ever.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -70,9 +71,14 @@ struct Seen {
     tools: HashSet<(String, String)>,
 }
 
+/// The HTTP methods labelled as themselves (RFC 9110's eight and `PATCH`).
+const HTTP_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    method: String,
+    method: &'static str,
     route: String,
     status: u16,
 }
@@ -308,10 +314,14 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Records one finished request.
+    /// Records one finished request (a method outside the standard ones as `other`).
     pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         let labels = HttpLabels {
-            method: method.to_owned(),
+            method: HTTP_METHODS
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("other"),
             route: route.to_owned(),
             status,
         };
@@ -390,5 +400,32 @@ mod tests {
             "servers over the bound"
         );
         assert!(text.contains(r#"server="b",method="tools/call",tool="_other""#));
+    }
+
+    #[test]
+    fn made_up_http_methods_are_one_series_not_one_each() {
+        let metrics = Metrics::new();
+        let ms = Duration::from_millis(1);
+        for i in 0..100 {
+            metrics.observe(&format!("M{i:05}"), "unmatched", 405, ms);
+        }
+        metrics.observe("GET", "/healthz", 200, ms);
+        metrics.observe("PATCH", "/api/v1/servers/{name}", 200, ms);
+        metrics.observe("get", "unmatched", 405, ms);
+        let text = metrics.render();
+        let counts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mreg_http_requests_total{"))
+            .collect();
+        assert_eq!(counts.len(), 3, "{counts:#?}");
+        assert!(
+            text.contains(
+                r#"mreg_http_requests_total{method="other",route="unmatched",status="405"} 101"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"method="GET",route="/healthz",status="200"} 1"#));
+        assert!(text.contains(r#"method="PATCH",route="/api/v1/servers/{name}",status="200"} 1"#));
+        assert!(!text.contains("M00001"));
     }
 }

@@ -492,6 +492,38 @@ async fn health_readiness_and_metrics_report_on_the_process() {
 }
 
 #[tokio::test]
+async fn made_up_http_methods_do_not_grow_the_metrics() {
+    let app = TestApp::spawn().await;
+    let mcp = format!("http://{}", app.mcp_addr);
+    for i in 0..40 {
+        let method =
+            reqwest::Method::from_bytes(format!("XMETH{i:03}{}", "A".repeat(200)).as_bytes())
+                .expect("a token");
+        let (base, path) = if i % 2 == 0 {
+            (app.base.as_str(), "/api/v1/servers")
+        } else {
+            (mcp.as_str(), "/servers/anything/mcp")
+        };
+        let response = app
+            .http
+            .request(method, format!("{base}{path}"))
+            .send()
+            .await
+            .expect("answered");
+        assert!(response.status().is_client_error(), "{}", response.status());
+    }
+    let text = app.metrics().await;
+    assert!(!text.contains("XMETH"), "no series per made-up method");
+    let other: u64 = text
+        .lines()
+        .filter(|l| l.starts_with(r#"mreg_http_requests_total{method="other","#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(other, 40, "each counted as `other`:\n{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn readiness_names_the_dependency_that_is_down() {
     let Some(db) = TestDb::create().await else {
         return;
