@@ -122,6 +122,19 @@ pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, RegistrationEr
     if raw.len() > MAX_REDIRECT_LEN {
         return Err(bad("is too long"));
     }
+    // A URI is printable ASCII (RFC 3986). Anything else would be shown as registered on the
+    // consent page and sent to the browser as the parser rewrote it (spaces and controls
+    // dropped or encoded, hosts lowercased to punycode): the user would approve one address
+    // and be sent to another.
+    if let Some(c) = raw.chars().find(|c| !c.is_ascii_graphic()) {
+        let which = match c {
+            ' ' => "a space".to_owned(),
+            c => format!("the character U+{:04X}", u32::from(c)),
+        };
+        return Err(bad(&format!(
+            "contains {which}: a redirect URI is printable ASCII without spaces (percent-encode other characters, write an internationalised host name in punycode)"
+        )));
+    }
     let url = Url::parse(raw).map_err(|_| bad("is not an absolute URI"))?;
     let scheme = url.scheme();
     if UNSAFE_SCHEMES.contains(&scheme) || scheme == "wss" {
@@ -170,6 +183,16 @@ pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, RegistrationEr
         }
     }
     Ok(url)
+}
+
+/// Characters that change how the text around them is shown without showing themselves:
+/// bidirectional controls (U+202E turns `exe.txt` into `txt.exe`), zero-width characters and the
+/// byte order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+    )
 }
 
 fn raw_has_userinfo(raw: &str) -> bool {
@@ -311,6 +334,11 @@ pub fn register(
         Some(name) if name.chars().any(char::is_control) => {
             return Err(meta("client_name contains control characters".to_owned()));
         }
+        Some(name) if name.chars().any(is_invisible) => {
+            return Err(meta(
+                "client_name contains invisible or text-direction characters (such as U+202E), which would let it read differently on the consent page".to_owned(),
+            ));
+        }
         other => other,
     };
     if let Some(scope) = &request.scope
@@ -398,13 +426,81 @@ mod tests {
     }
 
     #[test]
+    fn redirect_uris_are_printable_ascii_so_the_consent_page_shows_where_the_browser_goes() {
+        for raw in [
+            "https://evil.example/cb\r\nSet-Cookie: x=y",
+            "https://evil.example/c b",
+            "https://evil.example/cb\t",
+            "https://evil.example/cb\u{0}",
+            "https://ex\u{202E}elpmaxe.com/cb",
+            "https://exämple.com/cb",
+            "http://127.0.0.1:5000/c\u{7f}b",
+        ] {
+            let refusal = check_redirect_uri(raw, true).expect_err(raw);
+            assert_eq!(refusal.error, "invalid_redirect_uri", "{raw:?}");
+            assert!(
+                refusal.description.contains("printable ASCII"),
+                "{raw:?}: {refusal:?}"
+            );
+        }
+        let refusal = check_redirect_uri("https://evil.example/c b", false).expect_err("space");
+        assert!(refusal.description.contains("a space"), "{refusal:?}");
+        let refusal = check_redirect_uri("https://a.example/\u{202E}", false).expect_err("bidi");
+        assert!(refusal.description.contains("U+202E"), "{refusal:?}");
+        assert!(check_redirect_uri("https://xn--exmple-cua.com/cb?a=%20b", false).is_ok());
+    }
+
+    #[test]
+    fn client_names_cannot_hide_or_reverse_text() {
+        let scopes = vec!["openid".to_owned()];
+        let named = |name: &str| {
+            register(
+                RegistrationRequest {
+                    redirect_uris: vec!["https://a.example/cb".to_owned()],
+                    client_name: Some(name.to_owned()),
+                    grant_types: None,
+                    response_types: None,
+                    token_endpoint_auth_method: None,
+                    application_type: None,
+                    scope: None,
+                    client_uri: None,
+                },
+                &scopes,
+                "id".to_owned(),
+                1,
+            )
+        };
+        for name in [
+            "n\u{202E}x<b>",
+            "Claude\u{200B}",
+            "\u{FEFF}VS Code",
+            "a\u{2066}b",
+        ] {
+            let refusal = named(name).expect_err(name);
+            assert_eq!(refusal.error, "invalid_client_metadata");
+            assert!(
+                refusal.description.contains("text-direction"),
+                "{refusal:?}"
+            );
+        }
+        for name in [
+            "Claude Code",
+            "Visual Studio Code – Insiders",
+            "日本語クライアント",
+            "عميل",
+        ] {
+            assert_eq!(named(name).expect(name).client_name.as_deref(), Some(name));
+        }
+    }
+
+    #[test]
     fn native_custom_schemes_must_be_reverse_domain_names() {
         let ok = |u: &str| check_redirect_uri(u, true).is_ok();
         assert!(ok("com.example.app:/oauth"));
         assert!(ok("io.github.someone.tool:/callback"));
         for os_handler in [
             "search-ms:query=x&crumb=location:evil.example",
-            "ms-msdt:/id PCWDiagnostic",
+            "ms-msdt:/id%20PCWDiagnostic",
             "ms-settings:privacy",
             "myapp://callback",
             "vscode://callback",

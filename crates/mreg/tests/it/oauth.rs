@@ -380,6 +380,15 @@ async fn authorize_refuses_bad_clients_redirects_pkce_resources_and_scopes() {
             json!(["myapp:/callback"]),
             "a scheme that is not a reverse domain name",
         ),
+        (
+            json!(["https://evil.example/cb\r\nSet-Cookie: x=y"]),
+            "control characters",
+        ),
+        (json!(["https://evil.example/c b"]), "a space"),
+        (
+            json!(["https://ex\u{202E}moc.example/cb"]),
+            "a bidi control",
+        ),
     ] {
         let reply = flow
             .http
