@@ -70,7 +70,7 @@ impl Hosts {
         }
         // A request target in absolute form names the host that counts (RFC 9112 §3.2.2).
         if let Some(authority) = uri.authority()
-            && !self.allows(host_of_authority(authority.as_str()))
+            && !host_of_authority(authority.as_str()).is_some_and(|h| self.allows(h))
         {
             return Some((
                 StatusCode::FORBIDDEN,
@@ -89,7 +89,7 @@ impl Hosts {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
         match host {
             None => return Some("the request names no Host".to_owned()),
-            Some(host) if !self.allows(host_of_authority(host)) => {
+            Some(host) if !host_of_authority(host).is_some_and(|h| self.allows(h)) => {
                 return Some(format!(
                     "Host '{}' is not a name of this gateway (set MREG_PUBLIC_URL or MREG_ALLOWED_HOSTS)",
                     printable(host)
@@ -127,12 +127,24 @@ fn bare(host: &str) -> String {
         .to_ascii_lowercase()
 }
 
-/// The host of a `Host` header value (`name`, `name:port`, `[v6]:port`).
-fn host_of_authority(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    authority.split(':').next().unwrap_or(authority)
+/// The host of a `Host` header value (`name`, `name:port`, `[v6]:port`); `None` when what
+/// follows the host is not a port (`localhost:80@evil.example`), so that no value passes by
+/// starting with one of the gateway's names.
+fn host_of_authority(authority: &str) -> Option<&str> {
+    let (host, rest) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (host, rest)
+        }
+        None => authority
+            .find(':')
+            .map_or((authority, ""), |i| authority.split_at(i)),
+    };
+    let port_ok = match rest.strip_prefix(':') {
+        Some(port) => port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()),
+        None => rest.is_empty(),
+    };
+    port_ok.then_some(host)
 }
 
 /// At most 100 characters of untrusted text, for a message.
@@ -254,6 +266,13 @@ mod tests {
     fn foreign_hosts_and_origins_are_refused() {
         for refused in [
             headers(&[("host", "evil.example.net")]),
+            headers(&[("host", "localhost:8000@evil.example.net")]),
+            headers(&[("host", "localhost@evil.example.net")]),
+            headers(&[("host", "127.0.0.1:80:81")]),
+            headers(&[("host", "127.0.0.1:8000x")]),
+            headers(&[("host", "127.0.0.1:123456")]),
+            headers(&[("host", "[::1]x")]),
+            headers(&[("host", "[::1")]),
             headers(&[("host", "127.0.0.1.evil.net:8000")]),
             headers(&[]),
             headers(&[
