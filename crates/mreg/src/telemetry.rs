@@ -9,21 +9,39 @@ use crate::config::{LogConfig, LogFormat};
 /// call; sqlx a line per migration): at `warn` unless the filter names them.
 const QUIET_LIBRARIES: [&str; 3] = ["rmcp", "sqlx", "hyper_util"];
 
-/// The filter for `MREG_LOG`: a bare level keeps the libraries above at `warn`.
+/// Libraries that write what passes through them at `debug`: rmcp logs each MCP message whole,
+/// tool arguments and results included, which the audit log redacts (upstream credentials,
+/// tokens, passwords). At `info` unless the filter names them.
+const PAYLOAD_LIBRARIES: [&str; 1] = ["rmcp"];
+
+/// The filter for `MREG_LOG`: a bare level keeps the chatty libraries above at `warn`; a
+/// default level of `debug` or `trace` keeps the libraries that log payloads at `info`, unless
+/// the filter names them (`debug,rmcp=debug` asks for the payloads, secrets and all).
 fn directives(filter: &str) -> String {
     let filter = filter.trim();
-    let bare = !filter.contains(['=', ',', '[']);
-    let quiet = bare
-        && matches!(
-            filter.to_ascii_lowercase().as_str(),
-            "info" | "warn" | "error"
-        );
-    if !quiet {
-        return filter.to_owned();
-    }
+    let parts: Vec<&str> = filter.split(',').map(str::trim).collect();
+    let level = parts
+        .iter()
+        .find(|p| !p.is_empty() && !p.contains(['=', '[']))
+        .map(|p| p.to_ascii_lowercase());
+    let names = |library: &str| {
+        parts.iter().any(|p| {
+            p.strip_prefix(library)
+                .is_some_and(|rest| rest.starts_with(['=', ':', '[']))
+        })
+    };
     let mut out = filter.to_owned();
-    for library in QUIET_LIBRARIES {
-        out.push_str(&format!(",{library}=warn"));
+    let bare = parts.len() == 1 && level.is_some();
+    if bare && matches!(level.as_deref(), Some("info" | "warn" | "error")) {
+        for library in QUIET_LIBRARIES {
+            out.push_str(&format!(",{library}=warn"));
+        }
+        return out;
+    }
+    if matches!(level.as_deref(), Some("debug" | "trace")) {
+        for library in PAYLOAD_LIBRARIES.into_iter().filter(|l| !names(l)) {
+            out.push_str(&format!(",{library}=info"));
+        }
     }
     out
 }
@@ -54,14 +72,32 @@ mod tests {
             "info,rmcp=warn,sqlx=warn,hyper_util=warn"
         );
         assert_eq!(
-            directives("debug"),
-            "debug",
-            "asking for debug gets everything"
-        );
-        assert_eq!(
             directives("info,rmcp=info"),
             "info,rmcp=info",
             "an explicit filter is kept"
         );
+        assert_eq!(directives("warn,mreg=debug"), "warn,mreg=debug");
+    }
+
+    #[test]
+    fn debug_does_not_log_mcp_payloads_unless_asked_by_name() {
+        assert_eq!(
+            directives("debug"),
+            "debug,rmcp=info",
+            "everything else at debug"
+        );
+        assert_eq!(directives("TRACE"), "TRACE,rmcp=info");
+        assert_eq!(directives("debug,sqlx=warn"), "debug,sqlx=warn,rmcp=info");
+        assert_eq!(directives("debug,rmcp=debug"), "debug,rmcp=debug");
+        assert_eq!(
+            directives("trace,rmcp::service=trace"),
+            "trace,rmcp::service=trace"
+        );
+        assert_eq!(
+            directives("debug,rmcpx=warn"),
+            "debug,rmcpx=warn,rmcp=info",
+            "another crate whose name starts alike does not count"
+        );
+        assert_eq!(directives("mreg=debug"), "mreg=debug", "no default level");
     }
 }
