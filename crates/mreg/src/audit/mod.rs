@@ -530,6 +530,13 @@ pub fn note_refusal(refusal: &Refusal) {
     let _ = WATCHED.try_with(|w| w.borrow_mut().refusal = Some(decision_of(refusal)));
 }
 
+/// Tells the enclosing [`watch`], if any, that the operation was refused as forbidden (another
+/// tenant's server, a change only an admin may make): its row says `deny`, not `allow`. Called
+/// where a forbidden error becomes an answer, so no refusal path can forget it.
+pub fn note_denied() {
+    let _ = WATCHED.try_with(|w| w.borrow_mut().refusal = Some(decision::DENY));
+}
+
 /// Tells the enclosing [`watch`], if any, that a name was resolved to `server` (the registry
 /// calls it on every resolution).
 pub fn note_server(server: &domain::Server) {

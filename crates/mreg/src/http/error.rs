@@ -105,7 +105,10 @@ impl From<domain::Error> for ApiError {
             E::Unauthenticated(_) => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
             }
-            E::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, "forbidden", message),
+            E::Forbidden(_) => {
+                crate::audit::note_denied();
+                Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
             E::RateLimited { retry_after } => Self::rate_limited(message, retry_after),
             E::Unavailable { ref source, .. } => {
                 let cause = source.as_deref().map(|s| domain::text::root_cause(s));

@@ -131,6 +131,10 @@ pub fn failure(error: domain::Error) -> CallToolResult {
             tracing::warn!(error = %error, cause = cause.as_deref(), "dependency unavailable");
             error.to_string()
         }
+        domain::Error::Forbidden(_) => {
+            crate::audit::note_denied();
+            error.to_string()
+        }
         other => other.to_string(),
     };
     CallToolResult::error(vec![ContentBlock::text(text)])

@@ -68,7 +68,16 @@ pub(super) async fn forward_to(
     }
     let refused = |refusal: crate::policy::Refusal, entry: &mut crate::audit::Entry| {
         entry.decide(&refusal);
-        crate::policy::answer::jsonrpc(&refusal, call.id.as_ref(), call.method == "tools/call")
+        // A tool the caller may not call (or whose budget is spent) is an error inside its
+        // session (200); a server it may not use at all is 403, whatever the message.
+        let in_session = call.method == "tools/call"
+            && (matches!(refusal, crate::policy::Refusal::Limited(_))
+                || state
+                    .gate
+                    .rules()
+                    .server(caller, server.tenant.as_deref(), server.name.as_str(), None)
+                    .is_ok());
+        crate::policy::answer::jsonrpc(&refusal, call.id.as_ref(), in_session)
     };
     if let Err(refusal) = authorize(state, caller, server, &call) {
         return refused(refusal, entry);

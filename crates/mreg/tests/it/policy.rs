@@ -1466,8 +1466,40 @@ async fn a_caller_without_a_role_reaches_no_server_through_either_path() {
     assert!(refused.contains("requires the role"), "{refused}");
     assert_eq!(upstream.count("POST initialize"), before);
     // Bob (user) reaches it both ways.
-    let (status, _) = mcp_initialize(&url, Some(&c.bob)).await;
+    let (status, headers) = mcp_initialize(&url, Some(&c.bob)).await;
     assert_eq!(status, StatusCode::OK);
+    let bobs_session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session")
+        .to_owned();
+    // A tool call of Carol's is refused as the server is, 403, with a session (Bob's) or
+    // without: what she lacks is the server, not one of its tools.
+    for session in [None, Some(bobs_session.as_str())] {
+        let refused = mcp_post(
+            &url,
+            Some(&c.carol),
+            session,
+            &rpc_request(
+                4,
+                "tools/call",
+                json!({"name": "echo", "arguments": {"text": "x"}}),
+            ),
+        )
+        .await;
+        assert_rpc_error(
+            &refused,
+            StatusCode::FORBIDDEN,
+            json!(4),
+            -32003,
+            "server 'echo' requires the role user or admin",
+        );
+    }
+    assert_eq!(
+        upstream.count("POST tools/call"),
+        0,
+        "nothing reached the upstream"
+    );
     let bob = mcp_client(&format!("{}/mcp", s.mcp), &c.bob).await;
     let listing = call(
         &bob,
@@ -2045,6 +2077,41 @@ async fn only_the_owning_tenant_changes_or_deletes_a_shared_server() {
     assert_eq!(kept["shared"], true);
     assert_eq!(kept["status"], created["status"]);
     assert_eq!(kept["has_upstream_credentials"], true);
+    // Each attempt is on record as what it was: refused (`deny`), not admitted and failed.
+    let rows = crate::support::audit::until(
+        |rows| rows.iter().any(|r| r.event.operation == "delete_server"),
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
+    let attempts: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| r.event.server.as_deref() == Some("payments") && r.event.outcome == "error")
+        .map(|r| {
+            (
+                r.event.operation.as_str(),
+                r.event.decision.as_str(),
+                r.event.error.as_deref().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attempts.len(),
+        6,
+        "four changes, a deletion, a tool: {attempts:#?}"
+    );
+    assert!(
+        attempts
+            .iter()
+            .all(|(_, decision, error)| *decision == "deny"
+                && error.contains("belongs to another tenant")),
+        "{attempts:#?}"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r.event.outcome == "ok")
+            .all(|r| r.event.decision == "allow"),
+        "what was admitted stays allow"
+    );
 
     // The owner moves it: the credentials given for the old host do not follow the URL...
     let other_upstream = Upstream::start(false).await;
