@@ -51,7 +51,11 @@ fn directives(filter: &str) -> String {
 pub fn init(log: &LogConfig) {
     let filter = EnvFilter::try_new(directives(&log.filter))
         .unwrap_or_else(|_| EnvFilter::new(directives("info")));
+    // A log line that cannot be written (standard error is a closed pipe) is dropped: the
+    // subscriber's own report of it would `eprintln!`, which panics there, in whichever task
+    // was logging (the signal handler's: SIGTERM was then ignored).
     let builder = tracing_subscriber::fmt()
+        .log_internal_errors(false)
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);

@@ -24,6 +24,7 @@ use std::future::IntoFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::client::errln;
 use crate::oauth::{pkce_challenge, random_token};
 
 /// Refresh when the access token expires within this many seconds.
@@ -194,7 +195,7 @@ pub async fn bearer(target: &str) -> Result<Option<String>, String> {
         return Ok(None);
     };
     if !origin(target).is_some_and(|t| credentials.origins().contains(&t)) {
-        eprintln!("mreg: {}", credentials.refusal(target));
+        errln!("mreg: {}", credentials.refusal(target));
         return Ok(None);
     }
     if credentials.expires_at - REFRESH_MARGIN > now() {
@@ -366,9 +367,9 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
             q.append_pair("scope", scope);
         }
     }
-    eprintln!("Open this URL in a browser to sign in:\n\n  {url}\n");
+    errln!("Open this URL in a browser to sign in:\n\n  {url}\n");
     if !args.no_browser && !open_browser(url.as_str()) {
-        eprintln!("(no browser could be started; open the URL yourself)");
+        errln!("(no browser could be started; open the URL yourself)");
     }
     let answer = tokio::time::timeout(
         Duration::from_secs(args.timeout),
@@ -412,7 +413,7 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
     };
     apply(&mut credentials, &tokens)?;
     let path = save(&credentials)?;
-    eprintln!(
+    errln!(
         "Signed in to {shown}; credentials saved in {}",
         path.display()
     );
@@ -494,7 +495,7 @@ pub async fn logout() -> Result<(), String> {
         return Ok(());
     };
     let Some(credentials) = load() else {
-        eprintln!("Not logged in.");
+        errln!("Not logged in.");
         return Ok(());
     };
     if let Some(refresh) = &credentials.refresh_token {
@@ -508,14 +509,14 @@ pub async fn logout() -> Result<(), String> {
             .send()
             .await;
         if let Err(e) = revoked {
-            eprintln!(
+            errln!(
                 "warning: could not revoke the refresh token at {}: {e}",
                 credentials.issuer
             );
         }
     }
     std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
-    eprintln!("Logged out of {}.", credentials.issuer);
+    errln!("Logged out of {}.", credentials.issuer);
     Ok(())
 }
 

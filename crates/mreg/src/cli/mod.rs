@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, ConfigError, EXIT_CONFIG};
 use crate::{app, store, telemetry};
-use client::outln;
+use client::{errln, outln};
 
 /// The MCP Registry Gateway.
 ///
@@ -165,7 +165,7 @@ pub fn run() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("mreg: cannot start the async runtime: {e}");
+            errln!("mreg: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -178,14 +178,14 @@ fn finish(outcome: Result<(), String>) -> ExitCode {
         Err(message) => {
             // Login's errors quote the authorization server.
             let message = client::printable(&message, client::Layout::OneLine);
-            eprintln!("mreg: {message}");
+            errln!("mreg: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
-    eprintln!("mreg: configuration error: {e}");
+    errln!("mreg: configuration error: {e}");
     ExitCode::from(EXIT_CONFIG as u8)
 }
 
@@ -231,8 +231,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::CheckConfig => return check_config(file),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "mreg", &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            // Generated into memory: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "mreg", &mut script);
+            return finish(write_stdout(&script));
         }
         Command::Man { dir } => return finish(manual(dir.as_deref())),
         Command::Serve => (true, config::load(file).and_then(|raw| raw.parse())),
@@ -257,7 +259,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("mreg: {e:#}");
+            errln!("mreg: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -278,8 +280,22 @@ fn manual(dir: Option<&std::path::Path>) -> Result<(), String> {
             clap_mangen::Man::new(command)
                 .render(&mut page)
                 .map_err(|e| e.to_string())?;
-            std::io::Write::write_all(&mut std::io::stdout(), &page).map_err(|e| e.to_string())
+            write_stdout(&page)
         }
+    }
+}
+
+/// Writes a generated document (a manual page, a completion script) to standard output. A
+/// reader that stopped reading (`mreg man | head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<(), String> {
+    let mut stdout = std::io::stdout().lock();
+    match std::io::Write::write_all(&mut stdout, bytes)
+        .and_then(|()| std::io::Write::flush(&mut stdout))
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(format!("cannot write the output: {e}"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -303,7 +319,7 @@ async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
     if let config::DatabaseConfig::Sqlite { path } = &config.database
         && !path.exists()
     {
-        eprintln!(
+        errln!(
             "mreg: no database at {}: run this where the gateway keeps its data, or set MREG_DATA_DIR or MREG_DATABASE_URL",
             path.display()
         );
@@ -312,7 +328,7 @@ async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
     let stores = match store::connect(config).await {
         Ok(stores) => stores,
         Err(e) => {
-            eprintln!("mreg: {e:#}");
+            errln!("mreg: {e:#}");
             return ExitCode::FAILURE;
         }
     };
@@ -321,27 +337,30 @@ async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
     let verification = match result {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("mreg: cannot read the audit log: {e}");
+            errln!("mreg: cannot read the audit log: {e}");
             return ExitCode::FAILURE;
         }
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&verification).unwrap_or_default()
         );
     } else if let Some(broken) = &verification.broken {
-        println!(
+        outln!(
             "audit chain BROKEN at row {}: {} ({} rows before it verify)",
-            broken.seq, broken.reason, verification.rows
+            broken.seq,
+            broken.reason,
+            verification.rows
         );
     } else {
         match (verification.first_seq, verification.last_seq) {
-            (Some(first), Some(last)) => println!(
+            (Some(first), Some(last)) => outln!(
                 "audit chain intact: {} rows ({first} to {last}); head {}",
-                verification.rows, verification.head
+                verification.rows,
+                verification.head
             ),
-            _ => println!("audit log is empty"),
+            _ => outln!("audit log is empty"),
         }
     }
     if verification.broken.is_some() {
@@ -353,7 +372,7 @@ async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
 
 async fn migrate(config: &config::Config) -> anyhow::Result<()> {
     let stores = store::connect(config).await?;
-    println!("database {} is up to date", config.database.redacted());
+    outln!("database {} is up to date", config.database.redacted());
     stores.close().await;
     Ok(())
 }
@@ -389,7 +408,7 @@ fn check_config(file: Option<&std::path::Path>) -> ExitCode {
     }
     let present = config::lint::present();
     for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
-        eprintln!("mreg: warning: {warning}");
+        errln!("mreg: warning: {warning}");
     }
     match raw.parse() {
         Ok(config) => {

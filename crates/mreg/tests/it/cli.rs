@@ -423,6 +423,16 @@ async fn migrate_creates_the_embedded_database() {
 /// Runs `mreg serve` in `dir` with `env` until it answers `/healthz`, then stops it with SIGTERM;
 /// its exit status and what it wrote to standard error.
 async fn serve_until_up(dir: &TempDir, env: &[(&str, &str)]) -> (std::process::ExitStatus, String) {
+    serve_with_stderr(dir, env, true).await
+}
+
+/// [`serve_until_up`]; with `read_stderr` false, the pipe of its standard error is closed as it
+/// starts (a log shipper that died): every log line it writes then fails.
+async fn serve_with_stderr(
+    dir: &TempDir,
+    env: &[(&str, &str)],
+    read_stderr: bool,
+) -> (std::process::ExitStatus, String) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port().to_string();
     drop(listener);
@@ -433,6 +443,9 @@ async fn serve_until_up(dir: &TempDir, env: &[(&str, &str)]) -> (std::process::E
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    if !read_stderr {
+        drop(child.stderr.take());
+    }
     let client = reqwest::Client::new();
     let mut up = false;
     for _ in 0..100 {
@@ -485,6 +498,16 @@ async fn serve_runs_until_sigterm_and_exits_cleanly() {
         log.contains("received SIGTERM") && log.contains("stopped"),
         "{log}"
     );
+}
+
+/// A gateway whose log cannot be written (its standard error is a pipe nobody reads any more)
+/// still starts, serves and stops on SIGTERM: a failed log line panicked, at start-up (exit 101
+/// before binding) or in the signal handler (SIGTERM then ignored until SIGKILL).
+#[tokio::test]
+async fn serve_keeps_running_and_stops_on_sigterm_when_its_log_pipe_is_closed() {
+    let dir = TempDir::new();
+    let (status, _) = serve_with_stderr(&dir, &[], false).await;
+    assert!(status.success(), "exit status {status:?}");
 }
 
 /// A policy rule naming no tenant (`[servers.payroll]`) governed every tenant's `payroll` before
@@ -1067,6 +1090,27 @@ async fn completions_and_manual_pages_are_generated_from_the_command_definition(
     assert!(page.contains(".TH mreg 1"), "{page}");
     assert!(page.contains("mreg \\- The MCP Registry Gateway"), "{page}");
     assert!(page.contains("mreg\\-servers(1)"), "{page}");
+
+    // A reader that stops reading (`mreg completions bash | head -3`) ends the command quietly:
+    // generating a completion script into a closed pipe panicked (exit 101, a backtrace).
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "fish"],
+        &["man"],
+    ] {
+        let mut command = mreg(&dir, args, &[]);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().expect("spawn");
+            drop(child.stdout.take());
+            child.wait_with_output()
+        })
+        .await
+        .expect("join")
+        .expect("mreg runs");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        assert_eq!(stderr(&out), "", "{args:?}");
+    }
 
     let out = run(&dir, &["man", "--dir", "pages"], &[]).await;
     assert!(out.status.success(), "{}", stderr(&out));

@@ -28,7 +28,7 @@ pub struct Gateway {
 
 /// Prints the one-line note for a deprecated name.
 pub fn deprecated(old: &str, new: &str) {
-    eprintln!("mreg: note: {old} is deprecated; use {new}");
+    errln!("mreg: note: {old} is deprecated; use {new}");
 }
 
 /// A non-empty process environment variable.

@@ -84,7 +84,7 @@ async fn execute(args: McpConfigArgs) -> Result<(), Failure> {
             McpClient::Vscode => "paste into .vscode/mcp.json".to_owned(),
             McpClient::Cursor => "paste into .cursor/mcp.json".to_owned(),
         };
-        eprintln!("({hint})");
+        errln!("({hint})");
     }
     Ok(())
 }

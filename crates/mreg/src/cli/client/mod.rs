@@ -14,6 +14,14 @@ macro_rules! outln {
 }
 pub(crate) use outln;
 
+/// `eprintln!` for every command: see [`err`].
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::client::err(format_args!($($arg)*))
+    };
+}
+pub(crate) use errln;
+
 mod audit;
 mod call;
 pub mod gateway;
@@ -62,9 +70,17 @@ pub(crate) fn out(line: std::fmt::Arguments<'_>) {
         STDOUT_GONE.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             STDOUT_FAILED.store(true, Ordering::Relaxed);
-            eprintln!("mreg: cannot write the output: {e}");
+            err(format_args!("mreg: cannot write the output: {e}"));
         }
     }
+}
+
+/// Writes one line to standard error, ignoring failure: a message nobody can read is no reason
+/// to stop (`eprintln!` panics when standard error is a closed pipe, which turned a failed message
+/// into exit code 101).
+pub(crate) fn err(line: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{line}");
 }
 
 /// Whether [`printable`] keeps line breaks and tabs.
@@ -246,7 +262,7 @@ pub(crate) fn exit(outcome: Result<(), Failure>) -> ExitCode {
         Ok(()) if STDOUT_FAILED.load(Ordering::Relaxed) => ExitCode::from(EXIT_OUTPUT),
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("mreg: {}", printable(&failure.message, Layout::OneLine));
+            errln!("mreg: {}", printable(&failure.message, Layout::OneLine));
             ExitCode::from(failure.code)
         }
     }
