@@ -153,7 +153,8 @@ async fn json_of(response: reqwest::Response) -> Result<Value, String> {
     let description = body["error_description"]
         .as_str()
         .or_else(|| body["message"].as_str())
-        .unwrap_or("");
+        .or_else(|| body.pointer("/error/message").and_then(Value::as_str))
+        .unwrap_or("no description");
     Err(format!("{error}: {description} (HTTP {})", status.as_u16()))
 }
 
@@ -299,14 +300,19 @@ pub async fn login(args: LoginArgs) -> Result<(), String> {
             domain::text::root_cause(&e)
         )
     };
-    let meta = json_of(
-        http.get(format!("{issuer}/.well-known/oauth-authorization-server"))
-            .send()
-            .await
-            .map_err(unreachable)?,
-    )
-    .await
-    .map_err(|e| format!("{shown} has no OAuth metadata ({e}); is authentication on?"))?;
+    let response = http
+        .get(format!("{issuer}/.well-known/oauth-authorization-server"))
+        .send()
+        .await
+        .map_err(unreachable)?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Err(format!(
+            "{shown} publishes no OAuth metadata (HTTP 404): authentication is off on that gateway (MREG_AUTH=none, or no identity provider), so there is nothing to sign in to and its commands need no token; or it is not an mreg MCP listener"
+        ));
+    }
+    let meta = json_of(response)
+        .await
+        .map_err(|e| format!("{shown} has no usable OAuth metadata ({e})"))?;
     if meta["issuer"].as_str() != Some(issuer.as_str()) {
         return Err(format!(
             "the gateway names its issuer {}, not {shown}; set MREG_PUBLIC_URL on the gateway to the URL clients reach it at",

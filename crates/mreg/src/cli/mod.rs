@@ -86,7 +86,8 @@ pub enum AuditCommand {
     List(Box<client::AuditListArgs>),
     /// Walk the whole hash chain in the configured database (MREG_DATABASE_URL, MREG_POSTGRES_*,
     /// or the SQLite file) and report the first altered, removed or reordered row. Exit status 0
-    /// when the chain is intact, 1 when it is broken.
+    /// when the chain is intact, 1 when it is broken, 64 when there is no database here (or the
+    /// configuration is invalid), 69 when the database cannot be reached or read.
     Verify {
         /// Print the result as JSON.
         #[arg(long)]
@@ -323,13 +324,15 @@ async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
             "mreg: no database at {}: run this where the gateway keeps its data, or set MREG_DATA_DIR or MREG_DATABASE_URL",
             path.display()
         );
-        return ExitCode::FAILURE;
+        return ExitCode::from(EXIT_CONFIG as u8);
     }
+    // Exit 1 says the chain is broken; a database that cannot be asked is another answer.
+    let unavailable = ExitCode::from(69);
     let stores = match store::connect(config).await {
         Ok(stores) => stores,
         Err(e) => {
             errln!("mreg: {e:#}");
-            return ExitCode::FAILURE;
+            return unavailable;
         }
     };
     let result = crate::audit::verify(stores.audit.as_ref()).await;
@@ -338,7 +341,7 @@ async fn audit_verify(config: &config::Config, json: bool) -> ExitCode {
         Ok(v) => v,
         Err(e) => {
             errln!("mreg: cannot read the audit log: {e}");
-            return ExitCode::FAILURE;
+            return unavailable;
         }
     };
     if json {

@@ -260,6 +260,26 @@ impl Parser<'_> {
                 ),
             ));
         }
+        let wildcard = |l: &Listen| {
+            l.host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+        };
+        if config.api.port != 0
+            && config.api.port == config.mcp.port
+            && (config.api.host.eq_ignore_ascii_case(&config.mcp.host)
+                || wildcard(&config.api)
+                || wildcard(&config.mcp)
+                || (config.api.is_loopback() && config.mcp.is_loopback()))
+        {
+            return Err(self.error(
+                "FASTMCP_SERVER_PORT",
+                format!(
+                    "{} is the REST API's port too (MREG_API_HOST/MREG_API_PORT: {}): the REST API and the MCP listener need a port each (by default 8000 and 8001)",
+                    config.mcp.port, config.api
+                ),
+            ));
+        }
         if config.auth.mode == AuthMode::None {
             for (listen, env) in [
                 (&config.api, "MREG_API_HOST"),

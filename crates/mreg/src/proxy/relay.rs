@@ -503,6 +503,7 @@ where
                 Some(pending),
                 outcome.clone(),
                 deadline,
+                timeout_of(server),
             ));
             (body, Some(outcome))
         }

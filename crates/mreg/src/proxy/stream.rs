@@ -62,15 +62,16 @@ impl Watch {
         Seen::Pending
     }
 
-    /// The last bytes for a request left unanswered: the broken-off event, if any, terminated
-    /// as one clients discard, then the error.
+    /// The last bytes for a request left unanswered (the upstream `why`: "ended the stream
+    /// before answering"): the broken-off event, if any, terminated as one clients discard, then
+    /// the error.
     fn failure(&self, server: &str, why: &str) -> Bytes {
         let event = json!({
             "jsonrpc": "2.0",
             "id": self.id,
             "error": {
                 "code": super::rpc::UPSTREAM_ERROR,
-                "message": format!("server '{server}' {why} before answering"),
+                "message": format!("server '{server}' {why}"),
             },
         });
         let mut out = String::new();
@@ -95,13 +96,14 @@ struct State<S> {
     outcome: super::rpc::StreamOutcome,
     /// When the answer must have come (the server's `timeout_secs` from the request).
     deadline: tokio::time::Instant,
+    /// The server's timeout, for the message when it passes.
+    timeout: std::time::Duration,
 }
 
 impl<S> State<S> {
     /// The last event for a request left unanswered because the upstream `why`.
     fn unanswered(&self, watch: &Watch, why: &str) -> Bytes {
-        self.outcome
-            .fail(format!("server '{}' {why} before answering", self.server));
+        self.outcome.fail(format!("server '{}' {why}", self.server));
         watch.failure(&self.server, why)
     }
 }
@@ -297,6 +299,7 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
     pending: Option<Value>,
     outcome: super::rpc::StreamOutcome,
     deadline: tokio::time::Instant,
+    timeout: std::time::Duration,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let state = State {
         upstream: Box::pin(upstream),
@@ -304,6 +307,7 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
         watch: pending.map(Watch::new),
         outcome,
         deadline,
+        timeout,
     };
     stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -313,10 +317,8 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
                 Err(_) => {
                     let watch = state.watch.take()?;
                     tracing::warn!(server = %state.server, "upstream did not answer within its timeout");
-                    return Some((
-                        Ok(state.unanswered(&watch, "did not answer within its timeout")),
-                        None,
-                    ));
+                    let why = format!("did not answer within {} s", state.timeout.as_secs());
+                    return Some((Ok(state.unanswered(&watch, &why)), None));
                 }
             }
         } else {
@@ -340,14 +342,20 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
             None => {
                 let watch = state.watch.take()?;
                 tracing::warn!(server = %state.server, "upstream ended the stream without answering");
-                Some((Ok(state.unanswered(&watch, "ended the stream")), None))
+                Some((
+                    Ok(state.unanswered(&watch, "ended the stream before answering")),
+                    None,
+                ))
             }
             Some(Err(e)) => {
                 let cause = super::root_cause(&e);
                 tracing::warn!(server = %state.server, %cause, "upstream stream broke off");
                 match state.watch.take() {
                     Some(watch) => Some((
-                        Ok(state.unanswered(&watch, &format!("broke off the stream ({cause})"))),
+                        Ok(state.unanswered(
+                            &watch,
+                            &format!("broke off the stream ({cause}) before answering"),
+                        )),
                         None,
                     )),
                     None => Some((Err(std::io::Error::other(cause)), None)),

@@ -72,7 +72,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api.layer(crate::authn::AuthLayer::new(state.authn.clone())))
         .merge(ops)
         .merge(SwaggerUi::new("/docs").external_url_unchecked("/openapi.json", document))
-        .fallback(|| async { ApiError::no_route() })
+        .fallback(no_route)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -84,6 +84,31 @@ pub fn router(state: AppState) -> Router {
         .layer(crate::guard::GuardLayer::new(hosts))
         .with_state(state)
         .layer(request_id::TrackLayer::new(metrics))
+}
+
+/// 404 for a path the REST API does not serve; one the MCP listener serves (a client pointed at
+/// the wrong port) is told where that is.
+async fn no_route(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    uri: axum::http::Uri,
+) -> ApiError {
+    let path = uri.path();
+    let mcp = path == "/mcp"
+        || path.starts_with("/mcp/")
+        || (path.starts_with("/servers/") && path.ends_with("/mcp"))
+        || path.starts_with("/.well-known/oauth-")
+        || matches!(path, "/authorize" | "/token" | "/register" | "/revoke");
+    if !mcp {
+        return ApiError::no_route();
+    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such endpoint: this is mreg's REST API; {path} is served by its MCP listener, at {}{path}",
+            state.gateway_url.trim_end_matches('/')
+        ),
+    )
 }
 
 /// Documents the error answers every operation can give besides its own: a foreign `Host` or

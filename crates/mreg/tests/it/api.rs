@@ -524,6 +524,33 @@ async fn made_up_http_methods_do_not_grow_the_metrics() {
 }
 
 #[tokio::test]
+async fn an_mcp_path_asked_of_the_rest_api_is_told_where_the_mcp_listener_is() {
+    let app = TestApp::spawn().await;
+    for path in [
+        "/mcp",
+        "/servers/weather/mcp",
+        "/.well-known/oauth-authorization-server",
+    ] {
+        let (status, _, body) = app.send(Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        let expected = format!(
+            "served by its MCP listener, at http://{}{path}",
+            app.mcp_addr
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&expected)),
+            "{path}: {body}"
+        );
+    }
+    let (status, _, body) = app.send(Method::GET, "/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["message"], "no such endpoint");
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn readiness_names_the_dependency_that_is_down() {
     let Some(db) = TestDb::create().await else {
         return;

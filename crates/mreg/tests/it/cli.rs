@@ -602,8 +602,16 @@ async fn serve_names_the_servers_a_rule_without_a_tenant_no_longer_governs() {
 async fn audit_verify_never_creates_a_database() {
     let dir = TempDir::new();
     let out = run(&dir, &["audit", "verify"], &[]).await;
-    assert!(!out.status.success(), "{}", stdout(&out));
+    // Not 1, which says the chain is broken: nothing was checked.
+    assert_eq!(out.status.code(), Some(64), "{}", stdout(&out));
     assert!(stderr(&out).contains("no database at"), "{}", stderr(&out));
+    // A database that cannot be reached is 69, not 1 either.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/nothing");
+    let out = run(&dir, &["audit", "verify"], &[("MREG_DATABASE_URL", &url)]).await;
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
     assert!(
         !dir.0.join("mreg.db").exists(),
         "the wrong directory stays as it was"
@@ -1032,7 +1040,57 @@ async fn call_passes_plain_values_as_text_and_colon_equals_values_as_json() {
     )
     .await;
     assert_eq!(unreachable.status.code(), Some(69));
-    for failed in [&out, &unreachable] {
+    // A server the gateway does not know is the gateway answering, not a gateway that is down:
+    // exit 1, naming the server (69 is for "cannot be reached" only).
+    let unknown = run(
+        &dir,
+        &[
+            "call",
+            "--gateway",
+            gateway,
+            "--server",
+            "nosuch",
+            "echo",
+            "text=x",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("no server named 'nosuch'"),
+        "{}",
+        stderr(&unknown)
+    );
+    // The CLI pointed at the MCP listener instead of the REST API says so.
+    let wrong_port = run(
+        &dir,
+        &[
+            "servers",
+            "--gateway",
+            &format!("http://{}", app.mcp_addr),
+            "list",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(wrong_port.status.code(), Some(1), "{}", stderr(&wrong_port));
+    assert!(
+        stderr(&wrong_port).contains("answers as an MCP endpoint, not as mreg's REST API")
+            && stderr(&wrong_port).contains("MREG_API_PORT"),
+        "{}",
+        stderr(&wrong_port)
+    );
+    // Signing in to a gateway without authentication says so, instead of an empty error.
+    let login = run(&dir, &["login", "--no-browser", "--gateway", gateway], &[]).await;
+    assert_eq!(login.status.code(), Some(1), "{}", stderr(&login));
+    assert!(
+        stderr(&login).contains("authentication is off on that gateway"),
+        "{}",
+        stderr(&login)
+    );
+    assert!(!dir.0.join("credentials.json").exists(), "nothing saved");
+    for failed in [&out, &unreachable, &unknown, &wrong_port, &login] {
         let err = stderr(failed);
         assert!(err.contains("mreg: "), "{err}");
         for rust in ["rmcp::", "Transport [", "Error {", "Some(", "::"] {
@@ -1318,6 +1376,20 @@ async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_con
         (
             vec![("FASTMCP_SERVER_HOST", "0.0.0.0"), ("MREG_AUTH", "none")],
             "FASTMCP_SERVER_HOST: '0.0.0.0' is not a loopback address",
+        ),
+        (
+            // One port for both listeners failed only at bind time, after the database was
+            // made, as "address already in use" (another process, it seemed).
+            vec![("MREG_API_PORT", "18050"), ("FASTMCP_SERVER_PORT", "18050")],
+            "FASTMCP_SERVER_PORT: 18050 is the REST API's port too",
+        ),
+        (
+            vec![
+                ("MREG_API_PORT", "18050"),
+                ("FASTMCP_SERVER_PORT", "18050"),
+                ("FASTMCP_SERVER_HOST", "localhost"),
+            ],
+            "the REST API and the MCP listener need a port each",
         ),
     ] {
         for command in ["serve", "check-config"] {

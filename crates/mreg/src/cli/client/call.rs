@@ -95,8 +95,46 @@ fn session_failure(error: &rmcp::service::ClientInitializeError) -> String {
     match error {
         E::JsonRpcError(data) => data.message.to_string(),
         E::ConnectionClosed(_) => "the connection closed during the handshake".to_owned(),
-        E::TransportError { error, .. } => root_words(error),
+        E::TransportError { error, .. } => match http_error(error) {
+            Some(http) => root_words(http),
+            None => root_words(error),
+        },
         other => root_words(other),
+    }
+}
+
+/// The HTTP client's error in `error`'s chain, if there is one (rmcp wraps it without naming
+/// it as the source).
+fn http_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a reqwest::Error> {
+    use rmcp::transport::streamable_http_client::StreamableHttpError;
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(http) = e.downcast_ref::<reqwest::Error>() {
+            return Some(http);
+        }
+        if let Some(StreamableHttpError::Client(http)) =
+            e.downcast_ref::<StreamableHttpError<reqwest::Error>>()
+        {
+            return Some(http);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// Whether `error` came after the gateway answered (a refusal, an error of the server behind
+/// it), rather than from not reaching it at all (refused or timed-out connection, unknown host):
+/// only the latter is exit code 69, so a script can tell a mistyped server from a gateway that
+/// is down.
+fn gateway_answered(error: &rmcp::service::ClientInitializeError) -> bool {
+    use rmcp::service::ClientInitializeError as E;
+    match error {
+        E::JsonRpcError(_) => true,
+        E::ConnectionClosed(_) => false,
+        E::TransportError { error, .. } => {
+            !http_error(error).is_some_and(|http| http.is_connect() || http.is_timeout())
+        }
+        _ => true,
     }
 }
 
@@ -159,7 +197,11 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
             super::gateway::shown(&endpoint),
             session_failure(&e)
         ),
-        code: EXIT_UNREACHABLE,
+        code: if gateway_answered(&e) {
+            1
+        } else {
+            EXIT_UNREACHABLE
+        },
     })?;
     let result = client
         .call_tool(CallToolRequestParams::new(args.tool.clone()).with_arguments(arguments))

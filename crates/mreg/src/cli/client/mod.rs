@@ -215,10 +215,22 @@ impl Client {
         if status.is_success() {
             return Ok((status, value));
         }
-        let message = value
-            .get("message")
-            .and_then(Value::as_str)
-            .map_or_else(|| format!("HTTP {status}"), str::to_owned);
+        let message = match value.get("message").and_then(Value::as_str) {
+            Some(message) => message.to_owned(),
+            // An MCP endpoint's JSON-RPC error: --gateway names the wrong listener.
+            None if value.get("jsonrpc").is_some() => format!(
+                "{} answers as an MCP endpoint, not as mreg's REST API ({}): --gateway takes the REST API's address (MREG_API_PORT, 8000 by default)",
+                gateway::shown(&self.base),
+                value
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+            ),
+            None => format!(
+                "HTTP {status} from {}, which does not answer as mreg's REST API: --gateway takes the REST API's address (MREG_API_PORT, 8000 by default)",
+                gateway::shown(&self.base)
+            ),
+        };
         let request_id = value
             .get("request_id")
             .and_then(Value::as_str)
