@@ -41,6 +41,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway until SIGINT or SIGTERM.
+    ///
+    /// Everything is configured by settings, not flags (`mreg check-config` shows them and where
+    /// each came from): the REST API listens on MREG_API_HOST:MREG_API_PORT (127.0.0.1:8000), the
+    /// MCP listener on FASTMCP_SERVER_HOST:FASTMCP_SERVER_PORT (127.0.0.1:8001); the registry is
+    /// the SQLite file in MREG_DATA_DIR (.) unless MREG_DATABASE_URL names PostgreSQL, the cache
+    /// is in memory unless MREG_REDIS_URL names Redis; an identity provider (AZURE_* or MREG_OIDC_*)
+    /// turns authentication on. Set them in the environment, in ./.env, or in a TOML file
+    /// (--config).
     Serve,
     /// Bring the database schema up to date, then exit.
     Migrate,
@@ -251,6 +259,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
     for warning in config::lint::warnings(present.iter().map(|(n, o)| (n.as_str(), *o))) {
         tracing::warn!("{warning}");
     }
+    let json_log = config.log.format == config::LogFormat::Json;
     let outcome = if serving {
         serve(config).await
     } else {
@@ -259,7 +268,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Once on standard error: as a JSON log line too when the log is read by machines.
+            if json_log {
+                tracing::error!("{e:#}");
+            }
             errln!("mreg: {e:#}");
             ExitCode::FAILURE
         }

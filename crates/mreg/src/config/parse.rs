@@ -143,7 +143,14 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
         Ok(iter) => iter.collect::<Result<_, _>>().map_err(|e| ConfigError {
             setting: ".env".to_owned(),
             origin: None,
-            message: e.to_string(),
+            message: match e {
+                // dotenvy's index is a column, which read as a line number.
+                dotenvy::Error::LineParse(line, _) => format!(
+                    "cannot read the line '{}': each line is NAME=VALUE (or a # comment)",
+                    line.chars().take(100).collect::<String>()
+                ),
+                other => other.to_string(),
+            },
         })?,
         Err(_) => Vec::new(),
     };

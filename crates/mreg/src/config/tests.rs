@@ -79,7 +79,7 @@ fn a_bad_value_names_the_variable_and_the_problem() {
         ("MREG_LOG_FORMAT", "xml", "use text or json"),
         ("AZURE_TOKEN_CACHE_TTL", "-1", "whole number of seconds"),
         ("AZURE_CLOCK_SKEW", "1h", "whole number of seconds"),
-        ("AZURE_VALIDATE_WITH_GRAPH", "maybe", "not true or false"),
+        ("AZURE_VALIDATE_WITH_GRAPH", "maybe", "is not a yes or no"),
         (
             "OAUTH_CALLBACK_URL",
             "http://example.com/auth/callback",

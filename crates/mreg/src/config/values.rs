@@ -90,7 +90,9 @@ pub(super) fn parse_bool(v: &str) -> Result<bool, String> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("'{v}' is not true or false")),
+        _ => Err(format!(
+            "'{v}' is not a yes or no: write true or false (also yes/no, on/off, 1/0)"
+        )),
     }
 }
 

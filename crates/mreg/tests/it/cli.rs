@@ -343,6 +343,21 @@ async fn a_bad_setting_stops_start_up_with_exit_code_64_and_one_line() {
 }
 
 #[tokio::test]
+async fn a_failed_start_is_said_once() {
+    let dir = TempDir::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/nothing");
+    let out = run(&dir, &["migrate"], &[("MREG_DATABASE_URL", &url)]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("127.0.0.1")).collect();
+    assert_eq!(said.len(), 1, "once, as the mreg: line: {err}");
+    assert!(said[0].starts_with("mreg: "), "{err}");
+}
+
+#[tokio::test]
 async fn check_config_shows_sources_and_hides_secrets() {
     let dir = TempDir::new();
     std::fs::write(dir.0.join("mreg.toml"), "[api]\nport = 9100\n").expect("write toml");
@@ -595,6 +610,25 @@ async fn serve_names_the_servers_a_rule_without_a_tenant_no_longer_governs() {
         about(GONE).contains("this gateway does not admit that tenant, so no rule can name it")
             && !about(GONE).contains("add [servers."),
         "{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_line_of_dotenv_that_is_not_a_setting_is_quoted_not_counted() {
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.0.join(".env"),
+        "MREG_API_PORT=18000\n# a comment\n\nGARBAGE LINE\n",
+    )
+    .expect(".env");
+    let out = run(&dir, &["check-config"], &[]).await;
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            ".env: cannot read the line 'GARBAGE LINE': each line is NAME=VALUE (or a # comment)"
+        ),
+        "{}",
+        stderr(&out)
     );
 }
 
@@ -1040,6 +1074,24 @@ async fn call_passes_plain_values_as_text_and_colon_equals_values_as_json() {
     )
     .await;
     assert_eq!(unreachable.status.code(), Some(69));
+    // A number written as text gets the hint to write it as JSON.
+    let text_number = run(
+        &dir,
+        &["call", "--gateway", gateway, "list_servers", "limit=5"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        text_number.status.code(),
+        Some(1),
+        "{}",
+        stderr(&text_number)
+    );
+    assert!(
+        stderr(&text_number).contains("write KEY:=JSON for a number"),
+        "{}",
+        stderr(&text_number)
+    );
     // A server the gateway does not know is the gateway answering, not a gateway that is down:
     // exit 1, naming the server (69 is for "cannot be reached" only).
     let unknown = run(
@@ -1376,6 +1428,10 @@ async fn configuration_errors_are_one_line_with_exit_64_from_serve_and_check_con
         (
             vec![("FASTMCP_SERVER_HOST", "0.0.0.0"), ("MREG_AUTH", "none")],
             "FASTMCP_SERVER_HOST: '0.0.0.0' is not a loopback address",
+        ),
+        (
+            vec![("MREG_HEALTH_ENABLED", "nope")],
+            "MREG_HEALTH_ENABLED: 'nope' is not a yes or no: write true or false (also yes/no, on/off, 1/0)",
         ),
         (
             // One port for both listeners failed only at bind time, after the database was

@@ -138,6 +138,16 @@ fn gateway_answered(error: &rmcp::service::ClientInitializeError) -> bool {
     }
 }
 
+/// A hint for a tool's complaint about an argument's type: `limit=5` is the text "5", and a
+/// tool that wants a number says "invalid type: string".
+fn typing_hint(why: &str) -> &'static str {
+    if why.contains("invalid type: string") {
+        " (KEY=VALUE passes text; write KEY:=JSON for a number, true/false, a list or an object, e.g. limit:=5)"
+    } else {
+        ""
+    }
+}
+
 /// Why a call failed, in words.
 fn call_failure(error: &rmcp::ServiceError) -> String {
     use rmcp::ServiceError as E;
@@ -206,7 +216,10 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
     let result = client
         .call_tool(CallToolRequestParams::new(args.tool.clone()).with_arguments(arguments))
         .await
-        .map_err(|e| format!("{} failed: {}", args.tool, call_failure(&e)));
+        .map_err(|e| {
+            let why = call_failure(&e);
+            format!("{} failed: {why}{}", args.tool, typing_hint(&why))
+        });
     let _ = client.cancel().await;
     let result = result?;
     if args.json {
@@ -219,7 +232,16 @@ async fn call_tool(args: CallArgs) -> Result<(), Failure> {
         }
     }
     if result.is_error == Some(true) {
-        return Err(Failure::from(format!("{} reported an error", args.tool)));
+        let text: String = result
+            .content
+            .iter()
+            .filter_map(|c| c.as_text().map(|t| t.text.as_str()))
+            .collect();
+        return Err(Failure::from(format!(
+            "{} reported an error{}",
+            args.tool,
+            typing_hint(&text)
+        )));
     }
     Ok(())
 }
