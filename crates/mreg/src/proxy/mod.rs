@@ -333,6 +333,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_upstreams_error_at_an_http_error_status_names_the_server() {
+        let named = |body: &str| {
+            relay::naming_the_server(body.as_bytes(), "weather", StatusCode::NOT_FOUND)
+                .map(|b| serde_json::from_slice::<serde_json::Value>(&b).expect("JSON"))
+        };
+        let error = r#"{"jsonrpc":"2.0","id":3,"error":{"code":-32001,"message":"Session not found","data":{"x":1}}}"#;
+        assert_eq!(
+            named(error),
+            Some(
+                serde_json::json!({"jsonrpc":"2.0","id":3,"error":{"code":-32001,
+                "message":"server 'weather' answered HTTP 404: Session not found","data":{"x":1}}})
+            )
+        );
+        let once = serde_json::to_string(&named(error).expect("named")).expect("text");
+        assert_eq!(named(&once), None, "named once");
+        assert_eq!(named(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#), None);
+        assert_eq!(named(r#"{"error":{"code":1}}"#), None);
+        assert_eq!(named(r#"[{"error":{"message":"a batch"}}]"#), None);
+        assert_eq!(named("not json"), None);
+    }
+
+    #[test]
     fn a_listing_is_filtered_in_json_in_a_batch_and_in_each_event_of_a_stream() {
         let hide = |result: &mut serde_json::Value| {
             if let Some(tools) = result.get_mut("tools").and_then(|t| t.as_array_mut()) {

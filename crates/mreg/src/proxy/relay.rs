@@ -409,7 +409,30 @@ where
             status.as_u16()
         )));
     }
+    if !status.is_success()
+        && let Some(named) = naming_the_server(&bytes, name, status)
+    {
+        let mut parts = parts;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Ok(Response::from_parts(parts, Body::from(named)));
+    }
     Ok(Response::from_parts(parts, Body::from(bytes)))
+}
+
+/// An upstream's JSON-RPC error at an HTTP error status (a wrong path, a session it no longer
+/// knows) with its message prefixed by the server and the status, as mreg's own errors are: the
+/// client's user sees which server refused. Its code, data and id are kept. `None` when the
+/// body is anything else.
+pub(super) fn naming_the_server(bytes: &[u8], name: &str, status: StatusCode) -> Option<Vec<u8>> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let message = value.get_mut("error")?.get_mut("message")?;
+    let text = message.as_str()?;
+    let prefix = format!("server '{name}' answered HTTP {}", status.as_u16());
+    if text.starts_with(&prefix) {
+        return None;
+    }
+    *message = serde_json::Value::String(format!("{prefix}: {}", clipped(text, 1024)));
+    serde_json::to_vec(&value).ok()
 }
 
 /// Removes from `headers` every header not named in `names` and not `also` kept. Done in place,

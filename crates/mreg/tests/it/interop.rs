@@ -105,6 +105,22 @@ async fn typescript_servers_behind_the_gateway_serve_the_typescript_client() {
             assert_eq!(read["contents"][0]["text"], "hello");
         }
     }
+    // The server's own JSON-RPC error at an HTTP error status (registered at a path it does not
+    // serve) reaches the client naming the server, as the gateway's own errors do.
+    app.register(
+        "ts-wrongpath",
+        json!({ "url": stateful.url.replace("/mcp", "/notmcp") }),
+    )
+    .await;
+    let url = format!("http://{}/servers/ts-wrongpath/mcp", app.mcp_addr);
+    let (ok, refused) = ts_client(&url, &[], &["tools"]).await;
+    assert!(!ok, "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("server 'ts-wrongpath' answered HTTP 404: "),
+        "{refused}"
+    );
     // Progress notifications travel on the SSE answer of the stateful server, through the gateway.
     let url = format!("http://{}/servers/ts-stateful/mcp", app.mcp_addr);
     let (ok, counted) = ts_client(
