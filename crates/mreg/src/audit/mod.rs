@@ -19,6 +19,17 @@ use std::time::Instant;
 /// Most characters of an audit row's `error`.
 const MAX_ERROR_CHARS: usize = 4096;
 
+/// Most characters of an audit row's `operation`, `tool` and `server`: they come from callers
+/// (a tool name, a server name in a tool's arguments) before anything has checked them, and a
+/// caller without a single role could otherwise write megabytes into every row it causes (the
+/// chain keeps rows for the whole retention period).
+const MAX_NAME_CHARS: usize = 256;
+
+/// `name`, cut to [`MAX_NAME_CHARS`] (saying how long it was) when it is longer.
+fn bounded(name: &str) -> String {
+    domain::text::clipped(name, MAX_NAME_CHARS)
+}
+
 use domain::Principal;
 use serde::Serialize;
 use serde_json::Value;
@@ -225,7 +236,14 @@ impl Auditor {
                 actor_email: actor.email.clone(),
                 actor_tenant: actor.tenant.clone(),
                 actor_client_id: actor.client_id.clone(),
-                operation: operation.into(),
+                operation: {
+                    let operation = operation.into();
+                    if operation.len() > MAX_NAME_CHARS {
+                        bounded(&operation)
+                    } else {
+                        operation
+                    }
+                },
                 tool: None,
                 server: None,
                 arguments: None,
@@ -284,8 +302,8 @@ impl Entry {
 
     /// Names the tool and server addressed (kept with auditing off too, for [`Entry::tool`]).
     pub fn target(&mut self, tool: Option<&str>, server: Option<&str>) -> &mut Self {
-        self.event.tool = tool.map(str::to_owned);
-        self.event.server = server.map(str::to_owned);
+        self.event.tool = tool.map(bounded);
+        self.event.server = server.map(bounded);
         self
     }
 
@@ -357,7 +375,7 @@ impl Entry {
 
     /// Renames the operation.
     pub fn operation(&mut self, operation: &str) -> &mut Self {
-        operation.clone_into(&mut self.event.operation);
+        self.event.operation = bounded(operation);
         self
     }
 

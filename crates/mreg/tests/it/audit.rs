@@ -44,6 +44,101 @@ async fn proxy_post(app: &TestApp, server: &str, request_id: &str, body: Value) 
         .status()
 }
 
+/// Names a caller sends (a tool's, a server's in a tool's arguments) are cut in the row: a
+/// caller could otherwise write megabytes into each row it causes, kept for the whole retention.
+#[tokio::test]
+async fn names_from_callers_are_bounded_in_the_row() {
+    let app = TestApp::spawn().await;
+    let upstream = Upstream::start(false).await;
+    app.register("echo", json!({ "url": upstream.url })).await;
+    let huge = "n".repeat(100_000);
+    let client = connect(
+        &format!("http://{}/mcp", app.mcp_addr),
+        ProtocolVersion::V_2025_11_25,
+    )
+    .await;
+    let unknown = client
+        .call_tool(rmcp::model::CallToolRequestParams::new(huge.clone()))
+        .await;
+    assert!(
+        unknown.as_ref().map_or(true, |r| r.is_error == Some(true)),
+        "{unknown:?}"
+    );
+    let forwarded = call(
+        &client,
+        "proxy_request",
+        json!({ "server": huge, "method": "tools/list" }),
+    )
+    .await;
+    assert_eq!(forwarded.is_error, Some(true), "{forwarded:?}");
+    let init = json!({ "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": { "name": "t", "version": "0" } } });
+    proxy_post(&app, "echo", "req-init", init).await;
+    let big_tool = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": huge, "arguments": {} } });
+    proxy_post(&app, "echo", "req-big", big_tool).await;
+    let rows = until(
+        |rows| {
+            rows.iter().any(|r| r.event.request_id == "req-big")
+                && rows
+                    .iter()
+                    .filter(|r| {
+                        r.event
+                            .tool
+                            .as_deref()
+                            .is_some_and(|t| t.starts_with("nnn"))
+                    })
+                    .count()
+                    >= 2
+        },
+        || sqlite_rows(&app.dir.0),
+    )
+    .await;
+    let long: Vec<&AuditRecord> = rows
+        .iter()
+        .filter(|r| {
+            [
+                Some(r.event.operation.as_str()),
+                r.event.tool.as_deref(),
+                r.event.server.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|v| v.starts_with("nnn"))
+        })
+        .collect();
+    assert!(
+        long.len() >= 3,
+        "the tool, the forwarded server, the proxied tool: {}",
+        long.len()
+    );
+    for row in long {
+        for value in [
+            Some(row.event.operation.as_str()),
+            row.event.tool.as_deref(),
+            row.event.server.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert!(value.len() < 400, "{} bytes kept", value.len());
+        }
+        assert!(
+            [
+                row.event.tool.as_deref(),
+                row.event.server.as_deref(),
+                Some(row.event.operation.as_str())
+            ]
+            .into_iter()
+            .flatten()
+            .any(|v| v.ends_with("(100000 bytes in all)")),
+            "says how long it was: {:?}",
+            row.event
+        );
+    }
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn every_operation_becomes_one_row_with_its_arguments_redacted() {
     let app = TestApp::spawn().await;
