@@ -4,6 +4,7 @@
 //! the stateless 2026-07-28 protocol (`server/discover`) are answered without one.
 
 pub mod edge;
+pub mod held;
 mod streams;
 pub mod tools;
 
@@ -61,9 +62,12 @@ pub fn router(state: AppState, sessions: CancellationToken, shutdown: Cancellati
     } else {
         own
     };
+    let held = held::Held::new(state.audit.clone());
     let mut router = Router::new()
         .merge(own)
         .route("/servers/{name}/mcp", any(crate::proxy::handle))
+        // After authentication (the chain): it counts a caller's streams.
+        .layer(axum::middleware::from_fn_with_state(held, held::count))
         .layer(chain)
         .with_state(state);
     if let Some(oauth) = oauth {

@@ -126,6 +126,14 @@ impl Gate {
         self.counted(decided)
     }
 
+    /// Spends one request of the principal's budget for a message that is otherwise free (a
+    /// `GET` stream) but was refused: refusals cannot be asked for without end at no cost (a
+    /// caller without the server's role sent 3,000 refused `GET`s in ten seconds, each a row).
+    pub async fn spend_refused(&self, principal: &Principal) -> Result<(), Refusal> {
+        let spent = self.spend(principal, None).await;
+        self.counted(spent)
+    }
+
     /// Admits a call of the gateway tool `tool`: the principal × tool budget, then the roles.
     pub async fn admit_tool(&self, principal: &Principal, tool: &str) -> Result<(), Refusal> {
         let decided = self

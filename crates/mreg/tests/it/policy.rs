@@ -1150,6 +1150,144 @@ fn assert_rpc_error(
     );
 }
 
+/// Opens a GET stream of `session` on `url` and returns the answer unread (the stream stays
+/// open while it is held).
+async fn open_stream(url: &str, token: &str, session: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .expect("GET")
+}
+
+/// A session of `token` on `url`, initialized.
+async fn own_session(url: &str, token: &str) -> String {
+    let opened = mcp_post(
+        url,
+        Some(token),
+        None,
+        &rpc_request(1, "initialize", initialize_params()),
+    )
+    .await;
+    assert_eq!(opened.0, StatusCode::OK, "{}", opened.2);
+    let session = opened.1["mcp-session-id"]
+        .to_str()
+        .expect("session")
+        .to_owned();
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let (status, _, _) = mcp_post(url, Some(token), Some(&session), &initialized).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    session
+}
+
+/// A caller, even one without a role, holds at most 32 GET streams at once: each is a connection
+/// of the gateway's for as long as the caller likes, and 20,000 of them left both listeners
+/// unable to accept connections.
+#[tokio::test]
+async fn a_caller_holds_a_bounded_number_of_open_streams() {
+    let Some(s) = setup().await else { return };
+    let c = callers(&s).await;
+    let url = format!("{}/mcp", s.mcp);
+    let sessions = [
+        own_session(&url, &c.carol).await,
+        own_session(&url, &c.carol).await,
+    ];
+    let mut held = Vec::new();
+    for i in 0..32 {
+        let stream = open_stream(&url, &c.carol, &sessions[i % 2]).await;
+        assert_eq!(stream.status(), StatusCode::OK, "stream {i}");
+        held.push(stream);
+    }
+    let refused = open_stream(&url, &c.carol, &sessions[0]).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = refused.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32029, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many open streams") && m.contains("32")),
+        "{body}"
+    );
+    // Another caller is not held back by Carol's streams.
+    let bobs = own_session(&url, &c.bob).await;
+    assert_eq!(
+        open_stream(&url, &c.bob, &bobs).await.status(),
+        StatusCode::OK
+    );
+    // A stream that ends gives its place back.
+    drop(held.pop());
+    let mut reopened = StatusCode::TOO_MANY_REQUESTS;
+    for _ in 0..50 {
+        reopened = open_stream(&url, &c.carol, &sessions[1]).await.status();
+        if reopened == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(reopened, StatusCode::OK);
+    let rows = crate::support::audit::until(
+        |rows| rows.iter().any(|r| r.event.operation == "stream"),
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|r| r.event.operation == "stream")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].event.decision, "rate_limited");
+    assert_eq!(
+        refused[0].event.actor_subject,
+        "cccccccc-cccc-4ccc-8ccc-cccccccccccc"
+    );
+}
+
+/// A stream is free when admitted; refused, it spends the caller's budget like a request, so a
+/// caller without the server's role cannot ask again and again at no cost.
+#[tokio::test]
+async fn refused_streams_spend_the_budget() {
+    let Some(s) = setup_with(|app| app.with_rate_limit(4)).await else {
+        return;
+    };
+    let c = callers(&s).await;
+    let upstream = Upstream::start(true).await;
+    let (status, _, body) = rest(
+        &s.app,
+        reqwest::Method::POST,
+        "/api/v1/servers",
+        &c.alice,
+        Some(json!({"name": "echo", "url": upstream.url})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let url = format!("{}/servers/echo/mcp", s.mcp);
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(open_stream(&url, &c.carol, "any").await.status().as_u16());
+    }
+    assert_eq!(statuses, [403, 403, 403, 403, 429, 429, 429, 429]);
+    assert_eq!(upstream.count("GET"), 0, "nothing reached the upstream");
+    let rows = crate::support::audit::until(
+        |rows| rows.iter().any(|r| r.event.decision == "rate_limited"),
+        || crate::support::audit::sqlite_rows(&s.app.dir.0),
+    )
+    .await;
+    let carols: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.event.actor_subject == "cccccccc-cccc-4ccc-8ccc-cccccccccccc")
+        .map(|r| r.event.decision.as_str())
+        .collect();
+    assert_eq!(
+        carols,
+        ["deny", "deny", "deny", "deny", "rate_limited"],
+        "the rest folded"
+    );
+}
+
 #[tokio::test]
 async fn a_budget_counts_json_rpc_requests_only() {
     let policy = policy_file("[rate_limits]\nroles = { admin = 100 }\n");
