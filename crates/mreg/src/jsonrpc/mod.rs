@@ -226,6 +226,11 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Params<'a> {
     }
 }
 
+/// Most messages in one batch (JSON-RPC batches are gone from MCP since 2025-06-18; clients of
+/// the earlier versions that send them send a few). Notifications in a batch spend no budget, so
+/// without a bound one request carried 20,000 of them to an upstream.
+pub const MAX_BATCH: usize = 100;
+
 /// Reads the call out of a message body; a problem is `(status, code, message)`.
 pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
     let invalid = |why: &str| {
@@ -254,6 +259,12 @@ pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
             })?;
             if batch.is_empty() {
                 return Err(invalid("empty batch"));
+            }
+            if batch.len() > MAX_BATCH {
+                return Err(invalid(&format!(
+                    "a batch holds at most {MAX_BATCH} messages; this one holds {}",
+                    batch.len()
+                )));
             }
             return Ok(McpCall {
                 method: "batch".to_owned(),

@@ -126,3 +126,27 @@ fn headers_that_contradict_the_body_are_refused() {
         Err(HEADER_MISMATCH)
     );
 }
+
+#[test]
+fn a_batch_is_bounded() {
+    let batch = |n: usize| {
+        let one = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+        format!("[{}]", vec![one; n].join(","))
+    };
+    assert_eq!(
+        inspect(batch(super::MAX_BATCH).as_bytes())
+            .expect("at the bound")
+            .batch
+            .len(),
+        super::MAX_BATCH
+    );
+    let (status, code, message) = inspect(batch(20_000).as_bytes()).expect_err("over it");
+    assert_eq!(
+        (status, code),
+        (StatusCode::BAD_REQUEST, super::INVALID_REQUEST)
+    );
+    assert!(
+        message.contains("at most 100 messages; this one holds 20000"),
+        "{message}"
+    );
+}
