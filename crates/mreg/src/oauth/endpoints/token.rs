@@ -26,7 +26,12 @@ pub(super) fn form_body(
     let form = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        // The media type, before any parameters (`; charset=UTF-8`), compared whole.
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
     if !form {
         return Err(OAuthError::invalid_request(
             "the body must be application/x-www-form-urlencoded",
@@ -476,4 +481,24 @@ pub(super) async fn issue(
         .identity
         .principal(scopes.to_vec(), Some(client_id.to_owned()));
     Ok(Note::on(response, |n| n.actor = Some(actor)))
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{HeaderMap, HeaderValue, header};
+
+    #[test]
+    fn only_a_form_is_a_form() {
+        let with = |content_type: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            super::form_body(&headers, "grant_type=x").is_ok()
+        };
+        assert!(with("application/x-www-form-urlencoded"));
+        assert!(with("application/x-www-form-urlencoded; charset=UTF-8"));
+        assert!(with("Application/X-WWW-Form-URLencoded"));
+        assert!(!with("application/x-www-form-urlencodedfoo"));
+        assert!(!with("application/json"));
+        assert!(super::form_body(&HeaderMap::new(), "grant_type=x").is_err());
+    }
 }
