@@ -349,7 +349,7 @@ pub const SETTINGS: &[Setting] = &[
         "auth.oauth_max_idle_clients",
         Some("10000"),
         false,
-        "Most registered OAuth clients that hold no grant (registered, never signed in); /register answers 503 beyond it until unused clients are pruned (after 7 days).",
+        "Most registered OAuth clients that hold no grant (registered, never signed in). At the bound, registrations unused for 10 minutes make room; if none is that old, /register answers 503 (Retry-After 600). Others are pruned after 7 days.",
     ),
     s(
         "MREG_TRUSTED_PROXY_HOPS",

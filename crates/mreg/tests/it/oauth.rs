@@ -2045,9 +2045,22 @@ async fn registration_is_bounded_in_size_and_in_clients_that_never_signed_in() {
     assert!(reply.get("client_id").is_none());
     assert_eq!(idle().await, 3, "no row for the refused registration");
     // A client that signed in holds a grant and no longer counts.
-    flow.tokens("alice").await;
+    let tokens = flow.tokens("alice").await;
     let (status, _) = register(json!({"redirect_uris": [REDIRECT]})).await;
     assert_eq!(status, StatusCode::CREATED);
+    let (status, reply) = register(json!({"redirect_uris": [REDIRECT]})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    // Registrations nobody signed in with for ten minutes make room: a burst of them shuts
+    // registration for minutes, not for the week until the prune. The client that signed in
+    // keeps its registration.
+    s.app.clock.advance(Duration::from_secs(601));
+    let (status, reply) = register(json!({"redirect_uris": [REDIRECT]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    assert_eq!(idle().await, 1, "the abandoned ones were removed");
+    let (status, refreshed) = flow
+        .refresh(tokens["refresh_token"].as_str().expect("a refresh token"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
 }
 
 #[tokio::test]

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// A registration that has not signed in after this long (seconds) is abandoned: at the bound of
+/// idle clients it makes room for a new one (its client, coming back, registers again on
+/// `invalid_client`, as MCP clients do).
+const ABANDONED_SECS: i64 = 600;
+
 /// `POST /register` (RFC 7591).
 pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) -> Response {
     let refusal = |error: &str, description: &str| {
@@ -34,8 +39,33 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
         Err(r) => return refusal(r.error, &r.description),
     };
     // Open registration must not grow the table without bound: clients that never signed in
-    // are pruned after a week, and until then at most `MREG_OAUTH_MAX_IDLE_CLIENTS` exist.
-    match oauth.store.idle_clients().await {
+    // are pruned after a week, and until then at most `MREG_OAUTH_MAX_IDLE_CLIENTS` exist. At
+    // the bound, registrations left unused for ABANDONED_SECS make room first: a burst of
+    // registrations that nobody signs in with (anyone may send them) then holds registration
+    // shut for minutes, not for the week until the prune.
+    let mut idle = oauth.store.idle_clients().await;
+    if idle
+        .as_ref()
+        .is_ok_and(|idle| *idle >= oauth.max_idle_clients)
+    {
+        match oauth
+            .store
+            .prune_clients(oauth.unix_now() - ABANDONED_SECS)
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => {
+                tracing::warn!(
+                    pruned,
+                    "registrations left unused for {} minutes were removed to make room",
+                    ABANDONED_SECS / 60
+                );
+                idle = oauth.store.idle_clients().await;
+            }
+            Err(e) => return OAuthError::unavailable(e).into_response(),
+        }
+    }
+    match idle {
         Ok(idle) if idle >= oauth.max_idle_clients => {
             tracing::warn!(
                 idle,
@@ -49,7 +79,7 @@ pub async fn register(State(oauth): State<Arc<OAuth>>, body: axum::body::Bytes) 
             )
                 .into_response();
             let h = response.headers_mut();
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(ABANDONED_SECS));
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return Note::on(response, |n| {
                 n.error = Some(format!("temporarily_unavailable: {description}"))
