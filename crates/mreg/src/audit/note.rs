@@ -18,6 +18,8 @@ pub struct Note {
     pub client_id: Option<String>,
     /// Why the request failed, in the words the caller got.
     pub error: Option<String>,
+    /// The row's decision when it is not `allow` (a refusal the handler decided).
+    pub decision: Option<&'static str>,
 }
 
 impl Note {

@@ -254,6 +254,23 @@ async fn a_signed_in_user_gets_mreg_tokens_that_work_and_refresh_with_rotation()
             .is_some_and(|e| e.starts_with("invalid_grant")),
         "{replayed:?}"
     );
+    // A replayed code and a reused refresh token are refusals of a leak or an attack: `deny`,
+    // where an auditor looks; the other failures (a token of an ended grant) stay `allow`.
+    let decisions: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.event.operation.starts_with("oauth.") && r.event.outcome == "error")
+        .map(|r| (r.event.operation.as_str(), r.event.decision.as_str()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("oauth.token", "deny"),
+            ("oauth.refresh", "allow"),
+            ("oauth.refresh", "deny"),
+            ("oauth.refresh", "allow"),
+            ("oauth.refresh", "allow"),
+        ]
+    );
     let everything = format!("{rows:?}");
     for secret in [
         replayed_refresh,

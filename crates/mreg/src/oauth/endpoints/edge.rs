@@ -108,6 +108,9 @@ pub async fn audited(
     if let Some(client) = &n.client_id {
         entry.client(client);
     }
+    if let Some(decision) = n.decision {
+        entry.decided(decision);
+    }
     entry.finish(Note::outcome(&response, true));
     response
 }

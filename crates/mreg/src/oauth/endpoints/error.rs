@@ -19,6 +19,9 @@ pub(super) struct OAuthError {
     description: String,
     /// What went wrong inside, for the log and the audit row only (`server_error`).
     internal: Option<String>,
+    /// A refusal of something presented that must not be (a replayed code or refresh token):
+    /// its audit row says `deny`, where an auditor looks for attacks.
+    denied: bool,
 }
 
 impl OAuthError {
@@ -33,6 +36,15 @@ impl OAuthError {
             error,
             description: description.into(),
             internal: None,
+            denied: false,
+        }
+    }
+
+    /// This refusal, audited as `deny` (a replayed code or refresh token: a leak, or an attack).
+    pub(super) fn denied(self) -> Self {
+        Self {
+            denied: true,
+            ..self
         }
     }
 
@@ -98,7 +110,13 @@ impl IntoResponse for OAuthError {
                 HeaderValue::from_static("Basic realm=\"mreg\""),
             );
         }
-        Note::failed(response, noted)
+        let response = Note::failed(response, noted);
+        if self.denied {
+            return Note::on(response, |n| {
+                n.decision = Some(crate::audit::decision::DENY)
+            });
+        }
+        response
     }
 }
 

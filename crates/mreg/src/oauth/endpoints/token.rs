@@ -160,7 +160,8 @@ pub(super) async fn code_grant(
             tracing::warn!(grant = %grant_id, client_id, "authorization code replayed; its grant is revoked");
             return Err(OAuthError::invalid_grant(
                 "the code was already used; the tokens issued for it are revoked",
-            ));
+            )
+            .denied());
         }
         return Err(OAuthError::invalid_grant(
             "the code is invalid, expired or already used",
@@ -255,6 +256,7 @@ async fn reused(oauth: &OAuth, grant_id: &str, now: i64, client_id: &str, how: &
     OAuthError::invalid_grant(
         "this refresh token was already used; the grant is revoked, sign in again",
     )
+    .denied()
 }
 
 pub(super) async fn refresh_grant(
