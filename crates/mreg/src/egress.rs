@@ -74,6 +74,18 @@ pub enum Kind {
     Reserved,
 }
 
+/// Whether `name` is loopback by definition (RFC 6761 §6.3): `localhost` or a name under it,
+/// any case, with or without the trailing dot.
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .len()
+            .checked_sub(".localhost".len())
+            .and_then(|at| name.get(at..))
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(".localhost"))
+}
+
 /// What `ip` is. IPv4 addresses embedded in IPv6 (mapped, NAT64 `64:ff9b::/96`, 6to4
 /// `2002::/16`) are judged as the IPv4 address they reach.
 pub fn kind(ip: IpAddr) -> Kind {
@@ -271,6 +283,22 @@ impl Egress {
         match url.host() {
             Some(Host::Ipv4(ip)) => self.refuses(SocketAddr::new(ip.into(), port), None),
             Some(Host::Ipv6(ip)) => self.refuses(SocketAddr::new(ip.into(), port), None),
+            // Names that are loopback by definition (RFC 6761: `localhost`, `*.localhost`, with
+            // or without the root's dot) are judged as loopback here, whether or not this
+            // machine's resolver answers for them (`localhost.` passed, unresolved).
+            // Like a resolved name, it passes when one of its addresses may be used (the
+            // connection goes there), and never when it is this gateway's own listener.
+            Some(Host::Domain(name)) if is_localhost(name) => {
+                let v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+                let v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
+                match (self.refuses(v4, Some(name)), self.refuses(v6, Some(name))) {
+                    (Some(own), _) | (_, Some(own)) if self.is_own(v4) || self.is_own(v6) => {
+                        Some(own)
+                    }
+                    (Some(why), Some(_)) => Some(why),
+                    _ => None,
+                }
+            }
             Some(Host::Domain(name)) => self.refuses_name(name, port),
             None => Some("the URL names no host".to_owned()),
         }
@@ -493,9 +521,21 @@ mod tests {
         egress.listening_on(&["127.0.0.1:8001".parse().expect("addr")]);
         let check = |u: &str| egress.check_literal(&Url::parse(u).expect("url"));
         assert!(check("http://127.0.0.1:8001/servers/loop/mcp").is_err());
+        for own in [
+            "http://localhost:8001/mcp",
+            "http://localhost.:8001/mcp",
+            "http://LOCALHOST.:8001/mcp",
+            "http://app.localhost:8001/mcp",
+        ] {
+            assert!(check(own).is_err(), "{own}: loopback by definition");
+        }
         assert!(
-            check("http://localhost:8001/mcp").is_ok(),
-            "names are checked when resolved"
+            check("http://localhost:8002/mcp").is_ok(),
+            "another loopback port"
+        );
+        assert!(
+            check("http://notlocalhost:8001/mcp").is_ok(),
+            "other names are checked when resolved"
         );
         assert!(check("http://127.0.0.1:8002/mcp").is_ok());
         assert!(check("https://mreg.example.com/servers/x/mcp").is_err());
