@@ -4,10 +4,12 @@
 //! A breaker keeps an outage from costing every request a timeout: the first command that finds
 //! Redis unreachable opens it, and while it is open every command fails at once (callers fall
 //! back to this instance's memory) and a background task pings each connection until all of
-//! them answer — which also reconnects them, so no request pays for the reconnection.
+//! them answer — which also reconnects them, so no request pays for the reconnection. A
+//! connection that stays silent (a partition whose flows were lost on the way: the socket is
+//! open, nothing comes back) is replaced by a new one, which is the only way back then.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,7 +55,11 @@ return 0
 
 /// A cache in Redis, shared by every replica that uses the same Redis and prefix.
 pub struct RedisCache {
-    connections: Vec<ConnectionManager>,
+    /// Replaced one by one when they stop answering (see the module documentation).
+    connections: Arc<RwLock<Vec<ConnectionManager>>>,
+    /// What new connections are opened with.
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     next: AtomicUsize,
     /// Open while Redis is unreachable (see the module documentation).
     open: Arc<AtomicBool>,
@@ -115,7 +121,9 @@ impl RedisCache {
             connections.push(connection);
         }
         Ok(Self {
-            connections,
+            connections: Arc::new(RwLock::new(connections)),
+            client,
+            config,
             next: AtomicUsize::new(0),
             open: Arc::new(AtomicBool::new(false)),
             prefix: prefix.to_owned(),
@@ -129,20 +137,29 @@ impl RedisCache {
         if self.open.load(Ordering::Relaxed) {
             return Err(skipped());
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
-        Ok(self.connections[i].clone())
+        let connections = self
+            .connections
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % connections.len();
+        Ok(connections[i].clone())
     }
 
     /// Maps a command's error, opening the breaker when it shows an outage.
     fn failed(&self, e: redis::RedisError) -> Error {
         if is_outage(&e) && !self.open.swap(true, Ordering::Relaxed) {
             tracing::warn!(error = %e, "Redis is unreachable: skipping it until it answers again");
-            let (open, connections) = (self.open.clone(), self.connections.clone());
+            let probe = Probe {
+                open: self.open.clone(),
+                connections: self.connections.clone(),
+                client: self.client.clone(),
+                config: self.config.clone(),
+            };
             #[allow(
                 clippy::disallowed_methods,
                 reason = "the cache sits below the task driver; the probe ends once Redis answers"
             )]
-            tokio::spawn(probe_until_back(open, connections));
+            tokio::spawn(probe.until_back());
         }
         unavailable(e)
     }
@@ -244,28 +261,59 @@ impl Cache for RedisCache {
     }
 }
 
-/// Pings every connection each [`PROBE_INTERVAL`] until all of them answer, then closes the
-/// breaker. A connection that lost its socket reconnects on the failed ping, so once this returns
-/// every connection is live again.
-async fn probe_until_back(open: Arc<AtomicBool>, connections: Vec<ConnectionManager>) {
-    loop {
-        tokio::time::sleep(PROBE_INTERVAL).await;
-        let pings = connections.iter().map(|connection| {
-            let mut connection = connection.clone();
-            async move {
-                let answered: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut connection).await;
-                answered.is_ok()
+/// What the breaker's background probe needs.
+struct Probe {
+    open: Arc<AtomicBool>,
+    connections: Arc<RwLock<Vec<ConnectionManager>>>,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+/// Whether `connection` answers a `PING` (within its response timeout).
+async fn answers(mut connection: ConnectionManager) -> bool {
+    let answered: redis::RedisResult<String> =
+        redis::cmd("PING").query_async(&mut connection).await;
+    answered.is_ok()
+}
+
+impl Probe {
+    /// Pings every connection each [`PROBE_INTERVAL`] until all of them answer, then closes the
+    /// breaker. A connection that lost its socket reconnects on the failed ping; one that does
+    /// not answer is replaced by a new connection that does. Once this returns, every
+    /// connection is live.
+    async fn until_back(self) {
+        loop {
+            tokio::time::sleep(PROBE_INTERVAL).await;
+            let current = self
+                .connections
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let probes = current.into_iter().map(|connection| async {
+                if answers(connection.clone()).await {
+                    return Some(connection);
+                }
+                let opening =
+                    ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
+                let fresh = tokio::time::timeout(2 * CONNECT_TIMEOUT, opening)
+                    .await
+                    .ok()?
+                    .ok()?;
+                answers(fresh.clone()).await.then_some(fresh)
+            });
+            let answered: Option<Vec<ConnectionManager>> = futures_util::future::join_all(probes)
+                .await
+                .into_iter()
+                .collect();
+            if let Some(live) = answered {
+                *self
+                    .connections
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = live;
+                self.open.store(false, Ordering::Relaxed);
+                tracing::info!("Redis answers again");
+                return;
             }
-        });
-        if futures_util::future::join_all(pings)
-            .await
-            .into_iter()
-            .all(|ok| ok)
-        {
-            open.store(false, Ordering::Relaxed);
-            tracing::info!("Redis answers again");
-            return;
         }
     }
 }

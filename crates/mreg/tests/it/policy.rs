@@ -747,7 +747,9 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
     let c = callers(&s).await;
     let app = Arc::new(s.app);
     assert_eq!(whoami(&app, &c.bob).await.0, StatusCode::OK);
-    for partition in [false, true] {
+    // A cut, a partition, and a partition whose held connections never answer again (only new
+    // connections do): a running replica once stayed on its stuck connections for good.
+    for (partition, held) in [(false, false), (true, false), (true, true)] {
         if partition {
             proxy.partition();
         } else {
@@ -793,7 +795,7 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
         assert!(ready.to_string().contains("cache"), "{ready}");
         // Changes during the outage are made, and audited.
         for i in 0..5 {
-            let name = format!("outage-{partition}-{i}");
+            let name = format!("outage-{partition}-{held}-{i}");
             let (status, _, body) = rest(
                 &app,
                 reqwest::Method::POST,
@@ -805,7 +807,11 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
             assert_eq!(status, StatusCode::CREATED, "{body}");
         }
 
-        proxy.restore();
+        if held {
+            proxy.restore_new_only();
+        } else {
+            proxy.restore();
+        }
         let restored = std::time::Instant::now();
         loop {
             let (status, ready) = readyz(&app).await;
@@ -836,9 +842,9 @@ async fn a_redis_outage_costs_requests_no_seconds_and_ends_within_seconds() {
     let mut app = Arc::into_inner(app).expect("the only reference");
     app.take_running().stop().await.expect("clean shutdown");
     let rows = crate::support::audit::sqlite_rows(&app.dir.0).await;
-    for partition in [false, true] {
+    for (partition, held) in [(false, false), (true, false), (true, true)] {
         for i in 0..5 {
-            let name = format!("outage-{partition}-{i}");
+            let name = format!("outage-{partition}-{held}-{i}");
             let of = rows
                 .iter()
                 .filter(|r| r.event.server.as_deref() == Some(name.as_str()))

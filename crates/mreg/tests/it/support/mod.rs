@@ -476,6 +476,17 @@ enum Link {
     Up,
     Cut,
     Silent,
+    /// New connections pass; those the partition held stay open and silent for good.
+    UpLeavingHeld,
+}
+
+/// Holds a partitioned connection until the link is up (or cut) for it too.
+async fn held(link: &mut tokio::sync::watch::Receiver<Link>) {
+    while link.changed().await.is_ok() {
+        if matches!(*link.borrow_and_update(), Link::Up | Link::Cut) {
+            return;
+        }
+    }
 }
 
 impl ChaosProxy {
@@ -501,12 +512,12 @@ impl ChaosProxy {
                     // Accepted, then never answered; dropped when the link changes.
                     Link::Silent => {
                         tokio::spawn(async move {
-                            let _ = link.changed().await;
+                            held(&mut link).await;
                             drop(inbound);
                         });
                         continue;
                     }
-                    Link::Up => {}
+                    Link::Up | Link::UpLeavingHeld => {}
                 }
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
@@ -517,7 +528,7 @@ impl ChaosProxy {
                         _ = link.changed() => {
                             // A partition keeps both sockets open and silent until it ends.
                             if *link.borrow_and_update() == Link::Silent {
-                                let _ = link.changed().await;
+                                held(&mut link).await;
                             }
                         }
                     }
@@ -551,5 +562,13 @@ impl ChaosProxy {
     /// Accepts connections again.
     pub fn restore(&self) {
         self.set(Link::Up);
+    }
+
+    /// Ends a partition for new connections only: those it held stay open and silent, as
+    /// after a network path that came back while the old flows' state was lost on the way (a
+    /// load balancer or NAT that forgot them); only a client that opens new connections
+    /// recovers.
+    pub fn restore_new_only(&self) {
+        self.set(Link::UpLeavingHeld);
     }
 }
