@@ -342,6 +342,60 @@ async fn a_bad_setting_stops_start_up_with_exit_code_64_and_one_line() {
     );
 }
 
+/// A PostgreSQL that takes connections and never answers (a partition) ends `migrate`,
+/// `audit verify` and `serve` with a line naming it, instead of hanging them without a word.
+#[tokio::test]
+async fn a_database_that_never_answers_ends_start_up_in_seconds() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let target = url::Url::parse(&db.url).expect("url");
+    let addr = tokio::net::lookup_host(format!(
+        "{}:{}",
+        target.host_str().unwrap_or("127.0.0.1"),
+        target.port().unwrap_or(5432)
+    ))
+    .await
+    .expect("resolve")
+    .next()
+    .expect("an address");
+    let proxy = crate::support::ChaosProxy::start(addr).await;
+    proxy.partition();
+    let mut through = target.clone();
+    through.set_port(Some(proxy.addr.port())).expect("port");
+    let _ = through.set_host(Some("127.0.0.1"));
+    let dir = TempDir::new();
+    for args in [&["migrate"][..], &["audit", "verify"], &["serve"]] {
+        let mut command = mreg(&dir, args, &[("MREG_DATABASE_URL", through.as_str())]);
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let started = std::time::Instant::now();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = command.spawn().expect("spawn");
+            loop {
+                if child.try_wait().expect("wait").is_some() {
+                    return Some(child.wait_with_output().expect("output"));
+                }
+                if started.elapsed() > Duration::from_secs(30) {
+                    let _ = child.kill();
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("join");
+        let out = out.unwrap_or_else(|| panic!("{args:?} still running after 30 s"));
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("no answer within 5 s"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(started.elapsed() < Duration::from_secs(20), "{args:?}");
+    }
+    proxy.restore();
+}
+
 #[tokio::test]
 async fn a_failed_start_is_said_once() {
     let dir = TempDir::new();

@@ -16,6 +16,9 @@ use time::OffsetDateTime;
 
 use super::select::Dialect;
 use super::{ACQUIRE_TIMEOUT, Close, migrator};
+
+/// Least time given to the first connection at start-up (a TLS handshake to a distant server).
+const MIN_CONNECT_WAIT: Duration = Duration::from_secs(5);
 pub(super) use crate::store::corrupt;
 
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -112,9 +115,22 @@ impl PgStore {
         );
         let cannot_connect =
             |e: sqlx::Error| anyhow::anyhow!("cannot connect to PostgreSQL at {described}: {e}");
-        let mut migration = PgConnection::connect_with(&options)
-            .await
-            .map_err(cannot_connect)?;
+        // A server that takes the connection and never answers (a partition, a proxy in front
+        // of a stopped server) must not hang start-up (`serve`, `migrate`, `audit verify`)
+        // without a word.
+        let connect_limit = timeout.unwrap_or(ACQUIRE_TIMEOUT).max(MIN_CONNECT_WAIT);
+        let mut migration = match tokio::time::timeout(
+            connect_limit,
+            PgConnection::connect_with(&options),
+        )
+        .await
+        {
+            Ok(connected) => connected.map_err(cannot_connect)?,
+            Err(_) => anyhow::bail!(
+                "cannot connect to PostgreSQL at {described}: no answer within {} s (MREG_DATABASE_TIMEOUT); is the server up, and is this its address?",
+                connect_limit.as_secs()
+            ),
+        };
         migrator(MIGRATIONS)
             .run(&mut migration)
             .await
