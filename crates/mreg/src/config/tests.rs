@@ -256,6 +256,26 @@ fn secrets_are_hidden_when_described() {
     assert!(text.contains("postgres://u:***@h/db"));
 }
 
+#[test]
+fn a_password_in_a_urls_query_is_hidden_too() {
+    let config = parse(&[(
+        "MREG_DATABASE_URL",
+        "postgres://mreg@db.internal/mreg?password=LeakMe&sslmode=require&sslpassword=Key2",
+    )])
+    .expect("valid");
+    let shown = config.database.redacted();
+    assert!(
+        !shown.contains("LeakMe") && !shown.contains("Key2"),
+        "{shown}"
+    );
+    assert!(shown.contains("sslmode=require"), "{shown}");
+    assert!(shown.contains("password=***"), "{shown}");
+    assert_eq!(
+        redact_url("redis://h:6379/0?token=abc&db=1"),
+        "redis://h:6379/0?token=***&db=1"
+    );
+}
+
 fn tempfile() -> (PathBuf, std::fs::File) {
     let path = std::env::temp_dir().join(format!("mreg-config-{}.toml", uuid::Uuid::new_v4()));
     let file = std::fs::File::create(&path).expect("create temp file");

@@ -5,14 +5,34 @@ use super::*;
 
 /// Replaces the password of a URL (if any) with `***`.
 pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut url) if url.password().is_some() => {
-            let _ = url.set_password(Some("***"));
-            url.to_string()
-        }
-        Ok(url) => url.to_string(),
-        Err(_) => "(unparsable, hidden)".to_owned(),
+    let Ok(mut url) = Url::parse(raw) else {
+        return "(unparsable, hidden)".to_owned();
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
     }
+    // A password may come as a query parameter too (`?password=`, `?sslpassword=`).
+    let secret = |key: &str| {
+        let key = key.to_ascii_lowercase();
+        ["password", "secret", "token"]
+            .iter()
+            .any(|s| key.contains(s))
+    };
+    if url.query_pairs().any(|(key, _)| secret(&key)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if secret(&key) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (key.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 pub(super) fn parse_host(v: &str) -> Result<String, String> {
