@@ -355,7 +355,8 @@ impl Task {
                 Err(e) => {
                     if !self.status.failing.swap(true, Ordering::Relaxed) {
                         tracing::error!(
-                            error = %e,
+                            // With its cause (no space left on the device, …).
+                            error = %format_args!("{e:#}"),
                             "audit entries can be kept neither in the database nor in the spool; new requests are refused once the queue is full"
                         );
                     }
@@ -460,7 +461,7 @@ impl Task {
             let chunk = match self.spool.read_chunk(BATCH) {
                 Ok(chunk) => chunk,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot read the audit spool");
+                    tracing::error!(error = %format_args!("{e:#}"), "cannot read the audit spool");
                     self.status
                         .set_replay_failure(Some("cannot read the spool (see the log)".to_owned()));
                     self.back_off();
@@ -470,7 +471,7 @@ impl Task {
             let Some(Chunk { events, ends, next }) = chunk else {
                 // Replayed to the end: start afresh.
                 if let Err(e) = self.spool.clear() {
-                    tracing::error!(error = %e, "cannot truncate the audit spool");
+                    tracing::error!(error = %format_args!("{e:#}"), "cannot truncate the audit spool");
                     self.status.set_replay_failure(Some(
                         "cannot truncate the spool (see the log)".to_owned(),
                     ));

@@ -40,6 +40,15 @@ impl Spool {
             .create(true)
             .open(path)
             .with_context(|| format!("cannot open the audit spool {}", path.display()))?;
+        // A device (`/dev/full`, `/dev/zero`) or a pipe is not a spool: reading one never ends.
+        let metadata = file
+            .metadata()
+            .with_context(|| format!("cannot read the audit spool {}", path.display()))?;
+        anyhow::ensure!(
+            metadata.is_file(),
+            "the audit spool {} is not a regular file (MREG_AUDIT_SPOOL names a file mreg creates)",
+            path.display()
+        );
         file.try_lock().map_err(|_| {
             anyhow::anyhow!(
                 "the audit spool {} is in use by another mreg process; give each instance its own MREG_AUDIT_SPOOL (or MREG_DATA_DIR)",
@@ -47,8 +56,16 @@ impl Spool {
             )
         })?;
         // A line cut short by a crash is dropped; everything before it is whole.
+        // Never more than the spool may hold (plus a line): a larger file is not one mreg wrote.
+        anyhow::ensure!(
+            metadata.len() <= max.saturating_add(1024 * 1024),
+            "the audit spool {} holds {} bytes, more than MREG_AUDIT_SPOOL_MAX_MB allows ({max}); it is not one this configuration wrote: move it aside, or raise the limit to replay it",
+            path.display(),
+            metadata.len()
+        );
         let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut text)?;
+        std::io::Read::read_to_end(&mut file, &mut text)
+            .with_context(|| format!("cannot read the audit spool {}", path.display()))?;
         let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if whole < text.len() {
             tracing::warn!(

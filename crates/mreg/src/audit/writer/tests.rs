@@ -157,3 +157,25 @@ async fn replay_quarantines_refused_rows_and_reports_failures_until_it_succeeds(
     assert!(!task.spool.pending() && !task.status.spooling());
     std::fs::remove_dir_all(dir).expect("cleanup");
 }
+
+#[test]
+fn a_spool_is_a_regular_file_no_larger_than_its_limit() {
+    let refused = Spool::open(std::path::Path::new("/dev/zero"), 1 << 20)
+        .err()
+        .expect("a device is refused");
+    assert!(
+        format!("{refused:#}").contains("not a regular file"),
+        "{refused:#}"
+    );
+    let dir = std::env::temp_dir().join(format!("mreg-spool-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let big = dir.join("audit.spool");
+    std::fs::write(&big, vec![b'\n'; 3 << 20]).expect("write");
+    let refused = Spool::open(&big, 1 << 20).err().expect("too large");
+    assert!(
+        format!("{refused:#}").contains("more than MREG_AUDIT_SPOOL_MAX_MB allows"),
+        "{refused:#}"
+    );
+    assert!(Spool::open(&big, 4 << 20).is_ok(), "within a raised limit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
