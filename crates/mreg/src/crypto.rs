@@ -22,6 +22,9 @@ use crate::config::Config;
 
 /// Name of the generated key in the database.
 const KEY_NAME: &str = "encryption-key/v1";
+/// The name (and purpose, and content) of the value that says which key sealed the database's
+/// secrets (see `Cipher::check_against`).
+const KEY_CHECK: &str = "encryption-key-check/v1";
 
 /// The first byte of a value sealed with a per-purpose key.
 const PER_PURPOSE: u8 = 2;
@@ -96,7 +99,9 @@ impl Cipher {
     /// on first use and then shared by every replica.
     pub async fn from_config(config: &Config, secrets: &dyn SecretStore) -> anyhow::Result<Self> {
         if let Some(key) = &config.encryption_key {
-            return Ok(Self::new(key.expose_secret()));
+            let cipher = Self::new(key.expose_secret());
+            cipher.check_against(secrets).await?;
+            return Ok(cipher);
         }
         let mut candidate = [0_u8; 32];
         SystemRandom::new()
@@ -107,6 +112,23 @@ impl Cipher {
             .try_into()
             .map_err(|_| anyhow::anyhow!("the stored encryption key is not 32 bytes"))?;
         Ok(Self::new(&key))
+    }
+}
+
+impl Cipher {
+    /// Refuses a key that does not open what the database was sealed with: the first start
+    /// stores a value sealed with its key, and every later one (every replica) must open it.
+    /// A replica with another key otherwise started and said it was ready, then could not open
+    /// the signing keys, the upstream credentials or its peers' sessions.
+    async fn check_against(&self, secrets: &dyn SecretStore) -> anyhow::Result<()> {
+        let sealed = self.seal(KEY_CHECK, KEY_CHECK.as_bytes());
+        let stored = secrets.get_or_insert(KEY_CHECK, &sealed).await?;
+        match self.open(KEY_CHECK, &stored) {
+            Ok(opened) if opened == KEY_CHECK.as_bytes() => Ok(()),
+            _ => anyhow::bail!(
+                "MREG_ENCRYPTION_KEY is not the key this database's secrets were sealed with: every replica (and every restart) must use the same key; with another one, the signing keys, upstream credentials and sessions cannot be opened"
+            ),
+        }
     }
 }
 

@@ -33,6 +33,33 @@ fn mreg(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Command {
     command
 }
 
+/// [`run`], killed after `limit` (`None` then): for a command that must end on its own.
+async fn run_within(
+    dir: &TempDir,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> Option<Output> {
+    let mut command = mreg(dir, args, env);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("spawn");
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return Some(child.wait_with_output().expect("output"));
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .expect("join")
+}
+
 async fn run(dir: &TempDir, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = mreg(dir, args, env);
     tokio::task::spawn_blocking(move || command.output())
@@ -366,25 +393,11 @@ async fn a_database_that_never_answers_ends_start_up_in_seconds() {
     let _ = through.set_host(Some("127.0.0.1"));
     let dir = TempDir::new();
     for args in [&["migrate"][..], &["audit", "verify"], &["serve"]] {
-        let mut command = mreg(&dir, args, &[("MREG_DATABASE_URL", through.as_str())]);
-        command.stdout(Stdio::null()).stderr(Stdio::piped());
         let started = std::time::Instant::now();
-        let out = tokio::task::spawn_blocking(move || {
-            let mut child = command.spawn().expect("spawn");
-            loop {
-                if child.try_wait().expect("wait").is_some() {
-                    return Some(child.wait_with_output().expect("output"));
-                }
-                if started.elapsed() > Duration::from_secs(30) {
-                    let _ = child.kill();
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-        .await
-        .expect("join");
-        let out = out.unwrap_or_else(|| panic!("{args:?} still running after 30 s"));
+        let env = [("MREG_DATABASE_URL", through.as_str())];
+        let out = run_within(&dir, args, &env, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("{args:?} still running after 30 s"));
         assert!(!out.status.success(), "{args:?}");
         assert!(
             stderr(&out).contains("no answer within 5 s"),
@@ -394,6 +407,38 @@ async fn a_database_that_never_answers_ends_start_up_in_seconds() {
         assert!(started.elapsed() < Duration::from_secs(20), "{args:?}");
     }
     proxy.restore();
+}
+
+/// A replica (or a restart) with another MREG_ENCRYPTION_KEY than the one the database's
+/// secrets were sealed with does not start: it started and said it was ready, then could not
+/// open the signing keys, the upstream credentials or its peers' sessions.
+#[tokio::test]
+async fn a_different_encryption_key_stops_start_up() {
+    let dir = TempDir::new();
+    let first = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+    let other = "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA=";
+    let with = |key| {
+        [
+            ("FASTMCP_SERVER_PORT", "0"),
+            ("MREG_HEALTH_ENABLED", "false"),
+            ("MREG_ENCRYPTION_KEY", key),
+        ]
+    };
+    let (status, log) = serve_until_up(&dir, &with(first)).await;
+    assert!(status.success(), "{log}");
+    let refused = run_within(&dir, &["serve"], &with(other), Duration::from_secs(30))
+        .await
+        .expect("serve ends on its own");
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(
+            "MREG_ENCRYPTION_KEY is not the key this database's secrets were sealed with"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let (status, log) = serve_until_up(&dir, &with(first)).await;
+    assert!(status.success(), "the right key still starts: {log}");
 }
 
 #[tokio::test]
