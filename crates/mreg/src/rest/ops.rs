@@ -65,7 +65,9 @@ pub struct Health {
 /// Readiness answer: the state of each dependency.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready`, or `unavailable` when a dependency does not answer.
+    /// `ready`; `degraded` while the cache does not answer (requests are still served: rate
+    /// limits per instance, tokens validated in process); a 503 when the database or the audit
+    /// log cannot serve.
     pub status: &'static str,
     /// `ok` or the problem, for `database`, `cache` and `audit`; how rate limits are shared;
     /// and under `tasks`, the last run of each background task (`runs`, `last_run`, `ok`,
@@ -158,15 +160,24 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     // The background tasks' last runs, for operators; a failed prune does not make the
     // instance unready (requests are still served right).
     checks["tasks"] = json!(state.tasks.statuses());
-    let failures: Vec<String> = [database, cache, audit.map(|_| ())]
+    // The cache is shared by every replica: failing them all while it is down would take the
+    // whole fleet out of a load balancer over a dependency mreg serves without. It is degraded.
+    let failures: Vec<String> = [database, audit.map(|_| ())]
         .into_iter()
         .filter_map(Result::err)
         .collect();
     if failures.is_empty() {
-        (
-            StatusCode::OK,
-            axum::Json(json!({ "status": "ready", "checks": checks })),
-        )
+        let body = match cache {
+            Ok(()) => json!({ "status": "ready", "checks": checks }),
+            Err(why) => json!({
+                "status": "degraded",
+                "degraded": format!(
+                    "{why}: requests are served, with rate limits per instance and tokens validated in process, until it answers"
+                ),
+                "checks": checks,
+            }),
+        };
+        (StatusCode::OK, axum::Json(body))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
