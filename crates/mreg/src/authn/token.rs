@@ -127,8 +127,9 @@ pub(super) async fn principal(
     let cached = match hit {
         Ok(hit) => hit.and_then(|bytes| state.decoded.decode(&key, bytes)),
         Err(e) => {
-            // A cache outage must not lock everyone out: validate without it.
-            tracing::warn!(error = %e, "token cache unavailable");
+            // A cache outage must not lock everyone out: validate without it. (The outage is
+            // logged once, where the cache finds it; a line per request would flood the log.)
+            tracing::debug!(error = %e, "token cache unavailable");
             None
         }
     };
@@ -164,7 +165,7 @@ pub(super) async fn principal(
                 && !bytes.is_empty()
                 && let Err(e) = state.cache.set(&key, &bytes, ttl).await
             {
-                tracing::warn!(error = %e, "cannot cache a validated token");
+                tracing::debug!(error = %e, "cannot cache a validated token");
             }
             let memo = Memo::new(validated, bytes);
             if !ttl.is_zero() {
