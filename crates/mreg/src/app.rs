@@ -85,7 +85,11 @@ async fn bind(
         .with_context(|| format!("cannot listen on {listen} for the {what} ({variables})"))
 }
 
-/// Serves `router` on `listener` until `token` is cancelled, then drains for at most `grace`.
+/// How long requests cut off at the end of the grace period have to send their last words.
+const LAST_WORDS: Duration = Duration::from_millis(300);
+
+/// Serves `router` on `listener` until `token` is cancelled, then drains for at most `grace`,
+/// then cancels `cut_off` and closes what is left.
 ///
 /// A connection must send each request's headers within `header_timeout`, counted from when it
 /// opened or its previous answer ended, and no gap between the bytes of a request body may be
@@ -100,6 +104,7 @@ async fn serve(
     grace: Duration,
     header_timeout: Duration,
     audit: crate::audit::Auditor,
+    cut_off: CancellationToken,
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
 
@@ -148,15 +153,18 @@ async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
+    if tokio::time::timeout(grace, &mut drained).await.is_err() {
         tracing::warn!(
             listener = name,
             "requests still in flight after the grace period; closing them"
         );
         audit.cutting_off();
+        // What still answers a request ends it with a JSON-RPC error saying mreg stopped, and
+        // gets a moment to send it before the connections close.
+        cut_off.cancel();
+        let _ = tokio::time::timeout(LAST_WORDS, &mut drained).await;
         connections.abort_all();
         // Each one's audit entry is recorded as it is dropped.
         while connections.join_next().await.is_some() {}
@@ -392,6 +400,8 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
     tracing::info!(addr = %mcp_addr, endpoint = %format!("http://{mcp_addr}/mcp"), "MCP listener listening");
 
     let grace = config.shutdown_grace;
+    // What still runs when the grace period ends is cut off (see Tasks::cut_off).
+    let cut_off = state.tasks.cut_off();
     let api_task = serve(
         "REST",
         api,
@@ -400,9 +410,11 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         grace,
         config.header_timeout,
         state.audit.clone(),
+        cut_off.clone(),
     );
-    // MCP sessions (and the tool calls they run) end only once the listener has drained, so a
-    // call in flight at shutdown gets its answer; open GET streams end as shutdown starts.
+    // MCP sessions end only once the listener has drained, so a call in flight at shutdown
+    // gets its answer (or, cut off at the end of the grace period, an error saying so); open
+    // GET streams end as shutdown starts.
     let sessions = CancellationToken::new();
     let mcp_task = serve(
         "MCP",
@@ -412,6 +424,7 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         grace,
         config.header_timeout,
         state.audit.clone(),
+        cut_off,
     );
     if state.oauth.is_some() {
         let store = stores.auth.clone();

@@ -29,6 +29,8 @@ pub struct Tasks(Arc<Inner>);
 struct Inner {
     tracker: TaskTracker,
     stop: CancellationToken,
+    /// Cancelled when shutdown's grace period ends (see [`Tasks::cut_off`]).
+    cut_off: CancellationToken,
     board: Mutex<BTreeMap<&'static str, Status>>,
 }
 
@@ -59,6 +61,7 @@ impl Tasks {
         Self(Arc::new(Inner {
             tracker: TaskTracker::new(),
             stop,
+            cut_off: CancellationToken::new(),
             board: Mutex::new(BTreeMap::new()),
         }))
     }
@@ -66,6 +69,13 @@ impl Tasks {
     /// Cancelled when the driver stops: long-running tasks end on it.
     pub fn stopping(&self) -> CancellationToken {
         self.0.stop.clone()
+    }
+
+    /// Cancelled when shutdown's grace period ends with requests still running: what still
+    /// answers one (a tool call in an MCP session, a proxied stream) ends it now with a last
+    /// word saying why, before the connections are closed.
+    pub fn cut_off(&self) -> CancellationToken {
+        self.0.cut_off.clone()
     }
 
     /// Runs `run` at once and then every `every`, until the driver stops. Each run's result (what it did, or why it failed) is its status.

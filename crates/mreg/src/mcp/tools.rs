@@ -475,6 +475,7 @@ impl ServerHandler for RegistryTools {
         // Cancelled by the client (notifications/cancelled) or by shutdown ending the session:
         // the call stops here and its entry, dropped, records that it was cancelled.
         let cancelled = context.ct.clone();
+        let cut_off = self.state.tasks.cut_off();
         let changes = matches!(request.name.as_ref(), "register_server" | "delete_server");
         let call = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
         let (result, watched) = tokio::select! {
@@ -482,6 +483,15 @@ impl ServerHandler for RegistryTools {
             () = cancelled.cancelled() => {
                 drop(entry);
                 return Err(ErrorData::internal_error("the call was cancelled", None));
+            }
+            // The grace period of a shutdown ended first: the caller is told, in its session,
+            // before its connection closes (the row says cancelled by the shutdown).
+            () = cut_off.cancelled() => {
+                drop(entry);
+                return Err(ErrorData::internal_error(
+                    "the call was cut off: mreg is stopping and its shutdown grace period (MREG_SHUTDOWN_GRACE_SECS) ended before the call did; try again",
+                    None,
+                ));
             }
         };
         entry.watched(&watched);

@@ -533,6 +533,7 @@ where
                 outcome.clone(),
                 deadline,
                 timeout_of(server),
+                state.tasks.cut_off(),
             ));
             (body, Some(outcome))
         }

@@ -98,6 +98,8 @@ struct State<S> {
     deadline: tokio::time::Instant,
     /// The server's timeout, for the message when it passes.
     timeout: std::time::Duration,
+    /// Cancelled when shutdown's grace period ends (`Tasks::cut_off`).
+    cut_off: tokio_util::sync::CancellationToken,
 }
 
 impl<S> State<S> {
@@ -300,6 +302,7 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
     outcome: super::rpc::StreamOutcome,
     deadline: tokio::time::Instant,
     timeout: std::time::Duration,
+    cut_off: tokio_util::sync::CancellationToken,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     let state = State {
         upstream: Box::pin(upstream),
@@ -308,17 +311,26 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
         outcome,
         deadline,
         timeout,
+        cut_off,
     };
     stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         let next = if state.watch.is_some() {
-            match tokio::time::timeout_at(state.deadline, state.upstream.next()).await {
-                Ok(next) => next,
-                Err(_) => {
+            let cut_off = state.cut_off.clone();
+            tokio::select! {
+                next = tokio::time::timeout_at(state.deadline, state.upstream.next()) => match next {
+                    Ok(next) => next,
+                    Err(_) => {
+                        let watch = state.watch.take()?;
+                        tracing::warn!(server = %state.server, "upstream did not answer within its timeout");
+                        let why = format!("did not answer within {} s", state.timeout.as_secs());
+                        return Some((Ok(state.unanswered(&watch, &why)), None));
+                    }
+                },
+                () = cut_off.cancelled() => {
                     let watch = state.watch.take()?;
-                    tracing::warn!(server = %state.server, "upstream did not answer within its timeout");
-                    let why = format!("did not answer within {} s", state.timeout.as_secs());
-                    return Some((Ok(state.unanswered(&watch, &why)), None));
+                    let why = "had not answered when mreg stopped: its shutdown grace period (MREG_SHUTDOWN_GRACE_SECS) ended first; try again";
+                    return Some((Ok(state.unanswered(&watch, why)), None));
                 }
             }
         } else {

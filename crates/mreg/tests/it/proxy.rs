@@ -1131,6 +1131,18 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
         })
     };
     let (short, long) = (hang(1), hang(30));
+    // And one straight through the proxy, answered as a stream (it takes longer than a second).
+    let direct = {
+        let request = app
+            .http
+            .post(format!("http://{}/servers/slow/mcp", app.mcp_addr))
+            .header("accept", ACCEPT)
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .json(&json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": { "name": "hang", "arguments": { "secs": 30 } } }));
+        tokio::spawn(async move { request.send().await?.text().await })
+    };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let running = app.take_running();
@@ -1158,8 +1170,23 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
         took >= Duration::from_millis(2_900) && took < Duration::from_secs(6),
         "the 30 s call held the drain for the grace period (3 s), no longer: {took:?}"
     );
-    // (The SDK client of the cut call retries its stream for a while: not waited for here.)
-    long.abort();
+    // The calls cut off are told so, in a JSON-RPC error, before their connections close.
+    let cut = tokio::time::timeout(Duration::from_secs(5), long)
+        .await
+        .expect("the cut call ends")
+        .expect("task");
+    let cut = format!("{cut:?}");
+    assert!(cut.contains("mreg is stopping"), "{cut}");
+    let direct = tokio::time::timeout(Duration::from_secs(5), direct)
+        .await
+        .expect("the proxied stream ends")
+        .expect("task")
+        .expect("a whole answer");
+    assert!(
+        direct.contains("server 'slow' had not answered when mreg stopped")
+            && direct.contains("\"id\":9"),
+        "{direct}"
+    );
 
     let rows = crate::support::audit::sqlite_rows(&app.dir.0).await;
     let calls: Vec<_> = rows
@@ -1169,6 +1196,22 @@ async fn shutdown_answers_calls_in_flight_ends_streams_and_records_what_it_cuts(
         .collect();
     assert_eq!(calls.len(), 2, "{calls:?}");
     assert!(calls.contains(&("ok", None)), "{calls:?}");
+    let direct_row: Vec<_> = rows
+        .iter()
+        .filter(|r| r.event.tool.as_deref() == Some("hang") && r.event.operation == "tools/call")
+        .map(|r| {
+            (
+                r.event.outcome.as_str(),
+                r.event.error.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        direct_row
+            .iter()
+            .any(|(outcome, error)| *outcome == "error" && error.contains("when mreg stopped")),
+        "{direct_row:?}"
+    );
     assert!(
         calls.contains(&("cancelled", Some(mreg::audit::SHUTDOWN_CUT))),
         "{calls:?}"
