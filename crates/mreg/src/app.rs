@@ -85,6 +85,21 @@ async fn bind(
         .with_context(|| format!("cannot listen on {listen} for the {what} ({variables})"))
 }
 
+/// When a listener stops and how it drains (see [`serve`]).
+#[derive(Clone)]
+struct Lifetime {
+    /// Cancelled when shutdown starts.
+    token: CancellationToken,
+    /// How long in-flight requests may still run.
+    grace: Duration,
+    /// `MREG_HEADER_TIMEOUT`.
+    header_timeout: Duration,
+    /// Told when the grace period ends with requests still running.
+    audit: crate::audit::Auditor,
+    /// Cancelled then too (see [`Tasks::cut_off`]).
+    cut_off: CancellationToken,
+}
+
 /// How long requests cut off at the end of the grace period have to send their last words.
 const LAST_WORDS: Duration = Duration::from_millis(300);
 
@@ -100,13 +115,17 @@ async fn serve(
     name: &'static str,
     listener: TcpListener,
     router: Router,
-    token: CancellationToken,
-    grace: Duration,
-    header_timeout: Duration,
-    audit: crate::audit::Auditor,
-    cut_off: CancellationToken,
+    life: Lifetime,
 ) -> anyhow::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
+
+    let Lifetime {
+        token,
+        grace,
+        header_timeout,
+        audit,
+        cut_off,
+    } = life;
 
     // A request body must keep coming too: no gap between its bytes longer than the same limit
     // (a client that sends headers and then trickles, or stops, its body is cut off).
@@ -401,17 +420,14 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
 
     let grace = config.shutdown_grace;
     // What still runs when the grace period ends is cut off (see Tasks::cut_off).
-    let cut_off = state.tasks.cut_off();
-    let api_task = serve(
-        "REST",
-        api,
-        rest::router(state.clone()),
-        shutdown.clone(),
+    let life = Lifetime {
+        token: shutdown.clone(),
         grace,
-        config.header_timeout,
-        state.audit.clone(),
-        cut_off.clone(),
-    );
+        header_timeout: config.header_timeout,
+        audit: state.audit.clone(),
+        cut_off: state.tasks.cut_off(),
+    };
+    let api_task = serve("REST", api, rest::router(state.clone()), life.clone());
     // MCP sessions end only once the listener has drained, so a call in flight at shutdown
     // gets its answer (or, cut off at the end of the grace period, an error saying so); open
     // GET streams end as shutdown starts.
@@ -420,11 +436,7 @@ pub async fn start_on(config: Config, listeners: Listeners) -> anyhow::Result<Ru
         "MCP",
         mcp,
         mcp::router(state.clone(), sessions.clone(), shutdown.clone()),
-        shutdown.clone(),
-        grace,
-        config.header_timeout,
-        state.audit.clone(),
-        cut_off,
+        life,
     );
     if state.oauth.is_some() {
         let store = stores.auth.clone();
