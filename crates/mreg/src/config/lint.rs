@@ -59,6 +59,11 @@ fn warning(name: &str) -> Option<String> {
         });
     }
     if name.starts_with("FASTMCP_") {
+        if let Some(known) = closest(name).filter(|k| k.starts_with("FASTMCP_")) {
+            return Some(format!(
+                "not a setting mreg reads, ignored (did you mean {known}?)"
+            ));
+        }
         let read: Vec<&str> = SETTINGS
             .iter()
             .map(|s| s.env)
@@ -107,6 +112,7 @@ mod tests {
             ("MREG_API_PROT", "environment"),
             ("MREG_NOTHING_LIKE_IT", ".env"),
             ("FASTMCP_LOG_LEVEL", "environment"),
+            ("FASTMCP_SERVER_PROT", "environment"),
             ("MREG_URL", "environment"),
             ("MREG_API_PORT", "environment"),
             ("FASTMCP_SERVER_PORT", "environment"),
@@ -118,6 +124,7 @@ mod tests {
             found,
             [
                 "FASTMCP_LOG_LEVEL (environment): a FastMCP setting mreg does not use, ignored (of FastMCP's variables mreg reads only FASTMCP_SERVER_HOST and FASTMCP_SERVER_PORT)",
+                "FASTMCP_SERVER_PROT (environment): not a setting mreg reads, ignored (did you mean FASTMCP_SERVER_PORT?)",
                 "MREG_API_PROT (environment): not an mreg setting, ignored (did you mean MREG_API_PORT?)",
                 "MREG_NOTHING_LIKE_IT (.env): not an mreg setting, ignored",
                 "MREG_URL (environment): deprecated; use MREG_GATEWAY_URL",
