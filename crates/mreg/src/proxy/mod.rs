@@ -167,7 +167,31 @@ pub async fn handle(
         }
     };
     entry.target(None, Some(&name));
+    // What a budget does not count (a notification, a response, a stream, a session's end).
+    let free = request.method() != axum::http::Method::POST
+        || !request
+            .extensions()
+            .get::<crate::jsonrpc::Peeked>()
+            .is_some_and(crate::jsonrpc::Peeked::is_request);
     let response = proxy(&state, &caller, &name, request, &mut entry).await;
+    // Free when admitted, not when refused (not the caller's to use, or no such server or
+    // session): each refusal is a row, and they cannot be asked for without end. Over the
+    // budget, the answer is 429 and the rows fold.
+    let response = if free
+        && matches!(
+            response.status(),
+            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
+        ) {
+        match state.gate.spend_refused(&caller).await {
+            Err(limited) => {
+                entry.decide(&limited);
+                crate::policy::answer::jsonrpc(&limited, None, false)
+            }
+            Ok(()) => response,
+        }
+    } else {
+        response
+    };
     // The per-server metrics count what the audit row records, when it is completed — for
     // registered servers the caller may see only: a name nobody registered makes no series.
     // Nothing is allocated for it when the series are off (authentication on, by default).

@@ -80,12 +80,6 @@ pub(super) async fn forward_to(
         crate::policy::answer::jsonrpc(&refusal, call.id.as_ref(), in_session)
     };
     if let Err(refusal) = authorize(state, caller, server, &call) {
-        // A stream is free when admitted, not when refused (its budget then says when to stop).
-        if call.method == "stream"
-            && let Err(limited) = state.gate.spend_refused(caller).await
-        {
-            return refused(limited, entry);
-        }
         return refused(refusal, entry);
     }
     // The breaker after the roles: a caller the policy refuses learns nothing of the server's

@@ -1277,20 +1277,76 @@ async fn refused_streams_spend_the_budget() {
     }
     assert_eq!(statuses, [403, 403, 403, 403, 429, 429, 429, 429]);
     assert_eq!(upstream.count("GET"), 0, "nothing reached the upstream");
+    // So do the other free messages refused: notifications, a session's end, and anything to
+    // a server that does not exist (Erin, a user, has a budget of her own).
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let nowhere = format!("{}/servers/nope/mcp", s.mcp);
+    let mut statuses = Vec::new();
+    for i in 0..6 {
+        let status = match i % 3 {
+            0 => mcp_post(&url, Some(&c.carol), None, &initialized).await.0,
+            1 => reqwest::Client::new()
+                .delete(&url)
+                .bearer_auth(&c.carol)
+                .send()
+                .await
+                .expect("DELETE")
+                .status(),
+            _ => {
+                mcp_post(&nowhere, Some(&c.carol), None, &initialized)
+                    .await
+                    .0
+            }
+        };
+        statuses.push(status.as_u16());
+    }
+    assert!(statuses.iter().all(|s| *s == 429), "{statuses:?}");
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            mcp_post(&nowhere, Some(&c.bob), None, &initialized)
+                .await
+                .0
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 429, 429], "Bob's own budget");
+    let carol = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
     let rows = crate::support::audit::until(
-        |rows| rows.iter().any(|r| r.event.decision == "rate_limited"),
+        |rows| {
+            rows.iter()
+                .filter(|r| r.event.actor_subject == carol && r.event.decision == "rate_limited")
+                .count()
+                >= 4
+        },
         || crate::support::audit::sqlite_rows(&s.app.dir.0),
     )
     .await;
-    let carols: Vec<&str> = rows
+    let carols: Vec<(&str, &str, Option<&str>)> = rows
         .iter()
-        .filter(|r| r.event.actor_subject == "cccccccc-cccc-4ccc-8ccc-cccccccccccc")
-        .map(|r| r.event.decision.as_str())
+        .filter(|r| r.event.actor_subject == carol)
+        .map(|r| {
+            (
+                r.event.decision.as_str(),
+                r.event.operation.as_str(),
+                r.event.server.as_deref(),
+            )
+        })
         .collect();
+    // One row per refusal within the budget, then one per kind of message and server: the
+    // rest are folded into those.
     assert_eq!(
         carols,
-        ["deny", "deny", "deny", "deny", "rate_limited"],
-        "the rest folded"
+        [
+            ("deny", "stream", Some("echo")),
+            ("deny", "stream", Some("echo")),
+            ("deny", "stream", Some("echo")),
+            ("deny", "stream", Some("echo")),
+            ("rate_limited", "stream", Some("echo")),
+            ("rate_limited", "notifications/initialized", Some("echo")),
+            ("rate_limited", "session/end", Some("echo")),
+            ("rate_limited", "notifications/initialized", Some("nope")),
+        ]
     );
 }
 
