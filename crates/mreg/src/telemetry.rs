@@ -14,6 +14,11 @@ const QUIET_LIBRARIES: [&str; 3] = ["rmcp", "sqlx", "hyper_util"];
 /// tokens, passwords). At `info` unless the filter names them.
 const PAYLOAD_LIBRARIES: [&str; 1] = ["rmcp"];
 
+/// Log targets that quote what they were given, secrets included, and are kept at `error`
+/// unless the filter names them: sqlx's parser of PostgreSQL URLs warns of each parameter it does
+/// not know with its value (`?sslpassword=…`, `?PASSWORD=…`).
+const ECHOING_TARGETS: [&str; 1] = ["sqlx_postgres::options"];
+
 /// The filter for `MREG_LOG`: a bare level keeps the chatty libraries above at `warn`; a
 /// default level of `debug` or `trace` keeps the libraries that log payloads at `info`, unless
 /// the filter names them (`debug,rmcp=debug` asks for the payloads, secrets and all).
@@ -36,12 +41,13 @@ fn directives(filter: &str) -> String {
         for library in QUIET_LIBRARIES {
             out.push_str(&format!(",{library}=warn"));
         }
-        return out;
-    }
-    if matches!(level.as_deref(), Some("debug" | "trace")) {
+    } else if matches!(level.as_deref(), Some("debug" | "trace")) {
         for library in PAYLOAD_LIBRARIES.into_iter().filter(|l| !names(l)) {
             out.push_str(&format!(",{library}=info"));
         }
+    }
+    for target in ECHOING_TARGETS.into_iter().filter(|t| !names(t)) {
+        out.push_str(&format!(",{target}=error"));
     }
     out
 }
@@ -73,35 +79,56 @@ mod tests {
     fn a_bare_level_keeps_library_chatter_at_warn() {
         assert_eq!(
             directives("info"),
-            "info,rmcp=warn,sqlx=warn,hyper_util=warn"
+            "info,rmcp=warn,sqlx=warn,hyper_util=warn,sqlx_postgres::options=error"
         );
         assert_eq!(
             directives("info,rmcp=info"),
-            "info,rmcp=info",
+            "info,rmcp=info,sqlx_postgres::options=error",
             "an explicit filter is kept"
         );
-        assert_eq!(directives("warn,mreg=debug"), "warn,mreg=debug");
+        assert_eq!(
+            directives("warn,mreg=debug"),
+            "warn,mreg=debug,sqlx_postgres::options=error"
+        );
     }
 
     #[test]
     fn debug_does_not_log_mcp_payloads_unless_asked_by_name() {
         assert_eq!(
             directives("debug"),
-            "debug,rmcp=info",
+            "debug,rmcp=info,sqlx_postgres::options=error",
             "everything else at debug"
         );
-        assert_eq!(directives("TRACE"), "TRACE,rmcp=info");
-        assert_eq!(directives("debug,sqlx=warn"), "debug,sqlx=warn,rmcp=info");
-        assert_eq!(directives("debug,rmcp=debug"), "debug,rmcp=debug");
+        assert_eq!(
+            directives("TRACE"),
+            "TRACE,rmcp=info,sqlx_postgres::options=error"
+        );
+        assert_eq!(
+            directives("debug,sqlx=warn"),
+            "debug,sqlx=warn,rmcp=info,sqlx_postgres::options=error"
+        );
+        assert_eq!(
+            directives("debug,rmcp=debug"),
+            "debug,rmcp=debug,sqlx_postgres::options=error"
+        );
         assert_eq!(
             directives("trace,rmcp::service=trace"),
-            "trace,rmcp::service=trace"
+            "trace,rmcp::service=trace,sqlx_postgres::options=error"
         );
         assert_eq!(
             directives("debug,rmcpx=warn"),
-            "debug,rmcpx=warn,rmcp=info",
+            "debug,rmcpx=warn,rmcp=info,sqlx_postgres::options=error",
             "another crate whose name starts alike does not count"
         );
-        assert_eq!(directives("mreg=debug"), "mreg=debug", "no default level");
+        assert_eq!(
+            directives("mreg=debug"),
+            "mreg=debug,sqlx_postgres::options=error",
+            "no default level"
+        );
+        assert_eq!(
+            directives("info,sqlx_postgres::options=warn"),
+            "info,sqlx_postgres::options=warn",
+            "named, it is left as asked"
+        );
     }
 }

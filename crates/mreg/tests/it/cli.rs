@@ -441,6 +441,25 @@ async fn a_different_encryption_key_stops_start_up() {
     assert!(status.success(), "the right key still starts: {log}");
 }
 
+/// Secrets in a database URL's parameters stay out of what `migrate` prints, mreg's lines and
+/// the database client's alike (it warned of each parameter it does not know, with its value).
+#[tokio::test]
+async fn database_url_parameters_do_not_leak_their_secrets() {
+    let Some(db) = TestDb::create().await else {
+        return;
+    };
+    let dir = TempDir::new();
+    let separator = if db.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}sslpassword=SSLPW8&PASSWORD=QPW3", db.url);
+    let out = run(&dir, &["migrate"], &[("MREG_DATABASE_URL", &url)]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = format!("{}{}", stdout(&out), stderr(&out));
+    for secret in ["SSLPW8", "QPW3"] {
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
+    assert!(stdout(&out).contains("is up to date"), "{printed}");
+}
+
 #[tokio::test]
 async fn a_failed_start_is_said_once() {
     let dir = TempDir::new();
