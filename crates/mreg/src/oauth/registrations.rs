@@ -185,13 +185,31 @@ pub fn check_redirect_uri(raw: &str, native: bool) -> Result<Url, RegistrationEr
     Ok(url)
 }
 
-/// Characters that change how the text around them is shown without showing themselves:
-/// bidirectional controls (U+202E turns `exe.txt` into `txt.exe`), zero-width characters and the
-/// byte order mark.
+/// Characters that change how the text around them is shown without showing themselves: the
+/// Unicode default-ignorable code points (bidirectional controls: U+202E turns `exe.txt` into
+/// `txt.exe`; zero-width characters; fillers that render blank; variation selectors; tags),
+/// plus the line and paragraph separators.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            // (U+FE0E and U+FE0F only choose text or emoji style: "❤️" is an ordinary name.)
+            | '\u{FE00}'..='\u{FE0D}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
     )
 }
 
@@ -475,6 +493,11 @@ mod tests {
             "Claude\u{200B}",
             "\u{FEFF}VS Code",
             "a\u{2066}b",
+            "soft\u{AD}hyphen",
+            "Visual Studio Code\u{3164}(verified)",
+            "tagged\u{E0069}\u{E0067}",
+            "a\u{180E}b",
+            "hidden\u{FE01}",
         ] {
             let refusal = named(name).expect_err(name);
             assert_eq!(refusal.error, "invalid_client_metadata");
@@ -488,6 +511,7 @@ mod tests {
             "Visual Studio Code – Insiders",
             "日本語クライアント",
             "عميل",
+            "Love \u{2764}\u{FE0F}",
         ] {
             assert_eq!(named(name).expect(name).client_name.as_deref(), Some(name));
         }
