@@ -130,10 +130,21 @@ where
         id = call.as_ref().ok().and_then(|c| c.id.clone());
         // The gateway's own server answers a message it cannot read here, as the proxy does
         // (which audits it, so it gets to see it).
+        let own = !parts.uri.path().starts_with("/servers/");
         if let Err((status, code, message)) = &call
-            && !parts.uri.path().starts_with("/servers/")
+            && own
         {
             return rpc::error(*status, None, *code, message.clone());
+        }
+        // The gateway's own server speaks the protocol versions without batches (the SDK
+        // answered one with 415, "fail to deserialize"); a registered server may take them.
+        if own && call.as_ref().is_ok_and(|c| c.method == "batch") {
+            return rpc::error(
+                StatusCode::BAD_REQUEST,
+                None,
+                rpc::INVALID_REQUEST,
+                "Invalid Request: the gateway's own MCP server takes one message per request (JSON-RPC batches left MCP in 2025-06-18); send them one by one",
+            );
         }
         parts.extensions.insert(Peeked(call));
         Body::from(bytes)

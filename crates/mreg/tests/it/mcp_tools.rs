@@ -390,3 +390,32 @@ async fn browser_clients_of_a_configured_origin_get_cors_and_others_are_refused(
     );
     app.stop().await;
 }
+
+/// The gateway's own server takes one message per request; a batch is told so (it got the
+/// SDK's 415 "fail to deserialize request body").
+#[tokio::test]
+async fn a_batch_to_the_gateways_own_server_is_refused_in_words() {
+    let app = TestApp::spawn().await;
+    let batch = serde_json::json!([
+        { "jsonrpc": "2.0", "id": 1, "method": "ping" },
+        { "jsonrpc": "2.0", "id": 2, "method": "ping" },
+    ]);
+    let reply = app
+        .http
+        .post(format!("http://{}/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .json(&batch)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(reply.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = reply.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("one message per request")),
+        "{body}"
+    );
+    app.stop().await;
+}
