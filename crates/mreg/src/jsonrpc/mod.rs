@@ -231,6 +231,39 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Params<'a> {
 /// without a bound one request carried 20,000 of them to an upstream.
 pub const MAX_BATCH: usize = 100;
 
+/// Deepest nesting of arrays and objects a message to the gateway's own server may have: what
+/// its JSON reader takes (serde_json's recursion limit is 128; past it the SDK answered 415).
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether `body`'s arrays and objects nest deeper than `max` (strings skipped, escapes too):
+/// one pass over the bytes, no parsing.
+pub fn nests_deeper_than(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0_usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Reads the call out of a message body; a problem is `(status, code, message)`.
 pub fn inspect(body: &[u8]) -> Result<McpCall, (StatusCode, i64, String)> {
     let invalid = |why: &str| {

@@ -150,3 +150,19 @@ fn a_batch_is_bounded() {
         "{message}"
     );
 }
+
+#[test]
+fn nesting_is_measured_outside_strings() {
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert!(!super::nests_deeper_than(deep(128).as_bytes(), 128));
+    assert!(super::nests_deeper_than(deep(129).as_bytes(), 128));
+    let quoted = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+    assert!(
+        !super::nests_deeper_than(quoted.as_bytes(), 128),
+        "brackets in a string"
+    );
+    assert!(!super::nests_deeper_than(
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        2
+    ));
+}

@@ -136,6 +136,18 @@ where
         {
             return rpc::error(*status, None, *code, message.clone());
         }
+        // Its JSON reader stops at a nesting depth the edge's does not (the SDK answered 415).
+        if own && rpc::nests_deeper_than(&bytes, rpc::MAX_DEPTH) {
+            return rpc::error(
+                StatusCode::BAD_REQUEST,
+                None,
+                rpc::PARSE_ERROR,
+                format!(
+                    "Parse error: the message nests arrays and objects deeper than {}",
+                    rpc::MAX_DEPTH
+                ),
+            );
+        }
         // The gateway's own server speaks the protocol versions without batches (the SDK
         // answered one with 415, "fail to deserialize"); a registered server may take them.
         if own && call.as_ref().is_ok_and(|c| c.method == "batch") {

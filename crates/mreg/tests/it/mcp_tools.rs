@@ -417,5 +417,23 @@ async fn a_batch_to_the_gateways_own_server_is_refused_in_words() {
             .is_some_and(|m| m.contains("one message per request")),
         "{body}"
     );
+    // And a message nested deeper than its reader goes is a parse error, not 415.
+    let deep = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"ping","params":{{"x":{}{}}}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let reply = app
+        .http
+        .post(format!("http://{}/mcp", app.mcp_addr))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(reply.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = reply.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["error"]["code"], -32700, "{body}");
     app.stop().await;
 }
