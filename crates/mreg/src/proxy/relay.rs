@@ -381,7 +381,10 @@ where
             clipped(shown, 100)
         )));
     }
-    if !json || call.id.is_none() {
+    // Only a request has an answer to read: a notification or a response (a client answering
+    // the server's sampling or elicitation request) is accepted with 202, whose body, if any,
+    // is nothing (FastMCP labels its empty 202 as JSON).
+    if !json || call.id.is_none() || call.method == "response" || status == StatusCode::ACCEPTED {
         return Ok(response.map(Body::new));
     }
     let (parts, body) = response.into_parts();

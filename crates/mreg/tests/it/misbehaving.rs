@@ -29,6 +29,13 @@ async fn answer(Path(mode): Path<String>, body: axum::Json<Value>) -> Response {
         )
             .into_response(),
         "plain" => ([("content-type", "text/plain")], "hello").into_response(),
+        // What FastMCP answers a notification or a response: 202, empty, labelled JSON.
+        "accepted" => (
+            StatusCode::ACCEPTED,
+            [("content-type", "application/json")],
+            "",
+        )
+            .into_response(),
         "redirect" => (
             StatusCode::TEMPORARY_REDIRECT,
             [("location", "http://169.254.169.254/latest/meta-data/")],
@@ -166,6 +173,7 @@ async fn app_with_every_mode() -> TestApp {
         "garbage",
         "html500",
         "plain",
+        "accepted",
         "redirect",
         "bigjson",
         "bigsse",
@@ -234,6 +242,30 @@ async fn large_answers_pass_whole_and_endless_events_stay_bounded() {
     let (status, text, _) = call(&app, "noseparator").await;
     assert_eq!(status, StatusCode::OK);
     assert!(text.len() >= 20 * 1024 * 1024 - 64, "{}", text.len());
+    app.stop().await;
+}
+
+/// A client's answer to a server's request (sampling, elicitation) reaches the server and its
+/// 202 comes back: an empty 202 labelled JSON (FastMCP's) was read as a JSON answer and became
+/// a 502.
+#[tokio::test]
+async fn an_empty_202_to_a_response_or_a_notification_is_relayed_as_it_is() {
+    let app = app_with_every_mode().await;
+    for message in [
+        json!({ "jsonrpc": "2.0", "id": 5, "result": {} }),
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+    ] {
+        let response = app
+            .http
+            .post(format!("http://{}/servers/accepted/mcp", app.mcp_addr))
+            .header("accept", "application/json, text/event-stream")
+            .json(&message)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{message}");
+        assert_eq!(response.text().await.expect("body"), "", "{message}");
+    }
     app.stop().await;
 }
 
