@@ -18,11 +18,23 @@ use super::{AuditEvent, decision, outcome};
 /// must not grow without bound under a flood of distinct callers).
 const MAX_WINDOWS: usize = 100_000;
 
+/// Most targets (operation, server, tool) of one caller kept apart in a window; the refusals of
+/// any more share one window of that caller. The names come from the caller: a new one per
+/// request otherwise made every refusal a row of its own (500 a second).
+const MAX_TARGETS_PER_CALLER: usize = 16;
+
 /// The open windows of an instance.
 #[derive(Debug)]
 pub struct Refusals {
     window: Duration,
-    open: Mutex<HashMap<String, Window>>,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    windows: HashMap<String, Window>,
+    /// Windows kept apart per caller (see [`MAX_TARGETS_PER_CALLER`]).
+    targets: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -33,6 +45,10 @@ struct Window {
     /// Refusals counted, not written.
     folded: u64,
     last_at_us: i64,
+    /// Whose window it is.
+    caller: String,
+    /// The window of a caller's refusals beyond its kept-apart targets.
+    many: bool,
 }
 
 impl Refusals {
@@ -40,7 +56,7 @@ impl Refusals {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(Open::default()),
         }
     }
 
@@ -49,7 +65,7 @@ impl Refusals {
         (self.window / 4).max(Duration::from_millis(100))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Window>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         // Entries are updated whole, so a poisoned map is still consistent.
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -61,40 +77,67 @@ impl Refusals {
             return true;
         }
         // What was asked for is part of the key: refusals of other servers or tools are rows
-        // of their own, so the log still shows everything a caller went after.
-        let key = format!(
-            "{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}\u{0}{}",
+        // of their own, so the log still shows everything a caller went after (up to
+        // MAX_TARGETS_PER_CALLER of them).
+        let caller = format!(
+            "{}\u{0}{}\u{0}{}",
             event.actor_tenant.as_deref().unwrap_or_default(),
             event.actor_subject,
             event.actor_client_id.as_deref().unwrap_or_default(),
+        );
+        let target = format!(
+            "{caller}\u{0}{}\u{0}{}\u{0}{}",
             event.operation,
             event.server.as_deref().unwrap_or_default(),
             event.tool.as_deref().unwrap_or_default(),
         );
         let now = Instant::now();
         let mut open = self.lock();
-        if let Some(window) = open.get_mut(&key)
-            && now.duration_since(window.opened) < self.window
-        {
+        let Open { windows, targets } = &mut *open;
+        let is_open = |w: &Window| now.duration_since(w.opened) < self.window;
+        if let Some(window) = windows.get_mut(&target).filter(|w| is_open(w)) {
             window.folded += 1;
             window.last_at_us = event.at_us;
             return false;
         }
-        if open.len() < MAX_WINDOWS || open.contains_key(&key) {
+        let many = !windows.contains_key(&target)
+            && targets.get(&caller).copied().unwrap_or(0) >= MAX_TARGETS_PER_CALLER;
+        let key = if many {
+            let key = format!("{caller}\u{0}*");
+            if let Some(window) = windows.get_mut(&key).filter(|w| is_open(w)) {
+                window.folded += 1;
+                window.last_at_us = event.at_us;
+                return false;
+            }
+            key
+        } else {
+            target
+        };
+        if windows.len() < MAX_WINDOWS || windows.contains_key(&key) {
             // A window that ended but was not swept yet keeps its count until the sweep: the
             // new one replaces it only when nothing was folded into it.
-            let ended = open.insert(
+            let ended = windows.insert(
                 key.clone(),
                 Window {
                     opened: now,
                     first: event.clone(),
                     folded: 0,
                     last_at_us: event.at_us,
+                    caller: caller.clone(),
+                    many,
                 },
             );
-            if let Some(ended) = ended.filter(|w| w.folded > 0) {
-                // Put it back under a key of its own, swept with the others.
-                open.insert(format!("{key}\u{0}{}", ended.first.id), ended);
+            match ended {
+                Some(ended) if ended.folded > 0 => {
+                    // Put it back under a key of its own, swept with the others.
+                    if !ended.many {
+                        *targets.entry(caller).or_insert(0) += 1;
+                    }
+                    windows.insert(format!("{key}\u{0}{}", ended.first.id), ended);
+                }
+                Some(_) => {}
+                None if !many => *targets.entry(caller).or_insert(0) += 1,
+                None => {}
             }
         }
         true
@@ -105,12 +148,22 @@ impl Refusals {
     pub fn ended(&self, all: bool) -> Vec<AuditEvent> {
         let now = Instant::now();
         let mut rows = Vec::new();
-        self.lock().retain(|_, window| {
+        let mut open = self.lock();
+        let Open { windows, targets } = &mut *open;
+        windows.retain(|_, window| {
             if !all && now.duration_since(window.opened) < self.window {
                 return true;
             }
             if window.folded > 0 {
                 rows.push(summary(window));
+            }
+            if !window.many
+                && let Some(count) = targets.get_mut(&window.caller)
+            {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    targets.remove(&window.caller);
+                }
             }
             false
         });
@@ -144,11 +197,20 @@ fn summary(window: &Window) -> AuditEvent {
         ),
         decision: decision::RATE_LIMITED.to_owned(),
         outcome: outcome::ERROR.to_owned(),
-        error: Some(format!(
-            "{} more requests of this caller refused over the rate limit after the row {} \
-             (folded into this row)",
-            window.folded, first.id
-        )),
+        error: Some(if window.many {
+            format!(
+                "{} more requests of this caller refused over the rate limit after the row {}, \
+                 for more operations, servers or tools than are kept apart ({MAX_TARGETS_PER_CALLER}) \
+                 (folded into this row)",
+                window.folded, first.id
+            )
+        } else {
+            format!(
+                "{} more requests of this caller refused over the rate limit after the row {} \
+                 (folded into this row)",
+                window.folded, first.id
+            )
+        }),
         duration_us: 0,
         server_tenant: first.server_tenant.clone(),
     }
@@ -236,6 +298,42 @@ mod tests {
             "both windows ended: the sweep writes both counts"
         );
         assert!(refusals.ended(true).is_empty());
+    }
+
+    #[test]
+    fn a_caller_naming_a_new_target_each_time_gets_no_row_each() {
+        let refusals = Refusals::new(Duration::from_secs(60));
+        let mut written = 0;
+        for at in 0..1000 {
+            let mut event = refusal("a", at);
+            event.server = Some(format!("made-up-{at}"));
+            if refusals.write(&event) {
+                written += 1;
+            }
+        }
+        assert_eq!(
+            written,
+            MAX_TARGETS_PER_CALLER + 1,
+            "the kept-apart targets, then one row for the rest"
+        );
+        assert!(refusals.write(&refusal("b", 1)), "another caller is apart");
+        let rows = refusals.ended(true);
+        let counted: u64 = rows.iter().map(folded).sum();
+        assert_eq!(
+            written as u64 + counted,
+            1000,
+            "every refusal is a row or a count"
+        );
+        assert!(
+            rows.iter()
+                .any(|r| r.error.as_deref().is_some_and(|e| e.contains("kept apart"))),
+            "{rows:?}"
+        );
+        // The windows are gone, and with them the caller's count of targets.
+        assert!(refusals.lock().targets.is_empty());
+        let mut event = refusal("a", 2000);
+        event.server = Some("fresh".to_owned());
+        assert!(refusals.write(&event));
     }
 
     #[test]

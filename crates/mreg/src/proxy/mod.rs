@@ -174,14 +174,14 @@ pub async fn handle(
             .get::<crate::jsonrpc::Peeked>()
             .is_some_and(crate::jsonrpc::Peeked::is_request);
     let response = proxy(&state, &caller, &name, request, &mut entry).await;
-    // Free when admitted, not when refused (not the caller's to use, or no such server or
-    // session): each refusal is a row, and they cannot be asked for without end. Over the
-    // budget, the answer is 429 and the rows fold.
-    let response = if free
-        && matches!(
-            response.status(),
-            StatusCode::FORBIDDEN | StatusCode::NOT_FOUND
-        ) {
+    // Free when it succeeds, not when it fails (not the caller's to use, no such server or
+    // session, a message the server refuses): each failure is a row, and they cannot be asked
+    // for without end. Over the budget, the answer is 429 and the rows fold.
+    // (405 is how a server says it offers no GET stream or session end: an answer, not a
+    // failure, which clients ask for once per session.)
+    let failed =
+        !response.status().is_success() && response.status() != StatusCode::METHOD_NOT_ALLOWED;
+    let response = if free && failed {
         match state.gate.spend_refused(&caller).await {
             Err(limited) => {
                 entry.decide(&limited);

@@ -1311,6 +1311,27 @@ async fn refused_streams_spend_the_budget() {
         );
     }
     assert_eq!(statuses, [404, 404, 404, 404, 429, 429], "Bob's own budget");
+    // A free message the server itself refuses spends one too: Alice may use the server, but
+    // ends no session (it names none), 3 times over what is left of her budget.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let ended = reqwest::Client::new()
+            .delete(&url)
+            .bearer_auth(&c.alice)
+            .header("mcp-protocol-version", "2025-11-25")
+            .send()
+            .await
+            .expect("DELETE");
+        statuses.push(ended.status().as_u16());
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        refused >= 3
+            && statuses
+                .iter()
+                .all(|s| !(200..300).contains(s) && *s != 405),
+        "{statuses:?}"
+    );
     let carol = "cccccccc-cccc-4ccc-8ccc-cccccccccccc";
     let rows = crate::support::audit::until(
         |rows| {
