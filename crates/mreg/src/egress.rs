@@ -77,13 +77,10 @@ pub enum Kind {
 /// Whether `name` is loopback by definition (RFC 6761 §6.3): `localhost` or a name under it,
 /// any case, with or without the trailing dot.
 fn is_localhost(name: &str) -> bool {
-    let name = name.trim_end_matches('.');
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .len()
-            .checked_sub(".localhost".len())
-            .and_then(|at| name.get(at..))
-            .is_some_and(|tail| tail.eq_ignore_ascii_case(".localhost"))
+    name.trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.eq_ignore_ascii_case("localhost"))
 }
 
 /// What `ip` is. IPv4 addresses embedded in IPv6 (mapped, NAT64 `64:ff9b::/96`, 6to4
@@ -291,12 +288,11 @@ impl Egress {
             Some(Host::Domain(name)) if is_localhost(name) => {
                 let v4 = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
                 let v6 = SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port);
-                match (self.refuses(v4, Some(name)), self.refuses(v6, Some(name))) {
-                    (Some(own), _) | (_, Some(own)) if self.is_own(v4) || self.is_own(v6) => {
-                        Some(own)
-                    }
-                    (Some(why), Some(_)) => Some(why),
-                    _ => None,
+                match [v4, v6].into_iter().find(|addr| self.is_own(*addr)) {
+                    Some(own) => self.refuses(own, Some(name)),
+                    None => self
+                        .refuses_ip(v4.ip(), Some(name))
+                        .filter(|_| self.refuses_ip(v6.ip(), Some(name)).is_some()),
                 }
             }
             Some(Host::Domain(name)) => self.refuses_name(name, port),

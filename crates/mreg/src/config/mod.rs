@@ -91,6 +91,13 @@ impl Listen {
     pub fn is_loopback(&self) -> bool {
         self.host == "localhost" || self.host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
+
+    /// Whether this binds every address (`0.0.0.0`, `::`).
+    pub fn is_wildcard(&self) -> bool {
+        self.host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified())
+    }
 }
 
 impl fmt::Display for Listen {

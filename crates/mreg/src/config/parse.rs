@@ -253,11 +253,7 @@ impl Parser<'_> {
         }
         if config.auth.mode == AuthMode::OAuth
             && config.public_url.is_none()
-            && config
-                .mcp
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_unspecified())
+            && config.mcp.is_wildcard()
         {
             return Err(self.error(
                 "MREG_PUBLIC_URL",
@@ -267,16 +263,11 @@ impl Parser<'_> {
                 ),
             ));
         }
-        let wildcard = |l: &Listen| {
-            l.host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_unspecified())
-        };
         if config.api.port != 0
             && config.api.port == config.mcp.port
             && (config.api.host.eq_ignore_ascii_case(&config.mcp.host)
-                || wildcard(&config.api)
-                || wildcard(&config.mcp)
+                || config.api.is_wildcard()
+                || config.mcp.is_wildcard()
                 || (config.api.is_loopback() && config.mcp.is_loopback()))
         {
             return Err(self.error(

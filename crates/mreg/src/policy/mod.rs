@@ -127,9 +127,10 @@ impl Gate {
     }
 
     /// Spends one request of the principal's budget for a message that is otherwise free (a
-    /// notification, a response, a `GET` stream, a session's end) but was refused: refusals
-    /// cannot be asked for without end at no cost (a caller without the server's role sent
-    /// 6,700 refused notifications in ten seconds, each a row).
+    /// notification, a response, a `GET` stream, a session's end) but failed (refused, or no
+    /// such server or session): failures, each a row, cannot be asked for without end at no
+    /// cost (a caller without the server's role sent 6,700 refused notifications in ten
+    /// seconds).
     pub async fn spend_refused(&self, principal: &Principal) -> Result<(), Refusal> {
         let spent = self.spend(principal, None).await;
         self.counted(spent)

@@ -316,7 +316,6 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
     stream::unfold(Some(state), |state| async move {
         let mut state = state?;
         let next = if state.watch.is_some() {
-            let cut_off = state.cut_off.clone();
             tokio::select! {
                 next = tokio::time::timeout_at(state.deadline, state.upstream.next()) => match next {
                     Ok(next) => next,
@@ -327,7 +326,7 @@ pub fn cut_off_reported<E: std::error::Error + Send + Sync + 'static>(
                         return Some((Ok(state.unanswered(&watch, &why)), None));
                     }
                 },
-                () = cut_off.cancelled() => {
+                () = state.cut_off.cancelled() => {
                     let watch = state.watch.take()?;
                     let why = "had not answered when mreg stopped: its shutdown grace period (MREG_SHUTDOWN_GRACE_SECS) ended first; try again";
                     return Some((Ok(state.unanswered(&watch, why)), None));
